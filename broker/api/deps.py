@@ -1,0 +1,145 @@
+"""Composition root: builds the adapters and services once, and the request dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+
+from broker.auth import TokenVerifier
+from broker.domain.errors import Unauthenticated
+from broker.domain.principals import Principal, RequestContext
+from broker.keys import checkpoint_key, jwt_secret
+from broker.policy.decisions import Policies
+from broker.policy.embedded import EmbeddedPolicyEngine
+from broker.services.audit import AuditService
+from broker.services.contracts import ContractService
+from broker.services.datasets import DatasetService
+from broker.services.guard import Guard
+from broker.services.orgs import OrgService
+from broker.services.queries import QueryService
+from broker.settings import Settings
+from broker.store.db import create_schema, make_engine
+from broker.store.uow import SqlUnitOfWorkFactory
+from connectors.delimited import read_csv
+from connectors.engine import DuckDBEngine
+from connectors.storage import ParquetStorage
+
+
+def utc_now() -> datetime:
+    """The system clock in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """Everything a request may need, made in the app's lifespan."""
+
+    settings: Settings
+    engine: Engine
+    policies: Policies
+    tokens: TokenVerifier
+    orgs: OrgService
+    datasets: DatasetService
+    contracts: ContractService
+    queries: QueryService
+    audit: AuditService
+    checkpoint_public_key: bytes
+
+
+def build_container(settings: Settings) -> Container:
+    """Connect to the store, compile the policies, load keys and wire the services."""
+    from cryptography.hazmat.primitives import serialization
+
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    clock = utc_now
+    uow = SqlUnitOfWorkFactory(engine, clock)
+    policies = Policies(EmbeddedPolicyEngine(settings.policy_dir))
+    guard = Guard(policies)
+    storage = ParquetStorage(settings.datasets_dir)
+    signing = checkpoint_key(settings)
+    return Container(
+        settings=settings,
+        engine=engine,
+        policies=policies,
+        tokens=TokenVerifier(
+            key=jwt_secret(settings),
+            algorithms=settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        ),
+        orgs=OrgService(uow, guard, clock),
+        datasets=DatasetService(uow, guard, storage, {"csv": read_csv}, clock),
+        contracts=ContractService(uow, guard, clock),
+        queries=QueryService(uow, guard, policies, storage,
+                             DuckDBEngine(settings.engine_threads), clock),
+        audit=AuditService(uow, guard),
+        checkpoint_public_key=signing.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        ),
+    )
+
+
+def get_container(request: Request) -> Container:
+    """The app's container."""
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+bearer = HTTPBearer(auto_error=False, description="JWT issued by the broker or the OIDC provider")
+
+
+def get_principal(
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The authenticated caller; 401 problem when the token is missing or invalid."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("A bearer token is required.")
+    return container.tokens.verify(credentials.credentials)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_context(request: Request, principal: PrincipalDep) -> RequestContext:
+    """The caller and the server-assigned request id."""
+    return RequestContext(principal=principal, request_id=request.state.request_id)
+
+
+ContextDep = Annotated[RequestContext, Depends(get_context)]
+
+
+def _orgs(c: ContainerDep) -> OrgService:
+    return c.orgs
+
+
+def _datasets(c: ContainerDep) -> DatasetService:
+    return c.datasets
+
+
+def _contracts(c: ContainerDep) -> ContractService:
+    return c.contracts
+
+
+def _queries(c: ContainerDep) -> QueryService:
+    return c.queries
+
+
+def _audit(c: ContainerDep) -> AuditService:
+    return c.audit
+
+
+OrgServiceDep = Annotated[OrgService, Depends(_orgs)]
+DatasetServiceDep = Annotated[DatasetService, Depends(_datasets)]
+ContractServiceDep = Annotated[ContractService, Depends(_contracts)]
+QueryServiceDep = Annotated[QueryService, Depends(_queries)]
+AuditServiceDep = Annotated[AuditService, Depends(_audit)]

@@ -1,0 +1,133 @@
+"""ASGI middleware: request ids, body size limits and request metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker.api.problems import PROBLEM_JSON
+from broker.domain.errors import PayloadTooLarge
+
+
+class RequestMetrics:
+    """Per-app Prometheus collectors (a registry per app keeps tests independent)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "broker_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "broker_request_seconds", "HTTP request latency", ["method", "route"],
+            registry=self.registry,
+        )
+
+
+class RequestIdMiddleware:
+    """Gives every request a server-side id (``X-Request-ID``) that audit entries carry."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit: by Content-Length up front, else while streaming.
+
+    Multipart uploads get ``upload_limit`` (plus room for the form framing); everything else
+    ``body_limit``.
+    """
+
+    def __init__(self, app: ASGIApp, *, body_limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.body_limit = body_limit
+        self.upload_limit = upload_limit + 64 * 1024
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
+        limit = self.upload_limit if ctype.startswith("multipart/") else self.body_limit
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _reject(scope, send, limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _reject(scope: Scope, send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps({
+        "type": "payload-too-large",
+        "title": "Payload too large",
+        "status": 413,
+        "detail": f"The request body is larger than {limit} bytes.",
+        "instance": scope.get("path"),
+        "request_id": scope.get("state", {}).get("request_id"),
+    }).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Counts requests and times them per route template (never per raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status: dict[str, Any] = {"code": 500}
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = Request(scope).method
+            self.metrics.requests.labels(method, template, str(status["code"])).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

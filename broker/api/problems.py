@@ -1,0 +1,128 @@
+"""RFC 9457 ``application/problem+json`` for every error the API can answer with."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker.domain import errors
+
+log = logging.getLogger("broker.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: dict[type[errors.BrokerError], int] = {
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.InvalidInput: 422,
+    errors.Unavailable: 503,
+}
+
+HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
+
+
+class ProblemOut(BaseModel):
+    """An RFC 9457 problem; ``type`` is a stable slug, extensions follow per problem."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+    reasons: list[str] | None = None
+
+
+def problem(
+    request: Request,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    extensions: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Render one problem response."""
+    body: dict[str, Any] = {**(extensions or {})}  # the RFC 9457 members below always win
+    body |= {
+        "type": slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="broker"'}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def status_of(exc: errors.BrokerError) -> int:
+    """HTTP status for a domain error: the nearest class in the tree that has one."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def _on_broker_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.BrokerError)  # noqa: S101 - registered for this class only
+    return problem(request, status_of(exc), exc.slug, exc.title, exc.detail, exc.extensions)
+
+
+def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    # Only where and what: pydantic's "input" and "ctx" would echo the submitted values.
+    issues = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    return problem(request, 422, "invalid-input", "Invalid input",
+                   "The request does not match the API schema.", {"errors": issues})
+
+
+def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    slug, title = HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+    headers = dict(exc.headers or {})
+    return problem(request, exc.status_code, slug, title, str(exc.detail), headers=headers)
+
+
+def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Frames only: an exception's message may quote data, so it is not logged.
+    log.error(
+        "unhandled %s in request %s\n%s",
+        type(exc).__name__,
+        getattr(request.state, "request_id", "-"),
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )
+    return problem(request, 500, "internal-error", "Internal error",
+                   "The broker failed to handle the request; nothing was released.")
+
+
+def install(app: FastAPI) -> None:
+    """Register the problem handlers on ``app``."""
+    app.add_exception_handler(errors.BrokerError, _on_broker_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

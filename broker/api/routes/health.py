@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics (no authentication)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from broker.api.deps import ContainerDep
+from broker.api.problems import problem
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+def readyz(request: Request, container: ContainerDep) -> dict[str, str] | JSONResponse:
+    """The database answers and the policies are loaded."""
+    try:
+        with container.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        revision = container.policies.revision
+    except Exception:
+        return problem(request, 503, "unavailable", "Service unavailable",
+                       "The broker is not ready.")
+    return {"status": "ready", "policy_revision": revision}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)

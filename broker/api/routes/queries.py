@@ -1,0 +1,23 @@
+"""Aggregate queries and their policy dry run."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from broker.api.deps import ContextDep, QueryServiceDep
+from broker.api.routes.common import AUTHENTICATED
+from broker.api.schemas import AggregateIn, AggregateOut, ExplainOut
+
+router = APIRouter(tags=["queries"], responses=AUTHENTICATED)
+
+
+@router.post("/v1/queries/aggregate")
+def run_aggregate(body: AggregateIn, ctx: ContextDep, queries: QueryServiceDep) -> AggregateOut:
+    """Run an aggregate query under an active usage contract; only safe cells carry values."""
+    return AggregateOut.from_domain(queries.aggregate(ctx, body.to_domain()))
+
+
+@router.post("/v1/policy/explain")
+def explain_query(body: AggregateIn, ctx: ContextDep, queries: QueryServiceDep) -> ExplainOut:
+    """Dry run: the per-field verdicts and reasons a query would get; nothing is released."""
+    return ExplainOut.from_domain(queries.explain(ctx, body.to_domain()))

@@ -1,0 +1,309 @@
+"""Request (``XxxIn``) and response (``XxxOut``) models; requests forbid unknown fields."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from broker.domain.datasets import FieldRole, FieldSpec, FieldType, Sensitivity
+from broker.domain.organisations import Organisation, OrgKind
+from broker.domain.queries import AggregateSpec, Filter, FilterOp, Measure, MeasureFn, Release
+from broker.policy.decisions import FlowDecision
+from broker.services.datasets import DatasetView
+from contracts.model import Contract, Dominance, FieldForm
+
+FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                                                r"[0-9a-f]{4}-[0-9a-f]{12}$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Scalar = Annotated[str, StringConstraints(max_length=200)] | int | float | bool | None
+
+
+class In(BaseModel):
+    """Base of request bodies: unknown fields are an error (no mass assignment)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class OrgIn(In):
+    """An organisation to register."""
+
+    id: Slug
+    name: Text
+    kind: OrgKind
+    uscc: Annotated[str, StringConstraints(pattern=r"^[0-9A-HJ-NPQRTUWXY]{18}$")] | None = None
+    public_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
+
+
+class OrgOut(BaseModel):
+    """A registered organisation."""
+
+    id: str
+    name: str
+    kind: OrgKind
+    uscc: str | None
+    public_key: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_domain(cls, org: Organisation) -> OrgOut:
+        """Response form of an organisation."""
+        return cls(id=org.id, name=org.name, kind=org.kind, uscc=org.uscc,
+                   public_key=org.public_key, created_at=org.created_at)
+
+
+class FieldIn(In):
+    """One declared column."""
+
+    name: FieldName
+    type: FieldType
+    role: FieldRole
+    sensitivity: Sensitivity = Sensitivity.L1
+
+    def to_domain(self) -> FieldSpec:
+        """Domain form."""
+        return FieldSpec(self.name, self.type, self.role, self.sensitivity)
+
+
+class DatasetMetaIn(In):
+    """The ``meta`` part of a dataset upload."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    entity_field: FieldName
+    fields: Annotated[list[FieldIn], Field(min_length=1, max_length=200)]
+
+
+class FieldOut(BaseModel):
+    """A declared column as the caller may see it."""
+
+    name: str
+    type: FieldType
+    role: FieldRole
+    sensitivity: Sensitivity
+
+
+class DatasetOut(BaseModel):
+    """Catalogue entry: metadata only, never data."""
+
+    id: str
+    name: str
+    owner_org: str
+    entity_field: str
+    version: int
+    rows: int
+    sha256: str
+    created_at: datetime
+    fields: list[FieldOut]
+
+    @classmethod
+    def from_domain(cls, view: DatasetView) -> DatasetOut:
+        """Response form of a catalogue view."""
+        d = view.dataset
+        return cls(
+            id=d.id, name=d.name, owner_org=d.owner_org, entity_field=d.schema.entity_field,
+            version=d.version, rows=d.rows, sha256=d.sha256, created_at=d.created_at,
+            fields=[FieldOut(name=f.name, type=f.type, role=f.role, sensitivity=f.sensitivity)
+                    for f in view.fields],
+        )
+
+
+class DominanceIn(In):
+    """(n, k) dominance: suppress when the n largest contributors exceed k percent."""
+
+    n: int = Field(default=2, ge=1, le=10)
+    k: float = Field(default=85.0, gt=0, le=100)
+
+
+class ContractIn(In):
+    """Terms a provider offers to one consumer organisation."""
+
+    dataset_id: Uuid
+    consumer_org: Slug
+    purposes: Annotated[list[Slug], Field(min_length=1, max_length=20)]
+    fields: Annotated[dict[FieldName, FieldForm], Field(min_length=1, max_length=200)]
+    k_min: int = Field(default=5, ge=2, le=10_000)
+    dominance: DominanceIn = Field(default_factory=DominanceIn)
+    valid_from: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    valid_until: AwareDatetime
+    max_queries_per_day: int = Field(default=100, ge=1, le=1_000_000)
+
+
+class ContractOut(BaseModel):
+    """A contract and its effective status."""
+
+    id: str
+    dataset_id: str
+    provider_org: str
+    consumer_org: str
+    purposes: list[str]
+    fields: dict[str, FieldForm]
+    k_min: int
+    dominance: DominanceIn
+    valid_from: datetime
+    valid_until: datetime
+    max_queries_per_day: int
+    status: str
+    created_at: datetime
+    accepted_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_domain(cls, c: Contract, now: datetime) -> ContractOut:
+        """Response form, status as of ``now``."""
+        return cls(
+            id=c.id, dataset_id=c.dataset_id, provider_org=c.provider_org,
+            consumer_org=c.consumer_org, purposes=list(c.purposes), fields=dict(c.fields),
+            k_min=c.k_min, dominance=DominanceIn(n=c.dominance.n, k=c.dominance.k),
+            valid_from=c.valid_from, valid_until=c.valid_until,
+            max_queries_per_day=c.max_queries_per_day, status=c.status_at(now).value,
+            created_at=c.created_at, accepted_at=c.accepted_at, revoked_at=c.revoked_at,
+        )
+
+
+def dominance_of(d: DominanceIn) -> Dominance:
+    """Domain form of the dominance parameters."""
+    return Dominance(n=d.n, k=d.k)
+
+
+class MeasureIn(In):
+    """A statistic: count (distinct enterprises), sum, mean or ratio of sums."""
+
+    fn: MeasureFn
+    field: FieldName | None = None
+    numerator: FieldName | None = None
+    denominator: FieldName | None = None
+    as_: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = Field(
+        default=None, alias="as"
+    )
+
+    def to_domain(self) -> Measure:
+        """Domain form."""
+        return Measure(self.fn, self.field, self.numerator, self.denominator, self.as_)
+
+
+class FilterIn(In):
+    """A predicate in the closed grammar: eq, in (list), range ([low, high], inclusive)."""
+
+    field: FieldName
+    op: FilterOp
+    value: Scalar | Annotated[list[Scalar], Field(max_length=1000)]
+
+    def to_domain(self) -> Filter:
+        """Domain form."""
+        return Filter(self.field, self.op, self.value)
+
+
+class AggregateIn(In):
+    """An aggregate query under a contract."""
+
+    contract_id: Uuid
+    purpose: Slug
+    group_by: Annotated[list[FieldName], Field(max_length=4)] = []
+    measures: Annotated[list[MeasureIn], Field(min_length=1, max_length=16)]
+    filters: Annotated[list[FilterIn], Field(max_length=16)] = []
+    totals: bool = False
+
+    def to_domain(self) -> AggregateSpec:
+        """Domain form."""
+        return AggregateSpec(
+            contract_id=self.contract_id,
+            purpose=self.purpose,
+            group_by=tuple(self.group_by),
+            measures=tuple(m.to_domain() for m in self.measures),
+            filters=tuple(f.to_domain() for f in self.filters),
+            totals=self.totals,
+        )
+
+
+class CellOut(BaseModel):
+    """A released cell: values only when published."""
+
+    key: dict[str, Any]
+    values: dict[str, float | int | None] | None
+    status: str
+    reason: str | None = None
+
+
+class PolicyOut(BaseModel):
+    """Which policy revision decided, and each field's verdict."""
+
+    revision: str
+    fields: dict[str, str]
+
+
+class ReceiptOut(BaseModel):
+    """The audit entry that recorded this release; ``nonce`` salts its result digest."""
+
+    seq: int
+    leaf_hash: str
+    nonce: str
+
+
+class AggregateOut(BaseModel):
+    """The answer to an aggregate query."""
+
+    query_id: str
+    k: int
+    cells: list[CellOut]
+    suppressed: dict[str, int]
+    policy: PolicyOut
+    receipt: ReceiptOut
+
+    @classmethod
+    def from_domain(cls, r: Release) -> AggregateOut:
+        """Response form of a release (which always carries its receipt)."""
+        if r.receipt is None or r.result_nonce is None:
+            raise ValueError("a release is only returned once its audit entry is committed")
+        return cls(
+            query_id=r.query_id,
+            k=r.k,
+            cells=[CellOut.model_validate(c.as_json()) for c in r.cells],
+            suppressed=dict(r.suppressed),
+            policy=PolicyOut(revision=r.policy_revision, fields=dict(r.field_verdicts)),
+            receipt=ReceiptOut(seq=r.receipt.seq, leaf_hash=r.receipt.leaf_hash,
+                               nonce=r.result_nonce),
+        )
+
+
+class ExplainOut(BaseModel):
+    """A dry run: what the policies would decide; nothing released."""
+
+    allow: bool
+    reasons: list[str]
+    fields: dict[str, str]
+    field_reasons: dict[str, list[str]]
+    k: int
+    policy_revision: str
+
+    @classmethod
+    def from_domain(cls, d: FlowDecision) -> ExplainOut:
+        """Response form of a flow decision."""
+        return cls(allow=d.allow, reasons=list(d.reasons), fields=d.fields,
+                   field_reasons=d.field_reasons, k=d.k, policy_revision=d.revision)
+
+
+class AuditItemOut(BaseModel):
+    """One ledger entry with its leaf hash."""
+
+    entry: dict[str, Any]
+    leaf_hash: str
+
+
+class AuditPageOut(BaseModel):
+    """A page of entries; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    entries: list[AuditItemOut]
+    next_cursor: str | None
+
+
+class VerifyOut(BaseModel):
+    """Outcome of recomputing the chain."""
+
+    valid: bool
+    size: int
+    root: str
+    first_bad_seq: int | None = None
+    reason: str | None = None

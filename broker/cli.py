@@ -1,0 +1,184 @@
+"""The ``broker`` command: serve, demo, token, audit."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+
+from broker.auth import mint_token
+from broker.demo.report import render
+from broker.demo.story import ACTORS, Broker, Mint, StoryError, run_story, set_up
+from broker.keys import jwt_secret
+from broker.settings import Settings
+
+app = typer.Typer(help="Privacy-preserving data-sharing broker.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+audit_app = typer.Typer(help="Read and verify the audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+EXIT_CHAIN_BROKEN = 2
+
+
+def _minter(settings: Settings, ttl: int = 3600) -> Mint:
+    secret = jwt_secret(settings)
+
+    def mint(sub: str, org: str, roles: list[str]) -> str:
+        return mint_token(key=secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                          sub=sub, org=org, roles=roles, ttl=ttl)
+
+    return mint
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option(help="Subject (user) the token names")],
+    org: Annotated[str, typer.Option(help="Organisation id")],
+    role: Annotated[list[str], typer.Option(help="provider|consumer|auditor|admin; repeatable")],
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds", min=1, max=7 * 86400)] = 3600,
+) -> None:
+    """Mint a dev token (HS256, the broker's secret) and print it alone on stdout."""
+    settings = Settings()
+    try:
+        value = _minter(settings, ttl)(sub, org, role)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    print(value)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    demo: Annotated[bool, typer.Option(help="Load the demo county into an empty broker")] = False,
+) -> None:
+    """Run the broker's HTTP API."""
+    from broker.app import create_app
+
+    settings = Settings()
+    if demo:
+        threading.Thread(target=_welcome, args=(settings, host, port), daemon=True).start()
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _welcome(settings: Settings, host: str, port: int) -> None:
+    """Once the server answers: load the demo county if empty, then print how to use it."""
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+    console = Console()
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for _ in range(600):
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        broker = Broker(client, _minter(settings, ttl=12 * 3600))
+        if not broker.call("operator", "GET", "/v1/orgs", expect=200).json():
+            console.print("[bold]Loading the demo county...[/]")
+            set_up(broker)
+        contracts = broker.call("econ", "GET", "/v1/contracts", expect=200).json()
+    contract = next((c["id"] for c in contracts if c["status"] == "active"), "<contract-id>")
+    console.rule("[bold]Broker ready")
+    console.print(f"API docs: {base}/docs    health: {base}/healthz")
+    for name, (_sub, org, roles) in ACTORS.items():
+        console.print(f"[bold]{name}[/] ({', '.join(roles)} at {org}):")
+        console.print(f"  export TOKEN_{name.upper()}={broker.tokens[name]}", soft_wrap=True)
+    console.print("Try:")
+    console.print(f"  curl -s -H \"Authorization: Bearer $TOKEN_ECON\" {base}/v1/datasets",
+                  soft_wrap=True)
+    console.print(
+        f"  curl -s -H \"Authorization: Bearer $TOKEN_ECON\" -H 'Content-Type: application/json'"
+        f" {base}/v1/queries/aggregate -d '{{\"contract_id\": \"{contract}\", \"purpose\":"
+        f" \"energy-planning\", \"group_by\": [\"town\"], \"measures\": [{{\"fn\": \"count\"}},"
+        f" {{\"fn\": \"sum\", \"field\": \"electricity_kwh\"}}]}}'", soft_wrap=True)
+    console.print(f"  curl -s -H \"Authorization: Bearer $TOKEN_AUDITOR\" {base}/v1/audit/verify",
+                  soft_wrap=True)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the broker's state here")] = None,
+) -> None:
+    """Run the whole story on embedded defaults and print it as a report."""
+    from broker.app import create_app
+    from broker.serving import serve_in_thread
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    workdir = Path(tempfile.mkdtemp(prefix="broker-demo-"))
+    settings = Settings(data_dir=data_dir or workdir)
+    try:
+        with serve_in_thread(create_app(settings)) as base, httpx.Client(
+            base_url=base, timeout=120
+        ) as client:
+            result = run_story(Broker(client, _minter(settings)))
+        render(result, console)
+        _tamper_demo(settings, workdir, console)
+    except StoryError as exc:
+        console.print(f"[bold red]The story failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        if data_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if not result.verify.get("valid"):
+        raise typer.Exit(1)
+
+
+def _tamper_demo(settings: Settings, workdir: Path, console: Console) -> None:
+    """Show that one changed byte in a copy of the database is found and named."""
+    from broker.services.verification import verify_database
+
+    db = settings.data_dir / "broker.db"
+    if settings.database_url is not None or not db.exists():
+        return
+    copy = workdir / "tampered.db"
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    victim = 5
+    with sqlite3.connect(copy) as conn:
+        body = conn.execute("SELECT body FROM audit_entries WHERE seq = ?", (victim,)).fetchone()[0]
+        at = body.index('"ts":"') + len('"ts":"2026-01-01T00:00:00.00000')
+        forged = body[:at] + ("1" if body[at] != "1" else "2") + body[at + 1 :]
+        conn.execute("UPDATE audit_entries SET body = ? WHERE seq = ?", (forged, victim))
+    result = verify_database(f"sqlite:///{copy}")
+    console.print(
+        f"9. A database administrator changes one byte of entry {victim} in a copy of the log;"
+        " verify says: "
+        f"valid={result.valid}, first_bad_seq={result.first_bad_seq}, reason={result.reason}"
+    )
+
+
+@audit_app.command("verify")
+def audit_verify(
+    db: Annotated[str | None, typer.Option(help="Database URL (default: the settings')")] = None,
+) -> None:
+    """Recompute the chain in a database; exit 0 if valid, 2 naming the first bad entry."""
+    from broker.services.verification import verify_database
+
+    result = verify_database(db or Settings().db_url)
+    console = Console()
+    if result.valid:
+        console.print(f"valid: {result.size} entries, root {result.root}")
+        return
+    console.print(f"BROKEN: first bad entry seq {result.first_bad_seq} ({result.reason}); "
+                  f"{result.size} entries verified before it")
+    raise typer.Exit(EXIT_CHAIN_BROKEN)
+
+
+def main() -> None:
+    """Entry point of the ``broker`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,170 @@
+"""A seeded synthetic county economy for demos, tests and benchmarks (DESIGN.md section 7).
+
+A few thousand enterprises with valid USCCs, GB/T 4754-2017 industry classes, towns, land in
+mu, monthly electricity, output value, tax, employees and CO2. Skewed on purpose: every
+industry has one or two dominant firms (so the dominance rule has something to bite), and some
+towns are tiny (so many cells fall under k). Three providers each hold a slice: the grid
+company (electricity), the tax bureau (output and tax), and the market regulator (register).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from broker.domain.uscc import make_uscc
+
+DIVISION = "330481"  # county-level administrative division code used in every USCC
+
+#: Towns and their share of enterprises: a few industrial hubs, several tiny townships.
+TOWNS: dict[str, float] = {
+    "Xiashi": 0.24, "Chang'an": 0.18, "Xucun": 0.14, "Zhouwangmiao": 0.11, "Yanguan": 0.09,
+    "Dingqiao": 0.08, "Huangwan": 0.06, "Yuanhua": 0.05, "Haizhou": 0.04, "Jianshan": 0.01,
+}
+
+#: GB/T 4754-2017 classes: code -> (name, share of firms, kWh per 10k CNY output, tax rate).
+INDUSTRIES: dict[str, tuple[str, float, float, float]] = {
+    "C3825": ("Photovoltaic equipment and components", 0.14, 620.0, 0.045),
+    "C1713": ("Cotton printing and dyeing", 0.30, 900.0, 0.035),
+    "C3856": ("Smart home consumer devices", 0.08, 180.0, 0.055),
+    "C3670": ("Auto parts and accessories", 0.26, 350.0, 0.050),
+    "C3499": ("Other general-purpose equipment", 0.22, 300.0, 0.050),
+}
+
+_NAME_WORDS = ["Hengtai", "Jiahe", "Xinyuan", "Ruifeng", "Tianhong", "Mingda", "Haoyu",
+               "Kangsheng", "Longxin", "Zhengtai", "Baoli", "Huachen", "Yongfa", "Dexin"]
+
+
+@dataclass(frozen=True, slots=True)
+class County:
+    """The generated economy: one row per enterprise, one row per enterprise-month."""
+
+    enterprises: pd.DataFrame
+    monthly: pd.DataFrame
+
+
+def generate_county(
+    *, seed: int = 20261123, enterprises: int = 3000, year: int = 2025, months: int = 12
+) -> County:
+    """The county for ``seed``; the same arguments always give the same data."""
+    rng = np.random.default_rng(seed)
+    towns = np.array(list(TOWNS))
+    codes = np.array(list(INDUSTRIES))
+    town = rng.choice(towns, size=enterprises, p=np.array(list(TOWNS.values())))
+    industry = rng.choice(codes, size=enterprises, p=[v[1] for v in INDUSTRIES.values()])
+    # Annual output in 10k CNY: lognormal body, plus one or two giants per industry.
+    output = rng.lognormal(mean=7.0, sigma=1.1, size=enterprises)
+    for code in codes:
+        members = np.flatnonzero(industry == code)
+        giants = rng.choice(members, size=min(2, len(members)), replace=False)
+        output[giants[0]] *= 3000.0
+        if len(giants) > 1:
+            output[giants[1]] *= 60.0
+        town[giants[0]] = "Xiashi" if code != "C3825" else "Yuanhua"
+    bodies = rng.choice(100_000_000, size=enterprises, replace=False)
+    uscc = [make_uscc(DIVISION, f"{b:08d}") for b in bodies]
+    names = [
+        f"{town[i]} {_NAME_WORDS[i % len(_NAME_WORDS)]} {INDUSTRIES[industry[i]][0].split()[0]}"
+        f" Co., Ltd. No.{i + 1}"
+        for i in range(enterprises)
+    ]
+    firms = pd.DataFrame({
+        "uscc": uscc,
+        "name": names,
+        "town": town,
+        "industry": industry,
+        "annual_output": output.round(1),
+        "land_mu": (output**0.55 * rng.uniform(0.4, 1.2, enterprises)).round(1),
+        "employees": np.maximum(3, (output**0.7 * rng.uniform(0.05, 0.15, enterprises))).astype(
+            int
+        ),
+    })
+    # Monthly panel; some firms enter during the year.
+    first = np.where(rng.random(enterprises) < 0.05, rng.integers(1, months, enterprises), 0)
+    firm = np.repeat(np.arange(enterprises), months)
+    month = np.tile(np.arange(months), enterprises)
+    keep = month >= first[firm]
+    firm, month = firm[keep], month[keep]
+    season = 1 + 0.15 * np.sin(month / months * 2 * np.pi)
+    out = output[firm] / months * season * rng.normal(1.0, 0.08, firm.size).clip(0.6, 1.4)
+    intensity = np.array([INDUSTRIES[c][2] for c in industry])[firm]
+    rate = np.array([INDUSTRIES[c][3] for c in industry])[firm]
+    kwh = out * intensity * rng.uniform(0.9, 1.1, firm.size)
+    dates = pd.to_datetime({"year": year, "month": month + 1, "day": 1}).dt.date
+    monthly = pd.DataFrame({
+        "uscc": np.array(uscc)[firm],
+        "month": dates,
+        "output_value": out.round(2),
+        "electricity_kwh": kwh.round(1),
+        "tax_paid": (out * rate * rng.uniform(0.8, 1.2, firm.size)).round(2),
+        "co2_t": (kwh * 0.000581).round(3),
+    })
+    return County(enterprises=firms, monthly=monthly)
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One provider's dataset: its rows and the ``meta`` it is registered with."""
+
+    provider: str
+    frame: pd.DataFrame
+    meta: dict[str, Any]
+
+
+def _field(name: str, type_: str, role: str, sensitivity: str = "L1") -> dict[str, str]:
+    return {"name": name, "type": type_, "role": role, "sensitivity": sensitivity}
+
+
+def grid_slice(county: County) -> Slice:
+    """The grid company's monthly electricity by enterprise."""
+    frame = county.monthly.merge(county.enterprises[["uscc", "town", "industry"]], on="uscc")
+    frame = frame[["uscc", "town", "industry", "month", "electricity_kwh"]]
+    return Slice("grid-company", frame, {
+        "name": "electricity-2025",
+        "entity_field": "uscc",
+        "fields": [
+            _field("uscc", "string", "entity", "L2"),
+            _field("town", "string", "dimension"),
+            _field("industry", "string", "dimension"),
+            _field("month", "date", "dimension"),
+            _field("electricity_kwh", "number", "measure", "L2"),
+        ],
+    })
+
+
+def tax_slice(county: County) -> Slice:
+    """The tax bureau's monthly output value and tax paid by enterprise."""
+    frame = county.monthly.merge(county.enterprises[["uscc", "town", "industry"]], on="uscc")
+    frame = frame[["uscc", "town", "industry", "month", "output_value", "tax_paid"]]
+    return Slice("tax-bureau", frame, {
+        "name": "tax-2025",
+        "entity_field": "uscc",
+        "fields": [
+            _field("uscc", "string", "entity", "L3"),
+            _field("town", "string", "dimension"),
+            _field("industry", "string", "dimension"),
+            _field("month", "date", "dimension"),
+            _field("output_value", "number", "sensitive", "L3"),
+            _field("tax_paid", "number", "sensitive", "L3"),
+        ],
+    })
+
+
+def register_slice(county: County) -> Slice:
+    """The market regulator's enterprise register: names, land and staff."""
+    frame = county.enterprises[["uscc", "name", "town", "industry", "land_mu", "employees"]]
+    return Slice("market-regulator", frame, {
+        "name": "enterprise-register",
+        "entity_field": "uscc",
+        "fields": [
+            _field("uscc", "string", "entity", "L2"),
+            _field("name", "string", "identifier", "L2"),
+            _field("town", "string", "dimension"),
+            _field("industry", "string", "dimension"),
+            _field("land_mu", "number", "measure"),
+            _field("employees", "integer", "measure"),
+        ],
+    })

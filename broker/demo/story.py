@@ -1,0 +1,202 @@
+"""The broker's story, told through its HTTP API exactly as its users would.
+
+Used by ``broker demo`` (printed as a report), ``broker serve --demo`` (the set-up half) and
+the end-to-end test (asserted on).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from broker.demo.county import County, Slice, generate_county, grid_slice, tax_slice
+
+#: (sub, org, roles) of the people in the story.
+ACTORS: dict[str, tuple[str, str, list[str]]] = {
+    "operator": ("ops@broker", "broker-operator", ["admin"]),
+    "grid": ("data-officer@grid", "grid-company", ["provider"]),
+    "tax": ("data-officer@tax", "tax-bureau", ["provider"]),
+    "econ": ("analyst@econ", "economic-bureau", ["consumer"]),
+    "env": ("analyst@env", "environment-bureau", ["consumer"]),
+    "auditor": ("inspector@audit", "audit-office", ["auditor"]),
+}
+
+ORGS: list[dict[str, Any]] = [
+    {"id": "grid-company", "name": "County Power Supply Company", "kind": "enterprise",
+     "uscc": "91330481MA2B3C4D5X"},
+    {"id": "tax-bureau", "name": "County Tax Bureau", "kind": "department"},
+    {"id": "economic-bureau", "name": "Economic and Information Bureau (industry brain)",
+     "kind": "department"},
+    {"id": "environment-bureau", "name": "Ecology and Environment Bureau", "kind": "department"},
+    {"id": "audit-office", "name": "Data Security Audit Office", "kind": "auditor"},
+]
+
+Mint = Callable[[str, str, list[str]], str]
+
+
+class StoryError(RuntimeError):
+    """A step answered differently from what the story expects."""
+
+
+@dataclass
+class Step:
+    """One thing somebody did, and what the broker answered."""
+
+    actor: str
+    action: str
+    status: int
+    body: Any
+
+
+@dataclass
+class StoryResult:
+    """Everything the report shows and the e2e test asserts on."""
+
+    orgs: list[dict[str, Any]] = field(default_factory=list)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refusals: list[Step] = field(default_factory=list)
+    provider_view: list[dict[str, Any]] = field(default_factory=list)
+    audit_entries: list[dict[str, Any]] = field(default_factory=list)
+    verify: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker:
+    """A thin HTTP client that speaks as one of the story's actors at a time."""
+
+    def __init__(self, client: httpx.Client, mint: Mint) -> None:
+        self.client = client
+        self.tokens = {name: mint(*spec) for name, spec in ACTORS.items()}
+
+    def call(self, actor: str, method: str, path: str, *, expect: int | None = None,
+             **kwargs: Any) -> httpx.Response:
+        """Send a request as ``actor``; StoryError if ``expect`` is given and not met."""
+        headers = {"Authorization": f"Bearer {self.tokens[actor]}"}
+        response = self.client.request(method, path, headers=headers, **kwargs)
+        if expect is not None and response.status_code != expect:
+            raise StoryError(
+                f"{actor} {method} {path}: expected {expect}, got {response.status_code}: "
+                f"{response.text[:500]}"
+            )
+        return response
+
+
+def _upload(broker: Broker, actor: str, data: Slice) -> dict[str, Any]:
+    buffer = io.StringIO()
+    data.frame.to_csv(buffer, index=False)
+    files = {"file": (f"{data.meta['name']}.csv", buffer.getvalue().encode(), "text/csv")}
+    response = broker.call(actor, "POST", "/v1/datasets", expect=201, files=files,
+                           data={"meta": json.dumps(data.meta)})
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def set_up(broker: Broker, county: County | None = None) -> StoryResult:
+    """Organisations, two providers' datasets, two contracts offered and accepted."""
+    county = county or generate_county()
+    result = StoryResult()
+    for org in ORGS:
+        broker.call("operator", "POST", "/v1/orgs", expect=201, json=org)
+    result.orgs = broker.call("operator", "GET", "/v1/orgs", expect=200).json()
+    result.datasets["electricity"] = _upload(broker, "grid", grid_slice(county))
+    result.datasets["tax"] = _upload(broker, "tax", tax_slice(county))
+    now = datetime.now(UTC)
+    window = {"valid_from": (now - timedelta(minutes=1)).isoformat(),
+              "valid_until": (now + timedelta(days=365)).isoformat()}
+    offers = {
+        "electricity": ("grid", {
+            "dataset_id": result.datasets["electricity"]["id"],
+            "consumer_org": "economic-bureau",
+            "purposes": ["industrial-policy", "energy-planning"],
+            "fields": {"town": "clear", "industry": "clear", "month": "clear",
+                       "electricity_kwh": "aggregate"},
+            "k_min": 5,
+            "max_queries_per_day": 200,
+            **window,
+        }),
+        "tax": ("tax", {
+            "dataset_id": result.datasets["tax"]["id"],
+            "consumer_org": "economic-bureau",
+            "purposes": ["industrial-policy", "tax-analysis"],
+            "fields": {"town": "clear", "industry": "clear", "output_value": "aggregate",
+                       "tax_paid": "aggregate"},
+            "k_min": 5,
+            "max_queries_per_day": 50,
+            **window,
+        }),
+    }
+    for name, (provider, terms) in offers.items():
+        offered = broker.call(provider, "POST", "/v1/contracts", expect=201, json=terms).json()
+        result.contracts[name] = broker.call(
+            "econ", "POST", f"/v1/contracts/{offered['id']}/accept", expect=200
+        ).json()
+    return result
+
+
+def run_story(broker: Broker, county: County | None = None) -> StoryResult:
+    """The whole story: set-up, queries, refusals, revocation, the provider's and auditor's view."""
+    result = set_up(broker, county)
+    grid = result.contracts["electricity"]["id"]
+    tax = result.contracts["tax"]["id"]
+
+    result.queries["electricity by town and industry"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json={
+            "contract_id": grid, "purpose": "energy-planning",
+            "group_by": ["town", "industry"],
+            "measures": [{"fn": "count"}, {"fn": "sum", "field": "electricity_kwh"}],
+        }).json()
+    result.queries["tax per unit of output by industry"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json={
+            "contract_id": tax, "purpose": "industrial-policy", "group_by": ["industry"],
+            "measures": [{"fn": "count"},
+                         {"fn": "ratio", "numerator": "tax_paid", "denominator": "output_value",
+                          "as": "tax_per_output"}],
+        }).json()
+
+    attempts = [
+        ("env", "a department without a contract uses another's contract",
+         {"contract_id": grid, "purpose": "energy-planning", "group_by": ["town"],
+          "measures": [{"fn": "sum", "field": "electricity_kwh"}]}),
+        ("econ", "a purpose the contract does not name",
+         {"contract_id": grid, "purpose": "tax-analysis", "group_by": ["town"],
+          "measures": [{"fn": "sum", "field": "electricity_kwh"}]}),
+        ("econ", "grouping by the enterprise code",
+         {"contract_id": grid, "purpose": "energy-planning", "group_by": ["uscc"],
+          "measures": [{"fn": "sum", "field": "electricity_kwh"}]}),
+    ]
+    for actor, what, body in attempts:
+        response = broker.call(actor, "POST", "/v1/queries/aggregate", expect=403, json=body)
+        result.refusals.append(Step(actor, what, response.status_code, response.json()))
+
+    broker.call("grid", "POST", f"/v1/contracts/{grid}/revoke", expect=200)
+    response = broker.call("econ", "POST", "/v1/queries/aggregate", expect=403, json={
+        "contract_id": grid, "purpose": "energy-planning", "group_by": ["town"],
+        "measures": [{"fn": "count"}]})
+    result.refusals.append(Step("econ", "a query after the provider revoked the contract",
+                                response.status_code, response.json()))
+    result.contracts["electricity"] = broker.call(
+        "grid", "GET", f"/v1/contracts/{grid}", expect=200).json()
+
+    result.provider_view = broker.call(
+        "grid", "GET", "/v1/audit/entries", expect=200,
+        params={"action": "query.aggregate", "limit": 1000}).json()["entries"]
+    entries: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = broker.call("auditor", "GET", "/v1/audit/entries", expect=200,
+                           params=params).json()
+        entries += page["entries"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    result.audit_entries = entries
+    result.verify = broker.call("auditor", "GET", "/v1/audit/verify", expect=200).json()
+    return result

@@ -1,0 +1,126 @@
+"""Dataset schema: declared fields, their types, roles and sensitivity levels."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from broker.domain.errors import InvalidInput
+
+#: Field and dataset names are plain identifiers so they can never smuggle SQL or paths.
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class FieldType(StrEnum):
+    """Column types a provider may declare."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    DATE = "date"
+    BOOLEAN = "boolean"
+
+    @property
+    def is_numeric(self) -> bool:
+        """Whether sums and means make sense over this type."""
+        return self in (FieldType.INTEGER, FieldType.NUMBER)
+
+
+class FieldRole(StrEnum):
+    """What a field is for; policies decide flows from it.
+
+    ``entity`` is the privacy unit (usually the USCC); ``identifier`` never flows in clear;
+    ``quasi_identifier`` can single out in combination; ``sensitive`` flows only aggregated.
+    """
+
+    ENTITY = "entity"
+    DIMENSION = "dimension"
+    MEASURE = "measure"
+    QUASI_IDENTIFIER = "quasi_identifier"
+    IDENTIFIER = "identifier"
+    SENSITIVE = "sensitive"
+
+
+class Sensitivity(StrEnum):
+    """Data grading levels, L1 (public) to L4 (core business secret)."""
+
+    L1 = "L1"
+    L2 = "L2"
+    L3 = "L3"
+    L4 = "L4"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One declared column."""
+
+    name: str
+    type: FieldType
+    role: FieldRole
+    sensitivity: Sensitivity = Sensitivity.L1
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSchema:
+    """The declared columns of a dataset, with exactly one entity field."""
+
+    entity_field: str
+    fields: tuple[FieldSpec, ...]
+
+    @classmethod
+    def of(cls, entity_field: str, fields: Iterable[FieldSpec]) -> DatasetSchema:
+        """Check the declaration and build the schema; raises InvalidInput when inconsistent."""
+        fields = tuple(fields)
+        if not fields:
+            raise InvalidInput("A dataset declares at least one field.")
+        names = [f.name for f in fields]
+        bad = [n for n in names if not FIELD_NAME.match(n)]
+        if bad:
+            raise InvalidInput(
+                "Field names must be identifiers (letters, digits, underscore, at most 63).",
+                fields=bad,
+            )
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InvalidInput("Field names must be unique.", fields=dupes)
+        entities = [f.name for f in fields if f.role is FieldRole.ENTITY]
+        if entities != [entity_field]:
+            raise InvalidInput(
+                "entity_field must name the one field whose role is 'entity'.",
+                fields=entities,
+            )
+        return cls(entity_field=entity_field, fields=fields)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Field names in declaration order."""
+        return tuple(f.name for f in self.fields)
+
+    def field(self, name: str) -> FieldSpec:
+        """The field called ``name``; InvalidInput when the schema has none."""
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise InvalidInput("Unknown field.", fields=[name])
+
+    def has_field(self, name: str) -> bool:
+        """Whether the schema declares ``name``."""
+        return any(spec.name == name for spec in self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Catalogue entry of a registered dataset at its latest version."""
+
+    id: str
+    owner_org: str
+    name: str
+    schema: DatasetSchema
+    version: int
+    rows: int
+    sha256: str
+    created_at: datetime

@@ -1,0 +1,137 @@
+"""Ports: what the use cases need from the outside world.
+
+Adapters implement these Protocols (``broker.store`` for SQL, ``broker.policy`` for Rego,
+``connectors`` for dataset files and the query engine); tests may substitute fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+import pandas as pd
+
+from audit.entry import AuditEvent
+from audit.verify import StoredEntry
+from broker.domain.datasets import Dataset
+from broker.domain.organisations import Organisation
+from broker.domain.queries import Receipt
+from contracts.model import Contract
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters for reading the audit log; every given filter must match."""
+
+    actor: str | None = None
+    org: str | None = None
+    dataset_ids: Sequence[str] | None = None
+    action: str | None = None
+    since: str | None = None
+    until: str | None = None
+    allowed: bool | None = None
+    after_seq: int = 0
+    limit: int = 100
+
+
+class OrgRepository(Protocol):
+    """Registered organisations."""
+
+    def add(self, org: Organisation) -> None: ...
+    def get(self, org_id: str) -> Organisation | None: ...
+    def all(self) -> list[Organisation]: ...
+
+
+class DatasetRepository(Protocol):
+    """Dataset catalogue entries and their stored versions."""
+
+    def add(self, dataset: Dataset, *, path: str) -> None: ...
+    def get(self, dataset_id: str) -> Dataset | None: ...
+    def find(self, owner_org: str, name: str) -> Dataset | None: ...
+    def all(self) -> list[Dataset]: ...
+    def version_path(self, dataset_id: str, version: int) -> str: ...
+
+
+class ContractRepository(Protocol):
+    """Usage contracts."""
+
+    def add(self, contract: Contract) -> None: ...
+    def get(self, contract_id: str) -> Contract | None: ...
+    def save(self, contract: Contract) -> None: ...
+    def all(self) -> list[Contract]: ...
+
+
+class AuditLog(Protocol):
+    """The append-only ledger as a store sees it.
+
+    ``append`` serialises writers (one head row locked per transaction) and returns the receipt;
+    the entry becomes durable when the unit of work commits, which must happen before any value
+    covered by the entry is served.
+    """
+
+    def append(self, event: AuditEvent) -> Receipt: ...
+    def count_released(self, contract_id: str, action: str, since: str) -> int: ...
+    def entries(self, query: AuditQuery) -> list[dict[str, Any]]: ...
+    def stored(self) -> Iterator[StoredEntry]: ...
+    def head(self) -> tuple[int, str]: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over every repository; nothing is stored unless ``commit`` is called."""
+
+    @property
+    def orgs(self) -> OrgRepository: ...
+    @property
+    def datasets(self) -> DatasetRepository: ...
+    @property
+    def contracts(self) -> ContractRepository: ...
+    @property
+    def audit(self) -> AuditLog: ...
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def commit(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    """Opens a new unit of work."""
+
+    def __call__(self) -> UnitOfWork: ...
+
+
+class PolicyEngine(Protocol):
+    """Evaluates a Rego entrypoint (``package/rule``) over an input document."""
+
+    @property
+    def revision(self) -> str: ...
+
+    def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any: ...
+
+
+class DatasetStorage(Protocol):
+    """Where dataset versions live at rest."""
+
+    def write(self, dataset_id: str, version: int, frame: pd.DataFrame) -> str: ...
+    def remove(self, location: str) -> None: ...
+    def resolve(self, location: str) -> Path: ...
+
+
+class QueryEngine(Protocol):
+    """Runs a planned statement over one dataset version and returns plain rows."""
+
+    def run(
+        self,
+        location: Path,
+        sql: str,
+        params: Sequence[Any],
+        columns: Sequence[str] | None = None,
+    ) -> list[tuple[Any, ...]]: ...
+
+
+class Clock(Protocol):
+    """Current UTC time; injected so tests can move it."""
+
+    def __call__(self) -> datetime: ...

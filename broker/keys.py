@@ -1,0 +1,58 @@
+"""Key material kept as files outside the database: the dev JWT secret, the checkpoint key."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.settings import Settings
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600, failing if another process created it first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _load_or_create(path: Path, make: bytes) -> bytes:
+    with contextlib.suppress(FileExistsError):
+        _write_private(path, make)
+    return path.read_bytes()
+
+
+def jwt_secret(settings: Settings) -> str:
+    """The HS256 secret: ``BROKER_JWT_SECRET``, or one generated into the data directory."""
+    if settings.jwt_secret is not None:
+        value = settings.jwt_secret.get_secret_value()
+        if len(value) < 32:
+            raise ValueError("BROKER_JWT_SECRET must be at least 32 characters")
+        return value
+    path = settings.keys_dir / "jwt-secret"
+    return _load_or_create(path, secrets.token_urlsafe(48).encode()).decode().strip()
+
+
+def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
+    """The Ed25519 key that signs audit checkpoints, generated on first run."""
+    path = settings.keys_dir / "checkpoint-ed25519.pem"
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key = serialization.load_pem_private_key(_load_or_create(path, pem), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} does not hold an Ed25519 private key")
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pub_path = settings.keys_dir / "checkpoint-ed25519.pub"
+    if not pub_path.exists():
+        pub_path.write_bytes(public)
+    return key

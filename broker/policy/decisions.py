@@ -1,0 +1,118 @@
+"""Typed policy decisions over any PolicyEngine; anything malformed fails closed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.domain.errors import BrokerError, Unavailable
+from broker.domain.ports import PolicyEngine
+from broker.domain.principals import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    """Whether a role/relation check passed, and why not."""
+
+    allow: bool
+    reasons: tuple[str, ...]
+    revision: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDecision:
+    """The flow policy's verdict on a query: overall, per field, and the k that applies."""
+
+    allow: bool
+    reasons: tuple[str, ...]
+    revision: str
+    fields: dict[str, str] = field(default_factory=dict)
+    field_reasons: dict[str, list[str]] = field(default_factory=dict)
+    k: int = 0
+
+
+def _reasons(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise Unavailable("The policy returned a malformed decision; nothing was released.")
+    return tuple(sorted(raw))
+
+
+def _object(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise Unavailable("The policy returned a malformed decision; nothing was released.")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The broker's questions to its policies, phrased in domain terms."""
+
+    engine: PolicyEngine
+
+    @property
+    def revision(self) -> str:
+        """Revision of the loaded policies."""
+        return self.engine.revision
+
+    def _evaluate(self, entrypoint: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine's answer as an object; any engine failure is Unavailable (fail closed)."""
+        try:
+            return _object(self.engine.evaluate(entrypoint, document))
+        except BrokerError:
+            raise
+        except Exception as exc:
+            raise Unavailable("The policy engine failed; nothing was released.") from exc
+
+    def authorize(
+        self,
+        principal: Principal,
+        action: str,
+        resource: Mapping[str, Any] | None = None,
+        *,
+        registered: bool,
+    ) -> AccessDecision:
+        """Ask ``broker.authz`` whether ``principal`` may do ``action`` on ``resource``."""
+        raw = self._evaluate(
+            "broker/authz/decision",
+            {
+                "action": action,
+                "principal": {**principal.as_actor(), "registered": registered},
+                "resource": dict(resource or {}),
+            },
+        )
+        allow = raw.get("allow")
+        reasons = _reasons(raw.get("reasons"))
+        return AccessDecision(allow=allow is True and not reasons, reasons=reasons,
+                              revision=self.revision)
+
+    def flow(self, document: Mapping[str, Any]) -> FlowDecision:
+        """Ask ``broker.flow`` which fields of a query may flow, and in which form."""
+        raw = self._evaluate("broker/flow/decision", document)
+        reasons = _reasons(raw.get("reasons"))
+        fields = _object(raw.get("fields"))
+        field_reasons = _object(raw.get("field_reasons"))
+        k = raw.get("k")
+        verdicts = {str(name): str(v) for name, v in fields.items()}
+        per_field = {str(name): list(_reasons(v)) for name, v in field_reasons.items()}
+        # Belt and braces against an engine that evaluates one rule wrongly: a decision that
+        # allows while any field is denied, or with a verdict this broker cannot execute, or
+        # with a k below 2, is a denial.
+        field_denials = {r for rs in per_field.values() for r in rs}
+        if any(v == "deny" and not per_field.get(f) for f, v in verdicts.items()):
+            field_denials.add("field-denied")
+        if any(v not in ("clear", "aggregate", "deny") for v in verdicts.values()):
+            field_denials.add("unsupported-field-verdict")
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise Unavailable("The policy returned a malformed decision; nothing was released.")
+        allow = raw.get("allow") is True and not reasons and not field_denials
+        if raw.get("allow") is True and allow and k < 2:
+            allow, field_denials = False, {"k-below-floor"}
+        return FlowDecision(
+            allow=allow,
+            reasons=tuple(sorted(set(reasons) | field_denials)) if not allow else (),
+            revision=self.revision,
+            fields=verdicts,
+            field_reasons=per_field,
+            k=k,
+        )

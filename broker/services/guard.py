@@ -1,0 +1,77 @@
+"""Access checks shared by every use case: ask the policy, audit a refusal, raise."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from audit.entry import AuditEvent
+from broker.domain.errors import PolicyDenied
+from broker.domain.ports import UnitOfWork
+from broker.domain.principals import RequestContext
+from broker.policy.decisions import AccessDecision, Policies
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Asks ``broker.authz`` and turns a no into an audited, committed denial."""
+
+    policies: Policies
+
+    def decide(
+        self, uow: UnitOfWork, ctx: RequestContext, action: str, resource: Mapping[str, Any]
+    ) -> AccessDecision:
+        """The authz decision for ``action`` on ``resource`` (no side effects)."""
+        registered = uow.orgs.get(ctx.principal.org) is not None
+        return self.policies.authorize(ctx.principal, action, resource, registered=registered)
+
+    def require(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        action: str,
+        resource: Mapping[str, Any],
+        **ids: Any,
+    ) -> AccessDecision:
+        """The decision if it allows; otherwise audit the denial, commit it and raise 403."""
+        decision = self.decide(uow, ctx, action, resource)
+        if not decision.allow:
+            self.refuse(uow, ctx, action, decision.reasons, **ids)
+        return decision
+
+    def refuse(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        action: str,
+        reasons: tuple[str, ...],
+        **ids: Any,
+    ) -> NoReturn:
+        """Record a denial durably, then raise PolicyDenied with the policy's reasons."""
+        uow.audit.append(
+            AuditEvent(
+                actor=ctx.principal.as_actor(),
+                action=action,
+                request_id=ctx.request_id,
+                allowed=False,
+                reasons=reasons,
+                policy_revision=self.policies.revision,
+                **ids,
+            )
+        )
+        uow.commit()
+        raise PolicyDenied(reasons)
+
+    def record(self, uow: UnitOfWork, ctx: RequestContext, action: str, **ids: Any) -> None:
+        """Append the entry for an allowed action (the caller commits)."""
+        uow.audit.append(
+            AuditEvent(
+                actor=ctx.principal.as_actor(),
+                action=action,
+                request_id=ctx.request_id,
+                allowed=True,
+                policy_revision=self.policies.revision,
+                **ids,
+            )
+        )

@@ -1,0 +1,55 @@
+"""Use cases: registering and listing organisations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.domain.errors import Conflict, InvalidInput
+from broker.domain.organisations import ORG_ID, Organisation, OrgKind
+from broker.domain.ports import Clock, UnitOfWorkFactory
+from broker.domain.principals import RequestContext
+from broker.services.guard import Guard
+
+
+@dataclass(frozen=True, slots=True)
+class OrgService:
+    """Organisation registry (the operator's job)."""
+
+    uow: UnitOfWorkFactory
+    guard: Guard
+    clock: Clock
+
+    def register(
+        self,
+        ctx: RequestContext,
+        *,
+        org_id: str,
+        name: str,
+        kind: OrgKind,
+        uscc: str | None = None,
+        public_key: str | None = None,
+    ) -> Organisation:
+        """Register an organisation so its members' tokens can act for it."""
+        if not ORG_ID.match(org_id):
+            raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "org.register", {})
+            if uow.orgs.get(org_id) is not None:
+                raise Conflict("An organisation with this id is already registered.")
+            org = Organisation(
+                id=org_id,
+                name=name,
+                kind=kind,
+                uscc=uscc,
+                public_key=public_key,
+                created_at=self.clock(),
+            )
+            uow.orgs.add(org)
+            self.guard.record(uow, ctx, "org.register")
+            uow.commit()
+            return org
+
+    def list(self) -> list[Organisation]:
+        """The public directory of organisations."""
+        with self.uow() as uow:
+            return uow.orgs.all()

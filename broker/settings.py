@@ -1,0 +1,50 @@
+"""Settings from the environment (prefix ``BROKER_``); every default is the embedded one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from policies import POLICY_DIR
+
+
+class Settings(BaseSettings):
+    """Configuration shared by ``broker serve``, the CLI and the tests."""
+
+    model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "broker-dev"
+    jwt_audience: str = "broker"
+    jwt_algorithms: list[Literal["HS256", "HS384", "HS512"]] = ["HS256"]
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    policy_engine: Literal["embedded"] = "embedded"
+    policy_dir: Path = POLICY_DIR
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    engine_threads: int = Field(default=2, ge=1, le=64)
+
+    @property
+    def db_url(self) -> str:
+        """The database URL: the configured one, or SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where generated secrets and keys live (outside the database)."""
+        return self.data_dir / "keys"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where dataset versions are stored."""
+        return self.data_dir / "datasets"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Scratch space for uploads being checked."""
+        return self.data_dir / "uploads"

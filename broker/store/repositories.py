@@ -1,0 +1,243 @@
+"""SQL repositories: rows in, domain objects out. Table rows never leave this package."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from broker.domain.datasets import (
+    Dataset,
+    DatasetSchema,
+    FieldRole,
+    FieldSpec,
+    FieldType,
+    Sensitivity,
+)
+from broker.domain.errors import NotFound
+from broker.domain.organisations import Organisation, OrgKind
+from broker.store.tables import ContractRow, DatasetRow, DatasetVersionRow, OrgRow
+from contracts.model import Contract, ContractStatus, Dominance, FieldForm
+
+
+def aware(value: datetime) -> datetime:
+    """Datetimes come back naive from SQLite; everything stored is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _maybe_aware(value: datetime | None) -> datetime | None:
+    return aware(value) if value is not None else None
+
+
+class SqlOrgRepository:
+    """Organisations in SQL."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, org: Organisation) -> None:
+        """Insert a new organisation."""
+        self.session.add(
+            OrgRow(
+                id=org.id,
+                name=org.name,
+                kind=org.kind.value,
+                uscc=org.uscc,
+                public_key=org.public_key,
+                created_at=org.created_at,
+            )
+        )
+        self.session.flush()
+
+    def get(self, org_id: str) -> Organisation | None:
+        """The organisation with this id, if any."""
+        row = self.session.get(OrgRow, org_id)
+        return self._to_domain(row) if row else None
+
+    def all(self) -> list[Organisation]:
+        """All organisations by id."""
+        rows = self.session.exec(select(OrgRow).order_by(OrgRow.id)).all()
+        return [self._to_domain(r) for r in rows]
+
+    @staticmethod
+    def _to_domain(row: OrgRow) -> Organisation:
+        return Organisation(
+            id=row.id,
+            name=row.name,
+            kind=OrgKind(row.kind),
+            uscc=row.uscc,
+            public_key=row.public_key,
+            created_at=aware(row.created_at),
+        )
+
+
+class SqlDatasetRepository:
+    """Datasets and versions in SQL."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, dataset: Dataset, *, path: str) -> None:
+        """Insert a dataset with its first version."""
+        self.session.add(
+            DatasetRow(
+                id=dataset.id,
+                owner_org=dataset.owner_org,
+                name=dataset.name,
+                entity_field=dataset.schema.entity_field,
+                fields=[
+                    {
+                        "name": f.name,
+                        "type": f.type.value,
+                        "role": f.role.value,
+                        "sensitivity": f.sensitivity.value,
+                    }
+                    for f in dataset.schema.fields
+                ],
+                latest_version=dataset.version,
+                created_at=dataset.created_at,
+            )
+        )
+        self.session.flush()
+        self.session.add(
+            DatasetVersionRow(
+                dataset_id=dataset.id,
+                version=dataset.version,
+                rows=dataset.rows,
+                sha256=dataset.sha256,
+                location=path,
+                created_at=dataset.created_at,
+            )
+        )
+        self.session.flush()
+
+    def get(self, dataset_id: str) -> Dataset | None:
+        """The dataset at its latest version, if any."""
+        row = self.session.get(DatasetRow, dataset_id)
+        return self._to_domain(row) if row else None
+
+    def find(self, owner_org: str, name: str) -> Dataset | None:
+        """The owner's dataset with this name, if any."""
+        row = self.session.exec(
+            select(DatasetRow).where(DatasetRow.owner_org == owner_org, DatasetRow.name == name)
+        ).first()
+        return self._to_domain(row) if row else None
+
+    def all(self) -> list[Dataset]:
+        """Every dataset, oldest first."""
+        rows = self.session.exec(
+            select(DatasetRow).order_by(DatasetRow.created_at, DatasetRow.id)  # type: ignore[arg-type]
+        ).all()
+        return [self._to_domain(r) for r in rows]
+
+    def version_path(self, dataset_id: str, version: int) -> str:
+        """Storage location of one version."""
+        row = self._version(dataset_id, version)
+        if row is None:
+            raise NotFound("No such dataset version.")
+        return row.location
+
+    def _version(self, dataset_id: str, version: int) -> DatasetVersionRow | None:
+        return self.session.exec(
+            select(DatasetVersionRow).where(
+                DatasetVersionRow.dataset_id == dataset_id, DatasetVersionRow.version == version
+            )
+        ).first()
+
+    def _to_domain(self, row: DatasetRow) -> Dataset:
+        version = self._version(row.id, row.latest_version)
+        if version is None:  # the two rows are written in one transaction
+            raise NotFound("No such dataset version.")
+        return Dataset(
+            id=row.id,
+            owner_org=row.owner_org,
+            name=row.name,
+            schema=DatasetSchema(
+                entity_field=row.entity_field,
+                fields=tuple(_field_spec(f) for f in row.fields),
+            ),
+            version=row.latest_version,
+            rows=version.rows,
+            sha256=version.sha256,
+            created_at=aware(row.created_at),
+        )
+
+
+def _field_spec(data: dict[str, Any]) -> FieldSpec:
+    return FieldSpec(
+        name=data["name"],
+        type=FieldType(data["type"]),
+        role=FieldRole(data["role"]),
+        sensitivity=Sensitivity(data["sensitivity"]),
+    )
+
+
+class SqlContractRepository:
+    """Contracts in SQL."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, contract: Contract) -> None:
+        """Insert a new contract."""
+        self.session.add(self._to_row(contract))
+        self.session.flush()
+
+    def save(self, contract: Contract) -> None:
+        """Store a contract's new state."""
+        self.session.merge(self._to_row(contract))
+        self.session.flush()
+
+    def get(self, contract_id: str) -> Contract | None:
+        """The contract with this id, if any."""
+        row = self.session.get(ContractRow, contract_id)
+        return self._to_domain(row) if row else None
+
+    def all(self) -> list[Contract]:
+        """Every contract, oldest first."""
+        rows = self.session.exec(
+            select(ContractRow).order_by(ContractRow.created_at, ContractRow.id)  # type: ignore[arg-type]
+        ).all()
+        return [self._to_domain(r) for r in rows]
+
+    @staticmethod
+    def _to_row(c: Contract) -> ContractRow:
+        return ContractRow(
+            id=c.id,
+            dataset_id=c.dataset_id,
+            provider_org=c.provider_org,
+            consumer_org=c.consumer_org,
+            purposes=list(c.purposes),
+            fields={k: v.value for k, v in c.fields.items()},
+            k_min=c.k_min,
+            dominance_n=c.dominance.n,
+            dominance_k=c.dominance.k,
+            valid_from=c.valid_from,
+            valid_until=c.valid_until,
+            max_queries_per_day=c.max_queries_per_day,
+            status=c.status.value,
+            created_at=c.created_at,
+            accepted_at=c.accepted_at,
+            revoked_at=c.revoked_at,
+        )
+
+    @staticmethod
+    def _to_domain(row: ContractRow) -> Contract:
+        return Contract(
+            id=row.id,
+            dataset_id=row.dataset_id,
+            provider_org=row.provider_org,
+            consumer_org=row.consumer_org,
+            purposes=tuple(row.purposes),
+            fields={k: FieldForm(v) for k, v in row.fields.items()},
+            k_min=row.k_min,
+            dominance=Dominance(n=row.dominance_n, k=row.dominance_k),
+            valid_from=aware(row.valid_from),
+            valid_until=aware(row.valid_until),
+            max_queries_per_day=row.max_queries_per_day,
+            status=ContractStatus(row.status),
+            created_at=aware(row.created_at),
+            accepted_at=_maybe_aware(row.accepted_at),
+            revoked_at=_maybe_aware(row.revoked_at),
+        )

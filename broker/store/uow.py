@@ -1,0 +1,57 @@
+"""SQL unit of work: one session, every repository, explicit commit."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from broker.domain.ports import Clock
+from broker.store.audit import SqlAuditLog
+from broker.store.repositories import (
+    SqlContractRepository,
+    SqlDatasetRepository,
+    SqlOrgRepository,
+)
+
+
+class SqlUnitOfWork:
+    """A transaction; leaving the block without ``commit`` rolls everything back."""
+
+    session: Session
+    orgs: SqlOrgRepository
+    datasets: SqlDatasetRepository
+    contracts: SqlContractRepository
+    audit: SqlAuditLog
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def __enter__(self) -> Self:
+        self.session = Session(self.engine, expire_on_commit=False)
+        self.orgs = SqlOrgRepository(self.session)
+        self.datasets = SqlDatasetRepository(self.session)
+        self.contracts = SqlContractRepository(self.session)
+        self.audit = SqlAuditLog(self.session, self.clock)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.rollback()
+        self.session.close()
+
+    def commit(self) -> None:
+        """Make everything done in this unit durable."""
+        self.session.commit()
+
+
+class SqlUnitOfWorkFactory:
+    """Opens SQL units of work on one engine."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def __call__(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, self.clock)

@@ -1,0 +1,151 @@
+"""Dataset upload: checked against the declared schema, all or nothing; catalogue visibility."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+from fastapi.testclient import TestClient
+
+from broker.settings import Settings
+from tests.conftest import ENERGY, ENERGY_META, Mint, World, assert_problem, auth, upload
+
+
+def _stored_files(settings: Settings) -> list[Path]:
+    root = settings.data_dir
+    return [p for p in root.rglob("*") if p.is_file() and p.suffix in (".parquet", ".upload")]
+
+
+def _dataset_rows(settings: Settings) -> int:
+    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM datasets").fetchone()[0])
+
+
+def test_upload_answers_201_with_id_version_rows_and_sha256(world: World) -> None:
+    d = world.dataset
+    assert d["version"] == 1
+    assert d["rows"] == len(ENERGY)
+    assert len(d["sha256"]) == 64
+    assert d["owner_org"] == "grid"
+    assert [f["name"] for f in d["fields"]] == ["uscc", "town", "name", "kwh"]
+
+
+def test_wrong_type_is_refused_naming_column_and_rows_not_values(
+    world: World, settings: Settings
+) -> None:
+    bad = ENERGY.copy()
+    bad["kwh"] = bad["kwh"].astype(object)
+    bad.loc[3, "kwh"] = "SECRET-NOT-A-NUMBER"
+    before = _dataset_rows(settings)
+    r = upload(world.client, world.grid, bad, {**ENERGY_META, "name": "energy-bad"})
+    body = assert_problem(r, 422, "bad-dataset")
+    assert body["problems"] == [{"column": "kwh", "issue": "not-number", "rows": [4], "count": 1}]
+    assert "SECRET" not in r.text
+    assert _dataset_rows(settings) == before
+    assert len(_stored_files(settings)) == 1  # only the world's own dataset
+
+
+def test_missing_entity_value_is_refused(world: World) -> None:
+    bad = ENERGY.copy()
+    bad.loc[2, "uscc"] = None
+    r = upload(world.client, world.grid, bad, {**ENERGY_META, "name": "energy-bad"})
+    body = assert_problem(r, 422, "bad-dataset")
+    assert body["problems"][0]["issue"] == "entity-missing"
+    assert body["problems"][0]["rows"] == [3]
+
+
+def test_columns_must_match_the_declaration(world: World) -> None:
+    extra = ENERGY.assign(secret_column=1)
+    r = upload(world.client, world.grid, extra, {**ENERGY_META, "name": "energy-extra"})
+    body = assert_problem(r, 422, "bad-dataset")
+    assert {"column": "secret_column", "issue": "undeclared"} in body["problems"]
+    missing = ENERGY.drop(columns=["town"])
+    r = upload(world.client, world.grid, missing, {**ENERGY_META, "name": "energy-missing"})
+    assert {"column": "town", "issue": "missing"} in assert_problem(r, 422, "bad-dataset")[
+        "problems"]
+
+
+def test_junk_binary_file_is_refused_and_nothing_kept(world: World, settings: Settings) -> None:
+    r = world.client.post(
+        "/v1/datasets", headers=auth(world.grid),
+        files={"file": ("junk.csv", bytes(range(256)) * 100, "text/csv")},
+        data={"meta": '{"name": "junk", "entity_field": "uscc", "fields": '
+                      '[{"name": "uscc", "type": "string", "role": "entity"}]}'},
+    )
+    assert_problem(r, 422, "bad-dataset")
+    assert len(_stored_files(settings)) == 1
+
+
+def test_ragged_csv_is_refused(world: World) -> None:
+    content = b"uscc,town,name,kwh\nE1,A,F,1\nE2,A,F,1,EXTRA,EXTRA\n"
+    r = world.client.post("/v1/datasets", headers=auth(world.grid),
+                          files={"file": ("r.csv", content, "text/csv")},
+                          data={"meta": '{"name": "ragged", "entity_field": "uscc", "fields": ['
+                                        '{"name":"uscc","type":"string","role":"entity"},'
+                                        '{"name":"town","type":"string","role":"dimension"},'
+                                        '{"name":"name","type":"string","role":"identifier"},'
+                                        '{"name":"kwh","type":"number","role":"measure"}]}'})
+    assert_problem(r, 422, "bad-dataset")
+
+
+def test_file_over_the_limit_is_413_and_nothing_kept(world: World, settings: Settings) -> None:
+    big = b"uscc,town,name,kwh\n" + b"E1,A,F,1\n" * 400_000  # ~3.6 MB > 2 MB limit
+    r = world.client.post("/v1/datasets", headers=auth(world.grid),
+                          files={"file": ("big.csv", big, "text/csv")},
+                          data={"meta": '{"name": "big", "entity_field": "uscc", "fields": []}'})
+    assert_problem(r, 413, "payload-too-large")
+    assert len(_stored_files(settings)) == 1
+
+
+def test_meta_with_unknown_fields_or_bad_names_is_422(world: World) -> None:
+    meta = {**ENERGY_META, "name": "x", "owner_org": "econ"}
+    assert_problem(upload(world.client, world.grid, ENERGY, meta), 422, "invalid-input")
+    meta = {**ENERGY_META, "name": "x",
+            "fields": [*ENERGY_META["fields"][:-1],
+                       {"name": 'kwh"; DROP TABLE x; --', "type": "number", "role": "measure"}]}
+    assert_problem(upload(world.client, world.grid, ENERGY, meta), 422, "invalid-input")
+
+
+def test_entity_field_must_be_the_one_entity_role(world: World) -> None:
+    meta = {**ENERGY_META, "name": "x", "entity_field": "town"}
+    assert_problem(upload(world.client, world.grid, ENERGY, meta), 422, "invalid-input")
+
+
+def test_duplicate_name_for_the_same_owner_is_409(world: World, settings: Settings) -> None:
+    r = upload(world.client, world.grid, ENERGY, ENERGY_META)
+    assert_problem(r, 409, "conflict")
+    assert len(_stored_files(settings)) == 1
+
+
+def test_only_providers_of_registered_orgs_upload(world: World, mint: Mint) -> None:
+    r = upload(world.client, world.econ, ENERGY, {**ENERGY_META, "name": "e2"})
+    assert assert_problem(r, 403, "policy-denied")["reasons"] == ["role-not-permitted"]
+    r = upload(world.client, mint("ghost-org", "provider"), ENERGY, {**ENERGY_META, "name": "e2"})
+    assert assert_problem(r, 403, "policy-denied")["reasons"] == ["org-not-registered"]
+
+
+def test_catalogue_visibility(world: World, mint: Mint) -> None:
+    c, did = world.client, world.dataset["id"]
+    assert [d["id"] for d in c.get("/v1/datasets", headers=auth(world.grid)).json()] == [did]
+    assert c.get("/v1/datasets", headers=auth(world.other_provider)).json() == []
+    assert_problem(c.get(f"/v1/datasets/{did}", headers=auth(world.other_provider)), 404,
+                   "not-found")
+    assert c.get("/v1/datasets", headers=auth(world.env)).json() == []
+    assert_problem(c.get(f"/v1/datasets/{did}", headers=auth(world.env)), 404, "not-found")
+    seen = c.get(f"/v1/datasets/{did}", headers=auth(world.econ)).json()
+    assert {f["name"] for f in seen["fields"]} == {"town", "kwh", "name"}  # contracted only
+    assert len(c.get(f"/v1/datasets/{did}", headers=auth(world.auditor)).json()["fields"]) == 4
+
+
+def test_upload_of_the_county_slice_round_trips_types(client: TestClient, mint: Mint) -> None:
+    from broker.demo.county import generate_county, grid_slice
+
+    admin, grid = mint("operator", "admin"), mint("grid-company", "provider")
+    client.post("/v1/orgs", headers=auth(admin),
+                json={"id": "grid-company", "name": "Grid", "kind": "enterprise"})
+    data = grid_slice(generate_county(enterprises=200))
+    r = upload(client, grid, data.frame, data.meta)
+    assert r.status_code == 201, r.text
+    assert r.json()["rows"] == len(data.frame)
+    assert pd.api.types.is_float_dtype(data.frame["electricity_kwh"])

@@ -1,0 +1,100 @@
+"""The whole story over HTTP against a real ``broker serve`` process on loopback."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.auth import mint_token
+from broker.demo.county import generate_county
+from broker.demo.story import Broker, run_story
+from broker.serving import free_port
+from broker.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Settings, Path]]:
+    port = free_port()
+    data_dir = tmp_path / "var"
+    env = {**os.environ, "BROKER_DATA_DIR": str(data_dir)}
+    env.pop("BROKER_JWT_SECRET", None)
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp_path / "server.log").read_text())
+            time.sleep(0.1)
+        yield base, Settings(data_dir=data_dir), tmp_path / "server.log"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:
+    base, settings, log_path = server
+    from broker.keys import jwt_secret
+
+    secret = jwt_secret(settings)  # the file the server generated on first run
+
+    def mint(sub: str, org: str, roles: list[str]) -> str:
+        return mint_token(key=secret, issuer=settings.jwt_issuer,
+                          audience=settings.jwt_audience, sub=sub, org=org, roles=roles)
+
+    county = generate_county(enterprises=800)
+    with httpx.Client(base_url=base, timeout=60) as client:
+        result = run_story(Broker(client, mint), county)
+        assert client.get("/docs").status_code == 200
+
+    energy = result.queries["electricity by town and industry"]
+    statuses = {c["status"] for c in energy["cells"]}
+    assert statuses == {"published", "suppressed"}
+    for cell in energy["cells"]:
+        if cell["status"] == "suppressed":
+            assert cell["values"] is None
+            assert cell["reason"] == "min-entities"
+        else:
+            assert cell["values"]["count"] >= 5
+    reasons = [set(step.body["reasons"]) for step in result.refusals]
+    assert reasons == [{"no-active-contract"}, {"purpose-not-in-contract"},
+                       {"entity-field-not-usable", "field-not-in-contract"},
+                       {"contract-not-active"}]
+    assert result.contracts["electricity"]["status"] == "revoked"
+    # The auditor's own read is appended after the page it read.
+    assert result.verify["valid"] is True
+    assert result.verify["size"] == len(result.audit_entries) + 1
+    queries = [e["entry"] for e in result.audit_entries
+               if e["entry"]["action"] == "query.aggregate"]
+    denied = [e for e in queries if not e["decision"]["allowed"]]
+    assert {e["actor"]["org"] for e in denied} == {"environment-bureau", "economic-bureau"}
+    assert any(e["actor"]["org"] == "environment-bureau" for e in
+               (i["entry"] for i in result.provider_view))
+
+    # No row value of any dataset in the audit table or the server's log.
+    names = set(county.enterprises["uscc"]) | set(county.enterprises["name"])
+    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
+        bodies = " ".join(r[0] for r in conn.execute("SELECT body FROM audit_entries"))
+    server_log = log_path.read_text()
+    sample = list(names)[:400]
+    assert not [v for v in sample if v in bodies or v in server_log]

@@ -1,0 +1,72 @@
+"""Policy decisions fail closed whatever the engine answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from broker.domain.errors import Unavailable
+from broker.domain.principals import Principal, Role
+from broker.policy.decisions import Policies
+
+
+class FakeEngine:
+    """Answers whatever it is told to, like a misbehaving engine would."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    @property
+    def revision(self) -> str:
+        return "fake"
+
+    def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:  # noqa: ARG002
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+OK = {"allow": True, "reasons": [], "fields": {"town": "clear"}, "field_reasons": {}, "k": 5}
+
+
+def test_a_consistent_allow_is_an_allow() -> None:
+    decision = Policies(FakeEngine(OK)).flow({})
+    assert decision.allow
+    assert decision.reasons == ()
+    assert decision.k == 5
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({**OK, "fields": {"name": "deny"}}, "field-denied"),
+        ({**OK, "fields": {"name": "deny"}, "field_reasons": {"name": ["x-y"]}}, "x-y"),
+        ({**OK, "fields": {"month": "generalize"}}, "unsupported-field-verdict"),
+        ({**OK, "k": 1}, "k-below-floor"),
+        ({**OK, "allow": "yes"}, None),
+    ],
+)
+def test_an_inconsistent_allow_is_a_denial(answer: dict[str, Any], reason: str | None) -> None:
+    decision = Policies(FakeEngine(answer)).flow({})
+    assert not decision.allow
+    if reason:
+        assert reason in decision.reasons
+
+
+MALFORMED: list[Any] = [None, [], "allow", {"allow": True}, {**OK, "reasons": "none"},
+             RuntimeError("engine crashed")]
+
+
+@pytest.mark.parametrize("answer", [*MALFORMED, {**OK, "k": "5"}, {**OK, "fields": []}])
+def test_a_malformed_flow_answer_or_engine_error_is_unavailable(answer: Any) -> None:
+    with pytest.raises(Unavailable):
+        Policies(FakeEngine(answer)).flow({})
+
+
+@pytest.mark.parametrize("answer", MALFORMED)
+def test_a_malformed_authz_answer_or_engine_error_is_unavailable(answer: Any) -> None:
+    with pytest.raises(Unavailable):
+        Policies(FakeEngine(answer)).authorize(
+            Principal("i", "s", "o", frozenset({Role.ADMIN})), "org.register", registered=True)
