@@ -54,7 +54,7 @@ class TokenVerifier:
         sub, org, roles = claims.get("sub"), claims.get("org"), claims.get("roles")
         if not isinstance(sub, str) or not 0 < len(sub) <= 256:
             raise Unauthenticated("The token's 'sub' claim is not valid.")
-        if not isinstance(org, str) or not ORG_ID.match(org):
+        if not isinstance(org, str) or not ORG_ID.fullmatch(org):
             raise Unauthenticated("The token's 'org' claim is not valid.")
         if not isinstance(roles, list) or not roles:
             raise Unauthenticated("The token's 'roles' claim must be a non-empty list.")

@@ -71,10 +71,18 @@ _CONVERTERS: dict[FieldType, Callable[[pd.Series[Any]], tuple[pd.Series[Any], pd
 def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     """Typed copy of ``raw`` (all columns strings, missing as NA) in declared column order."""
     header = [str(c) for c in raw.columns]
-    problems: list[dict[str, Any]] = []
     declared = set(schema.names)
-    problems += [{"column": c, "issue": "missing"} for c in schema.names if c not in header]
-    problems += [{"column": c, "issue": "undeclared"} for c in header if c not in declared]
+    if not declared & set(header):
+        # Most likely a file without a header row, whose first row would be data: say so
+        # without quoting any of it.
+        raise BadDataset("The file's first row names none of the declared fields; it needs a "
+                         "header row.", [{"column": None, "issue": "header-missing"}])
+    problems: list[dict[str, Any]] = [
+        {"column": c, "issue": "missing"} for c in schema.names if c not in header
+    ]
+    # Undeclared header cells are named by position only: a header cell may hold data.
+    problems += [{"column": None, "position": i + 1, "issue": "undeclared"}
+                 for i, c in enumerate(header) if c not in declared]
     if problems:
         raise BadDataset("The file's columns do not match the declared fields.", problems)
     if raw.empty:

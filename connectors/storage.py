@@ -22,7 +22,7 @@ class ParquetStorage:
 
     def write(self, dataset_id: str, version: int, frame: pd.DataFrame) -> str:
         """Store ``frame`` as ``dataset_id`` version ``version``; returns its location."""
-        if not _ID.match(dataset_id):
+        if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
         location = f"{dataset_id}/v{int(version)}.parquet"
         target = self.resolve(location)
@@ -40,7 +40,10 @@ class ParquetStorage:
 
     def remove(self, location: str) -> None:
         """Delete a stored version (used to undo a registration that did not commit)."""
-        self.resolve(location).unlink(missing_ok=True)
+        path = self.resolve(location)
+        path.unlink(missing_ok=True)
+        if path.parent != self.root and path.parent.exists() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
 
     def resolve(self, location: str) -> Path:
         """Absolute path of a location, which must stay inside the storage root."""

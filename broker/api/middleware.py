@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -74,22 +75,33 @@ class BodyLimitMiddleware:
             await _reject(scope, send, limit)
             return
         seen = 0
+        over = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
             return message
 
-        await self.app(scope, limited, send)
+        replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            # Body parsers may turn the exception above into their own 400; answer 413 instead.
+            nonlocal replaced
+            if not over:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await _reject(scope, send, limit)
+
+        await self.app(scope, limited, guarded_send)
 
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
-    import json
-
     body = json.dumps({
         "type": "payload-too-large",
         "title": "Payload too large",

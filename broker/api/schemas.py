@@ -19,7 +19,11 @@ Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
                                                 r"[0-9a-f]{4}-[0-9a-f]{12}$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Scalar = Annotated[str, StringConstraints(max_length=200)] | int | float | bool | None
+#: Filter values: JSON scalars that canonical JSON (RFC 8785) can carry exactly, since the query
+#: fingerprint in the audit log is computed over them: finite numbers, integers within +-2^53.
+SafeInt = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Scalar = Annotated[str, StringConstraints(max_length=200)] | SafeInt | FiniteFloat | bool | None
 
 
 class In(BaseModel):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from broker.disclosure.plan import CellPlan, Stat
+from broker.disclosure.plan import CellPlan
 from broker.domain.queries import JsonScalar, MeasureFn
 
 
@@ -24,6 +24,16 @@ class CellStats:
     key: Mapping[str, JsonScalar]
     entities: int
     values: Mapping[str, float | int | None]
+    contributors: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        """The fewest distinct enterprises behind any released number of this cell.
+
+        A sum over a cell of ten enterprises where only one reported the field is that one
+        enterprise's value: each measure is protected by the enterprises that contribute to it.
+        """
+        return min([self.entities, *self.contributors.values()])
 
 
 def _json_scalar(value: Any) -> JsonScalar:
@@ -56,7 +66,6 @@ def _divide(num: Any, den: Any) -> float | None:
 def read_cells(plan: CellPlan, rows: Iterable[tuple[Any, ...]]) -> list[CellStats]:
     """Turn engine rows laid out as ``plan`` says into cells with named measure values."""
     n = len(plan.dimensions)
-    position = {stat: n + 2 + i for i, stat in enumerate(plan.stats)}
     cells = []
     for row in rows:
         gid = int(row[n])
@@ -66,20 +75,20 @@ def read_cells(plan: CellPlan, rows: Iterable[tuple[Any, ...]]) -> list[CellStat
             if not gid >> (n - 1 - i) & 1
         }
         entities = int(row[n + 1])
+        total, count, contributors = {}, {}, {}
+        for i, name in enumerate(plan.fields):
+            base = n + 2 + 3 * i
+            total[name], count[name], contributors[name] = row[base], row[base + 1], row[base + 2]
         values: dict[str, float | int | None] = {}
         for m in plan.measures:
             if m.fn is MeasureFn.COUNT:
                 values[m.name] = entities
             elif m.fn is MeasureFn.SUM and m.field:
-                values[m.name] = _number(row[position[Stat("sum", m.field)]])
+                values[m.name] = _number(total[m.field])
             elif m.fn is MeasureFn.MEAN and m.field:
-                values[m.name] = _divide(
-                    row[position[Stat("sum", m.field)]], row[position[Stat("count", m.field)]]
-                )
+                values[m.name] = _divide(total[m.field], count[m.field])
             elif m.numerator and m.denominator:
-                values[m.name] = _divide(
-                    row[position[Stat("sum", m.numerator)]],
-                    row[position[Stat("sum", m.denominator)]],
-                )
-        cells.append(CellStats(key=key, entities=entities, values=values))
+                values[m.name] = _divide(total[m.numerator], total[m.denominator])
+        cells.append(CellStats(key=key, entities=entities, values=values,
+                               contributors={f: int(c) for f, c in contributors.items()}))
     return cells

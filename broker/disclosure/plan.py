@@ -31,30 +31,19 @@ def quote(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Stat:
-    """One per-entity partial the inner stage computes: SUM or COUNT of a field."""
-
-    fn: str  # "sum" | "count"
-    field: str
-
-    @property
-    def alias(self) -> str:
-        return f"{self.fn}__{self.field}"
-
-
-@dataclass(frozen=True, slots=True)
 class CellPlan:
     """SQL and parameters, plus the layout of its result rows.
 
     Each row is: one value per dimension, the GROUPING() bitmask, the distinct entity count,
-    then one column per stat in ``stats`` order.
+    then for each field in ``fields``: its sum, its count of non-null values, and the number of
+    distinct entities that contributed a non-null value (the k that protects that measure).
     """
 
     sql: str
     params: tuple[Any, ...]
     dimensions: tuple[str, ...]
     measures: tuple[Measure, ...]
-    stats: tuple[Stat, ...]
+    fields: tuple[str, ...]
     columns: tuple[str, ...]
 
 
@@ -152,44 +141,39 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema) -> CellPlan:
         _check_measure(m, schema)
     where, params = _where(spec.filters, schema)
 
-    stats: list[Stat] = []
-    for m in spec.measures:
-        wanted: list[Stat] = []
-        if m.fn is MeasureFn.SUM and m.field:
-            wanted = [Stat("sum", m.field)]
-        elif m.fn is MeasureFn.MEAN and m.field:
-            wanted = [Stat("sum", m.field), Stat("count", m.field)]
-        elif m.fn is MeasureFn.RATIO and m.numerator and m.denominator:
-            wanted = [Stat("sum", m.numerator), Stat("sum", m.denominator)]
-        stats += [s for s in wanted if s not in stats]
+    fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
 
+    # Internal aliases contain '#', which no field name can, so they never collide with a
+    # column; the inner GROUP BY uses ordinals for the same reason.
     entity = quote(schema.entity_field)
-    inner_dims = [f"{quote(d)} AS g{i}" for i, d in enumerate(dims)]
-    inner_stats = [f"{s.fn.upper()}({quote(s.field)}) AS {quote(s.alias)}" for s in stats]
-    inner_group = [f"g{i}" for i in range(len(dims))] + ["e"]
-    # Only schema-checked, quoted identifiers and fixed keywords are joined here; every value
-    # from the request is a bound parameter.
-    inner_select = ", ".join([*inner_dims, f"{entity} AS e", *inner_stats])
-    inner = f"SELECT {inner_select} FROM src{where} GROUP BY {', '.join(inner_group)}"  # noqa: S608
-    gcols = [f"g{i}" for i in range(len(dims))]
+    gcols = [quote(f"g#{i}") for i in range(len(dims))]
+    inner_select = ", ".join(
+        [*(f"{quote(d)} AS {g}" for d, g in zip(dims, gcols, strict=True)),
+         f"{entity} AS {quote('e#')}",
+         *(f"SUM({quote(f)}) AS {quote('s#' + f)}, COUNT({quote(f)}) AS {quote('n#' + f)}"
+           for f in fields)]
+    )
+    ordinals = ", ".join(str(i) for i in range(1, len(dims) + 2))
+    inner = f"SELECT {inner_select} FROM src{where} GROUP BY {ordinals}"  # noqa: S608
     grouping = f"GROUPING({', '.join(gcols)})" if gcols else "0"
-    outer_stats = [f"SUM({quote(s.alias)})" for s in stats]
-    select = ", ".join([*gcols, f"{grouping} AS gid", "COUNT(DISTINCT e) AS entities",
-                        *outer_stats])
+    outer_select = ", ".join(
+        [*gcols, f"{grouping} AS gid", f"COUNT(DISTINCT {quote('e#')}) AS entities",
+         *(f"SUM({quote('s#' + f)}), SUM({quote('n#' + f)}), "
+           f"COUNT(DISTINCT CASE WHEN {quote('n#' + f)} > 0 THEN {quote('e#')} END)"
+           for f in fields)]
+    )
     if not gcols:
         group = ""
     elif spec.totals:
-        sets = _grouping_sets(gcols)
-        group = " GROUP BY GROUPING SETS (" + ", ".join(sets) + ")"
+        group = " GROUP BY GROUPING SETS (" + ", ".join(_grouping_sets(gcols)) + ")"
     else:
         group = " GROUP BY " + ", ".join(gcols)
     order = " ORDER BY gid, " + ", ".join(f"{g} NULLS LAST" for g in gcols) if gcols else ""
-    sql = f"WITH ent AS ({inner}) SELECT {select} FROM ent{group}{order}"  # noqa: S608
-    columns = tuple(dict.fromkeys([*dims, schema.entity_field,
-                                   *(s.field for s in stats),
+    sql = f"WITH ent AS ({inner}) SELECT {outer_select} FROM ent{group}{order}"  # noqa: S608
+    columns = tuple(dict.fromkeys([*dims, schema.entity_field, *fields,
                                    *(f.field for f in spec.filters)]))
     return CellPlan(sql=sql, params=tuple(params), dimensions=dims,
-                    measures=spec.measures, stats=tuple(stats), columns=columns)
+                    measures=spec.measures, fields=fields, columns=columns)
 
 
 def _grouping_sets(gcols: list[str]) -> list[str]:

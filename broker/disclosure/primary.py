@@ -13,10 +13,12 @@ def is_below_frequency(cell: CellStats, k_min: int) -> bool:
     """Frequency (threshold) rule: fewer than ``k_min`` distinct enterprises contribute.
 
     The unit is the enterprise, not the row: an enterprise with thirty monthly rows is one
-    contributor. This is the minimum-frequency rule of the ESSnet SDC handbook (Hundepool et
-    al., *Statistical Disclosure Control*, 2012, section 4.2.1), k_min set by the contract.
+    contributor; and it is counted per measure, so enterprises that reported nothing for a
+    field cannot make up the numbers for one that did. This is the minimum-frequency rule of
+    the ESSnet SDC handbook (Hundepool et al., *Statistical Disclosure Control*, 2012,
+    section 4.2.1), k_min set by the contract.
     """
-    return cell.entities < k_min
+    return cell.k < k_min
 
 
 def apply_frequency_rule(cells: Sequence[CellStats], k_min: int) -> list[Cell]:

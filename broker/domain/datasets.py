@@ -78,7 +78,7 @@ class DatasetSchema:
         if not fields:
             raise InvalidInput("A dataset declares at least one field.")
         names = [f.name for f in fields]
-        bad = [n for n in names if not FIELD_NAME.match(n)]
+        bad = [n for n in names if not FIELD_NAME.fullmatch(n)]
         if bad:
             raise InvalidInput(
                 "Field names must be identifiers (letters, digits, underscore, at most 63).",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker.domain.errors import Conflict, InvalidInput, NotFound
+from broker.domain.errors import Conflict, InvalidInput
 from broker.domain.ports import Clock, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext
 from broker.services.datasets import dataset_resource
@@ -58,20 +58,18 @@ class ContractService:
     def offer(self, ctx: RequestContext, terms: ContractOffer) -> Contract:
         """The dataset owner offers terms to a consumer organisation."""
         with self.uow() as uow:
+            now = self.clock()
             dataset = uow.datasets.get(terms.dataset_id)
-            contracts = uow.contracts.all()
-            if dataset is None or not self.guard.decide(
-                uow, ctx, "dataset.read", dataset_resource(dataset, contracts)
-            ).allow:
-                raise NotFound("No such dataset.")
-            self.guard.require(
-                uow,
-                ctx,
-                "contract.offer",
-                dataset_resource(dataset, contracts),
-                dataset_id=dataset.id,
-                version=dataset.version,
-            )
+            if dataset is None:
+                self.guard.conceal(uow, ctx, "contract.offer", ("not-found",), "dataset",
+                                   dataset_id=terms.dataset_id)
+            resource = dataset_resource(dataset, uow.contracts.all(), now)
+            seen = self.guard.decide(uow, ctx, "dataset.read", resource)
+            if not seen.allow:
+                self.guard.conceal(uow, ctx, "contract.offer", seen.reasons, "dataset",
+                                   dataset_id=dataset.id, version=dataset.version)
+            self.guard.require(uow, ctx, "contract.offer", resource, dataset_id=dataset.id,
+                               version=dataset.version)
             if uow.orgs.get(terms.consumer_org) is None:
                 raise InvalidInput("consumer_org is not a registered organisation.")
             unknown = sorted(f for f in terms.fields if not dataset.schema.has_field(f))
@@ -80,7 +78,6 @@ class ContractService:
                                    fields=unknown)
             if terms.valid_until <= terms.valid_from:
                 raise InvalidInput("valid_until must be after valid_from.")
-            now = self.clock()
             contract = Contract(
                 id=str(uuid.uuid4()),
                 dataset_id=dataset.id,
@@ -115,7 +112,7 @@ class ContractService:
     def get(self, ctx: RequestContext, contract_id: str) -> Contract:
         """One contract, for its parties and auditors."""
         with self.uow() as uow:
-            contract = self._visible(uow, ctx, contract_id)
+            contract = self._visible(uow, ctx, contract_id, "contract.read")
             self.guard.record(uow, ctx, "contract.read", **self._ids(contract))
             uow.commit()
             return contract
@@ -134,7 +131,7 @@ class ContractService:
 
     def _transition(self, ctx: RequestContext, contract_id: str, action: str) -> Contract:
         with self.uow() as uow:
-            contract = self._visible(uow, ctx, contract_id)
+            contract = self._visible(uow, ctx, contract_id, action)
             self.guard.require(uow, ctx, action, contract_resource(contract),
                                **self._ids(contract))
             now = self.clock()
@@ -149,12 +146,18 @@ class ContractService:
             uow.commit()
             return changed
 
-    def _visible(self, uow: UnitOfWork, ctx: RequestContext, contract_id: str) -> Contract:
+    def _visible(
+        self, uow: UnitOfWork, ctx: RequestContext, contract_id: str, action: str
+    ) -> Contract:
+        """The contract if the caller may see it; otherwise the attempt is audited and 404."""
         contract = uow.contracts.get(contract_id)
-        if contract is None or not self.guard.decide(
-            uow, ctx, "contract.read", contract_resource(contract)
-        ).allow:
-            raise NotFound("No such contract.")
+        if contract is None:
+            self.guard.conceal(uow, ctx, action, ("not-found",), "contract",
+                               contract_id=contract_id)
+        seen = self.guard.decide(uow, ctx, "contract.read", contract_resource(contract))
+        if not seen.allow:
+            self.guard.conceal(uow, ctx, action, seen.reasons, "contract",
+                               **self._ids(contract))
         return contract
 
     @staticmethod

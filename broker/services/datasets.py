@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +39,28 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def live_contracts(contracts: Sequence[Contract], dataset_id: str) -> list[Contract]:
-    """Contracts over a dataset that are offered or active (not revoked)."""
+def live_contracts(
+    contracts: Sequence[Contract], dataset_id: str, now: datetime
+) -> list[Contract]:
+    """Contracts over a dataset that are offered or active at ``now`` (not revoked, expired)."""
     return [
         c
         for c in contracts
         if c.dataset_id == dataset_id
-        and c.status in (ContractStatus.OFFERED, ContractStatus.ACTIVE)
+        and c.status_at(now) in (ContractStatus.OFFERED, ContractStatus.ACTIVE)
     ]
 
 
-def dataset_resource(dataset: Dataset, contracts: Sequence[Contract]) -> dict[str, Any]:
+def dataset_resource(
+    dataset: Dataset, contracts: Sequence[Contract], now: datetime
+) -> dict[str, Any]:
     """The dataset as authz sees it: owner and the organisations it is offered to."""
+    live = live_contracts(contracts, dataset.id, now)
     return {
         "kind": "dataset",
         "id": dataset.id,
         "owner_org": dataset.owner_org,
-        "offered_to": sorted({c.consumer_org for c in live_contracts(contracts, dataset.id)}),
+        "offered_to": sorted({c.consumer_org for c in live}),
     }
 
 
@@ -86,7 +92,7 @@ class DatasetService:
         owner = {"kind": "dataset", "owner_org": ctx.principal.org}
         with self.uow() as uow:
             self.guard.require(uow, ctx, "dataset.register", owner)
-        if not DATASET_NAME.match(name):
+        if not DATASET_NAME.fullmatch(name):
             raise InvalidInput("Dataset names are 1-128 letters, digits, '_', '.' or '-'.")
         schema = DatasetSchema.of(entity_field, fields)
         reader = self.readers.get(file_format)
@@ -145,7 +151,8 @@ class DatasetService:
         dataset: Dataset,
         contracts: Sequence[Contract],
     ) -> DatasetView | None:
-        resource = dataset_resource(dataset, contracts)
+        now = self.clock()
+        resource = dataset_resource(dataset, contracts, now)
         if not self.guard.decide(uow, ctx, "dataset.read", resource).allow:
             return None
         p = ctx.principal
@@ -153,7 +160,7 @@ class DatasetService:
             return DatasetView(dataset, dataset.schema.fields)
         offered = {
             name
-            for c in live_contracts(contracts, dataset.id)
+            for c in live_contracts(contracts, dataset.id, now)
             if c.consumer_org == p.org
             for name in c.fields
         }

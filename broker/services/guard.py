@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from audit.entry import AuditEvent
-from broker.domain.errors import PolicyDenied
+from broker.domain.errors import NotFound, PolicyDenied
 from broker.domain.ports import UnitOfWork
 from broker.domain.principals import RequestContext
 from broker.policy.decisions import AccessDecision, Policies
@@ -49,6 +49,34 @@ class Guard:
         **ids: Any,
     ) -> NoReturn:
         """Record a denial durably, then raise PolicyDenied with the policy's reasons."""
+        self._record_denial(uow, ctx, action, reasons, ids)
+        raise PolicyDenied(reasons)
+
+    def conceal(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        action: str,
+        reasons: tuple[str, ...],
+        what: str,
+        **ids: Any,
+    ) -> NoReturn:
+        """Record an attempt on an object the caller may not see, then answer as if absent.
+
+        The caller learns nothing (the 404 is the same as for a missing object); security staff
+        and the object's owner see the attempt in the log.
+        """
+        self._record_denial(uow, ctx, action, reasons, ids)
+        raise NotFound(f"No such {what}.")
+
+    def _record_denial(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        action: str,
+        reasons: tuple[str, ...],
+        ids: dict[str, Any],
+    ) -> None:
         uow.audit.append(
             AuditEvent(
                 actor=ctx.principal.as_actor(),
@@ -61,7 +89,6 @@ class Guard:
             )
         )
         uow.commit()
-        raise PolicyDenied(reasons)
 
     def record(self, uow: UnitOfWork, ctx: RequestContext, action: str, **ids: Any) -> None:
         """Append the entry for an allowed action (the caller commits)."""

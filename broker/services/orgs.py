@@ -30,7 +30,7 @@ class OrgService:
         public_key: str | None = None,
     ) -> Organisation:
         """Register an organisation so its members' tokens can act for it."""
-        if not ORG_ID.match(org_id):
+        if not ORG_ID.fullmatch(org_id):
             raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
         with self.uow() as uow:
             self.guard.require(uow, ctx, "org.register", {})

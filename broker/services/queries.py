@@ -121,6 +121,10 @@ class QueryService:
         """The decision a query would get; nothing computed or released, the dry run audited."""
         with self.uow() as uow:
             result = self._decide(uow, ctx, spec)
+            if result.decision.allow and result.dataset is not None:
+                # Only once every field is known to be contracted, so that validation errors
+                # cannot tell uncontracted fields from absent ones.
+                plan_aggregate(spec, result.dataset.schema)
             uow.audit.append(self._event(ctx, spec, result, action="policy.explain"))
             uow.commit()
             return result.decision

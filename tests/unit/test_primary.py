@@ -29,3 +29,11 @@ def test_published_cells_always_have_at_least_k_entities(counts: list[int], k: i
         assert (out.status is CellStatus.PUBLISHED) == (cell.entities >= k)
         if out.status is CellStatus.SUPPRESSED:
             assert out.values is None
+
+
+def test_a_measure_with_fewer_than_k_contributors_suppresses_the_cell() -> None:
+    # Ten enterprises in the cell, but only one reported the field being summed.
+    cell = CellStats({"t": "C"}, 10, {"count": 10, "sum_x": 500.0}, contributors={"x": 1})
+    (out,) = apply_frequency_rule([cell], 5)
+    assert out.status is CellStatus.SUPPRESSED
+    assert out.values is None
