@@ -118,10 +118,15 @@ def _field(name: str, type_: str, role: str, sensitivity: str = "L1") -> dict[st
     return {"name": name, "type": type_, "role": role, "sensitivity": sensitivity}
 
 
+def _panel(county: County, *measures: str) -> pd.DataFrame:
+    """Monthly rows with each enterprise's town and industry, and the given measures."""
+    frame = county.monthly.merge(county.enterprises[["uscc", "town", "industry"]], on="uscc")
+    return frame[["uscc", "town", "industry", "month", *measures]]
+
+
 def grid_slice(county: County) -> Slice:
     """The grid company's monthly electricity by enterprise."""
-    frame = county.monthly.merge(county.enterprises[["uscc", "town", "industry"]], on="uscc")
-    frame = frame[["uscc", "town", "industry", "month", "electricity_kwh"]]
+    frame = _panel(county, "electricity_kwh")
     return Slice("grid-company", frame, {
         "name": "electricity-2025",
         "entity_field": "uscc",
@@ -137,8 +142,7 @@ def grid_slice(county: County) -> Slice:
 
 def tax_slice(county: County) -> Slice:
     """The tax bureau's monthly output value and tax paid by enterprise."""
-    frame = county.monthly.merge(county.enterprises[["uscc", "town", "industry"]], on="uscc")
-    frame = frame[["uscc", "town", "industry", "month", "output_value", "tax_paid"]]
+    frame = _panel(county, "output_value", "tax_paid")
     return Slice("tax-bureau", frame, {
         "name": "tax-2025",
         "entity_field": "uscc",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from audit.entry import AuditEvent
-from broker.domain.errors import NotFound, PolicyDenied
+from broker.domain.errors import NotFound, PolicyDenied, Unavailable
 from broker.domain.ports import UnitOfWork
 from broker.domain.principals import RequestContext
 from broker.policy.decisions import AccessDecision, Policies
@@ -34,8 +34,15 @@ class Guard:
         resource: Mapping[str, Any],
         **ids: Any,
     ) -> AccessDecision:
-        """The decision if it allows; otherwise audit the denial, commit it and raise 403."""
-        decision = self.decide(uow, ctx, action, resource)
+        """The decision if it allows; otherwise audit the denial, commit it and raise 403.
+
+        If the policy engine fails the request is refused with 503, and that too is audited.
+        """
+        try:
+            decision = self.decide(uow, ctx, action, resource)
+        except Unavailable:
+            self._record_denial(uow, ctx, action, ("policy-engine-unavailable",), ids)
+            raise
         if not decision.allow:
             self.refuse(uow, ctx, action, decision.reasons, **ids)
         return decision
@@ -77,28 +84,31 @@ class Guard:
         reasons: tuple[str, ...],
         ids: dict[str, Any],
     ) -> None:
+        self._append(uow, ctx, action, allowed=False, reasons=reasons, ids=ids)
+        uow.commit()
+
+    def _append(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        action: str,
+        *,
+        allowed: bool,
+        reasons: tuple[str, ...],
+        ids: dict[str, Any],
+    ) -> None:
         uow.audit.append(
             AuditEvent(
                 actor=ctx.principal.as_actor(),
                 action=action,
                 request_id=ctx.request_id,
-                allowed=False,
+                allowed=allowed,
                 reasons=reasons,
                 policy_revision=self.policies.revision,
                 **ids,
             )
         )
-        uow.commit()
 
     def record(self, uow: UnitOfWork, ctx: RequestContext, action: str, **ids: Any) -> None:
         """Append the entry for an allowed action (the caller commits)."""
-        uow.audit.append(
-            AuditEvent(
-                actor=ctx.principal.as_actor(),
-                action=action,
-                request_id=ctx.request_id,
-                allowed=True,
-                policy_revision=self.policies.revision,
-                **ids,
-            )
-        )
+        self._append(uow, ctx, action, allowed=True, reasons=(), ids=ids)

@@ -15,7 +15,7 @@ from broker.disclosure.cells import read_cells
 from broker.disclosure.plan import plan_aggregate
 from broker.disclosure.primary import apply_frequency_rule, count_reasons
 from broker.domain.datasets import Dataset
-from broker.domain.errors import PolicyDenied
+from broker.domain.errors import PolicyDenied, Unavailable
 from broker.domain.ports import Clock, DatasetStorage, QueryEngine, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext
 from broker.domain.queries import AggregateSpec, Cell, Release
@@ -130,6 +130,19 @@ class QueryService:
             return result.decision
 
     def _decide(self, uow: UnitOfWork, ctx: RequestContext, spec: AggregateSpec) -> _Context:
+        """The flow decision for ``spec``; an engine failure is audited, then 503."""
+        try:
+            return self._evaluate(uow, ctx, spec)
+        except Unavailable:
+            uow.audit.append(AuditEvent(
+                actor=ctx.principal.as_actor(), action=ACTION, request_id=ctx.request_id,
+                allowed=False, reasons=("policy-engine-unavailable",),
+                policy_revision=self.policies.revision, purpose=spec.purpose,
+                query_fp=spec.fingerprint()))
+            uow.commit()
+            raise
+
+    def _evaluate(self, uow: UnitOfWork, ctx: RequestContext, spec: AggregateSpec) -> _Context:
         requested = uow.contracts.get(spec.contract_id)
         target = None
         if requested is not None:

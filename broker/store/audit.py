@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from audit.entry import AuditEvent, build_entry, encode, leaf_hash
 from audit.verify import StoredEntry, indexed_columns
+from broker.domain.errors import Unavailable
 from broker.domain.ports import AuditQuery, Clock
 from broker.domain.queries import Receipt
 from broker.store.tables import AuditEntryRow, AuditHeadRow
@@ -29,6 +31,12 @@ class SqlAuditLog:
         On PostgreSQL the ``FOR UPDATE`` row lock serialises writers; on SQLite the transaction
         already holds the database write lock (``BEGIN IMMEDIATE``, see ``store.db``).
         """
+        try:
+            return self._append(event)
+        except OperationalError as exc:  # locked past the timeout, disk full, server gone
+            raise Unavailable("The audit log could not be written; nothing was released.") from exc
+
+    def _append(self, event: AuditEvent) -> Receipt:
         head = self.session.exec(
             select(AuditHeadRow)
             .where(AuditHeadRow.id == 1)

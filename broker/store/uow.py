@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Self
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from broker.domain.errors import Unavailable
 from broker.domain.ports import Clock
 from broker.store.audit import SqlAuditLog
 from broker.store.repositories import (
@@ -31,6 +33,11 @@ class SqlUnitOfWork:
 
     def __enter__(self) -> Self:
         self.session = Session(self.engine, expire_on_commit=False)
+        try:
+            self.session.connection()  # begin now (on SQLite: take the write lock)
+        except OperationalError as exc:
+            self.session.close()
+            raise Unavailable("The store is unavailable; nothing was released.") from exc
         self.orgs = SqlOrgRepository(self.session)
         self.datasets = SqlDatasetRepository(self.session)
         self.contracts = SqlContractRepository(self.session)
@@ -42,8 +49,11 @@ class SqlUnitOfWork:
         self.session.close()
 
     def commit(self) -> None:
-        """Make everything done in this unit durable."""
-        self.session.commit()
+        """Make everything done in this unit durable; a store failure is Unavailable (503)."""
+        try:
+            self.session.commit()
+        except OperationalError as exc:
+            raise Unavailable("The store could not commit; nothing was released.") from exc
 
 
 class SqlUnitOfWorkFactory:
