@@ -15,6 +15,7 @@ from broker.api.middleware import (
     MetricsMiddleware,
     RequestIdMiddleware,
     RequestMetrics,
+    UnexpectedErrorMiddleware,
 )
 from broker.api.routes import audit, contracts, datasets, health, orgs, queries
 from broker.settings import Settings
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for module in (orgs, datasets, contracts, queries, audit, health):
         app.include_router(module.router)
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: nothing re-raises past it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, body_limit=settings.max_body_bytes,
                        upload_limit=settings.max_upload_bytes)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -13,6 +15,43 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.problems import PROBLEM_JSON
 from broker.domain.errors import PayloadTooLarge
+
+log = logging.getLogger("broker.api")
+
+
+class UnexpectedErrorMiddleware:
+    """Answers any unhandled exception with a 500 problem and does not re-raise it.
+
+    Starlette's own error middleware re-raises after its handler, and the server then logs the
+    exception's message, which may quote data (a DuckDB or pandas error can name a value).
+    Here only the exception's type and stack frames are logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            request_id = scope.get("state", {}).get("request_id", "-")
+            log.error("unhandled %s in request %s\n%s", type(exc).__name__, request_id,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            if not started:
+                await _send_problem(scope, send, 500, "internal-error", "Internal error",
+                                    "The broker failed to handle the request; nothing was "
+                                    "released.")
 
 
 class RequestMetrics:
@@ -102,15 +141,23 @@ class BodyLimitMiddleware:
 
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
+    await _send_problem(scope, send, 413, "payload-too-large", "Payload too large",
+                        f"The request body is larger than {limit} bytes.")
+
+
+async def _send_problem(
+    scope: Scope, send: Send, status: int, slug: str, title: str, detail: str
+) -> None:
+    """A problem response sent at the ASGI level (outside FastAPI's handlers)."""
     body = json.dumps({
-        "type": "payload-too-large",
-        "title": "Payload too large",
-        "status": 413,
-        "detail": f"The request body is larger than {limit} bytes.",
+        "type": slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
         "instance": scope.get("path"),
         "request_id": scope.get("state", {}).get("request_id"),
     }).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", PROBLEM_JSON.encode()),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,8 +11,6 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.domain import errors
-
-log = logging.getLogger("broker.api")
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -108,21 +104,8 @@ def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, exc.status_code, slug, title, str(exc.detail), headers=headers)
 
 
-def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Frames only: an exception's message may quote data, so it is not logged.
-    log.error(
-        "unhandled %s in request %s\n%s",
-        type(exc).__name__,
-        getattr(request.state, "request_id", "-"),
-        "".join(traceback.format_tb(exc.__traceback__)),
-    )
-    return problem(request, 500, "internal-error", "Internal error",
-                   "The broker failed to handle the request; nothing was released.")
-
-
 def install(app: FastAPI) -> None:
     """Register the problem handlers on ``app``."""
     app.add_exception_handler(errors.BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)

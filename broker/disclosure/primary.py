@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from broker.disclosure.cells import CellStats
@@ -34,7 +33,3 @@ def apply_frequency_rule(cells: Sequence[CellStats], k_min: int) -> list[Cell]:
             released.append(Cell(key=cell.key, values=cell.values, status=CellStatus.PUBLISHED))
     return released
 
-
-def count_reasons(cells: Sequence[Cell]) -> dict[str, int]:
-    """Suppressed cells counted by reason."""
-    return dict(Counter(c.reason.value for c in cells if c.reason is not None))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -160,7 +161,11 @@ class Release:
     field_verdicts: Mapping[str, str]
     receipt: Receipt | None = None
     result_nonce: str | None = None
-    suppressed: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def suppressed(self) -> dict[str, int]:
+        """Suppressed cells counted by reason."""
+        return dict(Counter(c.reason.value for c in self.cells if c.reason is not None))
 
     @property
     def cells_published(self) -> int:

@@ -44,6 +44,24 @@ def _object(raw: Any) -> dict[str, Any]:
     return raw
 
 
+#: The verdicts under which a field may be used each way: group keys and filters see values.
+PERMITS = {"dimension": {"clear"}, "filter": {"clear"}, "measure": {"clear", "aggregate"}}
+
+
+def _use_mismatches(document: Mapping[str, Any], verdicts: Mapping[str, str]) -> set[str]:
+    """Reasons the verdicts do not cover how the query uses each field (empty when they do)."""
+    query = document.get("query")
+    uses = query.get("uses") if isinstance(query, Mapping) else None
+    reasons: set[str] = set()
+    for use in uses if isinstance(uses, list) else []:
+        verdict = verdicts.get(use.get("field"))
+        if verdict is None:
+            reasons.add("field-verdict-missing")
+        elif verdict != "deny" and verdict not in PERMITS.get(use.get("use"), set()):
+            reasons.add("verdict-use-mismatch")
+    return reasons
+
+
 @dataclass(frozen=True, slots=True)
 class Policies:
     """The broker's questions to its policies, phrased in domain terms."""
@@ -103,6 +121,7 @@ class Policies:
             field_denials.add("field-denied")
         if any(v not in ("clear", "aggregate", "deny") for v in verdicts.values()):
             field_denials.add("unsupported-field-verdict")
+        field_denials |= _use_mismatches(document, verdicts)
         if not isinstance(k, int) or isinstance(k, bool):
             raise Unavailable("The policy returned a malformed decision; nothing was released.")
         allow = raw.get("allow") is True and not reasons and not field_denials

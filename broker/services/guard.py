@@ -84,6 +84,7 @@ class Guard:
         reasons: tuple[str, ...],
         ids: dict[str, Any],
     ) -> None:
+        uow.rollback()  # nothing staged before a refusal may ride along with its entry
         self._append(uow, ctx, action, allowed=False, reasons=reasons, ids=ids)
         uow.commit()
 

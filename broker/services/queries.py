@@ -6,16 +6,16 @@ import hashlib
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, time
-from typing import Any, NoReturn
+from typing import Any
 
 import rfc8785
 
 from audit.entry import AuditEvent, format_ts
 from broker.disclosure.cells import read_cells
-from broker.disclosure.plan import plan_aggregate
-from broker.disclosure.primary import apply_frequency_rule, count_reasons
+from broker.disclosure.plan import CellPlan, plan_aggregate
+from broker.disclosure.primary import apply_frequency_rule
 from broker.domain.datasets import Dataset
-from broker.domain.errors import PolicyDenied, Unavailable
+from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
 from broker.domain.ports import Clock, DatasetStorage, QueryEngine, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext
 from broker.domain.queries import AggregateSpec, Cell, Release
@@ -24,7 +24,8 @@ from broker.services.contracts import contract_resource
 from broker.services.guard import Guard
 from contracts.model import Contract
 
-ACTION = "query.aggregate"
+AGGREGATE = "query.aggregate"
+EXPLAIN = "policy.explain"
 
 
 def result_digest(nonce: str, cells: tuple[Cell, ...]) -> str:
@@ -48,7 +49,11 @@ class _Context:
 
 @dataclass(frozen=True, slots=True)
 class QueryService:
-    """Runs aggregate queries; raw rows never leave the broker, only released cells."""
+    """Runs aggregate queries; raw rows never leave the broker, only released cells.
+
+    Every outcome is audited: a release, a policy denial, a query the planner rejects after the
+    policy allowed it, an engine failure, and an unavailable policy engine.
+    """
 
     uow: UnitOfWorkFactory
     guard: Guard
@@ -61,53 +66,44 @@ class QueryService:
         """Decide, compute, protect, audit (committed), then return.
 
         The decision is taken twice: once before the scan, and again inside the transaction
-        that appends the release entry, so a revocation or an exhausted quota that happens
-        while the engine works still stops the answer; appends are serialised, so the daily
-        quota is exact under concurrency.
+        that appends the release entry, with the audit head locked first, so a revocation or
+        an exhausted quota that happens while the engine works still stops the answer, and the
+        daily quota is exact under concurrency.
         """
         with self.uow() as uow:
-            first = self._decide(uow, ctx, spec)
-            if not first.decision.allow:
-                self._refuse(uow, ctx, spec, first)
+            first = self._decide(uow, ctx, spec, AGGREGATE)
         if first.contract is None or first.dataset is None:  # the policy allowed; fail closed
             raise PolicyDenied(("no-active-contract",))
         dataset, decision = first.dataset, first.decision
+        k = max(decision.k, first.contract.k_min)  # the policy may raise k, never lower it
 
-        plan = plan_aggregate(spec, dataset.schema)
-        with self.uow() as uow:
-            location = uow.datasets.version_path(dataset.id, dataset.version)
-        rows = self.engine.run(self.storage.resolve(location), plan.sql, plan.params,
-                               plan.columns)
-        cells = tuple(apply_frequency_rule(read_cells(plan, rows), decision.k))
+        try:
+            plan = plan_aggregate(spec, dataset.schema)
+            cells = tuple(apply_frequency_rule(read_cells(plan, self._run(plan, dataset)), k))
+        except BrokerError as exc:
+            self._record_failure(ctx, spec, first, AGGREGATE, exc.slug)
+            raise
+        except Exception:
+            self._record_failure(ctx, spec, first, AGGREGATE, "engine-failed")
+            raise
         nonce = secrets.token_hex(16)
 
         with self.uow() as uow:
-            second = self._decide(uow, ctx, spec)
-            if not second.decision.allow:
-                self._refuse(uow, ctx, spec, second)
+            uow.audit.lock()
+            self._decide(uow, ctx, spec, AGGREGATE)
             release = Release(
                 query_id=ctx.request_id,
                 cells=cells,
-                k=decision.k,
+                k=k,
                 policy_revision=decision.revision,
                 field_verdicts=decision.fields,
                 result_nonce=nonce,
-                suppressed=count_reasons(cells),
             )
             receipt = uow.audit.append(
-                AuditEvent(
-                    actor=ctx.principal.as_actor(),
-                    action=ACTION,
-                    request_id=ctx.request_id,
-                    allowed=True,
-                    policy_revision=decision.revision,
-                    dataset_id=dataset.id,
-                    version=dataset.version,
-                    contract_id=first.contract.id,
-                    purpose=spec.purpose,
-                    query_fp=spec.fingerprint(),
+                replace(
+                    self._event(ctx, spec, first, AGGREGATE),
                     disclosure={
-                        "k": decision.k,
+                        "k": k,
                         "cells_published": release.cells_published,
                         "cells_suppressed": release.cells_suppressed,
                         "result_digest": result_digest(nonce, cells),
@@ -120,35 +116,65 @@ class QueryService:
     def explain(self, ctx: RequestContext, spec: AggregateSpec) -> FlowDecision:
         """The decision a query would get; nothing computed or released, the dry run audited."""
         with self.uow() as uow:
-            result = self._decide(uow, ctx, spec)
+            self.guard.require(uow, ctx, EXPLAIN, {"kind": "query"},
+                               contract_id=spec.contract_id)
+            result = self._decide(uow, ctx, spec, EXPLAIN, refuse=False)
+            event = self._event(ctx, spec, result, EXPLAIN)
             if result.decision.allow and result.dataset is not None:
                 # Only once every field is known to be contracted, so that validation errors
                 # cannot tell uncontracted fields from absent ones.
-                plan_aggregate(spec, result.dataset.schema)
-            uow.audit.append(self._event(ctx, spec, result, action="policy.explain"))
+                try:
+                    plan_aggregate(spec, result.dataset.schema)
+                except BrokerError as exc:
+                    uow.audit.append(replace(event, allowed=False, reasons=(exc.slug,)))
+                    uow.commit()
+                    raise
+            uow.audit.append(event)
             uow.commit()
             return result.decision
 
-    def _decide(self, uow: UnitOfWork, ctx: RequestContext, spec: AggregateSpec) -> _Context:
-        """The flow decision for ``spec``; an engine failure is audited, then 503."""
-        try:
-            return self._evaluate(uow, ctx, spec)
-        except Unavailable:
-            uow.audit.append(AuditEvent(
-                actor=ctx.principal.as_actor(), action=ACTION, request_id=ctx.request_id,
-                allowed=False, reasons=("policy-engine-unavailable",),
-                policy_revision=self.policies.revision, purpose=spec.purpose,
-                query_fp=spec.fingerprint()))
-            uow.commit()
-            raise
+    def _run(self, plan: CellPlan, dataset: Dataset) -> list[tuple[Any, ...]]:
+        with self.uow() as uow:
+            location = uow.datasets.version_path(dataset.id, dataset.version)
+        return self.engine.run(self.storage.resolve(location), plan.sql, plan.params,
+                               plan.columns)
 
-    def _evaluate(self, uow: UnitOfWork, ctx: RequestContext, spec: AggregateSpec) -> _Context:
+    def _decide(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        spec: AggregateSpec,
+        action: str,
+        *,
+        refuse: bool = True,
+    ) -> _Context:
+        """The flow decision; a denial (when ``refuse``) or an engine failure is audited."""
+        target = self._target(uow, spec)
+        try:
+            result = self._evaluate(uow, ctx, spec, target)
+        except Unavailable:
+            unknown = _Context(None, None, target, FlowDecision(False, (), self.policies.revision))
+            self._deny(uow, ctx, spec, unknown, action, ("policy-engine-unavailable",))
+            raise
+        if refuse and not result.decision.allow:
+            self._deny(uow, ctx, spec, result, action, result.decision.reasons)
+            raise PolicyDenied(result.decision.reasons, fields=result.decision.field_reasons)
+        return result
+
+    @staticmethod
+    def _target(uow: UnitOfWork, spec: AggregateSpec) -> tuple[str, int] | None:
         requested = uow.contracts.get(spec.contract_id)
-        target = None
-        if requested is not None:
-            named = uow.datasets.get(requested.dataset_id)
-            target = (named.id, named.version) if named else None
-        contract = requested
+        named = uow.datasets.get(requested.dataset_id) if requested else None
+        return (named.id, named.version) if named else None
+
+    def _evaluate(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        spec: AggregateSpec,
+        target: tuple[str, int] | None,
+    ) -> _Context:
+        contract = uow.contracts.get(spec.contract_id)
         if contract is not None and not self.guard.decide(
             uow, ctx, "contract.read", contract_resource(contract)
         ).allow:
@@ -157,7 +183,7 @@ class QueryService:
         now = self.clock()
         usage = 0
         if contract is not None:
-            usage = uow.audit.count_released(contract.id, ACTION, _day_start(now))
+            usage = uow.audit.count_released(contract.id, AGGREGATE, _day_start(now))
         document: dict[str, Any] = {
             "principal": {
                 **ctx.principal.as_actor(),
@@ -172,7 +198,7 @@ class QueryService:
         return _Context(contract, dataset, target, self.policies.flow(document))
 
     def _event(
-        self, ctx: RequestContext, spec: AggregateSpec, result: _Context, *, action: str
+        self, ctx: RequestContext, spec: AggregateSpec, result: _Context, action: str
     ) -> AuditEvent:
         return AuditEvent(
             actor=ctx.principal.as_actor(),
@@ -188,12 +214,27 @@ class QueryService:
             query_fp=spec.fingerprint(),
         )
 
-    def _refuse(
-        self, uow: UnitOfWork, ctx: RequestContext, spec: AggregateSpec, result: _Context
-    ) -> NoReturn:
-        uow.audit.append(self._event(ctx, spec, result, action=ACTION))
+    def _deny(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        spec: AggregateSpec,
+        result: _Context,
+        action: str,
+        reasons: tuple[str, ...],
+    ) -> None:
+        uow.rollback()
+        event = self._event(ctx, spec, result, action)
+        uow.audit.append(replace(event, allowed=False, reasons=reasons))
         uow.commit()
-        raise PolicyDenied(result.decision.reasons, fields=result.decision.field_reasons)
+
+    def _record_failure(
+        self, ctx: RequestContext, spec: AggregateSpec, result: _Context, action: str,
+        reason: str,
+    ) -> None:
+        """An allowed query that could not be answered: on the record, in its own transaction."""
+        with self.uow() as uow:
+            self._deny(uow, ctx, spec, result, action, (reason,))
 
 
 def _day_start(now: datetime) -> str:
@@ -212,3 +253,5 @@ def _dataset_view(dataset: Dataset | None) -> dict[str, Any] | None:
             for f in dataset.schema.fields
         },
     }
+
+

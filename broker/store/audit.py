@@ -36,13 +36,18 @@ class SqlAuditLog:
         except OperationalError as exc:  # locked past the timeout, disk full, server gone
             raise Unavailable("The audit log could not be written; nothing was released.") from exc
 
+    def lock(self) -> None:
+        """Take the head lock now, so what follows sees every committed append."""
+        self._head(for_update=True)
+
+    def _head(self, *, for_update: bool) -> AuditHeadRow:
+        stmt = select(AuditHeadRow).where(AuditHeadRow.id == 1)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return self.session.exec(stmt.execution_options(populate_existing=True)).one()
+
     def _append(self, event: AuditEvent) -> Receipt:
-        head = self.session.exec(
-            select(AuditHeadRow)
-            .where(AuditHeadRow.id == 1)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
+        head = self._head(for_update=True)
         seq = head.size + 1
         entry = build_entry(event, seq=seq, ts=self.clock(), prev_hash=head.head_hash)
         body = encode(entry)
@@ -117,9 +122,5 @@ class SqlAuditLog:
 
     def head(self) -> tuple[int, str]:
         """The head row's size and last hash."""
-        head = self.session.exec(
-            select(AuditHeadRow)
-            .where(AuditHeadRow.id == 1)
-            .execution_options(populate_existing=True)
-        ).one()
+        head = self._head(for_update=False)
         return head.size, head.head_hash

@@ -48,6 +48,10 @@ class SqlUnitOfWork:
         self.session.rollback()
         self.session.close()
 
+    def rollback(self) -> None:
+        """Discard everything staged in this unit; it can go on with a fresh transaction."""
+        self.session.rollback()
+
     def commit(self) -> None:
         """Make everything done in this unit durable; a store failure is Unavailable (503)."""
         try:

@@ -63,3 +63,75 @@ def test_audit_log_that_cannot_be_written_means_no_answer(
         locker.rollback()
     body = assert_problem(r, 503, "unavailable")
     assert "cells" not in body
+
+
+def test_a_query_the_planner_rejects_after_the_policy_allowed_it_is_audited(
+    world: World, settings: Settings
+) -> None:
+    r = world.query(measures=[{"fn": "count"}, {"fn": "count"}])
+    assert_problem(r, 422, "invalid-input")
+    action, allowed, entry = _last_entry(settings)
+    assert (action, allowed) == ("query.aggregate", 0)
+    assert '"invalid-input"' in entry
+
+
+def test_an_engine_failure_after_the_allow_is_audited_and_releases_nothing(
+    world: World, settings: Settings
+) -> None:
+    for stored in (settings.data_dir / "datasets").rglob("*.parquet"):
+        stored.unlink()
+    r = world.query(group_by=["town"])
+    assert_problem(r, 500, "internal-error")
+    action, allowed, entry = _last_entry(settings)
+    assert (action, allowed) == ("query.aggregate", 0)
+    assert '"engine-failed"' in entry
+
+
+class FailingReleaseLog:
+    """Wraps the real audit log; the append that would record a release fails."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def append(self, event: Any) -> Any:
+        if event.action == "query.aggregate" and event.allowed:
+            from broker.domain.errors import Unavailable
+
+            raise Unavailable("The audit log could not be written; nothing was released.")
+        return self.inner.append(event)
+
+
+def test_no_cells_are_served_when_the_release_cannot_be_audited(
+    world: World, settings: Settings
+) -> None:
+    queries = world.client.app.state.container.queries  # type: ignore[attr-defined]
+    real = queries.uow
+
+    class FailingUnitOfWork:
+        """The real unit of work, with an audit log that cannot record releases."""
+
+        def __init__(self) -> None:
+            self.inner = real()
+
+        def __enter__(self) -> Any:
+            self.inner.__enter__()
+            self.audit = FailingReleaseLog(self.inner.audit)
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    failing_uow = FailingUnitOfWork
+    object.__setattr__(queries, "uow", failing_uow)
+    before = _last_entry(settings)
+    r = world.query(group_by=["town"])
+    body = assert_problem(r, 503, "unavailable")
+    assert "cells" not in body
+    assert "85" not in r.text
+    assert _last_entry(settings) == before  # nothing half-written

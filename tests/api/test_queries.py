@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.settings import Settings
-from tests.conftest import World, assert_problem, auth, contract_terms
+from tests.conftest import ENERGY, World, assert_problem, auth, contract_terms
 
 
 def _cells(response: Any) -> dict[str, dict[str, Any]]:
@@ -144,6 +145,14 @@ def test_provider_and_auditor_cannot_query(world: World) -> None:
         assert "role-not-permitted" in assert_problem(r, 403, "policy-denied")["reasons"]
 
 
+def test_only_consumers_explain(world: World) -> None:
+    for token in (world.grid, world.auditor):
+        r = world.client.post("/v1/policy/explain", headers=auth(token), json={
+            "contract_id": world.contract["id"], "purpose": "energy-planning",
+            "measures": [{"fn": "count"}]})
+        assert assert_problem(r, 403, "policy-denied")["reasons"] == ["role-not-permitted"]
+
+
 def test_explain_is_a_dry_run_that_is_audited(world: World, settings: Settings) -> None:
     before = len(_audit(settings))
     r = world.client.post("/v1/policy/explain", headers=auth(world.econ), json={
@@ -164,6 +173,16 @@ def test_no_row_value_reaches_the_audit_log(world: World, settings: Settings) ->
     world.query(group_by=["town"], measures=[{"fn": "sum", "field": "kwh"}])
     world.query(token=world.env, group_by=["town"])
     world.query(group_by=["name"])
-    bodies = " ".join(body for *_, body in _audit(settings))
-    for value in ("Firm 1", "E1\"", "1000.0", "85.0"):
-        assert value not in bodies
+    row_values = {str(v) for v in ENERGY.to_numpy().ravel()} | {
+        json.dumps(float(v)) for v in ENERGY["kwh"]} | {"85", "85.0", "1007", "1007.0"}
+
+    def leaves(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return [x for v in node.values() for x in leaves(v)]
+        if isinstance(node, list):
+            return [x for v in node for x in leaves(v)]
+        return [json.dumps(node) if not isinstance(node, str) else node]
+
+    for *_, body in _audit(settings):
+        found = row_values & set(leaves(json.loads(body)))
+        assert not found, found
