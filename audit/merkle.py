@@ -18,19 +18,35 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(NODE_PREFIX + left + right).digest()
 
 
+class Frontier:
+    """The right edge of a growing tree: one perfect subtree hash per set bit of the size."""
+
+    def __init__(self) -> None:
+        self._nodes: list[tuple[int, bytes]] = []  # (subtree size, hash), sizes decreasing
+        self.size = 0
+
+    def add(self, leaf: bytes) -> None:
+        """Append one leaf hash."""
+        size, digest = 1, leaf
+        while self._nodes and self._nodes[-1][0] == size:
+            left_size, left = self._nodes.pop()
+            size, digest = left_size + size, node_hash(left, digest)
+        self._nodes.append((size, digest))
+        self.size += 1
+
+    def root(self) -> bytes:
+        """Merkle tree hash of the leaves added so far."""
+        if not self._nodes:
+            return hashlib.sha256(b"").digest()
+        acc = self._nodes[-1][1]
+        for _, left in reversed(self._nodes[:-1]):
+            acc = node_hash(left, acc)
+        return acc
+
+
 def root(leaves: Iterable[bytes]) -> bytes:
     """Merkle tree hash of the leaf hashes, in order."""
-    frontier: list[tuple[int, bytes]] = []  # (subtree size, hash), sizes strictly decreasing
+    frontier = Frontier()
     for leaf in leaves:
-        size, digest = 1, leaf
-        while frontier and frontier[-1][0] == size:
-            left_size, left = frontier.pop()
-            size, digest = left_size + size, node_hash(left, digest)
-        frontier.append((size, digest))
-    if not frontier:
-        return hashlib.sha256(b"").digest()
-    _, acc = frontier.pop()
-    while frontier:
-        _, left = frontier.pop()
-        acc = node_hash(left, acc)
-    return acc
+        frontier.add(leaf)
+    return frontier.root()

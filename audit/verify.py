@@ -96,18 +96,17 @@ def verify_chain(
     head (a deleted tail) or a different last hash is reported as ``head-mismatch``.
     """
     prev = GENESIS_HASH
-    leaves: list[bytes] = []
-    expected = 1
+    tree = merkle.Frontier()  # O(log n) memory however long the log
     for stored in entries:
+        expected = tree.size + 1
         reason = _check(stored, expected, prev)
         if reason is not None:
             bad = expected if reason == "seq-gap" else stored.seq
-            return Verification(False, len(leaves), merkle.root(leaves).hex(), bad, reason)
-        leaves.append(bytes.fromhex(stored.leaf_hash))
+            return Verification(False, tree.size, tree.root().hex(), bad, reason)
+        tree.add(bytes.fromhex(stored.leaf_hash))
         prev = stored.leaf_hash
-        expected += 1
-    size = len(leaves)
-    root = merkle.root(leaves).hex()
+    size = tree.size
+    root = tree.root().hex()
     if head_size is not None and (head_size != size or (head_hash or GENESIS_HASH) != prev):
         return Verification(False, size, root, min(head_size, size) + 1, "head-mismatch")
     return Verification(True, size, root)

@@ -135,7 +135,7 @@ def demo(
 
 def _tamper_demo(settings: Settings, workdir: Path, console: Console) -> None:
     """Show that one changed byte in a copy of the database is found and named."""
-    from broker.services.verification import verify_database
+    from broker.store.verification import verify_database
 
     db = settings.data_dir / "broker.db"
     if settings.database_url is not None or not db.exists():
@@ -162,7 +162,7 @@ def audit_verify(
     db: Annotated[str | None, typer.Option(help="Database URL (default: the settings')")] = None,
 ) -> None:
     """Recompute the chain in a database; exit 0 if valid, 2 naming the first bad entry."""
-    from broker.services.verification import verify_database
+    from broker.store.verification import verify_database
 
     result = verify_database(db or Settings().db_url)
     console = Console()

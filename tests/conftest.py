@@ -12,11 +12,16 @@ from typing import Any
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
 from broker.app import create_app
 from broker.auth import mint_token
 from broker.settings import Settings
+
+# No timed assertions: Hypothesis's per-example deadline would make results depend on load.
+hypothesis_settings.register_profile("broker", deadline=None)
+hypothesis_settings.load_profile("broker")
 
 SECRET = "test-secret-that-is-long-enough-for-every-hmac-algorithm-0123456789abcdef"
 

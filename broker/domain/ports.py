@@ -100,9 +100,9 @@ class UnitOfWork(Protocol):
 
 
 class UnitOfWorkFactory(Protocol):
-    """Opens a new unit of work."""
+    """Opens a new unit of work; a ``read_only`` one reads a snapshot and blocks no writer."""
 
-    def __call__(self) -> UnitOfWork: ...
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork: ...
 
 
 class PolicyEngine(Protocol):

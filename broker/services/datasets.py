@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from broker.domain.datasets import DATASET_NAME, Dataset, DatasetSchema, FieldSpec
-from broker.domain.errors import BadDataset, Conflict, InvalidInput, NotFound
+from broker.domain.errors import BadDataset, Conflict, InvalidInput
 from broker.domain.ports import Clock, DatasetStorage, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext, Role
 from broker.services.guard import Guard
@@ -83,21 +83,19 @@ class DatasetService:
         fields: Sequence[FieldSpec],
         file: Path,
         file_format: str,
-    ) -> Dataset:
+    ) -> DatasetView:
         """Check the file against its declared schema and store it as version 1.
 
         Nothing is stored unless the file conforms, the name is free and the audit entry
         commits; a stored file whose transaction fails is removed again.
         """
-        owner = {"kind": "dataset", "owner_org": ctx.principal.org}
-        with self.uow() as uow:
-            self.guard.require(uow, ctx, "dataset.register", owner)
+        self.authorize_register(ctx)
         if not DATASET_NAME.fullmatch(name):
             raise InvalidInput("Dataset names are 1-128 letters, digits, '_', '.' or '-'.")
         schema = DatasetSchema.of(entity_field, fields)
         reader = self.readers.get(file_format)
         if reader is None:
-            raise BadDataset(f"Unsupported file format; use one of: {', '.join(self.readers)}.")
+            raise BadDataset(f"Unsupported file format; use one of: {', '.join(self.formats())}.")
         frame = reader(file, schema)
         sha256 = _sha256(file)
         dataset = Dataset(
@@ -123,11 +121,21 @@ class DatasetService:
         except BaseException:
             self.storage.remove(location)
             raise
-        return dataset
+        return DatasetView(dataset, dataset.schema.fields)
+
+    def authorize_register(self, ctx: RequestContext) -> None:
+        """Refuse (audited, 403) a caller who may not register datasets, before any upload."""
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "dataset.register",
+                               {"kind": "dataset", "owner_org": ctx.principal.org})
+
+    def formats(self) -> list[str]:
+        """The file formats this service can read."""
+        return sorted(self.readers)
 
     def list(self, ctx: RequestContext) -> list[DatasetView]:
         """Every dataset the caller may see, with the fields it may see."""
-        with self.uow() as uow:
+        with self.uow(read_only=True) as uow:
             contracts = uow.contracts.all()
             return [
                 view
@@ -136,13 +144,16 @@ class DatasetService:
             ]
 
     def get(self, ctx: RequestContext, dataset_id: str) -> DatasetView:
-        """One catalogue entry; 404 when absent or not visible to the caller."""
-        with self.uow() as uow:
+        """One catalogue entry; 404 when absent or not visible (that attempt is audited)."""
+        with self.uow(read_only=True) as uow:
             dataset = uow.datasets.get(dataset_id)
             view = self._view(uow, ctx, dataset, uow.contracts.all()) if dataset else None
-            if view is None:
-                raise NotFound("No such dataset.")
-            return view
+        if view is None:
+            ids = {"dataset_id": dataset.id, "version": dataset.version} if dataset else {}
+            with self.uow() as uow:
+                self.guard.conceal(uow, ctx, "dataset.read", ("not-visible",), "dataset",
+                                   **ids)
+        return view
 
     def _view(
         self,

@@ -16,9 +16,11 @@ from broker.store.tables import AuditHeadRow
 def _configure_sqlite(engine: Engine) -> None:
     """WAL, durable commits, foreign keys, and write-locking transactions.
 
-    Every transaction starts with ``BEGIN IMMEDIATE`` so it holds SQLite's write lock from its
+    A transaction starts with ``BEGIN IMMEDIATE`` so it holds SQLite's write lock from its
     first statement: a read-then-write transaction can then never fail on lock upgrade, and
     audit appends are serialised exactly as PostgreSQL's ``SELECT ... FOR UPDATE`` does.
+    Read-only units (see :func:`read_only`) start a deferred ``BEGIN`` instead and read a
+    WAL snapshot without blocking writers.
     """
 
     @event.listens_for(engine, "connect")
@@ -33,7 +35,17 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "broker_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same pool, for transactions that only read (a snapshot on SQLite, READ ONLY on
+    PostgreSQL)."""
+    return engine.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
 
 
 def make_engine(url: str) -> Engine:

@@ -11,6 +11,7 @@ from sqlmodel import Session
 from broker.domain.errors import Unavailable
 from broker.domain.ports import Clock
 from broker.store.audit import SqlAuditLog
+from broker.store.db import read_only as read_only_engine
 from broker.store.repositories import (
     SqlContractRepository,
     SqlDatasetRepository,
@@ -27,8 +28,8 @@ class SqlUnitOfWork:
     contracts: SqlContractRepository
     audit: SqlAuditLog
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, clock: Clock, *, read_only: bool = False) -> None:
+        self.engine = read_only_engine(engine) if read_only else engine
         self.clock = clock
 
     def __enter__(self) -> Self:
@@ -67,5 +68,5 @@ class SqlUnitOfWorkFactory:
         self.engine = engine
         self.clock = clock
 
-    def __call__(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, self.clock)
+    def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, self.clock, read_only=read_only)

@@ -132,6 +132,5 @@ def test_no_cells_are_served_when_the_release_cannot_be_audited(
     before = _last_entry(settings)
     r = world.query(group_by=["town"])
     body = assert_problem(r, 503, "unavailable")
-    assert "cells" not in body
-    assert "85" not in r.text
+    assert set(body) == {"type", "title", "status", "detail", "instance", "request_id"}
     assert _last_entry(settings) == before  # nothing half-written

@@ -54,7 +54,7 @@ def main() -> None:
                         Sensitivity(f["sensitivity"])) for f in data.meta["fields"]]
     start = time.perf_counter()
     dataset = container.datasets.register(grid, name="grid", entity_field="uscc", fields=fields,
-                                          file=csv, file_format="csv")
+                                          file=csv, file_format="csv").dataset
     upload_s = time.perf_counter() - start
 
     now = datetime.now(UTC)

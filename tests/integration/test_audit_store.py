@@ -74,3 +74,17 @@ def test_uncommitted_append_leaves_nothing(url: str) -> None:
     with SqlUnitOfWork(engine, _clock) as uow:
         uow.audit.append(AuditEvent(actor={}, action="audit.read", request_id="r", allowed=True))
     assert _verify(url) == (True, 0)
+
+
+def test_a_read_only_unit_reads_a_snapshot_and_blocks_no_append(url: str) -> None:
+    engine = make_engine(url)
+    _append(url, 0, 3)
+    with SqlUnitOfWork(engine, _clock, read_only=True) as reader:
+        assert reader.audit.head()[0] == 3
+        writer = threading.Thread(target=_append, args=(url, 1, 2))
+        writer.start()
+        writer.join(timeout=10)
+        assert not writer.is_alive()  # the append committed while the snapshot was open
+        assert reader.audit.head()[0] == 3  # and the snapshot did not move
+        assert sum(1 for _ in reader.audit.stored()) == 3
+    assert _verify(url) == (True, 5)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from pathlib import Path
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from broker.api.deps import ContainerDep, ContextDep, DatasetServiceDep
 from broker.api.routes.common import AUTHENTICATED, problems
@@ -16,9 +18,6 @@ from broker.api.schemas import DatasetMetaIn, DatasetOut
 from broker.domain.errors import InvalidInput, PayloadTooLarge
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTHENTICATED)
-
-FORMATS = {".csv": "csv"}
-
 
 def _parse_meta(meta: str) -> DatasetMetaIn:
     try:
@@ -48,34 +47,54 @@ def _spool(upload: UploadFile, directory: Path, limit: int) -> Path:
     return target
 
 
-@router.post("", status_code=201, responses=problems(409, 413))
-def register_dataset(
-    file: Annotated[UploadFile, File(description="CSV with a header row")],
-    meta: Annotated[str, Form(description="JSON: name, entity_field, fields")],
-    ctx: ContextDep,
-    datasets: DatasetServiceDep,
-    container: ContainerDep,
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["file", "meta"],
+            "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "CSV with a header row"},
+                "meta": {"type": "string",
+                         "description": "JSON: name, entity_field, fields [{name, type, role, "
+                                        "sensitivity}]"},
+            },
+        }}},
+    }
+}
+
+
+@router.post("", status_code=201, responses=problems(409, 413), openapi_extra=UPLOAD_SCHEMA)
+async def register_dataset(
+    request: Request, ctx: ContextDep, datasets: DatasetServiceDep, container: ContainerDep
 ) -> DatasetOut:
-    """Register a dataset: the file is checked against the declared schema, then stored."""
-    parsed = _parse_meta(meta)
-    suffix = Path(file.filename or "").suffix.lower()
-    file_format = FORMATS.get(suffix)
-    if file_format is None:
-        raise InvalidInput("Upload a file named *.csv.")
-    settings = container.settings
-    path = _spool(file, settings.uploads_dir, settings.max_upload_bytes)
+    """Register a dataset: the file is checked against the declared schema, then stored.
+
+    The caller is authorised before a byte of the body is read, so no one without the right
+    can make the broker spool an upload.
+    """
+    await run_in_threadpool(datasets.authorize_register, ctx)
+    async with request.form(max_files=1, max_fields=1) as form:
+        upload, meta = form.get("file"), form.get("meta")
+        if not isinstance(upload, UploadFile) or not isinstance(meta, str):
+            raise InvalidInput("Send multipart/form-data with a 'file' part and a 'meta' part.")
+        parsed = _parse_meta(meta)
+        file_format = Path(upload.filename or "").suffix.lower().lstrip(".")
+        if file_format not in datasets.formats():
+            raise InvalidInput(f"Upload a file named *.{' or *.'.join(datasets.formats())}.")
+        settings = container.settings
+        path = await run_in_threadpool(_spool, upload, settings.uploads_dir,
+                                       settings.max_upload_bytes)
     try:
-        dataset = datasets.register(
-            ctx,
-            name=parsed.name,
-            entity_field=parsed.entity_field,
-            fields=[f.to_domain() for f in parsed.fields],
-            file=path,
-            file_format=file_format,
+        view = await run_in_threadpool(
+            partial(datasets.register, ctx, name=parsed.name, entity_field=parsed.entity_field,
+                    fields=[f.to_domain() for f in parsed.fields], file=path,
+                    file_format=file_format)
         )
     finally:
         path.unlink(missing_ok=True)
-    return DatasetOut.from_domain(datasets.get(ctx, dataset.id))
+    return DatasetOut.from_domain(view)
 
 
 @router.get("")

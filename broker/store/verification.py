@@ -13,7 +13,7 @@ def verify_database(url: str) -> Verification:
     """Recompute every entry of the audit log stored at ``url``."""
     engine = make_engine(url)
     try:
-        with SqlUnitOfWork(engine, lambda: datetime.now(UTC)) as uow:
+        with SqlUnitOfWork(engine, lambda: datetime.now(UTC), read_only=True) as uow:
             size, head_hash = uow.audit.head()
             return verify_chain(uow.audit.stored(), head_size=size, head_hash=head_hash)
     finally:
