@@ -45,11 +45,6 @@ def format_ts(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_ts(text: str) -> datetime:
-    """Inverse of :func:`format_ts`."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
 def build_entry(event: AuditEvent, *, seq: int, ts: datetime, prev_hash: str) -> dict[str, Any]:
     """The full entry object for ``event`` at position ``seq``."""
     return {

@@ -48,13 +48,10 @@ class Container:
     contracts: ContractService
     queries: QueryService
     audit: AuditService
-    checkpoint_public_key: bytes
 
 
 def build_container(settings: Settings) -> Container:
     """Connect to the store, compile the policies, load keys and wire the services."""
-    from cryptography.hazmat.primitives import serialization
-
     engine = make_engine(settings.db_url)
     create_schema(engine)
     clock = utc_now
@@ -62,7 +59,7 @@ def build_container(settings: Settings) -> Container:
     policies = Policies(EmbeddedPolicyEngine(settings.policy_dir))
     guard = Guard(policies)
     storage = ParquetStorage(settings.datasets_dir)
-    signing = checkpoint_key(settings)
+    checkpoint_key(settings)  # made on first run, kept outside the database
     return Container(
         settings=settings,
         engine=engine,
@@ -80,9 +77,6 @@ def build_container(settings: Settings) -> Container:
         queries=QueryService(uow, guard, policies, storage,
                              DuckDBEngine(settings.engine_threads), clock),
         audit=AuditService(uow, guard),
-        checkpoint_public_key=signing.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        ),
     )
 
 

@@ -5,17 +5,28 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from broker.domain.datasets import FieldRole, FieldSpec, FieldType, Sensitivity
-from broker.domain.organisations import Organisation, OrgKind
+from broker.domain.datasets import (
+    DATASET_NAME,
+    FIELD_NAME,
+    FieldRole,
+    FieldSpec,
+    FieldType,
+    Sensitivity,
+)
+from broker.domain.organisations import ORG_ID, Organisation, OrgKind
 from broker.domain.queries import AggregateSpec, Filter, FilterOp, Measure, MeasureFn, Release
+from broker.domain.uscc import is_valid_uscc
 from broker.policy.decisions import FlowDecision
+from broker.services.contracts import ContractView
 from broker.services.datasets import DatasetView
-from contracts.model import Contract, Dominance, FieldForm
+from contracts.model import Dominance, FieldForm
 
-FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+FieldName = Annotated[str, StringConstraints(pattern=FIELD_NAME.pattern)]
+OrgId = Annotated[str, StringConstraints(pattern=ORG_ID.pattern)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Uscc = Annotated[str, AfterValidator(lambda v: _check_uscc(v))]
 Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
                                                 r"[0-9a-f]{4}-[0-9a-f]{12}$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -24,6 +35,12 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 SafeInt = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Scalar = Annotated[str, StringConstraints(max_length=200)] | SafeInt | FiniteFloat | bool | None
+
+
+def _check_uscc(value: str) -> str:
+    if not is_valid_uscc(value):
+        raise ValueError("not a unified social credit code with a valid check character")
+    return value
 
 
 class In(BaseModel):
@@ -35,10 +52,10 @@ class In(BaseModel):
 class OrgIn(In):
     """An organisation to register."""
 
-    id: Slug
+    id: OrgId
     name: Text
     kind: OrgKind
-    uscc: Annotated[str, StringConstraints(pattern=r"^[0-9A-HJ-NPQRTUWXY]{18}$")] | None = None
+    uscc: Uscc | None = None
     public_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
 
@@ -75,7 +92,7 @@ class FieldIn(In):
 class DatasetMetaIn(In):
     """The ``meta`` part of a dataset upload."""
 
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    name: Annotated[str, StringConstraints(pattern=DATASET_NAME.pattern)]
     entity_field: FieldName
     fields: Annotated[list[FieldIn], Field(min_length=1, max_length=200)]
 
@@ -125,7 +142,7 @@ class ContractIn(In):
     """Terms a provider offers to one consumer organisation."""
 
     dataset_id: Uuid
-    consumer_org: Slug
+    consumer_org: OrgId
     purposes: Annotated[list[Slug], Field(min_length=1, max_length=20)]
     fields: Annotated[dict[FieldName, FieldForm], Field(min_length=1, max_length=200)]
     k_min: int = Field(default=5, ge=2, le=10_000)
@@ -155,14 +172,15 @@ class ContractOut(BaseModel):
     revoked_at: datetime | None
 
     @classmethod
-    def from_domain(cls, c: Contract, now: datetime) -> ContractOut:
-        """Response form, status as of ``now``."""
+    def from_domain(cls, view: ContractView) -> ContractOut:
+        """Response form of a contract view."""
+        c = view.contract
         return cls(
             id=c.id, dataset_id=c.dataset_id, provider_org=c.provider_org,
             consumer_org=c.consumer_org, purposes=list(c.purposes), fields=dict(c.fields),
             k_min=c.k_min, dominance=DominanceIn(n=c.dominance.n, k=c.dominance.k),
             valid_from=c.valid_from, valid_until=c.valid_until,
-            max_queries_per_day=c.max_queries_per_day, status=c.status_at(now).value,
+            max_queries_per_day=c.max_queries_per_day, status=view.status.value,
             created_at=c.created_at, accepted_at=c.accepted_at, revoked_at=c.revoked_at,
         )
 

@@ -29,7 +29,7 @@ ACTORS: dict[str, tuple[str, str, list[str]]] = {
 
 ORGS: list[dict[str, Any]] = [
     {"id": "grid-company", "name": "County Power Supply Company", "kind": "enterprise",
-     "uscc": "91330481MA2B3C4D5X"},
+     "uscc": "91330481MA2B3C4D14"},
     {"id": "tax-bureau", "name": "County Tax Bureau", "kind": "department"},
     {"id": "economic-bureau", "name": "Economic and Information Bureau (industry brain)",
      "kind": "department"},

@@ -33,6 +33,14 @@ def contract_resource(contract: Contract) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class ContractView:
+    """A contract with its status as of the moment the service answered."""
+
+    contract: Contract
+    status: ContractStatus
+
+
+@dataclass(frozen=True, slots=True)
 class ContractOffer:
     """The terms a provider offers."""
 
@@ -55,7 +63,7 @@ class ContractService:
     guard: Guard
     clock: Clock
 
-    def offer(self, ctx: RequestContext, terms: ContractOffer) -> Contract:
+    def offer(self, ctx: RequestContext, terms: ContractOffer) -> ContractView:
         """The dataset owner offers terms to a consumer organisation."""
         with self.uow() as uow:
             now = self.clock()
@@ -99,29 +107,30 @@ class ContractService:
                 contract_id=contract.id,
             )
             uow.commit()
-            return contract
+            return ContractView(contract, contract.status_at(now))
 
-    def accept(self, ctx: RequestContext, contract_id: str) -> Contract:
+    def accept(self, ctx: RequestContext, contract_id: str) -> ContractView:
         """The consumer accepts an offer; the contract becomes active."""
         return self._transition(ctx, contract_id, "contract.accept")
 
-    def revoke(self, ctx: RequestContext, contract_id: str) -> Contract:
+    def revoke(self, ctx: RequestContext, contract_id: str) -> ContractView:
         """The provider revokes a contract; queries under it stop at once."""
         return self._transition(ctx, contract_id, "contract.revoke")
 
-    def get(self, ctx: RequestContext, contract_id: str) -> Contract:
+    def get(self, ctx: RequestContext, contract_id: str) -> ContractView:
         """One contract, for its parties and auditors."""
         with self.uow() as uow:
             contract = self._visible(uow, ctx, contract_id, "contract.read")
             self.guard.record(uow, ctx, "contract.read", **self._ids(contract))
             uow.commit()
-            return contract
+            return ContractView(contract, contract.status_at(self.clock()))
 
-    def list(self, ctx: RequestContext) -> Sequence[Contract]:
+    def list(self, ctx: RequestContext) -> Sequence[ContractView]:
         """Every contract the caller is a party to (all of them for auditors)."""
         with self.uow() as uow:
+            now = self.clock()
             visible = [
-                c
+                ContractView(c, c.status_at(now))
                 for c in uow.contracts.all()
                 if self.guard.decide(uow, ctx, "contract.read", contract_resource(c)).allow
             ]
@@ -129,7 +138,7 @@ class ContractService:
             uow.commit()
             return visible
 
-    def _transition(self, ctx: RequestContext, contract_id: str, action: str) -> Contract:
+    def _transition(self, ctx: RequestContext, contract_id: str, action: str) -> ContractView:
         with self.uow() as uow:
             contract = self._visible(uow, ctx, contract_id, action)
             self.guard.require(uow, ctx, action, contract_resource(contract),
@@ -144,7 +153,7 @@ class ContractService:
             uow.contracts.save(changed)
             self.guard.record(uow, ctx, action, **self._ids(changed))
             uow.commit()
-            return changed
+            return ContractView(changed, changed.status_at(now))
 
     def _visible(
         self, uow: UnitOfWork, ctx: RequestContext, contract_id: str, action: str

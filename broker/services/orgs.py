@@ -30,10 +30,10 @@ class OrgService:
         public_key: str | None = None,
     ) -> Organisation:
         """Register an organisation so its members' tokens can act for it."""
-        if not ORG_ID.fullmatch(org_id):
-            raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
         with self.uow() as uow:
             self.guard.require(uow, ctx, "org.register", {})
+            if not ORG_ID.fullmatch(org_id):
+                raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
             if uow.orgs.get(org_id) is not None:
                 raise Conflict("An organisation with this id is already registered.")
             org = Organisation(
@@ -49,7 +49,9 @@ class OrgService:
             uow.commit()
             return org
 
-    def list(self) -> list[Organisation]:
-        """The public directory of organisations."""
+    def list(self, ctx: RequestContext) -> list[Organisation]:
+        """The directory of organisations, for the operator and registered organisations."""
         with self.uow() as uow:
+            self.guard.require(uow, ctx, "org.read", {"kind": "org"})
+        with self.uow(read_only=True) as uow:
             return uow.orgs.all()

@@ -63,7 +63,7 @@ def main() -> None:
         fields={"town": FieldForm.CLEAR, "industry": FieldForm.CLEAR, "month": FieldForm.CLEAR,
                 "electricity_kwh": FieldForm.AGGREGATE},
         k_min=5, dominance=Dominance(), valid_from=now - timedelta(minutes=1),
-        valid_until=now + timedelta(days=1), max_queries_per_day=10_000))
+        valid_until=now + timedelta(days=1), max_queries_per_day=10_000)).contract
     container.contracts.accept(econ, contract.id)
     spec = AggregateSpec(contract.id, "energy-planning", ("town", "industry", "month"),
                          (Measure(MeasureFn.COUNT), Measure(MeasureFn.SUM, "electricity_kwh")))

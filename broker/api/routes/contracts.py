@@ -6,7 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter
 
-from broker.api.deps import ContextDep, ContractServiceDep, utc_now
+from broker.api.deps import ContextDep, ContractServiceDep
 from broker.api.routes.common import AUTHENTICATED, problems
 from broker.api.schemas import ContractIn, ContractOut, dominance_of
 from broker.services.contracts import ContractOffer
@@ -31,7 +31,7 @@ def offer_contract(body: ContractIn, ctx: ContextDep, contracts: ContractService
             max_queries_per_day=body.max_queries_per_day,
         ),
     )
-    return ContractOut.from_domain(contract, utc_now())
+    return ContractOut.from_domain(contract)
 
 
 @router.post("/{contract_id}/accept", responses=problems(404, 409))
@@ -39,7 +39,7 @@ def accept_contract(
     contract_id: UUID, ctx: ContextDep, contracts: ContractServiceDep
 ) -> ContractOut:
     """Accept an offer made to your organisation (consumer); it becomes active."""
-    return ContractOut.from_domain(contracts.accept(ctx, str(contract_id)), utc_now())
+    return ContractOut.from_domain(contracts.accept(ctx, str(contract_id)))
 
 
 @router.post("/{contract_id}/revoke", responses=problems(404, 409))
@@ -47,17 +47,16 @@ def revoke_contract(
     contract_id: UUID, ctx: ContextDep, contracts: ContractServiceDep
 ) -> ContractOut:
     """Revoke a contract over your data (provider); effective for the next request."""
-    return ContractOut.from_domain(contracts.revoke(ctx, str(contract_id)), utc_now())
+    return ContractOut.from_domain(contracts.revoke(ctx, str(contract_id)))
 
 
 @router.get("")
 def list_contracts(ctx: ContextDep, contracts: ContractServiceDep) -> list[ContractOut]:
     """Contracts you are a party to (all, for auditors)."""
-    now = utc_now()
-    return [ContractOut.from_domain(c, now) for c in contracts.list(ctx)]
+    return [ContractOut.from_domain(c) for c in contracts.list(ctx)]
 
 
 @router.get("/{contract_id}", responses=problems(404))
 def get_contract(contract_id: UUID, ctx: ContextDep, contracts: ContractServiceDep) -> ContractOut:
     """One contract, for its parties and auditors."""
-    return ContractOut.from_domain(contracts.get(ctx, str(contract_id)), utc_now())
+    return ContractOut.from_domain(contracts.get(ctx, str(contract_id)))

@@ -20,6 +20,6 @@ def register_org(body: OrgIn, ctx: ContextDep, orgs: OrgServiceDep) -> OrgOut:
 
 
 @router.get("")
-def list_orgs(_ctx: ContextDep, orgs: OrgServiceDep) -> list[OrgOut]:
-    """The directory of registered organisations (any authenticated caller)."""
-    return [OrgOut.from_domain(o) for o in orgs.list()]
+def list_orgs(ctx: ContextDep, orgs: OrgServiceDep) -> list[OrgOut]:
+    """The directory of registered organisations (operator and registered organisations)."""
+    return [OrgOut.from_domain(o) for o in orgs.list(ctx)]
