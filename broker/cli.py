@@ -26,6 +26,8 @@ app = typer.Typer(help="Privacy-preserving data-sharing broker.", no_args_is_hel
                   pretty_exceptions_enable=False)
 audit_app = typer.Typer(help="Read and verify the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+policy_app = typer.Typer(help="Test and package the Rego policies.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 EXIT_CHAIN_BROKEN = 2
 
@@ -160,11 +162,18 @@ def _tamper_demo(settings: Settings, workdir: Path, console: Console) -> None:
 @audit_app.command("verify")
 def audit_verify(
     db: Annotated[str | None, typer.Option(help="Database URL (default: the settings')")] = None,
+    export: Annotated[Path | None, typer.Option(help="An export file instead of a database",
+                                                exists=True, dir_okay=False)] = None,
 ) -> None:
-    """Recompute the chain in a database; exit 0 if valid, 2 naming the first bad entry."""
+    """Recompute the chain; exit 0 if valid, 2 naming the first bad entry."""
+    from audit.verify import entries_from_export, verify_chain
     from broker.store.verification import verify_database
 
-    result = verify_database(db or Settings().db_url)
+    if export is not None:
+        with open(export, "rb") as fh:
+            result = verify_chain(entries_from_export(fh))
+    else:
+        result = verify_database(db or Settings().db_url)
     console = Console()
     if result.valid:
         console.print(f"valid: {result.size} entries, root {result.root}")
@@ -172,6 +181,61 @@ def audit_verify(
     console.print(f"BROKEN: first bad entry seq {result.first_bad_seq} ({result.reason}); "
                   f"{result.size} entries verified before it")
     raise typer.Exit(EXIT_CHAIN_BROKEN)
+
+
+@audit_app.command("export")
+def audit_export(
+    db: Annotated[str | None, typer.Option(help="Database URL (default: the settings')")] = None,
+    output: Annotated[Path | None, typer.Option(help="File to write (default: stdout)")] = None,
+) -> None:
+    """Write every entry as its canonical JSON, one per line, for offline verification."""
+    from broker.store.verification import export_database
+
+    out = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        for body in export_database(db or Settings().db_url):
+            out.write(body + b"\n")
+    finally:
+        if output:
+            out.close()
+
+
+@policy_app.command("test")
+def policy_test() -> None:
+    """Run the decision cases (policies/cases) on the embedded engine; exit 1 on a mismatch."""
+    import json
+
+    from broker.policy.embedded import EmbeddedPolicyEngine
+
+    settings = Settings()
+    engine = EmbeddedPolicyEngine(settings.policy_dir)
+    console = Console()
+    failures = total = 0
+    for path in sorted((settings.policy_dir / "cases").glob("*.json")):
+        entrypoint = f"broker/{path.stem}/decision"
+        for case in json.loads(path.read_text()):
+            total += 1
+            got = engine.evaluate(entrypoint, case["input"])
+            wrong = {k: got.get(k) for k, v in case["expect"].items() if got.get(k) != v}
+            if wrong:
+                failures += 1
+                console.print(f"[red]FAIL[/] {path.stem}: {case['name']}: got {wrong}")
+    console.print(f"policy revision {engine.revision}: {total - failures} passed, "
+                  f"{failures} failed")
+    if failures:
+        raise typer.Exit(1)
+
+
+@policy_app.command("bundle")
+def policy_bundle(
+    output: Annotated[Path, typer.Option(help="Bundle file to write")] = Path(
+        "broker-policies.tar.gz"),
+) -> None:
+    """Write the policies and their data as an OPA bundle (.tar.gz with .manifest)."""
+    from broker.policy.bundle_file import write_bundle
+
+    revision = write_bundle(Settings().policy_dir, output)
+    Console().print(f"wrote {output} (revision {revision})")
 
 
 def main() -> None:

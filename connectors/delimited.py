@@ -16,14 +16,14 @@ _LINE = re.compile(r"line (\d+)")
 
 
 def read_csv(path: Path, schema: DatasetSchema) -> pd.DataFrame:
-    """Parse a UTF-8 CSV file with a header row and conform it to ``schema``."""
+    """Parse a UTF-8 CSV file (with or without a BOM) with a header row; conform it."""
     try:
         raw = pd.read_csv(
             path,
             dtype=str,
             keep_default_na=False,
             na_values=[""],
-            encoding="utf-8",
+            encoding="utf-8-sig",  # a byte-order mark, as Excel writes, is not part of a name
             engine="c",
             on_bad_lines="error",
         )

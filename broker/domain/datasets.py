@@ -10,9 +10,11 @@ from enum import StrEnum
 
 from broker.domain.errors import InvalidInput
 
-#: Field and dataset names are plain identifiers so they can never smuggle SQL or paths.
-FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Field and dataset names are identifiers (Unicode letters, digits and underscore, as Chinese
+#: column headers need; dataset names may also hold '.' and '-'): no quote, space, separator
+#: or control character, so they can never smuggle SQL or paths. SQL quotes them regardless.
+FIELD_NAME = re.compile(r"^[^\W\d]\w{0,62}$")
+DATASET_NAME = re.compile(r"^\w[\w.-]{0,127}$")
 
 
 class FieldType(StrEnum):
@@ -81,7 +83,7 @@ class DatasetSchema:
         bad = [n for n in names if not FIELD_NAME.fullmatch(n)]
         if bad:
             raise InvalidInput(
-                "Field names must be identifiers (letters, digits, underscore, at most 63).",
+                "Field names must be identifiers (letters, digits, underscore; at most 63).",
                 fields=bad,
             )
         dupes = sorted({n for n in names if names.count(n) > 1})

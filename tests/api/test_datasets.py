@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -9,7 +10,16 @@ import pandas as pd
 from fastapi.testclient import TestClient
 
 from broker.settings import Settings
-from tests.conftest import ENERGY, ENERGY_META, Mint, World, assert_problem, auth, upload
+from tests.conftest import (
+    ENERGY,
+    ENERGY_META,
+    Mint,
+    World,
+    assert_problem,
+    auth,
+    contract_terms,
+    upload,
+)
 
 
 def _stored_files(settings: Settings) -> list[Path]:
@@ -150,3 +160,34 @@ def test_upload_of_the_county_slice_round_trips_types(client: TestClient, mint: 
     assert r.status_code == 201, r.text
     assert r.json()["rows"] == len(data.frame)
     assert pd.api.types.is_float_dtype(data.frame["electricity_kwh"])
+
+
+def test_chinese_names_and_an_excel_bom_are_accepted(world: World) -> None:
+    frame = pd.DataFrame({"统一社会信用代码": ["E1", "E2", "E3", "E4"],
+                          "乡镇": ["甲", "甲", "甲", "乙"], "用电量": [1.5, 2.5, 4.0, 3.5]})
+    meta = {"name": "用电数据-2025", "entity_field": "统一社会信用代码", "fields": [
+        {"name": "统一社会信用代码", "type": "string", "role": "entity"},
+        {"name": "乡镇", "type": "string", "role": "dimension"},
+        {"name": "用电量", "type": "number", "role": "measure"}]}
+    content = "\ufeff".encode() + frame.to_csv(index=False).encode()
+    r = world.client.post("/v1/datasets", headers=auth(world.grid),
+                          files={"file": ("用电.csv", content, "text/csv")},
+                          data={"meta": json.dumps(meta, ensure_ascii=False)})
+    assert r.status_code == 201, r.text
+    assert [f["name"] for f in r.json()["fields"]] == ["统一社会信用代码", "乡镇", "用电量"]
+    terms = contract_terms(r.json()["id"], fields={"乡镇": "clear", "用电量": "aggregate"})
+    contract = world.client.post("/v1/contracts", headers=auth(world.grid), json=terms).json()
+    world.client.post(f"/v1/contracts/{contract['id']}/accept", headers=auth(world.econ))
+    answer = world.query(contract_id=contract["id"], group_by=["乡镇"],
+                         measures=[{"fn": "sum", "field": "用电量"}]).json()
+    cells = {c["key"]["乡镇"]: c for c in answer["cells"]}
+    assert cells["甲"]["values"] == {"sum_用电量": 8.0}
+    assert cells["乙"]["status"] == "suppressed"
+
+
+def test_names_with_quotes_spaces_or_separators_are_refused(world: World) -> None:
+    for bad in ('kwh"', "k wh", "kwh;", "kwh\n", "1kwh", "a.b"):
+        meta = {**ENERGY_META, "name": "x",
+                "fields": [*ENERGY_META["fields"][:-1],
+                           {"name": bad, "type": "number", "role": "measure"}]}
+        assert_problem(upload(world.client, world.grid, ENERGY, meta), 422, "invalid-input")
