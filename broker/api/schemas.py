@@ -32,9 +32,10 @@ Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 #: Filter values: JSON scalars that canonical JSON (RFC 8785) can carry exactly, since the query
 #: fingerprint in the audit log is computed over them: finite numbers, integers within +-2^53.
-SafeInt = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Scalar = Annotated[str, StringConstraints(max_length=200)] | SafeInt | FiniteFloat | bool | None
+SafeInt = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1, strict=True)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
+Scalar = Annotated[str, StringConstraints(max_length=200)] | SafeInt | FiniteFloat | Flag | None
 
 
 def _check_uscc(value: str) -> str:
@@ -44,7 +45,8 @@ def _check_uscc(value: str) -> str:
 
 
 class In(BaseModel):
-    """Base of request bodies: unknown fields are an error (no mass assignment)."""
+    """Base of request bodies: unknown fields are an error (no mass assignment). Numbers and
+    booleans are strict (no ``0`` for ``false``, no ``"5"`` for ``5``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -134,8 +136,8 @@ class DatasetOut(BaseModel):
 class DominanceIn(In):
     """(n, k) dominance: suppress when the n largest contributors exceed k percent."""
 
-    n: int = Field(default=2, ge=1, le=10)
-    k: float = Field(default=85.0, gt=0, le=100)
+    n: int = Field(default=2, ge=1, le=10, strict=True)
+    k: float = Field(default=85.0, gt=0, le=100, strict=True)
 
 
 class ContractIn(In):
@@ -145,11 +147,11 @@ class ContractIn(In):
     consumer_org: OrgId
     purposes: Annotated[list[Slug], Field(min_length=1, max_length=20)]
     fields: Annotated[dict[FieldName, FieldForm], Field(min_length=1, max_length=200)]
-    k_min: int = Field(default=5, ge=2, le=10_000)
+    k_min: int = Field(default=5, ge=2, le=10_000, strict=True)
     dominance: DominanceIn = Field(default_factory=DominanceIn)
     valid_from: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     valid_until: AwareDatetime
-    max_queries_per_day: int = Field(default=100, ge=1, le=1_000_000)
+    max_queries_per_day: int = Field(default=100, ge=1, le=1_000_000, strict=True)
 
 
 class ContractOut(BaseModel):
@@ -226,7 +228,7 @@ class AggregateIn(In):
     group_by: Annotated[list[FieldName], Field(max_length=4)] = []
     measures: Annotated[list[MeasureIn], Field(min_length=1, max_length=16)]
     filters: Annotated[list[FilterIn], Field(max_length=16)] = []
-    totals: bool = False
+    totals: Flag = False
 
     def to_domain(self) -> AggregateSpec:
         """Domain form."""

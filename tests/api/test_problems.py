@@ -59,3 +59,17 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
 def test_every_response_carries_a_request_id(client: TestClient) -> None:
     r = client.get("/healthz")
     assert len(r.headers["x-request-id"]) == 36
+
+
+def test_wrong_json_types_are_not_coerced(world: World) -> None:
+    r = world.query(totals=0)
+    assert_problem(r, 422, "invalid-input")
+    r = world.client.post("/v1/orgs", headers=auth(world.admin),
+                          json={"id": "newco", "name": "N", "kind": "enterprise", "uscc": 5})
+    assert_problem(r, 422, "invalid-input")
+
+
+def test_405_lists_every_method_the_path_serves(client: TestClient) -> None:
+    r = client.delete("/v1/orgs")
+    assert_problem(r, 405, "method-not-allowed")
+    assert r.headers["allow"] == "GET, POST"

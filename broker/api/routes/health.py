@@ -32,7 +32,11 @@ def readyz(request: Request, container: ContainerDep) -> dict[str, str] | JSONRe
     return {"status": "ready", "policy_revision": revision}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
 def metrics(request: Request) -> Response:
     """Prometheus metrics."""
     return Response(generate_latest(request.app.state.metrics.registry),
