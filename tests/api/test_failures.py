@@ -113,8 +113,8 @@ def test_no_cells_are_served_when_the_release_cannot_be_audited(
     class FailingUnitOfWork:
         """The real unit of work, with an audit log that cannot record releases."""
 
-        def __init__(self) -> None:
-            self.inner = real()
+        def __init__(self, *, read_only: bool = False) -> None:
+            self.inner = real(read_only=read_only)
 
         def __enter__(self) -> Any:
             self.inner.__enter__()
