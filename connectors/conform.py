@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from broker.domain.datasets import DatasetSchema, FieldType
+from broker.domain.datasets import HIERARCHY_CODES, DatasetSchema, FieldSpec, FieldType
 from broker.domain.errors import BadDataset
 
 #: How many row numbers a problem lists per column; the count says how many there are in all.
@@ -68,6 +68,17 @@ _CONVERTERS: dict[FieldType, Callable[[pd.Series[Any]], tuple[pd.Series[Any], pd
 }
 
 
+def _outside_codes(values: pd.Series[Any], spec: FieldSpec) -> pd.Series[bool] | None:
+    """Present values that are not in the field's declared code list or hierarchy."""
+    if spec.codes is None and spec.hierarchy is None:
+        return None
+    present = values.notna()
+    if spec.codes is not None:
+        return present & ~values.isin(spec.codes)
+    pattern = HIERARCHY_CODES[spec.hierarchy or ""].pattern
+    return present & ~values.fillna("").str.fullmatch(pattern)
+
+
 def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     """Typed copy of ``raw`` (all columns strings, missing as NA) in declared column order."""
     header = [str(c) for c in raw.columns]
@@ -113,6 +124,16 @@ def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
                         "count": int(empty.sum()),
                     }
                 )
+        outside = _outside_codes(values, spec)
+        if outside is not None and outside.any():
+            problems.append(
+                {
+                    "column": spec.name,
+                    "issue": "not-in-codes" if spec.codes is not None else "not-in-hierarchy",
+                    "rows": _rows(outside),
+                    "count": int(outside.sum()),
+                }
+            )
         out[spec.name] = values
     if problems:
         raise BadDataset("Some values do not match the declared field types.", problems)

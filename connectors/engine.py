@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -37,17 +38,20 @@ class DuckDBEngine:
 
     def run(
         self,
-        location: Path,
+        relations: Mapping[str, tuple[Path, Sequence[str] | None]],
         sql: str,
         params: Sequence[Any],
-        columns: Sequence[str] | None = None,
-    ) -> list[tuple[Any, ...]]:
-        """Rows of ``sql`` (parameters bound) over the Parquet file at ``location``."""
-        table = pq.read_table(location, columns=list(columns) if columns else None)
+    ) -> pa.Table:
+        """The result of ``sql`` (parameters bound) as Arrow, over the named Parquet files.
+
+        ``relations`` maps each relation name the SQL reads to a file and the columns to load.
+        """
         cursor = self._database().cursor()
         try:
-            cursor.register("src", table)
-            return cursor.execute(sql, list(params)).fetchall()
+            for name, (location, columns) in relations.items():
+                table = pq.read_table(location, columns=list(columns) if columns else None)
+                cursor.register(name, table)
+            return cursor.sql(sql, params=list(params)).to_arrow_table()
         finally:
             cursor.close()
 

@@ -52,6 +52,7 @@ class Dominance:
 
     n: int = 2
     k: float = 85.0
+    p: float = 0.0  # the p% rule's p; 0 leaves it to the policy floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,8 @@ class Contract:
             "purposes": list(self.purposes),
             "fields": {name: form.value for name, form in self.fields.items()},
             "k_min": self.k_min,
-            "dominance": {"n": self.dominance.n, "k": self.dominance.k},
+            "dominance": {"n": self.dominance.n, "k": self.dominance.k,
+                          "p": self.dominance.p},
             "valid_from": self.valid_from.timestamp(),
             "valid_until": self.valid_until.timestamp(),
             "max_queries_per_day": self.max_queries_per_day,

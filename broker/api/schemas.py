@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -16,7 +16,15 @@ from broker.domain.datasets import (
     Sensitivity,
 )
 from broker.domain.organisations import ORG_ID, Organisation, OrgKind
-from broker.domain.queries import AggregateSpec, Filter, FilterOp, Measure, MeasureFn, Release
+from broker.domain.queries import (
+    AggregateSpec,
+    Dimension,
+    Filter,
+    FilterOp,
+    Measure,
+    MeasureFn,
+    Release,
+)
 from broker.domain.uscc import is_valid_uscc
 from broker.policy.decisions import FlowDecision
 from broker.services.contracts import ContractView
@@ -85,10 +93,14 @@ class FieldIn(In):
     type: FieldType
     role: FieldRole
     sensitivity: Sensitivity = Sensitivity.L1
+    hierarchy: Literal["gbt4754"] | None = None
+    codes: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+                     Field(min_length=1, max_length=10_000)] | None = None
 
     def to_domain(self) -> FieldSpec:
         """Domain form."""
-        return FieldSpec(self.name, self.type, self.role, self.sensitivity)
+        return FieldSpec(self.name, self.type, self.role, self.sensitivity, self.hierarchy,
+                         tuple(self.codes) if self.codes is not None else None)
 
 
 class DatasetMetaIn(In):
@@ -106,6 +118,8 @@ class FieldOut(BaseModel):
     type: FieldType
     role: FieldRole
     sensitivity: Sensitivity
+    hierarchy: str | None = None
+    codes: list[str] | None = None
 
 
 class DatasetOut(BaseModel):
@@ -128,8 +142,7 @@ class DatasetOut(BaseModel):
         return cls(
             id=d.id, name=d.name, owner_org=d.owner_org, entity_field=d.schema.entity_field,
             version=d.version, rows=d.rows, sha256=d.sha256, created_at=d.created_at,
-            fields=[FieldOut(name=f.name, type=f.type, role=f.role, sensitivity=f.sensitivity)
-                    for f in view.fields],
+            fields=[FieldOut.model_validate(f.as_json()) for f in view.fields],
         )
 
 
@@ -138,6 +151,9 @@ class DominanceIn(In):
 
     n: int = Field(default=2, ge=1, le=10, strict=True)
     k: float = Field(default=85.0, gt=0, le=100, strict=True)
+    p: float = Field(default=0.0, ge=0, le=100, strict=True,
+                     description="p% rule: withhold a cell when the second-largest contributor "
+                                 "could estimate the largest to within p percent; 0 = off")
 
 
 class ContractIn(In):
@@ -180,7 +196,7 @@ class ContractOut(BaseModel):
         return cls(
             id=c.id, dataset_id=c.dataset_id, provider_org=c.provider_org,
             consumer_org=c.consumer_org, purposes=list(c.purposes), fields=dict(c.fields),
-            k_min=c.k_min, dominance=DominanceIn(n=c.dominance.n, k=c.dominance.k),
+            k_min=c.k_min, dominance=DominanceIn(n=c.dominance.n, k=c.dominance.k, p=c.dominance.p),
             valid_from=c.valid_from, valid_until=c.valid_until,
             max_queries_per_day=c.max_queries_per_day, status=view.status.value,
             created_at=c.created_at, accepted_at=c.accepted_at, revoked_at=c.revoked_at,
@@ -189,7 +205,7 @@ class ContractOut(BaseModel):
 
 def dominance_of(d: DominanceIn) -> Dominance:
     """Domain form of the dominance parameters."""
-    return Dominance(n=d.n, k=d.k)
+    return Dominance(n=d.n, k=d.k, p=d.p)
 
 
 class MeasureIn(In):
@@ -220,25 +236,44 @@ class FilterIn(In):
         return Filter(self.field, self.op, self.value)
 
 
+class DimensionIn(In):
+    """A group-by field at a coarser level (month, quarter, year; GB/T 4754 group, division,
+    section) or cut into numeric bins."""
+
+    field: FieldName
+    level: Literal["day", "month", "quarter", "year", "class", "group", "division",
+                   "section"] | None = None
+    bins: Annotated[list[Annotated[float, Field(strict=True, allow_inf_nan=False)]],
+                    Field(min_length=1, max_length=32)] | None = None
+
+    def to_domain(self) -> Dimension:
+        """Domain form."""
+        return Dimension(self.field, self.level,
+                         tuple(self.bins) if self.bins is not None else None)
+
+
 class AggregateIn(In):
     """An aggregate query under a contract."""
 
     contract_id: Uuid
     purpose: Slug
-    group_by: Annotated[list[FieldName], Field(max_length=4)] = []
+    group_by: Annotated[list[FieldName | DimensionIn], Field(max_length=4)] = []
     measures: Annotated[list[MeasureIn], Field(min_length=1, max_length=16)]
     filters: Annotated[list[FilterIn], Field(max_length=16)] = []
     totals: Flag = False
+    remainder: Flag = False
 
     def to_domain(self) -> AggregateSpec:
         """Domain form."""
         return AggregateSpec(
             contract_id=self.contract_id,
             purpose=self.purpose,
-            group_by=tuple(self.group_by),
+            group_by=tuple(Dimension(d) if isinstance(d, str) else d.to_domain()
+                           for d in self.group_by),
             measures=tuple(m.to_domain() for m in self.measures),
             filters=tuple(f.to_domain() for f in self.filters),
             totals=self.totals,
+            remainder=self.remainder,
         )
 
 
@@ -273,6 +308,9 @@ class AggregateOut(BaseModel):
     k: int
     cells: list[CellOut]
     suppressed: dict[str, int]
+    remainder: CellOut | None = Field(
+        default=None, description="The withheld table cells pooled, when asked for; held "
+                                  "to every rule itself")
     policy: PolicyOut
     receipt: ReceiptOut
 
@@ -286,6 +324,7 @@ class AggregateOut(BaseModel):
             k=r.k,
             cells=[CellOut.model_validate(c.as_json()) for c in r.cells],
             suppressed=dict(r.suppressed),
+            remainder=CellOut.model_validate(r.remainder.as_json()) if r.remainder else None,
             policy=PolicyOut(revision=r.policy_revision, fields=dict(r.field_verdicts)),
             receipt=ReceiptOut(seq=r.receipt.seq, leaf_hash=r.receipt.leaf_hash,
                                nonce=r.result_nonce),

@@ -88,12 +88,13 @@ def generate_county(
     month = np.tile(np.arange(months), enterprises)
     keep = month >= first[firm]
     firm, month = firm[keep], month[keep]
-    season = 1 + 0.15 * np.sin(month / months * 2 * np.pi)
+    season = 1 + 0.15 * np.sin(month % 12 / 12 * 2 * np.pi)
     out = output[firm] / months * season * rng.normal(1.0, 0.08, firm.size).clip(0.6, 1.4)
     intensity = np.array([INDUSTRIES[c][2] for c in industry])[firm]
     rate = np.array([INDUSTRIES[c][3] for c in industry])[firm]
     kwh = out * intensity * rng.uniform(0.9, 1.1, firm.size)
-    dates = pd.to_datetime({"year": year, "month": month + 1, "day": 1}).dt.date
+    dates = pd.to_datetime({"year": year + month // 12, "month": month % 12 + 1,
+                            "day": 1}).dt.date
     monthly = pd.DataFrame({
         "uscc": np.array(uscc)[firm],
         "month": dates,
@@ -114,8 +115,16 @@ class Slice:
     meta: dict[str, Any]
 
 
-def _field(name: str, type_: str, role: str, sensitivity: str = "L1") -> dict[str, str]:
-    return {"name": name, "type": type_, "role": role, "sensitivity": sensitivity}
+def _field(name: str, type_: str, role: str, sensitivity: str = "L1") -> dict[str, Any]:
+    field: dict[str, Any] = {"name": name, "type": type_, "role": role,
+                             "sensitivity": sensitivity}
+    # The county's code lists: every town and every industry class of its economy is a key
+    # of every table, so an empty cell looks like a suppressed one.
+    if name == "town":
+        field["codes"] = list(TOWNS)
+    elif name == "industry":
+        field.update(hierarchy="gbt4754", codes=list(INDUSTRIES))
+    return field
 
 
 def _panel(county: County, *measures: str) -> pd.DataFrame:

@@ -52,7 +52,7 @@ def render(result: StoryResult, console: Console) -> None:
 
     for title, answer in result.queries.items():
         table = Table(title=f"4. economic-bureau asks: {title} (k = {answer['k']})")
-        keys = sorted({k for cell in answer["cells"] for k in cell["key"]})
+        keys = list(max((cell["key"] for cell in answer["cells"]), key=len, default={}))
         names = sorted({k for cell in answer["cells"] for k in (cell["values"] or {})})
         for col in [*keys, *names, "status"]:
             table.add_column(col, justify="right" if col in names else "left")
@@ -60,8 +60,15 @@ def render(result: StoryResult, console: Console) -> None:
             values = cell["values"] or {}
             status = cell["status"] + (f" ({cell['reason']})" if cell.get("reason") else "")
             style = "dim" if cell["status"] == "suppressed" else None
-            table.add_row(*[_fmt(cell["key"].get(k)) for k in keys],
+            table.add_row(*[_fmt(cell["key"][k]) if k in cell["key"] else "(total)"
+                            for k in keys],
                           *[_fmt(values.get(n)) for n in names], status, style=style)
+        if answer.get("remainder"):
+            rest = answer["remainder"]
+            status = rest["status"] + (f" ({rest['reason']})" if rest.get("reason") else "")
+            table.add_row(*["(withheld cells)" for _ in keys],
+                          *[_fmt((rest["values"] or {}).get(n)) for n in names], status,
+                          style="italic")
         console.print(table)
         policy, receipt = answer["policy"], answer["receipt"]
         console.print(

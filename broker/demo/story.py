@@ -15,7 +15,14 @@ from typing import Any
 
 import httpx
 
-from broker.demo.county import County, Slice, generate_county, grid_slice, tax_slice
+from broker.demo.county import (
+    TOWNS,
+    County,
+    Slice,
+    generate_county,
+    grid_slice,
+    tax_slice,
+)
 
 #: (sub, org, roles) of the people in the story.
 ACTORS: dict[str, tuple[str, str, list[str]]] = {
@@ -58,6 +65,7 @@ class Step:
 class StoryResult:
     """Everything the report shows and the e2e test asserts on."""
 
+    county: County | None = None
     orgs: list[dict[str, Any]] = field(default_factory=list)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -98,10 +106,20 @@ def _upload(broker: Broker, actor: str, data: Slice) -> dict[str, Any]:
     return created
 
 
+def _small_group(county: County) -> tuple[str, str]:
+    """A (town, industry) with one to four enterprises: the tracker's target."""
+    sizes = county.enterprises.groupby(["town", "industry"]).size()
+    small = sizes[(sizes >= 1) & (sizes <= 4)].sort_index()
+    if small.empty:
+        raise ValueError("this county has no small group for the tracker to aim at")
+    town, industry = small.index[0]
+    return str(town), str(industry)
+
+
 def set_up(broker: Broker, county: County | None = None) -> StoryResult:
     """Organisations, two providers' datasets, two contracts offered and accepted."""
     county = county or generate_county()
-    result = StoryResult()
+    result = StoryResult(county=county)
     for org in ORGS:
         broker.call("operator", "POST", "/v1/orgs", expect=201, json=org)
     result.orgs = broker.call("operator", "GET", "/v1/orgs", expect=200).json()
@@ -125,8 +143,8 @@ def set_up(broker: Broker, county: County | None = None) -> StoryResult:
             "dataset_id": result.datasets["tax"]["id"],
             "consumer_org": "economic-bureau",
             "purposes": ["industrial-policy", "tax-analysis"],
-            "fields": {"town": "clear", "industry": "clear", "output_value": "aggregate",
-                       "tax_paid": "aggregate"},
+            "fields": {"town": "clear", "industry": "clear", "month": "clear",
+                       "output_value": "aggregate", "tax_paid": "aggregate"},
             "k_min": 5,
             "max_queries_per_day": 50,
             **window,
@@ -149,16 +167,31 @@ def run_story(broker: Broker, county: County | None = None) -> StoryResult:
     result.queries["electricity by town and industry"] = broker.call(
         "econ", "POST", "/v1/queries/aggregate", expect=200, json={
             "contract_id": grid, "purpose": "energy-planning",
-            "group_by": ["town", "industry"],
+            "group_by": ["town", "industry"], "totals": True, "remainder": True,
             "measures": [{"fn": "count"}, {"fn": "sum", "field": "electricity_kwh"}],
         }).json()
-    result.queries["tax per unit of output by industry"] = broker.call(
+    result.queries["tax per unit of output by industry division and quarter"] = broker.call(
         "econ", "POST", "/v1/queries/aggregate", expect=200, json={
-            "contract_id": tax, "purpose": "industrial-policy", "group_by": ["industry"],
+            "contract_id": tax, "purpose": "industrial-policy",
+            "group_by": [{"field": "industry", "level": "division"},
+                         {"field": "month", "level": "quarter"}],
             "measures": [{"fn": "count"},
                          {"fn": "ratio", "numerator": "tax_paid", "denominator": "output_value",
                           "as": "tax_per_output"}],
         }).json()
+    # A tracker: an industry's count across the county, then again without the one town
+    # where it has only a handful of firms. Subtracting would give those firms away: the
+    # second answer is withheld as differencing.
+    town, industry = _small_group(result.county or generate_county())
+    tracker = {"contract_id": grid, "purpose": "energy-planning", "measures": [{"fn": "count"}],
+               "filters": [{"field": "industry", "op": "eq", "value": industry}]}
+    result.queries[f"{industry} firms in the county"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json=tracker).json()
+    others = [t for t in TOWNS if t != town]
+    result.queries[f"{industry} firms in every town but {town}"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json={
+            **tracker, "filters": [*tracker["filters"],
+                                   {"field": "town", "op": "in", "value": others}]}).json()
 
     attempts = [
         ("env", "a department without a contract uses another's contract",

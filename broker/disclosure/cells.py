@@ -1,39 +1,34 @@
-"""The cell table: per-cell contributor statistics computed by the engine, before release."""
+"""The cell table: a dense grid of every cell and margin, with contributor statistics.
+
+Each dimension's domain is its declared key set (a code list, bin labels, true/false) when it
+has one, otherwise the values present after filtering. The grid holds every combination of
+domain values, plus one "total" position per dimension for the margins, so a combination with
+no enterprise is an ordinary cell with zero enterprises: it is suppressed like any small cell,
+and empty and suppressed cells look alike to the consumer.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+from pyroaring import BitMap
+
 from broker.disclosure.plan import CellPlan
+from broker.domain.errors import InvalidInput
 from broker.domain.queries import JsonScalar, MeasureFn
 
+#: Above this many cells (margins included) a table is refused: no consumer reads it, and
+#: protecting it would take longer than anyone waits.
+MAX_GRID = 200_000
 
-@dataclass(frozen=True, slots=True)
-class CellStats:
-    """One cell before disclosure control: its key, distinct entity count and measure values.
-
-    ``key`` holds only the dimensions the cell is grouped by; a margin omits the dimensions it
-    sums over, and the grand total has an empty key.
-    """
-
-    key: Mapping[str, JsonScalar]
-    entities: int
-    values: Mapping[str, float | int | None]
-    contributors: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def k(self) -> int:
-        """The fewest distinct enterprises behind any released number of this cell.
-
-        A sum over a cell of ten enterprises where only one reported the field is that one
-        enterprise's value: each measure is protected by the enterprises that contribute to it.
-        """
-        return min([self.entities, *self.contributors.values()])
+Index = tuple[int, ...]
 
 
 def _json_scalar(value: Any) -> JsonScalar:
@@ -46,49 +41,193 @@ def _json_scalar(value: Any) -> JsonScalar:
     return str(value)
 
 
-def _number(value: Any) -> float | int | None:
-    if value is None:
-        return None
-    if isinstance(value, Decimal):
-        value = float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value  # type: ignore[no-any-return]
+def _order(values: set[Any]) -> list[Any]:
+    present = sorted((v for v in values if v is not None), key=lambda v: (str(type(v)), v))
+    return present + ([None] if None in values else [])
 
 
-def _divide(num: Any, den: Any) -> float | None:
-    num, den = _number(num), _number(den)
-    if num is None or den is None or den == 0:
-        return None
-    return float(num) / float(den)
+@dataclass(slots=True)
+class FieldStats:
+    """Per-cell statistics of one measured field, as arrays over the grid."""
+
+    total: np.ndarray          # sum of values (0 where none)
+    values: np.ndarray         # count of non-null values (mean denominator)
+    contributors: np.ndarray   # enterprises with a value
+    abs_total: np.ndarray      # sum of the enterprises' absolute contributions
+    top: np.ndarray            # grid shape + (top,): largest absolute contributions, descending
+    members: dict[Index, BitMap] = field(default_factory=dict)
 
 
-def read_cells(plan: CellPlan, rows: Iterable[tuple[Any, ...]]) -> list[CellStats]:
-    """Turn engine rows laid out as ``plan`` says into cells with named measure values."""
-    n = len(plan.dimensions)
-    cells = []
-    for row in rows:
-        gid = int(row[n])
-        key = {
-            dim: _json_scalar(row[i])
-            for i, dim in enumerate(plan.dimensions)
-            if not gid >> (n - 1 - i) & 1
+@dataclass(slots=True)
+class CellTable:
+    """Every cell of a query's table and all its margins, on a dense grid.
+
+    Position ``len(domains[j])`` along dimension ``j`` is that dimension's total.
+    """
+
+    dimensions: tuple[str, ...]
+    domains: tuple[tuple[Any, ...], ...]
+    entities: np.ndarray
+    members: dict[Index, BitMap]
+    fields: dict[str, FieldStats]
+    scopes: dict[Index, str] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Grid shape: each domain plus its total position."""
+        return tuple(len(d) + 1 for d in self.domains)
+
+    def is_margin(self, index: Index) -> bool:
+        """Whether the cell sums over at least one dimension."""
+        return any(i == len(d) for i, d in zip(index, self.domains, strict=True))
+
+    def key(self, index: Index) -> dict[str, JsonScalar]:
+        """The released key of a cell: the dimensions it is not summed over."""
+        return {
+            dim: _json_scalar(dom[i])
+            for dim, dom, i in zip(self.dimensions, self.domains, index, strict=True)
+            if i < len(dom)
         }
-        entities = int(row[n + 1])
-        total, count, contributors = {}, {}, {}
-        for i, name in enumerate(plan.fields):
-            base = n + 2 + 3 * i
-            total[name], count[name], contributors[name] = row[base], row[base + 1], row[base + 2]
-        values: dict[str, float | int | None] = {}
-        for m in plan.measures:
-            if m.fn is MeasureFn.COUNT:
-                values[m.name] = entities
-            elif m.fn is MeasureFn.SUM and m.field:
-                values[m.name] = _number(total[m.field])
-            elif m.fn is MeasureFn.MEAN and m.field:
-                values[m.name] = _divide(total[m.field], count[m.field])
-            elif m.numerator and m.denominator:
-                values[m.name] = _divide(total[m.numerator], total[m.denominator])
-        cells.append(CellStats(key=key, entities=entities, values=values,
-                               contributors={f: int(c) for f, c in contributors.items()}))
-    return cells
+
+    def cells(self, *, margins: bool) -> Iterator[Index]:
+        """Table cells in domain order, then (when ``margins``) margins from finest to total."""
+        everything = sorted(np.ndindex(*self.shape), key=lambda ix: (
+            sum(i == len(d) for i, d in zip(ix, self.domains, strict=True)), ix))
+        for index in everything:
+            if margins or not self.is_margin(index):
+                yield index
+
+    def values(self, index: Index, plan: CellPlan) -> dict[str, float | int | None]:
+        """The measure values of one cell, named as released."""
+        return measure_values(
+            plan, int(self.entities[index]),
+            {f: (float(s.total[index]), int(s.values[index]), int(s.contributors[index]))
+             for f, s in self.fields.items()},
+        )
+
+
+def measure_values(
+    plan: CellPlan, entities: int, fields: Mapping[str, tuple[float, int, int]]
+) -> dict[str, float | int | None]:
+    """Named measure values from a count of enterprises and, per field, (total, values,
+    contributors)."""
+
+    def total(name: str) -> float | None:
+        value, _, contributors = fields[name]
+        return value if contributors and math.isfinite(value) else None
+
+    out: dict[str, float | int | None] = {}
+    for m in plan.measures:
+        if m.fn is MeasureFn.COUNT:
+            out[m.name] = entities
+        elif m.fn is MeasureFn.SUM and m.field:
+            out[m.name] = total(m.field)
+        elif m.fn is MeasureFn.MEAN and m.field:
+            s, n = total(m.field), fields[m.field][1]
+            out[m.name] = s / n if s is not None and n else None
+        elif m.numerator and m.denominator:
+            num, den = total(m.numerator), total(m.denominator)
+            out[m.name] = num / den if num is not None and den else None
+    return out
+
+
+def read_table(plan: CellPlan, result: pa.Table) -> CellTable:
+    """Lay the engine's rows out on the dense grid, adding empty cells for missing keys."""
+    rows = result.to_pydict()
+    count = result.num_rows
+    if any(rows["lost"]):
+        raise RuntimeError("an enterprise is missing from the entity index")
+    d = len(plan.dimensions)
+    gids = rows["gid"]
+    observed: list[set[Any]] = [set() for _ in range(d)]
+    for r in range(count):
+        if gids[r] == 0:
+            for k in range(d):
+                observed[k].add(rows[f"d{k}"][r])
+    domains = []
+    for k, keys in enumerate(plan.keysets):
+        if keys is None:
+            domains.append(tuple(_order(observed[k])))
+        else:
+            extra = observed[k] - set(keys)
+            domains.append(tuple(keys) + tuple(_order(extra)))
+    shape = tuple(len(dom) + 1 for dom in domains)
+    size = math.prod(shape)
+    if size > MAX_GRID:
+        raise InvalidInput(
+            f"The table would have {size:,} cells with its margins (at most {MAX_GRID:,}); "
+            "group by fewer or coarser fields, or filter."
+        )
+    positions = [{value: i for i, value in enumerate(dom)} for dom in domains]
+    table = CellTable(
+        dimensions=plan.dimensions,
+        domains=tuple(domains),
+        entities=np.zeros(shape, dtype=np.int64),
+        members={},
+        fields={
+            f: FieldStats(
+                total=np.zeros(shape), values=np.zeros(shape, dtype=np.int64),
+                contributors=np.zeros(shape, dtype=np.int64), abs_total=np.zeros(shape),
+                top=np.zeros((*shape, plan.top)),
+            )
+            for f in plan.fields
+        },
+    )
+    for r in range(count):
+        gid = gids[r]
+        index = tuple(
+            len(domains[k]) if gid >> (d - 1 - k) & 1 else positions[k][rows[f"d{k}"][r]]
+            for k in range(d)
+        )
+        table.entities[index] = rows["entities"][r]
+        if plan.periods:
+            table.scopes[index] = ",".join(
+                f"{_json_scalar(rows[f'lo{j}'][r])}/{_json_scalar(rows[f'hi{j}'][r])}"
+                for j in range(len(plan.periods)))
+        table.members[index] = BitMap(rows["members"][r])
+        for j, name in enumerate(plan.fields):
+            stats = table.fields[name]
+            stats.total[index] = _float(rows[f"s{j}"][r])
+            stats.values[index] = rows[f"n{j}"][r] or 0
+            stats.contributors[index] = rows[f"c{j}"][r]
+            stats.abs_total[index] = _float(rows[f"a{j}"][r])
+            top = [_float(x) for x in rows[f"t{j}"][r] or []][: plan.top]
+            stats.top[index][: len(top)] = top
+            stats.members[index] = BitMap(rows[f"m{j}"][r] or [])
+    return table
+
+
+def _float(value: Any) -> float:
+    if value is None:
+        return 0.0
+    value = float(value)
+    return value if math.isfinite(value) else math.nan
+
+
+def measure_members(table: CellTable, index: Index, key: str) -> BitMap:
+    """The enterprises behind one measure of a cell: all of them, or a field's contributors."""
+    if key == ENTITIES:
+        return table.members.get(index, BitMap())
+    return table.fields[key.removeprefix("f:")].members.get(index, BitMap())
+
+
+def ledger_key(table: CellTable, index: Index, measure: str) -> str:
+    """The ledger key of one measure of a cell: the measure and the period its rows span.
+
+    Two cells are compared by the differencing guard only over the same span of time: the
+    same enterprises in 2025 and in 2026 differ in every row, so subtracting one from the
+    other isolates nobody. A tracker that keeps the rows and drops an enterprise (by a filter
+    on town or sector, or a vacuous date range) keeps the span and is caught.
+    """
+    scope = table.scopes.get(index)
+    return f"{measure}@{scope}" if scope else measure
+
+
+#: Ledger key of the distinct-enterprise count; fields are keyed ``f:<name>``.
+ENTITIES = "#entities"
+
+
+def measure_keys(plan: CellPlan) -> tuple[str, ...]:
+    """The ledger keys of what a query releases: the count, and each measured field."""
+    keys = [ENTITIES] if any(m.fn is MeasureFn.COUNT for m in plan.measures) else []
+    return tuple(keys + [f"f:{f}" for f in plan.fields])

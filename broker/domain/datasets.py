@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from broker.domain.errors import InvalidInput
 
@@ -64,6 +65,18 @@ class FieldSpec:
     type: FieldType
     role: FieldRole
     sensitivity: Sensitivity = Sensitivity.L1
+    hierarchy: str | None = None
+    codes: tuple[str, ...] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The declaration as stored and shown (optional keys only when set)."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type.value,
+                               "role": self.role.value, "sensitivity": self.sensitivity.value}
+        if self.hierarchy is not None:
+            out["hierarchy"] = self.hierarchy
+        if self.codes is not None:
+            out["codes"] = list(self.codes)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,8 @@ class DatasetSchema:
                 "entity_field must name the one field whose role is 'entity'.",
                 fields=entities,
             )
+        for spec in fields:
+            _check_codes(spec)
         return cls(entity_field=entity_field, fields=fields)
 
     @property
@@ -112,6 +127,33 @@ class DatasetSchema:
     def has_field(self, name: str) -> bool:
         """Whether the schema declares ``name``."""
         return any(spec.name == name for spec in self.fields)
+
+
+#: Hierarchies a string field may declare, and the pattern of their codes.
+HIERARCHY_CODES = {"gbt4754": re.compile(r"^[A-T]?[0-9]{2,4}$")}
+MAX_CODES = 10_000
+
+
+def _check_codes(spec: FieldSpec) -> None:
+    """A declared hierarchy must be known; a code list must be unique, short strings of it."""
+    if spec.hierarchy is None and spec.codes is None:
+        return
+    if spec.type is not FieldType.STRING or spec.role is not FieldRole.DIMENSION:
+        raise InvalidInput("Only string dimensions declare a hierarchy or codes.",
+                           fields=[spec.name])
+    pattern = HIERARCHY_CODES.get(spec.hierarchy) if spec.hierarchy is not None else None
+    if spec.hierarchy is not None and pattern is None:
+        raise InvalidInput(f"Known hierarchies: {', '.join(HIERARCHY_CODES)}.",
+                           fields=[spec.name])
+    if spec.codes is None:
+        return
+    codes = spec.codes
+    if not 0 < len(codes) <= MAX_CODES or len(set(codes)) != len(codes) or not all(
+        isinstance(c, str) and 0 < len(c) <= 64 for c in codes
+    ):
+        raise InvalidInput(f"codes takes 1 to {MAX_CODES} distinct strings.", fields=[spec.name])
+    if pattern is not None and not all(pattern.fullmatch(c) for c in codes):
+        raise InvalidInput("codes do not follow the declared hierarchy.", fields=[spec.name])
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,19 @@ Adapters implement these Protocols (``broker.store`` for SQL, ``broker.policy`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 import pandas as pd
+import pyarrow as pa
+from pyroaring import BitMap
 
 from audit.entry import AuditEvent
 from audit.verify import StoredEntry
+from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import Dataset
 from broker.domain.organisations import Organisation
 from broker.domain.queries import Receipt
@@ -81,6 +84,16 @@ class AuditLog(Protocol):
     def head(self) -> tuple[int, str]: ...
 
 
+class ReleaseLedger(Protocol):
+    """Earlier releases per dataset: populations for the differencing guard, and answers."""
+
+    def since(self, dataset_id: str, after_id: int) -> list[LedgerEntry]: ...
+    def add(self, dataset_id: str, entries: Iterable[tuple[str, BitMap]],
+            audit_seq: int) -> None: ...
+    def cached(self, dataset_id: str, fingerprint: str) -> str | None: ...
+    def cache(self, dataset_id: str, fingerprint: str, body: str, audit_seq: int) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository; nothing is stored unless ``commit`` is called."""
 
@@ -92,6 +105,8 @@ class UnitOfWork(Protocol):
     def contracts(self) -> ContractRepository: ...
     @property
     def audit(self) -> AuditLog: ...
+    @property
+    def releases(self) -> ReleaseLedger: ...
 
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -118,20 +133,21 @@ class DatasetStorage(Protocol):
     """Where dataset versions live at rest."""
 
     def write(self, dataset_id: str, version: int, frame: pd.DataFrame) -> str: ...
+    def index_entities(self, dataset_id: str, entities: pd.Series) -> Path: ...
+    def entity_index(self, dataset_id: str) -> Path: ...
     def remove(self, location: str) -> None: ...
     def resolve(self, location: str) -> Path: ...
 
 
 class QueryEngine(Protocol):
-    """Runs a planned statement over one dataset version and returns plain rows."""
+    """Runs a planned statement over named Parquet relations and returns an Arrow table."""
 
     def run(
         self,
-        location: Path,
+        relations: Mapping[str, tuple[Path, Sequence[str] | None]],
         sql: str,
         params: Sequence[Any],
-        columns: Sequence[str] | None = None,
-    ) -> list[tuple[Any, ...]]: ...
+    ) -> pa.Table: ...
 
 
 class Clock(Protocol):

@@ -67,6 +67,15 @@ class Measure:
 
 
 @dataclass(frozen=True, slots=True)
+class Dimension:
+    """A group-by field, optionally generalised to a coarser ``level`` or cut into ``bins``."""
+
+    field: str
+    level: str | None = None
+    bins: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Filter:
     """A row predicate: ``eq`` a value, ``in`` a list, or ``range`` [low, high] inclusive."""
 
@@ -81,14 +90,20 @@ class AggregateSpec:
 
     contract_id: str
     purpose: str
-    group_by: tuple[str, ...]
+    group_by: tuple[Dimension, ...]
     measures: tuple[Measure, ...]
     filters: tuple[Filter, ...] = ()
     totals: bool = False
+    remainder: bool = False
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        """The grouped field names, in order; each is a key of every cell."""
+        return tuple(d.field for d in self.group_by)
 
     def field_uses(self) -> list[dict[str, str]]:
         """Every (field, use) pair the query makes, for the flow policy."""
-        uses = [{"field": f, "use": FieldUse.DIMENSION.value} for f in self.group_by]
+        uses = [{"field": d.field, "use": FieldUse.DIMENSION.value} for d in self.group_by]
         uses += [
             {"field": f, "use": FieldUse.MEASURE.value} for m in self.measures for f in m.fields
         ]
@@ -141,6 +156,14 @@ class Cell:
             out["reason"] = self.reason.value
         return out
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cell:
+        """A cell from its released form (as kept for identical repeats)."""
+        reason = data.get("reason")
+        return cls(key=dict(data["key"]), values=data["values"],
+                   status=CellStatus(data["status"]),
+                   reason=SuppressionReason(reason) if reason is not None else None)
+
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
@@ -161,6 +184,7 @@ class Release:
     field_verdicts: Mapping[str, str]
     receipt: Receipt | None = None
     result_nonce: str | None = None
+    remainder: Cell | None = None
 
     @property
     def suppressed(self) -> dict[str, int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.disclosure.primary import Rules
 from broker.domain.errors import BrokerError, Unavailable
 from broker.domain.ports import PolicyEngine
 from broker.domain.principals import Principal
@@ -30,6 +32,7 @@ class FlowDecision:
     fields: dict[str, str] = field(default_factory=dict)
     field_reasons: dict[str, list[str]] = field(default_factory=dict)
     k: int = 0
+    rules: Rules | None = None
 
 
 def _reasons(raw: Any) -> tuple[str, ...]:
@@ -46,6 +49,28 @@ def _object(raw: Any) -> dict[str, Any]:
 
 #: The verdicts under which a field may be used each way: group keys and filters see values.
 PERMITS = {"dimension": {"clear"}, "filter": {"clear"}, "measure": {"clear", "aggregate"}}
+
+
+def _number(raw: Any, low: float, high: float) -> float:
+    if (not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw)
+            or not low <= raw <= high):
+        raise Unavailable("The policy returned malformed disclosure rules; nothing was released.")
+    return float(raw)
+
+
+def _rules(raw: Any, k: int) -> Rules:
+    """The disclosure thresholds the policy set; anything malformed fails closed."""
+    rules = _object(raw)
+    n = _number(rules.get("dominance_n"), 1, 10)
+    if not n.is_integer():
+        raise Unavailable("The policy returned malformed disclosure rules; nothing was released.")
+    return Rules(
+        k_min=k,
+        dominance_n=int(n),
+        dominance_k=_number(rules.get("dominance_k"), 1e-9, 100),
+        p_percent=_number(rules.get("p_percent"), 0, 100),
+        protection_percent=_number(rules.get("protection_percent"), 0, 100),
+    )
 
 
 def _use_mismatches(document: Mapping[str, Any], verdicts: Mapping[str, str]) -> set[str]:
@@ -127,6 +152,7 @@ class Policies:
         allow = raw.get("allow") is True and not reasons and not field_denials
         if raw.get("allow") is True and allow and k < 2:
             allow, field_denials = False, {"k-below-floor"}
+        rules = _rules(raw.get("disclosure"), k) if allow else None
         return FlowDecision(
             allow=allow,
             reasons=tuple(sorted(set(reasons) | field_denials)) if not allow else (),
@@ -134,4 +160,5 @@ class Policies:
             fields=verdicts,
             field_reasons=per_field,
             k=k,
+            rules=rules,
         )

@@ -110,6 +110,7 @@ class DatasetService:
         )
         location = self.storage.write(dataset.id, dataset.version, frame)
         try:
+            self.storage.index_entities(dataset.id, frame[schema.entity_field])
             with self.uow() as uow:
                 if uow.datasets.find(ctx.principal.org, name) is not None:
                     raise Conflict("You already have a dataset with this name.")
@@ -119,6 +120,7 @@ class DatasetService:
                 )
                 uow.commit()
         except BaseException:
+            self.storage.entity_index(dataset.id).unlink(missing_ok=True)  # version 1 only
             self.storage.remove(location)
             raise
         return DatasetView(dataset, dataset.schema.fields)

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, time
 from typing import Any
 
+import pyarrow as pa
 import rfc8785
+from pyroaring import BitMap
 
 from audit.entry import AuditEvent, format_ts
-from broker.disclosure.cells import read_cells
-from broker.disclosure.plan import CellPlan, plan_aggregate
-from broker.disclosure.primary import apply_frequency_rule
+from broker.disclosure.cells import CellTable, read_table
+from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.plan import ENTITY_INDEX, SOURCE, CellPlan, plan_aggregate
+from broker.disclosure.primary import Rules
+from broker.disclosure.protect import protect
 from broker.domain.datasets import Dataset
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
 from broker.domain.ports import Clock, DatasetStorage, QueryEngine, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext
-from broker.domain.queries import AggregateSpec, Cell, Release
+from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release
 from broker.policy.decisions import FlowDecision, Policies
 from broker.services.contracts import contract_resource
 from broker.services.guard import Guard
@@ -28,10 +34,13 @@ AGGREGATE = "query.aggregate"
 EXPLAIN = "policy.explain"
 
 
-def result_digest(nonce: str, cells: tuple[Cell, ...]) -> str:
+def result_digest(nonce: str, cells: tuple[Cell, ...], remainder: Cell | None = None) -> str:
     """Salted digest of the released cells: the consumer, who holds the nonce, can prove what
     it received; the audit log alone cannot be used to guess small released values."""
-    payload = rfc8785.dumps([c.as_json() for c in cells])
+    released: list[Any] = [c.as_json() for c in cells]
+    if remainder is not None:
+        released.append({"remainder": remainder.as_json()})
+    payload = rfc8785.dumps(released)
     return hashlib.sha256(bytes.fromhex(nonce) + payload).hexdigest()
 
 
@@ -61,6 +70,7 @@ class QueryService:
     storage: DatasetStorage
     engine: QueryEngine
     clock: Clock
+    ledgers: LedgerCache = field(default_factory=lambda: LedgerCache())
 
     def aggregate(self, ctx: RequestContext, spec: AggregateSpec) -> Release:
         """Decide, compute, protect, audit (committed), then return.
@@ -68,18 +78,27 @@ class QueryService:
         The decision is taken twice: once before the scan, and again inside the transaction
         that appends the release entry, with the audit head locked first, so a revocation or
         an exhausted quota that happens while the engine works still stops the answer, and the
-        daily quota is exact under concurrency.
+        daily quota is exact under concurrency. The differencing guard works the same way:
+        the table is protected against the ledger as read before the scan, and if another
+        release entered the ledger meanwhile, protected again under the lock.
         """
         with self.uow() as uow:
             first = self._decide(uow, ctx, spec, AGGREGATE)
         if first.contract is None or first.dataset is None:  # the policy allowed; fail closed
             raise PolicyDenied(("no-active-contract",))
         dataset, decision = first.dataset, first.decision
-        k = max(decision.k, first.contract.k_min)  # the policy may raise k, never lower it
+        rules = _stricter(decision.rules, first.contract)
+        fingerprint = _computation_fp(dataset, spec, rules)
 
         try:
-            plan = plan_aggregate(spec, dataset.schema)
-            cells = tuple(apply_frequency_rule(read_cells(plan, self._run(plan, dataset)), k))
+            plan = plan_aggregate(spec, dataset.schema, top=rules.top)
+            with self.uow(read_only=True) as uow:
+                earlier = uow.releases.cached(dataset.id, fingerprint)
+                ledger = self.ledgers.refresh(uow, dataset.id)
+            outcome = None
+            if earlier is None:
+                table = read_table(plan, self._run(plan, dataset))
+                outcome = _protect(table, plan, rules, ledger, spec)
         except BrokerError as exc:
             self._record_failure(ctx, spec, first, AGGREGATE, exc.slug)
             raise
@@ -91,25 +110,43 @@ class QueryService:
         with self.uow() as uow:
             uow.audit.lock()
             self._decide(uow, ctx, spec, AGGREGATE)
+            if earlier is None:
+                earlier = uow.releases.cached(dataset.id, fingerprint)
+            if earlier is None and outcome is not None:
+                seen = ledger.last_id
+                ledger = self.ledgers.refresh(uow, dataset.id)
+                if ledger.last_id != seen:
+                    outcome = _protect(table, plan, rules, ledger, spec)
+            if earlier is not None:
+                cells, remainder = _decode(earlier)
+            elif outcome is not None:
+                cells, remainder = outcome.cells, outcome.remainder
+            else:  # unreachable: either an earlier answer or a fresh one exists
+                raise Unavailable("No answer was computed; nothing was released.")
             release = Release(
                 query_id=ctx.request_id,
                 cells=cells,
-                k=k,
+                k=rules.k_min,
                 policy_revision=decision.revision,
                 field_verdicts=decision.fields,
                 result_nonce=nonce,
+                remainder=remainder,
             )
             receipt = uow.audit.append(
                 replace(
                     self._event(ctx, spec, first, AGGREGATE),
                     disclosure={
-                        "k": k,
+                        "k": rules.k_min,
                         "cells_published": release.cells_published,
                         "cells_suppressed": release.cells_suppressed,
-                        "result_digest": result_digest(nonce, cells),
+                        "result_digest": result_digest(nonce, cells, remainder),
                     },
                 )
             )
+            if outcome is not None and earlier is None:
+                uow.releases.add(dataset.id, outcome.ledger, receipt.seq)
+                uow.releases.cache(dataset.id, fingerprint, _encode(cells, remainder),
+                                   receipt.seq)
             uow.commit()
         return replace(release, receipt=receipt)
 
@@ -133,11 +170,14 @@ class QueryService:
             uow.commit()
             return result.decision
 
-    def _run(self, plan: CellPlan, dataset: Dataset) -> list[tuple[Any, ...]]:
+    def _run(self, plan: CellPlan, dataset: Dataset) -> pa.Table:
         with self.uow(read_only=True) as uow:
             location = uow.datasets.version_path(dataset.id, dataset.version)
-        return self.engine.run(self.storage.resolve(location), plan.sql, plan.params,
-                               plan.columns)
+        relations = {
+            SOURCE: (self.storage.resolve(location), plan.columns),
+            ENTITY_INDEX: (self.storage.entity_index(dataset.id), None),
+        }
+        return self.engine.run(relations, plan.sql, plan.params)
 
     def _decide(
         self,
@@ -235,6 +275,87 @@ class QueryService:
         """An allowed query that could not be answered: on the record, in its own transaction."""
         with self.uow() as uow:
             self._deny(uow, ctx, spec, result, action, (reason,))
+
+
+class LedgerCache:
+    """This process's copy of each dataset's differencing ledger, brought up to date by id.
+
+    Ledger rows are only written under the audit head lock, so they commit in id order and
+    reading "everything after the last id seen" never skips one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._indexes: dict[str, LedgerIndex] = {}
+
+    def refresh(self, uow: UnitOfWork, dataset_id: str) -> LedgerIndex:
+        """The dataset's ledger including every entry committed so far."""
+        with self._lock:
+            index = self._indexes.setdefault(dataset_id, LedgerIndex())
+            index.add(uow.releases.since(dataset_id, index.last_id))
+            return index.snapshot()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    cells: tuple[Cell, ...]
+    remainder: Cell | None
+    ledger: tuple[tuple[str, BitMap], ...]
+
+
+def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex,
+             spec: AggregateSpec) -> _Outcome:
+    protected = protect(table, plan, rules, ledger=ledger, margins=spec.totals,
+                        remainder=spec.remainder)
+    cells = tuple(
+        Cell(key=table.key(index), values=None, status=CellStatus.SUPPRESSED, reason=reason)
+        if reason is not None
+        else Cell(key=table.key(index), values=table.values(index, plan),
+                  status=CellStatus.PUBLISHED)
+        for index, reason in protected.released
+    )
+    remainder = None
+    if spec.remainder and protected.remainder is not None:
+        values, reason = protected.remainder
+        remainder = (Cell(key={}, values=None, status=CellStatus.SUPPRESSED, reason=reason)
+                     if reason is not None
+                     else Cell(key={}, values=values, status=CellStatus.PUBLISHED))
+    return _Outcome(cells, remainder, protected.ledger)
+
+
+def _stricter(rules: Rules | None, contract: Contract) -> Rules:
+    """The policy's thresholds, never laxer than the contract's own (fail closed)."""
+    if rules is None:
+        raise Unavailable("The policy set no disclosure rules; nothing was released.")
+    return Rules(
+        k_min=max(rules.k_min, contract.k_min),
+        dominance_n=max(rules.dominance_n, contract.dominance.n),
+        dominance_k=min(rules.dominance_k, contract.dominance.k),
+        p_percent=max(rules.p_percent, contract.dominance.p),
+        protection_percent=rules.protection_percent,
+    )
+
+
+def _computation_fp(dataset: Dataset, spec: AggregateSpec, rules: Rules) -> str:
+    """What identifies a computation: data version, query shape and thresholds, not who asks."""
+    body: dict[str, Any] = {
+        "dataset": [dataset.id, dataset.version],
+        "query": {k: v for k, v in spec.canonical().items() if k not in ("contract_id",
+                                                                          "purpose")},
+        "rules": asdict(rules),
+    }
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+def _encode(cells: tuple[Cell, ...], remainder: Cell | None) -> str:
+    return json.dumps({"cells": [c.as_json() for c in cells],
+                       "remainder": remainder.as_json() if remainder else None})
+
+
+def _decode(body: str) -> tuple[tuple[Cell, ...], Cell | None]:
+    data = json.loads(body)
+    remainder = Cell.from_json(data["remainder"]) if data["remainder"] else None
+    return tuple(Cell.from_json(c) for c in data["cells"]), remainder
 
 
 def _day_start(now: datetime) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session, select
+from pyroaring import BitMap
+from sqlmodel import Session, col, select
 
+from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import (
     Dataset,
     DatasetSchema,
@@ -17,7 +20,14 @@ from broker.domain.datasets import (
 )
 from broker.domain.errors import NotFound
 from broker.domain.organisations import Organisation, OrgKind
-from broker.store.tables import ContractRow, DatasetRow, DatasetVersionRow, OrgRow
+from broker.store.tables import (
+    ContractRow,
+    DatasetRow,
+    DatasetVersionRow,
+    OrgRow,
+    ReleaseCacheRow,
+    ReleasedSetRow,
+)
 from contracts.model import Contract, ContractStatus, Dominance, FieldForm
 
 
@@ -86,15 +96,7 @@ class SqlDatasetRepository:
                 owner_org=dataset.owner_org,
                 name=dataset.name,
                 entity_field=dataset.schema.entity_field,
-                fields=[
-                    {
-                        "name": f.name,
-                        "type": f.type.value,
-                        "role": f.role.value,
-                        "sensitivity": f.sensitivity.value,
-                    }
-                    for f in dataset.schema.fields
-                ],
+                fields=[f.as_json() for f in dataset.schema.fields],
                 latest_version=dataset.version,
                 created_at=dataset.created_at,
             )
@@ -170,6 +172,8 @@ def _field_spec(data: dict[str, Any]) -> FieldSpec:
         type=FieldType(data["type"]),
         role=FieldRole(data["role"]),
         sensitivity=Sensitivity(data["sensitivity"]),
+        hierarchy=data.get("hierarchy"),
+        codes=tuple(data["codes"]) if data.get("codes") is not None else None,
     )
 
 
@@ -213,6 +217,7 @@ class SqlContractRepository:
             k_min=c.k_min,
             dominance_n=c.dominance.n,
             dominance_k=c.dominance.k,
+            dominance_p=c.dominance.p,
             valid_from=c.valid_from,
             valid_until=c.valid_until,
             max_queries_per_day=c.max_queries_per_day,
@@ -232,7 +237,7 @@ class SqlContractRepository:
             purposes=tuple(row.purposes),
             fields={k: FieldForm(v) for k, v in row.fields.items()},
             k_min=row.k_min,
-            dominance=Dominance(n=row.dominance_n, k=row.dominance_k),
+            dominance=Dominance(n=row.dominance_n, k=row.dominance_k, p=row.dominance_p),
             valid_from=aware(row.valid_from),
             valid_until=aware(row.valid_until),
             max_queries_per_day=row.max_queries_per_day,
@@ -241,3 +246,40 @@ class SqlContractRepository:
             accepted_at=_maybe_aware(row.accepted_at),
             revoked_at=_maybe_aware(row.revoked_at),
         )
+
+
+class SqlReleaseLedger:
+    """The differencing ledger and the cache of earlier answers, in SQL."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def since(self, dataset_id: str, after_id: int) -> list[LedgerEntry]:
+        """Ledger entries of ``dataset_id`` added after ``after_id``, oldest first."""
+        rows = self.session.exec(
+            select(ReleasedSetRow)
+            .where(ReleasedSetRow.dataset_id == dataset_id, col(ReleasedSetRow.id) > after_id)
+            .order_by(col(ReleasedSetRow.id))
+        ).all()
+        return [LedgerEntry(int(r.id or 0), r.measure, BitMap.deserialize(r.members))
+                for r in rows]
+
+    def add(self, dataset_id: str, entries: Iterable[tuple[str, BitMap]], audit_seq: int) -> None:
+        """Record the populations of a release's published measures."""
+        self.session.add_all(
+            ReleasedSetRow(dataset_id=dataset_id, measure=measure, size=len(members),
+                           members=members.serialize(), audit_seq=audit_seq)
+            for measure, members in entries
+        )
+        self.session.flush()
+
+    def cached(self, dataset_id: str, fingerprint: str) -> str | None:
+        """The stored answer to an identical computation, if there was one."""
+        row = self.session.get(ReleaseCacheRow, (dataset_id, fingerprint))
+        return row.body if row is not None else None
+
+    def cache(self, dataset_id: str, fingerprint: str, body: str, audit_seq: int) -> None:
+        """Keep an answer for identical repeats."""
+        self.session.add(ReleaseCacheRow(dataset_id=dataset_id, fingerprint=fingerprint,
+                                         body=body, audit_seq=audit_seq))
+        self.session.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -66,6 +66,7 @@ class ContractRow(SQLModel, table=True):
     k_min: int
     dominance_n: int
     dominance_k: float
+    dominance_p: float = 0.0
     valid_from: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     valid_until: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     max_queries_per_day: int
@@ -109,3 +110,31 @@ class AuditHeadRow(SQLModel, table=True):
     id: int = Field(primary_key=True)
     size: int
     head_hash: str = Field(max_length=64)
+
+
+class ReleasedSetRow(SQLModel, table=True):
+    """The differencing ledger: who contributed to one released measure of one cell.
+
+    ``members`` is a serialised roaring bitmap of dense entity indices (never entity ids).
+    """
+
+    __tablename__ = "released_sets"
+    __table_args__ = (Index("ix_released_sets_dataset_id_id", "dataset_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: str = Field(max_length=36)
+    measure: str = Field(max_length=1024)
+    size: int
+    members: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    audit_seq: int
+
+
+class ReleaseCacheRow(SQLModel, table=True):
+    """An earlier answer, returned identically when the same computation is asked again."""
+
+    __tablename__ = "release_cache"
+
+    dataset_id: str = Field(primary_key=True, max_length=36)
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    audit_seq: int

@@ -17,6 +17,7 @@ from broker.store.repositories import (
     SqlContractRepository,
     SqlDatasetRepository,
     SqlOrgRepository,
+    SqlReleaseLedger,
 )
 
 #: Threads of one process queue for SQLite's single writer here, in order, instead of in
@@ -42,6 +43,7 @@ class SqlUnitOfWork:
     datasets: SqlDatasetRepository
     contracts: SqlContractRepository
     audit: SqlAuditLog
+    releases: SqlReleaseLedger
 
     def __init__(self, engine: Engine, clock: Clock, *, read_only: bool = False) -> None:
         self.engine = read_only_engine(engine) if read_only else engine
@@ -61,6 +63,7 @@ class SqlUnitOfWork:
         self.datasets = SqlDatasetRepository(self.session)
         self.contracts = SqlContractRepository(self.session)
         self.audit = SqlAuditLog(self.session, self.clock)
+        self.releases = SqlReleaseLedger(self.session)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -152,10 +152,40 @@ fields[f] := "aggregate" if {
 
 field_reasons[f] := {d.reason | some d in use_denials; d.field == f} if some f in denied_fields
 
+# Disclosure thresholds: the contract's, made at least as strict as the floors in
+# data.config.disclosure (a larger n, a smaller k percent, a larger p). Written with else
+# rather than max()/min() for the reason given at k-below-floor.
+floors := data.config.disclosure
+
+contract_dominance := object.get(object.get(input, "contract", {}), "dominance", {})
+
+dominance_n := contract_dominance.n if {
+	contract_dominance.n >= floors.dominance_floor.n
+} else := floors.dominance_floor.n
+
+dominance_k := contract_dominance.k if {
+	contract_dominance.k <= floors.dominance_floor.k
+} else := floors.dominance_floor.k
+
+contract_p := object.get(contract_dominance, "p", 0)
+
+p_percent := contract_p if {
+	contract_p >= floors.p_percent_floor
+} else := floors.p_percent_floor
+
+disclosure := {
+	"k": k,
+	"dominance_n": dominance_n,
+	"dominance_k": dominance_k,
+	"p_percent": p_percent,
+	"protection_percent": floors.protection_percent,
+}
+
 decision := {
 	"allow": allow,
 	"reasons": deny,
 	"fields": fields,
 	"field_reasons": field_reasons,
 	"k": k,
+	"disclosure": disclosure,
 }

@@ -64,13 +64,6 @@ def _without_ids(response: Any) -> str:
 
 
 
-#: Attacks that only issue 3's disclosure control (dominance, complementary suppression, the
-#: differencing guard) defeats. Strict: when the defence lands they pass, and the XPASS fails
-#: the build until this marker is removed from them.
-NEEDS_DISCLOSURE_CONTROL = pytest.mark.xfail(
-    strict=True, reason="issue 3: dominance, complementary suppression, differencing guard")
-
-
 def _lenient(world: World) -> TestClient:
     """A client on the same running app that returns 500s instead of raising them."""
     return TestClient(world.client.app, raise_server_exceptions=False)
@@ -390,7 +383,10 @@ def test_a_published_cell_always_has_at_least_k_min_enterprises_not_rows(world: 
     r = world.query(contract_id=c["id"], group_by=["town"], totals=True)
     cells = _cells(r)
     assert cells["A"]["status"] == "suppressed"  # 8 rows, only 6 firms < 7
-    assert cells["*"]["values"] == {"count": 8}
+    assert cells["A"]["reason"] == "min-entities"
+    # The grand total minus the other towns would give A back: it is withheld with it.
+    published = [c for c in r.json()["cells"] if c["status"] == "published"]
+    assert cells["*"]["status"] == "suppressed" or len(published) == 0
 
 
 def test_a_highly_sensitive_measure_cannot_be_released_under_a_low_k_min(world: World) -> None:
@@ -404,7 +400,6 @@ def test_a_highly_sensitive_measure_cannot_be_released_under_a_low_k_min(world: 
     assert r.status_code == 200, r.text  # not touching the L4 field is fine
 
 
-@NEEDS_DISCLOSURE_CONTROL
 def test_a_dominant_enterprise_does_not_get_its_total_published(world: World) -> None:
     # E7 alone is 1000 of the 1092 kWh (92 %): the default (2, 85 %) dominance rule bites.
     r = world.query(measures=[{"fn": "sum", "field": "kwh"}])
@@ -415,7 +410,6 @@ def test_a_dominant_enterprise_does_not_get_its_total_published(world: World) ->
     assert cell["values"] is None
 
 
-@NEEDS_DISCLOSURE_CONTROL
 def test_a_suppressed_cell_cannot_be_recovered_from_its_published_margin(world: World) -> None:
     # B (2 firms) is suppressed; if A and the grand total are both published, B = total - A.
     r = world.query(group_by=["town"], totals=True, measures=[{"fn": "count"}])
@@ -427,23 +421,24 @@ def test_a_suppressed_cell_cannot_be_recovered_from_its_published_margin(world: 
         f"B's count = {cells['*']['values']['count']} - {cells['A']['values']['count']}")
 
 
-@NEEDS_DISCLOSURE_CONTROL
 def test_a_suppressed_count_cannot_be_recovered_by_a_follow_up_total_query(
     world: World,
 ) -> None:
-    first = _cells(world.query(group_by=["town"]))
+    # With the kWh sum, the dominated grand total (not A) is what protects B, so A is out.
+    first = _cells(world.query(group_by=["town"],
+                               measures=[{"fn": "count"}, {"fn": "sum", "field": "kwh"}]))
     assert first["B"]["status"] == "suppressed"
     assert first["A"]["status"] == "published"
-    second = world.query()  # the grand total of the same contract
+    second = world.query()  # the grand total count: A's six firms plus B's two
     assert second.status_code in (200, 403), second.text
     if second.status_code == 200:
         (total,) = second.json()["cells"]
         assert total["status"] == "suppressed", (
             "differencing: B's count = total - A = "
             f"{total['values']['count']} - {first['A']['values']['count']}")
+        assert total["reason"] == "differencing"
 
 
-@NEEDS_DISCLOSURE_CONTROL
 def test_two_overlapping_filters_cannot_isolate_a_single_enterprise(world: World) -> None:
     cid = _firms_contract(world)
     measures = [{"fn": "sum", "field": "kwh"}]
@@ -461,6 +456,7 @@ def test_two_overlapping_filters_cannot_isolate_a_single_enterprise(world: World
         else:
             released.append(None)
     assert None in released, f"the lone pv firm's kWh = {released[0]} - {released[1]}"
+    assert minus_one.json()["cells"][0]["reason"] == "differencing"
 
 
 def test_missing_measure_values_do_not_let_one_enterprise_stand_for_k(world: World) -> None:
@@ -606,8 +602,8 @@ def test_sql_and_paths_in_dataset_metadata_are_rejected_and_nothing_is_stored(
     _problem_json(r)
     names = [d["name"] for d in world.client.get("/v1/datasets", headers=auth(world.grid)).json()]
     assert names == ["energy"]
-    parquet = list(settings.datasets_dir.rglob("*.parquet"))
-    assert len(parquet) == 1
+    parquet = sorted(p.name for p in settings.datasets_dir.rglob("*.parquet"))
+    assert parquet == ["entities.parquet", "v1.parquet"]  # the first dataset's only
 
 
 def test_sql_in_org_ids_names_and_contract_terms_is_inert(world: World) -> None:
@@ -920,8 +916,8 @@ def test_a_failed_upload_or_offer_leaves_nothing_half_stored(
     assert r.status_code == 422
     assert c.get("/v1/datasets", headers=auth(world.auditor)).json() == before_ds
     assert len(c.get("/v1/contracts", headers=auth(world.auditor)).json()) == 1
-    parquet = [p for p in settings.datasets_dir.rglob("*") if p.is_file()]
-    assert len(parquet) == 1
+    parquet = sorted(p.name for p in settings.datasets_dir.rglob("*") if p.is_file())
+    assert parquet == ["entities.parquet", "v1.parquet"]  # the first dataset's only
     if settings.uploads_dir.exists():
         assert list(settings.uploads_dir.iterdir()) == []
     # Name is free again after the refused upload.

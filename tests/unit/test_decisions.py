@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from broker.disclosure.primary import Rules
 from broker.domain.errors import Unavailable
 from broker.domain.principals import Principal, Role
 from broker.policy.decisions import Policies
@@ -28,7 +29,9 @@ class FakeEngine:
         return self.answer
 
 
-OK = {"allow": True, "reasons": [], "fields": {"town": "clear"}, "field_reasons": {}, "k": 5}
+RULES = {"k": 5, "dominance_n": 2, "dominance_k": 85, "p_percent": 0, "protection_percent": 10}
+OK = {"allow": True, "reasons": [], "fields": {"town": "clear"}, "field_reasons": {}, "k": 5,
+      "disclosure": RULES}
 
 
 def test_a_consistent_allow_is_an_allow() -> None:
@@ -36,6 +39,7 @@ def test_a_consistent_allow_is_an_allow() -> None:
     assert decision.allow
     assert decision.reasons == ()
     assert decision.k == 5
+    assert decision.rules == Rules(k_min=5, dominance_n=2, dominance_k=85.0)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +63,13 @@ MALFORMED: list[Any] = [None, [], "allow", {"allow": True}, {**OK, "reasons": "n
              RuntimeError("engine crashed")]
 
 
-@pytest.mark.parametrize("answer", [*MALFORMED, {**OK, "k": "5"}, {**OK, "fields": []}])
+@pytest.mark.parametrize("answer", [
+    *MALFORMED, {**OK, "k": "5"}, {**OK, "fields": []}, {**OK, "disclosure": None},
+    {**OK, "disclosure": {**RULES, "dominance_n": 2.5}},
+    {**OK, "disclosure": {**RULES, "dominance_k": 0}},
+    {**OK, "disclosure": {**RULES, "p_percent": -1}},
+    {**OK, "disclosure": {**RULES, "protection_percent": "10"}},
+])
 def test_a_malformed_flow_answer_or_engine_error_is_unavailable(answer: Any) -> None:
     with pytest.raises(Unavailable):
         Policies(FakeEngine(answer)).flow({})

@@ -1,0 +1,207 @@
+"""Disclosure control of one cell table: primary rules, differencing, complementary suppression.
+
+The order matters. Primary rules and the differencing guard find the sensitive cells; only
+then does complementary suppression choose complements, so that a cell withheld because of an
+earlier release is protected against this table's margins like any other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from pyroaring import BitMap
+
+from broker.disclosure.cells import (
+    ENTITIES,
+    CellTable,
+    Index,
+    ledger_key,
+    measure_keys,
+    measure_members,
+    measure_values,
+)
+from broker.disclosure.complementary import Quantity, suppress_complementary
+from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.plan import CellPlan
+from broker.disclosure.primary import (
+    ENTITY_QUANTITY,
+    Rules,
+    below_frequency,
+    dominance_excess,
+    p_percent_excess,
+    small_cell_protection,
+)
+from broker.domain.queries import SuppressionReason
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """The outcome for every released position of the table."""
+
+    released: tuple[tuple[Index, SuppressionReason | None], ...]
+    ledger: tuple[tuple[str, BitMap], ...]
+    unprotectable: bool = False
+    remainder: tuple[dict[str, float | int | None] | None, SuppressionReason | None] | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Withheld cells by reason."""
+        return dict(Counter(r.value for _, r in self.released if r is not None))
+
+
+def quantities(table: CellTable, rules: Rules, small: np.ndarray) -> dict[str, Quantity]:
+    """The additive quantities of the table, with what an attacker knows of each cell.
+
+    Enterprise counts: a cell withheld as too small has between 0 and k-1 enterprises (when
+    that is why it was withheld); any other cell has at least k. Magnitudes: their sign.
+    """
+    k = rules.k_min
+    entities = table.entities.astype(float)
+    out = {
+        ENTITY_QUANTITY: Quantity(
+            value=entities,
+            lower=np.where(small, 0.0, float(k)),
+            upper=np.where(small & (table.entities < k), float(k - 1), np.inf),
+        )
+    }
+    for name, stats in table.fields.items():
+        total = np.nan_to_num(stats.total)
+        out[name] = Quantity(
+            value=total,
+            lower=np.where(total >= 0, 0.0, -np.inf),
+            upper=np.where(total >= 0, np.inf, 0.0),
+        )
+    return out
+
+
+def protect(
+    table: CellTable,
+    plan: CellPlan,
+    rules: Rules,
+    *,
+    ledger: LedgerIndex,
+    margins: bool,
+    remainder: bool = False,
+) -> Protected:
+    """Decide every released cell of ``table``: published, or withheld and why.
+
+    ``ledger`` holds the dataset's earlier releases; ``margins`` says whether the consumer
+    asked for the totals (they are protected either way); ``remainder`` asks for one more
+    row, the withheld table cells taken together, if it passes every rule itself.
+    """
+    measures = measure_keys(plan)
+    small = below_frequency(table, rules)
+    excess = {
+        name: np.maximum(dominance_excess(table, rules)[name], p_percent_excess(table, rules)[name])
+        for name in table.fields
+    }
+    dominated = np.zeros(table.entities.shape, dtype=bool)
+    for level in excess.values():
+        dominated |= level > 0
+    dominated &= ~small
+
+    released = list(table.cells(margins=margins))
+    differencing = np.zeros(table.entities.shape, dtype=bool)
+    for index in released:
+        if small[index] or dominated[index]:
+            continue
+        if any(ledger.conflicts(ledger_key(table, index, m), measure_members(table, index, m),
+                                rules.k_min)
+               for m in measures):
+            differencing[index] = True
+
+    primary = small | dominated | differencing
+    withheld_small = small | differencing
+    levels = small_cell_protection(table, rules)
+    protection = {q: np.where(withheld_small, level, 0.0) for q, level in levels.items()}
+    for name, level in excess.items():
+        protection[name] = np.maximum(protection[name], np.where(dominated, level, 0.0))
+    pattern = suppress_complementary(
+        quantities(table, rules, small), protection, primary,
+        cost=table.entities.astype(float) + 1.0,
+    )
+
+    out: list[tuple[Index, SuppressionReason | None]] = []
+    ledger_rows: list[tuple[str, BitMap]] = []
+    for index in released:
+        if pattern.unprotectable:
+            # Withheld whole, all for the same reason: which cells were small is itself
+            # what an attacker would combine with the margins.
+            out.append((index, SuppressionReason.COMPLEMENTARY))
+        elif small[index]:
+            out.append((index, SuppressionReason.MIN_ENTITIES))
+        elif dominated[index]:
+            out.append((index, SuppressionReason.DOMINANCE))
+        elif differencing[index]:
+            out.append((index, SuppressionReason.DIFFERENCING))
+        elif pattern.suppressed[index]:
+            out.append((index, SuppressionReason.COMPLEMENTARY))
+        else:
+            out.append((index, None))
+            ledger_rows += [(ledger_key(table, index, m), measure_members(table, index, m))
+                            for m in measures]
+    rest: tuple[dict[str, float | int | None] | None, SuppressionReason | None] | None = None
+    if remainder and pattern.unprotectable:
+        rest = (None, SuppressionReason.COMPLEMENTARY)
+    elif remainder:
+        withheld = [ix for ix, reason in out if reason is not None and not table.is_margin(ix)]
+        grand = tuple(len(d) for d in table.domains)
+        rest = _remainder(table, plan, rules, withheld, ledger,
+                          grand_withheld=bool(pattern.suppressed[grand]))
+        if rest[1] is None:
+            ledger_rows += [(ledger_key(table, grand, m), _union(table, withheld, m))
+                            for m in measures]
+    return Protected(tuple(out), tuple(ledger_rows), pattern.unprotectable, rest)
+
+
+def _union(table: CellTable, cells: list[Index], measure: str) -> BitMap:
+    return BitMap.union(BitMap(), *(measure_members(table, ix, measure) for ix in cells))
+
+
+def _remainder(
+    table: CellTable,
+    plan: CellPlan,
+    rules: Rules,
+    withheld: list[Index],
+    ledger: LedgerIndex,
+    *,
+    grand_withheld: bool,
+) -> tuple[dict[str, float | int | None] | None, SuppressionReason | None]:
+    """The withheld table cells pooled into one row, held to every rule.
+
+    It equals the grand total minus the published cells, so it tells nothing the protected
+    table does not, unless the grand total itself is withheld: then it is withheld too.
+    Enterprise counts are exact (bitmap unions). Largest contributions are bounded above by
+    the sum of each cell's largest ones (an enterprise's pooled contribution is the sum of its
+    contributions to the cells), so the dominance rules err towards withholding.
+    """
+    if grand_withheld:
+        return None, SuppressionReason.COMPLEMENTARY
+    members = _union(table, withheld, ENTITIES)
+    stats: dict[str, tuple[float, int, int]] = {}
+    k = len(members)
+    for name, field in table.fields.items():
+        contributors = len(_union(table, withheld, f"f:{name}"))
+        k = min(k, contributors)
+        total = float(sum(np.nan_to_num(field.total[ix]) for ix in withheld))
+        stats[name] = (total, int(sum(field.values[ix] for ix in withheld)), contributors)
+        abs_total = float(sum(field.abs_total[ix] for ix in withheld))
+        top_n = float(sum(field.top[ix][: rules.dominance_n].sum() for ix in withheld))
+        top_1 = float(sum(field.top[ix][0] for ix in withheld))
+        top_2 = float(sum(field.top[ix][:2].sum() for ix in withheld))
+        if k >= rules.k_min and abs_total > 0 and (
+            top_n > rules.dominance_k / 100.0 * abs_total
+            or (rules.p_percent > 0
+                and abs_total - top_2 < rules.p_percent / 100.0 * min(top_1, abs_total))
+        ):
+            return None, SuppressionReason.DOMINANCE
+    if k < rules.k_min:
+        return None, SuppressionReason.MIN_ENTITIES
+    grand = tuple(len(d) for d in table.domains)  # the pooled rows lie within its span
+    if any(ledger.conflicts(ledger_key(table, grand, m), _union(table, withheld, m),
+                            rules.k_min)
+           for m in measure_keys(plan)):
+        return None, SuppressionReason.DIFFERENCING
+    return measure_values(plan, len(members), stats), None

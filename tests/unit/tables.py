@@ -1,0 +1,37 @@
+"""Run a query plan over a frame with the real storage and engine, for disclosure tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from broker.disclosure.cells import CellTable, read_table
+from broker.disclosure.plan import ENTITY_INDEX, SOURCE, CellPlan, plan_aggregate
+from broker.domain.datasets import DatasetSchema
+from broker.domain.queries import AggregateSpec
+from connectors.engine import DuckDBEngine
+from connectors.storage import ParquetStorage
+
+
+def run_table(frame: pd.DataFrame, spec: AggregateSpec, schema: DatasetSchema, tmp: Path,
+              *, top: int = 2) -> tuple[CellPlan, CellTable]:
+    """Store ``frame`` as a dataset version, plan ``spec`` and read back its cell table."""
+    storage = ParquetStorage(tmp)
+    location = storage.write("t", 1, frame)
+    storage.index_entities("t", frame[schema.entity_field])
+    plan = plan_aggregate(spec, schema, top=top)
+    relations = {SOURCE: (storage.resolve(location), plan.columns),
+                 ENTITY_INDEX: (storage.entity_index("t"), None)}
+    engine = DuckDBEngine()
+    try:
+        return plan, read_table(plan, engine.run(relations, plan.sql, plan.params))
+    finally:
+        engine.close()
+
+
+def released(plan: CellPlan, table: CellTable, *, margins: bool = True
+             ) -> dict[tuple[tuple[str, object], ...], dict[str, float | int | None]]:
+    """Every cell's values keyed by its sorted key items."""
+    return {tuple(sorted(table.key(ix).items())): table.values(ix, plan)
+            for ix in table.cells(margins=margins)}
