@@ -9,21 +9,24 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 
 class DuckDBEngine:
-    """Runs planned SQL against a version loaded as the relation ``src``.
+    """Runs planned SQL against a version registered as the relation ``src``.
 
     One in-memory DuckDB database serves every query; each query gets its own cursor (its own
-    connection, so its ``src`` registration is private to it), which costs well under a
-    millisecond where a fresh database costs about fifteen. External access is switched off for
-    the whole database before any statement runs: rows reach DuckDB only as Arrow tables loaded
-    here, with just the columns the plan reads, so no statement can open a file.
+    connection, so its registrations are private to it), which costs well under a millisecond
+    where a fresh database costs about fifteen. External access is switched off for the whole
+    database, and the configuration locked, before any statement runs; the one exception is
+    the dataset directory ``allowed``, whose Parquet files DuckDB's own reader scans (in
+    parallel, only the columns and row groups a statement needs: a third faster than handing
+    it Arrow). Relations are registered here from paths the store gave; statements are
+    generated from schema-checked identifiers with every value bound, so none names a file.
     """
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 2, *, allowed: Path) -> None:
         self.threads = threads
+        self.allowed = allowed.resolve()
         self._db: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
 
@@ -31,6 +34,7 @@ class DuckDBEngine:
         with self._lock:
             if self._db is None:
                 db = duckdb.connect(":memory:", config={"threads": self.threads})
+                db.execute("SET allowed_directories = ?", [[f"{self.allowed}/"]])
                 db.execute("SET enable_external_access = false")
                 db.execute("SET lock_configuration = true")
                 self._db = db
@@ -38,19 +42,15 @@ class DuckDBEngine:
 
     def run(
         self,
-        relations: Mapping[str, tuple[Path, Sequence[str] | None]],
+        relations: Mapping[str, Path],
         sql: str,
         params: Sequence[Any],
     ) -> pa.Table:
-        """The result of ``sql`` (parameters bound) as Arrow, over the named Parquet files.
-
-        ``relations`` maps each relation name the SQL reads to a file and the columns to load.
-        """
+        """The result of ``sql`` (parameters bound) as Arrow, over the named Parquet files."""
         cursor = self._database().cursor()
         try:
-            for name, (location, columns) in relations.items():
-                table = pq.read_table(location, columns=list(columns) if columns else None)
-                cursor.register(name, table)
+            for name, location in relations.items():
+                cursor.register(name, cursor.read_parquet(str(location)))
             return cursor.sql(sql, params=list(params)).to_arrow_table()
         finally:
             cursor.close()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+#: The column of each stored version that holds its enterprise's dense index.
+ENTITY_COLUMN = "#entity"
 _ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
@@ -21,22 +26,27 @@ class ParquetStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._index_lock = threading.Lock()
+        self._dates: dict[tuple[str, tuple[str, ...]], dict[str, tuple[dt.date, ...]]] = {}
 
-    def write(self, dataset_id: str, version: int, frame: pd.DataFrame) -> str:
-        """Store ``frame`` as ``dataset_id`` version ``version``; returns its location."""
+    def write(self, dataset_id: str, version: int, frame: pd.DataFrame, entity_field: str
+              ) -> str:
+        """Store ``frame`` as ``dataset_id`` version ``version``; returns its location.
+
+        Each row also gets its enterprise's dense index in the column ``#entity`` (no field
+        name can contain '#'): the engine groups by that integer, and the differencing guard
+        keeps released populations as bitmaps of it. An enterprise keeps its index for the life
+        of the dataset (``entities.parquet`` beside the versions); new ones are numbered on.
+        """
         if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
         location = f"{dataset_id}/v{int(version)}.parquet"
-        self._atomic_write(pa.Table.from_pandas(frame, preserve_index=False),
-                           self.resolve(location))
+        index = self._index_entities(dataset_id, frame[entity_field])
+        table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+            ENTITY_COLUMN, pa.array(frame[entity_field].map(index), type=pa.uint32()))
+        self._atomic_write(table, self.resolve(location))
         return location
 
-    def index_entities(self, dataset_id: str, entities: pd.Series) -> Path:
-        """Give every enterprise of ``entities`` a dense index, stable across versions.
-
-        The differencing guard keeps released populations as bitmaps of these indices; an
-        enterprise keeps its index for the life of the dataset, new ones are numbered on.
-        """
+    def _index_entities(self, dataset_id: str, entities: pd.Series) -> pd.Series:
         path = self.entity_index(dataset_id)
         with self._index_lock:
             known = pq.read_table(path).to_pandas() if path.exists() else None
@@ -47,8 +57,26 @@ class ParquetStorage:
             added = pd.DataFrame({"e": fresh.sort_values(ignore_index=True)})
             added["i"] = pd.Series(range(start, start + len(added)), dtype="uint32")
             merged = added if known is None else pd.concat([known, added], ignore_index=True)
-            self._atomic_write(pa.Table.from_pandas(merged, preserve_index=False), path)
-        return path
+            if not added.empty:
+                self._atomic_write(pa.Table.from_pandas(merged, preserve_index=False), path)
+        return pd.Series(merged["i"].to_numpy(), index=merged["e"])
+
+    def dates(self, location: str, fields: Sequence[str]) -> dict[str, tuple[dt.date, ...]]:
+        """The distinct dates of each date field of a stored version, sorted (kept per
+        version: versions never change)."""
+        key = (location, tuple(fields))
+        with self._index_lock:
+            cached = self._dates.get(key)
+        if cached is None:
+            table = pq.read_table(self.resolve(location), columns=list(fields))
+            cached = {
+                name: tuple(sorted(d for d in pc.unique(table.column(name)).to_pylist()
+                                   if d is not None))
+                for name in fields
+            }
+            with self._index_lock:
+                self._dates[key] = cached
+        return cached
 
     def entity_index(self, dataset_id: str) -> Path:
         """Where the dataset's entity index lives."""

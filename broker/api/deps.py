@@ -61,7 +61,7 @@ def build_container(settings: Settings) -> Container:
     guard = Guard(policies)
     storage = ParquetStorage(settings.datasets_dir)
     checkpoint_key(settings)  # made on first run, kept outside the database
-    query_engine = DuckDBEngine(settings.engine_threads)
+    query_engine = DuckDBEngine(settings.engine_threads, allowed=settings.datasets_dir)
     return Container(
         settings=settings,
         engine=engine,

@@ -9,6 +9,7 @@ and empty and suppressed cells look alike to the consumer.
 
 from __future__ import annotations
 
+import array
 import datetime as dt
 import math
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ import pyarrow as pa
 from pyroaring import BitMap
 
 from broker.disclosure.plan import CellPlan
+from broker.disclosure.scopes import Scopes
 from broker.domain.errors import InvalidInput
 from broker.domain.queries import JsonScalar, MeasureFn
 
@@ -55,7 +57,7 @@ class FieldStats:
     contributors: np.ndarray   # enterprises with a value
     abs_total: np.ndarray      # sum of the enterprises' absolute contributions
     top: np.ndarray            # grid shape + (top,): largest absolute contributions, descending
-    members: dict[Index, BitMap] = field(default_factory=dict)
+    members: Members = field(default_factory=lambda: Members())
 
 
 @dataclass(slots=True)
@@ -68,7 +70,7 @@ class CellTable:
     dimensions: tuple[str, ...]
     domains: tuple[tuple[Any, ...], ...]
     entities: np.ndarray
-    members: dict[Index, BitMap]
+    members: Members
     fields: dict[str, FieldStats]
     scopes: dict[Index, str] = field(default_factory=dict)
 
@@ -131,12 +133,53 @@ def measure_values(
     return out
 
 
-def read_table(plan: CellPlan, result: pa.Table) -> CellTable:
+class Members:
+    """Per cell, the dense indices of its enterprises, as bitmaps made on first use.
+
+    Built from the engine's list column without Python integers; only the cells the
+    differencing guard and the ledger look at (released ones) are ever turned into bitmaps.
+    """
+
+    def __init__(self, column: pa.ChunkedArray | None = None, *,
+                 minus: Members | None = None) -> None:
+        self._rows: dict[Index, int] = {}
+        self._made: dict[Index, BitMap] = {}
+        self._minus = minus
+        if column is None or len(column) == 0:
+            self._offsets, self._values = np.zeros(1, dtype=np.int64), np.zeros(0, np.uint32)
+            return
+        lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        self._offsets = lists.offsets.to_numpy()
+        self._values = lists.values.cast(pa.uint32()).to_numpy(zero_copy_only=False)
+
+    def place(self, index: Index, row: int) -> None:
+        """Say which result row holds the cell at ``index``."""
+        self._rows[index] = row
+
+    def get(self, index: Index, default: BitMap | None = None) -> BitMap:
+        """The cell's bitmap (empty for a cell no enterprise is in)."""
+        if index not in self._made:
+            row = self._rows.get(index)
+            if row is None:
+                return default if default is not None else BitMap()
+            members = array.array("I")
+            start, end = self._offsets[row], self._offsets[row + 1]
+            members.frombytes(self._values[start:end].tobytes())
+            made = BitMap(members)
+            if self._minus is not None:  # the cell's enterprises less those listed here
+                made = self._minus.get(index) - made
+            self._made[index] = made
+        return self._made[index]
+
+
+def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -> CellTable:
     """Lay the engine's rows out on the dense grid, adding empty cells for missing keys."""
-    rows = result.to_pydict()
+    members = Members(result.column("members"))
+    lists = {"members": members}
+    for j in range(len(plan.fields)):  # contributors: members less those without a value
+        lists[f"x{j}"] = Members(result.column(f"x{j}"), minus=members)
+    rows = result.drop_columns(list(lists)).to_pydict()
     count = result.num_rows
-    if any(rows["lost"]):
-        raise RuntimeError("an enterprise is missing from the entity index")
     d = len(plan.dimensions)
     gids = rows["gid"]
     observed: list[set[Any]] = [set() for _ in range(d)]
@@ -163,7 +206,7 @@ def read_table(plan: CellPlan, result: pa.Table) -> CellTable:
         dimensions=plan.dimensions,
         domains=tuple(domains),
         entities=np.zeros(shape, dtype=np.int64),
-        members={},
+        members=lists.get("members", Members()),
         fields={
             f: FieldStats(
                 total=np.zeros(shape), values=np.zeros(shape, dtype=np.int64),
@@ -173,6 +216,8 @@ def read_table(plan: CellPlan, result: pa.Table) -> CellTable:
             for f in plan.fields
         },
     )
+    for j, name in enumerate(plan.fields):
+        table.fields[name].members = lists[f"x{j}"]
     for r in range(count):
         gid = gids[r]
         index = tuple(
@@ -180,11 +225,11 @@ def read_table(plan: CellPlan, result: pa.Table) -> CellTable:
             for k in range(d)
         )
         table.entities[index] = rows["entities"][r]
-        if plan.periods:
-            table.scopes[index] = ",".join(
-                f"{_json_scalar(rows[f'lo{j}'][r])}/{_json_scalar(rows[f'hi{j}'][r])}"
-                for j in range(len(plan.periods)))
-        table.members[index] = BitMap(rows["members"][r])
+        if scopes is not None:
+            table.scopes[index] = scopes.of_cell(
+                [None if gid >> (d - 1 - k) & 1 else _json_scalar(rows[f"d{k}"][r])
+                 for k in range(d)])
+        table.members.place(index, r)
         for j, name in enumerate(plan.fields):
             stats = table.fields[name]
             stats.total[index] = _float(rows[f"s{j}"][r])
@@ -193,7 +238,7 @@ def read_table(plan: CellPlan, result: pa.Table) -> CellTable:
             stats.abs_total[index] = _float(rows[f"a{j}"][r])
             top = [_float(x) for x in rows[f"t{j}"][r] or []][: plan.top]
             stats.top[index][: len(top)] = top
-            stats.members[index] = BitMap(rows[f"m{j}"][r] or [])
+            stats.members.place(index, r)
     return table
 
 
@@ -214,10 +259,7 @@ def measure_members(table: CellTable, index: Index, key: str) -> BitMap:
 def ledger_key(table: CellTable, index: Index, measure: str) -> str:
     """The ledger key of one measure of a cell: the measure and the period its rows span.
 
-    Two cells are compared by the differencing guard only over the same span of time: the
-    same enterprises in 2025 and in 2026 differ in every row, so subtracting one from the
-    other isolates nobody. A tracker that keeps the rows and drops an enterprise (by a filter
-    on town or sector, or a vacuous date range) keeps the span and is caught.
+    Cells are compared by the differencing guard only within the same scope (see scopes).
     """
     scope = table.scopes.get(index)
     return f"{measure}@{scope}" if scope else measure

@@ -14,7 +14,11 @@ total); the 2^d cells with coordinates from ``{a_j, b_j}`` form a hypercube. Add
 delta while every cell outside the cube stays put. So if every corner can move by delta
 without leaving what the attacker knows about it (non-negative magnitudes, counts of at least
 k for cells that passed the frequency rule, at most k-1 for small ones), the attacker cannot
-tell the true table from the moved one: the cell's interval is at least ``up + down`` wide.
+tell the true table from the moved one. A cube protects the cell when it moves it up by the
+upper protection level and down by the lower one, so that the attacker's interval contains
+the protection interval [x - lower, x + upper] (tau-ARGUS's upper and lower protection
+levels, here equal, the lower one capped where the attacker's own bounds stop it: an empty
+cell cannot be shown to be less than empty).
 Among the cubes that give every protected quantity its level, the one withholding the least
 information is taken: cost is the number of enterprises in the cells newly withheld
 (tau-ARGUS's "frequency" cost), zero for cells already withheld, so complements are shared.
@@ -128,7 +132,11 @@ def _cheapest_cube(
             down[q] = np.minimum(down[q], np.where(sign > 0, fall, rise))
     feasible = valid
     for q, level in levels.items():
-        feasible = feasible & (up[q] + down[q] >= level * (1 - _TOLERANCE))
+        qty = quantities[q]
+        upper = min(level, float(qty.upper[cell] - qty.value[cell]))
+        lower = min(level, float(qty.value[cell] - qty.lower[cell]))
+        feasible = feasible & (up[q] >= upper * (1 - _TOLERANCE))
+        feasible = feasible & (down[q] >= lower * (1 - _TOLERANCE))
     if not feasible.any():
         return None
     best = np.unravel_index(int(np.argmin(np.where(feasible, spent, np.inf))), shape)

@@ -32,9 +32,10 @@ MAX_FILTERS = 16
 MAX_IN_VALUES = 1000
 MAX_TOP = 10
 
-#: The relations the engine sees: the dataset version and its entity index.
+#: The relation the engine sees: the dataset version, whose column ``#entity`` holds each
+#: row's enterprise as a dense index (see connectors.storage).
 SOURCE = "src"
-ENTITY_INDEX = "ekeys"
+ENTITY_COLUMN = "#entity"
 
 
 def quote(name: str) -> str:
@@ -47,12 +48,11 @@ class CellPlan:
     """SQL and parameters, plus what is needed to read and complete its result.
 
     Result columns: one per dimension, ``gid`` (GROUPING() bitmask: bit set = summed over),
-    ``entities``, ``members`` (dense entity indices), ``lost`` (an enterprise missing from the
-    index, which fails the query closed), then per field ``i`` of ``fields``: ``s{i}`` total,
-    ``n{i}`` values, ``c{i}`` contributing enterprises, ``a{i}`` total of absolute
-    contributions, ``t{i}`` the ``top`` largest absolute contributions, ``m{i}`` contributors'
-    indices; then per date field ``i`` of ``periods``, ``lo{i}`` and ``hi{i}``: the span of
-    the cell's rows (its scope for the differencing guard).
+    ``entities``, ``members`` (dense entity indices), then per field ``i`` of ``fields``:
+    ``s{i}`` total, ``n{i}`` values, ``c{i}`` contributing enterprises, ``a{i}`` total of
+    absolute contributions, ``t{i}`` the ``top`` largest absolute contributions, ``x{i}`` the
+    indices of the cell's enterprises without a value (usually none). ``periods`` names the
+    dataset's date fields, whose spans scope the differencing guard (see scopes).
     """
 
     sql: str
@@ -199,63 +199,62 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
     v = [quote(f"v#{j}") for j in range(len(fields))]
     s = [quote(f"s#{j}") for j in range(len(fields))]
     n = [quote(f"n#{j}") for j in range(len(fields))]
-    w = [quote(f"w#{j}") for j in range(len(periods))]
-    lo = [quote(f"lo#{j}") for j in range(len(periods))]
-    hi = [quote(f"hi#{j}") for j in range(len(periods))]
-    e, i, gid = quote("e#"), quote("i#"), quote("gid#")
+    i = quote("i#")
 
     base = ", ".join([
         *(f"{gen.sql} AS {gc}" for gen, gc in zip(gens, g, strict=True)),
-        f"{quote(schema.entity_field)} AS {e}",
+        f"{quote(ENTITY_COLUMN)} AS {i}",
         *(f"{quote(f)} AS {vc}" for f, vc in zip(fields, v, strict=True)),
-        *(f"{quote(f)} AS {wc}" for f, wc in zip(periods, w, strict=True)),
     ])
     ent = ", ".join([
-        *g, e, *(f"SUM({vc}) AS {sc}, COUNT({vc}) AS {nc}" for vc, sc, nc in zip(v, s, n,
+        *g, i, *(f"SUM({vc}) AS {sc}, COUNT({vc}) AS {nc}" for vc, sc, nc in zip(v, s, n,
                                                                                 strict=True)),
-        *(f"MIN({wc}) AS {lc}, MAX({wc}) AS {hc}" for wc, lc, hc in zip(w, lo, hi,
-                                                                       strict=True)),
     ])
     ordinals = ", ".join(str(k) for k in range(1, len(dims) + 2))
     partial_sums = "".join(f", SUM({sc}) AS {sc}, SUM({nc}) AS {nc}"
                            for sc, nc in zip(s, n, strict=True))
-    partial_sums += "".join(f", MIN({lc}) AS {lc}, MAX({hc}) AS {hc}"
-                            for lc, hc in zip(lo, hi, strict=True))
-    if dims:
-        sets = ", ".join("(" + ", ".join([*members, i]) + ")" for members in _subsets(g))
-        roll = (f"SELECT {', '.join(g)}, {i}, GROUPING({', '.join(g)}) AS {gid}{partial_sums} "  # noqa: S608
-                f"FROM keyed GROUP BY GROUPING SETS ({sets})")
-    else:
-        roll = f"SELECT {i}, 0 AS {gid}{partial_sums} FROM keyed GROUP BY {i}"  # noqa: S608
+    # Every margin, per enterprise. Each set of kept dimensions is aggregated from the
+    # smallest already computed set that has one more dimension (sums, minima and maxima
+    # compose), not from the full table as GROUPING SETS would: a lattice that reads the
+    # big (cell, enterprise) table once per dimension instead of once per margin.
+    nodes, branches = [], []
+    full = (1 << len(dims)) - 1
+    for mask in sorted(range(full + 1), key=lambda m: -m.bit_count()):
+        kept = [g[k] for k in range(len(dims)) if mask >> k & 1]
+        if mask != full:
+            missing = next(k for k in range(len(dims)) if not mask >> k & 1)
+            parent = mask | 1 << missing
+            source = "ent" if parent == full else f"r{parent}"
+            keys = ", ".join([*kept, i])
+            nodes.append(f"r{mask} AS MATERIALIZED (SELECT {keys}{partial_sums} "  # noqa: S608
+                         f"FROM {source} GROUP BY {keys})")
+        summed = sum(1 << (len(dims) - 1 - k) for k in range(len(dims)) if not mask >> k & 1)
+        branches.append((mask, summed, kept))
     per_field = "".join(
         f", SUM({sc}) AS s{j}, SUM({nc}) AS n{j}, COUNT(*) FILTER (WHERE {nc} > 0) AS c{j}"
         f", SUM(abs({sc})) AS a{j}, max(abs({sc}), {int(top)}) AS t{j}"
-        f", list({i}) FILTER (WHERE {nc} > 0) AS m{j}"
+        f", list({i}) FILTER (WHERE {nc} = 0) AS x{j}"
         for j, (sc, nc) in enumerate(zip(s, n, strict=True))
     )
-    per_field += "".join(f", MIN({lc}) AS lo{j}, MAX({hc}) AS hi{j}"
-                         for j, (lc, hc) in enumerate(zip(lo, hi, strict=True)))
-    outer = ", ".join([*(f"{gc} AS d{k}" for k, gc in enumerate(g)), f"{gid} AS gid"])
+    # One row per cell: each margin is grouped by its own dimensions only.
+    cells = []
+    for mask, summed, kept in branches:
+        outer = ", ".join([*(f"{gc} AS d{k}" if mask >> k & 1 else f"NULL AS d{k}"
+                             for k, gc in enumerate(g)), f"{summed} AS gid"])
+        group = f" GROUP BY {', '.join(kept)}" if kept else ""
+        cells.append(
+            f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members{per_field} "  # noqa: S608
+            f"FROM {'ent' if mask == full else f'r{mask}'}{group}"
+        )
     sql = (
         f"WITH base AS (SELECT {base} FROM {SOURCE}{where}), "  # noqa: S608
-        f"ent AS (SELECT {ent} FROM base GROUP BY {ordinals}), "
-        f"keyed AS (SELECT ent.*, k.i AS {i} FROM ent LEFT JOIN {ENTITY_INDEX} AS k "
-        f"ON ent.{e} = k.e), "
-        f"roll AS ({roll}) "
-        f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members, "
-        f"bool_or({i} IS NULL) AS lost{per_field} "
-        f"FROM roll GROUP BY {', '.join([gid, *g])}"
+        f"ent AS MATERIALIZED (SELECT {ent} FROM base GROUP BY {ordinals})"
+        + "".join(f", {node}" for node in nodes)
+        + " " + " UNION ALL ".join(cells)
     )
     params = tuple(p for gen in gens for p in gen.params) + tuple(where_params)
-    columns = tuple(dict.fromkeys([*dims, schema.entity_field, *fields, *periods,
+    columns = tuple(dict.fromkeys([*dims, schema.entity_field, *fields,
                                    *(f.field for f in spec.filters)]))
     return CellPlan(sql=sql, params=params, dimensions=dims, keysets=keysets,
                     measures=spec.measures, fields=fields, columns=columns, top=top,
                     periods=periods)
-
-
-def _subsets(gcols: list[str]) -> list[list[str]]:
-    """Every subset of the dimensions, the full table first and the grand total last."""
-    n = len(gcols)
-    return [[c for k, c in enumerate(gcols) if not mask >> (n - 1 - k) & 1]
-            for mask in range(2**n)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -132,9 +132,10 @@ class PolicyEngine(Protocol):
 class DatasetStorage(Protocol):
     """Where dataset versions live at rest."""
 
-    def write(self, dataset_id: str, version: int, frame: pd.DataFrame) -> str: ...
-    def index_entities(self, dataset_id: str, entities: pd.Series) -> Path: ...
+    def write(self, dataset_id: str, version: int, frame: pd.DataFrame,
+              entity_field: str) -> str: ...
     def entity_index(self, dataset_id: str) -> Path: ...
+    def dates(self, location: str, fields: Sequence[str]) -> dict[str, tuple[date, ...]]: ...
     def remove(self, location: str) -> None: ...
     def resolve(self, location: str) -> Path: ...
 
@@ -144,7 +145,7 @@ class QueryEngine(Protocol):
 
     def run(
         self,
-        relations: Mapping[str, tuple[Path, Sequence[str] | None]],
+        relations: Mapping[str, Path],
         sql: str,
         params: Sequence[Any],
     ) -> pa.Table: ...

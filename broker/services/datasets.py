@@ -108,9 +108,8 @@ class DatasetService:
             sha256=sha256,
             created_at=self.clock(),
         )
-        location = self.storage.write(dataset.id, dataset.version, frame)
+        location = self.storage.write(dataset.id, dataset.version, frame, schema.entity_field)
         try:
-            self.storage.index_entities(dataset.id, frame[schema.entity_field])
             with self.uow() as uow:
                 if uow.datasets.find(ctx.principal.org, name) is not None:
                     raise Conflict("You already have a dataset with this name.")

@@ -17,9 +17,10 @@ from pyroaring import BitMap
 from audit.entry import AuditEvent, format_ts
 from broker.disclosure.cells import CellTable, read_table
 from broker.disclosure.differencing import LedgerIndex
-from broker.disclosure.plan import ENTITY_INDEX, SOURCE, CellPlan, plan_aggregate
+from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
 from broker.disclosure.primary import Rules
 from broker.disclosure.protect import protect
+from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
 from broker.domain.ports import Clock, DatasetStorage, QueryEngine, UnitOfWork, UnitOfWorkFactory
@@ -97,7 +98,8 @@ class QueryService:
                 ledger = self.ledgers.refresh(uow, dataset.id)
             outcome = None
             if earlier is None:
-                table = read_table(plan, self._run(plan, dataset))
+                result, scopes = self._run(plan, dataset, spec)
+                table = read_table(plan, result, scopes)
                 outcome = _protect(table, plan, rules, ledger, spec)
         except BrokerError as exc:
             self._record_failure(ctx, spec, first, AGGREGATE, exc.slug)
@@ -170,14 +172,14 @@ class QueryService:
             uow.commit()
             return result.decision
 
-    def _run(self, plan: CellPlan, dataset: Dataset) -> pa.Table:
+    def _run(self, plan: CellPlan, dataset: Dataset, spec: AggregateSpec
+             ) -> tuple[pa.Table, Scopes]:
         with self.uow(read_only=True) as uow:
             location = uow.datasets.version_path(dataset.id, dataset.version)
-        relations = {
-            SOURCE: (self.storage.resolve(location), plan.columns),
-            ENTITY_INDEX: (self.storage.entity_index(dataset.id), None),
-        }
-        return self.engine.run(relations, plan.sql, plan.params)
+        scopes = Scopes.of(self.storage.dates(location, plan.periods), spec.group_by,
+                           spec.filters)
+        relations = {SOURCE: self.storage.resolve(location)}
+        return self.engine.run(relations, plan.sql, plan.params), scopes
 
     def _decide(
         self,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pyroaring import BitMap
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, insert
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, select
 
 from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import (
@@ -248,6 +250,9 @@ class SqlContractRepository:
         )
 
 
+_RELEASED_SETS = cast(Table, ReleasedSetRow.__table__)  # type: ignore[attr-defined]
+
+
 class SqlReleaseLedger:
     """The differencing ledger and the cache of earlier answers, in SQL."""
 
@@ -256,22 +261,21 @@ class SqlReleaseLedger:
 
     def since(self, dataset_id: str, after_id: int) -> list[LedgerEntry]:
         """Ledger entries of ``dataset_id`` added after ``after_id``, oldest first."""
-        rows = self.session.exec(
-            select(ReleasedSetRow)
-            .where(ReleasedSetRow.dataset_id == dataset_id, col(ReleasedSetRow.id) > after_id)
-            .order_by(col(ReleasedSetRow.id))
+        table = _RELEASED_SETS
+        rows = self.session.execute(
+            sa_select(table.c.id, table.c.measure, table.c.members)
+            .where(table.c.dataset_id == dataset_id, table.c.id > after_id)
+            .order_by(table.c.id)
         ).all()
-        return [LedgerEntry(int(r.id or 0), r.measure, BitMap.deserialize(r.members))
-                for r in rows]
+        return [LedgerEntry(int(r.id), r.measure, BitMap.deserialize(r.members)) for r in rows]
 
     def add(self, dataset_id: str, entries: Iterable[tuple[str, BitMap]], audit_seq: int) -> None:
         """Record the populations of a release's published measures."""
-        self.session.add_all(
-            ReleasedSetRow(dataset_id=dataset_id, measure=measure, size=len(members),
-                           members=members.serialize(), audit_seq=audit_seq)
-            for measure, members in entries
-        )
-        self.session.flush()
+        rows = [{"dataset_id": dataset_id, "measure": measure, "size": len(members),
+                 "members": members.serialize(), "audit_seq": audit_seq}
+                for measure, members in entries]
+        if rows:  # one executemany, not an ORM object per row
+            self.session.execute(insert(_RELEASED_SETS), rows)
 
     def cached(self, dataset_id: str, fingerprint: str) -> str | None:
         """The stored answer to an identical computation, if there was one."""

@@ -67,8 +67,7 @@ def prepare(workdir: Path, rows: int) -> dict[str, str]:
                       version=1, rows=len(data.frame), sha256="0" * 64,
                       created_at=datetime.now(UTC))
     storage = container.datasets.storage
-    location = storage.write(dataset.id, 1, data.frame)
-    storage.index_entities(dataset.id, data.frame["uscc"])
+    location = storage.write(dataset.id, 1, data.frame, "uscc")
     with container.datasets.uow() as uow:
         uow.datasets.add(dataset, path=location)
         uow.commit()

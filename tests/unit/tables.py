@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from broker.disclosure.cells import CellTable, read_table
-from broker.disclosure.plan import ENTITY_INDEX, SOURCE, CellPlan, plan_aggregate
+from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
+from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import DatasetSchema
 from broker.domain.queries import AggregateSpec
 from connectors.engine import DuckDBEngine
@@ -18,14 +19,14 @@ def run_table(frame: pd.DataFrame, spec: AggregateSpec, schema: DatasetSchema, t
               *, top: int = 2) -> tuple[CellPlan, CellTable]:
     """Store ``frame`` as a dataset version, plan ``spec`` and read back its cell table."""
     storage = ParquetStorage(tmp)
-    location = storage.write("t", 1, frame)
-    storage.index_entities("t", frame[schema.entity_field])
+    location = storage.write("t", 1, frame, schema.entity_field)
     plan = plan_aggregate(spec, schema, top=top)
-    relations = {SOURCE: (storage.resolve(location), plan.columns),
-                 ENTITY_INDEX: (storage.entity_index("t"), None)}
-    engine = DuckDBEngine()
+    relations = {SOURCE: storage.resolve(location)}
+    engine = DuckDBEngine(allowed=tmp)
     try:
-        return plan, read_table(plan, engine.run(relations, plan.sql, plan.params))
+        scopes = Scopes.of(storage.dates(location, plan.periods), spec.group_by,
+                           spec.filters)
+        return plan, read_table(plan, engine.run(relations, plan.sql, plan.params), scopes)
     finally:
         engine.close()
 

@@ -3,6 +3,7 @@ an attacker's linear programme, the differencing guard and the remainder row."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 from pathlib import Path
@@ -28,7 +29,15 @@ from broker.disclosure.primary import (
 )
 from broker.disclosure.protect import Protected, protect, quantities
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
-from broker.domain.queries import AggregateSpec, Dimension, Measure, MeasureFn, SuppressionReason
+from broker.domain.queries import (
+    AggregateSpec,
+    Dimension,
+    Filter,
+    FilterOp,
+    Measure,
+    MeasureFn,
+    SuppressionReason,
+)
 from tests.unit.tables import run_table
 
 SCHEMA = DatasetSchema.of("e", [
@@ -164,7 +173,14 @@ def _attacker_check(table: CellTable, out: Protected, rules: Rules) -> None:
             continue
         exact = q != ENTITY_QUANTITY or _counts_add_up(table)
         for ix, (lo, hi) in intervals(quantity, published, targets, exact=exact).items():
-            assert hi - lo >= need[ix] * (1 - 1e-6) - 1e-6, (q, ix, lo, hi, need[ix])
+            # The attacker's interval contains the protection interval, as far as the
+            # attacker's own bounds on the cell allow it to reach.
+            x = quantity.value[ix]
+            upper = min(need[ix], quantity.upper[ix] - x)
+            lower = min(need[ix], x - quantity.lower[ix])
+            slack = 1e-6 * max(1.0, abs(x))
+            assert hi >= x + upper - slack, (q, ix, lo, hi, x, need[ix])
+            assert lo <= x - lower + slack, (q, ix, lo, hi, x, need[ix])
 
 
 def _counts_add_up(table: CellTable) -> bool:
@@ -280,3 +296,52 @@ def test_the_remainder_pools_withheld_cells_and_obeys_every_rule(tmp_path: Path)
     _, _, out = _protect(_firms(big), spec, tmp_path / "s", Rules(k_min=3))
     assert all(r is None for _, r in out.released)
     assert out.remainder == (None, SuppressionReason.MIN_ENTITIES)
+
+
+PANEL = DatasetSchema.of("e", [
+    FieldSpec("e", FieldType.STRING, FieldRole.ENTITY),
+    FieldSpec("g1", FieldType.STRING, FieldRole.DIMENSION),
+    FieldSpec("d", FieldType.DATE, FieldRole.DIMENSION),
+    FieldSpec("x", FieldType.NUMBER, FieldRole.MEASURE),
+])
+
+
+def _panel() -> pd.DataFrame:
+    # Twelve firms in 2025 and 2026, and one more that enters in 2026.
+    rows = [(f"e{i}", "a", dt.date(year, 6, 1), 10.0 + i)
+            for year in (2025, 2026) for i in range(12)]
+    rows.append(("new", "b", dt.date(2026, 6, 1), 5.0))
+    return pd.DataFrame(rows, columns=["e", "g1", "d", "x"])
+
+
+def _release(frame: pd.DataFrame, spec: AggregateSpec, tmp: Path,
+             ledger: LedgerIndex) -> dict[tuple[object, ...], str | None]:
+    plan, table = run_table(frame, spec, PANEL, tmp)
+    out = protect(table, plan, Rules(k_min=3), ledger=ledger, margins=spec.totals)
+    ledger.add(LedgerEntry(ledger.last_id + i + 1, m, members)
+               for i, (m, members) in enumerate(out.ledger))
+    return _reasons(table, out)
+
+
+def test_the_same_firms_in_another_year_are_not_a_tracker(tmp_path: Path) -> None:
+    ledger = LedgerIndex()
+    by_year = AggregateSpec("c", "p", (Dimension("d", level="year"),), SUMS[:2])
+    assert _release(_panel(), by_year, tmp_path / "1", ledger) == {
+        ("2025",): None, ("2026",): None}
+    # 2026 has the 2025 firms plus one: but every row differs, so nothing is withheld.
+    again = AggregateSpec("c", "p", (Dimension("d", level="year"),),
+                          (Measure(MeasureFn.COUNT, alias="n"), Measure(MeasureFn.SUM, "x")))
+    assert _release(_panel(), again, tmp_path / "2", ledger) == {
+        ("2025",): None, ("2026",): None}
+
+
+def test_a_vacuous_date_range_does_not_hide_a_tracker(tmp_path: Path) -> None:
+    ledger = LedgerIndex()
+    total = AggregateSpec("c", "p", (), SUMS[:2],
+                          filters=(Filter("d", FilterOp.RANGE, ["2026-01-01", None]),))
+    assert _release(_panel(), total, tmp_path / "1", ledger) == {(): None}
+    # 2026 again, through a range that excludes nothing more, less the one firm in town b.
+    tracker = AggregateSpec("c", "p", (), SUMS[:2], filters=(
+        Filter("d", FilterOp.RANGE, ["2025-07-01", "2100-01-01"]),
+        Filter("g1", FilterOp.EQ, "a")))
+    assert _release(_panel(), tracker, tmp_path / "2", ledger) == {(): "differencing"}
