@@ -92,6 +92,11 @@ def suppress_complementary(
     return Pattern(suppressed, suppressed & ~primary)
 
 
+def _corners(cell: Index, best: tuple[int, ...]) -> list[Index]:
+    return [tuple(int(best[j]) if c else cell[j] for j, c in enumerate(corner))
+            for corner in itertools.product((0, 1), repeat=len(cell))]
+
+
 def _cheapest_cube(
     cell: Index,
     quantities: Mapping[str, Quantity],
@@ -99,7 +104,13 @@ def _cheapest_cube(
     suppressed: np.ndarray,
     cost: np.ndarray,
 ) -> list[Index] | None:
-    """The corners of the least costly feasible hypercube around ``cell``, or None."""
+    """The corners of the cubes that protect ``cell``: the least costly one that does alone,
+    or else several that share no corner but ``cell``, or None if even they cannot.
+
+    Cubes that share only the sensitive cell can be moved at once: their movements of the
+    cell add up while each other corner moves by its own cube's amount only, so their
+    capacities add (within the sensitive cell's own bounds).
+    """
     shape = suppressed.shape
     d = len(shape)
     signs, valid = [], np.ones(shape, dtype=bool)
@@ -114,9 +125,11 @@ def _cheapest_cube(
         signs.append(s.reshape(axis))
         valid &= (b != cell[j]).reshape(axis)
     spent = np.zeros(shape)
-    up = {q: np.full(shape, np.inf) for q in levels}
-    down = {q: np.full(shape, np.inf) for q in levels}
+    up = {q: np.full(shape, np.inf) for q in levels}    # how far the other corners let the
+    down = {q: np.full(shape, np.inf) for q in levels}  # cell move up, and down
     for corner in itertools.product((0, 1), repeat=d):
+        if not any(corner):
+            continue  # the sensitive cell itself: its own bounds are checked below
         view = tuple(slice(None) if c else slice(cell[j], cell[j] + 1)
                      for j, c in enumerate(corner))
         sign = np.ones([1] * d)
@@ -130,17 +143,80 @@ def _cheapest_cube(
             rise, fall = hi - x, x - lo
             up[q] = np.minimum(up[q], np.where(sign > 0, rise, fall))
             down[q] = np.minimum(down[q], np.where(sign > 0, fall, rise))
-    feasible = valid
+    needs = {}
     for q, level in levels.items():
         qty = quantities[q]
-        upper = min(level, float(qty.upper[cell] - qty.value[cell]))
-        lower = min(level, float(qty.value[cell] - qty.lower[cell]))
-        feasible = feasible & (up[q] >= upper * (1 - _TOLERANCE))
-        feasible = feasible & (down[q] >= lower * (1 - _TOLERANCE))
-    if not feasible.any():
-        return None
-    best = np.unravel_index(int(np.argmin(np.where(feasible, spent, np.inf))), shape)
-    return [
-        tuple(int(best[j]) if c else cell[j] for j, c in enumerate(corner))
-        for corner in itertools.product((0, 1), repeat=d)
-    ]
+        rise = float(qty.upper[cell] - qty.value[cell])
+        fall = float(qty.value[cell] - qty.lower[cell])
+        needs[q] = (min(level, rise), min(level, fall))
+    feasible = valid.copy()
+    for q, (upper, lower) in needs.items():
+        feasible &= up[q] >= upper * (1 - _TOLERANCE)
+        feasible &= down[q] >= lower * (1 - _TOLERANCE)
+    if feasible.any():
+        best = np.unravel_index(int(np.argmin(np.where(feasible, spent, np.inf))), shape)
+        return _corners(cell, tuple(int(i) for i in best))
+    return _cube_union(cell, quantities, valid, up, down, needs)
+
+
+#: At most this many cubes are combined to protect one quantity of one cell, each way.
+MAX_CUBES = 32
+
+
+def _cube_union(
+    cell: Index,
+    quantities: Mapping[str, Quantity],
+    valid: np.ndarray,
+    up: Mapping[str, np.ndarray],
+    down: Mapping[str, np.ndarray],
+    needs: Mapping[str, tuple[float, float]],
+) -> list[Index] | None:
+    """Corners of several cubes whose movements of ``cell`` add up to its protection; None
+    if no such combination is found.
+
+    The attacker's maximum and minimum are separate problems, and so is each quantity: for
+    each, cubes are taken roomiest first, each moving the cell by what its corners have left
+    once the cubes already taken have moved them (a corner moves the same way in every cube
+    around one cell: its sign follows from its coordinates).
+    """
+    shape = valid.shape
+    totals = [size - 1 for size in shape]
+
+    def sign_of(corner: Index) -> float:
+        sign = 1.0
+        for j, (a, b) in enumerate(zip(cell, corner, strict=True)):
+            if a != b and a != totals[j] and b != totals[j]:
+                sign = -sign
+        return sign
+
+    chosen: set[Index] = {cell}
+    for q, (upper, lower) in needs.items():
+        qty = quantities[q]
+        for rising, need, capacity in ((True, upper, up[q]), (False, lower, down[q])):
+            if need <= 0:
+                continue
+            used: dict[Index, float] = {}
+            got, taken = 0.0, 0
+            for flat in np.argsort(-np.where(valid, capacity, 0.0), axis=None, kind="stable"):
+                if taken >= MAX_CUBES or not valid.flat[flat] or capacity.flat[flat] <= 0:
+                    break
+                best = tuple(int(i) for i in np.unravel_index(int(flat), shape))
+                corners = _corners(cell, best)
+                delta = need - got
+                for corner in corners:
+                    moves_up = (sign_of(corner) > 0) == rising
+                    room = (float(qty.upper[corner] - qty.value[corner]) if moves_up
+                            else float(qty.value[corner] - qty.lower[corner]))
+                    delta = min(delta, room - used.get(corner, 0.0))
+                if delta <= 0:
+                    continue
+                for corner in corners:
+                    used[corner] = used.get(corner, 0.0) + delta
+                chosen.update(corners)
+                got += delta
+                taken += 1
+                if got >= need * (1 - _TOLERANCE):
+                    break
+            if got < need * (1 - _TOLERANCE):
+                return None
+    return sorted(chosen)

@@ -38,6 +38,10 @@ SOURCE = "src"
 ENTITY_COLUMN = "#entity"
 
 
+#: Roles whose values are the figures being protected.
+_MAGNITUDES = (FieldRole.MEASURE, FieldRole.SENSITIVE)
+
+
 def quote(name: str) -> str:
     """Double-quoted SQL identifier; names are schema-checked before they get here."""
     return '"' + name.replace('"', '""') + '"'
@@ -64,6 +68,7 @@ class CellPlan:
     columns: tuple[str, ...]
     top: int
     periods: tuple[str, ...] = ()
+    figures: tuple[bool, ...] = ()  # per dimension: are its keys numbers or dates?
 
 
 def _check_measure(m: Measure, schema: DatasetSchema) -> None:
@@ -112,6 +117,11 @@ def _where(filters: Sequence[Filter], schema: DatasetSchema) -> tuple[str, list[
     params: list[Any] = []
     for flt in filters:
         spec = schema.field(flt.field)
+        if spec.role in _MAGNITUDES:
+            # A threshold on the figures themselves selects firms by their secret: moved
+            # across one firm's value, it makes any answer (even a refusal) an oracle for it.
+            raise InvalidInput("Filters apply to dimensions, not to measure fields.",
+                               fields=[flt.field])
         col = quote(flt.field)
         if flt.op is FilterOp.EQ:
             clauses.append(f"{col} = ?")
@@ -179,6 +189,10 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
         fspec = schema.field(dim.field)
         if fspec.role is FieldRole.ENTITY:
             raise InvalidInput("The entity field cannot be a dimension.", fields=[dim.field])
+        if fspec.role in _MAGNITUDES and dim.bins is None:
+            # Its values are the secrets themselves: a key would show one firm's figure.
+            raise InvalidInput("A measure field can be grouped only into bins.",
+                               fields=[dim.field])
         gens.append(generalisation(fspec, quote(dim.field), dim.level, dim.bins))
     names = [m.name for m in spec.measures]
     if len(set(names)) != len(names):
@@ -257,4 +271,8 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
                                    *(f.field for f in spec.filters)]))
     return CellPlan(sql=sql, params=params, dimensions=dims, keysets=keysets,
                     measures=spec.measures, fields=fields, columns=columns, top=top,
-                    periods=periods)
+                    periods=periods,
+                    figures=tuple(schema.field(d.field).type not in (FieldType.STRING,
+                                                                      FieldType.BOOLEAN)
+                                  and d.bins is None and d.level in (None, "day")
+                                  for d in spec.group_by))

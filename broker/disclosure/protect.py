@@ -30,6 +30,7 @@ from broker.disclosure.primary import (
     Rules,
     below_frequency,
     dominance_excess,
+    frequency_k,
     p_percent_excess,
     small_cell_protection,
 )
@@ -76,6 +77,32 @@ def quantities(table: CellTable, rules: Rules, small: np.ndarray) -> dict[str, Q
     return out
 
 
+def rare_keys(table: CellTable, plan: CellPlan, rules: Rules) -> np.ndarray:
+    """Cells keyed by a number or date that fewer than k enterprises have, on a dimension
+    without a declared code list: never shown, not even as suppressed.
+
+    Such keys come from the data, so a key alone would tell that some firm has that value (a
+    day it reported on, a figure it declared). A value is shown only when its own margin
+    passes the frequency rule; the cells it keys are withheld like small cells, so
+    complementary suppression keeps them from being derived from the margins. Category
+    keys (towns, industries) stay visible as suppressed cells: declare a code list to make
+    an empty category look like a small one.
+    """
+    hidden = np.zeros(table.shape, dtype=bool)
+    k = frequency_k(table)
+    totals = tuple(len(d) for d in table.domains)
+    for j, keys in enumerate(plan.keysets):
+        if keys is not None or not plan.figures[j]:
+            continue
+        for position in range(len(table.domains[j])):
+            margin = (*totals[:j], position, *totals[j + 1:])
+            if k[margin] < rules.k_min:
+                view = [slice(None)] * len(totals)
+                view[j] = slice(position, position + 1)
+                hidden[tuple(view)] = True
+    return hidden
+
+
 def protect(
     table: CellTable,
     plan: CellPlan,
@@ -92,7 +119,8 @@ def protect(
     row, the withheld table cells taken together, if it passes every rule itself.
     """
     measures = measure_keys(plan)
-    small = below_frequency(table, rules)
+    hidden = rare_keys(table, plan, rules)
+    small = below_frequency(table, rules) | hidden
     excess = {
         name: np.maximum(dominance_excess(table, rules)[name], p_percent_excess(table, rules)[name])
         for name in table.fields
@@ -102,7 +130,7 @@ def protect(
         dominated |= level > 0
     dominated &= ~small
 
-    released = list(table.cells(margins=margins))
+    released = [ix for ix in table.cells(margins=margins) if not hidden[ix]]
     differencing = np.zeros(table.entities.shape, dtype=bool)
     for index in released:
         if small[index] or dominated[index]:
@@ -124,6 +152,7 @@ def protect(
     )
 
     out: list[tuple[Index, SuppressionReason | None]] = []
+    hidden_base = [ix for ix in np.ndindex(*table.shape) if hidden[ix] and not table.is_margin(ix)]
     ledger_rows: list[tuple[str, BitMap]] = []
     for index in released:
         if pattern.unprotectable:
@@ -147,6 +176,7 @@ def protect(
         rest = (None, SuppressionReason.COMPLEMENTARY)
     elif remainder:
         withheld = [ix for ix, reason in out if reason is not None and not table.is_margin(ix)]
+        withheld += hidden_base
         grand = tuple(len(d) for d in table.domains)
         rest = _remainder(table, plan, rules, withheld, ledger,
                           grand_withheld=bool(pattern.suppressed[grand]))

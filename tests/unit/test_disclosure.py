@@ -345,3 +345,24 @@ def test_a_vacuous_date_range_does_not_hide_a_tracker(tmp_path: Path) -> None:
         Filter("d", FilterOp.RANGE, ["2025-07-01", "2100-01-01"]),
         Filter("g1", FilterOp.EQ, "a")))
     assert _release(_panel(), tracker, tmp_path / "2", ledger) == {(): "differencing"}
+
+
+def test_a_rare_day_is_never_shown_even_as_suppressed(tmp_path: Path) -> None:
+    # Three firms report on 1 June, one firm alone on 17 June: that key would say so.
+    frame = pd.DataFrame({"e": ["a", "b", "c", "lone"], "g1": "t",
+                          "d": [dt.date(2025, 6, 1)] * 3 + [dt.date(2025, 6, 17)],
+                          "x": [1.0, 2.0, 3.0, 4.0]})
+    by_day = AggregateSpec("c", "p", (Dimension("d"),), SUMS[:2], totals=True)
+    plan, table = run_table(frame, by_day, PANEL, tmp_path / "day")
+    out = protect(table, plan, Rules(k_min=3), ledger=LedgerIndex(), margins=True)
+    keys = [table.key(ix) for ix, _ in out.released]
+    assert {"d": "2025-06-17"} not in keys
+    assert {"d": "2025-06-01"} in keys
+    # The total minus 1 June would give the lone firm: one of them is withheld.
+    reasons = {tuple(table.key(ix).values()): r for ix, r in out.released}
+    assert SuppressionReason.COMPLEMENTARY in (reasons[("2025-06-01",)], reasons[()])
+    # By month the key is a period, not a firm's day: shown.
+    by_month = AggregateSpec("c", "p", (Dimension("d", level="month"),), SUMS[:2])
+    plan, table = run_table(frame, by_month, PANEL, tmp_path / "month")
+    out = protect(table, plan, Rules(k_min=3), ledger=LedgerIndex(), margins=False)
+    assert [table.key(ix) for ix, _ in out.released] == [{"d": "2025-06"}]
