@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from broker.demo.county import (
-    TOWNS,
+    INDUSTRIES,
     County,
     Slice,
     generate_county,
@@ -164,6 +164,19 @@ def run_story(broker: Broker, county: County | None = None) -> StoryResult:
     grid = result.contracts["electricity"]["id"]
     tax = result.contracts["tax"]["id"]
 
+    # A tracker: a town's count of firms, then again without the one industry in which it
+    # has only a handful. Subtracting would give those firms away: the second answer is
+    # withheld as differencing.
+    town, industry = _small_group(result.county or generate_county())
+    tracker = {"contract_id": grid, "purpose": "energy-planning", "measures": [{"fn": "count"}],
+               "filters": [{"field": "town", "op": "eq", "value": town}]}
+    result.queries[f"firms in {town}"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json=tracker).json()
+    others = [i for i in INDUSTRIES if i != industry]
+    result.queries[f"firms in {town} outside {industry}"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json={
+            **tracker, "filters": [*tracker["filters"],
+                                   {"field": "industry", "op": "in", "value": others}]}).json()
     result.queries["electricity by town and industry"] = broker.call(
         "econ", "POST", "/v1/queries/aggregate", expect=200, json={
             "contract_id": grid, "purpose": "energy-planning",
@@ -179,19 +192,6 @@ def run_story(broker: Broker, county: County | None = None) -> StoryResult:
                          {"fn": "ratio", "numerator": "tax_paid", "denominator": "output_value",
                           "as": "tax_per_output"}],
         }).json()
-    # A tracker: an industry's count across the county, then again without the one town
-    # where it has only a handful of firms. Subtracting would give those firms away: the
-    # second answer is withheld as differencing.
-    town, industry = _small_group(result.county or generate_county())
-    tracker = {"contract_id": grid, "purpose": "energy-planning", "measures": [{"fn": "count"}],
-               "filters": [{"field": "industry", "op": "eq", "value": industry}]}
-    result.queries[f"{industry} firms in the county"] = broker.call(
-        "econ", "POST", "/v1/queries/aggregate", expect=200, json=tracker).json()
-    others = [t for t in TOWNS if t != town]
-    result.queries[f"{industry} firms in every town but {town}"] = broker.call(
-        "econ", "POST", "/v1/queries/aggregate", expect=200, json={
-            **tracker, "filters": [*tracker["filters"],
-                                   {"field": "town", "op": "in", "value": others}]}).json()
 
     attempts = [
         ("env", "a department without a contract uses another's contract",

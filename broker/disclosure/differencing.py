@@ -9,10 +9,14 @@ field's sum), the set of contributing enterprises as a roaring bitmap of their d
 A new cell of the same measure whose set differs from a ledger entry by 1 to k-1 enterprises
 (symmetric difference) is withheld with reason ``differencing``.
 
+Withheld cells are entered too (under ``WITHHELD`` + key): a later cell with exactly the
+same population and scope is withheld again, so a complement or a small cell cannot be asked
+for on its own; and a cell whose population was published before is known to the attacker,
+so it cannot serve as a complement.
+
 Candidates are found by cardinality first: two sets can differ by fewer than k elements only
 if their sizes do, so each measure's entries are kept sorted by size.
 """
-
 from __future__ import annotations
 
 import bisect
@@ -21,6 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pyroaring import BitMap
+
+#: Ledger key prefix of withheld cells.
+WITHHELD = "withheld|"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,15 @@ class LedgerIndex:
 
     def __len__(self) -> int:
         return sum(len(sizes) for sizes, _ in self._by_measure.values())
+
+    def contains(self, measure: str, members: BitMap) -> bool:
+        """Whether exactly this set of ``measure`` is in the ledger."""
+        if measure not in self._by_measure:
+            return False
+        sizes, sets = self._by_measure[measure]
+        n = len(members)
+        lo, hi = bisect.bisect_left(sizes, n), bisect.bisect_right(sizes, n)
+        return any(sets[i] == members for i in range(lo, hi))
 
     def conflicts(self, measure: str, members: BitMap, k: int) -> bool:
         """Whether ``members`` differs from some released set of ``measure`` by 1..k-1."""

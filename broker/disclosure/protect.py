@@ -23,7 +23,7 @@ from broker.disclosure.cells import (
     measure_values,
 )
 from broker.disclosure.complementary import Quantity, suppress_complementary
-from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.differencing import WITHHELD, LedgerIndex
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
     ENTITY_QUANTITY,
@@ -140,16 +140,31 @@ def protect(
                for m in measures):
             differencing[index] = True
 
+    # Consistency with earlier answers: a cell that was withheld before stays withheld, and a
+    # cell already published is fixed for the attacker (it cannot be a complement).
+    fixed = np.zeros(table.shape, dtype=bool)
+    for index in np.ndindex(*table.shape):
+        if small[index] or dominated[index] or differencing[index]:
+            continue
+        sets = [(ledger_key(table, index, m), measure_members(table, index, m))
+                for m in measures]
+        if any(len(s) and ledger.contains(WITHHELD + key, s) for key, s in sets):
+            differencing[index] = True
+        elif sets and all(ledger.contains(key, s) for key, s in sets):
+            fixed[index] = True
+
     primary = small | dominated | differencing
     withheld_small = small | differencing
     levels = small_cell_protection(table, rules)
     protection = {q: np.where(withheld_small, level, 0.0) for q, level in levels.items()}
     for name, level in excess.items():
         protection[name] = np.maximum(protection[name], np.where(dominated, level, 0.0))
-    pattern = suppress_complementary(
-        quantities(table, rules, small), protection, primary,
-        cost=table.entities.astype(float) + 1.0,
-    )
+    known = quantities(table, rules, small)
+    for quantity in known.values():  # a published cell's value is known exactly
+        quantity.lower[fixed] = quantity.value[fixed]
+        quantity.upper[fixed] = quantity.value[fixed]
+    pattern = suppress_complementary(known, protection, primary,
+                                     cost=table.entities.astype(float) + 1.0)
 
     out: list[tuple[Index, SuppressionReason | None]] = []
     hidden_base = [ix for ix in np.ndindex(*table.shape) if hidden[ix] and not table.is_margin(ix)]
@@ -171,6 +186,13 @@ def protect(
             out.append((index, None))
             ledger_rows += [(ledger_key(table, index, m), measure_members(table, index, m))
                             for m in measures]
+    # Every withheld cell of the grid, shown or not: the pattern relies on all of them.
+    for index in np.ndindex(*table.shape):
+        if pattern.suppressed[index] or small[index]:
+            for m in measures:
+                members = measure_members(table, index, m)
+                if len(members):
+                    ledger_rows.append((WITHHELD + ledger_key(table, index, m), members))
     rest: tuple[dict[str, float | int | None] | None, SuppressionReason | None] | None = None
     if remainder and pattern.unprotectable:
         rest = (None, SuppressionReason.COMPLEMENTARY)

@@ -184,3 +184,15 @@ def test_the_remainder_pools_what_was_withheld(world: World, county: dict[str, s
     assert rest["status"] == "suppressed"
     assert rest["reason"] in ("dominance", "complementary")
     assert rest["values"] is None
+
+
+def test_a_complement_cannot_be_asked_for_on_its_own(world: World,
+                                                    county: dict[str, str]) -> None:
+    table = _ask(world, world.econ, county["econ"], group_by=["town"], totals=True)
+    complements = [c["key"]["town"] for c in table["cells"]
+                   if c.get("reason") == "complementary" and "town" in c["key"]]
+    assert complements, table["cells"]
+    for town in complements:  # by another department, too
+        alone = _ask(world, world.env, county["env"],
+                     filters=[{"field": "town", "op": "eq", "value": town}])
+        assert alone["cells"][0]["status"] == "suppressed", town

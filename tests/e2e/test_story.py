@@ -79,7 +79,7 @@ def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:
     assert {"dominance", "complementary"} <= set(energy["suppressed"])
     # Every town and industry of the county's code lists is a key, with or without firms.
     assert len(energy["cells"]) == (10 + 1) * (5 + 1)
-    tracked = [a for title, a in result.queries.items() if "every town but" in title]
+    tracked = [a for title, a in result.queries.items() if " outside " in title]
     assert [c["reason"] for c in tracked[0]["cells"]] == ["differencing"]
     reasons = [set(step.body["reasons"]) for step in result.refusals]
     assert reasons == [{"no-active-contract"}, {"purpose-not-in-contract"},

@@ -259,7 +259,9 @@ def test_the_ledger_finds_sets_that_differ_by_fewer_than_k() -> None:
 
 def test_a_cell_one_enterprise_away_from_an_earlier_release_is_withheld(tmp_path: Path) -> None:
     rows = [(f"e{i}", "a" if i else "b", "x", 10.0 + i) for i in range(12)]
+    rows[0] = ("e0", "b", "x", 100.0)  # enough to hide a's share of the known total
     frame = _firms(rows)
+    frame.loc[0, "y"] = 10.0
     rules = Rules(k_min=3)
     ledger = LedgerIndex()
     # First release: everyone (grand total only).
@@ -268,7 +270,12 @@ def test_a_cell_one_enterprise_away_from_an_earlier_release_is_withheld(tmp_path
     ledger.add(LedgerEntry(i + 1, m, members) for i, (m, members) in enumerate(first.ledger))
     # Second: by town, where town a is everyone but e0. Withheld as differencing.
     _, table, second = _protect(frame, _spec("g1", totals=False), tmp_path / "2", rules, ledger)
-    assert _reasons(table, second)[("a",)] == "differencing"
+    assert _reasons(table, second) == {("a",): "differencing", ("b",): "min-entities"}
+    # Asked for on its own, a withheld cell stays withheld.
+    ledger.add(LedgerEntry(100 + i, m, members) for i, (m, members) in enumerate(second.ledger))
+    alone = AggregateSpec("c", "p", (), SUMS, filters=(Filter("g1", FilterOp.EQ, "b"),))
+    _, table, third = _protect(frame, alone, tmp_path / "3", rules, ledger)
+    assert _reasons(table, third) == {(): "min-entities"}
 
 
 # ----------------------------------------------------------------------------- remainder
