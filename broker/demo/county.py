@@ -55,14 +55,16 @@ def generate_county(
     codes = np.array(list(INDUSTRIES))
     town = rng.choice(towns, size=enterprises, p=np.array(list(TOWNS.values())))
     industry = rng.choice(codes, size=enterprises, p=[v[1] for v in INDUSTRIES.values()])
-    # Annual output in 10k CNY: lognormal body, plus one or two giants per industry.
+    # Annual output in 10k CNY: lognormal body, plus one or two giants per industry, scaled
+    # with the county so that they still dominate a county of many thousand firms.
     output = rng.lognormal(mean=7.0, sigma=1.1, size=enterprises)
+    scale = max(1.0, enterprises / 3000)
     for code in codes:
         members = np.flatnonzero(industry == code)
         giants = rng.choice(members, size=min(2, len(members)), replace=False)
-        output[giants[0]] *= 3000.0
+        output[giants[0]] *= 3000.0 * scale
         if len(giants) > 1:
-            output[giants[1]] *= 60.0
+            output[giants[1]] *= 60.0 * scale
         town[giants[0]] = "Xiashi" if code != "C3825" else "Yuanhua"
     bodies = rng.choice(100_000_000, size=enterprises, replace=False)
     uscc = [make_uscc(DIVISION, f"{b:08d}") for b in bodies]

@@ -140,16 +140,18 @@ def protect(
                for m in measures):
             differencing[index] = True
 
-    # Consistency with earlier answers: a cell that was withheld before stays withheld, and a
-    # cell already published is fixed for the attacker (it cannot be a complement).
+    # Consistency with earlier answers: a cell that was withheld before stays withheld (as a
+    # complement: it needs no protection of its own, the cells it protected get theirs
+    # again), and a cell already published is fixed for the attacker (no complement).
     fixed = np.zeros(table.shape, dtype=bool)
+    again = np.zeros(table.shape, dtype=bool)
     for index in np.ndindex(*table.shape):
         if small[index] or dominated[index] or differencing[index]:
             continue
         sets = [(ledger_key(table, index, m), measure_members(table, index, m))
                 for m in measures]
         if any(len(s) and ledger.contains(WITHHELD + key, s) for key, s in sets):
-            differencing[index] = True
+            again[index] = True
         elif sets and all(ledger.contains(key, s) for key, s in sets):
             fixed[index] = True
 
@@ -163,7 +165,7 @@ def protect(
     for quantity in known.values():  # a published cell's value is known exactly
         quantity.lower[fixed] = quantity.value[fixed]
         quantity.upper[fixed] = quantity.value[fixed]
-    pattern = suppress_complementary(known, protection, primary,
+    pattern = suppress_complementary(known, protection, primary | again,
                                      cost=table.entities.astype(float) + 1.0)
 
     out: list[tuple[Index, SuppressionReason | None]] = []
