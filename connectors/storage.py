@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-#: The column of each stored version that holds its enterprise's dense index.
-ENTITY_COLUMN = "#entity"
+from broker.domain.datasets import ENTITY_INDEX_COLUMN
+
 _ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
@@ -42,7 +42,7 @@ class ParquetStorage:
         location = f"{dataset_id}/v{int(version)}.parquet"
         index = self._index_entities(dataset_id, frame[entity_field])
         table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
-            ENTITY_COLUMN, pa.array(frame[entity_field].map(index), type=pa.uint32()))
+            ENTITY_INDEX_COLUMN, pa.array(frame[entity_field].map(index), type=pa.uint32()))
         self._atomic_write(table, self.resolve(location))
         return location
 

@@ -265,7 +265,8 @@ def ledger_key(table: CellTable, index: Index, measure: str) -> str:
     return f"{measure}@{scope}" if scope else measure
 
 
-#: Ledger key of the distinct-enterprise count; fields are keyed ``f:<name>``.
+#: Key of the distinct-enterprise count, as a ledger measure and as a protected quantity;
+#: fields are keyed ``f:<name>`` in the ledger and by name as quantities.
 ENTITIES = "#entities"
 
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.disclosure.levels import Generalisation, generalisation, generalise_gbt4754
-from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
+from broker.domain.datasets import (
+    ENTITY_INDEX_COLUMN,
+    DatasetSchema,
+    FieldRole,
+    FieldSpec,
+    FieldType,
+)
 from broker.domain.errors import InvalidInput
 from broker.domain.queries import AggregateSpec, Dimension, Filter, FilterOp, Measure, MeasureFn
 
@@ -32,10 +38,9 @@ MAX_FILTERS = 16
 MAX_IN_VALUES = 1000
 MAX_TOP = 10
 
-#: The relation the engine sees: the dataset version, whose column ``#entity`` holds each
+#: The relation the engine sees: the dataset version, whose ENTITY_INDEX_COLUMN holds each
 #: row's enterprise as a dense index (see connectors.storage).
 SOURCE = "src"
-ENTITY_COLUMN = "#entity"
 
 
 #: Roles whose values are the figures being protected.
@@ -65,7 +70,6 @@ class CellPlan:
     keysets: tuple[tuple[Any, ...] | None, ...]
     measures: tuple[Measure, ...]
     fields: tuple[str, ...]
-    columns: tuple[str, ...]
     top: int
     periods: tuple[str, ...] = ()
     figures: tuple[bool, ...] = ()  # per dimension: are its keys numbers or dates?
@@ -217,7 +221,7 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
 
     base = ", ".join([
         *(f"{gen.sql} AS {gc}" for gen, gc in zip(gens, g, strict=True)),
-        f"{quote(ENTITY_COLUMN)} AS {i}",
+        f"{quote(ENTITY_INDEX_COLUMN)} AS {i}",
         *(f"{quote(f)} AS {vc}" for f, vc in zip(fields, v, strict=True)),
     ])
     ent = ", ".join([
@@ -267,10 +271,8 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
         + " " + " UNION ALL ".join(cells)
     )
     params = tuple(p for gen in gens for p in gen.params) + tuple(where_params)
-    columns = tuple(dict.fromkeys([*dims, schema.entity_field, *fields,
-                                   *(f.field for f in spec.filters)]))
     return CellPlan(sql=sql, params=params, dimensions=dims, keysets=keysets,
-                    measures=spec.measures, fields=fields, columns=columns, top=top,
+                    measures=spec.measures, fields=fields, top=top,
                     periods=periods,
                     figures=tuple(schema.field(d.field).type not in (FieldType.STRING,
                                                                       FieldType.BOOLEAN)

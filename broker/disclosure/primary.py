@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from broker.disclosure.cells import CellTable
+from broker.disclosure.cells import ENTITIES, CellTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +103,7 @@ def small_cell_protection(table: CellTable, rules: Rules) -> dict[str, np.ndarra
     enterprises must not be derivable exactly (a level of one), so an empty cell cannot be
     told from a small one.
     """
-    out = {ENTITY_QUANTITY: np.ones(table.entities.shape)}
+    out = {ENTITIES: np.ones(table.entities.shape)}
     for name, stats in table.fields.items():
         out[name] = np.abs(stats.total) * rules.protection_percent / 100.0
     return out
-
-
-#: The protected quantity that counts enterprises; field quantities go by field name.
-ENTITY_QUANTITY = "#entities"

@@ -26,7 +26,6 @@ from broker.disclosure.complementary import Quantity, suppress_complementary
 from broker.disclosure.differencing import WITHHELD, LedgerIndex
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
-    ENTITY_QUANTITY,
     Rules,
     below_frequency,
     dominance_excess,
@@ -61,7 +60,7 @@ def quantities(table: CellTable, rules: Rules, small: np.ndarray) -> dict[str, Q
     k = rules.k_min
     entities = table.entities.astype(float)
     out = {
-        ENTITY_QUANTITY: Quantity(
+        ENTITIES: Quantity(
             value=entities,
             lower=np.where(small, 0.0, float(k)),
             upper=np.where(small & (table.entities < k), float(k - 1), np.inf),
@@ -121,10 +120,8 @@ def protect(
     measures = measure_keys(plan)
     hidden = rare_keys(table, plan, rules)
     small = below_frequency(table, rules) | hidden
-    excess = {
-        name: np.maximum(dominance_excess(table, rules)[name], p_percent_excess(table, rules)[name])
-        for name in table.fields
-    }
+    dominance, p_percent = dominance_excess(table, rules), p_percent_excess(table, rules)
+    excess = {name: np.maximum(dominance[name], p_percent[name]) for name in table.fields}
     dominated = np.zeros(table.entities.shape, dtype=bool)
     for level in excess.values():
         dominated |= level > 0

@@ -129,6 +129,10 @@ class DatasetSchema:
         return any(spec.name == name for spec in self.fields)
 
 
+#: The column of every stored version that holds its row's enterprise as a dense index; no
+#: declared field can be named so (field names cannot contain '#').
+ENTITY_INDEX_COLUMN = "#entity"
+
 #: Hierarchies a string field may declare, and the pattern of their codes.
 HIERARCHY_CODES = {"gbt4754": re.compile(r"^[A-T]?[0-9]{2,4}$")}
 MAX_CODES = 10_000

@@ -15,12 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap
 
-from broker.disclosure.attacker import intervals
-from broker.disclosure.cells import CellTable
+from broker.disclosure.attacker import intervals, margin_equations
+from broker.disclosure.cells import ENTITIES, CellTable
 from broker.disclosure.differencing import LedgerEntry, LedgerIndex
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
-    ENTITY_QUANTITY,
     Rules,
     below_frequency,
     dominance_excess,
@@ -165,13 +164,13 @@ def _attacker_check(table: CellTable, out: Protected, rules: Rules) -> None:
     qty = quantities(table, rules, small)
     for q, quantity in qty.items():
         need = np.where(withheld_small, levels[q], 0.0)
-        if q != ENTITY_QUANTITY:
+        if q != ENTITIES:
             need = np.maximum(need, np.where(~published & ~small,
                                              np.maximum(dom[q], pp[q]), 0.0))
         targets = [tuple(int(i) for i in ix) for ix in np.argwhere(~published & (need > 0))]
         if not targets:
             continue
-        exact = q != ENTITY_QUANTITY or _counts_add_up(table)
+        exact = q != ENTITIES or _counts_add_up(table)
         for ix, (lo, hi) in intervals(quantity, published, targets, exact=exact).items():
             # The attacker's interval contains the protection interval, as far as the
             # attacker's own bounds on the cell allow it to reach.
@@ -184,7 +183,6 @@ def _attacker_check(table: CellTable, out: Protected, rules: Rules) -> None:
 
 
 def _counts_add_up(table: CellTable) -> bool:
-    from broker.disclosure.attacker import margin_equations
     return all(table.entities[t] == sum(table.entities[m] for m in ms)
                for t, ms in margin_equations(table.shape))
 
