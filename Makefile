@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The OPA Go engine (decision cases, Rego unit tests); see DESIGN.md section 4.
+	$(BIN)/python -m pip install --quiet --ignore-requires-python "opa-golib-python-bindings==0.4.4"
 	touch $(STAMP)
 
 install: $(STAMP)

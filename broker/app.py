@@ -18,6 +18,7 @@ from broker.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from broker.api.routes import audit, contracts, datasets, health, orgs, queries
+from broker.policy.factory import close_policy_engine
 from broker.settings import Settings
 
 DESCRIPTION = """
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             container.query_engine.close()
+            close_policy_engine(container.policies.engine)
             container.engine.dispose()
 
     app = FastAPI(

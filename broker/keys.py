@@ -56,3 +56,16 @@ def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     if not pub_path.exists():
         pub_path.write_bytes(public)
     return key
+
+
+def pseudonym_secret(settings: Settings) -> bytes:
+    """The secret behind pseudonymized group keys (32 random bytes), generated on first run.
+
+    Losing it changes every pseudonym; leaking it lets anyone test a guessed value against a
+    released pseudonym, so it lives with the other keys, outside the database.
+    """
+    path = settings.keys_dir / "pseudonym-secret"
+    value = _load_or_create(path, secrets.token_bytes(32))
+    if len(value) != 32:
+        raise ValueError(f"{path} must hold exactly 32 bytes")
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies import POLICY_DIR
@@ -23,11 +23,22 @@ class Settings(BaseSettings):
     jwt_audience: str = "broker"
     jwt_algorithms: list[Literal["HS256", "HS384", "HS512"]] = ["HS256"]
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
-    policy_engine: Literal["embedded"] = "embedded"
+    policy_engine: Literal["embedded", "opa"] = "embedded"
     policy_dir: Path = POLICY_DIR
+    policy_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    policy_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    opa_url: str | None = None
+    opa_token: SecretStr | None = None
+    opa_push_policies: bool = False
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     engine_threads: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _opa_needs_url(self) -> Settings:
+        if self.policy_engine == "opa" and not self.opa_url:
+            raise ValueError("BROKER_POLICY_ENGINE=opa needs BROKER_OPA_URL")
+        return self
 
     @property
     def db_url(self) -> str:

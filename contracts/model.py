@@ -15,6 +15,7 @@ so a contract stops working at its end time without a job having to run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -110,7 +111,9 @@ class Contract:
             "k_min": self.k_min,
             "dominance": {"n": self.dominance.n, "k": self.dominance.k,
                           "p": self.dominance.p},
-            "valid_from": self.valid_from.timestamp(),
-            "valid_until": self.valid_until.timestamp(),
+            # Whole seconds, rounded inwards: the policy compares them with the current second
+            # rounded down, and the window it sees is never wider than the agreed one.
+            "valid_from": math.ceil(self.valid_from.timestamp()),
+            "valid_until": math.floor(self.valid_until.timestamp()),
             "max_queries_per_day": self.max_queries_per_day,
         }

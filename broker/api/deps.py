@@ -11,11 +11,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from broker.auth import TokenVerifier
+from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
-from broker.keys import checkpoint_key, jwt_secret
+from broker.keys import checkpoint_key, jwt_secret, pseudonym_secret
 from broker.policy.decisions import Policies
-from broker.policy.embedded import EmbeddedPolicyEngine
+from broker.policy.factory import make_policy_engine
 from broker.services.audit import AuditService
 from broker.services.contracts import ContractService
 from broker.services.datasets import DatasetService
@@ -57,7 +58,7 @@ def build_container(settings: Settings) -> Container:
     create_schema(engine)
     clock = utc_now
     uow = SqlUnitOfWorkFactory(engine, clock)
-    policies = Policies(EmbeddedPolicyEngine(settings.policy_dir))
+    policies = Policies(make_policy_engine(settings))
     guard = Guard(policies)
     storage = ParquetStorage(settings.datasets_dir)
     checkpoint_key(settings)  # made on first run, kept outside the database
@@ -77,7 +78,8 @@ def build_container(settings: Settings) -> Container:
         orgs=OrgService(uow, guard, clock),
         datasets=DatasetService(uow, guard, storage, {"csv": read_csv}, clock),
         contracts=ContractService(uow, guard, clock),
-        queries=QueryService(uow, guard, policies, storage, query_engine, clock),
+        queries=QueryService(uow, guard, policies, storage, query_engine, clock,
+                             Pseudonymizer(pseudonym_secret(settings))),
         audit=AuditService(uow, guard),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -331,21 +332,37 @@ class AggregateOut(BaseModel):
         )
 
 
+class DisclosureRulesOut(BaseModel):
+    """Thresholds of disclosure control: k, (n, k) dominance, p%, protection interval."""
+
+    k_min: int
+    dominance_n: int
+    dominance_k: float
+    p_percent: float
+    protection_percent: float
+
+
 class ExplainOut(BaseModel):
     """A dry run: what the policies would decide; nothing released."""
 
     allow: bool
-    reasons: list[str]
-    fields: dict[str, str]
-    field_reasons: dict[str, list[str]]
-    k: int
+    reasons: list[str] = Field(description="Stable kebab-case codes; empty when allowed")
+    fields: dict[str, str] = Field(
+        description="Per requested field: clear, generalize, pseudonymize, aggregate or deny")
+    field_reasons: dict[str, list[str]] = Field(description="Why each denied field is denied")
+    k: int = Field(description="Distinct enterprises every released cell would need")
+    quota_remaining: int = Field(description="Queries left today under the contract")
+    disclosure: DisclosureRulesOut | None = Field(
+        description="The thresholds a release would be held to (when allowed)")
     policy_revision: str
 
     @classmethod
     def from_domain(cls, d: FlowDecision) -> ExplainOut:
         """Response form of a flow decision."""
+        rules = DisclosureRulesOut(**asdict(d.rules)) if d.rules is not None else None
         return cls(allow=d.allow, reasons=list(d.reasons), fields=d.fields,
-                   field_reasons=d.field_reasons, k=d.k, policy_revision=d.revision)
+                   field_reasons=d.field_reasons, k=d.k, quota_remaining=d.quota_remaining,
+                   disclosure=rules, policy_revision=d.revision)
 
 
 class AuditItemOut(BaseModel):

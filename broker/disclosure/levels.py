@@ -10,6 +10,7 @@ checked column names and constants of this module; bin edges and labels are boun
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from broker.domain.datasets import FieldSpec, FieldType
 from broker.domain.errors import InvalidInput
+from broker.domain.queries import Dimension
 
 MAX_BINS = 32
 
@@ -152,3 +154,60 @@ def _codes_at(codes: tuple[str, ...] | None, level: str) -> tuple[Any, ...] | No
         return None
     out = dict.fromkeys(generalise_gbt4754(c, level) for c in codes)
     return tuple(c for c in out if c is not None)
+
+
+#: Levels that are the stored value itself: grouping there is grouping in clear.
+RAW_LEVELS = frozenset({"raw", "day", "class"})
+_NAMED_LEVELS = frozenset(DATE_LEVELS) | {lv for levels in HIERARCHIES.values() for lv in levels}
+
+
+def dimension_level(dim: Dimension) -> str:
+    """How coarse a dimension's keys are, as the policies name it: ``bins``, a level of the
+    field's hierarchy, or ``raw``. An unknown level name counts as raw (the planner refuses it
+    once the policy has spoken)."""
+    if dim.bins is not None:
+        return "bins"
+    if dim.level in _NAMED_LEVELS:
+        return dim.level
+    return "raw"
+
+
+def _period_start(day: dt.date) -> str:
+    """The coarsest date level whose periods start on ``day``."""
+    if day.day != 1:
+        return "day"
+    if day.month == 1:
+        return "year"
+    return "quarter" if day.month in (4, 7, 10) else "month"
+
+
+def _period_end(day: dt.date) -> str:
+    """The coarsest date level whose periods end on ``day``."""
+    if (day + dt.timedelta(days=1)).day != 1:
+        return "day"
+    if day.month == 12:
+        return "year"
+    return "quarter" if day.month in (3, 6, 9) else "month"
+
+
+def filter_level(op: str, value: Any, ftype: FieldType) -> str:
+    """The coarsest level a filter is aligned with: what it lets a consumer tell apart.
+
+    A date ``range`` whose ends fall on period boundaries (the first day of a month, quarter or
+    year; the last day of one) reveals nothing finer than that period; anything else, and every
+    filter on a non-date field, is ``raw``. Malformed values are ``raw`` too: the planner
+    rejects them once the policy has spoken.
+    """
+    if ftype is not FieldType.DATE or op != "range":
+        return "raw"
+    if not isinstance(value, list) or len(value) != 2 or value == [None, None]:
+        return "raw"
+    found: list[str] = []
+    for bound, align in zip(value, (_period_start, _period_end), strict=True):
+        if bound is None:
+            continue
+        try:
+            found.append(align(dt.date.fromisoformat(bound)))
+        except (TypeError, ValueError):
+            return "raw"
+    return min(found, key=DATE_LEVELS.index)

@@ -32,6 +32,7 @@ class FlowDecision:
     fields: dict[str, str] = field(default_factory=dict)
     field_reasons: dict[str, list[str]] = field(default_factory=dict)
     k: int = 0
+    quota_remaining: int = 0
     rules: Rules | None = None
 
 
@@ -47,8 +48,22 @@ def _object(raw: Any) -> dict[str, Any]:
     return raw
 
 
-#: The verdicts under which a field may be used each way: group keys and filters see values.
-PERMITS = {"dimension": {"clear"}, "filter": {"clear"}, "measure": {"clear", "aggregate"}}
+#: The verdicts under which a field may be used each way. Group keys and filters see values
+#: (clear, or coarser when generalized; a pseudonym stands in for a key); statistics see only
+#: sums, whatever form the field may otherwise take, except a pseudonym's.
+PERMITS = {
+    "dimension": {"clear", "generalize", "pseudonymize"},
+    "filter": {"clear", "generalize"},
+    "measure": {"clear", "generalize", "aggregate"},
+}
+VERDICTS = {"clear", "generalize", "pseudonymize", "aggregate", "deny"}
+
+
+def _whole(raw: Any) -> Any:
+    """A whole number as int (engines differ in writing 7 or 7.0); anything else unchanged."""
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    return raw
 
 
 def _number(raw: Any, low: float, high: float) -> float:
@@ -73,16 +88,23 @@ def _rules(raw: Any, k: int) -> Rules:
     )
 
 
+def query_uses(query: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, use) for every use the policy view of a query makes (as broker.flow derives)."""
+    uses = [(d["field"], "dimension") for d in query.get("group_by", [])]
+    uses += [(f, "measure") for m in query.get("measures", []) for f in m["fields"]]
+    uses += [(flt["field"], "filter") for flt in query.get("filters", [])]
+    return uses
+
+
 def _use_mismatches(document: Mapping[str, Any], verdicts: Mapping[str, str]) -> set[str]:
     """Reasons the verdicts do not cover how the query uses each field (empty when they do)."""
     query = document.get("query")
-    uses = query.get("uses") if isinstance(query, Mapping) else None
     reasons: set[str] = set()
-    for use in uses if isinstance(uses, list) else []:
-        verdict = verdicts.get(use.get("field"))
+    for name, use in query_uses(query) if isinstance(query, Mapping) else []:
+        verdict = verdicts.get(name)
         if verdict is None:
             reasons.add("field-verdict-missing")
-        elif verdict != "deny" and verdict not in PERMITS.get(use.get("use"), set()):
+        elif verdict != "deny" and verdict not in PERMITS[use]:
             reasons.add("verdict-use-mismatch")
     return reasons
 
@@ -101,11 +123,17 @@ class Policies:
     def _evaluate(self, entrypoint: str, document: Mapping[str, Any]) -> dict[str, Any]:
         """The engine's answer as an object; any engine failure is Unavailable (fail closed)."""
         try:
-            return _object(self.engine.evaluate(entrypoint, document))
+            raw = _object(self.engine.evaluate(entrypoint, document))
         except BrokerError:
             raise
         except Exception as exc:
             raise Unavailable("The policy engine failed; nothing was released.") from exc
+        if raw.get("revision") != self.revision:
+            # The engine runs other policies than the ones this broker records in its audit
+            # entries (an OPA server with a stale bundle, say): no decision can be trusted.
+            raise Unavailable("The policy engine runs another policy revision; nothing was "
+                              "released.")
+        return raw
 
     def authorize(
         self,
@@ -135,7 +163,7 @@ class Policies:
         reasons = _reasons(raw.get("reasons"))
         fields = _object(raw.get("fields"))
         field_reasons = _object(raw.get("field_reasons"))
-        k = raw.get("k")
+        k = _whole(raw.get("k"))
         verdicts = {str(name): str(v) for name, v in fields.items()}
         per_field = {str(name): list(_reasons(v)) for name, v in field_reasons.items()}
         # Belt and braces against an engine that evaluates one rule wrongly: a decision that
@@ -144,10 +172,13 @@ class Policies:
         field_denials = {r for rs in per_field.values() for r in rs}
         if any(v == "deny" and not per_field.get(f) for f, v in verdicts.items()):
             field_denials.add("field-denied")
-        if any(v not in ("clear", "aggregate", "deny") for v in verdicts.values()):
+        if any(v not in VERDICTS for v in verdicts.values()):
             field_denials.add("unsupported-field-verdict")
-        field_denials |= _use_mismatches(document, verdicts)
-        if not isinstance(k, int) or isinstance(k, bool):
+        if raw.get("allow") is True:
+            field_denials |= _use_mismatches(document, verdicts)
+        quota = _whole(raw.get("quota_remaining"))
+        if (not isinstance(k, int) or isinstance(k, bool) or not isinstance(quota, int)
+                or isinstance(quota, bool)):
             raise Unavailable("The policy returned a malformed decision; nothing was released.")
         allow = raw.get("allow") is True and not reasons and not field_denials
         if raw.get("allow") is True and allow and k < 2:
@@ -160,5 +191,6 @@ class Policies:
             fields=verdicts,
             field_reasons=per_field,
             k=k,
+            quota_remaining=quota,
             rules=rules,
         )

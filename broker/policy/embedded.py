@@ -3,33 +3,35 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import regopy
 
-from broker.domain.errors import Unavailable
+from broker.domain.errors import BrokerError, Unavailable
 from broker.policy.bundle import ENTRYPOINTS, PolicySources
+from broker.policy.worker import SerialWorker
 
 
 class EmbeddedPolicyEngine:
     """Compiles the policy directory once and evaluates entrypoints against it.
 
-    A regopy interpreter keeps its input as state, so evaluations are serialised with a lock;
-    one decision takes about 150 us, far below the rest of a request.
+    A regopy interpreter keeps its input as state, so evaluations run one at a time on one
+    worker thread, each within ``timeout`` seconds. One decision takes about 150 us.
     """
 
-    def __init__(self, policy_dir: Path) -> None:
+    name = "regopy"
+
+    def __init__(self, policy_dir: Path, *, timeout: float = 2.0) -> None:
         sources = PolicySources.load(policy_dir)
         builder = regopy.Interpreter()
-        builder.add_data(sources.data)
+        builder.add_data(sources.document)
         for name, text in sources.modules.items():
             builder.add_module(name, text)
         self._bundle = builder.build(None, list(ENTRYPOINTS))
         self._interpreter = regopy.Interpreter()
-        self._lock = threading.Lock()
+        self._worker = SerialWorker("regopy", timeout)
         self._revision = sources.revision
 
     @property
@@ -38,14 +40,12 @@ class EmbeddedPolicyEngine:
         return self._revision
 
     def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
-        """The value of ``entrypoint`` for ``input``; Unavailable on any engine failure."""
+        """The value of ``entrypoint`` for ``input``; Unavailable on any failure or timeout."""
         try:
-            document = json.dumps(input, allow_nan=False)
-            with self._lock:
-                self._interpreter.set_input_term(document)
-                output = self._interpreter.query_bundle_entrypoint(self._bundle, entrypoint)
-                ok = output.ok()
-                text = output.expressions().json() if ok else ""
+            ok, text = self._worker.call(self._run, entrypoint,
+                                         json.dumps(input, allow_nan=False))
+        except BrokerError:
+            raise
         except Exception as exc:
             raise Unavailable("The policy engine failed; nothing was released.") from exc
         if not ok:
@@ -54,3 +54,13 @@ class EmbeddedPolicyEngine:
         if not isinstance(values, list) or len(values) != 1:
             raise Unavailable("The policy gave no decision; nothing was released.")
         return values[0]
+
+    def _run(self, entrypoint: str, document: str) -> tuple[bool, str]:
+        self._interpreter.set_input_term(document)
+        output = self._interpreter.query_bundle_entrypoint(self._bundle, entrypoint)
+        ok = bool(output.ok())
+        return ok, output.expressions().json() if ok else ""
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._worker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import threading
 from dataclasses import asdict, dataclass, field, replace
@@ -17,9 +18,11 @@ from pyroaring import BitMap
 from audit.entry import AuditEvent, format_ts
 from broker.disclosure.cells import CellTable, read_table
 from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.levels import RAW_LEVELS, dimension_level, filter_level
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
 from broker.disclosure.primary import Rules
 from broker.disclosure.protect import protect
+from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
@@ -29,7 +32,7 @@ from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release
 from broker.policy.decisions import FlowDecision, Policies
 from broker.services.contracts import contract_resource
 from broker.services.guard import Guard
-from contracts.model import Contract
+from contracts.model import Contract, FieldForm
 
 AGGREGATE = "query.aggregate"
 EXPLAIN = "policy.explain"
@@ -71,6 +74,7 @@ class QueryService:
     storage: DatasetStorage
     engine: QueryEngine
     clock: Clock
+    pseudonyms: Pseudonymizer
     ledgers: LedgerCache = field(default_factory=lambda: LedgerCache())
 
     def aggregate(self, ctx: RequestContext, spec: AggregateSpec) -> Release:
@@ -125,6 +129,7 @@ class QueryService:
                 cells, remainder = outcome.cells, outcome.remainder
             else:  # unreachable: either an earlier answer or a fresh one exists
                 raise Unavailable("No answer was computed; nothing was released.")
+            cells = _pseudonymized(self.pseudonyms, spec.contract_id, decision, cells)
             release = Release(
                 query_id=ctx.request_id,
                 cells=cells,
@@ -170,7 +175,11 @@ class QueryService:
                     raise
             uow.audit.append(event)
             uow.commit()
-            return result.decision
+        decision = result.decision
+        if decision.allow and result.contract is not None:
+            rules = _stricter(decision.rules, result.contract)
+            decision = replace(decision, k=rules.k_min, rules=rules)
+        return decision
 
     def _run(self, plan: CellPlan, dataset: Dataset, spec: AggregateSpec
              ) -> tuple[pa.Table, Scopes]:
@@ -231,13 +240,16 @@ class QueryService:
                 **ctx.principal.as_actor(),
                 "registered": uow.orgs.get(ctx.principal.org) is not None,
             },
-            "now": now.timestamp(),
+            # Whole seconds, so that a repeated decision is a cache hit; the contract's window
+            # is rounded inwards to match (Contract.policy_view), which never admits more.
+            "now": math.floor(now.timestamp()),
             "usage": {"queries_today": usage},
             "contract": contract.policy_view(now) if contract else None,
             "dataset": _dataset_view(dataset),
-            "query": {"purpose": spec.purpose, "uses": spec.field_uses()},
+            "query": _query_view(spec, dataset),
         }
-        return _Context(contract, dataset, target, self.policies.flow(document))
+        decision = _against_contract(self.policies.flow(document), contract, spec)
+        return _Context(contract, dataset, target, decision)
 
     def _event(
         self, ctx: RequestContext, spec: AggregateSpec, result: _Context, action: str
@@ -325,6 +337,18 @@ def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex
     return _Outcome(cells, remainder, protected.ledger)
 
 
+def _pseudonymized(pseudonyms: Pseudonymizer, contract_id: str, decision: FlowDecision,
+                   cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
+    """Keys of the fields the policy lets out pseudonymized, replaced; the cells then ordered by
+    their released keys, since the order of a code list would otherwise undo the pseudonyms."""
+    hidden = {f for f, verdict in decision.fields.items() if verdict == "pseudonymize"}
+    if not hidden:
+        return cells
+    out = pseudonyms.cells(contract_id, cells, hidden)
+    return tuple(sorted(out, key=lambda c: (len(c.key), sorted((k, str(v))
+                                                                for k, v in c.key.items()))))
+
+
 def _stricter(rules: Rules | None, contract: Contract) -> Rules:
     """The policy's thresholds, never laxer than the contract's own (fail closed)."""
     if rules is None:
@@ -364,6 +388,44 @@ def _day_start(now: datetime) -> str:
     return format_ts(datetime.combine(now.date(), time.min, tzinfo=now.tzinfo))
 
 
+def _query_view(spec: AggregateSpec, dataset: Dataset | None) -> dict[str, Any]:
+    """The query as the policies see it: its structure and how coarse each use is, never a
+    filter value."""
+    types = {f.name: f.type for f in dataset.schema.fields} if dataset else {}
+    return {
+        "purpose": spec.purpose,
+        "group_by": [{"field": d.field, "level": dimension_level(d)} for d in spec.group_by],
+        "measures": [{"fn": m.fn.value, "fields": list(m.fields)} for m in spec.measures],
+        "filters": [
+            {"field": f.field, "op": f.op.value,
+             "level": filter_level(f.op.value, f.value, types[f.field])
+             if f.field in types else "raw"}
+            for f in spec.filters
+        ],
+    }
+
+
+def _against_contract(decision: FlowDecision, contract: Contract | None,
+                      spec: AggregateSpec) -> FlowDecision:
+    """The policy's verdicts checked against the contract's forms, as a second line.
+
+    A field the contract lets out only generalized must be grouped at a coarser level; one it
+    lets out only pseudonymized must get the pseudonymize verdict; an aggregate-only field is
+    never a key. An allow that breaks this is turned into a denial.
+    """
+    if not decision.allow or contract is None:
+        return decision
+    for d in spec.group_by:
+        form = contract.fields.get(d.field)
+        verdict = decision.fields.get(d.field)
+        if (form is None or form is FieldForm.AGGREGATE
+                or (form is FieldForm.GENERALIZE and dimension_level(d) in RAW_LEVELS)
+                or (form is FieldForm.PSEUDONYMIZE) != (verdict == "pseudonymize")):
+            return replace(decision, allow=False, reasons=("verdict-contract-mismatch",),
+                           rules=None)
+    return decision
+
+
 def _dataset_view(dataset: Dataset | None) -> dict[str, Any] | None:
     if dataset is None:
         return None
@@ -372,7 +434,7 @@ def _dataset_view(dataset: Dataset | None) -> dict[str, Any] | None:
         "entity_field": dataset.schema.entity_field,
         "fields": {
             f.name: {"type": f.type.value, "role": f.role.value,
-                     "sensitivity": f.sensitivity.value}
+                     "sensitivity": f.sensitivity.value, "hierarchy": f.hierarchy}
             for f in dataset.schema.fields
         },
     }

@@ -11,14 +11,19 @@ grants := data.config.authz.grants
 default allow := false
 
 allow if {
-	grants[input.action]
+	action_known
 	count(deny) == 0
 }
 
-deny contains "unknown-action" if not grants[input.action]
+deny contains "unknown-action" if not action_known
+
+# A `not` negates only a rule name or a plain comparison: OPA hoists a nested reference or a
+# call's arguments out of the negation, so `not grants[input.action]` is undefined, not true,
+# when the action is missing, while regopy makes it true. The cross-engine cases pin this.
+action_known if grants[input.action]
 
 deny contains "role-not-permitted" if {
-	grants[input.action]
+	action_known
 	not role_permitted
 }
 
@@ -58,4 +63,4 @@ holds("consumer") if input.resource.consumer_org == input.principal.org
 
 holds("offered") if input.principal.org in input.resource.offered_to
 
-decision := {"allow": allow, "reasons": deny}
+decision := {"allow": allow, "reasons": deny, "revision": data.policy.revision}

@@ -1,11 +1,23 @@
 # METADATA
 # title: Which fields may flow to the industry brain, in which form
 # description: |
-#   Judges an aggregate query against its usage contract and the dataset's field roles.
-#   Every deny is written as "not <requirement>" so that missing input yields a reason.
-#   Per-field verdicts: clear (released as group keys or used in filters), aggregate (only
-#   inside statistics), deny. Thresholds come from the contract and data.config.
+#   Judges an aggregate query against its usage contract, the dataset's field roles and
+#   sensitivity levels, the purpose, the validity window and the remaining daily quota.
+#   Per requested field the verdict is one of
+#     clear         its values leave as they are (group keys, filters)
+#     generalize    only at a coarser level: a date by month, quarter or year, an industry
+#                   code by group, division or section, a number in bins
+#     pseudonymize  group keys replaced by keyed pseudonyms, stable within one contract
+#     aggregate     only inside statistics (sum, mean, ratio)
+#     deny          with the reasons in field_reasons
+#   Every deny is written as "not <requirement>", so missing input yields a reason rather than
+#   an allow. A `not` negates only a rule name or a plain comparison: OPA hoists a nested
+#   reference or a call's arguments (`in`, `>=`, is_number) out of the negation, so such a
+#   `not` over missing input is undefined on OPA and true on regopy. Each requirement is
+#   therefore a rule of its own, and the cross-engine decision cases pin the difference. The query's shape is judged by broker.query, whose reasons are folded in here.
 package broker.flow
+
+import data.broker.query
 
 default allow := false
 
@@ -16,7 +28,15 @@ allow if {
 
 contract_present if is_object(input.contract)
 
-deny contains "role-not-permitted" if not "consumer" in input.principal.roles
+# The parts of the input as objects, {} when missing or of another type: object.get() on a
+# null is a type error on OPA and not on regopy, so nothing here calls it on input directly.
+contract := input.contract if is_object(input.contract) else := {}
+
+fields := query.fields
+
+deny contains "role-not-permitted" if not is_consumer
+
+is_consumer if "consumer" in input.principal.roles
 
 deny contains "org-not-registered" if not input.principal.registered == true
 
@@ -29,147 +49,314 @@ deny contains "contract-not-active" if {
 
 deny contains "consumer-not-party" if {
 	contract_present
-	not input.contract.consumer_org == input.principal.org
+	not consumer_is_party
 }
+
+consumer_is_party if input.contract.consumer_org == input.principal.org
 
 deny contains "contract-not-yet-valid" if {
 	contract_present
-	not input.now >= input.contract.valid_from
+	not started
+}
+
+# Comparisons only between numbers: across types OPA orders by type (null < number) where
+# regopy does not, so `900 < null` would hold on one engine and not the other.
+started if {
+	is_number(input.now)
+	is_number(input.contract.valid_from)
+	input.now >= input.contract.valid_from
 }
 
 deny contains "contract-expired" if {
 	contract_present
-	not input.now < input.contract.valid_until
+	not ended_after_now
+}
+
+ended_after_now if {
+	is_number(input.now)
+	is_number(input.contract.valid_until)
+	input.now < input.contract.valid_until
 }
 
 deny contains "daily-quota-exhausted" if {
 	contract_present
-	not input.usage.queries_today < input.contract.max_queries_per_day
+	not quota_remaining > 0
 }
 
-deny contains "purpose-unknown" if not data.config.purposes[input.query.purpose]
+deny contains "purpose-unknown" if not purpose_known
+
+purpose_known if data.config.purposes[input.query.purpose]
 
 deny contains "purpose-not-in-contract" if {
 	contract_present
-	not input.query.purpose in input.contract.purposes
+	not purpose_contracted
 }
 
-# The contract's k must reach the floor of every sensitivity level the query touches (and the
-# L1 floor in any case). Written per level rather than with max(): regopy 1.5.2's max() compares
-# numbers as text (max({3, 10}) == 3), which would silently lower the floor.
-deny contains "k-below-floor" if {
+purpose_contracted if input.query.purpose in input.contract.purposes
+
+# A k that is not a whole number denies rather than being compared (strings order after
+# numbers in Rego, so "2" >= 10 would hold).
+deny contains "contract-k-malformed" if {
 	contract_present
-	some level in floor_levels
-	not input.contract.k_min >= data.config.k_floor[level]
+	not k_is_whole
 }
+
+k_is_whole if {
+	is_number(input.contract.k_min)
+	round(input.contract.k_min) == input.contract.k_min
+}
+
+deny contains reason if some reason in query.deny
 
 deny contains d.reason if some d in use_denials
 
-floor_levels contains "L1"
+default quota_remaining := 0
 
-floor_levels contains input.dataset.fields[u.field].sensitivity if some u in input.query.uses
+quota_remaining := input.contract.max_queries_per_day - input.usage.queries_today if {
+	is_number(input.contract.max_queries_per_day)
+	is_number(input.usage.queries_today)
+}
 
+# The k that applies: the contract's, raised to the floor of every sensitivity level the query
+# touches (broker.query). Raising is stricter than the parties agreed, never laxer.
 default k := 0
 
-k := input.contract.k_min if contract_present
+k := input.contract.k_min if {
+	k_is_whole
+	input.contract.k_min >= query.k_floor
+} else := query.k_floor if contract_present
+
+# How a query uses its fields, derived from its structure.
+uses contains {"field": d.field, "use": "dimension", "level": level_of(d)} if {
+	some d in query.group_by
+}
+
+uses contains {"field": f, "use": "measure", "level": "aggregate"} if {
+	some m in query.measures
+	some f in query.measure_fields(m)
+}
+
+uses contains {"field": flt.field, "use": "filter", "level": level_of(flt)} if {
+	some flt in query.filters
+}
+
+# A use without a level counts as raw (and the query as malformed: broker.query).
+level_of(x) := x.level if is_string(x.level) else := "raw"
+
+form(f) := contract.fields[f]
+
+role(f) := fields[f].role
+
+# The kind of a field decides which levels generalise it (data.config.generalize).
+kind(f) := "date" if fields[f].type == "date"
+
+kind(f) := fields[f].hierarchy if {
+	fields[f].type == "string"
+	is_string(fields[f].hierarchy)
+}
+
+kind(f) := "numeric" if fields[f].type in {"integer", "number"}
+
+generalized(u) if u.level in data.config.generalize[kind(u.field)]
+
+reveals_values(u) if u.use in {"dimension", "filter"}
 
 # Per use of a field: why it may not flow. A field the contract does not list is reported the
 # same way whether or not the dataset has it, so probing reveals no field names.
 use_denials contains {"field": u.field, "reason": "field-not-in-contract"} if {
 	contract_present
-	some u in input.query.uses
-	not input.contract.fields[u.field]
+	some u in uses
+	not contracted(u.field)
 }
 
-use_denials contains {"field": u.field, "reason": "identifier-never-flows"} if {
-	some u in input.query.uses
-	input.dataset.fields[u.field].role == "identifier"
+use_denials contains {"field": u.field, "reason": "field-not-in-contract"} if {
+	contract_present
+	some u in uses
+	not in_dataset(u.field)
 }
+
+contracted(f) if contract.fields[f]
+
+in_dataset(f) if fields[f]
 
 use_denials contains {"field": u.field, "reason": "entity-field-not-usable"} if {
-	some u in input.query.uses
-	input.dataset.fields[u.field].role == "entity"
+	some u in uses
+	role(u.field) == "entity"
 }
 
-use_denials contains {"field": u.field, "reason": "dimension-requires-clear-form"} if {
-	some u in input.query.uses
-	u.use in {"dimension", "filter"}
-	input.contract.fields[u.field]
-	not input.contract.fields[u.field] == "clear"
+use_denials contains {"field": u.field, "reason": "identifier-never-in-clear"} if {
+	some u in uses
+	role(u.field) == "identifier"
+	form(u.field) == "clear"
 }
 
 use_denials contains {"field": u.field, "reason": "sensitive-field-aggregate-only"} if {
-	some u in input.query.uses
-	u.use in {"dimension", "filter"}
-	input.dataset.fields[u.field].role == "sensitive"
+	some u in uses
+	reveals_values(u)
+	role(u.field) == "sensitive"
+}
+
+use_denials contains {"field": u.field, "reason": "field-aggregate-only"} if {
+	some u in uses
+	reveals_values(u)
+	form(u.field) == "aggregate"
+}
+
+use_denials contains {"field": u.field, "reason": "generalization-required"} if {
+	some u in uses
+	reveals_values(u)
+	form(u.field) == "generalize"
+	not generalized(u)
+}
+
+use_denials contains {"field": u.field, "reason": "filter-on-pseudonymized-field"} if {
+	some u in uses
+	u.use == "filter"
+	form(u.field) == "pseudonymize"
+}
+
+# A measure's own figures are grouped only into bins: a key that is a firm's exact value
+# would publish that value.
+use_denials contains {"field": u.field, "reason": "measure-dimension-requires-bins"} if {
+	some u in uses
+	u.use == "dimension"
+	role(u.field) == "measure"
+	not u.level == "bins"
+}
+
+# A threshold on a firm's own figures selects firms by their secret: moved across one firm's
+# value, it makes any answer, even a refusal, an oracle for that value.
+use_denials contains {"field": u.field, "reason": "filter-on-measure"} if {
+	some u in uses
+	u.use == "filter"
+	role(u.field) == "measure"
 }
 
 use_denials contains {"field": u.field, "reason": "not-a-measure"} if {
-	some u in input.query.uses
+	some u in uses
 	u.use == "measure"
-	input.contract.fields[u.field]
-	not input.dataset.fields[u.field].role in {"measure", "sensitive"}
+	fields[u.field]
+	not magnitude(u.field)
 }
+
+magnitude(f) if role(f) in {"measure", "sensitive"}
 
 use_denials contains {"field": u.field, "reason": "measure-not-numeric"} if {
-	some u in input.query.uses
+	some u in uses
 	u.use == "measure"
-	input.contract.fields[u.field]
-	not input.dataset.fields[u.field].type in {"integer", "number"}
+	fields[u.field]
+	not numeric(u.field)
 }
+
+numeric(f) if fields[f].type in {"integer", "number"}
 
 use_denials contains {"field": u.field, "reason": "measure-form-not-aggregable"} if {
-	some u in input.query.uses
+	some u in uses
 	u.use == "measure"
-	input.contract.fields[u.field]
-	not input.contract.fields[u.field] in {"aggregate", "clear"}
+	contract.fields[u.field]
+	not aggregable(u.field)
 }
 
-used_fields contains u.field if some u in input.query.uses
+aggregable(f) if form(f) in {"aggregate", "clear", "generalize"}
+
+use_denials contains {"field": u.field, "reason": "unknown-field-form"} if {
+	some u in uses
+	contract.fields[u.field]
+	not known_form(u.field)
+}
+
+known_form(f) if form(f) in {"aggregate", "clear", "generalize", "pseudonymize"}
+
+use_denials contains d if some d in query.field_denials
+
+# The form each allowed use flows in.
+use_form(u) := "aggregate" if u.use == "measure"
+
+use_form(u) := "pseudonymize" if {
+	u.use == "dimension"
+	form(u.field) == "pseudonymize"
+}
+
+use_form(u) := "generalize" if {
+	reveals_values(u)
+	form(u.field) in {"clear", "generalize"}
+	generalized(u)
+}
+
+use_form(u) := "clear" if {
+	reveals_values(u)
+	form(u.field) == "clear"
+	not generalized(u)
+}
+
+used_fields contains u.field if some u in uses
 
 denied_fields contains d.field if some d in use_denials
 
-clear_fields contains u.field if {
-	some u in input.query.uses
-	u.use in {"dimension", "filter"}
-}
+forms_of(f) := {use_form(u) | some u in uses; u.field == f}
 
-fields[f] := "deny" if {
-	some f in denied_fields
-}
+# A field used several ways flows in its most revealing form.
+fields_verdict[f] := "deny" if some f in denied_fields
 
-fields[f] := "clear" if {
+fields_verdict[f] := "clear" if {
 	some f in used_fields
 	not f in denied_fields
-	f in clear_fields
+	"clear" in forms_of(f)
 }
 
-fields[f] := "aggregate" if {
+fields_verdict[f] := "pseudonymize" if {
 	some f in used_fields
 	not f in denied_fields
-	not f in clear_fields
+	forms := forms_of(f)
+	not "clear" in forms
+	"pseudonymize" in forms
+}
+
+fields_verdict[f] := "generalize" if {
+	some f in used_fields
+	not f in denied_fields
+	forms := forms_of(f)
+	not "clear" in forms
+	not "pseudonymize" in forms
+	"generalize" in forms
+}
+
+fields_verdict[f] := "aggregate" if {
+	some f in used_fields
+	not f in denied_fields
+	forms_of(f) == {"aggregate"}
+}
+
+# A use that no rule above covers has no verdict: deny it rather than let it through.
+deny contains "field-verdict-missing" if {
+	contract_present
+	some f in used_fields
+	not fields_verdict[f]
 }
 
 field_reasons[f] := {d.reason | some d in use_denials; d.field == f} if some f in denied_fields
 
 # Disclosure thresholds: the contract's, made at least as strict as the floors in
 # data.config.disclosure (a larger n, a smaller k percent, a larger p). Written with else
-# rather than max()/min() for the reason given at k-below-floor.
+# rather than max()/min() for the reason given in broker.query.
 floors := data.config.disclosure
 
-contract_dominance := object.get(object.get(input, "contract", {}), "dominance", {})
+contract_dominance := contract.dominance if is_object(contract.dominance) else := {}
 
 dominance_n := contract_dominance.n if {
+	is_number(contract_dominance.n)
 	contract_dominance.n >= floors.dominance_floor.n
 } else := floors.dominance_floor.n
 
 dominance_k := contract_dominance.k if {
+	is_number(contract_dominance.k)
 	contract_dominance.k <= floors.dominance_floor.k
 } else := floors.dominance_floor.k
 
 contract_p := object.get(contract_dominance, "p", 0)
 
 p_percent := contract_p if {
+	is_number(contract_p)
 	contract_p >= floors.p_percent_floor
 } else := floors.p_percent_floor
 
@@ -184,8 +371,10 @@ disclosure := {
 decision := {
 	"allow": allow,
 	"reasons": deny,
-	"fields": fields,
+	"fields": fields_verdict,
 	"field_reasons": field_reasons,
 	"k": k,
+	"quota_remaining": quota_remaining,
 	"disclosure": disclosure,
+	"revision": data.policy.revision,
 }

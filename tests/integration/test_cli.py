@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
 import tarfile
 from pathlib import Path
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 
 from broker.cli import EXIT_CHAIN_BROKEN, app
 from broker.settings import Settings
+from policies import POLICY_DIR
 from tests.conftest import World
 
 runner = CliRunner()
@@ -68,10 +71,28 @@ def test_verify_a_database_names_the_changed_entry(world: World, settings: Setti
     assert "seq 2" in result.stdout
 
 
-def test_policy_test_runs_every_decision_case() -> None:
+def test_policy_test_runs_the_rego_tests_and_every_decision_case() -> None:
     result = runner.invoke(app, ["policy", "test"])
     assert result.exit_code == 0, result.output
-    assert " 0 failed" in result.stdout
+    assert re.search(r"Rego unit tests \(OPA Go engine\): [1-9]\d* passed, 0 failed",
+                     result.stdout)
+    assert re.search(r"decision cases on regopy, opa-go: [1-9]\d* passed, 0 failed",
+                     result.stdout)
+
+
+def test_policy_test_fails_on_a_policy_that_breaks_a_case(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Lower the L4 floor in a copy of the policies: the Rego tests and cases must catch it."""
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    data = json.loads((copy / "data.json").read_text())
+    data["config"]["k_floor"]["L4"] = 4
+    (copy / "data.json").write_text(json.dumps(data))
+    monkeypatch.setenv("BROKER_POLICY_DIR", str(copy))
+    result = runner.invoke(app, ["policy", "test"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.stdout
 
 
 def test_policy_bundle_has_a_manifest_with_the_revision(tmp_path: Path) -> None:
@@ -82,5 +103,5 @@ def test_policy_bundle_has_a_manifest_with_the_revision(tmp_path: Path) -> None:
         names = set(tar.getnames())
         manifest = json.loads(tar.extractfile(".manifest").read())  # type: ignore[union-attr]
     assert {"broker/authz.rego", "broker/flow.rego", "data.json", ".manifest"} <= names
-    assert manifest["roots"] == ["broker", "config"]
+    assert manifest["roots"] == ["broker", "config", "policy"]
     assert manifest["revision"] in result.stdout

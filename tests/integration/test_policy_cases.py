@@ -1,41 +1,119 @@
-"""The decision cases in policies/cases (input -> expected), run on every available engine."""
+"""The decision cases in policies/cases, on every engine: regopy in process, the OPA Go engine
+in process, and the OPA REST adapter over loopback HTTP (to the Go engine behind the test
+fixture server). Each case must get its expected decision, and every engine the same whole
+decision; a generated corpus of inputs must get the same decision everywhere too."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from broker.domain.ports import PolicyEngine
+from broker.policy.bundle import PolicySources
+from broker.policy.cases import DecisionCase, load_cases, merge_patch
+from broker.policy.conformance import canonical, check_case
 from broker.policy.embedded import EmbeddedPolicyEngine
+from broker.policy.golib import GoPolicyEngine
+from broker.policy.opa import OpaServerPolicyEngine
 from policies import POLICY_DIR
+from tests.fake_opa import running_fake_opa
+from tests.integration.policy_inputs import flow_inputs
 
-CASES = [
-    (entry, case)
-    for entry, name in (("broker/authz/decision", "authz"), ("broker/flow/decision", "flow"))
-    for case in json.loads((POLICY_DIR / "cases" / f"{name}.json").read_text())
-]
-
-ENGINES: dict[str, Callable[[], PolicyEngine]] = {
-    "regopy": lambda: EmbeddedPolicyEngine(POLICY_DIR),
-}
+CASES = load_cases(POLICY_DIR)
 
 
-@pytest.fixture(scope="module", params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest) -> PolicyEngine:
-    return ENGINES[request.param]()
+@pytest.fixture(scope="module")
+def engines() -> Iterator[list[PolicyEngine]]:
+    """All three engines, the REST one pushed its policies over HTTP."""
+    with running_fake_opa() as (url, _):
+        rest = OpaServerPolicyEngine(url, POLICY_DIR, push=True)
+        found: list[PolicyEngine] = [EmbeddedPolicyEngine(POLICY_DIR), GoPolicyEngine(POLICY_DIR),
+                                     rest]
+        yield found
+        rest.close()
 
 
-@pytest.mark.parametrize(("entrypoint", "case"), CASES, ids=[c["name"] for _, c in CASES])
-def test_decision_case(engine: PolicyEngine, entrypoint: str, case: dict[str, Any]) -> None:
-    got = engine.evaluate(entrypoint, case["input"])
-    for key, expected in case["expect"].items():
-        assert got[key] == expected, f"{case['name']}: {key}"
+def test_every_file_and_entrypoint_has_cases() -> None:
+    files = {c.file for c in CASES}
+    assert {"authz.json", "flow.json", "query.json"} <= files
+    assert {c.entrypoint for c in CASES} == {"broker/authz/decision", "broker/flow/decision",
+                                           "broker/query/decision"}
 
 
-def test_revision_is_a_stable_content_hash() -> None:
-    a, b = EmbeddedPolicyEngine(POLICY_DIR), EmbeddedPolicyEngine(POLICY_DIR)
-    assert a.revision == b.revision
-    assert len(a.revision) == 16
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.file}:{c.name}" for c in CASES])
+def test_decision_case_on_every_engine(engines: list[PolicyEngine], case: DecisionCase) -> None:
+    outcome = check_case(engines, case)
+    assert not outcome.errors, outcome.errors
+    assert not outcome.wrong, outcome.wrong
+    assert not outcome.disagreement, outcome.disagreement
+
+
+@settings(max_examples=int(os.environ.get("BROKER_PROPERTY_EXAMPLES", "150")),
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=flow_inputs())
+def test_engines_agree_on_generated_inputs(engines: list[PolicyEngine],
+                                           document: dict[str, Any]) -> None:
+    """Random, partly malformed inputs (missing keys, wrong types, unknown fields and levels):
+    the three engines must give the same whole decision, or all fail."""
+    answers = []
+    for engine in engines:
+        try:
+            answers.append(canonical(engine.evaluate("broker/flow/decision", document)))
+        except Exception as exc:
+            answers.append(f"error {type(exc).__name__}")
+    assert len(set(answers)) == 1, answers
+
+
+def test_a_missing_action_is_unknown_on_every_engine(engines: list[PolicyEngine]) -> None:
+    """The first disagreement the cross-engine run found: `not grants[input.action]` is true
+    on regopy and undefined on OPA when the action is missing."""
+    for engine in engines:
+        assert engine.evaluate("broker/authz/decision", {})["reasons"] == ["unknown-action"]
+
+
+def test_revision_is_a_stable_content_hash(engines: list[PolicyEngine]) -> None:
+    revisions = {e.revision for e in engines} | {PolicySources.load(POLICY_DIR).revision}
+    assert len(revisions) == 1
+    (revision,) = revisions
+    assert re.fullmatch(r"[0-9a-f]{16}", revision)
+    for engine in engines:
+        assert engine.evaluate("broker/flow/decision", {})["revision"] == revision
+
+
+def test_revision_changes_with_any_policy_file(tmp_path: Any) -> None:
+    import shutil
+
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    before = PolicySources.load(copy).revision
+    case_file = copy / "cases" / "authz.json"
+    case_file.write_text(case_file.read_text() + " ")
+    assert PolicySources.load(copy).revision != before
+
+
+#: Built-ins whose value does not follow from the input: a policy calling one could not be
+#: cached by input digest, nor give the same answer on two engines.
+NON_DETERMINISTIC = re.compile(
+    r"\b(time\.now_ns|http\.send|rand\.intn|uuid\.rfc4122|opa\.runtime|net\.lookup_ip_addr"
+    r"|crypto\.x509\.parse_and_verify_certificates)\b")
+
+
+def test_policies_are_pure_functions_of_their_input() -> None:
+    for name, text in PolicySources.load(POLICY_DIR).modules.items():
+        assert not NON_DETERMINISTIC.search(text), name
+
+
+def test_merge_patch_follows_rfc_7396() -> None:
+    # RFC 7396, appendix A, a selection.
+    assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": "b"}, {"b": "c"}) == {"a": "b", "b": "c"}
+    assert merge_patch({"a": "b"}, {"a": None}) == {}
+    assert merge_patch({"a": [{"b": "c"}]}, {"a": [1]}) == {"a": [1]}
+    assert merge_patch({"e": None}, {"a": 1}) == {"e": None, "a": 1}
+    assert merge_patch([1, 2], {"a": "b", "c": None}) == {"a": "b"}
+    assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}

@@ -26,16 +26,21 @@ class FakeEngine:
     def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:  # noqa: ARG002
         if isinstance(self.answer, Exception):
             raise self.answer
+        if isinstance(self.answer, dict):
+            return {"revision": "fake", **self.answer}
         return self.answer
 
 
 RULES = {"k": 5, "dominance_n": 2, "dominance_k": 85, "p_percent": 0, "protection_percent": 10}
 OK = {"allow": True, "reasons": [], "fields": {"town": "clear"}, "field_reasons": {}, "k": 5,
-      "disclosure": RULES}
+      "quota_remaining": 3, "disclosure": RULES}
+#: The query the decisions above are about: grouped by town, no measure field.
+QUERY = {"query": {"group_by": [{"field": "town", "level": "raw"}], "measures": [],
+                   "filters": []}}
 
 
 def test_a_consistent_allow_is_an_allow() -> None:
-    decision = Policies(FakeEngine(OK)).flow({})
+    decision = Policies(FakeEngine(OK)).flow(QUERY)
     assert decision.allow
     assert decision.reasons == ()
     assert decision.k == 5
@@ -47,13 +52,15 @@ def test_a_consistent_allow_is_an_allow() -> None:
     [
         ({**OK, "fields": {"name": "deny"}}, "field-denied"),
         ({**OK, "fields": {"name": "deny"}, "field_reasons": {"name": ["x-y"]}}, "x-y"),
-        ({**OK, "fields": {"month": "generalize"}}, "unsupported-field-verdict"),
+        ({**OK, "fields": {"town": "publish"}}, "unsupported-field-verdict"),
+        ({**OK, "fields": {"town": "aggregate"}}, "verdict-use-mismatch"),
+        ({**OK, "fields": {}}, "field-verdict-missing"),
         ({**OK, "k": 1}, "k-below-floor"),
         ({**OK, "allow": "yes"}, None),
     ],
 )
 def test_an_inconsistent_allow_is_a_denial(answer: dict[str, Any], reason: str | None) -> None:
-    decision = Policies(FakeEngine(answer)).flow({})
+    decision = Policies(FakeEngine(answer)).flow(QUERY)
     assert not decision.allow
     if reason:
         assert reason in decision.reasons
@@ -64,7 +71,8 @@ MALFORMED: list[Any] = [None, [], "allow", {"allow": True}, {**OK, "reasons": "n
 
 
 @pytest.mark.parametrize("answer", [
-    *MALFORMED, {**OK, "k": "5"}, {**OK, "fields": []}, {**OK, "disclosure": None},
+    *MALFORMED, {**OK, "k": "5"}, {**OK, "k": 5.5}, {**OK, "quota_remaining": None},
+    {**OK, "fields": []}, {**OK, "disclosure": None}, {**OK, "revision": "other"},
     {**OK, "disclosure": {**RULES, "dominance_n": 2.5}},
     {**OK, "disclosure": {**RULES, "dominance_k": 0}},
     {**OK, "disclosure": {**RULES, "p_percent": -1}},
