@@ -59,7 +59,10 @@ class CachedPolicyEngine:
         value = self.engine.evaluate(entrypoint, input)
         with self._lock:
             self.misses += 1
-            self._cache[key] = json.dumps(value)
+            # Only a decision of the expected revision is kept: one from a server running
+            # other policies is refused by the caller, and must be asked for again next time.
+            if isinstance(value, dict) and value.get("revision") == key[0]:
+                self._cache[key] = json.dumps(value)
         return value
 
     def clear(self) -> None:

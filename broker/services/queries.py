@@ -129,10 +129,12 @@ class QueryService:
                 cells, remainder = outcome.cells, outcome.remainder
             else:  # unreachable: either an earlier answer or a fresh one exists
                 raise Unavailable("No answer was computed; nothing was released.")
-            cells = _pseudonymized(self.pseudonyms, spec.contract_id, decision, cells)
+            # The stored answer keeps the keys in clear (inside the broker); each consumer's
+            # copy gets its own contract's pseudonyms.
+            released = _pseudonymized(self.pseudonyms, spec.contract_id, decision, cells)
             release = Release(
                 query_id=ctx.request_id,
-                cells=cells,
+                cells=released,
                 k=rules.k_min,
                 policy_revision=decision.revision,
                 field_verdicts=decision.fields,
@@ -146,7 +148,7 @@ class QueryService:
                         "k": rules.k_min,
                         "cells_published": release.cells_published,
                         "cells_suppressed": release.cells_suppressed,
-                        "result_digest": result_digest(nonce, cells, remainder),
+                        "result_digest": result_digest(nonce, released, remainder),
                     },
                 )
             )
