@@ -18,7 +18,8 @@ class EmbeddedPolicyEngine:
     """Compiles the policy directory once and evaluates entrypoints against it.
 
     A regopy interpreter keeps its input as state, so evaluations run one at a time on one
-    worker thread, each within ``timeout`` seconds. One decision takes about 150 us.
+    worker thread, each within ``timeout`` seconds. An authz decision takes about 0.4 ms and
+    a flow decision about 2 ms (tests/bench/policy.py); the decision cache spares repeats.
     """
 
     name = "regopy"

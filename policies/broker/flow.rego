@@ -42,9 +42,16 @@ deny contains "org-not-registered" if not input.principal.registered == true
 
 deny contains "no-active-contract" if not contract_present
 
+# "expired" is the broker's own reading of valid_until; it is reported as contract-expired.
 deny contains "contract-not-active" if {
 	contract_present
 	not input.contract.status == "active"
+	not input.contract.status == "expired"
+}
+
+deny contains "contract-expired" if {
+	contract_present
+	input.contract.status == "expired"
 }
 
 deny contains "consumer-not-party" if {
@@ -131,9 +138,8 @@ uses contains {"field": d.field, "use": "dimension", "level": level_of(d)} if {
 	some d in query.group_by
 }
 
-uses contains {"field": f, "use": "measure", "level": "aggregate"} if {
-	some m in query.measures
-	some f in query.measure_fields(m)
+uses contains {"field": p.field, "use": "measure", "level": "aggregate"} if {
+	some p in query.measure_uses
 }
 
 uses contains {"field": flt.field, "use": "filter", "level": level_of(flt)} if {
@@ -143,76 +149,112 @@ uses contains {"field": flt.field, "use": "filter", "level": level_of(flt)} if {
 # A use without a level counts as raw (and the query as malformed: broker.query).
 level_of(x) := x.level if is_string(x.level) else := "raw"
 
-form(f) := contract.fields[f]
+# Per used field, looked up once: its form under the contract, its role and kind in the
+# dataset. Only the fields the query uses are visited (regopy's cost grows with every step).
+form_of[f] := contract.fields[f] if some f in used_fields
 
-role(f) := fields[f].role
+role_of[f] := fields[f].role if some f in used_fields
 
 # The kind of a field decides which levels generalise it (data.config.generalize).
-kind(f) := "date" if fields[f].type == "date"
+kind_of[f] := "date" if {
+	some f in used_fields
+	fields[f].type == "date"
+}
 
-kind(f) := fields[f].hierarchy if {
+kind_of[f] := fields[f].hierarchy if {
+	some f in used_fields
 	fields[f].type == "string"
 	is_string(fields[f].hierarchy)
 }
 
-kind(f) := "numeric" if fields[f].type in {"integer", "number"}
+kind_of[f] := "numeric" if {
+	some f in used_fields
+	fields[f].type in {"integer", "number"}
+}
 
-generalized(u) if u.level in data.config.generalize[kind(u.field)]
+contracted_fields contains f if {
+	some f in used_fields
+	contract.fields[f]
+}
 
-reveals_values(u) if u.use in {"dimension", "filter"}
+dataset_fields contains f if {
+	some f in used_fields
+	fields[f]
+}
+
+magnitude_fields contains f if {
+	some f, role in role_of
+	role in {"measure", "sensitive"}
+}
+
+numeric_fields contains f if some f, "numeric" in kind_of
+
+aggregable_fields contains f if {
+	some f, form in form_of
+	form in {"aggregate", "clear", "generalize"}
+}
+
+known_form_fields contains f if {
+	some f, form in form_of
+	form in {"aggregate", "clear", "generalize", "pseudonymize"}
+}
+
+# Uses whose keys or filter values a consumer sees, and those at a generalising level.
+revealing contains u if {
+	some u in uses
+	u.use in {"dimension", "filter"}
+}
+
+generalized contains u if {
+	some u in uses
+	u.level in data.config.generalize[kind_of[u.field]]
+}
 
 # Per use of a field: why it may not flow. A field the contract does not list is reported the
 # same way whether or not the dataset has it, so probing reveals no field names.
 use_denials contains {"field": u.field, "reason": "field-not-in-contract"} if {
 	contract_present
 	some u in uses
-	not contracted(u.field)
+	not u.field in contracted_fields
 }
 
 use_denials contains {"field": u.field, "reason": "field-not-in-contract"} if {
 	contract_present
 	some u in uses
-	not in_dataset(u.field)
+	not u.field in dataset_fields
 }
-
-contracted(f) if contract.fields[f]
-
-in_dataset(f) if fields[f]
 
 use_denials contains {"field": u.field, "reason": "entity-field-not-usable"} if {
 	some u in uses
-	role(u.field) == "entity"
+	role_of[u.field] == "entity"
 }
 
 use_denials contains {"field": u.field, "reason": "identifier-never-in-clear"} if {
 	some u in uses
-	role(u.field) == "identifier"
-	form(u.field) == "clear"
+	role_of[u.field] == "identifier"
+	form_of[u.field] == "clear"
 }
 
 use_denials contains {"field": u.field, "reason": "sensitive-field-aggregate-only"} if {
-	some u in uses
-	reveals_values(u)
-	role(u.field) == "sensitive"
+	some u in revealing
+	role_of[u.field] == "sensitive"
 }
 
 use_denials contains {"field": u.field, "reason": "field-aggregate-only"} if {
-	some u in uses
-	reveals_values(u)
-	form(u.field) == "aggregate"
+	some u in revealing
+	form_of[u.field] == "aggregate"
 }
 
 use_denials contains {"field": u.field, "reason": "generalization-required"} if {
-	some u in uses
-	reveals_values(u)
-	form(u.field) == "generalize"
-	not generalized(u)
+	some u in revealing
+	form_of[u.field] == "generalize"
+	not u in generalized
 }
 
 use_denials contains {"field": u.field, "reason": "filter-on-pseudonymized-field"} if {
 	some u in uses
 	u.use == "filter"
-	form(u.field) == "pseudonymize"
+	form_of[u.field] == "pseudonymize"
 }
 
 # A measure's own figures are grouped only into bins: a key that is a firm's exact value
@@ -220,7 +262,7 @@ use_denials contains {"field": u.field, "reason": "filter-on-pseudonymized-field
 use_denials contains {"field": u.field, "reason": "measure-dimension-requires-bins"} if {
 	some u in uses
 	u.use == "dimension"
-	role(u.field) == "measure"
+	role_of[u.field] == "measure"
 	not u.level == "bins"
 }
 
@@ -229,102 +271,84 @@ use_denials contains {"field": u.field, "reason": "measure-dimension-requires-bi
 use_denials contains {"field": u.field, "reason": "filter-on-measure"} if {
 	some u in uses
 	u.use == "filter"
-	role(u.field) == "measure"
+	role_of[u.field] == "measure"
 }
 
 use_denials contains {"field": u.field, "reason": "not-a-measure"} if {
 	some u in uses
 	u.use == "measure"
-	fields[u.field]
-	not magnitude(u.field)
+	u.field in dataset_fields
+	not u.field in magnitude_fields
 }
-
-magnitude(f) if role(f) in {"measure", "sensitive"}
 
 use_denials contains {"field": u.field, "reason": "measure-not-numeric"} if {
 	some u in uses
 	u.use == "measure"
-	fields[u.field]
-	not numeric(u.field)
+	u.field in dataset_fields
+	not u.field in numeric_fields
 }
-
-numeric(f) if fields[f].type in {"integer", "number"}
 
 use_denials contains {"field": u.field, "reason": "measure-form-not-aggregable"} if {
 	some u in uses
 	u.use == "measure"
-	contract.fields[u.field]
-	not aggregable(u.field)
+	u.field in contracted_fields
+	not u.field in aggregable_fields
 }
-
-aggregable(f) if form(f) in {"aggregate", "clear", "generalize"}
 
 use_denials contains {"field": u.field, "reason": "unknown-field-form"} if {
 	some u in uses
-	contract.fields[u.field]
-	not known_form(u.field)
+	u.field in contracted_fields
+	not u.field in known_form_fields
 }
-
-known_form(f) if form(f) in {"aggregate", "clear", "generalize", "pseudonymize"}
 
 use_denials contains d if some d in query.field_denials
 
-# The form each allowed use flows in.
-use_form(u) := "aggregate" if u.use == "measure"
+# The fields flowing in each form, by the uses that make them flow so.
+aggregated_fields contains u.field if {
+	some u in uses
+	u.use == "measure"
+}
 
-use_form(u) := "pseudonymize" if {
+pseudonymized_fields contains u.field if {
+	some u in uses
 	u.use == "dimension"
-	form(u.field) == "pseudonymize"
+	form_of[u.field] == "pseudonymize"
 }
 
-use_form(u) := "generalize" if {
-	reveals_values(u)
-	form(u.field) in {"clear", "generalize"}
-	generalized(u)
+generalized_fields contains u.field if {
+	some u in generalized
+	u in revealing
+	form_of[u.field] in {"clear", "generalize"}
 }
 
-use_form(u) := "clear" if {
-	reveals_values(u)
-	form(u.field) == "clear"
-	not generalized(u)
+clear_fields contains u.field if {
+	some u in revealing
+	form_of[u.field] == "clear"
+	not u in generalized
 }
 
 used_fields contains u.field if some u in uses
 
 denied_fields contains d.field if some d in use_denials
 
-forms_of(f) := {use_form(u) | some u in uses; u.field == f}
+allowed_fields := used_fields - denied_fields
 
 # A field used several ways flows in its most revealing form.
 fields_verdict[f] := "deny" if some f in denied_fields
 
-fields_verdict[f] := "clear" if {
-	some f in used_fields
-	not f in denied_fields
-	"clear" in forms_of(f)
-}
+fields_verdict[f] := "clear" if some f in allowed_fields & clear_fields
 
 fields_verdict[f] := "pseudonymize" if {
-	some f in used_fields
-	not f in denied_fields
-	forms := forms_of(f)
-	not "clear" in forms
-	"pseudonymize" in forms
+	some f in (allowed_fields & pseudonymized_fields) - clear_fields
 }
 
 fields_verdict[f] := "generalize" if {
-	some f in used_fields
-	not f in denied_fields
-	forms := forms_of(f)
-	not "clear" in forms
-	not "pseudonymize" in forms
-	"generalize" in forms
+	some f in ((allowed_fields & generalized_fields) - clear_fields) - pseudonymized_fields
 }
 
 fields_verdict[f] := "aggregate" if {
-	some f in used_fields
-	not f in denied_fields
-	forms_of(f) == {"aggregate"}
+	some f in (((allowed_fields & aggregated_fields) - clear_fields) - pseudonymized_fields)
+		- generalized_fields
 }
 
 # A use that no rule above covers has no verdict: deny it rather than let it through.

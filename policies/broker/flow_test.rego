@@ -838,8 +838,8 @@ test_unknown_sensitivity_level_is_denied if {
 }
 
 test_a_use_with_no_verdict_is_denied if {
-	# Every real use gets a form or a denial; stand in a form no verdict rule knows.
-	d := decide({}) with flow.use_form as "smuggled"
+	# Every real use gets a form or a denial; take the forms away and the allow must go too.
+	d := decide({}) with flow.clear_fields as set() with flow.aggregated_fields as set()
 	not d.allow
 	d.reasons == {"field-verdict-missing"}
 	d.fields == {}
@@ -895,4 +895,17 @@ test_every_failing_requirement_is_reported if {
 		"contract-k-malformed", "identifier-never-in-clear",
 	}
 	d.fields == {"phone": "deny", "kwh": "aggregate"}
+}
+
+# --- the broker's own "expired" reading of valid_until ----------------------------------------
+
+test_expired_status_is_reported_as_expired_only if {
+	d := decide({"contract": {"status": "expired"}})
+	not d.allow
+	d.reasons == {"contract-expired"}
+}
+
+test_expired_status_and_past_the_window_is_one_reason if {
+	d := decide({"contract": {"status": "expired"}, "now": 2500})
+	d.reasons == {"contract-expired"}
 }

@@ -54,16 +54,29 @@ well_formed_measure(m) if {
 	}
 }
 
-# The fields a measure reads, [] for a malformed one (which is denied above).
-measure_fields(m) := m.fields if is_array(m.fields) else := []
+# Each (statistic, field) a measure asks for; "" stands for a missing or malformed function.
+measure_uses contains {"fn": fn, "field": f} if {
+	some m in measures
+	is_array(m.fields)
+	some f in m.fields
+	fn := measure_fn(m)
+}
 
-# The function of a measure, "" for a malformed one.
 measure_fn(m) := m.fn if is_string(m.fn) else := ""
 
-# The sensitivity level of a dataset field; "unknown" when the field has none.
-sensitivity(f) := fields[f].sensitivity if {
+# The sensitivity level of each touched dataset field; "unknown" when it has none.
+sensitivity_of[f] := fields[f].sensitivity if {
+	some f in touched
 	is_string(fields[f].sensitivity)
-} else := "unknown" if fields[f]
+}
+
+sensitivity_of[f] := "unknown" if {
+	some f in touched
+	fields[f]
+	not has_sensitivity(f)
+}
+
+has_sensitivity(f) if is_string(fields[f].sensitivity)
 
 default allow := false
 
@@ -94,11 +107,10 @@ field_denials contains {"field": flt.field, "reason": "filter-on-identifier"} if
 }
 
 # Each statistic must be one the field's sensitivity level admits (data.config.query).
-field_denials contains {"field": f, "reason": "statistic-not-allowed-for-sensitivity"} if {
-	some m in measures
-	some f in measure_fields(m)
-	level := sensitivity(f)
-	not statistic_allowed(measure_fn(m), level)
+field_denials contains {"field": p.field, "reason": "statistic-not-allowed-for-sensitivity"} if {
+	some p in measure_uses
+	level := sensitivity_of[p.field]
+	not statistic_allowed(p.fn, level)
 }
 
 # A `not` negates only a rule name or a plain comparison (see broker.flow).
@@ -107,10 +119,7 @@ statistic_allowed(fn, level) if fn in limits.measure_fns[level]
 # Every field the query touches, the entity field included: counting enterprises touches it.
 touched contains f if some f in {d.field | some d in group_by}
 
-touched contains f if {
-	some m in measures
-	some f in measure_fields(m)
-}
+touched contains p.field if some p in measure_uses
 
 touched contains flt.field if some flt in filters
 
@@ -118,7 +127,7 @@ touched contains dataset.entity_field if is_string(dataset.entity_field)
 
 floor_levels contains "L1"
 
-floor_levels contains sensitivity(f) if some f in touched
+floor_levels contains level if some _, level in sensitivity_of
 
 default k_floor := 0
 

@@ -375,3 +375,47 @@ test_every_failing_shape_rule_is_reported if {
 		{"field": "tax", "reason": "statistic-not-allowed-for-sensitivity"},
 	}
 }
+
+# --- malformed entries: denied, and the same on every engine ---------------------------------
+
+test_a_dimension_without_level_is_malformed if {
+	d := ask({"group_by": [{"field": "town"}]})
+	d.reasons == {"malformed-query"}
+}
+
+test_a_filter_with_a_non_string_level_is_malformed if {
+	d := ask({"filters": [{"field": "town", "op": "eq", "level": 3}]})
+	d.reasons == {"malformed-query"}
+}
+
+test_a_measure_without_fn_is_malformed_and_not_allowed_for_l4 if {
+	d := ask({"measures": [{"fields": ["tax"]}]})
+	d.reasons == {"malformed-query", "statistic-not-allowed-for-sensitivity"}
+	d.k_floor == 10
+}
+
+test_measure_fields_that_are_not_a_list_are_malformed_and_read_nothing if {
+	d := ask({"measures": [{"fn": "sum", "fields": "tax"}]})
+	d.reasons == {"malformed-query"}
+	d.k_floor == 3
+}
+
+test_a_measure_field_that_is_not_a_string_is_malformed if {
+	d := ask({"measures": [{"fn": "sum", "fields": [7]}]})
+	"malformed-query" in d.reasons
+}
+
+test_a_touched_field_without_sensitivity_is_unknown if {
+	doc := json.patch(base, [
+		{"op": "remove", "path": "/dataset/fields/kwh/sensitivity"},
+	])
+	d := decide_on(doc)
+	d.reasons == {"statistic-not-allowed-for-sensitivity", "unknown-sensitivity-level"}
+}
+
+test_a_well_formed_query_is_not_malformed if {
+	d := ask({"group_by": [dim("town", "raw")], "filters": [filter("town")],
+		"measures": [stat("count", []), stat("ratio", ["kwh", "employees"])]})
+	not "malformed-query" in d.reasons
+	d.allow
+}
