@@ -135,6 +135,16 @@ class Policies:
                               "released.")
         return raw
 
+    def probe(self) -> str:
+        """Ask the engine itself (past any cache) for a decision; its revision, or Unavailable.
+
+        Readiness uses this: an engine that is down, slow or on other policies is not ready.
+        """
+        engine = getattr(self.engine, "engine", self.engine)
+        _reasons(Policies(engine)._evaluate("broker/authz/decision",
+                                            {"action": "readiness-probe"}).get("reasons"))
+        return self.revision
+
     def authorize(
         self,
         principal: Principal,

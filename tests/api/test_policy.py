@@ -235,8 +235,10 @@ def test_the_opa_engine_serves_the_same_story_and_fails_closed(
         assert r.json()["policy"]["revision"] == PolicySources.load(POLICY_DIR).revision
         assert state.requests > 10  # every decision went over HTTP
 
+        assert world.client.get("/readyz").json()["status"] == "ready"
         state.fail_status = 500
         assert_problem(world.query(group_by=["town"]), 503, "unavailable")
+        assert_problem(world.client.get("/readyz"), 503, "unavailable")  # past the cache
         state.fail_status = None
         state.delay = 1.0
         assert_problem(world.query(group_by=["town"], totals=True), 503, "unavailable")

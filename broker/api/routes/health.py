@@ -21,11 +21,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None)
 def readyz(request: Request, container: ContainerDep) -> dict[str, str] | JSONResponse:
-    """The database answers and the policies are loaded."""
+    """The database answers and the policy engine decides, on the expected revision."""
     try:
         with container.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        revision = container.policies.revision
+        revision = container.policies.probe()
     except Exception:
         return problem(request, 503, "unavailable", "Service unavailable",
                        "The broker is not ready.")
