@@ -50,6 +50,16 @@ def render(result: StoryResult, console: Console) -> None:
         )
     console.print(contracts)
 
+    for title, dry in result.explanations.items():
+        table = Table(title=f"4. economic-bureau dry-runs: {title} (nothing released)")
+        for col in ("field", "verdict", "reasons"):
+            table.add_column(col)
+        for name, verdict in sorted(dry["fields"].items()):
+            table.add_row(name, verdict, ", ".join(dry["field_reasons"].get(name, [])) or "-")
+        console.print(table)
+        console.print(f"   allowed: {dry['allow']}; k {dry['k']}; queries left today "
+                      f"{dry['quota_remaining']}; policy {dry['policy_revision']}")
+
     for title, answer in result.queries.items():
         table = Table(title=f"4. economic-bureau asks: {title} (k = {answer['k']})")
         keys = list(max((cell["key"] for cell in answer["cells"]), key=len, default={}))

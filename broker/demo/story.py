@@ -70,6 +70,7 @@ class StoryResult:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
     queries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    explanations: dict[str, dict[str, Any]] = field(default_factory=dict)
     refusals: list[Step] = field(default_factory=list)
     provider_view: list[dict[str, Any]] = field(default_factory=list)
     audit_entries: list[dict[str, Any]] = field(default_factory=list)
@@ -143,7 +144,9 @@ def set_up(broker: Broker, county: County | None = None) -> StoryResult:
             "dataset_id": result.datasets["tax"]["id"],
             "consumer_org": "economic-bureau",
             "purposes": ["industrial-policy", "tax-analysis"],
-            "fields": {"town": "clear", "industry": "clear", "month": "clear",
+            # The tax bureau lets industry out only by division or coarser, and months only
+            # by quarter or year: the flow policy's generalize verdict.
+            "fields": {"town": "clear", "industry": "generalize", "month": "generalize",
                        "output_value": "aggregate", "tax_paid": "aggregate"},
             "k_min": 5,
             "max_queries_per_day": 50,
@@ -183,15 +186,19 @@ def run_story(broker: Broker, county: County | None = None) -> StoryResult:
             "group_by": ["town", "industry"], "totals": True, "remainder": True,
             "measures": [{"fn": "count"}, {"fn": "sum", "field": "electricity_kwh"}],
         }).json()
+    tax_query = {
+        "contract_id": tax, "purpose": "industrial-policy",
+        "group_by": [{"field": "industry", "level": "division"},
+                     {"field": "month", "level": "quarter"}],
+        "measures": [{"fn": "count"},
+                     {"fn": "ratio", "numerator": "tax_paid", "denominator": "output_value",
+                      "as": "tax_per_output"}],
+    }
+    # A dry run first: what the policy would let flow, in which form, under which k.
+    result.explanations["tax per unit of output by industry division and quarter"] = broker.call(
+        "econ", "POST", "/v1/policy/explain", expect=200, json=tax_query).json()
     result.queries["tax per unit of output by industry division and quarter"] = broker.call(
-        "econ", "POST", "/v1/queries/aggregate", expect=200, json={
-            "contract_id": tax, "purpose": "industrial-policy",
-            "group_by": [{"field": "industry", "level": "division"},
-                         {"field": "month", "level": "quarter"}],
-            "measures": [{"fn": "count"},
-                         {"fn": "ratio", "numerator": "tax_paid", "denominator": "output_value",
-                          "as": "tax_per_output"}],
-        }).json()
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json=tax_query).json()
 
     attempts = [
         ("env", "a department without a contract uses another's contract",
@@ -203,6 +210,8 @@ def run_story(broker: Broker, county: County | None = None) -> StoryResult:
         ("econ", "grouping by the enterprise code",
          {"contract_id": grid, "purpose": "energy-planning", "group_by": ["uscc"],
           "measures": [{"fn": "sum", "field": "electricity_kwh"}]}),
+        ("econ", "tax by 4-digit industry class, which the tax bureau lets out only generalized",
+         {**tax_query, "group_by": ["industry"]}),
     ]
     for actor, what, body in attempts:
         response = broker.call(actor, "POST", "/v1/queries/aggregate", expect=403, json=body)

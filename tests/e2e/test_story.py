@@ -84,7 +84,11 @@ def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:
     reasons = [set(step.body["reasons"]) for step in result.refusals]
     assert reasons == [{"no-active-contract"}, {"purpose-not-in-contract"},
                        {"entity-field-not-usable", "field-not-in-contract"},
-                       {"contract-not-active"}]
+                       {"generalization-required"}, {"contract-not-active"}]
+    (dry,) = result.explanations.values()
+    assert dry["allow"] is True
+    assert dry["fields"] == {"industry": "generalize", "month": "generalize",
+                             "tax_paid": "aggregate", "output_value": "aggregate"}
     assert result.contracts["electricity"]["status"] == "revoked"
     # The auditor's own read is appended after the page it read.
     assert result.verify["valid"] is True
