@@ -18,6 +18,7 @@ from broker.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from broker.api.routes import audit, contracts, datasets, health, orgs, queries
+from broker.policy.cache import CachedPolicyEngine
 from broker.policy.factory import close_policy_engine
 from broker.settings import Settings
 
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container = build_container(settings)
         app.state.container = container
+        if isinstance(container.policies.engine, CachedPolicyEngine):
+            app.state.metrics.watch_policy_cache(container.policies.engine)
         try:
             yield
         finally:

@@ -7,14 +7,18 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.problems import PROBLEM_JSON
 from broker.domain.errors import PayloadTooLarge
+from broker.policy.cache import CachedPolicyEngine
 
 log = logging.getLogger("broker.api")
 
@@ -67,6 +71,27 @@ class RequestMetrics:
             "broker_request_seconds", "HTTP request latency", ["method", "route"],
             registry=self.registry,
         )
+
+    def watch_policy_cache(self, cache: CachedPolicyEngine) -> None:
+        """Export the decision cache's hits and misses."""
+        self.registry.register(_PolicyCacheCollector(cache))
+
+
+class _PolicyCacheCollector(Collector):
+    """Reads the cache's counters at scrape time."""
+
+    def __init__(self, cache: CachedPolicyEngine) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        """The two counters, labelled with the engine behind the cache."""
+        for name, value, doc in (
+            ("broker_policy_cache_hits", self._cache.hits, "Decisions answered from the cache"),
+            ("broker_policy_cache_misses", self._cache.misses, "Decisions asked of the engine"),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["engine"])
+            family.add_metric([self._cache.name], value)
+            yield family
 
 
 class RequestIdMiddleware:

@@ -4,6 +4,7 @@ failing closed with an audited 503."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -282,3 +283,15 @@ def test_the_embedded_engine_times_out_closed(settings: Settings, mint: Mint,
         refused = [e for e in _entries(world, action="query.aggregate")
                    if not e["decision"]["allowed"]]
         assert [e["decision"]["reasons"] for e in refused] == [["policy-engine-unavailable"]]
+
+
+def test_the_decision_cache_is_on_the_metrics_page(world: World) -> None:
+    world.query(group_by=["town"])
+    text = world.client.get("/metrics").text
+    hits = re.search(r'^broker_policy_cache_hits_total\{engine="regopy"\} (\d+)', text, re.M)
+    misses = re.search(r'^broker_policy_cache_misses_total\{engine="regopy"\} (\d+)', text,
+                       re.M)
+    assert hits
+    assert misses
+    assert int(hits.group(1)) > 0  # authz decisions repeat within a query and across calls
+    assert int(misses.group(1)) > 0
