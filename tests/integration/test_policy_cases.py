@@ -117,3 +117,58 @@ def test_merge_patch_follows_rfc_7396() -> None:
     assert merge_patch({"e": None}, {"a": 1}) == {"e": None, "a": 1}
     assert merge_patch([1, 2], {"a": "b", "c": None}) == {"a": "b"}
     assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
+
+
+def test_the_bundle_alone_decides_every_case_as_the_source_does(tmp_path: Any) -> None:
+    """Load only what the OPA bundle holds (as OPA would) into the Go engine: same decisions,
+    and every package and data document lies under a root the manifest claims."""
+    import json
+    import tarfile
+
+    from opa_bindings import OpaEngine
+
+    from broker.policy.bundle_file import write_bundle
+
+    target = tmp_path / "bundle.tar.gz"
+    revision = write_bundle(POLICY_DIR, target)
+    with tarfile.open(target) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    manifest = json.loads(files.pop(".manifest"))
+    data = json.loads(files.pop("data.json"))
+    assert manifest["revision"] == revision
+    roots = set(manifest["roots"])
+    assert set(data) <= roots
+    engine = OpaEngine()
+    for name, text in files.items():
+        package = re.search(r"^package\s+([\w.]+)", text.decode(), re.MULTILINE)
+        assert package is not None
+        assert package.group(1).split(".")[0] in roots, name
+        assert not name.endswith("_test.rego")
+        engine.add_policy(name, text.decode())
+    engine.add_data(data)
+    for case in CASES:
+        got = engine.eval_document(case.entrypoint.replace("/", "."), case.input)
+        assert not case.mismatches(got), case.name
+        assert got["revision"] == revision
+    engine.close()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_concurrent_callers_each_get_their_own_decision(engines: list[PolicyEngine],
+                                                        cached: bool) -> None:
+    """Eight threads over every case at once: regopy keeps its input as interpreter state,
+    so a decision evaluated against another caller's input would show up here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from broker.policy.cache import CachedPolicyEngine
+
+    for engine in engines:
+        subject: PolicyEngine = CachedPolicyEngine(engine, 64) if cached else engine
+        expected = [canonical(engine.evaluate(c.entrypoint, c.input)) for c in CASES]
+        work = [i % len(CASES) for i in range(6 * len(CASES))]
+        def decide(i: int, on: PolicyEngine = subject) -> str:
+            return canonical(on.evaluate(CASES[i].entrypoint, CASES[i].input))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(decide, work))
+        assert got == [expected[i] for i in work], getattr(engine, "name", "?")
