@@ -166,7 +166,10 @@ class ContractIn(In):
     fields: Annotated[dict[FieldName, FieldForm], Field(min_length=1, max_length=200)]
     k_min: int = Field(default=5, ge=2, le=10_000, strict=True)
     dominance: DominanceIn = Field(default_factory=DominanceIn)
-    valid_from: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    # Whole seconds by default: the policy compares windows in whole seconds, rounded inwards,
+    # so a start with a fraction would only begin at the next second.
+    valid_from: AwareDatetime = Field(
+        default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
     valid_until: AwareDatetime
     max_queries_per_day: int = Field(default=100, ge=1, le=1_000_000, strict=True)
 
