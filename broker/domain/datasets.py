@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -79,6 +80,11 @@ class FieldSpec:
         return out
 
 
+def fold_name(name: str) -> str:
+    """A field name as an engine that ignores case and Unicode form would see it."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class DatasetSchema:
     """The declared columns of a dataset, with exactly one entity field."""
@@ -102,6 +108,13 @@ class DatasetSchema:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise InvalidInput("Field names must be unique.", fields=dupes)
+        # The query engine matches column names regardless of case (DuckDB does), so two names
+        # that differ only in case or Unicode form would let a query on one read the other.
+        folded = [fold_name(n) for n in names]
+        clashes = sorted({n for n, f in zip(names, folded, strict=True) if folded.count(f) > 1})
+        if clashes:
+            raise InvalidInput("Field names must differ by more than letter case or Unicode "
+                               "form.", fields=clashes)
         entities = [f.name for f in fields if f.role is FieldRole.ENTITY]
         if entities != [entity_field]:
             raise InvalidInput(
