@@ -76,7 +76,8 @@ def quantities(table: CellTable, rules: Rules, small: np.ndarray) -> dict[str, Q
     return out
 
 
-def rare_keys(table: CellTable, plan: CellPlan, rules: Rules) -> np.ndarray:
+def rare_keys(table: CellTable, plan: CellPlan, rules: Rules,
+              opaque: frozenset[str] = frozenset()) -> np.ndarray:
     """Cells keyed by a number or date that fewer than k enterprises have, on a dimension
     without a declared code list: never shown, not even as suppressed.
 
@@ -85,13 +86,15 @@ def rare_keys(table: CellTable, plan: CellPlan, rules: Rules) -> np.ndarray:
     passes the frequency rule; the cells it keys are withheld like small cells, so
     complementary suppression keeps them from being derived from the margins. Category
     keys (towns, industries) stay visible as suppressed cells: declare a code list to make
-    an empty category look like a small one.
+    an empty category look like a small one. Keys of the ``opaque`` dimensions (released as
+    pseudonyms) are hidden the same way: a pseudonym per firm would count the firms of any
+    cell, suppressed or not.
     """
     hidden = np.zeros(table.shape, dtype=bool)
     k = frequency_k(table)
     totals = tuple(len(d) for d in table.domains)
     for j, keys in enumerate(plan.keysets):
-        if keys is not None or not plan.figures[j]:
+        if keys is not None or not (plan.figures[j] or plan.dimensions[j] in opaque):
             continue
         for position in range(len(table.domains[j])):
             margin = (*totals[:j], position, *totals[j + 1:])
@@ -110,15 +113,17 @@ def protect(
     ledger: LedgerIndex,
     margins: bool,
     remainder: bool = False,
+    opaque: frozenset[str] = frozenset(),
 ) -> Protected:
     """Decide every released cell of ``table``: published, or withheld and why.
 
     ``ledger`` holds the dataset's earlier releases; ``margins`` says whether the consumer
     asked for the totals (they are protected either way); ``remainder`` asks for one more
     row, the withheld table cells taken together, if it passes every rule itself.
+    ``opaque`` names the dimensions whose keys are released as pseudonyms (see rare_keys).
     """
     measures = measure_keys(plan)
-    hidden = rare_keys(table, plan, rules)
+    hidden = rare_keys(table, plan, rules, opaque)
     small = below_frequency(table, rules) | hidden
     dominance, p_percent = dominance_excess(table, rules), p_percent_excess(table, rules)
     excess = {name: np.maximum(dominance[name], p_percent[name]) for name in table.fields}

@@ -93,7 +93,8 @@ class QueryService:
             raise PolicyDenied(("no-active-contract",))
         dataset, decision = first.dataset, first.decision
         rules = _stricter(decision.rules, first.contract)
-        fingerprint = _computation_fp(dataset, spec, rules)
+        opaque = frozenset(f for f, v in decision.fields.items() if v == "pseudonymize")
+        fingerprint = _computation_fp(dataset, spec, rules, opaque)
 
         try:
             plan = plan_aggregate(spec, dataset.schema, top=rules.top)
@@ -104,7 +105,7 @@ class QueryService:
             if earlier is None:
                 result, scopes = self._run(plan, dataset, spec)
                 table = read_table(plan, result, scopes)
-                outcome = _protect(table, plan, rules, ledger, spec)
+                outcome = _protect(table, plan, rules, ledger, spec, opaque)
         except BrokerError as exc:
             self._record_failure(ctx, spec, first, AGGREGATE, exc.slug)
             raise
@@ -122,7 +123,7 @@ class QueryService:
                 seen = ledger.last_id
                 ledger = self.ledgers.refresh(uow, dataset.id)
                 if ledger.last_id != seen:
-                    outcome = _protect(table, plan, rules, ledger, spec)
+                    outcome = _protect(table, plan, rules, ledger, spec, opaque)
             if earlier is not None:
                 cells, remainder = _decode(earlier)
             elif outcome is not None:
@@ -131,7 +132,7 @@ class QueryService:
                 raise Unavailable("No answer was computed; nothing was released.")
             # The stored answer keeps the keys in clear (inside the broker); each consumer's
             # copy gets its own contract's pseudonyms.
-            released = _pseudonymized(self.pseudonyms, spec.contract_id, decision, cells)
+            released = _pseudonymized(self.pseudonyms, spec, decision, cells)
             release = Release(
                 query_id=ctx.request_id,
                 cells=released,
@@ -320,9 +321,9 @@ class _Outcome:
 
 
 def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex,
-             spec: AggregateSpec) -> _Outcome:
+             spec: AggregateSpec, opaque: frozenset[str]) -> _Outcome:
     protected = protect(table, plan, rules, ledger=ledger, margins=spec.totals,
-                        remainder=spec.remainder)
+                        remainder=spec.remainder, opaque=opaque)
     cells = tuple(
         Cell(key=table.key(index), values=None, status=CellStatus.SUPPRESSED, reason=reason)
         if reason is not None
@@ -339,14 +340,14 @@ def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex
     return _Outcome(cells, remainder, protected.ledger)
 
 
-def _pseudonymized(pseudonyms: Pseudonymizer, contract_id: str, decision: FlowDecision,
+def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: FlowDecision,
                    cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
     """Keys of the fields the policy lets out pseudonymized, replaced; the cells then ordered by
     their released keys, since the order of a code list would otherwise undo the pseudonyms."""
-    hidden = {f for f, verdict in decision.fields.items() if verdict == "pseudonymize"}
+    hidden = {d.field: d for d in spec.group_by if decision.fields.get(d.field) == "pseudonymize"}
     if not hidden:
         return cells
-    out = pseudonyms.cells(contract_id, cells, hidden)
+    out = pseudonyms.cells(spec.contract_id, cells, hidden)
     return tuple(sorted(out, key=lambda c: (len(c.key), sorted((k, str(v))
                                                                 for k, v in c.key.items()))))
 
@@ -364,13 +365,16 @@ def _stricter(rules: Rules | None, contract: Contract) -> Rules:
     )
 
 
-def _computation_fp(dataset: Dataset, spec: AggregateSpec, rules: Rules) -> str:
-    """What identifies a computation: data version, query shape and thresholds, not who asks."""
+def _computation_fp(dataset: Dataset, spec: AggregateSpec, rules: Rules,
+                    opaque: frozenset[str]) -> str:
+    """What identifies a computation: data version, query shape, thresholds and which keys
+    are hidden behind pseudonyms, not who asks."""
     body: dict[str, Any] = {
         "dataset": [dataset.id, dataset.version],
         "query": {k: v for k, v in spec.canonical().items() if k not in ("contract_id",
                                                                           "purpose")},
         "rules": asdict(rules),
+        "opaque": sorted(opaque),
     }
     return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
 
