@@ -97,11 +97,15 @@ class FieldIn(In):
     hierarchy: Literal["gbt4754"] | None = None
     codes: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
                      Field(min_length=1, max_length=10_000)] | None = None
+    bins: Annotated[list[float], Field(min_length=1, max_length=32)] | None = Field(
+        default=None, description="Bin edges a number may be grouped by (a query picks any of "
+        "them); measures and generalize-form numbers are grouped only on declared edges")
 
     def to_domain(self) -> FieldSpec:
         """Domain form."""
         return FieldSpec(self.name, self.type, self.role, self.sensitivity, self.hierarchy,
-                         tuple(self.codes) if self.codes is not None else None)
+                         tuple(self.codes) if self.codes is not None else None,
+                         tuple(self.bins) if self.bins is not None else None)
 
 
 class DatasetMetaIn(In):
@@ -121,6 +125,7 @@ class FieldOut(BaseModel):
     sensitivity: Sensitivity
     hierarchy: str | None = None
     codes: list[str] | None = None
+    bins: list[float] | None = None
 
 
 class DatasetOut(BaseModel):

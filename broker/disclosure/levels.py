@@ -156,17 +156,23 @@ def _codes_at(codes: tuple[str, ...] | None, level: str) -> tuple[Any, ...] | No
     return tuple(c for c in out if c is not None)
 
 
-#: Levels that are the stored value itself: grouping there is grouping in clear.
-RAW_LEVELS = frozenset({"raw", "day", "class"})
+#: Levels that are the stored value itself, or may be as fine: grouping there is in clear.
+#: "free-bins" are bins off the provider's declared grid: narrow enough, they single out
+#: exact values ([7, 8) on an integer), so they generalise nothing.
+RAW_LEVELS = frozenset({"raw", "day", "class", "free-bins"})
 _NAMED_LEVELS = frozenset(DATE_LEVELS) | {lv for levels in HIERARCHIES.values() for lv in levels}
 
 
-def dimension_level(dim: Dimension) -> str:
-    """How coarse a dimension's keys are, as the policies name it: ``bins``, a level of the
-    field's hierarchy, or ``raw``. An unknown level name counts as raw (the planner refuses it
-    once the policy has spoken)."""
+def dimension_level(dim: Dimension, spec: FieldSpec | None) -> str:
+    """How coarse a dimension's keys are, as the policies name it: ``bins`` (edges all on the
+    field's declared grid), ``free-bins`` (any other edges), a level of the field's hierarchy,
+    or ``raw``. An unknown level name counts as raw (the planner refuses it once the policy
+    has spoken)."""
     if dim.bins is not None:
-        return "bins"
+        declared = spec.bins if spec is not None else None
+        if declared is not None and set(dim.bins) <= set(declared):
+            return "bins"
+        return "free-bins"
     if dim.level in _NAMED_LEVELS:
         return dim.level
     return "raw"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -68,6 +70,8 @@ class FieldSpec:
     sensitivity: Sensitivity = Sensitivity.L1
     hierarchy: str | None = None
     codes: tuple[str, ...] | None = None
+    #: Bin edges the provider allows for grouping this number; a query may use any of them.
+    bins: tuple[float, ...] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The declaration as stored and shown (optional keys only when set)."""
@@ -77,6 +81,8 @@ class FieldSpec:
             out["hierarchy"] = self.hierarchy
         if self.codes is not None:
             out["codes"] = list(self.codes)
+        if self.bins is not None:
+            out["bins"] = list(self.bins)
         return out
 
 
@@ -123,6 +129,7 @@ class DatasetSchema:
             )
         for spec in fields:
             _check_codes(spec)
+            _check_bin_grid(spec)
         return cls(entity_field=entity_field, fields=fields)
 
     @property
@@ -147,7 +154,10 @@ class DatasetSchema:
 ENTITY_INDEX_COLUMN = "#entity"
 
 #: Hierarchies a string field may declare, and the pattern of their codes.
-HIERARCHY_CODES = {"gbt4754": re.compile(r"^[A-T]?[0-9]{2,4}$")}
+#: Values a hierarchy's fields hold: the finest level only (a GB/T 4754 class, four digits
+#: with or without the section letter), so every coarser level really is coarser. A code
+#: stored at group precision would flow in clear under the "group" level of a generalize form.
+HIERARCHY_CODES = {"gbt4754": re.compile(r"^[A-T]?[0-9]{4}$")}
 MAX_CODES = 10_000
 
 
@@ -171,6 +181,23 @@ def _check_codes(spec: FieldSpec) -> None:
         raise InvalidInput(f"codes takes 1 to {MAX_CODES} distinct strings.", fields=[spec.name])
     if pattern is not None and not all(pattern.fullmatch(c) for c in codes):
         raise InvalidInput("codes do not follow the declared hierarchy.", fields=[spec.name])
+
+
+MAX_BIN_EDGES = 32
+
+
+def _check_bin_grid(spec: FieldSpec) -> None:
+    """Declared bin edges: on a number, 1 to 32 finite and strictly increasing."""
+    if spec.bins is None:
+        return
+    edges = spec.bins
+    if not spec.type.is_numeric:
+        raise InvalidInput("Only numeric fields declare bins.", fields=[spec.name])
+    if not (0 < len(edges) <= MAX_BIN_EDGES
+            and all(isinstance(e, int | float) and math.isfinite(e) for e in edges)
+            and all(a < b for a, b in itertools.pairwise(edges))):
+        raise InvalidInput(f"bins takes 1 to {MAX_BIN_EDGES} finite, strictly increasing edges.",
+                           fields=[spec.name])
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,7 +251,7 @@ class QueryService:
             "dataset": _dataset_view(dataset),
             "query": _query_view(spec, dataset),
         }
-        decision = _against_contract(self.policies.flow(document), contract, spec)
+        decision = _against_contract(self.policies.flow(document), contract, dataset, spec)
         return _Context(contract, dataset, target, decision)
 
     def _event(
@@ -397,10 +397,12 @@ def _day_start(now: datetime) -> str:
 def _query_view(spec: AggregateSpec, dataset: Dataset | None) -> dict[str, Any]:
     """The query as the policies see it: its structure and how coarse each use is, never a
     filter value."""
-    types = {f.name: f.type for f in dataset.schema.fields} if dataset else {}
+    fields = {f.name: f for f in dataset.schema.fields} if dataset else {}
+    types = {name: f.type for name, f in fields.items()}
     return {
         "purpose": spec.purpose,
-        "group_by": [{"field": d.field, "level": dimension_level(d)} for d in spec.group_by],
+        "group_by": [{"field": d.field, "level": dimension_level(d, fields.get(d.field))}
+                     for d in spec.group_by],
         "measures": [{"fn": m.fn.value, "fields": list(m.fields)} for m in spec.measures],
         "filters": [
             {"field": f.field, "op": f.op.value,
@@ -412,20 +414,22 @@ def _query_view(spec: AggregateSpec, dataset: Dataset | None) -> dict[str, Any]:
 
 
 def _against_contract(decision: FlowDecision, contract: Contract | None,
-                      spec: AggregateSpec) -> FlowDecision:
+                      dataset: Dataset | None, spec: AggregateSpec) -> FlowDecision:
     """The policy's verdicts checked against the contract's forms, as a second line.
 
     A field the contract lets out only generalized must be grouped at a coarser level; one it
     lets out only pseudonymized must get the pseudonymize verdict; an aggregate-only field is
     never a key. An allow that breaks this is turned into a denial.
     """
-    if not decision.allow or contract is None:
+    if not decision.allow or contract is None or dataset is None:
         return decision
+    declared = {f.name: f for f in dataset.schema.fields}
     for d in spec.group_by:
         form = contract.fields.get(d.field)
         verdict = decision.fields.get(d.field)
         if (form is None or form is FieldForm.AGGREGATE
-                or (form is FieldForm.GENERALIZE and dimension_level(d) in RAW_LEVELS)
+                or (form is FieldForm.GENERALIZE
+                    and dimension_level(d, declared.get(d.field)) in RAW_LEVELS)
                 or (form is FieldForm.PSEUDONYMIZE) != (verdict == "pseudonymize")):
             return replace(decision, allow=False, reasons=("verdict-contract-mismatch",),
                            rules=None)

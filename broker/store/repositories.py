@@ -176,6 +176,7 @@ def _field_spec(data: dict[str, Any]) -> FieldSpec:
         sensitivity=Sensitivity(data["sensitivity"]),
         hierarchy=data.get("hierarchy"),
         codes=tuple(data["codes"]) if data.get("codes") is not None else None,
+        bins=tuple(data["bins"]) if data.get("bins") is not None else None,
     )
 
 

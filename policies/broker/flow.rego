@@ -6,7 +6,8 @@
 #   Per requested field the verdict is one of
 #     clear         its values leave as they are (group keys, filters)
 #     generalize    only at a coarser level: a date by month, quarter or year, an industry
-#                   code by group, division or section, a number in bins
+#                   code by group, division or section, a number in the bins its
+#                   provider declared (level "bins"; other edges are "free-bins")
 #     pseudonymize  group keys replaced by keyed pseudonyms, stable within one contract
 #     aggregate     only inside statistics (sum, mean, ratio)
 #     deny          with the reasons in field_reasons
@@ -257,8 +258,8 @@ use_denials contains {"field": u.field, "reason": "filter-on-pseudonymized-field
 	form_of[u.field] == "pseudonymize"
 }
 
-# A measure's own figures are grouped only into bins: a key that is a firm's exact value
-# would publish that value.
+# A measure's own figures are grouped only into its declared bins: a key that is a firm's
+# exact value would publish that value, and so would a bin narrow enough to hold only it.
 use_denials contains {"field": u.field, "reason": "measure-dimension-requires-bins"} if {
 	some u in uses
 	u.use == "dimension"

@@ -27,10 +27,11 @@ META: dict[str, Any] = {
         {"name": "town", "type": "string", "role": "dimension", "codes": TOWNS},
         {"name": "industry", "type": "string", "role": "dimension", "hierarchy": "gbt4754",
          "codes": ["C3825", "C1713", "C3670", "C3856"]},
-        {"name": "output", "type": "number", "role": "measure", "sensitivity": "L2"},
+        {"name": "output", "type": "number", "role": "measure", "sensitivity": "L2",
+         "bins": [10, 100, 1000, 10000]},
     ],
 }
-#: Output in clear, so that it may also be cut into bins as a dimension.
+#: Output in clear, so that it may also be cut into its declared bins as a dimension.
 FIELDS = {"town": "clear", "industry": "clear", "output": "clear"}
 
 
@@ -146,6 +147,13 @@ def test_generalised_levels_and_bins(world: World, county: dict[str, str]) -> No
     binned = _ask(world, world.econ, county["econ"], measures=[{"fn": "count"}],
                   group_by=[{"field": "output", "bins": [100, 1000]}])
     assert [c["key"]["output"] for c in binned["cells"]] == ["<100", "[100,1000)", ">=1000"]
+    # Edges off the declared grid could single out one value ([90, 90.5) holds 11 firms
+    # with exactly 90): the policy refuses them for a measure.
+    r = world.client.post("/v1/queries/aggregate", headers=auth(world.econ), json={
+        "contract_id": county["econ"], "purpose": "energy-planning",
+        "measures": [{"fn": "count"}], "group_by": [{"field": "output", "bins": [90, 90.5]}]})
+    assert r.status_code == 403, r.text
+    assert r.json()["reasons"] == ["measure-dimension-requires-bins"]
 
 
 @pytest.mark.parametrize("dimension", [
@@ -162,7 +170,8 @@ def test_bad_dimensions_are_problems(world: World, county: dict[str, str],
     r = world.client.post("/v1/queries/aggregate", headers=auth(world.econ), json={
         "contract_id": county["econ"], "purpose": "energy-planning",
         "measures": [{"fn": "count"}], "group_by": [dimension]})
-    assert r.status_code in (400, 422), r.text
+    # Edges off the declared grid are refused by policy (403) before the planner looks.
+    assert r.status_code in (400, 403, 422), r.text
     assert r.headers["content-type"].startswith("application/problem+json")
 
 

@@ -297,3 +297,46 @@ def test_the_decision_cache_is_on_the_metrics_page(world: World) -> None:
     assert misses
     assert int(hits.group(1)) > 0  # authz decisions repeat within a query and across calls
     assert int(misses.group(1)) > 0
+
+
+EMPLOYEES = pd.DataFrame({"uscc": [f"E{i:02d}" for i in range(12)],
+                          "employees": [5, 7, 7, 9, 12, 15, 30, 45, 60, 80, 120, 400]})
+
+
+def _employees(world: World, bins: list[Any] | None) -> Any:
+    field: dict[str, Any] = {"name": "employees", "type": "integer", "role": "dimension"}
+    if bins is not None:
+        field["bins"] = bins
+    return upload(world.client, world.grid, EMPLOYEES, {
+        "name": "staff", "entity_field": "uscc",
+        "fields": [{"name": "uscc", "type": "string", "role": "entity"}, field]})
+
+
+def test_a_generalize_number_is_grouped_only_on_its_declared_bin_edges(world: World) -> None:
+    r = _employees(world, [10, 50, 100])
+    assert r.status_code == 201, r.text
+    catalogue = world.client.get(f"/v1/datasets/{r.json()['id']}", headers=auth(world.grid))
+    assert catalogue.json()["fields"][1]["bins"] == [10.0, 50.0, 100.0]
+    cid = _contract(world, r.json()["id"], fields={"employees": "generalize"})
+    coarser = world.query(contract_id=cid, group_by=[{"field": "employees", "bins": [50]}])
+    assert coarser.status_code == 200, coarser.text
+    assert [c["key"]["employees"] for c in coarser.json()["cells"]] == ["<50", ">=50"]
+    for edges in ([7, 8], [10, 50, 75], [49.5]):
+        r2 = world.query(contract_id=cid, group_by=[{"field": "employees", "bins": edges}])
+        assert assert_problem(r2, 403, "policy-denied")["reasons"] == [
+            "generalization-required"]
+
+
+@pytest.mark.parametrize("bins", [[], [5, 1], [1, 1], [1.0, float("inf")]])
+def test_declared_bins_must_be_finite_and_rising(world: World, bins: list[Any]) -> None:
+    r = _employees(world, bins)
+    assert r.status_code == 422, r.text
+
+
+def test_only_numbers_declare_bins(world: World) -> None:
+    r = upload(world.client, world.grid, EMPLOYEES.assign(town="A"), {
+        "name": "staff", "entity_field": "uscc",
+        "fields": [{"name": "uscc", "type": "string", "role": "entity"},
+                   {"name": "employees", "type": "integer", "role": "dimension"},
+                   {"name": "town", "type": "string", "role": "dimension", "bins": [1]}]})
+    assert assert_problem(r, 422, "invalid-input")["fields"] == ["town"]

@@ -267,38 +267,39 @@ def test_period_aligned_generalize_filters_reveal_no_day(world: World, days: str
         assert r.json()["policy"]["fields"]["day"] == "generalize"
 
 
-@pytest.mark.xfail(strict=True, reason="bins are free: [5,5.000001) groups a measure by its "
-                   "exact value, which measure-dimension-requires-bins exists to forbid")
 def test_degenerate_bins_do_not_group_a_measure_by_its_exact_value(world: World) -> None:
     cid = _contract(world, world.dataset["id"], fields={"town": "clear", "kwh": "clear"})
     r = world.query(contract_id=cid, group_by=[{"field": "kwh", "bins": [5, 5.000001]}],
                     measures=[{"fn": "count"}, {"fn": "sum", "field": "kwh"}])
-    # Released today: {"kwh": "[5,5.000001)"} -> {"count": 5, "sum_kwh": 25.0}: five firms
-    # have kwh == 5 exactly, as grouping by the raw value (refused) would say.
-    assert r.status_code != 200 or all(
-        v is None for k, v, _ in _cells(r) if k.get("kwh") == "[5,5.000001)"), r.text
+    # Found by this suite: {"kwh": "[5,5.000001)"} -> {"count": 5, "sum_kwh": 25.0} told
+    # that five firms have kwh == 5 exactly. Bins off the provider's declared grid are now
+    # "free-bins", which a measure may not be grouped by.
+    assert r.status_code == 403, r.text
+    assert r.json()["reasons"] == ["measure-dimension-requires-bins"]
 
 
-@pytest.mark.xfail(strict=True, reason="unit-width bins on a generalize-form integer release "
-                   "its exact values, so generalize gives no more than clear")
 def test_unit_bins_do_not_ungeneralize_an_integer(world: World, days: str) -> None:
+    # Found by this suite: [7, 8) released the exact value 7 under a generalize form. Only
+    # declared edges generalise a number now.
     r = world.query(contract_id=days, group_by=[{"field": "emp", "bins": [7, 8]}])
-    assert r.status_code != 200 or all(
-        v is None for k, v, _ in _cells(r) if k.get("emp") == "[7,8)"), r.text
+    assert r.status_code == 403, r.text
+    assert r.json()["reasons"] == ["generalization-required"]
 
 
-@pytest.mark.xfail(strict=True, reason="GB/T 4754 levels are taken as absolute: on codes stored "
-                   "at group precision (C382) level `group` is the stored value in clear")
 def test_a_generalize_industry_code_never_flows_at_its_stored_precision(world: World) -> None:
+    """Found by this suite: codes stored at group precision (C382) went out in clear under
+    level "group". A GB/T 4754 field now holds 4-digit classes only; coarser codes are
+    refused at upload, naming the column and rows, not the values."""
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)],
                           "ind": ["C382"] * 6 + ["C381"] * 6})
-    did = _dataset(world, frame, [{"name": "ind", "type": "string", "role": "dimension",
-                                   "hierarchy": "gbt4754"}], name="industry")
-    cid = _contract(world, did, fields={"ind": "generalize"})
-    assert world.query(contract_id=cid, group_by=["ind"]).status_code == 403
-    r = world.query(contract_id=cid, group_by=[{"field": "ind", "level": "group"}])
-    stored = set(frame["ind"])
-    assert r.status_code != 200 or not {k["ind"] for k, _, _ in _cells(r)} & stored, r.text
+    meta = {"name": "industry", "entity_field": "uscc", "fields": [
+        {"name": "uscc", "type": "string", "role": "entity"},
+        {"name": "ind", "type": "string", "role": "dimension", "hierarchy": "gbt4754"}]}
+    r = upload(world.client, world.grid, frame, meta)
+    assert r.status_code == 422, r.text
+    assert "ind" in r.text
+    assert "C382" not in r.text
+    assert "C381" not in r.text
 
 
 # ------------------------------------------------------------------------ pseudonyms
