@@ -50,11 +50,13 @@ ZERO_UUID = "00000000-0000-4000-8000-000000000000"
 
 
 _IDS_AND_DIGESTS = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{16,}")
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{16,}"
+    r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z?")
 
 
 def _scrub(text: str) -> str:
-    """``text`` without UUIDs and hex digests, whose random digits could match a number."""
+    """``text`` without UUIDs, hex digests and timestamps, whose digits could match a number
+    (a timestamp's microseconds .109241 contain the row value 1092)."""
     return _IDS_AND_DIGESTS.sub("", text)
 
 
