@@ -44,7 +44,8 @@ class Pseudonymizer:
 
     def cells(self, contract_id: str, cells: tuple[Cell, ...],
               dimensions: Mapping[str, Dimension]) -> tuple[Cell, ...]:
-        """``cells`` with the keys of ``dimensions`` replaced by pseudonyms (null stays null)."""
+        """``cells`` with the keys of ``dimensions`` replaced by pseudonyms, the missing value
+        (null) included: a null key beside pseudonyms would be a value in clear."""
         if not dimensions:
             return cells
         key = self.key(contract_id)
@@ -61,8 +62,7 @@ def pseudonym(key: bytes, dimension: Dimension, value: JsonScalar) -> str:
 
 def _replace(cell: Cell, key: bytes, dimensions: Mapping[str, Dimension]) -> Cell:
     new: dict[str, JsonScalar] = {
-        name: pseudonym(key, dimensions[name], value)
-        if name in dimensions and value is not None else value
+        name: pseudonym(key, dimensions[name], value) if name in dimensions else value
         for name, value in cell.key.items()
     }
     return Cell(key=new, values=cell.values, status=cell.status, reason=cell.reason)

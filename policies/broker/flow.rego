@@ -252,6 +252,16 @@ use_denials contains {"field": u.field, "reason": "generalization-required"} if 
 	not u in generalized
 }
 
+# A pseudonymized field is grouped by its stored values only: its pseudonyms under several
+# groupings (bins at moving edges, a hierarchy level against the public code list) can be
+# lined up by their counts until each is unmasked.
+use_denials contains {"field": u.field, "reason": "pseudonymized-field-not-regrouped"} if {
+	some u in uses
+	u.use == "dimension"
+	form_of[u.field] == "pseudonymize"
+	not u.level == "raw"
+}
+
 use_denials contains {"field": u.field, "reason": "filter-on-pseudonymized-field"} if {
 	some u in uses
 	u.use == "filter"

@@ -909,3 +909,22 @@ test_expired_status_and_past_the_window_is_one_reason if {
 	d := decide({"contract": {"status": "expired"}, "now": 2500})
 	d.reasons == {"contract-expired"}
 }
+
+# --- a pseudonymized field is grouped by its stored values only -------------------------------
+
+test_a_pseudonymized_field_cannot_be_binned if {
+	d := decide({"contract": {"fields": {"owner": "pseudonymize"}}, "query": {"group_by": [dim("owner", "bins")]}})
+	d.reasons == {"pseudonymized-field-not-regrouped"}
+}
+
+test_a_pseudonymized_code_cannot_be_taken_to_a_coarser_level if {
+	d := decide({"contract": {"fields": {"industry": "pseudonymize"}}, "query": {"group_by": [dim("industry", "section")]}})
+	d.reasons == {"pseudonymized-field-not-regrouped"}
+	d.fields.industry == "deny"
+}
+
+test_a_pseudonymized_field_grouped_raw_is_allowed if {
+	d := decide({"contract": {"fields": {"owner": "pseudonymize"}}, "query": {"group_by": [dim("owner", "raw")]}})
+	d.allow
+	d.fields.owner == "pseudonymize"
+}
