@@ -117,6 +117,7 @@ class World:
 
     def __init__(self, client: TestClient, mint: Mint) -> None:
         self.client = client
+        self._uploads = 0
         self.admin = mint("operator", "admin")
         self.grid = mint("grid", "provider")
         self.other_provider = mint("water", "provider")
@@ -139,6 +140,29 @@ class World:
         r = client.post(f"/v1/contracts/{self.contract['id']}/accept", headers=auth(self.econ))
         assert r.status_code == 200, r.text
 
+    def contract_for(self, dataset_id: str, consumer: str = "econ", **terms: Any) -> str:
+        """Offer ``terms`` on ``dataset_id`` as grid to ``consumer`` (econ or env), have it
+        accepted; the active contract's id."""
+        r = self.client.post("/v1/contracts", headers=auth(self.grid),
+                             json=contract_terms(dataset_id, consumer_org=consumer, **terms))
+        assert r.status_code == 201, r.text
+        cid: str = r.json()["id"]
+        token = self.econ if consumer == "econ" else self.env
+        r = self.client.post(f"/v1/contracts/{cid}/accept", headers=auth(token))
+        assert r.status_code == 200, r.text
+        return cid
+
+    def add_dataset(self, frame: pd.DataFrame, fields: list[dict[str, Any]],
+                name: str | None = None) -> str:
+        """Upload ``frame`` as grid, keyed by ``uscc``, with the other ``fields``; its id."""
+        self._uploads += 1
+        meta = {"name": name or f"extra-{self._uploads}", "entity_field": "uscc",
+                "fields": [{"name": "uscc", "type": "string", "role": "entity"}, *fields]}
+        r = upload(self.client, self.grid, frame, meta)
+        assert r.status_code == 201, r.text
+        did: str = r.json()["id"]
+        return did
+
     def query(self, token: str | None = None, **body: Any) -> Any:
         """POST an aggregate query (defaults: the active contract, energy-planning)."""
         payload = {"contract_id": self.contract["id"], "purpose": "energy-planning",
@@ -151,6 +175,16 @@ class World:
 def world(client: TestClient, mint: Mint) -> World:
     """A broker with orgs, one dataset and one active contract."""
     return World(client, mint)
+
+
+#: Released cells as (key, values, reason) triples.
+Cells = list[tuple[dict[str, Any], Any, str | None]]
+
+
+def released(response: Any) -> Cells:
+    """The cells of a 200 aggregate answer as (key, values, reason)."""
+    assert response.status_code == 200, response.text
+    return [(c["key"], c["values"], c.get("reason")) for c in response.json()["cells"]]
 
 
 def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:

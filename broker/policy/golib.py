@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.domain.errors import BrokerError, Unavailable
 from broker.policy.bundle import PolicySources
-from broker.policy.worker import SerialWorker
+from broker.policy.worker import InProcessEngine
 
 INSTALL_HINT = (
     "the OPA Go engine is not installed: run 'make install', or "
@@ -37,16 +36,7 @@ def _new_engine() -> Any:
     return OpaEngine()
 
 
-def go_engine_available() -> bool:
-    """Whether the Go engine can be loaded here."""
-    try:
-        _new_engine().close()
-    except (GoEngineMissing, OSError):
-        return False
-    return True
-
-
-class GoPolicyEngine:
+class GoPolicyEngine(InProcessEngine):
     """Evaluates the policy directory with OPA's own Go implementation of Rego."""
 
     name = "opa-go"
@@ -57,28 +47,19 @@ class GoPolicyEngine:
         for name, text in sources.modules.items():
             self._engine.add_policy(name, text)
         self._engine.add_data(sources.document)
-        self._worker = SerialWorker("opa-go", timeout)
-        self._revision = sources.revision
-
-    @property
-    def revision(self) -> str:
-        """Content hash of the policies this engine evaluates."""
-        return self._revision
+        super().__init__("opa-go", sources.revision, timeout)
 
     def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
         """The value of ``data.<entrypoint>``; Unavailable when undefined or on any failure."""
-        try:
-            document = json.loads(json.dumps(input, allow_nan=False))
-            return self._worker.call(self._engine.eval_document, entrypoint.replace("/", "."),
-                                     document)
-        except BrokerError:
-            raise
-        except Exception as exc:
-            raise Unavailable("The policy engine gave no decision; nothing was released.") from exc
+        return self._call(self._run, entrypoint, input)
+
+    def _run(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
+        document = json.loads(json.dumps(input, allow_nan=False))
+        return self._engine.eval_document(entrypoint.replace("/", "."), document)
 
     def close(self) -> None:
-        """Release the Go engine."""
-        self._worker.close()
+        """Stop the worker and release the Go engine."""
+        super().close()
         self._engine.close()
 
 

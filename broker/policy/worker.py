@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
-from broker.domain.errors import Unavailable
+from broker.domain.errors import BrokerError, Unavailable
 
 T = TypeVar("T")
 
@@ -36,3 +36,29 @@ class SerialWorker:
     def close(self) -> None:
         """Stop taking calls; one still running is abandoned."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class InProcessEngine:
+    """What the in-process Rego engines share: the revision they were built from, one worker
+    thread with a deadline, and every failure turned into Unavailable (fail closed)."""
+
+    def __init__(self, name: str, revision: str, timeout: float) -> None:
+        self._worker = SerialWorker(name, timeout)
+        self._revision = revision
+
+    @property
+    def revision(self) -> str:
+        """Content hash of the policies this engine evaluates."""
+        return self._revision
+
+    def _call(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return self._worker.call(fn, *args)
+        except BrokerError:
+            raise
+        except Exception as exc:
+            raise Unavailable("The policy engine failed; nothing was released.") from exc
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._worker.close()

@@ -20,7 +20,7 @@ from broker.app import create_app
 from broker.policy.bundle import PolicySources
 from broker.settings import Settings
 from policies import POLICY_DIR
-from tests.conftest import Mint, World, assert_problem, auth, contract_terms, upload
+from tests.conftest import Mint, World, assert_problem, auth, upload
 from tests.fake_opa import FakeOpa, running_fake_opa
 
 
@@ -30,16 +30,6 @@ def _entries(world: World, **params: Any) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     return [e["entry"] for e in r.json()["entries"]]
 
-
-def _contract(world: World, dataset_id: str, consumer: str = "econ",
-              **terms: Any) -> str:
-    r = world.client.post("/v1/contracts", headers=auth(world.grid),
-                          json=contract_terms(dataset_id, consumer_org=consumer, **terms))
-    assert r.status_code == 201, r.text
-    cid: str = r.json()["id"]
-    token = world.econ if consumer == "econ" else world.env
-    assert world.client.post(f"/v1/contracts/{cid}/accept", headers=auth(token)).status_code == 200
-    return cid
 
 
 # ------------------------------------------------------------ the denials of "Done when"
@@ -58,12 +48,12 @@ def test_each_denial_of_the_issue_has_its_reason_over_http_and_on_the_record(
     r = world.query(measures=[{"fn": "sum", "field": "revenue"}])
     denied["unlisted"] = assert_problem(r, 403, "policy-denied")["reasons"]
     # Past the daily quota.
-    one = _contract(world, world.dataset["id"], max_queries_per_day=1)
+    one = world.contract_for(world.dataset["id"], max_queries_per_day=1)
     assert world.query(contract_id=one).status_code == 200
     r = world.query(contract_id=one)
     denied["quota"] = assert_problem(r, 403, "policy-denied")["reasons"]
     # After valid_until.
-    short = _contract(world, world.dataset["id"], valid_until=(
+    short = world.contract_for(world.dataset["id"], valid_until=(
         datetime.now(UTC) + timedelta(seconds=2)).isoformat())
     assert world.query(contract_id=short).status_code == 200
     time.sleep(2.1)
@@ -108,7 +98,7 @@ DAYS_META: dict[str, Any] = {
 def days(world: World) -> str:
     r = upload(world.client, world.grid, DAYS, DAYS_META)
     assert r.status_code == 201, r.text
-    return _contract(world, r.json()["id"],
+    return world.contract_for(r.json()["id"],
                      fields={"town": "clear", "day": "generalize", "kwh": "aggregate"})
 
 
@@ -143,7 +133,7 @@ def test_a_date_filter_on_a_generalize_field_must_follow_period_bounds(
 def test_pseudonymized_keys_are_stable_per_contract_and_unlinkable_across(
         world: World) -> None:
     fields = {"town": "pseudonymize", "kwh": "aggregate"}
-    econ = _contract(world, world.dataset["id"], fields=fields)
+    econ = world.contract_for(world.dataset["id"], fields=fields)
     body: dict[str, Any] = {"group_by": ["town"],
                             "measures": [{"fn": "count"}, {"fn": "sum", "field": "kwh"}]}
     first = world.query(contract_id=econ, **body)
@@ -160,7 +150,7 @@ def test_pseudonymized_keys_are_stable_per_contract_and_unlinkable_across(
     again = world.query(contract_id=econ, **body)
     assert [c["key"]["town"] for c in again.json()["cells"]] == keys
     # Another consumer's contract over the same data gets unrelated ones.
-    env = _contract(world, world.dataset["id"], consumer="env", fields=fields)
+    env = world.contract_for(world.dataset["id"], consumer="env", fields=fields)
     other = world.client.post("/v1/queries/aggregate", headers=auth(world.env), json={
         "contract_id": env, "purpose": "energy-planning", **body})
     assert other.status_code == 200, other.text
@@ -173,7 +163,8 @@ def test_pseudonymized_keys_are_stable_per_contract_and_unlinkable_across(
 
 
 def test_a_pseudonymized_field_cannot_be_filtered_on(world: World) -> None:
-    cid = _contract(world, world.dataset["id"], fields={"town": "pseudonymize", "kwh": "aggregate"})
+    cid = world.contract_for(world.dataset["id"],
+                             fields={"town": "pseudonymize", "kwh": "aggregate"})
     r = world.query(contract_id=cid, filters=[{"field": "town", "op": "eq", "value": "A"}])
     assert assert_problem(r, 403, "policy-denied")["reasons"] == ["filter-on-pseudonymized-field"]
 
@@ -183,7 +174,7 @@ def test_a_pseudonymized_field_cannot_be_filtered_on(world: World) -> None:
 
 def test_explain_gives_verdicts_k_quota_and_thresholds_and_releases_nothing(
         world: World) -> None:
-    cid = _contract(world, world.dataset["id"], max_queries_per_day=7,
+    cid = world.contract_for(world.dataset["id"], max_queries_per_day=7,
                     fields={"town": "pseudonymize", "kwh": "aggregate", "name": "clear"},
                     dominance={"n": 3, "k": 70})
     query = {"contract_id": cid, "purpose": "energy-planning", "group_by": ["town"],
@@ -317,7 +308,7 @@ def test_a_generalize_number_is_grouped_only_on_its_declared_bin_edges(world: Wo
     assert r.status_code == 201, r.text
     catalogue = world.client.get(f"/v1/datasets/{r.json()['id']}", headers=auth(world.grid))
     assert catalogue.json()["fields"][1]["bins"] == [10.0, 50.0, 100.0]
-    cid = _contract(world, r.json()["id"], fields={"employees": "generalize"})
+    cid = world.contract_for(r.json()["id"], fields={"employees": "generalize"})
     coarser = world.query(contract_id=cid, group_by=[{"field": "employees", "bins": [50]}])
     assert coarser.status_code == 200, coarser.text
     assert [c["key"]["employees"] for c in coarser.json()["cells"]] == ["<50", ">=50"]

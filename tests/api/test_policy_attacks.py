@@ -21,40 +21,17 @@ import pytest
 
 from broker.policy.cache import CachedPolicyEngine
 from broker.policy.conformance import canonical
-from broker.policy.golib import GoPolicyEngine, go_engine_available
+from broker.policy.golib import GoPolicyEngine
 from policies import POLICY_DIR
-from tests.conftest import World, assert_problem, auth, contract_terms, upload
+from tests.conftest import World, assert_problem, auth, contract_terms, released, upload
 
 OTHER_UUID = "00000000-0000-4000-8000-000000000000"
-Cells = list[tuple[dict[str, Any], Any, str | None]]
 
 
 # --------------------------------------------------------------------------------- helpers
 
 
-def _contract(world: World, dataset_id: str, consumer: str = "econ", **terms: Any) -> str:
-    r = world.client.post("/v1/contracts", headers=auth(world.grid),
-                          json=contract_terms(dataset_id, consumer_org=consumer, **terms))
-    assert r.status_code == 201, r.text
-    cid: str = r.json()["id"]
-    token = world.econ if consumer == "econ" else world.env
-    assert world.client.post(f"/v1/contracts/{cid}/accept", headers=auth(token)).status_code == 200
-    return cid
 
-
-def _dataset(world: World, frame: pd.DataFrame, fields: list[dict[str, Any]],
-             name: str = "attack") -> str:
-    meta = {"name": name, "entity_field": "uscc",
-            "fields": [{"name": "uscc", "type": "string", "role": "entity"}, *fields]}
-    r = upload(world.client, world.grid, frame, meta)
-    assert r.status_code == 201, r.text
-    did: str = r.json()["id"]
-    return did
-
-
-def _cells(r: Any) -> Cells:
-    assert r.status_code == 200, r.text
-    return [(c["key"], c["values"], c.get("reason")) for c in r.json()["cells"]]
 
 
 def _explain(world: World, token: str | None = None, **body: Any) -> Any:
@@ -194,7 +171,7 @@ def test_field_names_that_collide_in_the_engine_are_refused_at_upload(
 
 
 def test_the_entity_field_is_never_a_key_or_filter(world: World) -> None:
-    cid = _contract(world, world.dataset["id"], fields={"uscc": "pseudonymize",
+    cid = world.contract_for(world.dataset["id"], fields={"uscc": "pseudonymize",
                                                         "kwh": "aggregate"})
     for body in ({"group_by": ["uscc"]}, {"group_by": [{"field": "uscc", "level": "class"}]},
                  {"filters": [{"field": "uscc", "op": "eq", "value": "E7"}]}):
@@ -223,8 +200,8 @@ DAY_FIELDS: list[dict[str, Any]] = [
 
 @pytest.fixture
 def days(world: World) -> str:
-    did = _dataset(world, DAYS, DAY_FIELDS, name="daily")
-    return _contract(world, did, fields={"town": "clear", "day": "generalize",
+    did = world.add_dataset(DAYS, DAY_FIELDS, name="daily")
+    return world.contract_for(did, fields={"town": "clear", "day": "generalize",
                                          "emp": "generalize", "kwh": "clear"})
 
 
@@ -268,7 +245,7 @@ def test_period_aligned_generalize_filters_reveal_no_day(world: World, days: str
 
 
 def test_degenerate_bins_do_not_group_a_measure_by_its_exact_value(world: World) -> None:
-    cid = _contract(world, world.dataset["id"], fields={"town": "clear", "kwh": "clear"})
+    cid = world.contract_for(world.dataset["id"], fields={"town": "clear", "kwh": "clear"})
     r = world.query(contract_id=cid, group_by=[{"field": "kwh", "bins": [5, 5.000001]}],
                     measures=[{"fn": "count"}, {"fn": "sum", "field": "kwh"}])
     # Found by this suite: {"kwh": "[5,5.000001)"} -> {"count": 5, "sum_kwh": 25.0} told
@@ -307,7 +284,7 @@ def test_a_generalize_industry_code_never_flows_at_its_stored_precision(world: W
 
 @pytest.fixture
 def pseudo(world: World) -> str:
-    return _contract(world, world.dataset["id"],
+    return world.contract_for(world.dataset["id"],
                      fields={"town": "pseudonymize", "name": "pseudonymize", "kwh": "aggregate"})
 
 
@@ -323,7 +300,7 @@ def test_a_pseudonymized_field_is_never_filtered_measured_or_shown(
     # The clear answer cached for the world's contract is re-keyed for this one.
     assert world.query(group_by=["town"]).status_code == 200
     r = world.query(contract_id=pseudo, group_by=["town"], totals=True)
-    keys = [k["town"] for k, _, _ in _cells(r) if "town" in k]
+    keys = [k["town"] for k, _, _ in released(r) if "town" in k]
     assert len(keys) == 1  # town B (2 firms) is not even shown: its pseudonym would count it
     assert all(k.startswith("ps_") for k in keys)
     assert keys == sorted(keys)
@@ -332,41 +309,41 @@ def test_a_pseudonymized_field_is_never_filtered_measured_or_shown(
 
 
 def test_a_pseudonymized_identifier_cannot_count_a_suppressed_cell(world: World) -> None:
-    cid = _contract(world, world.dataset["id"],
+    cid = world.contract_for(world.dataset["id"],
                     fields={"town": "clear", "name": "pseudonymize", "kwh": "aggregate"})
-    by_town = _cells(world.query(contract_id=cid, group_by=["town"]))
+    by_town = released(world.query(contract_id=cid, group_by=["town"]))
     assert ({"town": "B"}, None, "min-entities") in by_town  # town B's count is withheld ...
     r = world.query(contract_id=cid, group_by=["name"],
                     filters=[{"field": "town", "op": "eq", "value": "B"}])
     # ... and came back as the number of (suppressed) pseudonym cells: 2. Found by this suite;
     # now a pseudonym whose own margin has fewer than k firms is not shown at all.
-    assert r.status_code == 403 or not any("name" in k for k, _, _ in _cells(r)), r.text
+    assert r.status_code == 403 or not any("name" in k for k, _, _ in released(r)), r.text
 
 
 def test_bins_on_a_pseudonymized_number_do_not_reveal_which_bin_is_which(world: World) -> None:
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)], "emp": list(range(1, 13))})
-    did = _dataset(world, frame, [{"name": "emp", "type": "integer", "role": "dimension"}])
-    cid = _contract(world, did, fields={"emp": "pseudonymize"})
+    did = world.add_dataset(frame, [{"name": "emp", "type": "integer", "role": "dimension"}])
+    cid = world.contract_for(did, fields={"emp": "pseudonymize"})
     one = world.query(contract_id=cid, group_by=[{"field": "emp", "bins": [4]}])
     two = world.query(contract_id=cid, group_by=[{"field": "emp", "bins": [4, 8]}])
     if _refused(one) or _refused(two):
         return
-    shared = {k["emp"] for k, _, _ in _cells(one)} & {k["emp"] for k, _, _ in _cells(two)}
-    assert not shared, f"'<4' is {shared}, count {[v for k, v, _ in _cells(one)]}"
+    shared = {k["emp"] for k, _, _ in released(one)} & {k["emp"] for k, _, _ in released(two)}
+    assert not shared, f"'<4' is {shared}, count {[v for k, v, _ in released(one)]}"
 
 
 def test_pseudonyms_are_stable_per_contract_and_unlinkable_across(world: World,
                                                                   pseudo: str) -> None:
     fields = {"town": "pseudonymize", "kwh": "aggregate"}
-    env = _contract(world, world.dataset["id"], consumer="env", fields=fields)
+    env = world.contract_for(world.dataset["id"], consumer="env", fields=fields)
     body: dict[str, Any] = {"purpose": "energy-planning", "group_by": ["town"],
                             "measures": [{"fn": "count"}]}
-    mine = {k["town"] for k, _, _ in _cells(world.query(contract_id=pseudo, **body))}
-    again = {k["town"] for k, _, _ in _cells(world.query(contract_id=pseudo, **body))}
+    mine = {k["town"] for k, _, _ in released(world.query(contract_id=pseudo, **body))}
+    again = {k["town"] for k, _, _ in released(world.query(contract_id=pseudo, **body))}
     theirs = world.client.post("/v1/queries/aggregate", headers=auth(world.env),
                                json={"contract_id": env, **body})
     assert mine == again
-    assert not mine & {k["town"] for k, _, _ in _cells(theirs)}
+    assert not mine & {k["town"] for k, _, _ in released(theirs)}
 
 
 # --------------------------------------------------------------------- k floors
@@ -376,16 +353,16 @@ def test_an_l4_measure_is_held_to_its_floor_and_only_summed(world: World) -> Non
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(14)], "town": ["A"] * 7 + ["B"] * 7,
                           "profit": [float(100 + i) for i in range(14)],
                           "secret": ["x", "y"] * 7})
-    did = _dataset(world, frame, [
+    did = world.add_dataset(frame, [
         {"name": "town", "type": "string", "role": "dimension"},
         {"name": "profit", "type": "number", "role": "sensitive", "sensitivity": "L4"},
         {"name": "secret", "type": "string", "role": "dimension", "sensitivity": "L4"}])
-    cid = _contract(world, did, k_min=3, fields={"town": "clear", "profit": "aggregate",
+    cid = world.contract_for(did, k_min=3, fields={"town": "clear", "profit": "aggregate",
                                                  "secret": "clear"})
     r = world.query(contract_id=cid, group_by=["town"],
                     measures=[{"fn": "sum", "field": "profit", "as": "count"}])
     assert r.json()["k"] == 10
-    assert all(v is None for _, v, _ in _cells(r))  # 7 firms per town < 10
+    assert all(v is None for _, v, _ in released(r))  # 7 firms per town < 10
     for m in ({"fn": "mean", "field": "profit"},
               {"fn": "ratio", "numerator": "profit", "denominator": "profit"}):
         r = world.query(contract_id=cid, group_by=["town"], measures=[m])
@@ -401,7 +378,7 @@ def test_an_l4_measure_is_held_to_its_floor_and_only_summed(world: World) -> Non
 
 
 def test_concurrent_queries_never_pass_the_daily_quota(world: World) -> None:
-    cid = _contract(world, world.dataset["id"], max_queries_per_day=2)
+    cid = world.contract_for(world.dataset["id"], max_queries_per_day=2)
     statuses: list[int] = []
 
     def ask(i: int) -> None:
@@ -423,11 +400,11 @@ def test_concurrent_queries_never_pass_the_daily_quota(world: World) -> None:
 
 def test_sub_second_validity_bounds_are_never_widened(world: World) -> None:
     now = datetime.now(UTC)
-    later = _contract(world, world.dataset["id"],
+    later = world.contract_for(world.dataset["id"],
                       valid_from=(now + timedelta(seconds=0.6)).isoformat())
     assert world.query(contract_id=later).json()["reasons"] == ["contract-not-yet-valid"]
     until = now + timedelta(seconds=1.3, microseconds=999)
-    short = _contract(world, world.dataset["id"], valid_until=until.isoformat())
+    short = world.contract_for(world.dataset["id"], valid_until=until.isoformat())
     time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.02)
     assert world.query(contract_id=short).json()["reasons"] == ["contract-expired"]
     assert _explain(world, contract_id=short).json()["allow"] is False
@@ -437,7 +414,7 @@ def test_sub_second_validity_bounds_are_never_widened(world: World) -> None:
 
 
 def test_explain_treats_a_foreign_contract_as_a_missing_one(world: World) -> None:
-    env = _contract(world, world.dataset["id"], consumer="env")
+    env = world.contract_for(world.dataset["id"], consumer="env")
     foreign = _explain(world, contract_id=env, group_by=["town"]).json()
     missing = _explain(world, contract_id=OTHER_UUID, group_by=["town"]).json()
     assert foreign == missing
@@ -503,7 +480,6 @@ class _Recorder:
         return self.engine.evaluate(entrypoint, input)
 
 
-@pytest.mark.skipif(not go_engine_available(), reason="OPA Go engine not installed")
 def test_regopy_and_opa_agree_on_every_attack_decision(
         world: World, days: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cached = world.client.app.state.container.policies.engine  # type: ignore[attr-defined]

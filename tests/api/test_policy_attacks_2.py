@@ -14,39 +14,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import World, auth, contract_terms, upload
+from tests.conftest import World, auth, released, upload
 
-Cells = list[tuple[dict[str, Any], Any, str | None]]
 SUM = [{"fn": "sum", "field": "kwh"}, {"fn": "count"}]
 
 
-def _contract(world: World, dataset_id: str, consumer: str = "econ", **terms: Any) -> str:
-    r = world.client.post("/v1/contracts", headers=auth(world.grid),
-                          json=contract_terms(dataset_id, consumer_org=consumer, **terms))
-    assert r.status_code == 201, r.text
-    cid: str = r.json()["id"]
-    token = world.econ if consumer == "econ" else world.env
-    assert world.client.post(f"/v1/contracts/{cid}/accept", headers=auth(token)).status_code == 200
-    return cid
 
-
-def _dataset(world: World, frame: pd.DataFrame, fields: list[dict[str, Any]]) -> str:
-    meta = {"name": "attack2", "entity_field": "uscc",
-            "fields": [{"name": "uscc", "type": "string", "role": "entity"}, *fields]}
-    r = upload(world.client, world.grid, frame, meta)
-    assert r.status_code == 201, r.text
-    did: str = r.json()["id"]
-    return did
-
-
-def _cells(r: Any) -> Cells:
-    assert r.status_code == 200, r.text
-    return [(c["key"], c["values"], c.get("reason")) for c in r.json()["cells"]]
 
 
 def _by_key(r: Any, field: str) -> dict[Any, Any]:
     """Released values of a one-dimension table by key (None where withheld); margins too."""
-    return {k.get(field, "total"): v for k, v, _ in _cells(r)}
+    return {k.get(field, "total"): v for k, v, _ in released(r)}
 
 
 def _kwh(values: Any) -> float | None:
@@ -63,20 +41,20 @@ TOWNS = pd.DataFrame({"uscc": [f"E{i}" for i in range(10)],
 @pytest.mark.xfail(strict=True, reason="the differencing guard compares releases pairwise: "
                    "three cells (A+C) - (A+B) + B, each pair >= k apart, isolate one firm")
 def test_a_three_query_tracker_does_not_isolate_one_firm(world: World) -> None:
-    did = _dataset(world, TOWNS, [
+    did = world.add_dataset(TOWNS, [
         {"name": "town", "type": "string", "role": "dimension"},
         {"name": "kwh", "type": "number", "role": "measure", "bins": [50.0, 120.0]}])
-    cid = _contract(world, did, fields={"town": "clear", "kwh": "generalize"})
+    cid = world.contract_for(did, fields={"town": "clear", "kwh": "generalize"})
 
     def total(*towns: str) -> float | None:
         r = world.query(contract_id=cid, measures=SUM,
                         filters=[{"field": "town", "op": "in", "value": list(towns)}])
-        return _kwh(_cells(r)[0][1])
+        return _kwh(released(r)[0][1])
 
     # Narrowing a declared bin (or any cell) to the one firm of town C directly is withheld ...
     r = world.query(contract_id=cid, group_by=[{"field": "kwh", "bins": [120.0]}], measures=SUM,
                     filters=[{"field": "town", "op": "eq", "value": "C"}])
-    assert all(v is None for _, v, _ in _cells(r))
+    assert all(v is None for _, v, _ in released(r))
     # ... and so is a two-query difference (A+C vs A: one firm apart) once A+C is out.
     a_c, a_b, b = total("A", "C"), total("A", "B"), total("B")
     assert total("A") is None
@@ -94,9 +72,9 @@ DAYS = pd.DataFrame({"uscc": [f"E{i}" for i in range(7)],
 @pytest.mark.xfail(strict=True, reason="the differencing guard compares only cells of equal "
                    "date scope, so nested aligned ranges (year vs Jan-Nov) isolate December")
 def test_nested_date_ranges_do_not_isolate_the_only_firm_of_a_month(world: World) -> None:
-    did = _dataset(world, DAYS, [{"name": "day", "type": "date", "role": "dimension"},
+    did = world.add_dataset(DAYS, [{"name": "day", "type": "date", "role": "dimension"},
                                  {"name": "kwh", "type": "number", "role": "measure"}])
-    cid = _contract(world, did, fields={"day": "generalize", "kwh": "aggregate"})
+    cid = world.contract_for(did, fields={"day": "generalize", "kwh": "aggregate"})
     by_month = _by_key(world.query(contract_id=cid, measures=SUM, totals=True,
                                    group_by=[{"field": "day", "level": "month"}]), "day")
     assert by_month["2025-12"] is None  # the month itself is withheld (min-entities)
@@ -105,7 +83,7 @@ def test_nested_date_ranges_do_not_isolate_the_only_firm_of_a_month(world: World
         r = world.query(contract_id=cid, measures=SUM,
                         filters=[{"field": "day", "op": "range", "value": [low, high]}])
         assert r.json()["policy"]["fields"]["day"] == "generalize"
-        return _cells(r)[0][1]
+        return released(r)[0][1]
 
     year, to_november = within("2025-01-01", "2025-12-31"), within("2025-01-01", "2025-11-30")
     # Found here: {"sum_kwh": 752.0, "count": 7} and {"sum_kwh": 615.0, "count": 6}: both
@@ -122,9 +100,9 @@ DOMINANT = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)],
 @pytest.mark.xfail(strict=True, reason="complementary suppression protects each table alone: "
                    "'>=20' of edges [20] less '[20,30)' of edges [20,30] is the dominated bin")
 def test_declared_bin_subsets_do_not_undo_a_dominance_suppression(world: World) -> None:
-    did = _dataset(world, DOMINANT, [
+    did = world.add_dataset(DOMINANT, [
         {"name": "kwh", "type": "number", "role": "measure", "bins": [20.0, 30.0]}])
-    cid = _contract(world, did, fields={"kwh": "generalize"})
+    cid = world.contract_for(did, fields={"kwh": "generalize"})
     fine = _by_key(world.query(contract_id=cid, measures=SUM, totals=True,
                                group_by=[{"field": "kwh", "bins": [20.0, 30.0]}]), "kwh")
     assert fine[">=30"] is None  # dominance, '<20' its complement
@@ -141,9 +119,9 @@ def test_declared_bin_subsets_cannot_difference_a_small_bin(world: World) -> Non
     """Two firms in [20,30): every pair of edge subsets that brackets it is 2 < k apart."""
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)],
                           "kwh": [10.0, 11, 12, 13, 14, 21, 22, 30, 31, 32, 33, 34]})
-    did = _dataset(world, frame, [
+    did = world.add_dataset(frame, [
         {"name": "kwh", "type": "number", "role": "measure", "bins": [20.0, 30.0]}])
-    cid = _contract(world, did, fields={"kwh": "generalize"})
+    cid = world.contract_for(did, fields={"kwh": "generalize"})
     seen: dict[str, float | None] = {}
     for edges in ([20.0, 30.0], [20.0], [30.0]):
         r = world.query(contract_id=cid, measures=SUM, totals=True, remainder=True,
@@ -165,8 +143,8 @@ def test_bins_on_a_pseudonymized_number_are_refused(world: World) -> None:
     {9, 3}; only one monotone reading fits, which tells which pseudonym is '<x'. A
     pseudonymized field is now grouped by its stored values only."""
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)], "emp": list(range(1, 13))})
-    did = _dataset(world, frame, [{"name": "emp", "type": "integer", "role": "dimension"}])
-    cid = _contract(world, did, fields={"emp": "pseudonymize"})
+    did = world.add_dataset(frame, [{"name": "emp", "type": "integer", "role": "dimension"}])
+    cid = world.contract_for(did, fields={"emp": "pseudonymize"})
     for edge in (4.0, 7.0, 10.0):
         r = world.query(contract_id=cid, group_by=[{"field": "emp", "bins": [edge]}])
         assert r.status_code == 403, r.text
@@ -177,9 +155,9 @@ def test_a_null_value_of_a_pseudonymized_field_is_not_released_in_clear(world: W
     """Found by this suite: {"bank": null} -> {"count": 4} came out beside two ps_ keys."""
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)],
                           "bank": ["X"] * 4 + ["Y"] * 4 + [None] * 4})
-    did = _dataset(world, frame, [{"name": "bank", "type": "string", "role": "dimension"}])
-    cid = _contract(world, did, fields={"bank": "pseudonymize"})
-    cells = _cells(world.query(contract_id=cid, group_by=["bank"]))
+    did = world.add_dataset(frame, [{"name": "bank", "type": "string", "role": "dimension"}])
+    cid = world.contract_for(did, fields={"bank": "pseudonymize"})
+    cells = released(world.query(contract_id=cid, group_by=["bank"]))
     assert len(cells) == 3
     assert all(str(k["bank"]).startswith("ps_") for k, _, _ in cells)
 
@@ -190,9 +168,9 @@ def test_hierarchy_levels_of_a_pseudonymized_code_are_refused(world: World) -> N
     codes = ["C3825", "C3826", "C1711"]
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(13)],
                           "ind": ["C3825"] * 4 + ["C3826"] * 4 + ["C1711"] * 5})
-    did = _dataset(world, frame, [{"name": "ind", "type": "string", "role": "dimension",
+    did = world.add_dataset(frame, [{"name": "ind", "type": "string", "role": "dimension",
                                    "hierarchy": "gbt4754", "codes": codes}])
-    cid = _contract(world, did, fields={"ind": "pseudonymize"})
+    cid = world.contract_for(did, fields={"ind": "pseudonymize"})
     for level in ("class", "group", "division", "section"):
         r = world.query(contract_id=cid, group_by=[{"field": "ind", "level": level}])
         assert r.status_code == 403, r.text
@@ -208,26 +186,26 @@ def test_hierarchy_levels_of_a_pseudonymized_code_are_refused(world: World) -> N
 def test_the_release_cache_never_hands_one_contracts_answer_to_another(world: World) -> None:
     """The same computation under contracts with other forms or thresholds: the answer
     cached in clear for the first is recomputed or re-keyed for each of the others."""
-    did = _dataset(world, TOWNS, [{"name": "town", "type": "string", "role": "dimension"},
+    did = world.add_dataset(TOWNS, [{"name": "town", "type": "string", "role": "dimension"},
                                   {"name": "kwh", "type": "number", "role": "measure"}])
     body: dict[str, Any] = {"group_by": ["town"], "measures": SUM, "totals": True}
-    clear = _contract(world, did, fields={"town": "clear", "kwh": "aggregate"})
+    clear = world.contract_for(did, fields={"town": "clear", "kwh": "aggregate"})
     first = _by_key(world.query(contract_id=clear, **body), "town")
     assert first["A"] == {"sum_kwh": 510.0, "count": 5}
-    keyed = _contract(world, did, fields={"town": "pseudonymize", "kwh": "aggregate"})
-    other = _contract(world, did, fields={"town": "pseudonymize", "kwh": "aggregate"})
+    keyed = world.contract_for(did, fields={"town": "pseudonymize", "kwh": "aggregate"})
+    other = world.contract_for(did, fields={"town": "pseudonymize", "kwh": "aggregate"})
     mine = world.query(contract_id=keyed, **body)
     theirs = world.query(contract_id=other, **body)
     for r in (mine, theirs):
         assert '"A"' not in r.text
         assert '"B"' not in r.text
         assert '"C"' not in r.text
-    ps = {k["town"] for k, _, _ in _cells(mine) if "town" in k}
+    ps = {k["town"] for k, _, _ in released(mine) if "town" in k}
     assert ps
-    assert not ps & {k["town"] for k, _, _ in _cells(theirs) if "town" in k}
-    strict = _contract(world, did, k_min=6, fields={"town": "clear", "kwh": "aggregate"})
+    assert not ps & {k["town"] for k, _, _ in released(theirs) if "town" in k}
+    strict = world.contract_for(did, k_min=6, fields={"town": "clear", "kwh": "aggregate"})
     assert _by_key(world.query(contract_id=strict, **body), "town")["A"] is None
-    tight = _contract(world, did, consumer="env", dominance={"n": 1, "k": 20.0},
+    tight = world.contract_for(did, consumer="env", dominance={"n": 1, "k": 20.0},
                       fields={"town": "clear", "kwh": "aggregate"})
     r = world.client.post("/v1/queries/aggregate", headers=auth(world.env), json={
         "contract_id": tight, "purpose": "energy-planning", **body})
@@ -266,12 +244,12 @@ def test_turkish_i_names_pass_the_check_and_the_engine_keeps_them_apart(
     is accepted, and a query on the contracted `id` reads `id`, never the identifier."""
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(6)],
                           twin: [f"Secret {i}" for i in range(6)], "id": ["x"] * 6})
-    did = _dataset(world, frame, [
+    did = world.add_dataset(frame, [
         {"name": twin, "type": "string", "role": "identifier", "sensitivity": "L3"},
         {"name": "id", "type": "string", "role": "dimension"}])
-    cid = _contract(world, did, fields={"id": "clear"})
+    cid = world.contract_for(did, fields={"id": "clear"})
     r = world.query(contract_id=cid, group_by=["id"])
-    assert [k for k, _, _ in _cells(r)] == [{"id": "x"}]
+    assert [k for k, _, _ in released(r)] == [{"id": "x"}]
     assert "Secret" not in r.text
     assert world.query(contract_id=cid, group_by=[twin]).status_code == 403
 
@@ -284,11 +262,11 @@ def graded(world: World) -> str:
     frame = pd.DataFrame({"uscc": [f"E{i}" for i in range(12)], "emp": list(range(1, 13)),
                           "day": [f"2025-{m:02d}-15" for m in range(1, 13)],
                           "kwh": [float(10 + i) for i in range(12)]})
-    did = _dataset(world, frame, [
+    did = world.add_dataset(frame, [
         {"name": "emp", "type": "integer", "role": "dimension", "bins": [4.0, 8.0]},
         {"name": "day", "type": "date", "role": "dimension"},
         {"name": "kwh", "type": "number", "role": "measure", "bins": [15.0]}])
-    return _contract(world, did, fields={"emp": "generalize", "day": "generalize",
+    return world.contract_for(did, fields={"emp": "generalize", "day": "generalize",
                                          "kwh": "clear"})
 
 
