@@ -1,25 +1,87 @@
-"""Recompute the chain from stored entries and name the first one that does not hold."""
+"""Verify a stored or exported log: every leaf, the chain, the tree and the signed checkpoints.
+
+The verifier trusts nothing it reads but the public key it is given (and, optionally, one
+checkpoint the caller already trusts). It recomputes every leaf hash from the entry's bytes,
+follows ``prev_hash`` from the genesis hash, recomputes the RFC 6962 root at the size of every
+signed checkpoint, and names the first fault it meets:
+
+- ``bad-entry``: an entry's bytes are not what the log committed to (hash, chain, seq);
+- ``gap``: a sequence number is missing;
+- ``reorder``: an entry stands at another entry's position;
+- ``rollback``: the log is shorter than a signed checkpoint (or the head) says it was;
+- ``fork``: the log is self-consistent but its tree is not the one a signed checkpoint
+  commits to (a rewrite with every hash recomputed), or two signed checkpoints disagree;
+- ``bad-checkpoint``: a checkpoint that is malformed or not signed by the key.
+
+Entries are checked a chunk at a time with C-level hashing (``map`` over ``hashlib``); only a
+chunk that fails a check is walked entry by entry, to name the fault exactly.
+"""
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from audit import merkle
+from audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from audit.entry import GENESIS_HASH, encode, leaf_hash
+
+GENESIS = bytes.fromhex(GENESIS_HASH)
+_PREV = re.compile(rb'"prev_hash":"([0-9a-f]{64})"')
+_PREV_AT = b'"prev_hash":"%s"'
+_SEQ_AT = b',"seq":%d,"ts":"'
+_SEQ = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"ts":"')
+_sha256 = hashlib.sha256
+_digest = type(hashlib.sha256()).digest
+_LEAF = b"\x00".__add__
+_NODE = b"\x01".__add__
+
+
+class Fault(StrEnum):
+    """What kind of damage a verification found."""
+
+    BAD_ENTRY = "bad-entry"
+    GAP = "gap"
+    REORDER = "reorder"
+    ROLLBACK = "rollback"
+    FORK = "fork"
+    BAD_CHECKPOINT = "bad-checkpoint"
+
+
+#: Exit codes of ``broker audit verify``: 0 valid, 1 could not read, 2 usage, then one per fault.
+EXIT_CODES: dict[Fault, int] = {
+    Fault.BAD_ENTRY: 3,
+    Fault.GAP: 4,
+    Fault.REORDER: 5,
+    Fault.ROLLBACK: 6,
+    Fault.FORK: 7,
+    Fault.BAD_CHECKPOINT: 8,
+}
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """One row as the store holds it: the canonical body plus columns derived from it."""
+class Chunk:
+    """Consecutive stored entries as parallel lists; the column lists are None in an export."""
 
-    seq: int
-    body: bytes
-    leaf_hash: str
-    prev_hash: str
-    columns: Mapping[str, Any]
+    bodies: list[bytes]
+    seqs: list[int] | None = None
+    leaf_hashes: list[str] | None = None
+    prev_hashes: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    """A checkpoint whose signature verified, and where it was found."""
+
+    checkpoint: Checkpoint
+    note: str
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,40 +91,257 @@ class Verification:
     valid: bool
     size: int
     root: str
+    fault: Fault | None = None
     first_bad_seq: int | None = None
     reason: str | None = None
+    detail: str | None = None
+    checkpoints: int = 0
+    latest_checkpoint: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when valid, else the fault's exit code."""
+        return 0 if self.fault is None else EXIT_CODES[self.fault]
 
     def as_json(self) -> dict[str, Any]:
         """The ``GET /v1/audit/verify`` answer."""
-        out: dict[str, Any] = {"valid": self.valid, "size": self.size, "root": self.root}
+        out: dict[str, Any] = {
+            "valid": self.valid,
+            "size": self.size,
+            "root": self.root,
+            "checkpoints_checked": self.checkpoints,
+            "latest_checkpoint": self.latest_checkpoint,
+        }
         if not self.valid:
-            out["first_bad_seq"] = self.first_bad_seq
-            out["reason"] = self.reason
+            out |= {"kind": str(self.fault), "first_bad_seq": self.first_bad_seq,
+                    "reason": self.reason, "detail": self.detail}
         return out
 
 
-def indexed_columns(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The filterable columns a store keeps beside the body; verification re-derives them."""
-    resource = entry.get("resource") or {}
-    actor = entry.get("actor") or {}
-    decision = entry.get("decision") or {}
-    return {
-        "ts": entry.get("ts"),
-        "action": entry.get("action"),
-        "actor_sub": actor.get("sub"),
-        "actor_org": actor.get("org"),
-        "dataset_id": resource.get("dataset_id"),
-        "contract_id": resource.get("contract_id"),
-        "allowed": decision.get("allowed"),
-    }
+@dataclass
+class _Found(Exception):
+    """Raised inside the walk when a fault is found."""
+
+    fault: Fault
+    seq: int | None
+    reason: str
+    detail: str = ""
 
 
-def _check(stored: StoredEntry, expected_seq: int, prev: str) -> str | None:
-    """The reason ``stored`` breaks the chain at ``expected_seq``, or None."""
-    if stored.seq != expected_seq:
-        return "seq-gap"
+@dataclass
+class Head:
+    """What the store's head row claims: size, last leaf hash and packed frontier."""
+
+    size: int
+    head_hash: str
+    frontier: bytes | None = None
+
+
+def open_checkpoints(
+    notes: Iterable[tuple[str, str]], verifier: NoteVerifier, origin: str | None = None
+) -> list[SignedCheckpoint]:
+    """Verify (note, source) pairs; CheckpointError names the first one that fails."""
+    opened = []
+    for note, source in notes:
+        try:
+            checkpoint = verifier.checkpoint(note, origin)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{source}: {exc}") from exc
+        opened.append(SignedCheckpoint(checkpoint, note, source))
+    return opened
+
+
+@dataclass
+class _Walk:
+    """State of one verification: position, last leaf, tree, the checkpoints still ahead."""
+
+    pending: list[SignedCheckpoint]
+    deep: bool
+    frontier: merkle.Frontier = field(default_factory=merkle.Frontier)
+    last: bytes = GENESIS
+    checked: int = 0
+    good_size: int = 0  # the largest checkpointed size whose root matched
+    walked: int = 0  # entries of the current chunk the slow walk has passed
+    leaves: list[bytes] | None = None  # every leaf hash, when the caller checks stored nodes
+
+    # -- fast path ---------------------------------------------------------------------------
+
+    def chunk(self, chunk: Chunk, rest: Iterator[Chunk], head: Head | None) -> None:
+        bodies = chunk.bodies
+        start = self.frontier.size
+        n = len(bodies)
+        leaves = list(map(_digest, map(_sha256, map(_LEAF, bodies))))
+        hexes = list(map(binascii.hexlify, leaves))
+        links = [binascii.hexlify(self.last), *hexes[:-1]]
+        # C-level checks over the whole chunk: each body names its predecessor's leaf hash and
+        # its own position; any miss sends the chunk to the walk below, which reads each entry.
+        ok = (
+            all(map(bytes.__contains__, bodies, map(_PREV_AT.__mod__, links)))
+            and all(map(bytes.__contains__, bodies,
+                        map(_SEQ_AT.__mod__, range(start + 1, start + 1 + n))))
+            and (chunk.seqs is None or chunk.seqs == list(range(start + 1, start + 1 + n)))
+            and (chunk.leaf_hashes is None
+                 or list(map(str.encode, chunk.leaf_hashes)) == hexes)
+            and (chunk.prev_hashes is None
+                 or list(map(str.encode, chunk.prev_hashes)) == links)
+        )
+        if not ok or self.deep:
+            try:
+                self._walk(chunk, leaves, rest, head)
+            except _Found:
+                self._grow(leaves[:self.walked])  # the entries before the fault did verify
+                raise
+            if not ok:  # fail closed: the fast check failed, so the walk must have named why
+                raise _Found(Fault.BAD_ENTRY, start + 1, "unexplained",
+                             f"entries {start + 1}..{start + len(bodies)} do not check")
+        self.last = leaves[-1]
+        if self.leaves is not None:
+            self.leaves.extend(leaves)
+        self._grow(leaves)
+
+    def _grow(self, leaves: Sequence[bytes]) -> None:
+        """Add leaves to the tree, stopping at every checkpoint size to compare roots."""
+        at = 0
+        while at < len(leaves):
+            take = len(leaves) - at
+            if self.pending:
+                take = min(take, self.pending[0].checkpoint.size - self.frontier.size)
+            _extend(self.frontier, leaves[at:at + take])
+            at += take
+            self._check_reached()
+
+    def _check_reached(self) -> None:
+        while self.pending and self.pending[0].checkpoint.size == self.frontier.size:
+            signed = self.pending.pop(0)
+            if self.frontier.root() != signed.checkpoint.root:
+                raise _Found(
+                    Fault.FORK, self.good_size + 1, "checkpoint-root-mismatch",
+                    f"the tree of the first {signed.checkpoint.size} entries differs from the "
+                    f"signed checkpoint ({signed.source}): an entry between "
+                    f"{self.good_size + 1} and {signed.checkpoint.size} was rewritten")
+            self.checked += 1
+            self.good_size = signed.checkpoint.size
+
+    # -- slow path: walk entry by entry to name the fault --------------------------------------
+
+    def _walk(self, chunk: Chunk, leaves: list[bytes], rest: Iterator[Chunk],
+              head: Head | None) -> None:
+        start = self.frontier.size
+        last = self.last
+        for i, body in enumerate(chunk.bodies):
+            self.walked = i
+            position = start + i + 1
+            leaf = leaves[i]
+            column_seq = chunk.seqs[i] if chunk.seqs is not None else None
+            body_seq = _body_seq(body)
+            if column_seq is not None and column_seq != position:
+                self._missing(position, chunk, i, rest, by_column=True)
+            if chunk.leaf_hashes is not None and chunk.leaf_hashes[i] != leaf.hex():
+                raise _Found(Fault.BAD_ENTRY, position, "leaf-hash-mismatch",
+                             f"entry {position}'s bytes do not hash to its stored leaf hash")
+            if body_seq is None:
+                raise _Found(Fault.BAD_ENTRY, position, "entry-unparseable",
+                             f"entry {position} has no readable seq")
+            prev = _body_prev(body)
+            if body_seq != position:
+                if prev == last:  # it chains here, so it is this entry with its seq changed
+                    raise _Found(Fault.BAD_ENTRY, position, "seq-mismatch",
+                                 f"entry {position} says it is entry {body_seq}")
+                if column_seq is None and body_seq > position:
+                    self._missing(position, chunk, i, rest, by_column=False)
+                raise _Found(Fault.REORDER, position, "entry-out-of-place",
+                             f"position {position} holds entry {body_seq}")
+            if prev != last:
+                raise self._broken_link(position, chunk, leaves, i, rest, head)
+            if chunk.prev_hashes is not None and chunk.prev_hashes[i] != (prev or b"").hex():
+                raise _Found(Fault.BAD_ENTRY, position, "prev-hash-column-mismatch",
+                             f"entry {position}'s stored prev_hash differs from its body's")
+            if self.deep:
+                reason = deep_check(body)
+                if reason is not None:
+                    raise _Found(Fault.BAD_ENTRY, position, reason,
+                                 f"entry {position} is not a canonical entry")
+            last = leaf
+        self.last = last
+
+    def _missing(self, position: int, chunk: Chunk, i: int, rest: Iterator[Chunk], *,
+                 by_column: bool) -> None:
+        """Entry ``position`` is not where it should be: later in the log, or gone."""
+        seen = _scan_for(position, chunk, i, rest, by_column=by_column)
+        if seen:
+            raise _Found(Fault.REORDER, position, "entry-out-of-place",
+                         f"entry {position} appears later in the log")
+        raise _Found(Fault.GAP, position, "seq-gap", f"entry {position} is missing")
+
+    def _broken_link(self, position: int, chunk: Chunk, leaves: list[bytes], i: int,
+                     rest: Iterator[Chunk], head: Head | None) -> _Found:
+        """Entry ``position`` does not chain to its predecessor: which one was altered?
+
+        If the next entry still chains to this one, this entry is intact and its predecessor's
+        bytes changed; otherwise this entry itself changed (its ``prev_hash`` included).
+        """
+        if position == 1:
+            return _Found(Fault.BAD_ENTRY, 1, "prev-hash-mismatch",
+                          "entry 1 does not start from the genesis hash")
+        nxt = _following(chunk, i, rest)
+        follows = (_body_prev(nxt) == leaves[i]) if nxt is not None else (
+            head is not None and head.size == position and head.head_hash == leaves[i].hex())
+        bad = position - 1 if follows else position
+        return _Found(Fault.BAD_ENTRY, bad, "prev-hash-mismatch",
+                      f"entry {position} does not chain to entry {position - 1}; "
+                      f"entry {bad}'s bytes were changed")
+
+
+def _extend(frontier: merkle.Frontier, leaves: Sequence[bytes]) -> None:
+    """Add many leaves: whole aligned blocks are hashed level by level in C loops."""
+    at, n = 0, len(leaves)
+    while at < n:
+        size = frontier.size
+        align = size & -size if size else 1 << 62
+        block = min(align, 1 << ((n - at).bit_length() - 1))
+        if block < 16:
+            for leaf in leaves[at:at + block]:
+                frontier.add(leaf)
+        else:
+            level = list(leaves[at:at + block])
+            while len(level) > 1:
+                level = list(map(_digest, map(_sha256, map(
+                    bytes.__add__, map(_NODE, level[0::2]), level[1::2]))))
+            frontier.add_perfect(block.bit_length() - 1, level[0])
+        at += block
+
+
+def _body_seq(body: bytes) -> int | None:
+    match = _SEQ.search(body)
+    return int(match.group(1)) if match else None
+
+
+def _body_prev(body: bytes) -> bytes | None:
+    match = _PREV.search(body)
+    return binascii.unhexlify(match.group(1)) if match else None
+
+
+def _scan_for(seq: int, chunk: Chunk, i: int, rest: Iterator[Chunk], *, by_column: bool) -> bool:
+    """Whether an entry whose body says ``seq`` appears from ``chunk[i]`` on."""
+    del by_column  # the body's own seq is what names an entry
+    if any(_body_seq(b) == seq for b in chunk.bodies[i:]):
+        return True
+    return any(_body_seq(b) == seq for later in rest for b in later.bodies)
+
+
+def _following(chunk: Chunk, i: int, rest: Iterator[Chunk]) -> bytes | None:
+    if i + 1 < len(chunk.bodies):
+        return chunk.bodies[i + 1]
+    for later in rest:
+        if later.bodies:
+            return later.bodies[0]
+    return None
+
+
+def deep_check(body: bytes) -> str | None:
+    """Why ``body`` is not a canonical v1 entry, or None: the slow per-entry check."""
     try:
-        entry = json.loads(stored.body)
+        entry = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return "entry-unparseable"
     if not isinstance(entry, dict):
@@ -71,67 +350,149 @@ def _check(stored: StoredEntry, expected_seq: int, prev: str) -> str | None:
         canonical = encode(entry)
     except Exception:
         return "entry-unparseable"
-    if canonical != stored.body:
+    if canonical != body:
         return "entry-not-canonical"
-    if leaf_hash(stored.body) != stored.leaf_hash:
-        return "leaf-hash-mismatch"
-    if entry.get("seq") != stored.seq:
-        return "seq-mismatch"
-    if entry.get("prev_hash") != prev or stored.prev_hash != prev:
-        return "prev-hash-mismatch"
-    if indexed_columns(entry) != dict(stored.columns):
-        return "index-mismatch"
+    if entry.get("v") != 1 or not isinstance(entry.get("decision"), dict):
+        return "entry-shape"
     return None
 
 
-def verify_chain(
-    entries: Iterable[StoredEntry],
+def verify_log(
+    chunks: Iterable[Chunk],
     *,
-    head_size: int | None = None,
-    head_hash: str | None = None,
+    checkpoints: Sequence[SignedCheckpoint] = (),
+    head: Head | None = None,
+    deep: bool = False,
+    nodes: Iterable[tuple[int, int, str]] | None = None,
 ) -> Verification:
-    """Walk the entries in seq order from 1 and report the first broken link.
+    """Check every entry in order against each other and against the signed checkpoints.
 
-    ``head_size``/``head_hash`` are what the store's head row claims; a shorter chain than the
-    head (a deleted tail) or a different last hash is reported as ``head-mismatch``.
+    ``checkpoints`` must already be signature-checked (see :func:`open_checkpoints`). ``nodes``
+    are a store's perfect-subtree hashes (level >= 1) ordered by level and index: proofs are
+    built from them, so each must be the hash the entries give.
     """
-    prev = GENESIS_HASH
-    tree = merkle.Frontier()  # O(log n) memory however long the log
-    for stored in entries:
-        expected = tree.size + 1
-        reason = _check(stored, expected, prev)
-        if reason is not None:
-            bad = expected if reason == "seq-gap" else stored.seq
-            return Verification(False, tree.size, tree.root().hex(), bad, reason)
-        tree.add(bytes.fromhex(stored.leaf_hash))
-        prev = stored.leaf_hash
-    size = tree.size
-    root = tree.root().hex()
-    if head_size is not None and (head_size != size or (head_hash or GENESIS_HASH) != prev):
-        return Verification(False, size, root, min(head_size, size) + 1, "head-mismatch")
-    return Verification(True, size, root)
+    by_size: dict[int, SignedCheckpoint] = {}
+    for signed in checkpoints:
+        seen = by_size.setdefault(signed.checkpoint.size, signed)
+        if seen.checkpoint.root != signed.checkpoint.root:
+            return Verification(
+                False, 0, merkle.EMPTY_ROOT.hex(), Fault.FORK, signed.checkpoint.size,
+                "conflicting-checkpoints",
+                f"two signed checkpoints of size {signed.checkpoint.size} disagree "
+                f"({seen.source}, {signed.source}): the log showed two histories")
+    pending = sorted(by_size.values(), key=lambda s: s.checkpoint.size)
+    latest = pending[-1].checkpoint.size if pending else None
+    walk = _Walk([s for s in pending if s.checkpoint.size > 0], deep)
+    if nodes is not None:
+        walk.leaves = []
+    stream = iter(chunks)
+    try:
+        for chunk in stream:
+            if chunk.bodies:
+                walk.chunk(chunk, stream, head)
+        _finish(walk, head)
+        if nodes is not None and walk.leaves is not None:
+            _check_nodes(walk.leaves, nodes)
+    except _Found as found:
+        return Verification(False, walk.frontier.size, walk.frontier.root().hex(), found.fault,
+                            found.seq, found.reason, found.detail, walk.checked, latest)
+    return Verification(True, walk.frontier.size, walk.frontier.root().hex(),
+                        checkpoints=walk.checked, latest_checkpoint=latest)
 
 
-def entries_from_export(lines: Iterable[bytes]) -> Iterator[StoredEntry]:
-    """Stored entries rebuilt from an export (one canonical entry per line).
+def _finish(walk: _Walk, head: Head | None) -> None:
+    size = walk.frontier.size
+    if walk.pending:
+        ahead = walk.pending[-1]
+        raise _Found(Fault.ROLLBACK, size + 1, "log-shorter-than-checkpoint",
+                     f"a signed checkpoint ({ahead.source}) covers {ahead.checkpoint.size} "
+                     f"entries; the log has {size}")
+    if head is None:
+        return
+    if head.size > size:
+        raise _Found(Fault.ROLLBACK, size + 1, "log-shorter-than-head",
+                     f"the head row counts {head.size} entries; the log has {size}")
+    if head.size < size:
+        raise _Found(Fault.BAD_ENTRY, head.size + 1, "entry-beyond-head",
+                     f"entries after {head.size} were written without moving the head")
+    if head.head_hash != (walk.last.hex() if size else GENESIS_HASH):
+        raise _Found(Fault.BAD_ENTRY, size, "head-mismatch",
+                     f"the head row's hash is not entry {size}'s leaf hash")
+    if head.frontier is not None and head.frontier != walk.frontier.to_bytes():
+        raise _Found(Fault.FORK, size, "head-frontier-mismatch",
+                     "the head row's tree frontier is not this log's: appends would grow "
+                     "another tree")
 
-    An export carries only the bodies; hashes and columns are derived from them, so every check
-    but the stored-column ones applies: canonical form, seq, chain and root.
-    """
-    for number, raw in enumerate(lines, start=1):
+
+def _check_nodes(leaves: list[bytes], stored: Iterable[tuple[int, int, str]]) -> None:
+    """Every stored perfect node is the hash of its two children, level by level, and every
+    complete one is stored."""
+    below = leaves
+    level = 0
+    rows = iter(stored)
+    row = next(rows, None)
+    while len(below) > 1:
+        level += 1
+        above = list(map(_digest, map(_sha256, map(
+            bytes.__add__, map(_NODE, below[0::2]), below[1::2]))))
+        for idx, expected in enumerate(above):
+            if row is None or (row[0], row[1]) != (level, idx) or row[2] != expected.hex():
+                first = (idx << level) + 1
+                raise _Found(Fault.FORK, first, "tree-node-mismatch",
+                             f"the stored tree node ({level}, {idx}) over entries {first}.."
+                             f"{(idx + 1) << level} is missing or not their hash: proofs "
+                             "built from it would not hold")
+            row = next(rows, None)
+        below = above
+    if row is not None:
+        raise _Found(Fault.FORK, (row[1] << row[0]) + 1, "tree-node-mismatch",
+                     f"the stored tree has a node ({row[0]}, {row[1]}) the entries do not make")
+
+
+# --- exports --------------------------------------------------------------------------------
+
+EXPORT_FORMAT = "broker-audit-export/1"
+
+
+def export_chunks(lines: Iterable[bytes], size: int = 65536) -> Iterator[Chunk]:
+    """Entry chunks from an export's lines (header and checkpoint lines are skipped)."""
+    bodies: list[bytes] = []
+    for raw in lines:
         body = raw.rstrip(b"\n")
-        try:
-            entry = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            entry = None
-        if not isinstance(entry, dict):
-            yield StoredEntry(number, body, leaf_hash(body), "", {})
+        if body.startswith((b'{"checkpoint":', b'{"format":')) or not body:
             continue
-        seq = entry.get("seq")
-        yield StoredEntry(
-            seq if isinstance(seq, int) else number,
-            body,
-            leaf_hash(body),
-            str(entry.get("prev_hash", "")),
-            indexed_columns(entry),
-        )
+        bodies.append(body)
+        if len(bodies) == size:
+            yield Chunk(bodies)
+            bodies = []
+    if bodies:
+        yield Chunk(bodies)
+
+
+def export_notes(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """The (note, source) of every checkpoint line of an export."""
+    for number, raw in enumerate(lines, start=1):
+        if raw.startswith(b'{"checkpoint":'):
+            try:
+                note = json.loads(raw)["checkpoint"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"export line {number}: unreadable checkpoint") from exc
+            if not isinstance(note, str):
+                raise CheckpointError(f"export line {number}: unreadable checkpoint")
+            yield note, f"export line {number}"
+
+
+def export_header(origin: str, vkey: str) -> bytes:
+    """The first line of an export: format, origin and the key that signs its checkpoints."""
+    return json.dumps({"format": EXPORT_FORMAT, "origin": origin, "key": vkey},
+                      sort_keys=True).encode()
+
+
+def export_checkpoint_line(note: str) -> bytes:
+    """One checkpoint as an export line."""
+    return json.dumps({"checkpoint": note}, ensure_ascii=False).encode()
+
+
+def leaf_of(entry: dict[str, Any]) -> str:
+    """The leaf hash a consumer recomputes from an entry it was shown."""
+    return leaf_hash(encode(entry))

@@ -42,9 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.container = container
         if isinstance(container.policies.engine, CachedPolicyEngine):
             app.state.metrics.watch_policy_cache(container.policies.engine)
+        container.checkpointer.start()
         try:
             yield
         finally:
+            container.checkpointer.stop()
             container.query_engine.close()
             close_policy_engine(container.policies.engine)
             container.engine.dispose()

@@ -8,8 +8,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -17,6 +18,7 @@ import uvicorn
 from rich.console import Console
 
 from broker.auth import mint_token
+from broker.cli_audit import audit_app
 from broker.demo.report import render
 from broker.demo.story import ACTORS, Broker, Mint, StoryError, run_story, set_up
 from broker.keys import jwt_secret
@@ -24,13 +26,9 @@ from broker.settings import Settings
 
 app = typer.Typer(help="Privacy-preserving data-sharing broker.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-audit_app = typer.Typer(help="Read and verify the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 policy_app = typer.Typer(help="Test and package the Rego policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-
-EXIT_CHAIN_BROKEN = 2
-
 
 def _minter(settings: Settings, ttl: int = 3600) -> Mint:
     secret = jwt_secret(settings)
@@ -117,7 +115,8 @@ def demo(
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     workdir = Path(tempfile.mkdtemp(prefix="broker-demo-"))
-    settings = Settings(data_dir=data_dir or workdir)
+    # frequent checkpoints, so that the tampering shown at the end is pinned to a few entries
+    settings = Settings(data_dir=data_dir or workdir, checkpoint_every_seconds=0.2)
     try:
         with serve_in_thread(create_app(settings)) as base, httpx.Client(
             base_url=base, timeout=120
@@ -136,68 +135,51 @@ def demo(
 
 
 def _tamper_demo(settings: Settings, workdir: Path, console: Console) -> None:
-    """Show that one changed byte in a copy of the database is found and named."""
+    """Show what a database insider's edits look like to ``broker audit verify``: each is
+    made on a copy of the demo database and found with the published key and the checkpoint
+    copies kept outside the database."""
+    from sqlalchemy import Connection, create_engine
+
+    from broker.checkpoints import DirectorySink
+    from broker.demo import tamper
+    from broker.keys import checkpoint_signer
     from broker.store.verification import verify_database
 
     db = settings.data_dir / "broker.db"
     if settings.database_url is not None or not db.exists():
         return
-    copy = workdir / "tampered.db"
-    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
-        source.backup(target)
+    verifier = checkpoint_signer(settings).verifier
+    outside = DirectorySink(settings.checkpoints_path).notes()
     victim = 5
-    with sqlite3.connect(copy) as conn:
-        body = conn.execute("SELECT body FROM audit_entries WHERE seq = ?", (victim,)).fetchone()[0]
-        at = body.index('"ts":"') + len('"ts":"2026-01-01T00:00:00.00000')
-        forged = body[:at] + ("1" if body[at] != "1" else "2") + body[at + 1 :]
-        conn.execute("UPDATE audit_entries SET body = ? WHERE seq = ?", (forged, victim))
-    result = verify_database(f"sqlite:///{copy}")
-    console.print(
-        f"9. A database administrator changes one byte of entry {victim} in a copy of the log;"
-        " verify says: "
-        f"valid={result.valid}, first_bad_seq={result.first_bad_seq}, reason={result.reason}"
-    )
+    attacks: list[tuple[str, Callable[[Connection], None]]] = [
+        ("changes one byte of entry 5", lambda c: tamper.flip_byte(c, victim)),
+        ("deletes entry 5", lambda c: tamper.delete_entry(c, victim)),
+        ("swaps entries 5 and 6", lambda c: tamper.swap_entries(c, victim, victim + 1)),
+        ("cuts the last 3 entries, moves the head back and deletes its checkpoints",
+         lambda c: tamper.truncate(c, _size(c) - 3)),
+        ("rewrites entry 5 and recomputes every hash, node and the head",
+         lambda c: tamper.rewrite(c, victim)),
+    ]
+    console.print("9. A database administrator tampers with copies of the audit tables; "
+                  "broker audit verify says:")
+    for number, (what, attack) in enumerate(attacks):
+        copy = workdir / f"tampered-{number}.db"
+        with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        engine = create_engine(f"sqlite:///{copy}")
+        with engine.begin() as conn:
+            tamper.disarm(conn)
+            attack(conn)
+        engine.dispose()
+        result = verify_database(f"sqlite:///{copy}", verifier, outside=outside)
+        console.print(f"   - {what}: [bold]{result.fault}[/] at entry {result.first_bad_seq} "
+                      f"(exit {result.exit_code}): {result.detail}")
 
 
-@audit_app.command("verify")
-def audit_verify(
-    db: Annotated[str | None, typer.Option(help="Database URL (default: the settings')")] = None,
-    export: Annotated[Path | None, typer.Option(help="An export file instead of a database",
-                                                exists=True, dir_okay=False)] = None,
-) -> None:
-    """Recompute the chain; exit 0 if valid, 2 naming the first bad entry."""
-    from audit.verify import entries_from_export, verify_chain
-    from broker.store.verification import verify_database
+def _size(conn: Any) -> int:
+    from sqlalchemy import text
 
-    if export is not None:
-        with open(export, "rb") as fh:
-            result = verify_chain(entries_from_export(fh))
-    else:
-        result = verify_database(db or Settings().db_url)
-    console = Console()
-    if result.valid:
-        console.print(f"valid: {result.size} entries, root {result.root}")
-        return
-    console.print(f"BROKEN: first bad entry seq {result.first_bad_seq} ({result.reason}); "
-                  f"{result.size} entries verified before it")
-    raise typer.Exit(EXIT_CHAIN_BROKEN)
-
-
-@audit_app.command("export")
-def audit_export(
-    db: Annotated[str | None, typer.Option(help="Database URL (default: the settings')")] = None,
-    output: Annotated[Path | None, typer.Option(help="File to write (default: stdout)")] = None,
-) -> None:
-    """Write every entry as its canonical JSON, one per line, for offline verification."""
-    from broker.store.verification import export_database
-
-    out = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
-    try:
-        for body in export_database(db or Settings().db_url):
-            out.write(body + b"\n")
-    finally:
-        if output:
-            out.close()
+    return int(conn.execute(text("SELECT size FROM audit_head")).scalar_one())
 
 
 @policy_app.command("test")

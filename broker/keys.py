@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.checkpoint import NoteSigner
 from broker.settings import Settings
 
 
@@ -40,7 +41,7 @@ def jwt_secret(settings: Settings) -> str:
 
 def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     """The Ed25519 key that signs audit checkpoints, generated on first run."""
-    path = settings.keys_dir / "checkpoint-ed25519.pem"
+    path = settings.checkpoint_key_path
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -52,10 +53,15 @@ def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    pub_path = settings.keys_dir / "checkpoint-ed25519.pub"
+    pub_path = path.with_suffix(".pub")
     if not pub_path.exists():
         pub_path.write_bytes(public)
     return key
+
+
+def checkpoint_signer(settings: Settings) -> NoteSigner:
+    """Signs checkpoints under the log's origin with :func:`checkpoint_key`."""
+    return NoteSigner(settings.audit_origin, checkpoint_key(settings))
 
 
 def pseudonym_secret(settings: Settings) -> bytes:

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     engine_threads: int = Field(default=2, ge=1, le=64)
+    audit_origin: str = Field(default="localhost/broker-audit", pattern=r"^[^\s+]{1,200}$")
+    checkpoint_key_file: Path | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_sinks: list[Literal["dir", "stdout", "syslog"]] = ["dir"]
+    checkpoint_every_entries: int = Field(default=1000, ge=1)
+    checkpoint_every_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _opa_needs_url(self) -> Settings:
@@ -49,6 +55,16 @@ class Settings(BaseSettings):
     def keys_dir(self) -> Path:
         """Where generated secrets and keys live (outside the database)."""
         return self.data_dir / "keys"
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        """The Ed25519 key that signs checkpoints: a file, never in the database."""
+        return self.checkpoint_key_file or self.keys_dir / "checkpoint-ed25519.pem"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        """The directory signed checkpoints are copied to, outside the database."""
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
 
     @property
     def datasets_dir(self) -> Path:

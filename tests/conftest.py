@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from broker.app import create_app
 from broker.auth import mint_token
 from broker.settings import Settings
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 # No timed assertions: Hypothesis's per-example deadline would make results depend on load.
 hypothesis_settings.register_profile("broker", deadline=None)

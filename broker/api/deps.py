@@ -11,10 +11,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from broker.auth import TokenVerifier
+from broker.checkpoints import Checkpointer, DirectorySink, make_sinks
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
-from broker.keys import checkpoint_key, jwt_secret, pseudonym_secret
+from broker.keys import checkpoint_signer, jwt_secret, pseudonym_secret
 from broker.policy.decisions import Policies
 from broker.policy.factory import make_policy_engine
 from broker.services.audit import AuditService
@@ -50,6 +51,7 @@ class Container:
     contracts: ContractService
     queries: QueryService
     audit: AuditService
+    checkpointer: Checkpointer
 
 
 def build_container(settings: Settings) -> Container:
@@ -61,7 +63,12 @@ def build_container(settings: Settings) -> Container:
     policies = Policies(make_policy_engine(settings))
     guard = Guard(policies)
     storage = ParquetStorage(settings.datasets_dir)
-    checkpoint_key(settings)  # made on first run, kept outside the database
+    signer = checkpoint_signer(settings)  # the key is made on first run, outside the database
+    checkpointer = Checkpointer(
+        uow, signer, make_sinks(settings.checkpoint_sinks, settings.checkpoints_path),
+        every_entries=settings.checkpoint_every_entries,
+        every_seconds=settings.checkpoint_every_seconds,
+    )
     query_engine = DuckDBEngine(settings.engine_threads, allowed=settings.datasets_dir)
     return Container(
         settings=settings,
@@ -80,7 +87,9 @@ def build_container(settings: Settings) -> Container:
         contracts=ContractService(uow, guard, clock),
         queries=QueryService(uow, guard, policies, storage, query_engine, clock,
                              Pseudonymizer(pseudonym_secret(settings))),
-        audit=AuditService(uow, guard),
+        audit=AuditService(uow, guard, checkpointer, signer.verifier,
+                           DirectorySink(settings.checkpoints_path).notes),
+        checkpointer=checkpointer,
     )
 
 

@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 from pyroaring import BitMap
 
+from audit import merkle
 from audit.entry import AuditEvent
-from audit.verify import StoredEntry
+from audit.verify import Chunk, Head
 from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import Dataset
 from broker.domain.organisations import Organisation
@@ -36,8 +37,19 @@ class AuditQuery:
     since: str | None = None
     until: str | None = None
     allowed: bool | None = None
+    contract_id: str | None = None
     after_seq: int = 0
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A signed checkpoint as stored: tree size, root (hex), when it was signed, the note."""
+
+    size: int
+    root: str
+    ts: str
+    note: str
 
 
 class OrgRepository(Protocol):
@@ -80,8 +92,17 @@ class AuditLog(Protocol):
     def append(self, event: AuditEvent) -> Receipt: ...
     def count_released(self, contract_id: str, action: str, since: str) -> int: ...
     def entries(self, query: AuditQuery) -> list[dict[str, Any]]: ...
-    def stored(self) -> Iterator[StoredEntry]: ...
-    def head(self) -> tuple[int, str]: ...
+    def entry(self, seq: int) -> tuple[dict[str, Any], str] | None: ...
+    def chunks(self, size: int = ...) -> Iterator[Chunk]: ...
+    def all_nodes(self, size: int = ...) -> Iterator[tuple[int, int, str]]: ...
+    def head(self) -> Head: ...
+    def frontier(self) -> merkle.Frontier: ...
+    def nodes(self, wanted: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]: ...
+    def add_checkpoint(self, size: int, root: bytes, note: str) -> bool: ...
+    def checkpoints(self, after_size: int = ..., limit: int | None = ...,
+                    newest_first: bool = ...) -> list[StoredCheckpoint]: ...
+    def checkpoint(self, size: int) -> StoredCheckpoint | None: ...
+    def latest_checkpoint(self) -> StoredCheckpoint | None: ...
 
 
 class ReleaseLedger(Protocol):

@@ -1,14 +1,22 @@
-"""Use cases: reading and verifying the audit log."""
+"""Use cases: reading, proving and verifying the audit log."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from audit.verify import Verification, verify_chain
-from broker.domain.ports import AuditQuery, UnitOfWorkFactory
+from audit.checkpoint import CheckpointError, NoteVerifier
+from audit.proofs import ProofError, prove_consistency, prove_inclusion
+from audit.verify import Fault, Verification, open_checkpoints, verify_log
+from broker.checkpoints import Checkpointer
+from broker.domain.errors import InvalidInput, NotFound, Unavailable
+from broker.domain.ports import AuditQuery, StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext, Role
 from broker.services.guard import Guard
+
+log = logging.getLogger(__name__)
 
 AUDIT_LOG = {"kind": "audit-log"}
 
@@ -21,9 +29,33 @@ class AuditPage:
     next_cursor: int | None
 
 
+def access_view(item: dict[str, Any]) -> dict[str, Any]:
+    """One entry as a provider reads it: who, when, what for, under which contract, which
+    fields, and what the broker decided."""
+    entry = item["entry"]
+    actor = entry.get("actor") or {}
+    resource = entry.get("resource") or {}
+    decision = entry.get("decision") or {}
+    return {
+        "seq": entry.get("seq"),
+        "ts": entry.get("ts"),
+        "action": entry.get("action"),
+        "who": {"sub": actor.get("sub"), "org": actor.get("org")},
+        "purpose": entry.get("purpose"),
+        "dataset_id": resource.get("dataset_id"),
+        "version": resource.get("version"),
+        "contract_id": resource.get("contract_id"),
+        "fields": resource.get("fields"),
+        "allowed": decision.get("allowed"),
+        "reasons": decision.get("reasons"),
+        "disclosure": entry.get("disclosure"),
+        "leaf_hash": item["leaf_hash"],
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class AuditService:
-    """The security staff's and providers' view of the ledger; reading it is audited too.
+    """The security staff's, providers' and consumers' view of the ledger.
 
     Reads run on a snapshot (a read-only unit of work), so a long verification never holds up
     the appends of other requests; the check and the record of the read are short writes.
@@ -31,6 +63,11 @@ class AuditService:
 
     uow: UnitOfWorkFactory
     guard: Guard
+    checkpointer: Checkpointer
+    verifier: NoteVerifier
+    outside_notes: Callable[[], list[tuple[str, str]]]
+
+    # -- entries -----------------------------------------------------------------------------
 
     def entries(self, ctx: RequestContext, query: AuditQuery) -> AuditPage:
         """Entries matching ``query``: all for auditors, own datasets' for providers."""
@@ -48,13 +85,97 @@ class AuditService:
         page = page[: query.limit]
         return AuditPage(page, page[-1]["entry"]["seq"] if more and page else None)
 
+    # -- checkpoints and proofs --------------------------------------------------------------
+
+    def key(self) -> dict[str, Any]:
+        """The public key that signs checkpoints, in the forms verifiers read."""
+        return {
+            "origin": self.verifier.name,
+            "algorithm": "Ed25519",
+            "key_id": self.verifier.key_id.hex(),
+            "vkey": self.verifier.vkey,
+            "public_key_pem": self.verifier.pem,
+        }
+
+    def checkpoints(self, ctx: RequestContext, *, before: int | None,
+                    limit: int) -> tuple[list[StoredCheckpoint], int | None]:
+        """Signed checkpoints, newest first, and the cursor for older ones."""
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
+        with self.uow(read_only=True) as uow:
+            found = uow.audit.checkpoints(-1 if before is None else before, limit + 1,
+                                          newest_first=True)
+        self._record(ctx, "audit.checkpoints")
+        more = len(found) > limit
+        found = found[:limit]
+        return found, found[-1].size if more and found else None
+
+    def proof(self, ctx: RequestContext, seq: int, size: int | None) -> dict[str, Any]:
+        """The inclusion proof of entry ``seq`` against a signed checkpoint.
+
+        Auditors may ask for any entry, providers for entries about their datasets, consumers
+        for their organisation's own entries (their receipts). Without ``size`` the proof is
+        against the latest checkpoint; one is signed now if none covers the entry yet.
+        """
+        with self.uow(read_only=True) as uow:
+            found = uow.audit.entry(seq)
+            owner = None
+            if found is not None:
+                dataset_id = (found[0].get("resource") or {}).get("dataset_id")
+                dataset = uow.datasets.get(dataset_id) if dataset_id else None
+                owner = dataset.owner_org if dataset else None
+        resource = {"kind": "audit-entry", "owner_org": owner,
+                    "actor_org": (found[0].get("actor") or {}).get("org") if found else None}
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "audit.proof", resource)
+        if found is None:
+            raise NotFound(f"There is no audit entry {seq}.")
+        entry, leaf = found
+        stored = self._checkpoint_for(seq, size)
+        with self.uow(read_only=True) as uow:
+            document = _damaged_is_unavailable(lambda: prove_inclusion(
+                seq=seq, leaf=leaf, entry=entry, size=stored.size,
+                root=bytes.fromhex(stored.root), note=stored.note, fetch=uow.audit.nodes))
+        self._record(ctx, "audit.proof")
+        return document
+
+    def consistency(self, ctx: RequestContext, old: int, new: int | None) -> dict[str, Any]:
+        """The consistency proof from the tree of ``old`` entries to a signed checkpoint."""
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
+        with self.uow(read_only=True) as uow:
+            stored = uow.audit.checkpoint(new) if new is not None else (
+                uow.audit.latest_checkpoint())
+            if stored is None:
+                raise NotFound("There is no signed checkpoint of that size.")
+            if not 1 <= old <= stored.size:
+                raise InvalidInput("old must be between 1 and the checkpoint's size.")
+            document = _damaged_is_unavailable(lambda: prove_consistency(
+                old=old, size=stored.size, root=bytes.fromhex(stored.root), note=stored.note,
+                fetch=uow.audit.nodes))
+        self._record(ctx, "audit.consistency")
+        return document
+
+    def _checkpoint_for(self, seq: int, size: int | None) -> StoredCheckpoint:
+        if size is None:
+            return self.checkpointer.covering(seq)
+        with self.uow(read_only=True) as uow:
+            stored = uow.audit.checkpoint(size)
+        if stored is None:
+            raise NotFound("There is no signed checkpoint of that size.")
+        if stored.size < seq:
+            raise InvalidInput("That checkpoint was signed before the entry was written.")
+        return stored
+
+    # -- verification ------------------------------------------------------------------------
+
     def verify(self, ctx: RequestContext) -> Verification:
-        """Recompute every leaf hash, the chain and the Merkle root; name the first bad entry."""
+        """Recompute every leaf, the chain and the root at every signed checkpoint (stored and
+        copied outside the database); name the first fault."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, "audit.verify", AUDIT_LOG)
         with self.uow(read_only=True) as uow:
-            size, head_hash = uow.audit.head()
-            result = verify_chain(uow.audit.stored(), head_size=size, head_hash=head_hash)
+            result = verify_store(uow, self.verifier, self.outside_notes())
         self._record(ctx, "audit.verify")
         return result
 
@@ -62,3 +183,26 @@ class AuditService:
         with self.uow() as uow:
             self.guard.record(uow, ctx, action)
             uow.commit()
+
+
+def _damaged_is_unavailable(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return build()
+    except ProofError as exc:
+        log.error("audit proof refused: %s", exc)
+        raise Unavailable("The audit tree is damaged; run broker audit verify.") from exc
+
+
+def verify_store(uow: UnitOfWork, verifier: NoteVerifier, outside: list[tuple[str, str]],
+                 *, trusted: Sequence[tuple[str, str]] = (), deep: bool = False) -> Verification:
+    """Verify the log in ``uow`` against its own checkpoints, the ``outside`` copies and any
+    ``trusted`` ones, all checked against ``verifier``'s key."""
+    inside = [(c.note, f"database checkpoint {c.size}") for c in uow.audit.checkpoints()]
+    try:
+        signed = open_checkpoints([*trusted, *outside, *inside], verifier)
+    except CheckpointError as exc:
+        head = uow.audit.head()
+        return Verification(False, head.size, "", Fault.BAD_CHECKPOINT, None,
+                            "checkpoint-signature", str(exc))
+    return verify_log(uow.audit.chunks(), checkpoints=signed, head=uow.audit.head(), deep=deep,
+                      nodes=uow.audit.all_nodes())

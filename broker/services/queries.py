@@ -269,6 +269,7 @@ class QueryService:
             contract_id=spec.contract_id if result.target else None,
             purpose=spec.purpose,
             query_fp=spec.fingerprint(),
+            fields=tuple(sorted({use["field"] for use in spec.field_uses()})),
         )
 
     def _deny(

@@ -1,71 +1,102 @@
-"""The audit ledger on SQL: serialised, gapless appends and ordered reads."""
+"""The audit ledger on SQL: serialised, gapless appends; the Merkle tree; checkpoints; reads."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import func
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, and_, func, insert, or_
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from audit.entry import AuditEvent, build_entry, encode, leaf_hash
-from audit.verify import StoredEntry, indexed_columns
+from audit import merkle
+from audit.entry import AuditEvent, build_entry, encode, format_ts, leaf_hash
+from audit.verify import Chunk, Head
 from broker.domain.errors import Unavailable
-from broker.domain.ports import AuditQuery, Clock
+from broker.domain.ports import AuditQuery, Clock, StoredCheckpoint
 from broker.domain.queries import Receipt
-from broker.store.tables import AuditEntryRow, AuditHeadRow
+from broker.store.tables import (
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditHeadRow,
+    AuditNodeRow,
+)
+
+_HEAD = AuditHeadRow.__table__  # type: ignore[attr-defined]
+_ENTRIES = AuditEntryRow.__table__  # type: ignore[attr-defined]
+_NODES = AuditNodeRow.__table__  # type: ignore[attr-defined]
+_CHECKPOINTS = AuditCheckpointRow.__table__  # type: ignore[attr-defined]
+
+
+_QMARK = {
+    "head": "SELECT size, head_hash, frontier FROM audit_head WHERE id = 1",
+    "head_for_update": "SELECT size, head_hash, frontier FROM audit_head WHERE id = 1 FOR UPDATE",
+    "entry": "INSERT INTO audit_entries (seq, body, leaf_hash, prev_hash) VALUES (?, ?, ?, ?)",
+    "node": "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
+    "move": "UPDATE audit_head SET size = ?, head_hash = ?, frontier = ? WHERE id = 1 AND size = ?",
+}
+_SQL = {False: _QMARK, True: {k: v.replace("?", "%s") for k, v in _QMARK.items()}}
 
 
 class SqlAuditLog:
-    """Append-only ledger in the ``audit_entries`` table, serialised on ``audit_head``."""
+    """Append-only ledger in ``audit_entries``, serialised on the ``audit_head`` row."""
 
     def __init__(self, session: Session, clock: Clock) -> None:
         self.session = session
         self.clock = clock
 
-    def append(self, event: AuditEvent) -> Receipt:
-        """Lock the head row, write the next entry and move the head; commit is the caller's.
+    @property
+    def _conn(self) -> Connection:
+        return self.session.connection()
 
-        On PostgreSQL the ``FOR UPDATE`` row lock serialises writers; on SQLite the transaction
-        already holds the database write lock (``BEGIN IMMEDIATE``, see ``store.db``).
+    # -- appending ---------------------------------------------------------------------------
+
+    def append(self, event: AuditEvent) -> Receipt:
+        """Lock the head row, write the next entry and its tree nodes, move the head.
+
+        The commit is the caller's: the entry is durable together with whatever the unit of work
+        released, or not at all. On PostgreSQL the ``FOR UPDATE`` row lock serialises writers; on
+        SQLite the transaction already holds the write lock (``BEGIN IMMEDIATE``).
         """
         try:
             return self._append(event)
-        except OperationalError as exc:  # locked past the timeout, disk full, server gone
+        except (OperationalError, IntegrityError) as exc:
+            # locked past the timeout, disk full, server gone, or a racing writer (backstop)
             raise Unavailable("The audit log could not be written; nothing was released.") from exc
 
     def lock(self) -> None:
         """Take the head lock now, so what follows sees every committed append."""
         self._head(for_update=True)
 
-    def _head(self, *, for_update: bool) -> AuditHeadRow:
-        stmt = select(AuditHeadRow).where(AuditHeadRow.id == 1)
+    def _head(self, *, for_update: bool) -> Any:
+        stmt = select(_HEAD.c.size, _HEAD.c.head_hash, _HEAD.c.frontier).where(_HEAD.c.id == 1)
         if for_update:
             stmt = stmt.with_for_update()
-        return self.session.exec(stmt.execution_options(populate_existing=True)).one()
+        return self._conn.execute(stmt).one()
 
     def _append(self, event: AuditEvent) -> Receipt:
-        head = self._head(for_update=True)
-        seq = head.size + 1
-        entry = build_entry(event, seq=seq, ts=self.clock(), prev_hash=head.head_hash)
-        body = encode(entry)
+        # Plain driver SQL: an append is the hottest write path, and compiling statements cost
+        # as much as the commit's fsync.
+        conn = self._conn
+        sql = _SQL[conn.dialect.paramstyle in ("format", "pyformat")]
+        size, head_hash, packed = conn.exec_driver_sql(
+            sql["head_for_update" if conn.dialect.name == "postgresql" else "head"]).one()
+        frontier = merkle.Frontier.from_bytes(size, bytes.fromhex(packed))
+        seq = size + 1
+        body = encode(build_entry(event, seq=seq, ts=self.clock(), prev_hash=head_hash))
         digest = leaf_hash(body)
-        self.session.add(
-            AuditEntryRow(
-                seq=seq,
-                body=body.decode("utf-8"),
-                leaf_hash=digest,
-                prev_hash=head.head_hash,
-                **indexed_columns(entry),
-            )
-        )
-        head.size = seq
-        head.head_hash = digest
-        self.session.add(head)
-        self.session.flush()
+        completed = frontier.add(bytes.fromhex(digest))
+        conn.exec_driver_sql(sql["entry"], (seq, body.decode("utf-8"), digest, head_hash))
+        if completed:
+            conn.exec_driver_sql(sql["node"], [(level, idx, h.hex())
+                                               for level, idx, h in completed])
+        moved = conn.exec_driver_sql(sql["move"], (seq, digest, frontier.to_bytes().hex(), size))
+        if moved.rowcount != 1:
+            raise Unavailable("The audit head moved under this append; nothing was released.")
         return Receipt(seq=seq, leaf_hash=digest)
+
+    # -- reading -----------------------------------------------------------------------------
 
     def count_released(self, contract_id: str, action: str, since: str) -> int:
         """How many allowed ``action`` entries a contract has had since ``since`` (ISO ts)."""
@@ -73,54 +104,128 @@ class SqlAuditLog:
             AuditEntryRow.contract_id == contract_id,
             AuditEntryRow.action == action,
             col(AuditEntryRow.allowed).is_(True),
-            AuditEntryRow.ts >= since,
+            col(AuditEntryRow.ts) >= since,
         )
         return int(self.session.exec(stmt).one())
 
     def entries(self, query: AuditQuery) -> list[dict[str, Any]]:
         """Entries matching ``query`` in seq order, each with its leaf hash."""
-        stmt = select(AuditEntryRow).where(AuditEntryRow.seq > query.after_seq)
+        stmt = select(AuditEntryRow.body, AuditEntryRow.leaf_hash).where(
+            col(AuditEntryRow.seq) > query.after_seq)
         if query.actor is not None:
             stmt = stmt.where(AuditEntryRow.actor_sub == query.actor)
         if query.org is not None:
             stmt = stmt.where(AuditEntryRow.actor_org == query.org)
         if query.dataset_ids is not None:
             stmt = stmt.where(col(AuditEntryRow.dataset_id).in_(list(query.dataset_ids)))
+        if query.contract_id is not None:
+            stmt = stmt.where(AuditEntryRow.contract_id == query.contract_id)
         if query.action is not None:
             stmt = stmt.where(AuditEntryRow.action == query.action)
         if query.since is not None:
-            stmt = stmt.where(AuditEntryRow.ts >= query.since)
+            stmt = stmt.where(col(AuditEntryRow.ts) >= query.since)
         if query.until is not None:
-            stmt = stmt.where(AuditEntryRow.ts < query.until)
+            stmt = stmt.where(col(AuditEntryRow.ts) < query.until)
         if query.allowed is not None:
             stmt = stmt.where(col(AuditEntryRow.allowed).is_(query.allowed))
         stmt = stmt.order_by(col(AuditEntryRow.seq)).limit(query.limit)
-        rows = self.session.exec(stmt).all()
-        return [{"entry": json.loads(r.body), "leaf_hash": r.leaf_hash} for r in rows]
+        return [{"entry": json.loads(body), "leaf_hash": digest}
+                for body, digest in self.session.exec(stmt).all()]
 
-    def stored(self) -> Iterator[StoredEntry]:
-        """Every stored entry in seq order, as verification needs it."""
-        stmt = select(AuditEntryRow).order_by(col(AuditEntryRow.seq)).execution_options(
-            yield_per=2000
+    def entry(self, seq: int) -> tuple[dict[str, Any], str] | None:
+        """One entry and its leaf hash."""
+        row = self.session.exec(select(AuditEntryRow.body, AuditEntryRow.leaf_hash).where(
+            AuditEntryRow.seq == seq)).first()
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def chunks(self, size: int = 65536) -> Iterator[Chunk]:
+        """Every stored entry in seq order, in chunks, read straight from the driver."""
+        result = self._conn.execution_options(stream_results=True, yield_per=size).execute(
+            select(_ENTRIES.c.seq, _ENTRIES.c.body, _ENTRIES.c.leaf_hash, _ENTRIES.c.prev_hash)
+            .order_by(_ENTRIES.c.seq)
         )
-        for row in self.session.exec(stmt):
-            yield StoredEntry(
-                seq=row.seq,
-                body=row.body.encode("utf-8"),
-                leaf_hash=row.leaf_hash,
-                prev_hash=row.prev_hash,
-                columns={
-                    "ts": row.ts,
-                    "action": row.action,
-                    "actor_sub": row.actor_sub,
-                    "actor_org": row.actor_org,
-                    "dataset_id": row.dataset_id,
-                    "contract_id": row.contract_id,
-                    "allowed": row.allowed,
-                },
-            )
+        for rows in result.partitions(size):
+            seqs, bodies, leaves, prevs = zip(*rows, strict=True)
+            yield Chunk(list(map(str.encode, bodies)), list(seqs), list(leaves), list(prevs))
 
-    def head(self) -> tuple[int, str]:
-        """The head row's size and last hash."""
-        head = self._head(for_update=False)
-        return head.size, head.head_hash
+    def all_nodes(self, size: int = 65536) -> Iterator[tuple[int, int, str]]:
+        """Every stored perfect node, by level and index."""
+        result = self._conn.execution_options(stream_results=True, yield_per=size).execute(
+            select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash)
+            .order_by(_NODES.c.level, _NODES.c.idx))
+        for rows in result.partitions(size):
+            yield from rows
+
+    def head(self) -> Head:
+        """What the head row claims."""
+        size, head_hash, packed = self._head(for_update=False)
+        return Head(size, head_hash, bytes.fromhex(packed))
+
+    def frontier(self) -> merkle.Frontier:
+        """The tree as of the head row (take :meth:`lock` first for a stable answer)."""
+        size, _, packed = self._head(for_update=False)
+        return merkle.Frontier.from_bytes(size, bytes.fromhex(packed))
+
+    def nodes(self, wanted: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]:
+        """The stored perfect-subtree hashes asked for (level 0 from the entries)."""
+        wanted = set(wanted)
+        found: dict[merkle.Node, bytes] = {}
+        leaves = sorted(idx + 1 for level, idx in wanted if level == 0)
+        inner = sorted((level, idx) for level, idx in wanted if level > 0)
+        if leaves:
+            rows = self._conn.execute(select(_ENTRIES.c.seq, _ENTRIES.c.leaf_hash).where(
+                _ENTRIES.c.seq.in_(leaves)))
+            found |= {(0, seq - 1): bytes.fromhex(h) for seq, h in rows}
+        if inner:
+            by_level: dict[int, list[int]] = {}
+            for level, idx in inner:
+                by_level.setdefault(level, []).append(idx)
+            # one indexed look-up per level (a row-value IN list is a table scan on SQLite)
+            stmt = select(_NODES.c.level, _NODES.c.idx, _NODES.c.hash).where(
+                or_(*(and_(_NODES.c.level == level, _NODES.c.idx.in_(idxs))
+                      for level, idxs in by_level.items())))
+            node_rows: Any = self._conn.execute(stmt)
+            found |= {(level, idx): bytes.fromhex(h) for level, idx, h in node_rows}
+        missing = wanted - found.keys()
+        if missing:
+            raise Unavailable("The audit tree is missing nodes; no proof can be given.")
+        return found
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def add_checkpoint(self, size: int, root: bytes, note: str) -> bool:
+        """Store a signed checkpoint; False if one of that size is already stored."""
+        exists = self._conn.execute(select(_CHECKPOINTS.c.size).where(
+            _CHECKPOINTS.c.size == size)).first()
+        if exists:
+            return False
+        self._conn.execute(insert(_CHECKPOINTS), {"size": size, "root": root.hex(),
+                                                  "ts": format_ts(self.clock()), "note": note})
+        return True
+
+    def checkpoints(self, after_size: int = -1, limit: int | None = None,
+                    newest_first: bool = False) -> list[StoredCheckpoint]:
+        """Stored checkpoints by size."""
+        stmt = select(_CHECKPOINTS.c.size, _CHECKPOINTS.c.root, _CHECKPOINTS.c.ts,
+                      _CHECKPOINTS.c.note)
+        if newest_first:
+            stmt = stmt.order_by(_CHECKPOINTS.c.size.desc())
+            if after_size >= 0:
+                stmt = stmt.where(_CHECKPOINTS.c.size < after_size)
+        else:
+            stmt = stmt.where(_CHECKPOINTS.c.size > after_size).order_by(_CHECKPOINTS.c.size)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [StoredCheckpoint(*row) for row in self._conn.execute(stmt)]
+
+    def checkpoint(self, size: int) -> StoredCheckpoint | None:
+        """The checkpoint of exactly ``size`` entries."""
+        row = self._conn.execute(select(_CHECKPOINTS.c.size, _CHECKPOINTS.c.root,
+                                        _CHECKPOINTS.c.ts, _CHECKPOINTS.c.note).where(
+            _CHECKPOINTS.c.size == size)).first()
+        return StoredCheckpoint(*row) if row else None
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The checkpoint of the most entries."""
+        found = self.checkpoints(newest_first=True, limit=1)
+        return found[0] if found else None

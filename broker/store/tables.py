@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Computed,
+    DateTime,
+    Index,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 from sqlmodel import Field, SQLModel
 
 
@@ -80,36 +93,95 @@ class ContractRow(SQLModel, table=True):
     )
 
 
+class EntryField(ColumnElement[Any]):
+    """A value read out of the entry's JSON body, as the database computes it.
+
+    The filter columns of ``audit_entries`` are generated from ``body`` by the database itself,
+    so they can never say something the hashed body does not: an insider who wants to hide an
+    entry from a provider's view has to change the body, and that breaks the hashes.
+    """
+
+    inherit_cache = True
+
+    def __init__(self, *path: str, boolean: bool = False) -> None:
+        self.path = path
+        self.boolean = boolean
+        self.type = Boolean() if boolean else Text()
+
+
+@compiles(EntryField, "sqlite")
+def _entry_field_sqlite(element: EntryField, _compiler: Any, **_kw: Any) -> str:
+    return f"json_extract(body, '$.{'.'.join(element.path)}')"
+
+
+@compiles(EntryField, "postgresql")
+def _entry_field_postgresql(element: EntryField, _compiler: Any, **_kw: Any) -> str:
+    value = f"((body)::jsonb #>> '{{{','.join(element.path)}}}')"
+    return f"({value})::boolean" if element.boolean else value
+
+
+def _generated(*path: str, boolean: bool = False) -> Any:
+    kind: Any = Boolean() if boolean else Text()
+    return Field(default=None, sa_column=Column(
+        kind, Computed(EntryField(*path, boolean=boolean), persisted=True), index=True))
+
+
 class AuditEntryRow(SQLModel, table=True):
-    """One ledger entry: canonical body plus columns derived from it for filtering.
+    """One ledger entry: canonical body, its leaf hash and the hash it chains to.
 
     ``seq`` is the primary key and ``prev_hash`` is unique: two writers that raced past the head
-    lock could not both commit the same position (a fork).
+    lock could not both commit the same position (a fork). Triggers (see ``store.db``) refuse
+    UPDATE and DELETE. The filter columns are generated from the body by the database.
     """
 
     __tablename__ = "audit_entries"
 
-    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
-    ts: str = Field(index=True, max_length=32)
-    action: str = Field(index=True, max_length=64)
-    actor_sub: str | None = Field(default=None, index=True, max_length=256)
-    actor_org: str | None = Field(default=None, index=True, max_length=64)
-    dataset_id: str | None = Field(default=None, index=True, max_length=36)
-    contract_id: str | None = Field(default=None, index=True, max_length=36)
-    allowed: bool | None = Field(default=None)
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     body: str = Field(sa_column=Column(Text, nullable=False))
     leaf_hash: str = Field(max_length=64, unique=True)
     prev_hash: str = Field(max_length=64, unique=True)
+    ts: str | None = _generated("ts")
+    action: str | None = _generated("action")
+    actor_sub: str | None = _generated("actor", "sub")
+    actor_org: str | None = _generated("actor", "org")
+    dataset_id: str | None = _generated("resource", "dataset_id")
+    contract_id: str | None = _generated("resource", "contract_id")
+    allowed: bool | None = _generated("decision", "allowed", boolean=True)
+
+
+class AuditNodeRow(SQLModel, table=True):
+    """A perfect subtree hash of the Merkle tree (level >= 1; level 0 is the leaf hashes).
+
+    Written with the entry that completes it, so any proof needs O(log n) look-ups.
+    """
+
+    __tablename__ = "audit_nodes"
+
+    level: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: str = Field(max_length=64)
 
 
 class AuditHeadRow(SQLModel, table=True):
-    """The single row every append locks: current size and last leaf hash."""
+    """The single row every append locks: size, last leaf hash and the tree's frontier."""
 
     __tablename__ = "audit_head"
 
     id: int = Field(primary_key=True)
-    size: int
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
     head_hash: str = Field(max_length=64)
+    frontier: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class AuditCheckpointRow(SQLModel, table=True):
+    """A signed checkpoint (C2SP signed note) of the tree at ``size`` entries."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: str = Field(max_length=64)
+    ts: str = Field(max_length=32)
+    note: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class ReleasedSetRow(SQLModel, table=True):

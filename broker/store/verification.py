@@ -1,11 +1,16 @@
-"""Offline access to a database's audit log: verification and export (no server needed)."""
+"""Offline access to a database's audit log (no server needed): verify, export, prove."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-from audit.verify import Verification, verify_chain
+from audit.checkpoint import NoteVerifier
+from audit.proofs import prove_consistency, prove_inclusion
+from audit.verify import Verification, export_checkpoint_line, export_header
+from broker.services.audit import verify_store
 from broker.store.db import make_engine
 from broker.store.uow import SqlUnitOfWork
 
@@ -14,23 +19,55 @@ def _clock() -> datetime:
     return datetime.now(UTC)
 
 
-def verify_database(url: str) -> Verification:
-    """Recompute every entry of the audit log stored at ``url``."""
+@contextmanager
+def reading(url: str) -> Iterator[SqlUnitOfWork]:
+    """A read-only unit of work (one snapshot) on the database at ``url``."""
     engine = make_engine(url)
     try:
         with SqlUnitOfWork(engine, _clock, read_only=True) as uow:
-            size, head_hash = uow.audit.head()
-            return verify_chain(uow.audit.stored(), head_size=size, head_hash=head_hash)
+            yield uow
     finally:
         engine.dispose()
 
 
-def export_database(url: str) -> Iterator[bytes]:
-    """The canonical bytes of every entry, in seq order, read from one snapshot."""
-    engine = make_engine(url)
-    try:
-        with SqlUnitOfWork(engine, _clock, read_only=True) as uow:
-            for stored in uow.audit.stored():
-                yield stored.body
-    finally:
-        engine.dispose()
+def verify_database(url: str, verifier: NoteVerifier, *, outside: Sequence[tuple[str, str]] = (),
+                    trusted: Sequence[tuple[str, str]] = (), deep: bool = False) -> Verification:
+    """Verify the audit log stored at ``url`` against its checkpoints and the given ones."""
+    with reading(url) as uow:
+        return verify_store(uow, verifier, list(outside), trusted=trusted, deep=deep)
+
+
+def export_database(url: str, origin: str, vkey: str) -> Iterator[bytes]:
+    """An export, read from one snapshot: a header line, every signed checkpoint, then every
+    entry's canonical bytes, one per line."""
+    with reading(url) as uow:
+        yield export_header(origin, vkey)
+        for stored in uow.audit.checkpoints():
+            yield export_checkpoint_line(stored.note)
+        for chunk in uow.audit.chunks():
+            yield from chunk.bodies
+
+
+def database_inclusion(url: str, seq: int, size: int | None) -> dict[str, Any]:
+    """The inclusion proof of entry ``seq`` against the checkpoint of ``size`` (or the latest)."""
+    with reading(url) as uow:
+        found = uow.audit.entry(seq)
+        if found is None:
+            raise LookupError(f"there is no audit entry {seq}")
+        stored = uow.audit.checkpoint(size) if size else uow.audit.latest_checkpoint()
+        if stored is None or stored.size < seq:
+            raise LookupError(f"no signed checkpoint covers entry {seq} "
+                              "(run broker audit checkpoint)")
+        return prove_inclusion(seq=seq, leaf=found[1], entry=found[0], size=stored.size,
+                               root=bytes.fromhex(stored.root), note=stored.note,
+                               fetch=uow.audit.nodes)
+
+
+def database_consistency(url: str, old: int, new: int | None) -> dict[str, Any]:
+    """The consistency proof from ``old`` entries to the checkpoint of ``new`` (or latest)."""
+    with reading(url) as uow:
+        stored = uow.audit.checkpoint(new) if new else uow.audit.latest_checkpoint()
+        if stored is None:
+            raise LookupError("no signed checkpoint of that size")
+        return prove_consistency(old=old, size=stored.size, root=bytes.fromhex(stored.root),
+                                 note=stored.note, fetch=uow.audit.nodes)

@@ -2,7 +2,7 @@
 # title: Who may do which action on which resource
 # description: |
 #   Role grants come from data.config.authz.grants: action -> role -> relation the caller's
-#   organisation must have to the resource (any, owner, consumer, offered). Default deny;
+#   organisation must have to the resource (any, owner, consumer, offered, actor). Default deny;
 #   every reason is a stable kebab-case code returned to the caller.
 package broker.authz
 
@@ -62,5 +62,8 @@ holds("owner") if input.resource.owner_org == input.principal.org
 holds("consumer") if input.resource.consumer_org == input.principal.org
 
 holds("offered") if input.principal.org in input.resource.offered_to
+
+# An audit entry's actor: a consumer may prove its own entries (the receipts it was given).
+holds("actor") if input.resource.actor_org == input.principal.org
 
 decision := {"allow": allow, "reasons": deny, "revision": data.policy.revision}

@@ -357,3 +357,35 @@ test_admin_exemption_follows_the_grants_in_data if {
 	granted_away := decide({"principal": {"roles": ["admin"], "registered": false}}) with data.config.authz.grants as {"dataset.read": {"provider": "owner"}}
 	granted_away.reasons == {"role-not-permitted"}
 }
+
+# --- audit proofs and checkpoints ------------------------------------------------------------
+
+test_consumer_proves_its_own_entry if {
+	d := decide(object.union(as_principal("econ", ["consumer"]), {"action": "audit.proof", "resource": {"kind": "audit-entry", "owner_org": "grid", "actor_org": "econ"}}))
+	d.allow
+}
+
+test_consumer_cannot_prove_another_orgs_entry if {
+	d := decide(object.union(as_principal("econ", ["consumer"]), {"action": "audit.proof", "resource": {"kind": "audit-entry", "owner_org": "grid", "actor_org": "water"}}))
+	not d.allow
+	d.reasons == {"no-relation-to-resource"}
+}
+
+test_provider_proves_entries_about_its_datasets_only if {
+	mine := decide({"action": "audit.proof", "resource": {"kind": "audit-entry", "owner_org": "grid", "actor_org": "econ"}})
+	mine.allow
+	theirs := decide({"action": "audit.proof", "resource": {"kind": "audit-entry", "owner_org": "water", "actor_org": "econ"}})
+	not theirs.allow
+}
+
+test_auditor_proves_any_entry if {
+	d := decide(object.union(as_principal("audit", ["auditor"]), {"action": "audit.proof", "resource": {"kind": "audit-entry", "owner_org": null, "actor_org": "admin"}}))
+	d.allow
+}
+
+test_every_role_but_admin_reads_checkpoints if {
+	every roles in [["consumer"], ["provider"], ["auditor"]] {
+		decide(object.union(as_principal("econ", roles), {"action": "audit.checkpoints", "resource": {"kind": "audit-log"}})).allow
+	}
+	not decide(object.union(as_principal("ops", ["admin"]), {"action": "audit.checkpoints", "resource": {"kind": "audit-log"}})).allow
+}

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Connection, create_engine, text
 
+from broker.demo import tamper
 from broker.settings import Settings
 from tests.conftest import ENERGY, ENERGY_META, Mint, World, assert_problem, auth, upload
 
@@ -21,31 +25,45 @@ def test_auditor_verifies_a_valid_chain(world: World) -> None:
     assert "first_bad_seq" not in body or body["first_bad_seq"] is None
 
 
+def _tamper(settings: Settings, attack: Callable[[Connection], object]) -> None:
+    engine = create_engine(settings.db_url)
+    with engine.begin() as conn:
+        tamper.disarm(conn)
+        attack(conn)
+    engine.dispose()
+
+
 def test_one_changed_byte_is_reported_with_its_seq(world: World, settings: Settings) -> None:
     world.query(group_by=["town"])
-    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
-        body = conn.execute("SELECT body FROM audit_entries WHERE seq = 4").fetchone()[0]
-        i = body.index('"action":"') + len('"action":"')
-        conn.execute("UPDATE audit_entries SET body = ? WHERE seq = 4",
-                     (body[:i] + chr(ord(body[i]) ^ 1) + body[i + 1 :],))
+    _tamper(settings, lambda c: tamper.flip_byte(c, 4))
     r = world.client.get("/v1/audit/verify", headers=auth(world.auditor)).json()
-    assert r["valid"] is False
-    assert r["first_bad_seq"] == 4
+    assert (r["valid"], r["kind"], r["first_bad_seq"]) == (False, "bad-entry", 4)
 
 
 def test_a_deleted_entry_is_reported_as_a_gap(world: World, settings: Settings) -> None:
-    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
-        conn.execute("DELETE FROM audit_entries WHERE seq = 3")
+    _tamper(settings, lambda c: tamper.delete_entry(c, 3))
     r = world.client.get("/v1/audit/verify", headers=auth(world.auditor)).json()
-    assert (r["valid"], r["first_bad_seq"], r["reason"]) == (False, 3, "seq-gap")
+    assert (r["valid"], r["kind"], r["first_bad_seq"], r["reason"]) == (
+        False, "gap", 3, "seq-gap")
 
 
 def test_a_truncated_tail_is_reported(world: World, settings: Settings) -> None:
     with sqlite3.connect(settings.data_dir / "broker.db") as conn:
         last = conn.execute("SELECT max(seq) FROM audit_entries").fetchone()[0]
-        conn.execute("DELETE FROM audit_entries WHERE seq = ?", (last,))
+    _tamper(settings, lambda c: c.execute(text("DELETE FROM audit_entries WHERE seq = :s"),
+                                          {"s": last}))
     r = world.client.get("/v1/audit/verify", headers=auth(world.auditor)).json()
-    assert (r["valid"], r["first_bad_seq"], r["reason"]) == (False, last, "head-mismatch")
+    assert (r["valid"], r["kind"], r["first_bad_seq"], r["reason"]) == (
+        False, "rollback", last, "log-shorter-than-head")
+
+
+def test_the_tables_refuse_update_and_delete(world: World, settings: Settings) -> None:
+    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
+        for sql in ("UPDATE audit_entries SET body = body WHERE seq = 1",
+                    "DELETE FROM audit_entries WHERE seq = 1",
+                    "DELETE FROM audit_head", "UPDATE audit_head SET size = 0"):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute(sql)
 
 
 def test_only_auditors_verify(world: World) -> None:
@@ -112,7 +130,8 @@ def test_entries_have_the_design_shape(world: World) -> None:
     assert set(entry) == {"v", "seq", "ts", "actor", "action", "resource", "purpose",
                           "request_id", "query_fp", "decision", "disclosure", "prev_hash"}
     assert set(entry["actor"]) == {"iss", "sub", "org", "roles"}
-    assert set(entry["resource"]) == {"dataset_id", "version", "contract_id"}
+    assert set(entry["resource"]) == {"dataset_id", "version", "contract_id", "fields"}
+    assert entry["resource"]["fields"] == ["town"]  # grouped by town, counted
     assert set(entry["decision"]) == {"allowed", "reasons", "policy_revision"}
     assert set(entry["disclosure"]) == {"k", "cells_published", "cells_suppressed",
                                         "result_digest"}

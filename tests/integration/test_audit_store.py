@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from audit.entry import AuditEvent
-from audit.verify import verify_chain
+from audit.verify import verify_log
 from broker.store.db import create_schema, make_engine
 from broker.store.uow import SqlUnitOfWork
 
@@ -33,8 +33,7 @@ def _append(url: str, writer: int, count: int) -> None:
 def _verify(url: str) -> tuple[bool, int]:
     engine = make_engine(url)
     with SqlUnitOfWork(engine, _clock) as uow:
-        size, head = uow.audit.head()
-        result = verify_chain(uow.audit.stored(), head_size=size, head_hash=head)
+        result = verify_log(uow.audit.chunks(), head=uow.audit.head())
     engine.dispose()
     return result.valid, result.size
 
@@ -80,11 +79,11 @@ def test_a_read_only_unit_reads_a_snapshot_and_blocks_no_append(url: str) -> Non
     engine = make_engine(url)
     _append(url, 0, 3)
     with SqlUnitOfWork(engine, _clock, read_only=True) as reader:
-        assert reader.audit.head()[0] == 3
+        assert reader.audit.head().size == 3
         writer = threading.Thread(target=_append, args=(url, 1, 2))
         writer.start()
         writer.join(timeout=10)
         assert not writer.is_alive()  # the append committed while the snapshot was open
-        assert reader.audit.head()[0] == 3  # and the snapshot did not move
-        assert sum(1 for _ in reader.audit.stored()) == 3
+        assert reader.audit.head().size == 3  # and the snapshot did not move
+        assert sum(len(c.bodies) for c in reader.audit.chunks()) == 3
     assert _verify(url) == (True, 5)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sqlite3
 import tarfile
 from pathlib import Path
 
 import jwt
 import pytest
+from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
-from broker.cli import EXIT_CHAIN_BROKEN, app
+from audit.verify import EXIT_CODES, Fault
+from broker.cli import app
+from broker.demo import tamper
 from broker.settings import Settings
 from policies import POLICY_DIR
 from tests.conftest import World
@@ -39,36 +41,59 @@ def test_token_prints_the_token_alone_and_it_is_valid(
     assert bad.exit_code != 0
 
 
+def _env(settings: Settings) -> dict[str, str]:
+    return {"BROKER_DATA_DIR": str(settings.data_dir)}
+
+
 def test_export_then_verify_offline_and_a_tampered_line_is_named(
     world: World, settings: Settings, tmp_path: Path
 ) -> None:
     world.query(group_by=["town"])
-    url = settings.db_url
+    env = _env(settings)
+    assert runner.invoke(app, ["audit", "checkpoint"], env=env).exit_code == 0
+    key = tmp_path / "log.vkey"
+    key.write_text(runner.invoke(app, ["audit", "key"], env=env).stdout)
     export = tmp_path / "audit.jsonl"
-    assert runner.invoke(app, ["audit", "export", "--db", url, "--output", str(export)]
+    assert runner.invoke(app, ["audit", "export", "--output", str(export)], env=env
                          ).exit_code == 0
     lines = export.read_bytes().splitlines()
-    assert len(lines) == 9
-    ok = runner.invoke(app, ["audit", "verify", "--export", str(export)])
-    assert ok.exit_code == 0
+    header = json.loads(lines[0])
+    assert header["format"] == "broker-audit-export/1"
+    assert header["key"] == key.read_text().strip()
+    assert json.loads(lines[1])["checkpoint"].startswith(f"{settings.audit_origin}\n9\n")
+    entries = lines[2:]
+    assert [json.loads(e)["seq"] for e in entries] == list(range(1, 10))
+    ok = runner.invoke(app, ["audit", "verify", "--export", str(export), "--pubkey", str(key)])
+    assert ok.exit_code == 0, ok.output
     assert "valid: 9 entries" in ok.stdout
-    entry = json.loads(lines[6])
-    lines[6] = lines[6].replace(entry["request_id"].encode(), b"forged-request-id")
+    assert "1 signed checkpoint(s) matched" in ok.stdout
+    entry = json.loads(entries[6])
+    lines[8] = entries[6].replace(entry["request_id"].encode(), b"forged-request-id")
     export.write_bytes(b"\n".join(lines) + b"\n")
-    broken = runner.invoke(app, ["audit", "verify", "--export", str(export)])
-    assert broken.exit_code == EXIT_CHAIN_BROKEN
-    assert "seq 8" in broken.stdout  # the next entry no longer links to the changed one
+    broken = runner.invoke(app, ["audit", "verify", "--export", str(export), "--pubkey",
+                                 str(key), "--json"])
+    assert broken.exit_code == EXIT_CODES[Fault.BAD_ENTRY]
+    assert json.loads(broken.stdout)["first_bad_seq"] == 7
 
 
-def test_verify_a_database_names_the_changed_entry(world: World, settings: Settings) -> None:
-    assert runner.invoke(app, ["audit", "verify", "--db", settings.db_url]).exit_code == 0
-    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
-        body = conn.execute("SELECT body FROM audit_entries WHERE seq = 2").fetchone()[0]
-        conn.execute("UPDATE audit_entries SET body = ? WHERE seq = 2",
-                     (body.replace('"v":1', '"v":2'),))
-    result = runner.invoke(app, ["audit", "verify", "--db", settings.db_url])
-    assert result.exit_code == EXIT_CHAIN_BROKEN
-    assert "seq 2" in result.stdout
+def test_verify_needs_a_key_and_names_the_changed_entry(
+    world: World, settings: Settings, tmp_path: Path
+) -> None:
+    env = _env(settings)
+    other = tmp_path / "other"
+    nokey = runner.invoke(app, ["audit", "verify", "--db", settings.db_url],
+                          env={"BROKER_DATA_DIR": str(other)})
+    assert nokey.exit_code == 1
+    assert "--pubkey" in nokey.output
+    assert runner.invoke(app, ["audit", "verify"], env=env).exit_code == 0
+    engine = create_engine(settings.db_url)
+    with engine.begin() as conn:
+        tamper.disarm(conn)
+        tamper.flip_byte(conn, 2)
+    engine.dispose()
+    result = runner.invoke(app, ["audit", "verify"], env=env)
+    assert result.exit_code == EXIT_CODES[Fault.BAD_ENTRY]
+    assert "bad-entry at entry 2" in result.stdout
 
 
 def test_policy_test_runs_the_rego_tests_and_every_decision_case() -> None:

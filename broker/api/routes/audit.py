@@ -1,19 +1,31 @@
-"""The audit log: entries and verification."""
+"""The audit log: entries, the providers' access view, checkpoints, proofs, verification."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from audit.entry import format_ts
 from broker.api.deps import AuditServiceDep, ContextDep
-from broker.api.routes.common import AUTHENTICATED
-from broker.api.schemas import AuditItemOut, AuditPageOut, VerifyOut
+from broker.api.routes.common import AUTHENTICATED, problems
+from broker.api.schemas import (
+    AccessOut,
+    AccessPageOut,
+    AuditItemOut,
+    AuditPageOut,
+    CheckpointOut,
+    CheckpointPageOut,
+    ConsistencyProofOut,
+    InclusionProofOut,
+    KeyOut,
+    VerifyOut,
+)
 from broker.domain.errors import InvalidInput
 from broker.domain.ports import AuditQuery
+from broker.services.audit import access_view
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED)
 
@@ -26,39 +38,116 @@ def _ts(value: datetime | None) -> str | None:
     return format_ts(value)
 
 
-@router.get("/entries")
-def list_entries(
-    ctx: ContextDep,
-    audit: AuditServiceDep,
+Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")]
+Seq = Annotated[int, Path(ge=1, le=2**53)]
+
+
+def _query(
     actor: Annotated[str | None, Query(max_length=256)] = None,
     org: Annotated[str | None, Query(max_length=64)] = None,
     dataset_id: UUID | None = None,
+    contract_id: UUID | None = None,
     action: Annotated[str | None, Query(pattern=r"^[a-z]+\.[a-z_]+$")] = None,
     allowed: bool | None = None,
+    decision: Literal["allow", "deny"] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> AuditPageOut:
-    """Ledger entries, oldest first: all for auditors, your datasets' for providers."""
-    page = audit.entries(
-        ctx,
-        AuditQuery(
-            actor=actor,
-            org=org,
-            dataset_ids=[str(dataset_id)] if dataset_id else None,
-            action=action,
-            since=_ts(since),
-            until=_ts(until),
-            allowed=allowed,
-            after_seq=int(cursor) if cursor else 0,
-            limit=limit,
-        ),
+) -> AuditQuery:
+    if decision is not None and allowed is not None and allowed != (decision == "allow"):
+        raise InvalidInput("allowed and decision disagree.")
+    return AuditQuery(
+        actor=actor,
+        org=org,
+        dataset_ids=[str(dataset_id)] if dataset_id else None,
+        contract_id=str(contract_id) if contract_id else None,
+        action=action,
+        since=_ts(since),
+        until=_ts(until),
+        allowed=allowed if decision is None else decision == "allow",
+        after_seq=int(cursor) if cursor else 0,
+        limit=limit,
     )
+
+
+QueryDep = Annotated[AuditQuery, Depends(_query)]
+
+
+@router.get("/entries")
+def list_entries(ctx: ContextDep, audit: AuditServiceDep, query: QueryDep) -> AuditPageOut:
+    """Ledger entries, oldest first: all for auditors, your datasets' for providers.
+
+    Filters: ``actor`` (token subject), ``org``, ``dataset_id``, ``contract_id``, ``action``,
+    ``decision`` (allow|deny), ``since``/``until`` (entry time); ``cursor`` from the last page.
+    """
+    page = audit.entries(ctx, query)
     return AuditPageOut(
         entries=[AuditItemOut.model_validate(e) for e in page.entries],
         next_cursor=str(page.next_cursor) if page.next_cursor is not None else None,
     )
+
+
+@router.get("/accesses")
+def list_accesses(ctx: ContextDep, audit: AuditServiceDep, query: QueryDep) -> AccessPageOut:
+    """Every access to your datasets (provider), or to any (auditor): who, when, for which
+    purpose, under which contract, which fields, and what the broker decided."""
+    page = audit.entries(ctx, query)
+    return AccessPageOut(
+        accesses=[AccessOut.model_validate(access_view(e)) for e in page.entries
+                  if (e["entry"].get("resource") or {}).get("dataset_id")],
+        next_cursor=str(page.next_cursor) if page.next_cursor is not None else None,
+    )
+
+
+@router.get("/entries/{seq}/proof", responses=problems(404))
+def entry_proof(
+    ctx: ContextDep,
+    audit: AuditServiceDep,
+    seq: Seq,
+    size: Annotated[int | None, Query(ge=1, le=2**53)] = None,
+) -> InclusionProofOut:
+    """Inclusion proof of entry ``seq`` against a signed checkpoint (the latest, or ``size``).
+
+    Auditors may prove any entry, providers entries about their datasets, consumers their own
+    (a query answer's receipt). Check it offline: ``broker audit check FILE --pubkey KEY``.
+    """
+    return InclusionProofOut.model_validate(audit.proof(ctx, seq, size))
+
+
+@router.get("/checkpoints")
+def list_checkpoints(
+    ctx: ContextDep,
+    audit: AuditServiceDep,
+    before: Cursor = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> CheckpointPageOut:
+    """Signed checkpoints of the audit tree, newest first."""
+    found, cursor = audit.checkpoints(ctx, before=int(before) if before else None, limit=limit)
+    return CheckpointPageOut(
+        checkpoints=[CheckpointOut(size=c.size, root=c.root, ts=c.ts, note=c.note)
+                     for c in found],
+        next_cursor=str(cursor) if cursor is not None else None,
+    )
+
+
+@router.get("/consistency", responses=problems(404))
+def consistency_proof(
+    ctx: ContextDep,
+    audit: AuditServiceDep,
+    old: Annotated[int, Query(ge=1, le=2**53, description="the size you already trust")],
+    new: Annotated[int | None, Query(ge=1, le=2**53,
+                                     description="a checkpoint's size (default: latest)")] = None,
+) -> ConsistencyProofOut:
+    """Consistency proof from the tree of ``old`` entries to a signed checkpoint: the log you
+    saw before was not rewritten, only extended."""
+    return ConsistencyProofOut.model_validate(audit.consistency(ctx, old, new))
+
+
+@router.get("/key", responses={})
+def signing_key(audit: AuditServiceDep) -> KeyOut:
+    """The public key that signs checkpoints (no token needed): verify with it offline."""
+    return KeyOut.model_validate(audit.key())
 
 
 @router.get("/verify")

@@ -1,0 +1,255 @@
+"""Signing checkpoints of the audit tree and publishing them where the database cannot reach.
+
+A checkpoint is signed every ``checkpoint_every_entries`` entries or ``checkpoint_every_seconds``
+seconds (whichever comes first, while there are new entries), on demand when a proof needs one,
+and once more at shutdown. Each is stored in the database and handed to every configured sink:
+a directory the database does not own (one file per checkpoint), stdout, or syslog. Several
+broker processes may run checkpointers on one database: a checkpoint of a size already stored is
+not stored again, and the same key signs the same tree identically (Ed25519 is deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import syslog
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from audit import merkle
+from audit.checkpoint import Checkpoint, CheckpointError, NoteSigner
+from broker.domain.errors import Unavailable
+from broker.domain.ports import StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointSink(Protocol):
+    """Somewhere a signed checkpoint is copied to, outside the database."""
+
+    def publish(self, size: int, note: str) -> None: ...
+
+
+class DirectorySink:
+    """One file per checkpoint (``<size>.checkpoint``) plus ``latest``, written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def publish(self, size: int, note: str) -> None:
+        """Write the note durably, never over another note of the same size, then move
+        ``latest`` to it if it is the largest so far.
+
+        A different note for a size already published is evidence of two histories: it is
+        kept beside the first (``<size>.conflict-<digest>.checkpoint``), never in its place,
+        so that verification reports the fork.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{size:020d}.checkpoint"
+        try:
+            existing = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and existing != note:
+            digest = hashlib.sha256(note.encode()).hexdigest()[:16]
+            self._write(self.directory / f"{size:020d}.conflict-{digest}.checkpoint", note)
+            log.error("checkpoint %d differs from the one already published: kept both", size)
+            return
+        if existing is None:
+            self._write(path, note)
+        latest = self.directory / "latest"
+        try:
+            current = int(latest.read_text(encoding="utf-8").split("\n")[1])
+        except (OSError, ValueError, IndexError):
+            current = -1
+        if size > current:
+            self._write(latest, note)
+
+    def latest_note(self) -> str | None:
+        """The largest checkpoint published here, if any."""
+        try:
+            return (self.directory / "latest").read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def _write(self, path: Path, note: str) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(note)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def notes(self) -> list[tuple[str, str]]:
+        """Every checkpoint file as (note, source), for verification."""
+        if not self.directory.is_dir():
+            return []
+        files = [*sorted(self.directory.glob("*.checkpoint")), self.directory / "latest"]
+        return [(p.read_text(encoding="utf-8"), str(p)) for p in files if p.is_file()]
+
+
+class StreamSink:
+    """One JSON line per checkpoint on stdout (for a log shipper)."""
+
+    def publish(self, size: int, note: str) -> None:
+        """Print ``{"checkpoint": note}``."""
+        sys.stdout.write(json.dumps({"audit_checkpoint": note, "size": size}) + "\n")
+        sys.stdout.flush()
+
+
+class SyslogSink:
+    """One syslog message (facility AUTH, so it lands with the security logs) per checkpoint."""
+
+    def publish(self, size: int, note: str) -> None:
+        """Send the note as one JSON line."""
+        syslog.openlog("broker-audit", 0, syslog.LOG_AUTH)
+        syslog.syslog(syslog.LOG_NOTICE, json.dumps({"audit_checkpoint": note, "size": size}))
+
+
+class Checkpointer:
+    """Signs and publishes checkpoints; ``start`` runs the periodic thread."""
+
+    def __init__(self, uow: UnitOfWorkFactory, signer: NoteSigner, sinks: list[CheckpointSink],
+                 *, every_entries: int, every_seconds: float) -> None:
+        self.uow = uow
+        self.signer = signer
+        self.sinks = sinks
+        self.every_entries = every_entries
+        self.every_seconds = every_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    def checkpoint(self) -> StoredCheckpoint | None:
+        """Sign the tree as it is now (unless that size is signed already) and publish it."""
+        with self._lock, self.uow() as uow:
+            uow.audit.lock()
+            tree = uow.audit.frontier()
+            if tree.size == 0:
+                return None
+            stored = uow.audit.checkpoint(tree.size)
+            if stored is not None:
+                return stored
+            self._check_extends(uow, tree.size)
+            note = self.signer.checkpoint(Checkpoint(self.signer.name, tree.size, tree.root()))
+            uow.audit.add_checkpoint(tree.size, tree.root(), note)
+            stored = uow.audit.checkpoint(tree.size)
+            uow.commit()
+        self._publish(tree.size, note)
+        return stored
+
+    def _check_extends(self, uow: UnitOfWork, size: int) -> None:
+        """Refuse to sign a tree that does not extend every checkpoint already signed.
+
+        The database's latest checkpoint and the copies published outside are compared with
+        the tree the stored nodes give at their size: after a truncation or a rewrite the
+        broker must not sign (and so bless, or overwrite the evidence of) the altered log.
+        """
+        published: list[tuple[int, bytes, str]] = []
+        latest = uow.audit.latest_checkpoint()
+        if latest is not None:
+            published.append((latest.size, bytes.fromhex(latest.root), "the database"))
+        for sink in self.sinks:
+            note = sink.latest_note() if isinstance(sink, DirectorySink) else None
+            if note is None:
+                continue
+            try:
+                checkpoint = self.signer.verifier.checkpoint(note)
+            except CheckpointError as exc:
+                log.error("the published latest checkpoint in %s does not verify",
+                          type(sink).__name__)
+                raise Unavailable("The published checkpoint does not verify; not signing.") from exc
+            published.append((checkpoint.size, checkpoint.root, "outside"))
+        for old, root, where in published:
+            cover = merkle.perfect_cover(0, old) if 0 < old <= size else None
+            if cover is None or merkle.range_hash(0, old, uow.audit.nodes(cover)) != root:
+                log.error("refusing to sign: the log is not an extension of the checkpoint of "
+                          "size %d kept in %s; run broker audit verify", old, where)
+                self.failures += 1
+                raise Unavailable("The audit log does not extend its signed checkpoints; "
+                                  "nothing is signed. Run broker audit verify.")
+
+    def covering(self, seq: int) -> StoredCheckpoint:
+        """The latest checkpoint, signing a new one first if none yet covers entry ``seq``."""
+        with self.uow(read_only=True) as uow:
+            latest = uow.audit.latest_checkpoint()
+        if latest is None or latest.size < seq:
+            latest = self.checkpoint()
+        if latest is None or latest.size < seq:
+            raise Unavailable("No checkpoint covers this entry yet.")
+        return latest
+
+    def _publish(self, size: int, note: str) -> None:
+        for sink in self.sinks:
+            try:
+                sink.publish(size, note)
+            except OSError as exc:  # the database copy stands; say the outside one is missing
+                self.failures += 1
+                log.error("checkpoint %d not copied to %s: %s", size, type(sink).__name__,
+                          type(exc).__name__)
+
+    def due(self) -> bool:
+        """Whether there are entries no checkpoint covers, and enough of them or old enough."""
+        with self.uow(read_only=True) as uow:
+            size = uow.audit.head().size
+            latest = uow.audit.latest_checkpoint()
+        covered = latest.size if latest else 0
+        if size <= covered:
+            return False
+        if size - covered >= self.every_entries:
+            return True
+        return time.monotonic() - self._last_signed >= self.every_seconds
+
+    _last_signed: float = 0.0
+
+    def start(self) -> None:
+        """Run the periodic checkpointer on a daemon thread."""
+        self._last_signed = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="audit-checkpointer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poll = min(0.5, self.every_seconds)
+        while not self._stop.wait(poll):
+            try:
+                if self.due():
+                    self.checkpoint()
+                    self._last_signed = time.monotonic()
+            except Exception as exc:  # keep running; the next round tries again
+                self.failures += 1
+                log.error("checkpointer round failed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        """Stop the thread and sign a last checkpoint of whatever is not yet covered."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.checkpoint()
+        except Exception as exc:
+            log.error("final checkpoint failed: %s", type(exc).__name__)
+
+
+def make_sinks(kinds: Sequence[str], directory: Path) -> list[CheckpointSink]:
+    """The sinks named in settings."""
+    sinks: list[CheckpointSink] = []
+    for kind in kinds:
+        if kind == "dir":
+            sinks.append(DirectorySink(directory))
+        elif kind == "stdout":
+            sinks.append(StreamSink())
+        elif kind == "syslog":
+            sinks.append(SyslogSink())
+    return sinks
