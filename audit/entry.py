@@ -78,11 +78,14 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",",
                             allow_nan=False)
 
 
+_SCALARS = (str, bool)
+
+
 def _plain(value: Any) -> bool:
     """Whether ``value`` holds only what RFC 8785 and sorted compact ``json`` write alike:
     strings, safe integers, booleans, null, lists, and objects whose keys are in the Basic
     Multilingual Plane (there UTF-16 order, which RFC 8785 sorts by, is code point order)."""
-    if value is None or isinstance(value, (str, bool)):
+    if value is None or type(value) in _SCALARS:
         return True
     if isinstance(value, int):
         return -(2**53) < value < 2**53

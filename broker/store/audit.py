@@ -76,24 +76,35 @@ class SqlAuditLog:
         return self._conn.execute(stmt).one()
 
     def _append(self, event: AuditEvent) -> Receipt:
-        # Plain driver SQL: an append is the hottest write path, and compiling statements cost
-        # as much as the commit's fsync.
+        # Straight to the driver's cursor, inside the unit's transaction: an append is the
+        # hottest write path, and statement handling cost as much as the commit's fsync.
         conn = self._conn
         sql = _SQL[conn.dialect.paramstyle in ("format", "pyformat")]
-        size, head_hash, packed = conn.exec_driver_sql(
-            sql["head_for_update" if conn.dialect.name == "postgresql" else "head"]).one()
-        frontier = merkle.Frontier.from_bytes(size, bytes.fromhex(packed))
-        seq = size + 1
-        body = encode(build_entry(event, seq=seq, ts=self.clock(), prev_hash=head_hash))
-        digest = leaf_hash(body)
-        completed = frontier.add(bytes.fromhex(digest))
-        conn.exec_driver_sql(sql["entry"], (seq, body.decode("utf-8"), digest, head_hash))
-        if completed:
-            conn.exec_driver_sql(sql["node"], [(level, idx, h.hex())
-                                               for level, idx, h in completed])
-        moved = conn.exec_driver_sql(sql["move"], (seq, digest, frontier.to_bytes().hex(), size))
-        if moved.rowcount != 1:
-            raise Unavailable("The audit head moved under this append; nothing was released.")
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql["head_for_update" if conn.dialect.name == "postgresql"
+                               else "head"])
+            size, head_hash, packed = cursor.fetchone()  # type: ignore[misc]
+            frontier = merkle.Frontier.from_bytes(size, bytes.fromhex(packed))
+            seq = size + 1
+            body = encode(build_entry(event, seq=seq, ts=self.clock(), prev_hash=head_hash))
+            digest = leaf_hash(body)
+            completed = frontier.add(bytes.fromhex(digest))
+            cursor.execute(sql["entry"], (seq, body.decode("utf-8"), digest, head_hash))
+            if completed:
+                cursor.executemany(sql["node"], [(level, idx, h.hex())
+                                                 for level, idx, h in completed])
+            cursor.execute(sql["move"], (seq, digest, frontier.to_bytes().hex(), size))
+            if cursor.rowcount != 1:
+                raise Unavailable("The audit head moved under this append; nothing was "
+                                  "released.")
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # the driver's own errors, as SQLAlchemy would have wrapped them
+            kind = IntegrityError if isinstance(
+                exc, conn.dialect.loaded_dbapi.IntegrityError) else OperationalError
+            raise kind(sql["entry"], None, exc) from exc
+        finally:
+            cursor.close()
         return Receipt(seq=seq, leaf_hash=digest)
 
     # -- reading -----------------------------------------------------------------------------
