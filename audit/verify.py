@@ -30,7 +30,7 @@ from typing import Any
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
-from audit.entry import GENESIS_HASH, encode, leaf_hash
+from audit.entry import GENESIS_HASH, encode
 
 GENESIS = bytes.fromhex(GENESIS_HASH)
 _PREV = re.compile(rb'"prev_hash":"([0-9a-f]{64})"')
@@ -235,7 +235,7 @@ class _Walk:
             column_seq = chunk.seqs[i] if chunk.seqs is not None else None
             body_seq = _body_seq(body)
             if column_seq is not None and column_seq != position:
-                self._missing(position, chunk, i, rest, by_column=True)
+                self._missing(position, chunk, i, rest)
             if chunk.leaf_hashes is not None and chunk.leaf_hashes[i] != leaf.hex():
                 raise _Found(Fault.BAD_ENTRY, position, "leaf-hash-mismatch",
                              f"entry {position}'s bytes do not hash to its stored leaf hash")
@@ -248,7 +248,7 @@ class _Walk:
                     raise _Found(Fault.BAD_ENTRY, position, "seq-mismatch",
                                  f"entry {position} says it is entry {body_seq}")
                 if column_seq is None and body_seq > position:
-                    self._missing(position, chunk, i, rest, by_column=False)
+                    self._missing(position, chunk, i, rest)
                 raise _Found(Fault.REORDER, position, "entry-out-of-place",
                              f"position {position} holds entry {body_seq}")
             if prev != last:
@@ -264,10 +264,9 @@ class _Walk:
             last = leaf
         self.last = last
 
-    def _missing(self, position: int, chunk: Chunk, i: int, rest: Iterator[Chunk], *,
-                 by_column: bool) -> None:
+    def _missing(self, position: int, chunk: Chunk, i: int, rest: Iterator[Chunk]) -> None:
         """Entry ``position`` is not where it should be: later in the log, or gone."""
-        seen = _scan_for(position, chunk, i, rest, by_column=by_column)
+        seen = _scan_for(position, chunk, i, rest)
         if seen:
             raise _Found(Fault.REORDER, position, "entry-out-of-place",
                          f"entry {position} appears later in the log")
@@ -321,9 +320,8 @@ def _body_prev(body: bytes) -> bytes | None:
     return binascii.unhexlify(match.group(1)) if match else None
 
 
-def _scan_for(seq: int, chunk: Chunk, i: int, rest: Iterator[Chunk], *, by_column: bool) -> bool:
+def _scan_for(seq: int, chunk: Chunk, i: int, rest: Iterator[Chunk]) -> bool:
     """Whether an entry whose body says ``seq`` appears from ``chunk[i]`` on."""
-    del by_column  # the body's own seq is what names an entry
     if any(_body_seq(b) == seq for b in chunk.bodies[i:]):
         return True
     return any(_body_seq(b) == seq for later in rest for b in later.bodies)
@@ -398,6 +396,25 @@ def verify_log(
                             found.seq, found.reason, found.detail, walk.checked, latest)
     return Verification(True, walk.frontier.size, walk.frontier.root().hex(),
                         checkpoints=walk.checked, latest_checkpoint=latest)
+
+
+def verify_with_notes(
+    chunks: Iterable[Chunk],
+    notes: Sequence[tuple[str, str]],
+    verifier: NoteVerifier,
+    *,
+    head: Head | None = None,
+    deep: bool = False,
+    nodes: Iterable[tuple[int, int, str]] | None = None,
+) -> Verification:
+    """:func:`verify_log` after checking every (note, source) against ``verifier``'s key; the
+    first note that does not verify is the fault ``bad-checkpoint``."""
+    try:
+        signed = open_checkpoints(notes, verifier)
+    except CheckpointError as exc:
+        return Verification(False, 0, "", Fault.BAD_CHECKPOINT, None, "checkpoint-signature",
+                            str(exc))
+    return verify_log(chunks, checkpoints=signed, head=head, deep=deep, nodes=nodes)
 
 
 def _finish(walk: _Walk, head: Head | None) -> None:
@@ -491,8 +508,3 @@ def export_header(origin: str, vkey: str) -> bytes:
 def export_checkpoint_line(note: str) -> bytes:
     """One checkpoint as an export line."""
     return json.dumps({"checkpoint": note}, ensure_ascii=False).encode()
-
-
-def leaf_of(entry: dict[str, Any]) -> str:
-    """The leaf hash a consumer recomputes from an entry it was shown."""
-    return leaf_hash(encode(entry))

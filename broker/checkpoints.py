@@ -103,7 +103,7 @@ class StreamSink:
     """One JSON line per checkpoint on stdout (for a log shipper)."""
 
     def publish(self, size: int, note: str) -> None:
-        """Print ``{"checkpoint": note}``."""
+        """Print ``{"audit_checkpoint": note, "size": size}``."""
         sys.stdout.write(json.dumps({"audit_checkpoint": note, "size": size}) + "\n")
         sys.stdout.flush()
 
@@ -130,6 +130,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._last_signed = time.monotonic()
         self.failures = 0
 
     def checkpoint(self) -> StoredCheckpoint | None:
@@ -211,8 +212,6 @@ class Checkpointer:
         if size - covered >= self.every_entries:
             return True
         return time.monotonic() - self._last_signed >= self.every_seconds
-
-    _last_signed: float = 0.0
 
     def start(self) -> None:
         """Run the periodic checkpointer on a daemon thread."""

@@ -140,10 +140,10 @@ def _tamper_demo(settings: Settings, workdir: Path, console: Console) -> None:
     copies kept outside the database."""
     from sqlalchemy import Connection, create_engine
 
+    from broker.audit_offline import verify_database
     from broker.checkpoints import DirectorySink
     from broker.demo import tamper
     from broker.keys import checkpoint_signer
-    from broker.store.verification import verify_database
 
     db = settings.data_dir / "broker.db"
     if settings.database_url is not None or not db.exists():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -99,8 +99,8 @@ def audit_verify(
     Exit 0 if valid; otherwise 3 bad entry, 4 gap, 5 reorder, 6 rollback (truncation), 7 fork
     (rewrite), 8 bad checkpoint; 1 if the input or key could not be read.
     """
-    from audit.verify import export_chunks, export_notes, open_checkpoints, verify_log
-    from broker.store.verification import verify_database
+    from audit.verify import export_chunks, export_notes, verify_with_notes
+    from broker.audit_offline import verify_database
 
     console = Console(stderr=as_json, soft_wrap=True)
     verifier = _verifier(pubkey, origin, console)
@@ -113,28 +113,15 @@ def audit_verify(
     try:
         if export is not None:
             with open(export, "rb") as fh:
-                notes = list(export_notes(fh))
-            try:
-                signed = open_checkpoints([*trusted_notes, *outside, *notes], verifier,
-                                          origin or verifier.name)
-            except CheckpointError as exc:
-                result = Verification(False, 0, "", _bad_checkpoint(), None,
-                                      "checkpoint-signature", str(exc))
-            else:
-                with open(export, "rb") as fh:
-                    result = verify_log(export_chunks(fh), checkpoints=signed, deep=deep)
+                notes = [*trusted_notes, *outside, *export_notes(fh)]
+            with open(export, "rb") as fh:
+                result = verify_with_notes(export_chunks(fh), notes, verifier, deep=deep)
         else:
             result = verify_database(db or settings.db_url, verifier, outside=outside,
                                      trusted=trusted_notes, deep=deep)
     except (OSError, CheckpointError) as exc:
         raise _fail(console, str(exc)) from exc
     _report(result, console, as_json)
-
-
-def _bad_checkpoint() -> Any:
-    from audit.verify import Fault
-
-    return Fault.BAD_CHECKPOINT
 
 
 @audit_app.command("export")
@@ -144,7 +131,7 @@ def audit_export(
 ) -> None:
     """Write the log for offline verification: a header line, every signed checkpoint as
     ``{"checkpoint": note}``, then every entry's canonical JSON, one per line."""
-    from broker.store.verification import export_database
+    from broker.audit_offline import export_database
 
     settings = Settings()
     local = settings.checkpoint_key_path.with_suffix(".pub")
@@ -168,7 +155,7 @@ def audit_proof(
     = None,
 ) -> None:
     """Print the inclusion proof of one entry against a signed checkpoint, as JSON."""
-    from broker.store.verification import database_inclusion
+    from broker.audit_offline import database_inclusion
 
     try:
         document = database_inclusion(db or Settings().db_url, seq, size)
@@ -185,7 +172,7 @@ def audit_consistency(
     = None,
 ) -> None:
     """Print the consistency proof from ``old`` entries to a signed checkpoint, as JSON."""
-    from broker.store.verification import database_consistency
+    from broker.audit_offline import database_consistency
 
     try:
         document = database_consistency(db or Settings().db_url, old, new)
@@ -237,12 +224,12 @@ def audit_check(
 @audit_app.command("checkpoint")
 def audit_checkpoint() -> None:
     """Sign a checkpoint of the log now (the server also does every N entries or T seconds)."""
+    from broker.audit_offline import _clock
     from broker.checkpoints import Checkpointer, make_sinks
     from broker.domain.errors import Unavailable
     from broker.keys import checkpoint_signer
     from broker.store.db import create_schema, make_engine
     from broker.store.uow import SqlUnitOfWorkFactory
-    from broker.store.verification import _clock
 
     settings = Settings()
     engine = make_engine(settings.db_url)

@@ -38,6 +38,7 @@ class AuditQuery:
     until: str | None = None
     allowed: bool | None = None
     contract_id: str | None = None
+    about_datasets: bool = False  # only entries about a dataset (the providers' access view)
     after_seq: int = 0
     limit: int = 100
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from audit.checkpoint import CheckpointError, NoteVerifier
+from audit.checkpoint import NoteVerifier
 from audit.proofs import ProofError, prove_consistency, prove_inclusion
-from audit.verify import Fault, Verification, open_checkpoints, verify_log
+from audit.verify import Verification, verify_with_notes
 from broker.checkpoints import Checkpointer
 from broker.domain.errors import InvalidInput, NotFound, Unavailable
 from broker.domain.ports import AuditQuery, StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
@@ -84,6 +84,12 @@ class AuditService:
         more = len(page) > query.limit
         page = page[: query.limit]
         return AuditPage(page, page[-1]["entry"]["seq"] if more and page else None)
+
+    def accesses(self, ctx: RequestContext, query: AuditQuery) -> AuditPage:
+        """The providers' view: entries about datasets (their own, unless an auditor asks),
+        each as who, when, purpose, contract, fields and decision."""
+        page = self.entries(ctx, replace(query, about_datasets=True))
+        return AuditPage([access_view(e) for e in page.entries], page.next_cursor)
 
     # -- checkpoints and proofs --------------------------------------------------------------
 
@@ -198,11 +204,5 @@ def verify_store(uow: UnitOfWork, verifier: NoteVerifier, outside: list[tuple[st
     """Verify the log in ``uow`` against its own checkpoints, the ``outside`` copies and any
     ``trusted`` ones, all checked against ``verifier``'s key."""
     inside = [(c.note, f"database checkpoint {c.size}") for c in uow.audit.checkpoints()]
-    try:
-        signed = open_checkpoints([*trusted, *outside, *inside], verifier)
-    except CheckpointError as exc:
-        head = uow.audit.head()
-        return Verification(False, head.size, "", Fault.BAD_CHECKPOINT, None,
-                            "checkpoint-signature", str(exc))
-    return verify_log(uow.audit.chunks(), checkpoints=signed, head=uow.audit.head(), deep=deep,
-                      nodes=uow.audit.all_nodes())
+    return verify_with_notes(uow.audit.chunks(), [*trusted, *outside, *inside], verifier,
+                             head=uow.audit.head(), deep=deep, nodes=uow.audit.all_nodes())

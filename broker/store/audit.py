@@ -129,6 +129,8 @@ class SqlAuditLog:
             stmt = stmt.where(AuditEntryRow.actor_org == query.org)
         if query.dataset_ids is not None:
             stmt = stmt.where(col(AuditEntryRow.dataset_id).in_(list(query.dataset_ids)))
+        if query.about_datasets:
+            stmt = stmt.where(col(AuditEntryRow.dataset_id).is_not(None))
         if query.contract_id is not None:
             stmt = stmt.where(AuditEntryRow.contract_id == query.contract_id)
         if query.action is not None:

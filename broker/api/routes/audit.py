@@ -25,7 +25,6 @@ from broker.api.schemas import (
 )
 from broker.domain.errors import InvalidInput
 from broker.domain.ports import AuditQuery
-from broker.services.audit import access_view
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED)
 
@@ -92,10 +91,9 @@ def list_entries(ctx: ContextDep, audit: AuditServiceDep, query: QueryDep) -> Au
 def list_accesses(ctx: ContextDep, audit: AuditServiceDep, query: QueryDep) -> AccessPageOut:
     """Every access to your datasets (provider), or to any (auditor): who, when, for which
     purpose, under which contract, which fields, and what the broker decided."""
-    page = audit.entries(ctx, query)
+    page = audit.accesses(ctx, query)
     return AccessPageOut(
-        accesses=[AccessOut.model_validate(access_view(e)) for e in page.entries
-                  if (e["entry"].get("resource") or {}).get("dataset_id")],
+        accesses=[AccessOut.model_validate(a) for a in page.entries],
         next_cursor=str(page.next_cursor) if page.next_cursor is not None else None,
     )
 
