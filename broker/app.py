@@ -17,7 +17,7 @@ from broker.api.middleware import (
     RequestMetrics,
     UnexpectedErrorMiddleware,
 )
-from broker.api.routes import audit, contracts, datasets, health, orgs, queries
+from broker.api.routes import audit, contracts, datasets, health, orgs, queries, slices
 from broker.policy.cache import CachedPolicyEngine
 from broker.policy.factory import close_policy_engine
 from broker.settings import Settings
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = RequestMetrics()
     problems.install(app)
-    for module in (orgs, datasets, contracts, queries, audit, health):
+    for module in (orgs, datasets, slices, contracts, queries, audit, health):
         app.include_router(module.router)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: nothing re-raises past it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

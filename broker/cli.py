@@ -19,6 +19,9 @@ from rich.console import Console
 
 from broker.auth import mint_token
 from broker.cli_audit import audit_app
+from broker.cli_contracts import contracts_app
+from broker.cli_datasets import datasets_app
+from broker.cli_keys import keys_app
 from broker.demo.report import render
 from broker.demo.story import ACTORS, Broker, Mint, StoryError, run_story, set_up
 from broker.keys import jwt_secret
@@ -27,6 +30,9 @@ from broker.settings import Settings
 app = typer.Typer(help="Privacy-preserving data-sharing broker.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 app.add_typer(audit_app, name="audit")
+app.add_typer(contracts_app, name="contracts")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(keys_app, name="keys")
 policy_app = typer.Typer(help="Test and package the Rego policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 

@@ -1,4 +1,5 @@
-"""Key material kept as files outside the database: the dev JWT secret, the checkpoint key."""
+"""Key material kept as files outside the database: the dev JWT secret, the checkpoint key,
+the master key of encryption at rest."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.checkpoint import NoteSigner
 from broker.settings import Settings
+from connectors.crypto import Keyring, TextSealer, create_master_key
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -75,3 +77,25 @@ def pseudonym_secret(settings: Settings) -> bytes:
     if len(value) != 32:
         raise ValueError(f"{path} must hold exactly 32 bytes")
     return value
+
+
+def master_keyring(settings: Settings) -> Keyring:
+    """The master key of encryption at rest (32 random bytes, mode 0600), made on first run.
+
+    Losing it loses every stored dataset; it lives outside the database for the same reason
+    the checkpoint key does, and ``broker keys rotate`` replaces it.
+    """
+    create_master_key(settings.master_key_path)
+    keyring = Keyring(settings.master_key_path)
+    keyring.current()  # a file of the wrong size fails here, at start-up
+    return keyring
+
+
+def release_cache_key_path(settings: Settings) -> Path:
+    """The key file of the release cache's data key (wrapped under the master key)."""
+    return settings.keys_dir / "release-cache.key"
+
+
+def release_sealer(settings: Settings, keyring: Keyring) -> TextSealer:
+    """Seals the release cache's answers in the database; its key is made on first run."""
+    return TextSealer(keyring, release_cache_key_path(settings))

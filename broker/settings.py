@@ -31,10 +31,25 @@ class Settings(BaseSettings):
     opa_token: SecretStr | None = None
     opa_push_policies: bool = False
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    #: SQL databases providers may snapshot datasets from, by name: name -> SQLAlchemy URL.
+    #: Only the operator names them, so no caller can point the broker at a database
+    #: (its own metadata store included) by URL.
+    sql_sources: dict[str, str] = {}
+    #: Whether the broker generates and holds an Ed25519 key for an organisation registered
+    #: without a public key (embedded demo). Off in production: every organisation then signs
+    #: its own offers and acceptances outside the broker.
+    custodial_org_keys: bool = True
+    #: The broker's public base URL, for the IRIs of exported documents (ODRL); the request's
+    #: own base URL when unset.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]{1,200}$")
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     engine_threads: int = Field(default=2, ge=1, le=64)
     audit_origin: str = Field(default="localhost/broker-audit", pattern=r"^[^\s+]{1,200}$")
     checkpoint_key_file: Path | None = None
+    #: The 32-byte master key that wraps every dataset version's data key. Keep it outside
+    #: the database (default: generated into the data directory's keys on first run; mount it
+    #: from a secret store in production). ``broker keys rotate`` replaces it.
+    master_key_file: Path | None = None
     checkpoint_dir: Path | None = None
     checkpoint_sinks: list[Literal["dir", "stdout", "syslog"]] = ["dir"]
     checkpoint_every_entries: int = Field(default=1000, ge=1)
@@ -60,6 +75,11 @@ class Settings(BaseSettings):
     def checkpoint_key_path(self) -> Path:
         """The Ed25519 key that signs checkpoints: a file, never in the database."""
         return self.checkpoint_key_file or self.keys_dir / "checkpoint-ed25519.pem"
+
+    @property
+    def master_key_path(self) -> Path:
+        """The master key that wraps the data keys of everything stored encrypted."""
+        return self.master_key_file or self.keys_dir / "master.key"
 
     @property
     def checkpoints_path(self) -> Path:

@@ -2,11 +2,24 @@
 
 The problems name columns, issues and 1-based data row numbers; they never quote a value, so a
 rejected upload leaks nothing into errors or logs.
+
+Every reader (CSV, Excel, Parquet, SQL) hands ``conform`` the same thing: cells as the text a
+CSV of the data holds (``render_cell``, ``text_frame``), so the same data gives the same typed
+frame whatever it came in.
+
+Unified social credit codes (GB 32100-2015) are checked where a field declares ``format:
+"uscc"``, and in the entity field when it declares no format and more than half of its values
+have the USCC shape: an entity column of codes with a typo in one row is refused (``bad-uscc``)
+rather than let a mistyped enterprise become a separate one; entities that are not codes at all
+("E1") are left alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,9 +27,18 @@ import pandas as pd
 
 from broker.domain.datasets import HIERARCHY_CODES, DatasetSchema, FieldSpec, FieldType
 from broker.domain.errors import BadDataset
+from broker.domain.uscc import ALPHABET
 
 #: How many row numbers a problem lists per column; the count says how many there are in all.
 MAX_ROWS_LISTED = 5
+
+#: Formats a string field may declare; values of a declared format are checked one by one.
+FORMATS = frozenset({"uscc"})
+
+#: The shape of a unified social credit code (GB 32100-2015): 18 characters of its 31-letter
+#: alphabet (digits and upper-case letters but I, O, S, V, Z). The check character is tested
+#: separately; the shape alone decides whether an undeclared entity column holds USCCs.
+USCC_SHAPE = r"[0-9A-HJ-NPQRTUW-Y]{18}"
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -25,6 +47,64 @@ _FALSE = {"false", "f", "no", "n", "0"}
 def _rows(mask: pd.Series[bool]) -> list[int]:
     positions = np.flatnonzero(mask.to_numpy())
     return [int(p) + 1 for p in positions[:MAX_ROWS_LISTED]]
+
+
+def rows_problem(column: str | None, issue: str, mask: pd.Series[bool]) -> dict[str, Any]:
+    """A problem naming ``column``, ``issue`` and the first flagged 1-based data rows."""
+    return {"column": column, "issue": issue, "rows": _rows(mask), "count": int(mask.sum())}
+
+
+def numbered_problem(column: str | None, issue: str, rows: Sequence[int]) -> dict[str, Any]:
+    """A problem naming ``column``, ``issue`` and the first of ``rows`` (1-based, ascending)."""
+    return {"column": column, "issue": issue, "rows": list(rows[:MAX_ROWS_LISTED]),
+            "count": len(rows)}
+
+
+def text_frame(header: Sequence[str], columns: Sequence[Sequence[str | None]]) -> pd.DataFrame:
+    """A raw table as the CSV reader makes it (every cell text, missing as NA), for conform."""
+    frame = pd.DataFrame(dict(enumerate(columns)), dtype=str)
+    frame.columns = pd.Index(list(header), dtype=object)
+    return frame
+
+
+def _render_datetime(value: dt.datetime) -> str:
+    # A naive midnight is a date; any other time, or any time zone (a date field stores none),
+    # keeps its time, which a date field then refuses.
+    if value.tzinfo is None and value.time() == dt.time(0):
+        return value.date().isoformat()
+    return value.isoformat(sep=" ")
+
+
+#: Cell values as text, exactly as a CSV of the same data holds them: integers in decimal,
+#: floats as the shortest text that reads back as the same double (as pandas writes them; NaN
+#: stays a value, which conform refuses as it refuses the text "nan" in a CSV), booleans as
+#: "true"/"false", dates as ISO 8601. Looked up by exact type first (a bool is an int to
+#: isinstance), then by the first base type in this order (a datetime is also a date).
+#: Types without an entry are not tabular data (bytes, arrays, JSON) and are refused.
+RENDERERS: dict[type, Callable[[Any], str | None]] = {
+    bool: lambda v: "true" if v else "false",
+    str: lambda v: str.__str__(v) or None,  # an empty string is missing, as an empty CSV cell
+    int: int.__repr__,
+    float: float.__repr__,
+    decimal.Decimal: str,
+    dt.datetime: _render_datetime,
+    dt.date: dt.date.isoformat,
+    dt.time: dt.time.isoformat,
+    uuid.UUID: str,
+}
+
+
+def render_cell(value: Any) -> str | None:
+    """``value`` as CSV text (None when missing); TypeError for a type that is not data."""
+    if value is None:
+        return None
+    render = RENDERERS.get(type(value))
+    if render is None:
+        kind = next((k for k in RENDERERS if isinstance(value, k)), None)
+        if kind is None:
+            raise TypeError(type(value).__name__)
+        render = RENDERERS[kind]
+    return render(value)
 
 
 def _integer(raw: pd.Series[Any]) -> tuple[pd.Series[Any], pd.Series[bool]]:
@@ -79,6 +159,59 @@ def _outside_codes(values: pd.Series[Any], spec: FieldSpec) -> pd.Series[bool] |
     return present & ~values.fillna("").str.fullmatch(pattern)
 
 
+_USCC_VALUE = np.full(256, -1, dtype=np.int64)
+_USCC_VALUE[np.frombuffer(ALPHABET.encode("ascii"), dtype=np.uint8)] = np.arange(len(ALPHABET))
+_USCC_WEIGHTS = np.array([pow(3, i, 31) for i in range(17)], dtype=np.int64)
+
+
+def _has_uscc_shape(values: pd.Series[Any]) -> pd.Series[bool]:
+    return values.str.fullmatch(USCC_SHAPE).fillna(False).astype(bool)
+
+
+def invalid_usccs(values: pd.Series[Any]) -> pd.Series[bool]:
+    """Present values that are not valid USCCs (``broker.domain.uscc.is_valid_uscc``, for a
+    whole column at once: the check character is the mod-31 weighted sum of GB 32100)."""
+    shaped = _has_uscc_shape(values)
+    codes = values[shaped].to_numpy(dtype=object)
+    valid = np.zeros(len(values), dtype=bool)
+    if len(codes):
+        chars = np.frombuffer("".join(codes).encode("ascii"), dtype=np.uint8).reshape(-1, 18)
+        digits = _USCC_VALUE[chars]
+        check = (31 - (digits[:, :17] @ _USCC_WEIGHTS) % 31) % 31
+        valid[shaped.to_numpy()] = check == digits[:, 17]
+    return values.notna() & ~pd.Series(valid, index=values.index)
+
+
+def _is_uscc_field(values: pd.Series[Any], spec: FieldSpec, schema: DatasetSchema) -> bool:
+    """Declared ``format: uscc``; or the entity field, undeclared, mostly shaped like USCCs
+    (an entity column of USCCs with a few typos is then checked, not silently let through)."""
+    if spec.format is not None:
+        return spec.format == "uscc"
+    if spec.name != schema.entity_field or spec.type is not FieldType.STRING:
+        return False
+    present = int(values.notna().sum())
+    return present > 0 and int(_has_uscc_shape(values).sum()) * 2 > present
+
+
+def _header_problems(header: list[str], schema: DatasetSchema) -> list[dict[str, Any]]:
+    declared = set(schema.names)
+    problems: list[dict[str, Any]] = [
+        {"column": c, "issue": "missing"} for c in schema.names if c not in header
+    ]
+    # Undeclared header cells are named by position only: a header cell may hold data.
+    problems += [{"column": None, "position": i + 1, "issue": "undeclared"}
+                 for i, c in enumerate(header) if c not in declared]
+    seen: set[str] = set()
+    for i, c in enumerate(header):
+        if c in seen and c in declared:
+            problems.append({"column": c, "position": i + 1, "issue": "duplicate"})
+        seen.add(c)
+    problems += [{"column": spec.name, "issue": "unknown-format"}
+                 for spec in schema.fields if spec.format is not None
+                 and spec.format not in FORMATS]
+    return problems
+
+
 def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     """Typed copy of ``raw`` (all columns strings, missing as NA) in declared column order."""
     header = [str(c) for c in raw.columns]
@@ -88,12 +221,7 @@ def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
         # without quoting any of it.
         raise BadDataset("The file's first row names none of the declared fields; it needs a "
                          "header row.", [{"column": None, "issue": "header-missing"}])
-    problems: list[dict[str, Any]] = [
-        {"column": c, "issue": "missing"} for c in schema.names if c not in header
-    ]
-    # Undeclared header cells are named by position only: a header cell may hold data.
-    problems += [{"column": None, "position": i + 1, "issue": "undeclared"}
-                 for i, c in enumerate(header) if c not in declared]
+    problems = _header_problems(header, schema)
     if problems:
         raise BadDataset("The file's columns do not match the declared fields.", problems)
     if raw.empty:
@@ -134,6 +262,10 @@ def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
                     "count": int(outside.sum()),
                 }
             )
+        if _is_uscc_field(values, spec, schema):
+            invalid = invalid_usccs(column)
+            if invalid.any():
+                problems.append(rows_problem(spec.name, "bad-uscc", invalid))
         out[spec.name] = values
     if problems:
         raise BadDataset("Some values do not match the declared field types.", problems)

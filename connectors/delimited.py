@@ -1,10 +1,25 @@
-"""CSV files: read every cell as text, then conform to the declared schema."""
+"""Delimited text files: find the encoding and the delimiter, read every cell as text, conform.
+
+Chinese enterprise systems export CSV in UTF-8 (often with Excel's byte-order mark) or in GBK;
+GB18030 is a superset of GBK, so a GBK file is read as GB18030. The encoding is decided by
+strict incremental decoding of the whole file in blocks (UTF-8 first, then GB18030), each pass
+stopping at the first block that does not decode: a large binary file is refused after its
+first block, and no file is ever held in memory whole (pandas then parses it as a stream).
+
+The delimiter is one of ``,`` ``;`` tab ``|``: the one whose split of the header row names the
+most declared fields (ties, and headers naming none, go to the comma).
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Literal
 
 import pandas as pd
 
@@ -14,23 +29,103 @@ from connectors.conform import conform
 
 _LINE = re.compile(r"line (\d+)")
 
+#: Delimiters tried, in order of preference when they tie.
+DELIMITERS = (",", ";", "\t", "|")
+#: Bytes decoded at a time while deciding the encoding.
+BLOCK = 1 << 20
+#: Text of the file's start in which the header row must be complete.
+HEADER_SPAN = 1 << 16
+
+
+def detect_encoding(path: Path) -> str:
+    """``"utf-8-sig"`` or ``"gb18030"``: the first of the two that decodes all of ``path``.
+
+    A file that decodes as UTF-8 up to an incomplete character at its very end, after other
+    non-ASCII UTF-8 text, is a UTF-8 file cut short, not GB18030: it is refused rather than
+    read as mojibake. NUL bytes never occur in text in either encoding; a file with one is
+    binary and refused at once.
+    """
+    decoded = _decodes(path, "utf-8")
+    if decoded == "cut-short":
+        raise BadDataset("The file ends in the middle of a UTF-8 character: it was cut short.",
+                         [{"column": None, "issue": "truncated"}])
+    if decoded == "yes":
+        return "utf-8-sig"
+    if _decodes(path, "gb18030") == "yes":
+        return "gb18030"
+    raise _not_text()
+
+
+def _decodes(path: Path, encoding: str) -> Literal["yes", "no", "cut-short"]:
+    """Whether ``path`` decodes strictly in ``encoding``: "yes", "no", or "cut-short" (only
+    an incomplete character at the very end, after other non-ASCII text, is wrong)."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    non_ascii = False
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(BLOCK)
+            if b"\0" in block:
+                raise _not_text()
+            try:
+                non_ascii = not decoder.decode(block, final=not block).isascii() or non_ascii
+            except UnicodeDecodeError:
+                return "cut-short" if not block and non_ascii else "no"
+            if not block:
+                return "yes"
+
+
+def _not_text() -> BadDataset:
+    return BadDataset("The file is not text in UTF-8 or GB18030.",
+                      [{"column": None, "issue": "not-text"}])
+
+
+@contextmanager
+def _text(path: Path, encoding: str) -> Iterator[IO[str]]:
+    """The file as text, without a leading byte-order mark (UTF-8's or GB18030's)."""
+    with open(path, encoding=encoding, errors="strict", newline="") as fh:
+        if fh.read(1) != "\ufeff":
+            fh.seek(0)
+        yield fh
+
+
+def choose_delimiter(head: str, schema: DatasetSchema) -> str:
+    """The delimiter whose split of the first record of ``head`` names the most declared
+    fields; the comma on a tie or when none names any."""
+    declared = set(schema.names)
+    best, best_count = ",", 0
+    for delimiter in DELIMITERS:
+        try:
+            cells = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        count = len(declared.intersection(cells))
+        if count > best_count:
+            best, best_count = delimiter, count
+    return best
+
 
 def read_csv(path: Path, schema: DatasetSchema) -> pd.DataFrame:
-    """Parse a UTF-8 CSV file (with or without a BOM) with a header row; conform it."""
+    """Parse a delimited text file (UTF-8 or GB18030; , ; tab or |) with a header; conform it."""
+    encoding = detect_encoding(path)
+    with _text(path, encoding) as fh:
+        delimiter = choose_delimiter(fh.read(HEADER_SPAN), schema)
     try:
-        raw = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            encoding="utf-8-sig",  # a byte-order mark, as Excel writes, is not part of a name
-            engine="c",
-            on_bad_lines="error",
-        )
-    except UnicodeDecodeError as exc:
-        raise BadDataset("The file is not UTF-8 encoded text.") from exc
+        with _text(path, encoding) as fh:
+            raw = pd.read_csv(
+                # UTF-8 is parsed from the bytes (pandas drops the BOM), GB18030 as text.
+                path if encoding == "utf-8-sig" else fh,
+                encoding=encoding,
+                sep=delimiter,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                engine="c",
+                on_bad_lines="error",
+            )
+    except UnicodeDecodeError as exc:  # the file changed since its encoding was decided
+        raise _not_text() from exc
     except pd.errors.EmptyDataError as exc:
-        raise BadDataset("The file is empty.") from exc
+        raise BadDataset("The file is empty.", [{"column": None, "issue": "empty"}]) from exc
     except (pd.errors.ParserError, csv.Error, ValueError) as exc:
         lines = [int(n) for n in _LINE.findall(str(exc))][:1]
         raise BadDataset(

@@ -1,30 +1,53 @@
-"""Dataset versions at rest as Parquet files under the data directory."""
+"""Dataset versions at rest: Parquet, sealed with AES-256-GCM, under the data directory."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import threading
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from broker.domain.datasets import ENTITY_INDEX_COLUMN
+from broker.domain.errors import DatasetUnreadable, PayloadTooLarge
+from connectors.crypto import (
+    KeyFileRef,
+    Keyring,
+    SealError,
+    TooLarge,
+    new_data_key,
+    open_sealed,
+    seal,
+    write_atomic,
+)
 
 _ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+SEALED = ".enc"  # a sealed Parquet file: <name>.parquet.enc
+KEY_FILE = ".key"  # its wrapped data key beside it: <name>.parquet.key
+_ENTITIES = "entities.parquet" + SEALED
 
 
 class ParquetStorage:
-    """Writes each version once, atomically (temporary file, fsync, rename)."""
+    """Seals each version once, under its own data key, and writes it atomically.
 
-    def __init__(self, root: Path) -> None:
+    A version is Parquet in memory only: on disk it is a sealed object (see
+    ``connectors.crypto``) bound to its location, with its wrapped data key in a key file
+    beside it. Reading decrypts and authenticates the whole file in memory and parses it from
+    there; anything that does not authenticate raises :class:`DatasetUnreadable`, so a query
+    on it fails closed. The entity index (plain enterprise ids) is sealed the same way, under
+    a data key of its own that it keeps across rewrites (each with a fresh nonce), so that a
+    rewrite replaces one file atomically.
+    """
+
+    def __init__(self, root: Path, keyring: Keyring) -> None:
         self.root = root.resolve()
+        self.keyring = keyring
         self._index_lock = threading.Lock()
         self._dates: dict[tuple[str, tuple[str, ...]], dict[str, tuple[dt.date, ...]]] = {}
 
@@ -35,21 +58,68 @@ class ParquetStorage:
         Each row also gets its enterprise's dense index in the column ``#entity`` (no field
         name can contain '#'): the engine groups by that integer, and the differencing guard
         keeps released populations as bitmaps of it. An enterprise keeps its index for the life
-        of the dataset (``entities.parquet`` beside the versions); new ones are numbered on.
+        of the dataset (the entity index beside the versions); new ones are numbered on.
         """
         if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
-        location = f"{dataset_id}/v{int(version)}.parquet"
+        location = f"{dataset_id}/v{int(version)}.parquet{SEALED}"
         index = self._index_entities(dataset_id, frame[entity_field])
         table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
             ENTITY_INDEX_COLUMN, pa.array(frame[entity_field].map(index), type=pa.uint32()))
-        self._atomic_write(table, self.resolve(location))
+        path = self.resolve(location)
+        data_key = new_data_key()
+        try:
+            self.keyring.write_key_file(_key_file(path), data_key, location)
+            self._write_sealed(table, path, data_key, location)
+        except BaseException:
+            _key_file(path).unlink(missing_ok=True)
+            raise
         return location
+
+    def read(self, location: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """A stored version, decrypted and authenticated in memory, as an Arrow table."""
+        return self.scan(location).to_table(
+            columns=list(columns) if columns is not None else None)
+
+    def scan(self, location: str) -> ds.Dataset:
+        """A stored version, decrypted and authenticated in memory, as a lazy Arrow dataset.
+
+        Nothing is decoded yet: a scan decodes only the columns and row groups a statement
+        needs (DuckDB pushes projections and filters down), and strings as dictionaries,
+        which halves their decoding time and memory. The plaintext lives as long as the
+        dataset, in memory only.
+        """
+        _, plain = self._open(self.resolve(location), location)
+        try:
+            strings = [f.name for f in pq.read_schema(pa.BufferReader(plain))
+                       if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            parquet = ds.ParquetFileFormat(
+                read_options=ds.ParquetReadOptions(dictionary_columns=strings))
+            fragment = parquet.make_fragment(pa.BufferReader(plain))
+            return ds.FileSystemDataset([fragment], fragment.physical_schema, parquet)
+        except (pa.ArrowException, ValueError):  # authentic, yet not Parquet: fail closed
+            raise DatasetUnreadable("A stored dataset version is not readable; nothing was "
+                                    "computed.") from None
+
+    def _open(self, path: Path, location: str) -> tuple[bytes, bytes]:
+        """The data key and the plaintext of the sealed file ``path``."""
+        try:
+            data_key = self.keyring.read_key_file(_key_file(path), location)
+            return data_key, open_sealed(data_key, path.read_bytes(), location)
+        except (SealError, OSError):
+            raise DatasetUnreadable("A stored dataset version failed decryption or its "
+                                    "integrity check; nothing was computed.") from None
 
     def _index_entities(self, dataset_id: str, entities: pd.Series) -> pd.Series:
         path = self.entity_index(dataset_id)
+        location = f"{dataset_id}/{_ENTITIES}"
         with self._index_lock:
-            known = pq.read_table(path).to_pandas() if path.exists() else None
+            if path.exists():
+                data_key, plain = self._open(path, location)
+                known = pq.read_table(pa.BufferReader(plain)).to_pandas()
+            else:  # a new dataset, or one whose first registration was undone
+                known, data_key = None, new_data_key()
+                self.keyring.write_key_file(_key_file(path), data_key, location)
             fresh = pd.Series(entities.dropna().unique())
             if known is not None:
                 fresh = fresh[~fresh.isin(known["e"])]
@@ -58,17 +128,20 @@ class ParquetStorage:
             added["i"] = pd.Series(range(start, start + len(added)), dtype="uint32")
             merged = added if known is None else pd.concat([known, added], ignore_index=True)
             if not added.empty:
-                self._atomic_write(pa.Table.from_pandas(merged, preserve_index=False), path)
+                self._write_sealed(pa.Table.from_pandas(merged, preserve_index=False), path,
+                                   data_key, location)
         return pd.Series(merged["i"].to_numpy(), index=merged["e"])
 
     def dates(self, location: str, fields: Sequence[str]) -> dict[str, tuple[dt.date, ...]]:
         """The distinct dates of each date field of a stored version, sorted (kept per
         version: versions never change)."""
+        if not fields:
+            return {}
         key = (location, tuple(fields))
         with self._index_lock:
             cached = self._dates.get(key)
         if cached is None:
-            table = pq.read_table(self.resolve(location), columns=list(fields))
+            table = self.read(location, columns=fields)
             cached = {
                 name: tuple(sorted(d for d in pc.unique(table.column(name)).to_pylist()
                                    if d is not None))
@@ -79,28 +152,42 @@ class ParquetStorage:
         return cached
 
     def entity_index(self, dataset_id: str) -> Path:
-        """Where the dataset's entity index lives."""
+        """Where the dataset's entity index lives (sealed; its key file beside it)."""
         if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
-        return self.resolve(f"{dataset_id}/entities.parquet")
+        return self.resolve(f"{dataset_id}/{_ENTITIES}")
 
-    def _atomic_write(self, table: pa.Table, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    def key_files(self) -> Iterator[KeyFileRef]:
+        """Every key file under the root with the location its data key is bound to."""
+        for path in sorted(self.root.rglob(f"*{KEY_FILE}")):
+            if path.name.startswith("."):  # a temporary file
+                continue
+            sealed = path.with_suffix(SEALED)
+            yield path, sealed.relative_to(self.root).as_posix()
+
+    def _write_sealed(self, table: pa.Table, target: Path, data_key: bytes,
+                      location: str) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
         try:
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+            blob = seal(data_key, memoryview(sink.getvalue()).cast("B"), location)
+        except TooLarge:
+            raise PayloadTooLarge("The dataset version is over 2 GiB as Parquet, the most "
+                                  "one sealed file holds.") from None
+        write_atomic(target, blob)
 
     def remove(self, location: str) -> None:
-        """Delete a stored version (used to undo a registration that did not commit)."""
+        """Delete a stored version and its key file (used to undo a registration that did not
+        commit); an orphaned entity index key file goes too."""
         path = self.resolve(location)
         path.unlink(missing_ok=True)
-        if path.parent != self.root and path.parent.exists() and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+        _key_file(path).unlink(missing_ok=True)
+        if path.parent != self.root and path.parent.exists():
+            index = path.parent / _ENTITIES
+            if not index.exists():
+                _key_file(index).unlink(missing_ok=True)
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
 
     def resolve(self, location: str) -> Path:
         """Absolute path of a location, which must stay inside the storage root."""
@@ -108,3 +195,8 @@ class ParquetStorage:
         if not path.is_relative_to(self.root):
             raise ValueError("location escapes the storage root")
         return path
+
+
+def _key_file(sealed: Path) -> Path:
+    """``<name>.parquet.enc`` -> ``<name>.parquet.key``."""
+    return sealed.with_suffix(KEY_FILE)

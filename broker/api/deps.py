@@ -15,7 +15,15 @@ from broker.checkpoints import Checkpointer, DirectorySink, make_sinks
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
-from broker.keys import checkpoint_signer, jwt_secret, pseudonym_secret
+from broker.keys import (
+    checkpoint_signer,
+    jwt_secret,
+    master_keyring,
+    pseudonym_secret,
+    release_sealer,
+)
+from broker.org_keys import FileOrgKeyring
+from broker.policy.bundle import PolicySources
 from broker.policy.decisions import Policies
 from broker.policy.factory import make_policy_engine
 from broker.services.audit import AuditService
@@ -29,6 +37,9 @@ from broker.store.db import create_schema, make_engine
 from broker.store.uow import SqlUnitOfWorkFactory
 from connectors.delimited import read_csv
 from connectors.engine import DuckDBEngine
+from connectors.excel import read_xlsx
+from connectors.parquet import read_parquet
+from connectors.sql import read_sql
 from connectors.storage import ParquetStorage
 
 
@@ -62,14 +73,16 @@ def build_container(settings: Settings) -> Container:
     uow = SqlUnitOfWorkFactory(engine, clock)
     policies = Policies(make_policy_engine(settings))
     guard = Guard(policies)
-    storage = ParquetStorage(settings.datasets_dir)
+    keyring = FileOrgKeyring(settings.keys_dir / "orgs") if settings.custodial_org_keys else None
+    master = master_keyring(settings)  # made on first run, outside the database
+    storage = ParquetStorage(settings.datasets_dir, master)
     signer = checkpoint_signer(settings)  # the key is made on first run, outside the database
     checkpointer = Checkpointer(
         uow, signer, make_sinks(settings.checkpoint_sinks, settings.checkpoints_path),
         every_entries=settings.checkpoint_every_entries,
         every_seconds=settings.checkpoint_every_seconds,
     )
-    query_engine = DuckDBEngine(settings.engine_threads, allowed=settings.datasets_dir)
+    query_engine = DuckDBEngine(settings.engine_threads)
     return Container(
         settings=settings,
         engine=engine,
@@ -82,15 +95,25 @@ def build_container(settings: Settings) -> Container:
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway_seconds,
         ),
-        orgs=OrgService(uow, guard, clock),
-        datasets=DatasetService(uow, guard, storage, {"csv": read_csv}, clock),
-        contracts=ContractService(uow, guard, clock),
+        orgs=OrgService(uow, guard, clock, keyring),
+        datasets=DatasetService(
+            uow, guard, storage,
+            {"csv": read_csv, "xlsx": read_xlsx, "parquet": read_parquet}, clock,
+            sql_reader=read_sql, sql_sources=settings.sql_sources),
+        contracts=ContractService(uow, guard, clock, keyring, _purposes(settings)),
         queries=QueryService(uow, guard, policies, storage, query_engine, clock,
-                             Pseudonymizer(pseudonym_secret(settings))),
+                             Pseudonymizer(pseudonym_secret(settings)),
+                             sealer=release_sealer(settings, master)),
         audit=AuditService(uow, guard, checkpointer, signer.verifier,
                            DirectorySink(settings.checkpoints_path).notes),
         checkpointer=checkpointer,
     )
+
+
+def _purposes(settings: Settings) -> frozenset[str]:
+    """The purpose catalogue of the policy data contracts may name."""
+    catalogue = PolicySources.load(settings.policy_dir).data.get("config", {}).get("purposes")
+    return frozenset(catalogue or ())
 
 
 def get_container(request: Request) -> Container:

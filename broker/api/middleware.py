@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.problems import PROBLEM_JSON
+from broker.api.uploads import MULTIPART_OVERHEAD
 from broker.domain.errors import PayloadTooLarge
 from broker.policy.cache import CachedPolicyEngine
 
@@ -118,14 +119,15 @@ class RequestIdMiddleware:
 class BodyLimitMiddleware:
     """Refuses bodies over the limit: by Content-Length up front, else while streaming.
 
-    Multipart uploads get ``upload_limit`` (plus room for the form framing); everything else
-    ``body_limit``.
+    Multipart uploads get ``upload_limit`` plus the room ``broker.api.uploads`` allows for the
+    ``meta`` part and the framing (the upload routes then hold each part to its own limit);
+    everything else ``body_limit``.
     """
 
     def __init__(self, app: ASGIApp, *, body_limit: int, upload_limit: int) -> None:
         self.app = app
         self.body_limit = body_limit
-        self.upload_limit = upload_limit + 64 * 1024
+        self.upload_limit = upload_limit + MULTIPART_OVERHEAD
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

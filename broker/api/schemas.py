@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from broker.domain.datasets import (
     DATASET_NAME,
@@ -26,10 +35,11 @@ from broker.domain.queries import (
     MeasureFn,
     Release,
 )
+from broker.domain.slices import SLICE_NAME, Consent, Slice
 from broker.domain.uscc import is_valid_uscc
 from broker.policy.decisions import FlowDecision
 from broker.services.contracts import ContractView
-from broker.services.datasets import DatasetView
+from broker.services.datasets import DatasetView, SqlData, VersionView
 from contracts.model import Dominance, FieldForm
 
 FieldName = Annotated[str, StringConstraints(pattern=FIELD_NAME.pattern)]
@@ -100,12 +110,16 @@ class FieldIn(In):
     bins: Annotated[list[float], Field(min_length=1, max_length=32)] | None = Field(
         default=None, description="Bin edges a number may be grouped by (a query picks any of "
         "them); measures and generalize-form numbers are grouped only on declared edges")
+    format: Literal["uscc"] | None = Field(
+        default=None, description="A checked value format: 'uscc' requires every value to be "
+        "a unified social credit code with a correct check character (GB 32100)")
 
     def to_domain(self) -> FieldSpec:
         """Domain form."""
         return FieldSpec(self.name, self.type, self.role, self.sensitivity, self.hierarchy,
                          tuple(self.codes) if self.codes is not None else None,
-                         tuple(self.bins) if self.bins is not None else None)
+                         tuple(self.bins) if self.bins is not None else None,
+                         self.format)
 
 
 class DatasetMetaIn(In):
@@ -152,6 +166,60 @@ class DatasetOut(BaseModel):
         )
 
 
+#: A SQL source as the operator named it in ``BROKER_SQL_SOURCES``.
+SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+#: A table, optionally schema-qualified; the source checks that it exists and quotes it.
+TableName = Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                             pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: The text of one query; what it may read is for the service and the source to check.
+SqlQuery = Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
+
+
+class SqlSourceIn(In):
+    """Where a SQL import reads from: a configured source and exactly one table or query."""
+
+    name: SourceName = Field(description="A source the operator configured (BROKER_SQL_SOURCES)")
+    table: TableName | None = Field(default=None, description="A table (or schema.table)")
+    query: SqlQuery | None = Field(default=None, description="One read-only SELECT")
+
+    @model_validator(mode="after")
+    def _one_of_table_or_query(self) -> SqlSourceIn:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' and 'query'")
+        return self
+
+    def to_domain(self) -> SqlData:
+        """Domain form."""
+        return SqlData(source=self.name, table=self.table, query=self.query)
+
+
+class DatasetImportIn(DatasetMetaIn):
+    """A dataset snapshotted from a SQL source: the upload's ``meta`` fields and the source."""
+
+    source: SqlSourceIn
+
+
+class VersionImportIn(In):
+    """A new version of a dataset, snapshotted from a SQL source."""
+
+    source: SqlSourceIn
+
+
+class VersionOut(BaseModel):
+    """One stored version of a dataset: metadata only."""
+
+    version: int
+    rows: int
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def from_domain(cls, view: VersionView) -> VersionOut:
+        """Response form of a version."""
+        return cls(version=view.version, rows=view.rows, sha256=view.sha256,
+                   created_at=view.created_at)
+
+
 class DominanceIn(In):
     """(n, k) dominance: suppress when the n largest contributors exceed k percent."""
 
@@ -177,6 +245,36 @@ class ContractIn(In):
         default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
     valid_until: AwareDatetime
     max_queries_per_day: int = Field(default=100, ge=1, le=1_000_000, strict=True)
+    dataset_version: int | None = Field(
+        default=None, ge=1, strict=True,
+        description="Pin the contract to this version; by default it follows the latest")
+    slice_id: Uuid | None = Field(default=None, description="Limit the contract to this "
+                                  "consented slice of the dataset")
+    result_retention_days: int = Field(default=30, ge=0, le=3650, strict=True,
+                                       description="Days the consumer may keep a result")
+
+
+Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
+
+
+class SignatureIn(In):
+    """A base64 Ed25519 signature over the contract's canonical terms (RFC 8785 bytes of
+    ``GET /v1/contracts/{id}/terms``), made with the organisation's registered key."""
+
+    signature: Signature
+
+
+class AcceptIn(In):
+    """Acceptance: the consumer's signature, unless the broker holds the consumer's key."""
+
+    signature: Signature | None = None
+
+
+class SignatureOut(BaseModel):
+    """A party's signature and whether it verifies under its registered key now."""
+
+    signature: str | None
+    valid: bool
 
 
 class ContractOut(BaseModel):
@@ -197,6 +295,12 @@ class ContractOut(BaseModel):
     created_at: datetime
     accepted_at: datetime | None
     revoked_at: datetime | None
+    suspended_at: datetime | None
+    dataset_version: int | None
+    slice_id: str | None
+    result_retention_days: int
+    terms_sha256: str = Field(description="SHA-256 of the canonical terms both parties sign")
+    signatures: dict[Literal["provider", "consumer"], SignatureOut]
 
     @classmethod
     def from_domain(cls, view: ContractView) -> ContractOut:
@@ -209,7 +313,71 @@ class ContractOut(BaseModel):
             valid_from=c.valid_from, valid_until=c.valid_until,
             max_queries_per_day=c.max_queries_per_day, status=view.status.value,
             created_at=c.created_at, accepted_at=c.accepted_at, revoked_at=c.revoked_at,
+            suspended_at=c.suspended_at, dataset_version=c.dataset_version,
+            slice_id=c.slice_id, result_retention_days=c.result_retention_days,
+            terms_sha256=hashlib.sha256(c.terms().canonical()).hexdigest(),
+            signatures={
+                "provider": SignatureOut(signature=c.provider_signature,
+                                         valid=view.provider_signed),
+                "consumer": SignatureOut(signature=c.consumer_signature,
+                                         valid=view.consumer_signed),
+            },
         )
+
+
+class ConsentIn(In):
+    """Who consented to sharing the slice, when, to what, and where that is recorded."""
+
+    given_by: Text
+    given_at: AwareDatetime
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    reference: Text | None = None
+
+
+class SliceIn(In):
+    """A consented slice: a subset of fields and a row predicate (the query filter grammar)."""
+
+    name: Annotated[str, StringConstraints(pattern=SLICE_NAME.pattern)]
+    fields: Annotated[list[FieldName], Field(min_length=1, max_length=200)]
+    predicate: Annotated[list[FilterIn], Field(max_length=16)] = []
+    consent: ConsentIn
+
+    def consent_domain(self) -> Consent:
+        """Domain form of the consent record."""
+        c = self.consent
+        return Consent(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
+                       reference=c.reference)
+
+
+class ConsentOut(BaseModel):
+    """The consent record of a slice."""
+
+    given_by: str
+    given_at: datetime
+    scope: str
+    reference: str | None
+
+
+class SliceOut(BaseModel):
+    """A published slice."""
+
+    id: str
+    dataset_id: str
+    name: str
+    fields: list[str]
+    predicate: list[dict[str, Any]]
+    consent: ConsentOut
+    created_at: datetime
+
+    @classmethod
+    def from_domain(cls, item: Slice) -> SliceOut:
+        """Response form."""
+        c = item.consent
+        return cls(id=item.id, dataset_id=item.dataset_id, name=item.name,
+                   fields=list(item.fields), predicate=item.predicate_json(),
+                   consent=ConsentOut(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
+                                      reference=c.reference),
+                   created_at=item.created_at)
 
 
 def dominance_of(d: DominanceIn) -> Dominance:

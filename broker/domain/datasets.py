@@ -72,6 +72,8 @@ class FieldSpec:
     codes: tuple[str, ...] | None = None
     #: Bin edges the provider allows for grouping this number; a query may use any of them.
     bins: tuple[float, ...] | None = None
+    #: A checked value format of a string field: ``"uscc"`` (GB 32100 check character).
+    format: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The declaration as stored and shown (optional keys only when set)."""
@@ -83,6 +85,8 @@ class FieldSpec:
             out["codes"] = list(self.codes)
         if self.bins is not None:
             out["bins"] = list(self.bins)
+        if self.format is not None:
+            out["format"] = self.format
         return out
 
 
@@ -198,6 +202,16 @@ def _check_bin_grid(spec: FieldSpec) -> None:
             and all(a < b for a, b in itertools.pairwise(edges))):
         raise InvalidInput(f"bins takes 1 to {MAX_BIN_EDGES} finite, strictly increasing edges.",
                            fields=[spec.name])
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetVersion:
+    """One stored, immutable version: its number, rows, content hash, when it came."""
+
+    version: int
+    rows: int
+    sha256: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

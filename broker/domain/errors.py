@@ -16,6 +16,7 @@ values: they name fields, columns, row numbers and reasons, nothing a provider u
     │   └── BadDataset         422  an uploaded file does not match its declared schema
     ├── PayloadTooLarge        413  a body or file over the configured limit
     └── Unavailable            503  a dependency (policy engine, audit log) failed: fail closed
+        └── DatasetUnreadable  503  stored data failed decryption or its integrity check
 """
 
 from __future__ import annotations
@@ -112,3 +113,19 @@ class Unavailable(BrokerError):
 
     slug = "unavailable"
     title = "Service unavailable"
+
+
+class BadSignature(InvalidInput):
+    """A contract signature that is missing or does not verify under the signer's key."""
+
+    slug = "bad-signature"
+    title = "Signature missing or invalid"
+
+
+class DatasetUnreadable(Unavailable):
+    """Stored data (a dataset version, its key file, the entity index, a cached answer) is
+    missing, truncated, tampered with or under an unknown key: it fails authenticated
+    decryption, and the broker refuses to compute on it rather than guess."""
+
+    slug = "dataset-unreadable"
+    title = "Stored data unreadable"

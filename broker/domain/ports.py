@@ -14,15 +14,17 @@ from typing import Any, Protocol, Self
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 from pyroaring import BitMap
 
 from audit import merkle
 from audit.entry import AuditEvent
 from audit.verify import Chunk, Head
 from broker.disclosure.differencing import LedgerEntry
-from broker.domain.datasets import Dataset
+from broker.domain.datasets import Dataset, DatasetVersion
 from broker.domain.organisations import Organisation
 from broker.domain.queries import Receipt
+from broker.domain.slices import Slice
 from contracts.model import Contract
 
 
@@ -65,10 +67,20 @@ class DatasetRepository(Protocol):
     """Dataset catalogue entries and their stored versions."""
 
     def add(self, dataset: Dataset, *, path: str) -> None: ...
-    def get(self, dataset_id: str) -> Dataset | None: ...
+    def add_version(self, dataset: Dataset, *, path: str) -> None: ...
+    def get(self, dataset_id: str, version: int | None = None) -> Dataset | None: ...
     def find(self, owner_org: str, name: str) -> Dataset | None: ...
     def all(self) -> list[Dataset]: ...
+    def versions(self, dataset_id: str) -> list[DatasetVersion]: ...
     def version_path(self, dataset_id: str, version: int) -> str: ...
+
+
+class SliceRepository(Protocol):
+    """Consented slices of datasets."""
+
+    def add(self, item: Slice) -> None: ...
+    def get(self, slice_id: str) -> Slice | None: ...
+    def of_dataset(self, dataset_id: str) -> list[Slice]: ...
 
 
 class ContractRepository(Protocol):
@@ -129,6 +141,8 @@ class UnitOfWork(Protocol):
     def audit(self) -> AuditLog: ...
     @property
     def releases(self) -> ReleaseLedger: ...
+    @property
+    def slices(self) -> SliceRepository: ...
 
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -142,6 +156,13 @@ class UnitOfWorkFactory(Protocol):
     def __call__(self, *, read_only: bool = False) -> UnitOfWork: ...
 
 
+class OrgKeyring(Protocol):
+    """Ed25519 keys the broker holds for organisations (embedded demo mode only)."""
+
+    def create(self, org_id: str) -> str: ...
+    def sign(self, org_id: str, message: bytes) -> str | None: ...
+
+
 class PolicyEngine(Protocol):
     """Evaluates a Rego entrypoint (``package/rule``) over an input document."""
 
@@ -152,10 +173,17 @@ class PolicyEngine(Protocol):
 
 
 class DatasetStorage(Protocol):
-    """Where dataset versions live at rest."""
+    """Where dataset versions live at rest (encrypted; see ``connectors.storage``).
+
+    ``read`` (a table) and ``scan`` (a lazy dataset for the engine) decrypt a version in
+    memory only, and raise ``DatasetUnreadable`` when the stored bytes, their key file or the
+    key do not authenticate: callers fail closed.
+    """
 
     def write(self, dataset_id: str, version: int, frame: pd.DataFrame,
               entity_field: str) -> str: ...
+    def read(self, location: str, columns: Sequence[str] | None = None) -> pa.Table: ...
+    def scan(self, location: str) -> ds.Dataset: ...
     def entity_index(self, dataset_id: str) -> Path: ...
     def dates(self, location: str, fields: Sequence[str]) -> dict[str, tuple[date, ...]]: ...
     def remove(self, location: str) -> None: ...
@@ -163,14 +191,26 @@ class DatasetStorage(Protocol):
 
 
 class QueryEngine(Protocol):
-    """Runs a planned statement over named Parquet relations and returns an Arrow table."""
+    """Runs a planned statement over named in-memory Arrow relations; returns an Arrow table."""
 
     def run(
         self,
-        relations: Mapping[str, Path],
+        relations: Mapping[str, pa.Table | ds.Dataset],
         sql: str,
         params: Sequence[Any],
     ) -> pa.Table: ...
+
+
+class Sealer(Protocol):
+    """Authenticated encryption of small texts kept in the database (the release cache).
+
+    ``context`` says where the text is stored; ``open`` returns the text only for the same
+    context and untouched bytes, and otherwise raises ``DatasetUnreadable`` (never a miss:
+    an entry that does not open was tampered with).
+    """
+
+    def seal(self, plaintext: str, *, context: str) -> str: ...
+    def open(self, sealed: str, *, context: str) -> str: ...
 
 
 class Clock(Protocol):

@@ -59,6 +59,17 @@ class Guard:
         self._record_denial(uow, ctx, action, reasons, ids)
         raise PolicyDenied(reasons)
 
+    def deny(
+        self,
+        uow: UnitOfWork,
+        ctx: RequestContext,
+        action: str,
+        reasons: tuple[str, ...],
+        **ids: Any,
+    ) -> None:
+        """Record a refusal durably (anything staged is dropped); the caller raises."""
+        self._record_denial(uow, ctx, action, reasons, ids)
+
     def conceal(
         self,
         uow: UnitOfWork,

@@ -26,11 +26,19 @@ from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
-from broker.domain.ports import Clock, DatasetStorage, QueryEngine, UnitOfWork, UnitOfWorkFactory
+from broker.domain.ports import (
+    Clock,
+    DatasetStorage,
+    QueryEngine,
+    Sealer,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from broker.domain.principals import RequestContext
 from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release
+from broker.domain.slices import Slice
 from broker.policy.decisions import FlowDecision, Policies
-from broker.services.contracts import contract_resource
+from broker.services.contracts import contract_resource, in_force_signatures
 from broker.services.guard import Guard
 from contracts.model import Contract, FieldForm
 
@@ -58,6 +66,15 @@ class _Context:
     dataset: Dataset | None
     target: tuple[str, int] | None
     decision: FlowDecision
+    #: The consented slice the contract is limited to, if any.
+    consented: Slice | None = None
+
+    def planned(self, spec: AggregateSpec) -> AggregateSpec:
+        """The query as it runs: the slice's row predicate added to the consumer's filters,
+        inside the broker, where the consumer can neither see nor remove it."""
+        if self.consented is None:
+            return spec
+        return replace(spec, filters=(*spec.filters, *self.consented.predicate))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +92,7 @@ class QueryService:
     engine: QueryEngine
     clock: Clock
     pseudonyms: Pseudonymizer
+    sealer: Sealer  # the release cache holds dataset values: sealed at rest
     ledgers: LedgerCache = field(default_factory=lambda: LedgerCache())
 
     def aggregate(self, ctx: RequestContext, spec: AggregateSpec) -> Release:
@@ -94,16 +112,19 @@ class QueryService:
         dataset, decision = first.dataset, first.decision
         rules = _stricter(decision.rules, first.contract)
         opaque = frozenset(f for f, v in decision.fields.items() if v == "pseudonymize")
-        fingerprint = _computation_fp(dataset, spec, rules, opaque)
+        runs = first.planned(spec)
+        fingerprint = _computation_fp(dataset, runs, rules, opaque)
 
         try:
-            plan = plan_aggregate(spec, dataset.schema, top=rules.top)
+            plan = plan_aggregate(runs, dataset.schema, top=rules.top)
             with self.uow(read_only=True) as uow:
                 earlier = uow.releases.cached(dataset.id, fingerprint)
                 ledger = self.ledgers.refresh(uow, dataset.id)
+            if earlier is not None:  # a tampered entry fails here, on the record
+                _decode(self.sealer, dataset.id, fingerprint, earlier)
             outcome = None
             if earlier is None:
-                result, scopes = self._run(plan, dataset, spec)
+                result, scopes = self._run(plan, dataset, runs)
                 table = read_table(plan, result, scopes)
                 outcome = _protect(table, plan, rules, ledger, spec, opaque)
         except BrokerError as exc:
@@ -125,7 +146,7 @@ class QueryService:
                 if ledger.last_id != seen:
                     outcome = _protect(table, plan, rules, ledger, spec, opaque)
             if earlier is not None:
-                cells, remainder = _decode(earlier)
+                cells, remainder = _decode(self.sealer, dataset.id, fingerprint, earlier)
             elif outcome is not None:
                 cells, remainder = outcome.cells, outcome.remainder
             else:  # unreachable: either an earlier answer or a fresh one exists
@@ -155,8 +176,8 @@ class QueryService:
             )
             if outcome is not None and earlier is None:
                 uow.releases.add(dataset.id, outcome.ledger, receipt.seq)
-                uow.releases.cache(dataset.id, fingerprint, _encode(cells, remainder),
-                                   receipt.seq)
+                body = _encode(self.sealer, dataset.id, fingerprint, cells, remainder)
+                uow.releases.cache(dataset.id, fingerprint, body, receipt.seq)
             uow.commit()
         return replace(release, receipt=receipt)
 
@@ -171,7 +192,7 @@ class QueryService:
                 # Only once every field is known to be contracted, so that validation errors
                 # cannot tell uncontracted fields from absent ones.
                 try:
-                    plan_aggregate(spec, result.dataset.schema)
+                    plan_aggregate(result.planned(spec), result.dataset.schema)
                 except BrokerError as exc:
                     uow.audit.append(replace(event, allowed=False, reasons=(exc.slug,)))
                     uow.commit()
@@ -190,7 +211,7 @@ class QueryService:
             location = uow.datasets.version_path(dataset.id, dataset.version)
         scopes = Scopes.of(self.storage.dates(location, plan.periods), spec.group_by,
                            spec.filters)
-        relations = {SOURCE: self.storage.resolve(location)}
+        relations = {SOURCE: self.storage.scan(location)}  # decrypted in memory only
         return self.engine.run(relations, plan.sql, plan.params), scopes
 
     def _decide(
@@ -218,7 +239,8 @@ class QueryService:
     @staticmethod
     def _target(uow: UnitOfWork, spec: AggregateSpec) -> tuple[str, int] | None:
         requested = uow.contracts.get(spec.contract_id)
-        named = uow.datasets.get(requested.dataset_id) if requested else None
+        named = (uow.datasets.get(requested.dataset_id, requested.dataset_version)
+                 if requested else None)
         return (named.id, named.version) if named else None
 
     def _evaluate(
@@ -233,7 +255,8 @@ class QueryService:
             uow, ctx, "contract.read", contract_resource(contract)
         ).allow:
             contract = None  # another organisation's contract is treated as absent
-        dataset = uow.datasets.get(contract.dataset_id) if contract else None
+        dataset = (uow.datasets.get(contract.dataset_id, contract.dataset_version)
+                   if contract else None)
         now = self.clock()
         usage = 0
         if contract is not None:
@@ -252,7 +275,15 @@ class QueryService:
             "query": _query_view(spec, dataset),
         }
         decision = _against_contract(self.policies.flow(document), contract, dataset, spec)
-        return _Context(contract, dataset, target, decision)
+        consented = None
+        if decision.allow and contract is not None:
+            # Checked after the policy allowed, so a denial keeps the policy's reasons; only a
+            # contract both parties' registered keys signed, as it now stands, is used.
+            consented = uow.slices.get(contract.slice_id) if contract.slice_id else None
+            refusal = _unusable(uow, contract, consented)
+            if refusal is not None:
+                decision = replace(decision, allow=False, reasons=(refusal,), rules=None)
+        return _Context(contract, dataset, target, decision, consented)
 
     def _event(
         self, ctx: RequestContext, spec: AggregateSpec, result: _Context, action: str
@@ -380,15 +411,26 @@ def _computation_fp(dataset: Dataset, spec: AggregateSpec, rules: Rules,
     return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
 
 
-def _encode(cells: tuple[Cell, ...], remainder: Cell | None) -> str:
-    return json.dumps({"cells": [c.as_json() for c in cells],
+def _encode(sealer: Sealer, dataset_id: str, fingerprint: str, cells: tuple[Cell, ...],
+            remainder: Cell | None) -> str:
+    """A release-cache body: the answer as JSON, sealed for its row (keys are dataset values)."""
+    body = json.dumps({"cells": [c.as_json() for c in cells],
                        "remainder": remainder.as_json() if remainder else None})
+    return sealer.seal(body, context=_cache_context(dataset_id, fingerprint))
 
 
-def _decode(body: str) -> tuple[tuple[Cell, ...], Cell | None]:
-    data = json.loads(body)
+def _decode(sealer: Sealer, dataset_id: str, fingerprint: str, sealed: str
+            ) -> tuple[tuple[Cell, ...], Cell | None]:
+    """The answer in a release-cache body; ``DatasetUnreadable`` if it does not open."""
+    data = json.loads(sealer.open(sealed, context=_cache_context(dataset_id, fingerprint)))
     remainder = Cell.from_json(data["remainder"]) if data["remainder"] else None
     return tuple(Cell.from_json(c) for c in data["cells"]), remainder
+
+
+
+def _cache_context(dataset_id: str, fingerprint: str) -> str:
+    """What a cached answer is bound to: its row, so it cannot be moved to another."""
+    return f"release-cache/{dataset_id}/{fingerprint}"
 
 
 def _day_start(now: datetime) -> str:
@@ -435,6 +477,19 @@ def _against_contract(decision: FlowDecision, contract: Contract | None,
             return replace(decision, allow=False, reasons=("verdict-contract-mismatch",),
                            rules=None)
     return decision
+
+
+def _unusable(uow: UnitOfWork, contract: Contract, consented: Slice | None) -> str | None:
+    """Why an allowed contract still may not be used, or None: a signature that does not
+    verify, or a slice that is missing or no longer covers the contracted fields."""
+    if not in_force_signatures(uow, contract):
+        return "contract-signature-invalid"
+    if contract.slice_id is not None and (
+        consented is None or consented.dataset_id != contract.dataset_id
+        or not set(contract.fields) <= set(consented.fields)
+    ):
+        return "slice-unavailable"
+    return None
 
 
 def _dataset_view(dataset: Dataset | None) -> dict[str, Any] | None:

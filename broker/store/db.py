@@ -97,20 +97,26 @@ _POSTGRESQL_TRIGGERS = [
 
 
 class SchemaOutdated(RuntimeError):
-    """The database was made by an older broker whose audit tables lack the Merkle tree."""
+    """The database was made by an older broker, without columns this one needs."""
+
+
+#: A column each schema change added, with what it brought; a database without it is older.
+_MARKERS = (
+    ("audit_head", "frontier", "the audit Merkle tree"),
+    ("contracts", "provider_signature", "signed contracts and consented slices"),
+)
 
 
 def _check_schema(engine: Engine) -> None:
     inspector = inspect(engine)
-    if "audit_head" not in inspector.get_table_names():
-        return
-    columns = {c["name"] for c in inspector.get_columns("audit_head")}
-    if "frontier" not in columns:
-        raise SchemaOutdated(
-            f"{engine.url.render_as_string(hide_password=True)} was created by an older broker "
-            "without the audit Merkle tree; export its audit log, then start on a new database "
-            "(for the embedded default: move ./var aside)."
-        )
+    tables = set(inspector.get_table_names())
+    for table, column, feature in _MARKERS:
+        if table in tables and column not in {c["name"] for c in inspector.get_columns(table)}:
+            raise SchemaOutdated(
+                f"{engine.url.render_as_string(hide_password=True)} was created by an older "
+                f"broker without {feature}; export its audit log, then start on a new "
+                "database (for the embedded default: move ./var aside)."
+            )
 
 
 def create_schema(engine: Engine) -> None:

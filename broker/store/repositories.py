@@ -15,13 +15,15 @@ from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import (
     Dataset,
     DatasetSchema,
+    DatasetVersion,
     FieldRole,
     FieldSpec,
     FieldType,
     Sensitivity,
 )
-from broker.domain.errors import NotFound
+from broker.domain.errors import Conflict, NotFound
 from broker.domain.organisations import Organisation, OrgKind
+from broker.domain.slices import Consent, Slice
 from broker.store.tables import (
     ContractRow,
     DatasetRow,
@@ -29,6 +31,7 @@ from broker.store.tables import (
     OrgRow,
     ReleaseCacheRow,
     ReleasedSetRow,
+    SliceRow,
 )
 from contracts.model import Contract, ContractStatus, Dominance, FieldForm
 
@@ -116,10 +119,41 @@ class SqlDatasetRepository:
         )
         self.session.flush()
 
-    def get(self, dataset_id: str) -> Dataset | None:
-        """The dataset at its latest version, if any."""
+    def get(self, dataset_id: str, version: int | None = None) -> Dataset | None:
+        """The dataset at ``version`` (default: its latest), if both exist."""
         row = self.session.get(DatasetRow, dataset_id)
-        return self._to_domain(row) if row else None
+        if row is None or (version is not None and not 1 <= version <= row.latest_version):
+            return None
+        return self._to_domain(row, version)
+
+    def add_version(self, dataset: Dataset, *, path: str) -> None:
+        """Store ``dataset.version`` as the next version, if no other writer took it first."""
+        row = self.session.get(DatasetRow, dataset.id, with_for_update=True)
+        if row is None or row.latest_version != dataset.version - 1:
+            raise Conflict("Another version of this dataset was registered meanwhile; "
+                           "send yours again.")
+        row.latest_version = dataset.version
+        self.session.add(row)
+        self.session.add(
+            DatasetVersionRow(
+                dataset_id=dataset.id,
+                version=dataset.version,
+                rows=dataset.rows,
+                sha256=dataset.sha256,
+                location=path,
+                created_at=dataset.created_at,
+            )
+        )
+        self.session.flush()
+
+    def versions(self, dataset_id: str) -> list[DatasetVersion]:
+        """Every version of a dataset, oldest first."""
+        rows = self.session.exec(
+            select(DatasetVersionRow)
+            .where(DatasetVersionRow.dataset_id == dataset_id)
+            .order_by(DatasetVersionRow.version)  # type: ignore[arg-type]
+        ).all()
+        return [DatasetVersion(r.version, r.rows, r.sha256, aware(r.created_at)) for r in rows]
 
     def find(self, owner_org: str, name: str) -> Dataset | None:
         """The owner's dataset with this name, if any."""
@@ -149,8 +183,8 @@ class SqlDatasetRepository:
             )
         ).first()
 
-    def _to_domain(self, row: DatasetRow) -> Dataset:
-        version = self._version(row.id, row.latest_version)
+    def _to_domain(self, row: DatasetRow, at: int | None = None) -> Dataset:
+        version = self._version(row.id, at or row.latest_version)
         if version is None:  # the two rows are written in one transaction
             raise NotFound("No such dataset version.")
         return Dataset(
@@ -161,7 +195,7 @@ class SqlDatasetRepository:
                 entity_field=row.entity_field,
                 fields=tuple(_field_spec(f) for f in row.fields),
             ),
-            version=row.latest_version,
+            version=version.version,
             rows=version.rows,
             sha256=version.sha256,
             created_at=aware(row.created_at),
@@ -177,6 +211,7 @@ def _field_spec(data: dict[str, Any]) -> FieldSpec:
         hierarchy=data.get("hierarchy"),
         codes=tuple(data["codes"]) if data.get("codes") is not None else None,
         bins=tuple(data["bins"]) if data.get("bins") is not None else None,
+        format=data.get("format"),
     )
 
 
@@ -228,6 +263,12 @@ class SqlContractRepository:
             created_at=c.created_at,
             accepted_at=c.accepted_at,
             revoked_at=c.revoked_at,
+            suspended_at=c.suspended_at,
+            dataset_version=c.dataset_version,
+            slice_id=c.slice_id,
+            result_retention_days=c.result_retention_days,
+            provider_signature=c.provider_signature,
+            consumer_signature=c.consumer_signature,
         )
 
     @staticmethod
@@ -248,7 +289,52 @@ class SqlContractRepository:
             created_at=aware(row.created_at),
             accepted_at=_maybe_aware(row.accepted_at),
             revoked_at=_maybe_aware(row.revoked_at),
+            suspended_at=_maybe_aware(row.suspended_at),
+            dataset_version=row.dataset_version,
+            slice_id=row.slice_id,
+            result_retention_days=row.result_retention_days,
+            provider_signature=row.provider_signature,
+            consumer_signature=row.consumer_signature,
         )
+
+
+class SqlSliceRepository:
+    """Consented slices in SQL."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, item: Slice) -> None:
+        """Insert a new slice; its name must be free within the dataset."""
+        if self.session.exec(select(SliceRow).where(
+                SliceRow.dataset_id == item.dataset_id, SliceRow.name == item.name)).first():
+            raise Conflict("This dataset already has a slice with this name.")
+        self.session.add(SliceRow(
+            id=item.id, dataset_id=item.dataset_id, name=item.name, fields=list(item.fields),
+            predicate=item.predicate_json(), consent=item.consent.as_json(),
+            created_at=item.created_at))
+        self.session.flush()
+
+    def get(self, slice_id: str) -> Slice | None:
+        """The slice with this id, if any."""
+        row = self.session.get(SliceRow, slice_id)
+        return self._to_domain(row) if row else None
+
+    def of_dataset(self, dataset_id: str) -> list[Slice]:
+        """The slices of one dataset, oldest first."""
+        rows = self.session.exec(
+            select(SliceRow).where(SliceRow.dataset_id == dataset_id)
+            .order_by(SliceRow.created_at, SliceRow.id)  # type: ignore[arg-type]
+        ).all()
+        return [self._to_domain(r) for r in rows]
+
+    def _to_domain(self, row: SliceRow) -> Slice:
+        owner = self.session.get(DatasetRow, row.dataset_id)
+        return Slice(
+            id=row.id, dataset_id=row.dataset_id, owner_org=owner.owner_org if owner else "",
+            name=row.name, fields=tuple(row.fields),
+            predicate=Slice.predicate_from_json(row.predicate),
+            consent=Consent.from_json(row.consent), created_at=aware(row.created_at))
 
 
 _RELEASED_SETS = cast(Table, ReleasedSetRow.__table__)  # type: ignore[attr-defined]

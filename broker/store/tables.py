@@ -91,6 +91,29 @@ class ContractRow(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    suspended_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    dataset_version: int | None = None
+    slice_id: str | None = Field(default=None, foreign_key="slices.id", max_length=36)
+    result_retention_days: int
+    provider_signature: str | None = Field(default=None, max_length=128)
+    consumer_signature: str | None = Field(default=None, max_length=128)
+
+
+class SliceRow(SQLModel, table=True):
+    """A consented slice of a dataset: fields, a row predicate and the consent behind it."""
+
+    __tablename__ = "slices"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    dataset_id: str = Field(foreign_key="datasets.id", index=True, max_length=36)
+    name: str = Field(max_length=128)
+    fields: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    predicate: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    consent: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class EntryField(ColumnElement[Any]):

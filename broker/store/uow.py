@@ -18,6 +18,7 @@ from broker.store.repositories import (
     SqlDatasetRepository,
     SqlOrgRepository,
     SqlReleaseLedger,
+    SqlSliceRepository,
 )
 
 #: Threads of one process queue for SQLite's single writer here, in order, instead of in
@@ -44,6 +45,7 @@ class SqlUnitOfWork:
     contracts: SqlContractRepository
     audit: SqlAuditLog
     releases: SqlReleaseLedger
+    slices: SqlSliceRepository
 
     def __init__(self, engine: Engine, clock: Clock, *, read_only: bool = False) -> None:
         self.engine = read_only_engine(engine) if read_only else engine
@@ -64,6 +66,7 @@ class SqlUnitOfWork:
         self.contracts = SqlContractRepository(self.session)
         self.audit = SqlAuditLog(self.session, self.clock)
         self.releases = SqlReleaseLedger(self.session)
+        self.slices = SqlSliceRepository(self.session)
         return self
 
     def __exit__(self, *exc: object) -> None:

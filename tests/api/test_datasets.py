@@ -24,12 +24,14 @@ from tests.conftest import (
 
 def _stored_files(settings: Settings) -> list[Path]:
     root = settings.data_dir
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".parquet", ".upload")]
+    files = [p for p in root.rglob("*") if p.is_file()
+             and (p.name.endswith((".parquet.enc", ".parquet.key")) or p.suffix == ".upload")]
     # A dataset's entity index lives beside its versions, never without one.
-    indexes = [p for p in files if p.name == "entities.parquet"]
+    indexes = [p for p in files if p.name.startswith("entities.")]
     assert all(any(q.parent == p.parent for q in files if q.name.startswith("v"))
                for p in indexes)
-    return [p for p in files if p.name != "entities.parquet"]
+    return [p for p in files if not p.name.startswith("entities.")
+            and not p.name.endswith(".key")]
 
 
 def _dataset_rows(settings: Settings) -> int:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import duckdb
+import pytest
+
 from broker.settings import Settings
+from connectors.engine import DuckDBEngine
 from tests.conftest import World, assert_problem, auth
 
 
@@ -76,10 +80,12 @@ def test_a_query_the_planner_rejects_after_the_policy_allowed_it_is_audited(
 
 
 def test_an_engine_failure_after_the_allow_is_audited_and_releases_nothing(
-    world: World, settings: Settings
+    world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for stored in (settings.data_dir / "datasets").rglob("*.parquet"):
-        stored.unlink()
+    def fail(*_: Any) -> None:
+        raise duckdb.IOException("simulated engine failure")
+
+    monkeypatch.setattr(DuckDBEngine, "run", fail)
     r = world.query(group_by=["town"])
     assert_problem(r, 500, "internal-error")
     action, allowed, entry = _last_entry(settings)

@@ -3,10 +3,16 @@
 Run: .venv/bin/python -m tests.bench.aggregate [--rows 1000000 10000000] [--repeat R]
 
 For each size, the synthetic county (ten years of monthly rows) is generated and stored in one
-process; a second process, whose peak memory is reported, then times from one run:
+process (sealed, as the broker stores it, and a plaintext Parquet copy of the same table
+outside the data directory); a second process, whose peak memory is reported, then times from
+one run:
 
 - raw DuckDB: the query's plain GROUP BY (town, industry, year; distinct enterprises and the
-  kWh sum) straight over the stored Parquet file;
+  kWh sum) straight over the plaintext Parquet copy (what the broker did before encryption at
+  rest);
+- the cost of encryption at rest on the same table: reading the plaintext Parquet file into
+  Arrow, against reading the sealed version (key file unwrapped, whole file decrypted and
+  authenticated, Parquet parsed from memory), and the decryption alone;
 - the broker's whole query path: policy decision twice, planning, the entity-level scan with
   every margin, primary rules, complementary suppression, the differencing guard against a
   ledger that grows with every repeat, the audit append committed;
@@ -30,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from broker.api.deps import build_container
 from broker.demo.county import generate_county, grid_slice
@@ -39,6 +46,8 @@ from broker.domain.principals import Principal, RequestContext, Role
 from broker.domain.queries import AggregateSpec, Dimension, Measure, MeasureFn
 from broker.services.contracts import ContractOffer
 from broker.settings import Settings
+from connectors.crypto import open_sealed
+from connectors.storage import KEY_FILE, ParquetStorage
 from contracts.model import Dominance, FieldForm
 
 MONTHS = 120
@@ -68,6 +77,8 @@ def prepare(workdir: Path, rows: int) -> dict[str, str]:
                       created_at=datetime.now(UTC))
     storage = container.datasets.storage
     location = storage.write(dataset.id, 1, data.frame, "uscc")
+    plain = workdir.with_name(workdir.name + "-plain.parquet")  # outside the data directory
+    pq.write_table(storage.read(location), plain)
     with container.datasets.uow() as uow:
         uow.datasets.add(dataset, path=location)
         uow.commit()
@@ -80,7 +91,7 @@ def prepare(workdir: Path, rows: int) -> dict[str, str]:
         valid_until=now + timedelta(days=1), max_queries_per_day=10_000)).contract
     container.contracts.accept(econ, contract.id)
     container.engine.dispose()
-    return {"contract": contract.id, "parquet": str(storage.resolve(location)),
+    return {"contract": contract.id, "parquet": str(plain), "location": location,
             "rows": str(dataset.rows)}
 
 
@@ -107,13 +118,33 @@ def measure(workdir: Path, ids: dict[str, str], repeat: int) -> dict[str, float]
         pipeline.append(time.perf_counter() - t)
         cells, suppressed = len(release.cells), release.suppressed
     assert cells >= len(raw_cells)  # the broker's grid also has the empty combinations
+    peak = _peak_mib()  # before the read figures below, which materialise whole tables
+    storage = container.datasets.storage  # the cost of encryption at rest, read by read
+    assert isinstance(storage, ParquetStorage)
+    sealed_path = storage.resolve(ids["location"])
+    read_plain, read_sealed, decrypt = [], [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        pq.read_table(ids["parquet"])
+        read_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        storage.read(ids["location"])
+        read_sealed.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        key = storage.keyring.read_key_file(sealed_path.with_suffix(KEY_FILE), ids["location"])
+        open_sealed(key, sealed_path.read_bytes(), ids["location"])
+        decrypt.append(time.perf_counter() - t)
     container.engine.dispose()
     return {
         "raw_ms": statistics.median(raw) * 1e3,
         "pipeline_ms": statistics.median(pipeline) * 1e3,
+        "read_plain_ms": statistics.median(read_plain) * 1e3,
+        "read_sealed_ms": statistics.median(read_sealed) * 1e3,
+        "decrypt_ms": statistics.median(decrypt) * 1e3,
+        "file_mib": sealed_path.stat().st_size / 2**20,
         "cells": cells,
         "suppressed": suppressed,  # type: ignore[dict-item]
-        "peak_mib": _peak_mib(),
+        "peak_mib": peak,
     }
 
 
@@ -139,6 +170,7 @@ def main() -> None:
         return
     print(f"{'rows':>12} {'raw DuckDB':>12} {'broker':>12} {'ratio':>7} {'peak RSS':>10}"
           f" {'cells':>6}  suppressed")
+    sizes = []
     for rows in args.rows:
         workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
         ids = prepare(workdir, rows)
@@ -151,6 +183,13 @@ def main() -> None:
         print(f"{int(ids['rows']):>12,} {r['raw_ms']:>9.0f} ms {r['pipeline_ms']:>9.0f} ms"
               f" {r['pipeline_ms'] / r['raw_ms']:>6.2f}x {r['peak_mib']:>6.0f} MiB"
               f" {r['cells']:>6}  {r['suppressed']}")
+        sizes.append((int(ids["rows"]), r))
+    print(f"\n{'rows':>12} {'file':>10} {'plain read':>12} {'sealed read':>12} {'decrypt':>10}"
+          f" {'overhead':>9}")
+    for rows, r in sizes:
+        print(f"{rows:>12,} {r['file_mib']:>6.1f} MiB {r['read_plain_ms']:>9.1f} ms"
+              f" {r['read_sealed_ms']:>9.1f} ms {r['decrypt_ms']:>7.1f} ms"
+              f" {r['read_sealed_ms'] - r['read_plain_ms']:>+6.1f} ms")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
 from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import DatasetSchema
 from broker.domain.queries import AggregateSpec
+from connectors.crypto import Keyring, create_master_key
 from connectors.engine import DuckDBEngine
 from connectors.storage import ParquetStorage
 
@@ -18,11 +19,12 @@ from connectors.storage import ParquetStorage
 def run_table(frame: pd.DataFrame, spec: AggregateSpec, schema: DatasetSchema, tmp: Path,
               *, top: int = 2) -> tuple[CellPlan, CellTable]:
     """Store ``frame`` as a dataset version, plan ``spec`` and read back its cell table."""
-    storage = ParquetStorage(tmp)
+    create_master_key(tmp / "master.key")
+    storage = ParquetStorage(tmp / "datasets", Keyring(tmp / "master.key"))
     location = storage.write("t", 1, frame, schema.entity_field)
     plan = plan_aggregate(spec, schema, top=top)
-    relations = {SOURCE: storage.resolve(location)}
-    engine = DuckDBEngine(allowed=tmp)
+    relations = {SOURCE: storage.scan(location)}
+    engine = DuckDBEngine()
     try:
         scopes = Scopes.of(storage.dates(location, plan.periods), spec.group_by,
                            spec.filters)

@@ -1,25 +1,64 @@
-"""Datasets: upload and catalogue."""
+"""Datasets: upload or import from SQL, new versions, and the catalogue."""
 
 from __future__ import annotations
 
-import uuid
 from functools import partial
-from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from broker.api.deps import ContainerDep, ContextDep, DatasetServiceDep
+from broker.api.problems import PROBLEM_JSON, ProblemOut
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas import DatasetMetaIn, DatasetOut
-from broker.domain.errors import InvalidInput, PayloadTooLarge
+from broker.api.schemas import (
+    DatasetImportIn,
+    DatasetMetaIn,
+    DatasetOut,
+    VersionImportIn,
+    VersionOut,
+)
+from broker.api.uploads import META_LIMIT, receive_upload
+from broker.domain.errors import InvalidInput
+from broker.services.datasets import FileData
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTHENTICATED)
 
-def _parse_meta(meta: str) -> DatasetMetaIn:
+FILE_PART = {
+    "type": "string",
+    "format": "binary",
+    "description": (
+        "The data, in the format its file name's suffix names: `.csv` (UTF-8, a header row), "
+        "`.xlsx` (the first worksheet, a header row) or `.parquet` (flat columns). Another "
+        "suffix is refused with a 422 problem whose `formats` lists those this broker reads. "
+        "The file is streamed to disk and counted: the first byte over the configured limit "
+        "ends the upload with 413."
+    ),
+}
+META_PART = {
+    "type": "string",
+    "description": (
+        f"JSON (at most {META_LIMIT} bytes): `name`, `entity_field`, "
+        "`fields` [{`name`, `type`, `role`, `sensitivity`, ...}]"
+    ),
+}
+UNSUPPORTED_MEDIA_TYPE: dict[int | str, dict[str, Any]] = {
+    415: {"model": ProblemOut, "description": "The body is not multipart/form-data",
+          "content": {PROBLEM_JSON: {}}},
+}
+
+
+def _multipart(parts: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """OpenAPI for a multipart/form-data body with exactly these parts."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": list(parts), "properties": parts,
+        "additionalProperties": False,
+    }}}}}
+
+
+def _parse_meta(meta: bytes) -> DatasetMetaIn:
     try:
         return DatasetMetaIn.model_validate_json(meta)
     except ValidationError as exc:
@@ -29,71 +68,38 @@ def _parse_meta(meta: str) -> DatasetMetaIn:
                            errors=issues) from exc
 
 
-def _spool(upload: UploadFile, directory: Path, limit: int) -> Path:
-    """Copy the upload to a private scratch file, refusing more than ``limit`` bytes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{uuid.uuid4().hex}.upload"
-    copied = 0
-    try:
-        with open(target, "wb") as out:
-            while block := upload.file.read(1 << 20):
-                copied += len(block)
-                if copied > limit:
-                    raise PayloadTooLarge(f"The file is larger than {limit} bytes.")
-                out.write(block)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return target
-
-
-UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file", "meta"],
-            "properties": {
-                "file": {"type": "string", "format": "binary",
-                         "description": "CSV with a header row"},
-                "meta": {"type": "string",
-                         "description": "JSON: name, entity_field, fields [{name, type, role, "
-                                        "sensitivity}]"},
-            },
-        }}},
-    }
-}
-
-
-@router.post("", status_code=201, responses=problems(409, 413), openapi_extra=UPLOAD_SCHEMA)
+@router.post("", status_code=201, responses={**problems(409, 413), **UNSUPPORTED_MEDIA_TYPE},
+             openapi_extra=_multipart({"file": FILE_PART, "meta": META_PART}))
 async def register_dataset(
     request: Request, ctx: ContextDep, datasets: DatasetServiceDep, container: ContainerDep
 ) -> DatasetOut:
     """Register a dataset: the file is checked against the declared schema, then stored.
 
     The caller is authorised before a byte of the body is read, so no one without the right
-    can make the broker spool an upload.
+    can make the broker spool an upload; the body is then streamed, never held whole.
     """
     await run_in_threadpool(datasets.authorize_register, ctx)
-    async with request.form(max_files=1, max_fields=1) as form:
-        upload, meta = form.get("file"), form.get("meta")
-        if not isinstance(upload, UploadFile) or not isinstance(meta, str):
-            raise InvalidInput("Send multipart/form-data with a 'file' part and a 'meta' part.")
-        parsed = _parse_meta(meta)
-        file_format = Path(upload.filename or "").suffix.lower().lstrip(".")
-        if file_format not in datasets.formats():
-            raise InvalidInput(f"Upload a file named *.{' or *.'.join(datasets.formats())}.")
-        settings = container.settings
-        path = await run_in_threadpool(_spool, upload, settings.uploads_dir,
-                                       settings.max_upload_bytes)
-    try:
+    settings = container.settings
+    upload = await receive_upload(request, directory=settings.uploads_dir,
+                                  limit=settings.max_upload_bytes, formats=datasets.formats(),
+                                  parse_meta=_parse_meta)
+    with upload:
+        meta = upload.meta
         view = await run_in_threadpool(
-            partial(datasets.register, ctx, name=parsed.name, entity_field=parsed.entity_field,
-                    fields=[f.to_domain() for f in parsed.fields], file=path,
-                    file_format=file_format)
+            partial(datasets.register, ctx, name=meta.name, entity_field=meta.entity_field,
+                    fields=[f.to_domain() for f in meta.fields],
+                    data=FileData(upload.path, upload.file_format))
         )
-    finally:
-        path.unlink(missing_ok=True)
+    return DatasetOut.from_domain(view)
+
+
+@router.post("/import", status_code=201, responses=problems(404, 409))
+def import_dataset(body: DatasetImportIn, ctx: ContextDep, datasets: DatasetServiceDep
+                   ) -> DatasetOut:
+    """Register a dataset from a snapshot of a table or a query in a configured SQL source."""
+    view = datasets.register(ctx, name=body.name, entity_field=body.entity_field,
+                             fields=[f.to_domain() for f in body.fields],
+                             data=body.source.to_domain())
     return DatasetOut.from_domain(view)
 
 
@@ -109,3 +115,43 @@ def get_dataset(dataset_id: UUID, ctx: ContextDep, datasets: DatasetServiceDep) 
     return DatasetOut.from_domain(datasets.get(ctx, str(dataset_id)))
 
 
+@router.post("/{dataset_id}/versions", status_code=201,
+             responses={**problems(404, 409, 413), **UNSUPPORTED_MEDIA_TYPE},
+             openapi_extra=_multipart({"file": FILE_PART}))
+async def add_version(
+    dataset_id: UUID,
+    request: Request,
+    ctx: ContextDep,
+    datasets: DatasetServiceDep,
+    container: ContainerDep,
+) -> DatasetOut:
+    """Store a new version of one of your datasets: a file with the same declared schema.
+
+    Only the dataset's owner gets to send a body: anyone else is refused (audited) before a
+    byte of it is read.
+    """
+    await run_in_threadpool(datasets.authorize_version, ctx, str(dataset_id))
+    settings = container.settings
+    upload = await receive_upload(request, directory=settings.uploads_dir,
+                                  limit=settings.max_upload_bytes, formats=datasets.formats())
+    with upload:
+        view = await run_in_threadpool(datasets.add_version, ctx, str(dataset_id),
+                                       FileData(upload.path, upload.file_format))
+    return DatasetOut.from_domain(view)
+
+
+@router.post("/{dataset_id}/versions/import", status_code=201, responses=problems(404, 409))
+def import_version(
+    dataset_id: UUID, body: VersionImportIn, ctx: ContextDep, datasets: DatasetServiceDep
+) -> DatasetOut:
+    """Store a new version of one of your datasets from a snapshot of a SQL source."""
+    view = datasets.add_version(ctx, str(dataset_id), body.source.to_domain())
+    return DatasetOut.from_domain(view)
+
+
+@router.get("/{dataset_id}/versions", responses=problems(404))
+def list_versions(
+    dataset_id: UUID, ctx: ContextDep, datasets: DatasetServiceDep
+) -> list[VersionOut]:
+    """The stored versions of a dataset: number, rows, content hash and time, never data."""
+    return [VersionOut.from_domain(v) for v in datasets.versions(ctx, str(dataset_id))]
