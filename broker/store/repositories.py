@@ -107,17 +107,7 @@ class SqlDatasetRepository:
             )
         )
         self.session.flush()
-        self.session.add(
-            DatasetVersionRow(
-                dataset_id=dataset.id,
-                version=dataset.version,
-                rows=dataset.rows,
-                sha256=dataset.sha256,
-                location=path,
-                created_at=dataset.created_at,
-            )
-        )
-        self.session.flush()
+        self._add_version_row(dataset, path)
 
     def get(self, dataset_id: str, version: int | None = None) -> Dataset | None:
         """The dataset at ``version`` (default: its latest), if both exist."""
@@ -134,6 +124,9 @@ class SqlDatasetRepository:
                            "send yours again.")
         row.latest_version = dataset.version
         self.session.add(row)
+        self._add_version_row(dataset, path)
+
+    def _add_version_row(self, dataset: Dataset, path: str) -> None:
         self.session.add(
             DatasetVersionRow(
                 dataset_id=dataset.id,
