@@ -295,11 +295,11 @@ class ContractService:
         """The organisation's signature if the broker holds its registered key, else None."""
         if self.keyring is None:
             return None
-        signature = self.keyring.sign(org_id, contract.terms().canonical())
+        message = contract.terms().canonical()
+        signature = self.keyring.sign(org_id, message)
         org = uow.orgs.get(org_id)
         key = org.public_key if org else None
-        if signature is None or not verify_signature(key, contract.terms().canonical(),
-                                                     signature):
+        if signature is None or not verify_signature(key, message, signature):
             return None  # the org registered a key of its own: it signs for itself
         return signature
 

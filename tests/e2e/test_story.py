@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,40 +12,19 @@ import pytest
 from broker.auth import mint_token
 from broker.demo.county import generate_county
 from broker.demo.story import Broker, run_story
-from broker.serving import free_port
 from broker.settings import Settings
+from tests.server import broker_server
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Settings, Path]]:
-    port = free_port()
     data_dir = tmp_path / "var"
-    env = {**os.environ, "BROKER_DATA_DIR": str(data_dir)}
-    env.pop("BROKER_JWT_SECRET", None)
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp_path / "server.log").read_text())
-            time.sleep(0.1)
+    # Without a secret in its environment, the server generates its own.
+    with broker_server(tmp_path, {"BROKER_DATA_DIR": str(data_dir)},
+                       unset=("BROKER_JWT_SECRET",)) as base:
         yield base, Settings(data_dir=data_dir), tmp_path / "server.log"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from broker.cli import app
 from broker.serving import free_port
 from broker.settings import Settings
 from tests.conftest import ENERGY, ENERGY_META, SECRET, auth, csv_bytes
+from tests.server import broker_server
 
 #: Small, so that a refused upload is quick; the server reads it from the environment.
 UPLOAD_LIMIT = 300_000
@@ -69,37 +69,16 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     """``broker serve`` on a free loopback port, with the grid company registered."""
-    port = free_port()
     settings = Settings(data_dir=tmp_path / "var")
-    env = {**os.environ, "BROKER_DATA_DIR": str(settings.data_dir), "BROKER_JWT_SECRET": SECRET,
+    env = {"BROKER_DATA_DIR": str(settings.data_dir), "BROKER_JWT_SECRET": SECRET,
            "BROKER_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp_path / "server.log").read_text())
-            time.sleep(0.1)
+    with broker_server(tmp_path, env) as base:
         server = Server(base, settings, tmp_path, "")
         server.grid = server.mint("grid", "provider")
         r = httpx.post(f"{base}/v1/orgs", headers=auth(server.mint("operator", "admin")),
                        json={"id": "grid", "name": "Grid", "kind": "enterprise"}, timeout=30)
         assert r.status_code == 201, r.text
         yield server
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.e2e
