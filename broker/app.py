@@ -1,15 +1,20 @@
-"""The FastAPI application factory. Nothing connects at import time."""
+"""The composition root: the container of adapters and services, and the FastAPI app.
+
+Nothing connects at import time: the container is built in the app's lifespan.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI
+from sqlalchemy import Engine, text
 
 from broker import __version__
 from broker.api import problems
-from broker.api.deps import build_container
+from broker.api.auth import TokenVerifier
 from broker.api.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
@@ -18,9 +23,36 @@ from broker.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from broker.api.routes import audit, contracts, datasets, health, orgs, queries, slices
+from broker.disclosure.pseudonyms import Pseudonymizer
+from broker.domain.ports import utc_now
+from broker.policy.bundle import PolicySources
 from broker.policy.cache import CachedPolicyEngine
-from broker.policy.factory import close_policy_engine
+from broker.policy.decisions import Policies
+from broker.policy.factory import close_policy_engine, make_policy_engine
+from broker.services.audit import AuditService
+from broker.services.checkpoints import Checkpointer, DirectorySink, make_sinks
+from broker.services.contracts import ContractService
+from broker.services.datasets import DatasetService
+from broker.services.guard import Guard
+from broker.services.orgs import OrgService
+from broker.services.queries import QueryService
 from broker.settings import Settings
+from broker.store.db import create_schema, make_engine
+from broker.store.keys import (
+    checkpoint_signer,
+    jwt_secret,
+    master_keyring,
+    pseudonym_secret,
+    release_sealer,
+)
+from broker.store.org_keys import FileOrgKeyring
+from broker.store.uow import SqlUnitOfWorkFactory
+from connectors.delimited import read_csv
+from connectors.engine import DuckDBEngine
+from connectors.excel import read_xlsx
+from connectors.parquet import read_parquet
+from connectors.sql import read_sql
+from connectors.storage import ParquetStorage
 
 DESCRIPTION = """
 Enterprises and data-holding departments register datasets and offer **usage contracts**;
@@ -30,6 +62,80 @@ access is written to a **hash-chained audit log** that security staff verify.
 
 All `/v1` calls need `Authorization: Bearer <JWT>`. Errors are `application/problem+json`.
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """Everything a request may need, made in the app's lifespan."""
+
+    settings: Settings
+    engine: Engine
+    query_engine: DuckDBEngine
+    policies: Policies
+    tokens: TokenVerifier
+    orgs: OrgService
+    datasets: DatasetService
+    contracts: ContractService
+    queries: QueryService
+    audit: AuditService
+    checkpointer: Checkpointer
+
+    def ready(self) -> str:
+        """The database answers and the policy engine decides; the policy revision."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return self.policies.probe()
+
+
+def build_container(settings: Settings) -> Container:
+    """Connect to the store, compile the policies, load keys and wire the services."""
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    clock = utc_now
+    uow = SqlUnitOfWorkFactory(engine, clock)
+    policies = Policies(make_policy_engine(settings))
+    guard = Guard(policies)
+    keyring = FileOrgKeyring(settings.keys_dir / "orgs") if settings.custodial_org_keys else None
+    master = master_keyring(settings)  # made on first run, outside the database
+    storage = ParquetStorage(settings.datasets_dir, master)
+    signer = checkpoint_signer(settings)  # the key is made on first run, outside the database
+    checkpointer = Checkpointer(
+        uow, signer, make_sinks(settings.checkpoint_sinks, settings.checkpoints_path),
+        every_entries=settings.checkpoint_every_entries,
+        every_seconds=settings.checkpoint_every_seconds,
+    )
+    query_engine = DuckDBEngine(settings.engine_threads)
+    return Container(
+        settings=settings,
+        engine=engine,
+        query_engine=query_engine,
+        policies=policies,
+        tokens=TokenVerifier(
+            key=jwt_secret(settings),
+            algorithms=settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        ),
+        orgs=OrgService(uow, guard, clock, keyring),
+        datasets=DatasetService(
+            uow, guard, storage,
+            {"csv": read_csv, "xlsx": read_xlsx, "parquet": read_parquet}, clock,
+            sql_reader=read_sql, sql_sources=settings.sql_sources),
+        contracts=ContractService(uow, guard, clock, keyring, _purposes(settings)),
+        queries=QueryService(uow, guard, policies, storage, query_engine, clock,
+                             Pseudonymizer(pseudonym_secret(settings)),
+                             sealer=release_sealer(settings, master)),
+        audit=AuditService(uow, guard, checkpointer, signer.verifier,
+                           DirectorySink(settings.checkpoints_path).notes),
+        checkpointer=checkpointer,
+    )
+
+
+def _purposes(settings: Settings) -> frozenset[str]:
+    """The purpose catalogue of the policy data contracts may name."""
+    catalogue = PolicySources.load(settings.policy_dir).data.get("config", {}).get("purposes")
+    return frozenset(catalogue or ())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

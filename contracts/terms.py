@@ -35,8 +35,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from broker.domain.datasets import FIELD_NAME
-from broker.domain.organisations import ORG_ID
+from broker.domain.names import FIELD_NAME, ORG_ID
 
 #: The ``type`` every terms document carries: names the format and its version.
 TERMS_TYPE: Literal["broker-usage-contract/v1"] = "broker-usage-contract/v1"

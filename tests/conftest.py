@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
+from broker.api.auth import mint_token
 from broker.app import create_app
-from broker.auth import mint_token
 from broker.settings import Settings
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 

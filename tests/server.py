@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from broker.serving import free_port
+from broker.cli.serving import free_port
 
 
 @contextmanager

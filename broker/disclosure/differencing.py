@@ -26,17 +26,10 @@ from dataclasses import dataclass, field
 
 from pyroaring import BitMap
 
+from broker.domain.ledger import LedgerEntry
+
 #: Ledger key prefix of withheld cells.
 WITHHELD = "withheld|"
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One released measure of one cell: who contributed to it."""
-
-    id: int
-    measure: str
-    members: BitMap
 
 
 @dataclass(slots=True)

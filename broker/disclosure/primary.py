@@ -9,32 +9,10 @@ policy data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from broker.disclosure.cells import ENTITIES, CellTable
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """The disclosure thresholds a release is held to.
-
-    ``k_min``: distinct enterprises per released number. ``dominance_n``/``dominance_k``: the
-    (n, k) rule. ``p_percent``: the p% rule (0 switches it off). ``protection_percent``: the
-    share of a small cell's value an attacker must stay uncertain about.
-    """
-
-    k_min: int
-    dominance_n: int = 2
-    dominance_k: float = 85.0
-    p_percent: float = 0.0
-    protection_percent: float = 10.0
-
-    @property
-    def top(self) -> int:
-        """How many of the largest contributions the rules need per cell."""
-        return max(2, self.dominance_n)
+from broker.domain.disclosure import Rules
 
 
 def frequency_k(table: CellTable) -> np.ndarray:

@@ -26,13 +26,13 @@ from broker.disclosure.complementary import Quantity, suppress_complementary
 from broker.disclosure.differencing import WITHHELD, LedgerIndex
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
-    Rules,
     below_frequency,
     dominance_excess,
     frequency_k,
     p_percent_excess,
     small_cell_protection,
 )
+from broker.domain.disclosure import Rules
 from broker.domain.queries import SuppressionReason
 
 

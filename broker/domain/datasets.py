@@ -13,11 +13,11 @@ from enum import StrEnum
 from typing import Any
 
 from broker.domain.errors import InvalidInput
+from broker.domain.names import FIELD_NAME
 
 #: Field and dataset names are identifiers (Unicode letters, digits and underscore, as Chinese
 #: column headers need; dataset names may also hold '.' and '-'): no quote, space, separator
 #: or control character, so they can never smuggle SQL or paths. SQL quotes them regardless.
-FIELD_NAME = re.compile(r"^[^\W\d]\w{0,62}$")
 DATASET_NAME = re.compile(r"^\w[\w.-]{0,127}$")
 
 

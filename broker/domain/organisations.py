@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-
-ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
 class OrgKind(StrEnum):

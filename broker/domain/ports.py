@@ -8,24 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
 from pyroaring import BitMap
 
 from audit import merkle
 from audit.entry import AuditEvent
 from audit.verify import Chunk, Head
-from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import Dataset, DatasetVersion
+from broker.domain.ledger import LedgerEntry
 from broker.domain.organisations import Organisation
 from broker.domain.queries import Receipt
 from broker.domain.slices import Slice
 from contracts.model import Contract
+
+if TYPE_CHECKING:  # the engines' data types, named in signatures only
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +219,8 @@ class Clock(Protocol):
     """Current UTC time; injected so tests can move it."""
 
     def __call__(self) -> datetime: ...
+
+
+def utc_now() -> datetime:
+    """The system clock in UTC: the Clock outside tests."""
+    return datetime.now(UTC)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.disclosure.primary import Rules
+from broker.domain.disclosure import Rules
 from broker.domain.errors import BrokerError, Unavailable
 from broker.domain.ports import PolicyEngine
 from broker.domain.principals import Principal

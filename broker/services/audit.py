@@ -10,10 +10,10 @@ from typing import Any
 from audit.checkpoint import NoteVerifier
 from audit.proofs import ProofError, prove_consistency, prove_inclusion
 from audit.verify import Verification, verify_with_notes
-from broker.checkpoints import Checkpointer
 from broker.domain.errors import InvalidInput, NotFound, Unavailable
 from broker.domain.ports import AuditQuery, StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext, Role
+from broker.services.checkpoints import Checkpointer
 from broker.services.guard import Guard
 
 log = logging.getLogger(__name__)

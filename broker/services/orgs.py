@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.domain.errors import Conflict, InvalidInput
-from broker.domain.organisations import ORG_ID, Organisation, OrgKind
+from broker.domain.names import ORG_ID
+from broker.domain.organisations import Organisation, OrgKind
 from broker.domain.ports import Clock, OrgKeyring, UnitOfWorkFactory
 from broker.domain.principals import RequestContext
 from broker.services.guard import Guard

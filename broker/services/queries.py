@@ -20,11 +20,11 @@ from broker.disclosure.cells import CellTable, read_table
 from broker.disclosure.differencing import LedgerIndex
 from broker.disclosure.levels import RAW_LEVELS, dimension_level, filter_level
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
-from broker.disclosure.primary import Rules
 from broker.disclosure.protect import protect
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
+from broker.domain.disclosure import Rules
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
 from broker.domain.ports import (
     Clock,

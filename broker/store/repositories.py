@@ -11,7 +11,6 @@ from sqlalchemy import Table, insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
-from broker.disclosure.differencing import LedgerEntry
 from broker.domain.datasets import (
     Dataset,
     DatasetSchema,
@@ -22,6 +21,7 @@ from broker.domain.datasets import (
     Sensitivity,
 )
 from broker.domain.errors import Conflict, NotFound
+from broker.domain.ledger import LedgerEntry
 from broker.domain.organisations import Organisation, OrgKind
 from broker.domain.slices import Consent, Slice
 from broker.store.tables import (

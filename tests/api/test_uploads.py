@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message
 
-from broker.api.deps import Container
 from broker.api.uploads import FRAMING_LIMIT, META_LIMIT, MULTIPART_OVERHEAD
+from broker.app import Container
 from broker.domain.datasets import DatasetSchema
 from broker.settings import Settings
 from connectors.delimited import read_csv

@@ -38,7 +38,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from broker.api.deps import build_container
+from broker.app import build_container
 from broker.demo.county import generate_county, grid_slice
 from broker.domain.datasets import Dataset, DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.organisations import OrgKind

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import httpx
 
+from broker.api.auth import mint_token
 from broker.app import create_app
-from broker.auth import mint_token
+from broker.cli.serving import serve_in_thread
 from broker.demo.story import Broker, set_up
-from broker.keys import jwt_secret
-from broker.serving import serve_in_thread
 from broker.settings import Settings
+from broker.store.keys import jwt_secret
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
                 "measures": [{"fn": "count"}, {"fn": "sum", "field": "electricity_kwh"}]}
         headers = {"Authorization": f"Bearer {broker.tokens['econ']}"}
 
-        from broker.api.schemas import AggregateIn
+        from broker.api.schemas.queries import AggregateIn
         from broker.domain.principals import Principal, RequestContext, Role
 
         container = app.state.container

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.auth import mint_token
+from broker.api.auth import mint_token
 from broker.demo.county import generate_county
 from broker.demo.story import Broker, run_story
 from broker.settings import Settings
@@ -29,7 +29,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Settings, Path]]:
 
 def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:
     base, settings, log_path = server
-    from broker.keys import jwt_secret
+    from broker.store.keys import jwt_secret
 
     secret = jwt_secret(settings)  # the file the server generated on first run
 

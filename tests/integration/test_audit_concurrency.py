@@ -27,8 +27,8 @@ from audit import merkle
 from audit.checkpoint import NoteSigner
 from audit.entry import GENESIS_HASH, AuditEvent, build_entry, encode, leaf_hash
 from audit.verify import Fault
-from broker.audit_offline import verify_database
-from broker.checkpoints import Checkpointer, DirectorySink
+from broker.cli.audit_offline import verify_database
+from broker.services.checkpoints import Checkpointer, DirectorySink
 from broker.store.db import create_schema, make_engine
 from broker.store.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from tests.integration.audit_workers import clock, event, stored_rows

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.checkpoint import NoteSigner
 from audit.entry import leaf_hash
-from broker.audit_offline import verify_database
-from broker.checkpoints import Checkpointer, DirectorySink
+from broker.cli.audit_offline import verify_database
+from broker.services.checkpoints import Checkpointer, DirectorySink
 from broker.store.db import create_schema, make_engine
 from broker.store.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from tests.integration.audit_workers import clock, event, stored_rows

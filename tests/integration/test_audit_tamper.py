@@ -31,8 +31,8 @@ from typer.testing import CliRunner, Result
 from audit.checkpoint import Checkpoint, NoteSigner
 from broker.cli import app
 from broker.demo import tamper
-from broker.keys import checkpoint_signer
 from broker.settings import Settings
+from broker.store.keys import checkpoint_signer
 from tests.conftest import SECRET, World, assert_problem, auth
 
 runner = CliRunner()

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from broker.auth import mint_token
+from broker.api.auth import mint_token
 from broker.cli import app
-from broker.serving import free_port
+from broker.cli.serving import free_port
 from broker.settings import Settings
 from tests.conftest import ENERGY, ENERGY_META, SECRET, auth, csv_bytes
 from tests.server import broker_server

@@ -8,9 +8,9 @@ from collections import Counter
 
 import httpx
 
+from broker.api.auth import mint_token
 from broker.app import create_app
-from broker.auth import mint_token
-from broker.serving import serve_in_thread
+from broker.cli.serving import serve_in_thread
 from broker.settings import Settings
 from tests.conftest import ENERGY, ENERGY_META, SECRET, contract_terms, csv_bytes
 

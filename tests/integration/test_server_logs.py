@@ -8,7 +8,7 @@ import logging
 import httpx
 
 from broker.app import create_app
-from broker.serving import serve_in_thread
+from broker.cli.serving import serve_in_thread
 from broker.settings import Settings
 
 SECRET_VALUE = "ROW-VALUE-913000.55"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from openpyxl.styles import Font
 from pydantic import ValidationError
 
-from broker.api.schemas import FieldIn
+from broker.api.schemas.datasets import FieldIn
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.errors import BadDataset
 from broker.domain.uscc import ALPHABET, is_valid_uscc, make_uscc

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from broker.disclosure.primary import Rules
+from broker.domain.disclosure import Rules
 from broker.domain.errors import Unavailable
 from broker.domain.principals import Principal, Role
 from broker.policy.decisions import Policies

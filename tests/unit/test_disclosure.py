@@ -17,10 +17,9 @@ from pyroaring import BitMap
 
 from broker.disclosure.attacker import intervals, margin_equations
 from broker.disclosure.cells import ENTITIES, CellTable
-from broker.disclosure.differencing import LedgerEntry, LedgerIndex
+from broker.disclosure.differencing import LedgerIndex
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
-    Rules,
     below_frequency,
     dominance_excess,
     p_percent_excess,
@@ -28,6 +27,8 @@ from broker.disclosure.primary import (
 )
 from broker.disclosure.protect import Protected, protect, quantities
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
+from broker.domain.disclosure import Rules
+from broker.domain.ledger import LedgerEntry
 from broker.domain.queries import (
     AggregateSpec,
     Dimension,

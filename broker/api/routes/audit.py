@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from audit.entry import format_ts
 from broker.api.deps import AuditServiceDep, ContextDep
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas import (
+from broker.api.schemas.audit import (
     AccessOut,
     AccessPageOut,
     AuditItemOut,

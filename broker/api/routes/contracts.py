@@ -8,9 +8,15 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
-from broker.api.deps import ContainerDep, ContextDep, ContractServiceDep
+from broker.api.deps import ContextDep, ContractServiceDep, SettingsDep
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas import AcceptIn, ContractIn, ContractOut, SignatureIn, dominance_of
+from broker.api.schemas.contracts import (
+    AcceptIn,
+    ContractIn,
+    ContractOut,
+    SignatureIn,
+    dominance_of,
+)
 from broker.services.contracts import ContractOffer
 from contracts.odrl import to_odrl
 
@@ -108,11 +114,11 @@ def get_contract(contract_id: UUID, ctx: ContextDep, contracts: ContractServiceD
     200: {"content": {"application/ld+json": {}},
           "description": "The terms as an ODRL 2.2 policy in JSON-LD"}})
 def contract_odrl(contract_id: UUID, request: Request, ctx: ContextDep,
-                  contracts: ContractServiceDep, container: ContainerDep) -> JSONResponse:
+                  contracts: ContractServiceDep, settings: SettingsDep) -> JSONResponse:
     """The contract's terms as an ODRL 2.2 policy (JSON-LD): permission, constraints on
     purpose, time window and daily count, and the duty to log every use."""
     view, consented = contracts.with_slice(ctx, str(contract_id))
-    base = container.settings.public_url or str(request.base_url)
+    base = settings.public_url or str(request.base_url)
     document = to_odrl(view.contract, base_iri=base,
                        slice_fields=consented.fields if consented is not None else None)
     return JSONResponse(document, media_type="application/ld+json")

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import ContainerDep, ContextDep, DatasetServiceDep
+from broker.api.deps import ContextDep, DatasetServiceDep, SettingsDep
 from broker.api.problems import PROBLEM_JSON, ProblemOut
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas import (
+from broker.api.schemas.datasets import (
     DatasetImportIn,
     DatasetMetaIn,
     DatasetOut,
@@ -71,7 +71,7 @@ def _parse_meta(meta: bytes) -> DatasetMetaIn:
 @router.post("", status_code=201, responses={**problems(409, 413), **UNSUPPORTED_MEDIA_TYPE},
              openapi_extra=_multipart({"file": FILE_PART, "meta": META_PART}))
 async def register_dataset(
-    request: Request, ctx: ContextDep, datasets: DatasetServiceDep, container: ContainerDep
+    request: Request, ctx: ContextDep, datasets: DatasetServiceDep, settings: SettingsDep
 ) -> DatasetOut:
     """Register a dataset: the file is checked against the declared schema, then stored.
 
@@ -79,7 +79,6 @@ async def register_dataset(
     can make the broker spool an upload; the body is then streamed, never held whole.
     """
     await run_in_threadpool(datasets.authorize_register, ctx)
-    settings = container.settings
     upload = await receive_upload(request, directory=settings.uploads_dir,
                                   limit=settings.max_upload_bytes, formats=datasets.formats(),
                                   parse_meta=_parse_meta)
@@ -123,7 +122,7 @@ async def add_version(
     request: Request,
     ctx: ContextDep,
     datasets: DatasetServiceDep,
-    container: ContainerDep,
+    settings: SettingsDep,
 ) -> DatasetOut:
     """Store a new version of one of your datasets: a file with the same declared schema.
 
@@ -131,7 +130,6 @@ async def add_version(
     byte of it is read.
     """
     await run_in_threadpool(datasets.authorize_version, ctx, str(dataset_id))
-    settings = container.settings
     upload = await receive_upload(request, directory=settings.uploads_dir,
                                   limit=settings.max_upload_bytes, formats=datasets.formats())
     with upload:

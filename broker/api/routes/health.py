@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
-from broker.api.deps import ContainerDep
+from broker.api.deps import ReadinessDep
 from broker.api.problems import problem
 
 router = APIRouter(tags=["operations"])
@@ -20,12 +19,10 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-def readyz(request: Request, container: ContainerDep) -> dict[str, str] | JSONResponse:
+def readyz(request: Request, ready: ReadinessDep) -> dict[str, str] | JSONResponse:
     """The database answers and the policy engine decides, on the expected revision."""
     try:
-        with container.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        revision = container.policies.probe()
+        revision = ready()
     except Exception:
         return problem(request, 503, "unavailable", "Service unavailable",
                        "The broker is not ready.")

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from broker.api.deps import ContextDep, OrgServiceDep
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas import OrgIn, OrgOut
+from broker.api.schemas.orgs import OrgIn, OrgOut
 
 router = APIRouter(prefix="/v1/orgs", tags=["organisations"], responses=AUTHENTICATED)
 

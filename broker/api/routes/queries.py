@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from broker.api.deps import ContextDep, QueryServiceDep
 from broker.api.routes.common import AUTHENTICATED
-from broker.api.schemas import AggregateIn, AggregateOut, ExplainOut
+from broker.api.schemas.queries import AggregateIn, AggregateOut, ExplainOut
 
 router = APIRouter(tags=["queries"], responses=AUTHENTICATED)
 

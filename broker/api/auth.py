@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import jwt
 
 from broker.domain.errors import Unauthenticated
-from broker.domain.organisations import ORG_ID
+from broker.domain.names import ORG_ID
 from broker.domain.principals import Principal, Role
 
 MAX_TOKEN_BYTES = 8192

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 
-from broker.keys import release_cache_key_path
 from broker.settings import Settings
+from broker.store.keys import release_cache_key_path
 from connectors.crypto import KeyFileRef, Keyring, SealError, TextSealer, rotate
 from connectors.storage import ParquetStorage
 

@@ -55,7 +55,7 @@ def _verifier(pubkey: Path | None, origin: str | None, console: Console) -> Note
 
 
 def _notes_in(directory: Path) -> list[tuple[str, str]]:
-    from broker.checkpoints import DirectorySink
+    from broker.services.checkpoints import DirectorySink
 
     return DirectorySink(directory).notes()
 
@@ -100,7 +100,7 @@ def audit_verify(
     (rewrite), 8 bad checkpoint; 1 if the input or key could not be read.
     """
     from audit.verify import export_chunks, export_notes, verify_with_notes
-    from broker.audit_offline import verify_database
+    from broker.cli.audit_offline import verify_database
 
     console = Console(stderr=as_json, soft_wrap=True)
     verifier = _verifier(pubkey, origin, console)
@@ -131,7 +131,7 @@ def audit_export(
 ) -> None:
     """Write the log for offline verification: a header line, every signed checkpoint as
     ``{"checkpoint": note}``, then every entry's canonical JSON, one per line."""
-    from broker.audit_offline import export_database
+    from broker.cli.audit_offline import export_database
 
     settings = Settings()
     local = settings.checkpoint_key_path.with_suffix(".pub")
@@ -155,7 +155,7 @@ def audit_proof(
     = None,
 ) -> None:
     """Print the inclusion proof of one entry against a signed checkpoint, as JSON."""
-    from broker.audit_offline import database_inclusion
+    from broker.cli.audit_offline import database_inclusion
 
     try:
         document = database_inclusion(db or Settings().db_url, seq, size)
@@ -172,7 +172,7 @@ def audit_consistency(
     = None,
 ) -> None:
     """Print the consistency proof from ``old`` entries to a signed checkpoint, as JSON."""
-    from broker.audit_offline import database_consistency
+    from broker.cli.audit_offline import database_consistency
 
     try:
         document = database_consistency(db or Settings().db_url, old, new)
@@ -224,11 +224,11 @@ def audit_check(
 @audit_app.command("checkpoint")
 def audit_checkpoint() -> None:
     """Sign a checkpoint of the log now (the server also does every N entries or T seconds)."""
-    from broker.audit_offline import _clock
-    from broker.checkpoints import Checkpointer, make_sinks
     from broker.domain.errors import Unavailable
-    from broker.keys import checkpoint_signer
+    from broker.domain.ports import utc_now
+    from broker.services.checkpoints import Checkpointer, make_sinks
     from broker.store.db import create_schema, make_engine
+    from broker.store.keys import checkpoint_signer
     from broker.store.uow import SqlUnitOfWorkFactory
 
     settings = Settings()
@@ -236,7 +236,7 @@ def audit_checkpoint() -> None:
     try:
         create_schema(engine)
         checkpointer = Checkpointer(
-            SqlUnitOfWorkFactory(engine, _clock), checkpoint_signer(settings),
+            SqlUnitOfWorkFactory(engine, utc_now), checkpoint_signer(settings),
             make_sinks(settings.checkpoint_sinks, settings.checkpoints_path),
             every_entries=settings.checkpoint_every_entries,
             every_seconds=settings.checkpoint_every_seconds)
@@ -256,7 +256,7 @@ def audit_key(
     pem: Annotated[bool, typer.Option(help="Print the PEM public key instead")] = False,
 ) -> None:
     """Print the public key that signs checkpoints (the verifier key string by default)."""
-    from broker.keys import checkpoint_signer
+    from broker.store.keys import checkpoint_signer
 
     verifier = checkpoint_signer(Settings()).verifier
     sys.stdout.write(verifier.pem if pem else verifier.vkey + "\n")

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from audit.checkpoint import NoteVerifier
 from audit.proofs import prove_consistency, prove_inclusion
 from audit.verify import Verification, export_checkpoint_line, export_header
+from broker.domain.ports import utc_now
 from broker.services.audit import verify_store
 from broker.store.db import make_engine
 from broker.store.uow import SqlUnitOfWork
-
-
-def _clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @contextmanager
@@ -24,7 +20,7 @@ def reading(url: str) -> Iterator[SqlUnitOfWork]:
     """A read-only unit of work (one snapshot) on the database at ``url``."""
     engine = make_engine(url)
     try:
-        with SqlUnitOfWork(engine, _clock, read_only=True) as uow:
+        with SqlUnitOfWork(engine, utc_now, read_only=True) as uow:
             yield uow
     finally:
         engine.dispose()

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.domain.organisations import ORG_ID
+from broker.domain.names import ORG_ID
 from contracts.terms import encode_public_key
 
 

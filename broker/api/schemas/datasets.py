@@ -1,0 +1,209 @@
+"""Datasets, their versions and consented slices."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from broker.api.schemas.common import (
+    FieldName,
+    In,
+    Text,
+)
+from broker.api.schemas.queries import FilterIn
+from broker.domain.datasets import (
+    DATASET_NAME,
+    FieldRole,
+    FieldSpec,
+    FieldType,
+    Sensitivity,
+)
+from broker.domain.slices import SLICE_NAME, Consent, Slice
+from broker.services.datasets import DatasetView, SqlData, VersionView
+
+
+class FieldIn(In):
+    """One declared column."""
+
+    name: FieldName
+    type: FieldType
+    role: FieldRole
+    sensitivity: Sensitivity = Sensitivity.L1
+    hierarchy: Literal["gbt4754"] | None = None
+    codes: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+                     Field(min_length=1, max_length=10_000)] | None = None
+    bins: Annotated[list[float], Field(min_length=1, max_length=32)] | None = Field(
+        default=None, description="Bin edges a number may be grouped by (a query picks any of "
+        "them); measures and generalize-form numbers are grouped only on declared edges")
+    format: Literal["uscc"] | None = Field(
+        default=None, description="A checked value format: 'uscc' requires every value to be "
+        "a unified social credit code with a correct check character (GB 32100)")
+
+    def to_domain(self) -> FieldSpec:
+        """Domain form."""
+        return FieldSpec(self.name, self.type, self.role, self.sensitivity, self.hierarchy,
+                         tuple(self.codes) if self.codes is not None else None,
+                         tuple(self.bins) if self.bins is not None else None,
+                         self.format)
+
+
+class DatasetMetaIn(In):
+    """The ``meta`` part of a dataset upload."""
+
+    name: Annotated[str, StringConstraints(pattern=DATASET_NAME.pattern)]
+    entity_field: FieldName
+    fields: Annotated[list[FieldIn], Field(min_length=1, max_length=200)]
+
+
+class FieldOut(BaseModel):
+    """A declared column as the caller may see it."""
+
+    name: str
+    type: FieldType
+    role: FieldRole
+    sensitivity: Sensitivity
+    hierarchy: str | None = None
+    codes: list[str] | None = None
+    bins: list[float] | None = None
+
+
+class DatasetOut(BaseModel):
+    """Catalogue entry: metadata only, never data."""
+
+    id: str
+    name: str
+    owner_org: str
+    entity_field: str
+    version: int
+    rows: int
+    sha256: str
+    created_at: datetime
+    fields: list[FieldOut]
+
+    @classmethod
+    def from_domain(cls, view: DatasetView) -> DatasetOut:
+        """Response form of a catalogue view."""
+        d = view.dataset
+        return cls(
+            id=d.id, name=d.name, owner_org=d.owner_org, entity_field=d.schema.entity_field,
+            version=d.version, rows=d.rows, sha256=d.sha256, created_at=d.created_at,
+            fields=[FieldOut.model_validate(f.as_json()) for f in view.fields],
+        )
+
+
+#: A SQL source as the operator named it in ``BROKER_SQL_SOURCES``.
+SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+#: A table, optionally schema-qualified; the source checks that it exists and quotes it.
+TableName = Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                             pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: The text of one query; what it may read is for the service and the source to check.
+SqlQuery = Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
+
+
+class SqlSourceIn(In):
+    """Where a SQL import reads from: a configured source and exactly one table or query."""
+
+    name: SourceName = Field(description="A source the operator configured (BROKER_SQL_SOURCES)")
+    table: TableName | None = Field(default=None, description="A table (or schema.table)")
+    query: SqlQuery | None = Field(default=None, description="One read-only SELECT")
+
+    @model_validator(mode="after")
+    def _one_of_table_or_query(self) -> SqlSourceIn:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' and 'query'")
+        return self
+
+    def to_domain(self) -> SqlData:
+        """Domain form."""
+        return SqlData(source=self.name, table=self.table, query=self.query)
+
+
+class DatasetImportIn(DatasetMetaIn):
+    """A dataset snapshotted from a SQL source: the upload's ``meta`` fields and the source."""
+
+    source: SqlSourceIn
+
+
+class VersionImportIn(In):
+    """A new version of a dataset, snapshotted from a SQL source."""
+
+    source: SqlSourceIn
+
+
+class VersionOut(BaseModel):
+    """One stored version of a dataset: metadata only."""
+
+    version: int
+    rows: int
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def from_domain(cls, view: VersionView) -> VersionOut:
+        """Response form of a version."""
+        return cls(version=view.version, rows=view.rows, sha256=view.sha256,
+                   created_at=view.created_at)
+
+
+
+class ConsentIn(In):
+    """Who consented to sharing the slice, when, to what, and where that is recorded."""
+
+    given_by: Text
+    given_at: AwareDatetime
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    reference: Text | None = None
+
+
+class SliceIn(In):
+    """A consented slice: a subset of fields and a row predicate (the query filter grammar)."""
+
+    name: Annotated[str, StringConstraints(pattern=SLICE_NAME.pattern)]
+    fields: Annotated[list[FieldName], Field(min_length=1, max_length=200)]
+    predicate: Annotated[list[FilterIn], Field(max_length=16)] = []
+    consent: ConsentIn
+
+    def consent_domain(self) -> Consent:
+        """Domain form of the consent record."""
+        c = self.consent
+        return Consent(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
+                       reference=c.reference)
+
+
+class ConsentOut(BaseModel):
+    """The consent record of a slice."""
+
+    given_by: str
+    given_at: datetime
+    scope: str
+    reference: str | None
+
+
+class SliceOut(BaseModel):
+    """A published slice."""
+
+    id: str
+    dataset_id: str
+    name: str
+    fields: list[str]
+    predicate: list[dict[str, Any]]
+    consent: ConsentOut
+    created_at: datetime
+
+    @classmethod
+    def from_domain(cls, item: Slice) -> SliceOut:
+        """Response form."""
+        c = item.consent
+        return cls(id=item.id, dataset_id=item.dataset_id, name=item.name,
+                   fields=list(item.fields), predicate=item.predicate_json(),
+                   consent=ConsentOut(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
+                                      reference=c.reference),
+                   created_at=item.created_at)

@@ -1,0 +1,187 @@
+"""Aggregate queries, their answers and policy dry runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    StringConstraints,
+)
+
+from broker.api.schemas.common import (
+    FieldName,
+    Flag,
+    In,
+    Scalar,
+    Slug,
+    Uuid,
+)
+from broker.domain.queries import (
+    AggregateSpec,
+    Dimension,
+    Filter,
+    FilterOp,
+    Measure,
+    MeasureFn,
+    Release,
+)
+from broker.policy.decisions import FlowDecision
+
+
+class MeasureIn(In):
+    """A statistic: count (distinct enterprises), sum, mean or ratio of sums."""
+
+    fn: MeasureFn
+    field: FieldName | None = None
+    numerator: FieldName | None = None
+    denominator: FieldName | None = None
+    as_: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = Field(
+        default=None, alias="as"
+    )
+
+    def to_domain(self) -> Measure:
+        """Domain form."""
+        return Measure(self.fn, self.field, self.numerator, self.denominator, self.as_)
+
+
+class FilterIn(In):
+    """A predicate in the closed grammar: eq, in (list), range ([low, high], inclusive)."""
+
+    field: FieldName
+    op: FilterOp
+    value: Scalar | Annotated[list[Scalar], Field(max_length=1000)]
+
+    def to_domain(self) -> Filter:
+        """Domain form."""
+        return Filter(self.field, self.op, self.value)
+
+
+class DimensionIn(In):
+    """A group-by field at a coarser level (month, quarter, year; GB/T 4754 group, division,
+    section) or cut into numeric bins."""
+
+    field: FieldName
+    level: Literal["day", "month", "quarter", "year", "class", "group", "division",
+                   "section"] | None = None
+    bins: Annotated[list[Annotated[float, Field(strict=True, allow_inf_nan=False)]],
+                    Field(min_length=1, max_length=32)] | None = None
+
+    def to_domain(self) -> Dimension:
+        """Domain form."""
+        return Dimension(self.field, self.level,
+                         tuple(self.bins) if self.bins is not None else None)
+
+
+class AggregateIn(In):
+    """An aggregate query under a contract."""
+
+    contract_id: Uuid
+    purpose: Slug
+    group_by: Annotated[list[FieldName | DimensionIn], Field(max_length=4)] = []
+    measures: Annotated[list[MeasureIn], Field(min_length=1, max_length=16)]
+    filters: Annotated[list[FilterIn], Field(max_length=16)] = []
+    totals: Flag = False
+    remainder: Flag = False
+
+    def to_domain(self) -> AggregateSpec:
+        """Domain form."""
+        return AggregateSpec(
+            contract_id=self.contract_id,
+            purpose=self.purpose,
+            group_by=tuple(Dimension(d) if isinstance(d, str) else d.to_domain()
+                           for d in self.group_by),
+            measures=tuple(m.to_domain() for m in self.measures),
+            filters=tuple(f.to_domain() for f in self.filters),
+            totals=self.totals,
+            remainder=self.remainder,
+        )
+
+
+class CellOut(BaseModel):
+    """A released cell: values only when published."""
+
+    key: dict[str, Any]
+    values: dict[str, float | int | None] | None
+    status: str
+    reason: str | None = None
+
+
+class PolicyOut(BaseModel):
+    """Which policy revision decided, and each field's verdict."""
+
+    revision: str
+    fields: dict[str, str]
+
+
+class ReceiptOut(BaseModel):
+    """The audit entry that recorded this release; ``nonce`` salts its result digest."""
+
+    seq: int
+    leaf_hash: str
+    nonce: str
+
+
+class AggregateOut(BaseModel):
+    """The answer to an aggregate query."""
+
+    query_id: str
+    k: int
+    cells: list[CellOut]
+    suppressed: dict[str, int]
+    remainder: CellOut | None = Field(
+        default=None, description="The withheld table cells pooled, when asked for; held "
+                                  "to every rule itself")
+    policy: PolicyOut
+    receipt: ReceiptOut
+
+    @classmethod
+    def from_domain(cls, r: Release) -> AggregateOut:
+        """Response form of a release (which always carries its receipt)."""
+        if r.receipt is None or r.result_nonce is None:
+            raise ValueError("a release is only returned once its audit entry is committed")
+        return cls(
+            query_id=r.query_id,
+            k=r.k,
+            cells=[CellOut.model_validate(c.as_json()) for c in r.cells],
+            suppressed=dict(r.suppressed),
+            remainder=CellOut.model_validate(r.remainder.as_json()) if r.remainder else None,
+            policy=PolicyOut(revision=r.policy_revision, fields=dict(r.field_verdicts)),
+            receipt=ReceiptOut(seq=r.receipt.seq, leaf_hash=r.receipt.leaf_hash,
+                               nonce=r.result_nonce),
+        )
+
+
+class DisclosureRulesOut(BaseModel):
+    """Thresholds of disclosure control: k, (n, k) dominance, p%, protection interval."""
+
+    k_min: int
+    dominance_n: int
+    dominance_k: float
+    p_percent: float
+    protection_percent: float
+
+
+class ExplainOut(BaseModel):
+    """A dry run: what the policies would decide; nothing released."""
+
+    allow: bool
+    reasons: list[str] = Field(description="Stable kebab-case codes; empty when allowed")
+    fields: dict[str, str] = Field(
+        description="Per requested field: clear, generalize, pseudonymize, aggregate or deny")
+    field_reasons: dict[str, list[str]] = Field(description="Why each denied field is denied")
+    k: int = Field(description="Distinct enterprises every released cell would need")
+    quota_remaining: int = Field(description="Queries left today under the contract")
+    disclosure: DisclosureRulesOut | None = Field(
+        description="The thresholds a release would be held to (when allowed)")
+    policy_revision: str
+
+    @classmethod
+    def from_domain(cls, d: FlowDecision) -> ExplainOut:
+        """Response form of a flow decision."""
+        rules = DisclosureRulesOut(**asdict(d.rules)) if d.rules is not None else None
+        return cls(allow=d.allow, reasons=list(d.reasons), fields=d.fields,
+                   field_reasons=d.field_reasons, k=d.k, quota_remaining=d.quota_remaining,
+                   disclosure=rules, policy_revision=d.revision)

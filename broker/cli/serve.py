@@ -1,0 +1,64 @@
+"""``broker serve``: the HTTP API, optionally with the demo county loaded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+
+from broker.cli.token import minter
+from broker.demo.story import ACTORS, Broker, set_up
+from broker.settings import Settings
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    demo: Annotated[bool, typer.Option(help="Load the demo county into an empty broker")] = False,
+) -> None:
+    """Run the broker's HTTP API."""
+    from broker.app import create_app
+
+    settings = Settings()
+    if demo:
+        threading.Thread(target=_welcome, args=(settings, host, port), daemon=True).start()
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _welcome(settings: Settings, host: str, port: int) -> None:
+    """Once the server answers: load the demo county if empty, then print how to use it."""
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+    console = Console()
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for _ in range(600):
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        broker = Broker(client, minter(settings, ttl=12 * 3600))
+        if not broker.call("operator", "GET", "/v1/orgs", expect=200).json():
+            console.print("[bold]Loading the demo county...[/]")
+            set_up(broker)
+        contracts = broker.call("econ", "GET", "/v1/contracts", expect=200).json()
+    contract = next((c["id"] for c in contracts if c["status"] == "active"), "<contract-id>")
+    console.rule("[bold]Broker ready")
+    console.print(f"API docs: {base}/docs    health: {base}/healthz")
+    for name, (_sub, org, roles) in ACTORS.items():
+        console.print(f"[bold]{name}[/] ({', '.join(roles)} at {org}):")
+        console.print(f"  export TOKEN_{name.upper()}={broker.tokens[name]}", soft_wrap=True)
+    console.print("Try:")
+    console.print(f"  curl -s -H \"Authorization: Bearer $TOKEN_ECON\" {base}/v1/datasets",
+                  soft_wrap=True)
+    console.print(
+        f"  curl -s -H \"Authorization: Bearer $TOKEN_ECON\" -H 'Content-Type: application/json'"
+        f" {base}/v1/queries/aggregate -d '{{\"contract_id\": \"{contract}\", \"purpose\":"
+        f" \"energy-planning\", \"group_by\": [\"town\"], \"measures\": [{{\"fn\": \"count\"}},"
+        f" {{\"fn\": \"sum\", \"field\": \"electricity_kwh\"}}]}}'", soft_wrap=True)
+    console.print(f"  curl -s -H \"Authorization: Bearer $TOKEN_AUDITOR\" {base}/v1/audit/verify",
+                  soft_wrap=True)
