@@ -10,7 +10,6 @@ checked column names and constants of this module; bin edges and labels are boun
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import math
 from collections.abc import Sequence
@@ -19,9 +18,10 @@ from typing import Any
 
 from broker.domain.datasets import FieldSpec, FieldType
 from broker.domain.errors import InvalidInput
-from broker.domain.queries import Dimension
+from broker.domain.levels import DATE_LEVELS, HIERARCHIES
 
 MAX_BINS = 32
+_DIGITS = {"class": 4, "group": 3, "division": 2}
 
 #: GB/T 4754-2017 sections by their first and last two-digit division.
 GBT4754_SECTIONS: tuple[tuple[str, int, int], ...] = (
@@ -30,15 +30,6 @@ GBT4754_SECTIONS: tuple[tuple[str, int, int], ...] = (
     ("M", 73, 75), ("N", 76, 79), ("O", 80, 82), ("P", 83, 83), ("Q", 84, 85), ("R", 86, 90),
     ("S", 91, 96), ("T", 97, 97),
 )
-
-#: Levels of each hierarchy, finest first; the first is the stored value itself.
-DATE_LEVELS = ("day", "month", "quarter", "year")
-GBT4754_LEVELS = ("class", "group", "division", "section")
-_DIGITS = {"class": 4, "group": 3, "division": 2}
-
-#: Hierarchies a string field may declare.
-HIERARCHIES = {"gbt4754": GBT4754_LEVELS}
-
 
 def section_of(division: int) -> str | None:
     """The GB/T 4754-2017 section letter of a two-digit division, or None if it has none."""
@@ -159,61 +150,3 @@ def _codes_at(codes: tuple[str, ...] | None, level: str) -> tuple[Any, ...] | No
 #: Levels that are the stored value itself, or may be as fine: grouping there is in clear.
 #: "free-bins" are bins off the provider's declared grid: narrow enough, they single out
 #: exact values ([7, 8) on an integer), so they generalise nothing.
-RAW_LEVELS = frozenset({"raw", "day", "class", "free-bins"})
-_NAMED_LEVELS = frozenset(DATE_LEVELS) | {lv for levels in HIERARCHIES.values() for lv in levels}
-
-
-def dimension_level(dim: Dimension, spec: FieldSpec | None) -> str:
-    """How coarse a dimension's keys are, as the policies name it: ``bins`` (edges all on the
-    field's declared grid), ``free-bins`` (any other edges), a level of the field's hierarchy,
-    or ``raw``. An unknown level name counts as raw (the planner refuses it once the policy
-    has spoken)."""
-    if dim.bins is not None:
-        declared = spec.bins if spec is not None else None
-        if declared is not None and set(dim.bins) <= set(declared):
-            return "bins"
-        return "free-bins"
-    if dim.level in _NAMED_LEVELS:
-        return dim.level
-    return "raw"
-
-
-def _period_start(day: dt.date) -> str:
-    """The coarsest date level whose periods start on ``day``."""
-    if day.day != 1:
-        return "day"
-    if day.month == 1:
-        return "year"
-    return "quarter" if day.month in (4, 7, 10) else "month"
-
-
-def _period_end(day: dt.date) -> str:
-    """The coarsest date level whose periods end on ``day``."""
-    if (day + dt.timedelta(days=1)).day != 1:
-        return "day"
-    if day.month == 12:
-        return "year"
-    return "quarter" if day.month in (3, 6, 9) else "month"
-
-
-def filter_level(op: str, value: Any, ftype: FieldType) -> str:
-    """The coarsest level a filter is aligned with: what it lets a consumer tell apart.
-
-    A date ``range`` whose ends fall on period boundaries (the first day of a month, quarter or
-    year; the last day of one) reveals nothing finer than that period; anything else, and every
-    filter on a non-date field, is ``raw``. Malformed values are ``raw`` too: the planner
-    rejects them once the policy has spoken.
-    """
-    if ftype is not FieldType.DATE or op != "range":
-        return "raw"
-    if not isinstance(value, list) or len(value) != 2 or value == [None, None]:
-        return "raw"
-    found: list[str] = []
-    for bound, align in zip(value, (_period_start, _period_end), strict=True):
-        if bound is None:
-            continue
-        try:
-            found.append(align(dt.date.fromisoformat(bound)))
-        except (TypeError, ValueError):
-            return "raw"
-    return min(found, key=DATE_LEVELS.index)

@@ -177,6 +177,28 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
     ``top`` is how many of the largest contributions each cell keeps per field: at least the
     n of the (n, k) dominance rule and the two the p% rule needs.
     """
+    _check_shape(spec, top)
+    gens = [_generalisation(dim, schema) for dim in spec.group_by]
+    _check_measures(spec, schema)
+    where, where_params = _where(spec.filters, schema)
+    keysets = tuple(
+        _keyset(dim, schema.field(dim.field), gen, spec.filters)
+        for dim, gen in zip(spec.group_by, gens, strict=True)
+    )
+    fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
+    params = tuple(p for gen in gens for p in gen.params) + tuple(where_params)
+    return CellPlan(sql=_cells_sql(gens, fields, where, top), params=params,
+                    dimensions=spec.dimensions, keysets=keysets,
+                    measures=spec.measures, fields=fields, top=top,
+                    periods=tuple(f.name for f in schema.fields if f.type is FieldType.DATE),
+                    figures=tuple(schema.field(d.field).type not in (FieldType.STRING,
+                                                                      FieldType.BOOLEAN)
+                                  and d.bins is None and d.level in (None, "day")
+                                  for d in spec.group_by))
+
+
+def _check_shape(spec: AggregateSpec, top: int) -> None:
+    """The limits on how many dimensions, measures and filters a query has."""
     dims = spec.dimensions
     if len(dims) > MAX_DIMENSIONS:
         raise InvalidInput(f"At most {MAX_DIMENSIONS} group_by fields.")
@@ -188,32 +210,36 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
         raise InvalidInput(f"At most {MAX_FILTERS} filters.")
     if not 2 <= top <= MAX_TOP:
         raise InvalidInput(f"Dominance n must be 1 to {MAX_TOP}.")
-    gens = []
-    for dim in spec.group_by:
-        fspec = schema.field(dim.field)
-        if fspec.role is FieldRole.ENTITY:
-            raise InvalidInput("The entity field cannot be a dimension.", fields=[dim.field])
-        if fspec.role in _MAGNITUDES and dim.bins is None:
-            # Its values are the secrets themselves: a key would show one firm's figure.
-            raise InvalidInput("A measure field can be grouped only into bins.",
-                               fields=[dim.field])
-        gens.append(generalisation(fspec, quote(dim.field), dim.level, dim.bins))
+
+
+def _generalisation(dim: Dimension, schema: DatasetSchema) -> Generalisation:
+    """How a dimension's keys are computed; never the entity, a measure only in bins."""
+    fspec = schema.field(dim.field)
+    if fspec.role is FieldRole.ENTITY:
+        raise InvalidInput("The entity field cannot be a dimension.", fields=[dim.field])
+    if fspec.role in _MAGNITUDES and dim.bins is None:
+        # Its values are the secrets themselves: a key would show one firm's figure.
+        raise InvalidInput("A measure field can be grouped only into bins.",
+                           fields=[dim.field])
+    return generalisation(fspec, quote(dim.field), dim.level, dim.bins)
+
+
+def _check_measures(spec: AggregateSpec, schema: DatasetSchema) -> None:
+    """Distinct measure names, and each measure well formed over numeric fields."""
     names = [m.name for m in spec.measures]
     if len(set(names)) != len(names):
         raise InvalidInput("Measure names must be distinct; use 'as' to rename.")
     for m in spec.measures:
         _check_measure(m, schema)
-    where, where_params = _where(spec.filters, schema)
-    keysets = tuple(
-        _keyset(dim, schema.field(dim.field), gen, spec.filters)
-        for dim, gen in zip(spec.group_by, gens, strict=True)
-    )
-    fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
-    periods = tuple(f.name for f in schema.fields if f.type is FieldType.DATE)
 
+
+def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: str,
+               top: int) -> str:
+    """The three stages as one statement: rows per (cell, enterprise), the lattice of
+    margins per enterprise, and one row per cell with its contributor statistics."""
     # Internal aliases contain '#', which no field name can, so they never collide with a
     # column; GROUP BY uses ordinals for the same reason.
-    g = [quote(f"g#{i}") for i in range(len(dims))]
+    g = [quote(f"g#{i}") for i in range(len(gens))]
     v = [quote(f"v#{j}") for j in range(len(fields))]
     s = [quote(f"s#{j}") for j in range(len(fields))]
     n = [quote(f"n#{j}") for j in range(len(fields))]
@@ -228,26 +254,8 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
         *g, i, *(f"SUM({vc}) AS {sc}, COUNT({vc}) AS {nc}" for vc, sc, nc in zip(v, s, n,
                                                                                 strict=True)),
     ])
-    ordinals = ", ".join(str(k) for k in range(1, len(dims) + 2))
-    partial_sums = "".join(f", SUM({sc}) AS {sc}, SUM({nc}) AS {nc}"
-                           for sc, nc in zip(s, n, strict=True))
-    # Every margin, per enterprise. Each set of kept dimensions is aggregated from the
-    # smallest already computed set that has one more dimension (sums, minima and maxima
-    # compose), not from the full table as GROUPING SETS would: a lattice that reads the
-    # big (cell, enterprise) table once per dimension instead of once per margin.
-    nodes, branches = [], []
-    full = (1 << len(dims)) - 1
-    for mask in sorted(range(full + 1), key=lambda m: -m.bit_count()):
-        kept = [g[k] for k in range(len(dims)) if mask >> k & 1]
-        if mask != full:
-            missing = next(k for k in range(len(dims)) if not mask >> k & 1)
-            parent = mask | 1 << missing
-            source = "ent" if parent == full else f"r{parent}"
-            keys = ", ".join([*kept, i])
-            nodes.append(f"r{mask} AS MATERIALIZED (SELECT {keys}{partial_sums} "  # noqa: S608
-                         f"FROM {source} GROUP BY {keys})")
-        summed = sum(1 << (len(dims) - 1 - k) for k in range(len(dims)) if not mask >> k & 1)
-        branches.append((mask, summed, kept))
+    ordinals = ", ".join(str(k) for k in range(1, len(gens) + 2))
+    nodes, branches = _lattice(g, s, n, i)
     per_field = "".join(
         f", SUM({sc}) AS s{j}, SUM({nc}) AS n{j}, COUNT(*) FILTER (WHERE {nc} > 0) AS c{j}"
         f", SUM(abs({sc})) AS a{j}, max(abs({sc}), {int(top)}) AS t{j}"
@@ -255,6 +263,7 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
         for j, (sc, nc) in enumerate(zip(s, n, strict=True))
     )
     # One row per cell: each margin is grouped by its own dimensions only.
+    full = (1 << len(g)) - 1
     cells = []
     for mask, summed, kept in branches:
         outer = ", ".join([*(f"{gc} AS d{k}" if mask >> k & 1 else f"NULL AS d{k}"
@@ -264,17 +273,39 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
             f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members{per_field} "  # noqa: S608
             f"FROM {'ent' if mask == full else f'r{mask}'}{group}"
         )
-    sql = (
+    return (
         f"WITH base AS (SELECT {base} FROM {SOURCE}{where}), "  # noqa: S608
         f"ent AS MATERIALIZED (SELECT {ent} FROM base GROUP BY {ordinals})"
         + "".join(f", {node}" for node in nodes)
         + " " + " UNION ALL ".join(cells)
     )
-    params = tuple(p for gen in gens for p in gen.params) + tuple(where_params)
-    return CellPlan(sql=sql, params=params, dimensions=dims, keysets=keysets,
-                    measures=spec.measures, fields=fields, top=top,
-                    periods=periods,
-                    figures=tuple(schema.field(d.field).type not in (FieldType.STRING,
-                                                                      FieldType.BOOLEAN)
-                                  and d.bins is None and d.level in (None, "day")
-                                  for d in spec.group_by))
+
+
+def _lattice(g: list[str], s: list[str], n: list[str], i: str
+             ) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
+    """Every margin per enterprise, as CTEs, and per margin (kept-dimension mask, GROUPING()
+    bitmask, kept key columns).
+
+    Each set of kept dimensions is aggregated from the smallest already computed set that has
+    one more dimension (sums, minima and maxima compose), not from the full table as GROUPING
+    SETS would: a lattice that reads the big (cell, enterprise) table once per dimension
+    instead of once per margin.
+    """
+    partial_sums = "".join(f", SUM({sc}) AS {sc}, SUM({nc}) AS {nc}"
+                           for sc, nc in zip(s, n, strict=True))
+    nodes: list[str] = []
+    branches: list[tuple[int, int, list[str]]] = []
+    dims = len(g)
+    full = (1 << dims) - 1
+    for mask in sorted(range(full + 1), key=lambda m: -m.bit_count()):
+        kept = [g[k] for k in range(dims) if mask >> k & 1]
+        if mask != full:
+            missing = next(k for k in range(dims) if not mask >> k & 1)
+            parent = mask | 1 << missing
+            source = "ent" if parent == full else f"r{parent}"
+            keys = ", ".join([*kept, i])
+            nodes.append(f"r{mask} AS MATERIALIZED (SELECT {keys}{partial_sums} "  # noqa: S608
+                         f"FROM {source} GROUP BY {keys})")
+        summed = sum(1 << (dims - 1 - k) for k in range(dims) if not mask >> k & 1)
+        branches.append((mask, summed, kept))
+    return nodes, branches

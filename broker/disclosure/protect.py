@@ -22,7 +22,7 @@ from broker.disclosure.cells import (
     measure_members,
     measure_values,
 )
-from broker.disclosure.complementary import Quantity, suppress_complementary
+from broker.disclosure.complementary import Pattern, Quantity, suppress_complementary
 from broker.disclosure.differencing import WITHHELD, LedgerIndex
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
@@ -35,6 +35,9 @@ from broker.disclosure.primary import (
 from broker.domain.disclosure import Rules
 from broker.domain.queries import SuppressionReason
 
+#: The remainder row: its values, or None with the reason it is withheld.
+Pooled = tuple[dict[str, float | int | None] | None, SuppressionReason | None]
+
 
 @dataclass(frozen=True, slots=True)
 class Protected:
@@ -43,7 +46,7 @@ class Protected:
     released: tuple[tuple[Index, SuppressionReason | None], ...]
     ledger: tuple[tuple[str, BitMap], ...]
     unprotectable: bool = False
-    remainder: tuple[dict[str, float | int | None] | None, SuppressionReason | None] | None = None
+    remainder: Pooled | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -105,6 +108,29 @@ def rare_keys(table: CellTable, plan: CellPlan, rules: Rules,
     return hidden
 
 
+@dataclass(frozen=True, slots=True)
+class _Sensitive:
+    """The cells the primary rules and the differencing guard withhold, each for its reason.
+
+    ``hidden``: keys never shown (see :func:`rare_keys`); ``small``: below the frequency rule
+    (hidden keys included); ``dominated``: over a dominance or p% threshold and not small;
+    ``differencing``: a population within k-1 enterprises of an earlier release's;
+    ``excess``: per field, how far each cell is over the dominance thresholds.
+    """
+
+    hidden: np.ndarray
+    small: np.ndarray
+    dominated: np.ndarray
+    differencing: np.ndarray
+    excess: dict[str, np.ndarray]
+
+    @property
+    def primary(self) -> np.ndarray:
+        """Every cell withheld on its own account."""
+        cells: np.ndarray = self.small | self.dominated | self.differencing
+        return cells
+
+
 def protect(
     table: CellTable,
     plan: CellPlan,
@@ -124,6 +150,31 @@ def protect(
     """
     measures = measure_keys(plan)
     hidden = rare_keys(table, plan, rules, opaque)
+    released = [ix for ix in table.cells(margins=margins) if not hidden[ix]]
+    sensitive = _sensitive(table, rules, hidden, released, ledger, measures)
+    pattern = _complements(table, rules, sensitive, ledger, measures)
+    reasons = [(index, _reason(index, sensitive, pattern)) for index in released]
+    entries = _ledger_entries(table, measures, sensitive, pattern, reasons)
+    pooled: Pooled | None = None
+    if remainder and pattern.unprotectable:
+        pooled = (None, SuppressionReason.COMPLEMENTARY)
+    elif remainder:
+        withheld = [ix for ix, reason in reasons
+                    if reason is not None and not table.is_margin(ix)]
+        withheld += [ix for ix in np.ndindex(*table.shape)
+                     if hidden[ix] and not table.is_margin(ix)]
+        grand = tuple(len(d) for d in table.domains)
+        pooled = _remainder(table, plan, rules, withheld, ledger,
+                            grand_withheld=bool(pattern.suppressed[grand]))
+        if pooled[1] is None:
+            entries += [(ledger_key(table, grand, m), _union(table, withheld, m))
+                        for m in measures]
+    return Protected(tuple(reasons), tuple(entries), pattern.unprotectable, pooled)
+
+
+def _sensitive(table: CellTable, rules: Rules, hidden: np.ndarray, released: list[Index],
+               ledger: LedgerIndex, measures: tuple[str, ...]) -> _Sensitive:
+    """The primary rules, then the differencing guard on the released cells they pass."""
     small = below_frequency(table, rules) | hidden
     dominance, p_percent = dominance_excess(table, rules), p_percent_excess(table, rules)
     excess = {name: np.maximum(dominance[name], p_percent[name]) for name in table.fields}
@@ -131,8 +182,6 @@ def protect(
     for level in excess.values():
         dominated |= level > 0
     dominated &= ~small
-
-    released = [ix for ix in table.cells(margins=margins) if not hidden[ix]]
     differencing = np.zeros(table.entities.shape, dtype=bool)
     for index in released:
         if small[index] or dominated[index]:
@@ -141,75 +190,81 @@ def protect(
                                 rules.k_min)
                for m in measures):
             differencing[index] = True
+    return _Sensitive(hidden, small, dominated, differencing, excess)
 
-    # Consistency with earlier answers: a cell that was withheld before stays withheld (as a
-    # complement: it needs no protection of its own, the cells it protected get theirs
-    # again), and a cell already published is fixed for the attacker (no complement).
-    fixed = np.zeros(table.shape, dtype=bool)
-    again = np.zeros(table.shape, dtype=bool)
+
+def _earlier_outcomes(table: CellTable, sensitive: _Sensitive, ledger: LedgerIndex,
+                      measures: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Cells an earlier release withheld, and cells it published, by their populations.
+
+    Consistency with earlier answers: a cell that was withheld before stays withheld (as a
+    complement: it needs no protection of its own, the cells it protected get theirs again),
+    and a cell already published is known exactly to the attacker (never a complement).
+    """
+    withheld_before = np.zeros(table.shape, dtype=bool)
+    published_before = np.zeros(table.shape, dtype=bool)
     for index in np.ndindex(*table.shape):
-        if small[index] or dominated[index] or differencing[index]:
+        if sensitive.primary[index]:
             continue
         sets = [(ledger_key(table, index, m), measure_members(table, index, m))
                 for m in measures]
         if any(len(s) and ledger.contains(WITHHELD + key, s) for key, s in sets):
-            again[index] = True
+            withheld_before[index] = True
         elif sets and all(ledger.contains(key, s) for key, s in sets):
-            fixed[index] = True
+            published_before[index] = True
+    return withheld_before, published_before
 
-    primary = small | dominated | differencing
-    withheld_small = small | differencing
+
+def _complements(table: CellTable, rules: Rules, sensitive: _Sensitive, ledger: LedgerIndex,
+                 measures: tuple[str, ...]) -> Pattern:
+    """The suppression pattern: the sensitive cells, those withheld before, and complements
+    enough that the table's margins pin none of them inside its protection interval."""
+    withheld_before, published_before = _earlier_outcomes(table, sensitive, ledger, measures)
+    withheld_small = sensitive.small | sensitive.differencing
     levels = small_cell_protection(table, rules)
     protection = {q: np.where(withheld_small, level, 0.0) for q, level in levels.items()}
-    for name, level in excess.items():
-        protection[name] = np.maximum(protection[name], np.where(dominated, level, 0.0))
-    known = quantities(table, rules, small)
+    for name, level in sensitive.excess.items():
+        protection[name] = np.maximum(protection[name],
+                                      np.where(sensitive.dominated, level, 0.0))
+    known = quantities(table, rules, sensitive.small)
     for quantity in known.values():  # a published cell's value is known exactly
-        quantity.lower[fixed] = quantity.value[fixed]
-        quantity.upper[fixed] = quantity.value[fixed]
-    pattern = suppress_complementary(known, protection, primary | again,
-                                     cost=table.entities.astype(float) + 1.0)
+        quantity.lower[published_before] = quantity.value[published_before]
+        quantity.upper[published_before] = quantity.value[published_before]
+    return suppress_complementary(known, protection, sensitive.primary | withheld_before,
+                                  cost=table.entities.astype(float) + 1.0)
 
-    out: list[tuple[Index, SuppressionReason | None]] = []
-    hidden_base = [ix for ix in np.ndindex(*table.shape) if hidden[ix] and not table.is_margin(ix)]
-    ledger_rows: list[tuple[str, BitMap]] = []
-    for index in released:
-        if pattern.unprotectable:
-            # Withheld whole, all for the same reason: which cells were small is itself
-            # what an attacker would combine with the margins.
-            out.append((index, SuppressionReason.COMPLEMENTARY))
-        elif small[index]:
-            out.append((index, SuppressionReason.MIN_ENTITIES))
-        elif dominated[index]:
-            out.append((index, SuppressionReason.DOMINANCE))
-        elif differencing[index]:
-            out.append((index, SuppressionReason.DIFFERENCING))
-        elif pattern.suppressed[index]:
-            out.append((index, SuppressionReason.COMPLEMENTARY))
-        else:
-            out.append((index, None))
-            ledger_rows += [(ledger_key(table, index, m), measure_members(table, index, m))
-                            for m in measures]
-    # Every withheld cell of the grid, shown or not: the pattern relies on all of them.
+
+def _reason(index: Index, sensitive: _Sensitive, pattern: Pattern) -> SuppressionReason | None:
+    """Why the cell at ``index`` is withheld, or None when it is published."""
+    if pattern.unprotectable:
+        # Withheld whole, all for the same reason: which cells were small is itself what an
+        # attacker would combine with the margins.
+        return SuppressionReason.COMPLEMENTARY
+    if sensitive.small[index]:
+        return SuppressionReason.MIN_ENTITIES
+    if sensitive.dominated[index]:
+        return SuppressionReason.DOMINANCE
+    if sensitive.differencing[index]:
+        return SuppressionReason.DIFFERENCING
+    if pattern.suppressed[index]:
+        return SuppressionReason.COMPLEMENTARY
+    return None
+
+
+def _ledger_entries(table: CellTable, measures: tuple[str, ...], sensitive: _Sensitive,
+                    pattern: Pattern, reasons: list[tuple[Index, SuppressionReason | None]]
+                    ) -> list[tuple[str, BitMap]]:
+    """What the ledger keeps of this release: every published cell's populations, and every
+    withheld cell of the grid, shown or not, since the pattern relies on all of them."""
+    entries = [(ledger_key(table, index, m), measure_members(table, index, m))
+               for index, reason in reasons if reason is None for m in measures]
     for index in np.ndindex(*table.shape):
-        if pattern.suppressed[index] or small[index]:
+        if pattern.suppressed[index] or sensitive.small[index]:
             for m in measures:
                 members = measure_members(table, index, m)
                 if len(members):
-                    ledger_rows.append((WITHHELD + ledger_key(table, index, m), members))
-    rest: tuple[dict[str, float | int | None] | None, SuppressionReason | None] | None = None
-    if remainder and pattern.unprotectable:
-        rest = (None, SuppressionReason.COMPLEMENTARY)
-    elif remainder:
-        withheld = [ix for ix, reason in out if reason is not None and not table.is_margin(ix)]
-        withheld += hidden_base
-        grand = tuple(len(d) for d in table.domains)
-        rest = _remainder(table, plan, rules, withheld, ledger,
-                          grand_withheld=bool(pattern.suppressed[grand]))
-        if rest[1] is None:
-            ledger_rows += [(ledger_key(table, grand, m), _union(table, withheld, m))
-                            for m in measures]
-    return Protected(tuple(out), tuple(ledger_rows), pattern.unprotectable, rest)
+                    entries.append((WITHHELD + ledger_key(table, index, m), members))
+    return entries
 
 
 def _union(table: CellTable, cells: list[Index], measure: str) -> BitMap:
@@ -224,7 +279,7 @@ def _remainder(
     ledger: LedgerIndex,
     *,
     grand_withheld: bool,
-) -> tuple[dict[str, float | int | None] | None, SuppressionReason | None]:
+) -> Pooled:
     """The withheld table cells pooled into one row, held to every rule.
 
     It equals the grand total minus the published cells, so it tells nothing the protected

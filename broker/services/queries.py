@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import secrets
-import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time
-from typing import Any
 
 import pyarrow as pa
-import rfc8785
 from pyroaring import BitMap
 
 from audit.entry import AuditEvent, format_ts
 from broker.disclosure.cells import CellTable, read_table
 from broker.disclosure.differencing import LedgerIndex
-from broker.disclosure.levels import RAW_LEVELS, dimension_level, filter_level
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
 from broker.disclosure.protect import protect
 from broker.disclosure.pseudonyms import Pseudonymizer
@@ -26,6 +19,7 @@ from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
+from broker.domain.levels import RAW_LEVELS, dimension_level
 from broker.domain.ports import (
     Clock,
     DatasetStorage,
@@ -38,29 +32,28 @@ from broker.domain.principals import RequestContext
 from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release
 from broker.domain.slices import Slice
 from broker.policy.decisions import FlowDecision, Policies
+from broker.policy.inputs import flow_input
 from broker.services.contracts import contract_resource, in_force_signatures
 from broker.services.guard import Guard
+from broker.services.releases import (
+    Answer,
+    LedgerCache,
+    ReleaseCache,
+    computation_fingerprint,
+    result_digest,
+)
 from contracts.model import Contract, FieldForm
 
 AGGREGATE = "query.aggregate"
 EXPLAIN = "policy.explain"
 
 
-def result_digest(nonce: str, cells: tuple[Cell, ...], remainder: Cell | None = None) -> str:
-    """Salted digest of the released cells: the consumer, who holds the nonce, can prove what
-    it received; the audit log alone cannot be used to guess small released values."""
-    released: list[Any] = [c.as_json() for c in cells]
-    if remainder is not None:
-        released.append({"remainder": remainder.as_json()})
-    payload = rfc8785.dumps(released)
-    return hashlib.sha256(bytes.fromhex(nonce) + payload).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
-class _Context:
-    """What a decision was taken on. ``target`` is the dataset of the contract named in the
-    request even when the caller may not see it, so the provider's audit view shows attempts
-    on its contracts; only ``contract`` and ``dataset`` (visible to the caller) reach policy."""
+class _Decided:
+    """A flow decision and what it was taken on. ``target`` is the dataset of the contract
+    named in the request even when the caller may not see it, so the provider's audit view
+    shows attempts on its contracts; only ``contract`` and ``dataset`` (visible to the
+    caller) reach policy."""
 
     contract: Contract | None
     dataset: Dataset | None
@@ -75,6 +68,44 @@ class _Context:
         if self.consented is None:
             return spec
         return replace(spec, filters=(*spec.filters, *self.consented.predicate))
+
+    def usable(self) -> tuple[Contract, Dataset]:
+        """The contract and dataset an allowed decision was taken on; fail closed when the
+        policy allowed without either."""
+        if self.contract is None or self.dataset is None:
+            raise PolicyDenied(("no-active-contract",))
+        return self.contract, self.dataset
+
+
+@dataclass(frozen=True, slots=True)
+class _Protected:
+    """A freshly computed answer and what the ledger keeps of it."""
+
+    answer: Answer
+    ledger_entries: tuple[tuple[str, BitMap], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _FreshTable:
+    """A cell table computed for this request, and its protection against the ledger as it
+    stood before the scan (``ledger``)."""
+
+    table: CellTable
+    plan: CellPlan
+    ledger: LedgerIndex
+    protected: _Protected
+
+
+@dataclass(frozen=True, slots=True)
+class _Computation:
+    """What the engine work produced: the thresholds and pseudonymized keys it ran with, and
+    either the earlier answer to the same computation or a freshly protected table."""
+
+    rules: Rules
+    opaque: frozenset[str]
+    fingerprint: str
+    earlier: Answer | None
+    fresh: _FreshTable | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +124,16 @@ class QueryService:
     clock: Clock
     pseudonyms: Pseudonymizer
     sealer: Sealer  # the release cache holds dataset values: sealed at rest
-    ledgers: LedgerCache = field(default_factory=lambda: LedgerCache())
+    ledgers: LedgerCache = field(default_factory=LedgerCache)
+
+    @property
+    def answers(self) -> ReleaseCache:
+        """Earlier answers, sealed with this service's sealer."""
+        return ReleaseCache(self.sealer)
 
     def aggregate(self, ctx: RequestContext, spec: AggregateSpec) -> Release:
-        """Decide, compute, protect, audit (committed), then return.
+        """Decide, compute (or reuse an earlier answer), then commit the release: audited,
+        committed, and only then returned.
 
         The decision is taken twice: once before the scan, and again inside the transaction
         that appends the release entry, with the audit head locked first, so a revocation or
@@ -105,55 +142,60 @@ class QueryService:
         the table is protected against the ledger as read before the scan, and if another
         release entered the ledger meanwhile, protected again under the lock.
         """
-        with self.uow() as uow:
-            first = self._decide(uow, ctx, spec, AGGREGATE)
-        if first.contract is None or first.dataset is None:  # the policy allowed; fail closed
-            raise PolicyDenied(("no-active-contract",))
-        dataset, decision = first.dataset, first.decision
-        rules = _stricter(decision.rules, first.contract)
-        opaque = frozenset(f for f, v in decision.fields.items() if v == "pseudonymize")
-        runs = first.planned(spec)
-        fingerprint = _computation_fp(dataset, runs, rules, opaque)
+        decided = self._decide_to_run(ctx, spec)
+        computation = self._compute_or_reuse(ctx, spec, decided)
+        return self._commit_release(ctx, spec, decided, computation)
 
+    def _decide_to_run(self, ctx: RequestContext, spec: AggregateSpec) -> _Decided:
+        """The flow decision before any work; a denial is audited and raised."""
+        with self.uow() as uow:
+            decided = self._decide(uow, ctx, spec, AGGREGATE)
+        decided.usable()
+        return decided
+
+    def _compute_or_reuse(self, ctx: RequestContext, spec: AggregateSpec,
+                          decided: _Decided) -> _Computation:
+        """Plan the query; reuse the earlier answer to the same computation, or run the
+        engine and protect the cell table against the ledger. A failure is audited."""
+        contract, dataset = decided.usable()
+        rules = _stricter(decided.decision.rules, contract)
+        opaque = frozenset(f for f, v in decided.decision.fields.items()
+                           if v == "pseudonymize")
+        planned = decided.planned(spec)
+        fingerprint = computation_fingerprint(dataset, planned, rules, opaque)
         try:
-            plan = plan_aggregate(runs, dataset.schema, top=rules.top)
+            plan = plan_aggregate(planned, dataset.schema, top=rules.top)
             with self.uow(read_only=True) as uow:
-                earlier = uow.releases.cached(dataset.id, fingerprint)
+                earlier = self.answers.find(uow, dataset.id, fingerprint)
                 ledger = self.ledgers.refresh(uow, dataset.id)
-            if earlier is not None:  # a tampered entry fails here, on the record
-                _decode(self.sealer, dataset.id, fingerprint, earlier)
-            outcome = None
+            fresh = None
             if earlier is None:
-                result, scopes = self._run(plan, dataset, runs)
+                result, scopes = self._run(plan, dataset, planned)
                 table = read_table(plan, result, scopes)
-                outcome = _protect(table, plan, rules, ledger, spec, opaque)
+                fresh = _FreshTable(table, plan, ledger,
+                                    _protect(table, plan, rules, ledger, spec, opaque))
         except BrokerError as exc:
-            self._record_failure(ctx, spec, first, AGGREGATE, exc.slug)
+            self._record_failure(ctx, spec, decided, AGGREGATE, exc.slug)
             raise
         except Exception:
-            self._record_failure(ctx, spec, first, AGGREGATE, "engine-failed")
+            self._record_failure(ctx, spec, decided, AGGREGATE, "engine-failed")
             raise
-        nonce = secrets.token_hex(16)
+        return _Computation(rules, opaque, fingerprint, earlier, fresh)
 
+    def _commit_release(self, ctx: RequestContext, spec: AggregateSpec, decided: _Decided,
+                        computation: _Computation) -> Release:
+        """Under the audit head lock: decide again, settle the answer, append the release
+        entry, enter the ledger and the answer cache, and commit before returning."""
+        _, dataset = decided.usable()
+        decision, rules = decided.decision, computation.rules
+        nonce = secrets.token_hex(16)
         with self.uow() as uow:
             uow.audit.lock()
             self._decide(uow, ctx, spec, AGGREGATE)
-            if earlier is None:
-                earlier = uow.releases.cached(dataset.id, fingerprint)
-            if earlier is None and outcome is not None:
-                seen = ledger.last_id
-                ledger = self.ledgers.refresh(uow, dataset.id)
-                if ledger.last_id != seen:
-                    outcome = _protect(table, plan, rules, ledger, spec, opaque)
-            if earlier is not None:
-                cells, remainder = _decode(self.sealer, dataset.id, fingerprint, earlier)
-            elif outcome is not None:
-                cells, remainder = outcome.cells, outcome.remainder
-            else:  # unreachable: either an earlier answer or a fresh one exists
-                raise Unavailable("No answer was computed; nothing was released.")
+            answer, protected = self._settled_answer(uow, spec, dataset, computation)
             # The stored answer keeps the keys in clear (inside the broker); each consumer's
             # copy gets its own contract's pseudonyms.
-            released = _pseudonymized(self.pseudonyms, spec, decision, cells)
+            released = _pseudonymized(self.pseudonyms, spec, decision, answer.cells)
             release = Release(
                 query_id=ctx.request_id,
                 cells=released,
@@ -161,52 +203,73 @@ class QueryService:
                 policy_revision=decision.revision,
                 field_verdicts=decision.fields,
                 result_nonce=nonce,
-                remainder=remainder,
+                remainder=answer.remainder,
             )
             receipt = uow.audit.append(
                 replace(
-                    self._event(ctx, spec, first, AGGREGATE),
+                    self._event(ctx, spec, decided, AGGREGATE),
                     disclosure={
                         "k": rules.k_min,
                         "cells_published": release.cells_published,
                         "cells_suppressed": release.cells_suppressed,
-                        "result_digest": result_digest(nonce, released, remainder),
+                        "result_digest": result_digest(nonce, released, answer.remainder),
                     },
                 )
             )
-            if outcome is not None and earlier is None:
-                uow.releases.add(dataset.id, outcome.ledger, receipt.seq)
-                body = _encode(self.sealer, dataset.id, fingerprint, cells, remainder)
-                uow.releases.cache(dataset.id, fingerprint, body, receipt.seq)
+            if protected is not None:
+                uow.releases.add(dataset.id, protected.ledger_entries, receipt.seq)
+                self.answers.keep(uow, dataset.id, computation.fingerprint, answer,
+                                  receipt.seq)
             uow.commit()
         return replace(release, receipt=receipt)
+
+    def _settled_answer(self, uow: UnitOfWork, spec: AggregateSpec, dataset: Dataset,
+                        computation: _Computation) -> tuple[Answer, _Protected | None]:
+        """The answer to release, with the lock held: an earlier answer to the same
+        computation if there is one now, else the fresh table, protected again if another
+        release entered the ledger since it was protected (with what to enter in the ledger)."""
+        earlier = computation.earlier or self.answers.find(uow, dataset.id,
+                                                           computation.fingerprint)
+        if earlier is not None:
+            return earlier, None
+        fresh = computation.fresh
+        if fresh is None:  # unreachable: either an earlier answer or a fresh one exists
+            raise Unavailable("No answer was computed; nothing was released.")
+        ledger = self.ledgers.refresh(uow, dataset.id)
+        protected = fresh.protected
+        if ledger.last_id != fresh.ledger.last_id:
+            protected = _protect(fresh.table, fresh.plan, computation.rules, ledger, spec,
+                                 computation.opaque)
+        return protected.answer, protected
 
     def explain(self, ctx: RequestContext, spec: AggregateSpec) -> FlowDecision:
         """The decision a query would get; nothing computed or released, the dry run audited."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, EXPLAIN, {"kind": "query"},
                                contract_id=spec.contract_id)
-            result = self._decide(uow, ctx, spec, EXPLAIN, refuse=False)
-            event = self._event(ctx, spec, result, EXPLAIN)
-            if result.decision.allow and result.dataset is not None:
+            decided = self._decide(uow, ctx, spec, EXPLAIN, refuse=False)
+            event = self._event(ctx, spec, decided, EXPLAIN)
+            if decided.decision.allow and decided.dataset is not None:
                 # Only once every field is known to be contracted, so that validation errors
                 # cannot tell uncontracted fields from absent ones.
                 try:
-                    plan_aggregate(result.planned(spec), result.dataset.schema)
+                    plan_aggregate(decided.planned(spec), decided.dataset.schema)
                 except BrokerError as exc:
                     uow.audit.append(replace(event, allowed=False, reasons=(exc.slug,)))
                     uow.commit()
                     raise
             uow.audit.append(event)
             uow.commit()
-        decision = result.decision
-        if decision.allow and result.contract is not None:
-            rules = _stricter(decision.rules, result.contract)
+        decision = decided.decision
+        if decision.allow and decided.contract is not None:
+            rules = _stricter(decision.rules, decided.contract)
             decision = replace(decision, k=rules.k_min, rules=rules)
         return decision
 
     def _run(self, plan: CellPlan, dataset: Dataset, spec: AggregateSpec
              ) -> tuple[pa.Table, Scopes]:
+        """Run the plan over the dataset version, decrypted in memory only; with the date
+        spans that scope the differencing guard."""
         with self.uow(read_only=True) as uow:
             location = uow.datasets.version_path(dataset.id, dataset.version)
         scopes = Scopes.of(self.storage.dates(location, plan.periods), spec.group_by,
@@ -222,19 +285,19 @@ class QueryService:
         action: str,
         *,
         refuse: bool = True,
-    ) -> _Context:
+    ) -> _Decided:
         """The flow decision; a denial (when ``refuse``) or an engine failure is audited."""
         target = self._target(uow, spec)
         try:
-            result = self._evaluate(uow, ctx, spec, target)
+            decided = self._evaluate(uow, ctx, spec, target)
         except Unavailable:
-            unknown = _Context(None, None, target, FlowDecision(False, (), self.policies.revision))
+            unknown = _Decided(None, None, target, FlowDecision(False, (), self.policies.revision))
             self._deny(uow, ctx, spec, unknown, action, ("policy-engine-unavailable",))
             raise
-        if refuse and not result.decision.allow:
-            self._deny(uow, ctx, spec, result, action, result.decision.reasons)
-            raise PolicyDenied(result.decision.reasons, fields=result.decision.field_reasons)
-        return result
+        if refuse and not decided.decision.allow:
+            self._deny(uow, ctx, spec, decided, action, decided.decision.reasons)
+            raise PolicyDenied(decided.decision.reasons, fields=decided.decision.field_reasons)
+        return decided
 
     @staticmethod
     def _target(uow: UnitOfWork, spec: AggregateSpec) -> tuple[str, int] | None:
@@ -249,7 +312,7 @@ class QueryService:
         ctx: RequestContext,
         spec: AggregateSpec,
         target: tuple[str, int] | None,
-    ) -> _Context:
+    ) -> _Decided:
         contract = uow.contracts.get(spec.contract_id)
         if contract is not None and not self.guard.decide(
             uow, ctx, "contract.read", contract_resource(contract)
@@ -261,19 +324,9 @@ class QueryService:
         usage = 0
         if contract is not None:
             usage = uow.audit.count_released(contract.id, AGGREGATE, _day_start(now))
-        document: dict[str, Any] = {
-            "principal": {
-                **ctx.principal.as_actor(),
-                "registered": uow.orgs.get(ctx.principal.org) is not None,
-            },
-            # Whole seconds, so that a repeated decision is a cache hit; the contract's window
-            # is rounded inwards to match (Contract.policy_view), which never admits more.
-            "now": math.floor(now.timestamp()),
-            "usage": {"queries_today": usage},
-            "contract": contract.policy_view(now) if contract else None,
-            "dataset": _dataset_view(dataset),
-            "query": _query_view(spec, dataset),
-        }
+        document = flow_input(
+            ctx.principal, registered=uow.orgs.get(ctx.principal.org) is not None, now=now,
+            queries_today=usage, contract=contract, dataset=dataset, spec=spec)
         decision = _against_contract(self.policies.flow(document), contract, dataset, spec)
         consented = None
         if decision.allow and contract is not None:
@@ -283,21 +336,22 @@ class QueryService:
             refusal = _unusable(uow, contract, consented)
             if refusal is not None:
                 decision = replace(decision, allow=False, reasons=(refusal,), rules=None)
-        return _Context(contract, dataset, target, decision, consented)
+        return _Decided(contract, dataset, target, decision, consented)
 
     def _event(
-        self, ctx: RequestContext, spec: AggregateSpec, result: _Context, action: str
+        self, ctx: RequestContext, spec: AggregateSpec, decided: _Decided, action: str
     ) -> AuditEvent:
+        """The audit entry of this request: who, what, on which data, decided how."""
         return AuditEvent(
             actor=ctx.principal.as_actor(),
             action=action,
             request_id=ctx.request_id,
-            allowed=result.decision.allow,
-            reasons=result.decision.reasons,
-            policy_revision=result.decision.revision,
-            dataset_id=result.target[0] if result.target else None,
-            version=result.target[1] if result.target else None,
-            contract_id=spec.contract_id if result.target else None,
+            allowed=decided.decision.allow,
+            reasons=decided.decision.reasons,
+            policy_revision=decided.decision.revision,
+            dataset_id=decided.target[0] if decided.target else None,
+            version=decided.target[1] if decided.target else None,
+            contract_id=spec.contract_id if decided.target else None,
             purpose=spec.purpose,
             query_fp=spec.fingerprint(),
             fields=tuple(sorted({use["field"] for use in spec.field_uses()})),
@@ -308,52 +362,26 @@ class QueryService:
         uow: UnitOfWork,
         ctx: RequestContext,
         spec: AggregateSpec,
-        result: _Context,
+        decided: _Decided,
         action: str,
         reasons: tuple[str, ...],
     ) -> None:
         uow.rollback()
-        event = self._event(ctx, spec, result, action)
+        event = self._event(ctx, spec, decided, action)
         uow.audit.append(replace(event, allowed=False, reasons=reasons))
         uow.commit()
 
     def _record_failure(
-        self, ctx: RequestContext, spec: AggregateSpec, result: _Context, action: str,
+        self, ctx: RequestContext, spec: AggregateSpec, decided: _Decided, action: str,
         reason: str,
     ) -> None:
         """An allowed query that could not be answered: on the record, in its own transaction."""
         with self.uow() as uow:
-            self._deny(uow, ctx, spec, result, action, (reason,))
-
-
-class LedgerCache:
-    """This process's copy of each dataset's differencing ledger, brought up to date by id.
-
-    Ledger rows are only written under the audit head lock, so they commit in id order and
-    reading "everything after the last id seen" never skips one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._indexes: dict[str, LedgerIndex] = {}
-
-    def refresh(self, uow: UnitOfWork, dataset_id: str) -> LedgerIndex:
-        """The dataset's ledger including every entry committed so far."""
-        with self._lock:
-            index = self._indexes.setdefault(dataset_id, LedgerIndex())
-            index.add(uow.releases.since(dataset_id, index.last_id))
-            return index.snapshot()
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    cells: tuple[Cell, ...]
-    remainder: Cell | None
-    ledger: tuple[tuple[str, BitMap], ...]
+            self._deny(uow, ctx, spec, decided, action, (reason,))
 
 
 def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex,
-             spec: AggregateSpec, opaque: frozenset[str]) -> _Outcome:
+             spec: AggregateSpec, opaque: frozenset[str]) -> _Protected:
     protected = protect(table, plan, rules, ledger=ledger, margins=spec.totals,
                         remainder=spec.remainder, opaque=opaque)
     cells = tuple(
@@ -369,7 +397,7 @@ def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex
         remainder = (Cell(key={}, values=None, status=CellStatus.SUPPRESSED, reason=reason)
                      if reason is not None
                      else Cell(key={}, values=values, status=CellStatus.PUBLISHED))
-    return _Outcome(cells, remainder, protected.ledger)
+    return _Protected(Answer(cells, remainder), protected.ledger)
 
 
 def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: FlowDecision,
@@ -397,63 +425,8 @@ def _stricter(rules: Rules | None, contract: Contract) -> Rules:
     )
 
 
-def _computation_fp(dataset: Dataset, spec: AggregateSpec, rules: Rules,
-                    opaque: frozenset[str]) -> str:
-    """What identifies a computation: data version, query shape, thresholds and which keys
-    are hidden behind pseudonyms, not who asks."""
-    body: dict[str, Any] = {
-        "dataset": [dataset.id, dataset.version],
-        "query": {k: v for k, v in spec.canonical().items() if k not in ("contract_id",
-                                                                          "purpose")},
-        "rules": asdict(rules),
-        "opaque": sorted(opaque),
-    }
-    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
-
-
-def _encode(sealer: Sealer, dataset_id: str, fingerprint: str, cells: tuple[Cell, ...],
-            remainder: Cell | None) -> str:
-    """A release-cache body: the answer as JSON, sealed for its row (keys are dataset values)."""
-    body = json.dumps({"cells": [c.as_json() for c in cells],
-                       "remainder": remainder.as_json() if remainder else None})
-    return sealer.seal(body, context=_cache_context(dataset_id, fingerprint))
-
-
-def _decode(sealer: Sealer, dataset_id: str, fingerprint: str, sealed: str
-            ) -> tuple[tuple[Cell, ...], Cell | None]:
-    """The answer in a release-cache body; ``DatasetUnreadable`` if it does not open."""
-    data = json.loads(sealer.open(sealed, context=_cache_context(dataset_id, fingerprint)))
-    remainder = Cell.from_json(data["remainder"]) if data["remainder"] else None
-    return tuple(Cell.from_json(c) for c in data["cells"]), remainder
-
-
-
-def _cache_context(dataset_id: str, fingerprint: str) -> str:
-    """What a cached answer is bound to: its row, so it cannot be moved to another."""
-    return f"release-cache/{dataset_id}/{fingerprint}"
-
-
 def _day_start(now: datetime) -> str:
     return format_ts(datetime.combine(now.date(), time.min, tzinfo=now.tzinfo))
-
-
-def _query_view(spec: AggregateSpec, dataset: Dataset | None) -> dict[str, Any]:
-    """The query as the policies see it: its structure and how coarse each use is, never a
-    filter value."""
-    fields = {f.name: f for f in dataset.schema.fields} if dataset else {}
-    types = {name: f.type for name, f in fields.items()}
-    return {
-        "purpose": spec.purpose,
-        "group_by": [{"field": d.field, "level": dimension_level(d, fields.get(d.field))}
-                     for d in spec.group_by],
-        "measures": [{"fn": m.fn.value, "fields": list(m.fields)} for m in spec.measures],
-        "filters": [
-            {"field": f.field, "op": f.op.value,
-             "level": filter_level(f.op.value, f.value, types[f.field])
-             if f.field in types else "raw"}
-            for f in spec.filters
-        ],
-    }
 
 
 def _against_contract(decision: FlowDecision, contract: Contract | None,
@@ -490,19 +463,3 @@ def _unusable(uow: UnitOfWork, contract: Contract, consented: Slice | None) -> s
     ):
         return "slice-unavailable"
     return None
-
-
-def _dataset_view(dataset: Dataset | None) -> dict[str, Any] | None:
-    if dataset is None:
-        return None
-    return {
-        "id": dataset.id,
-        "entity_field": dataset.schema.entity_field,
-        "fields": {
-            f.name: {"type": f.type.value, "role": f.role.value,
-                     "sensitivity": f.sensitivity.value, "hierarchy": f.hierarchy}
-            for f in dataset.schema.fields
-        },
-    }
-
-

@@ -1,0 +1,107 @@
+"""What the query use case keeps of earlier releases: the ledger it protects against, and the
+sealed answers it repeats.
+
+An identical computation (same data version, query shape, thresholds and pseudonymized keys)
+gets the identical earlier answer, never a fresh one that could differ; the answers are kept
+sealed in the database, bound to their row. The ledger of every dataset's released
+populations is read incrementally into this process's memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import rfc8785
+
+from broker.disclosure.differencing import LedgerIndex
+from broker.domain.datasets import Dataset
+from broker.domain.disclosure import Rules
+from broker.domain.ports import Sealer, UnitOfWork
+from broker.domain.queries import AggregateSpec, Cell
+
+
+def result_digest(nonce: str, cells: tuple[Cell, ...], remainder: Cell | None = None) -> str:
+    """Salted digest of the released cells: the consumer, who holds the nonce, can prove what
+    it received; the audit log alone cannot be used to guess small released values."""
+    released: list[Any] = [c.as_json() for c in cells]
+    if remainder is not None:
+        released.append({"remainder": remainder.as_json()})
+    payload = rfc8785.dumps(released)
+    return hashlib.sha256(bytes.fromhex(nonce) + payload).hexdigest()
+
+
+def computation_fingerprint(dataset: Dataset, spec: AggregateSpec, rules: Rules,
+                            opaque: frozenset[str]) -> str:
+    """What identifies a computation: data version, query shape, thresholds and which keys
+    are hidden behind pseudonyms, not who asks."""
+    body: dict[str, Any] = {
+        "dataset": [dataset.id, dataset.version],
+        "query": {k: v for k, v in spec.canonical().items() if k not in ("contract_id",
+                                                                          "purpose")},
+        "rules": asdict(rules),
+        "opaque": sorted(opaque),
+    }
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Released cells (keys in clear, inside the broker) and the remainder row, if asked."""
+
+    cells: tuple[Cell, ...]
+    remainder: Cell | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseCache:
+    """Earlier answers by computation fingerprint, sealed at rest (their keys are dataset
+    values) and bound to their row, so a body cannot be moved to another computation."""
+
+    sealer: Sealer
+
+    def find(self, uow: UnitOfWork, dataset_id: str, fingerprint: str) -> Answer | None:
+        """The earlier answer to this computation, or None; ``DatasetUnreadable`` if the
+        stored body does not open (it was tampered with: fail closed, never a miss)."""
+        sealed = uow.releases.cached(dataset_id, fingerprint)
+        if sealed is None:
+            return None
+        data = json.loads(self.sealer.open(sealed, context=_context(dataset_id, fingerprint)))
+        remainder = Cell.from_json(data["remainder"]) if data["remainder"] else None
+        return Answer(tuple(Cell.from_json(c) for c in data["cells"]), remainder)
+
+    def keep(self, uow: UnitOfWork, dataset_id: str, fingerprint: str, answer: Answer,
+             audit_seq: int) -> None:
+        """Store ``answer`` for this computation, tied to the audit entry that released it."""
+        body = json.dumps({"cells": [c.as_json() for c in answer.cells],
+                           "remainder": answer.remainder.as_json() if answer.remainder
+                           else None})
+        sealed = self.sealer.seal(body, context=_context(dataset_id, fingerprint))
+        uow.releases.cache(dataset_id, fingerprint, sealed, audit_seq)
+
+
+def _context(dataset_id: str, fingerprint: str) -> str:
+    """What a cached answer is bound to: its row, so it cannot be moved to another."""
+    return f"release-cache/{dataset_id}/{fingerprint}"
+
+
+class LedgerCache:
+    """This process's copy of each dataset's differencing ledger, brought up to date by id.
+
+    Ledger rows are only written under the audit head lock, so they commit in id order and
+    reading "everything after the last id seen" never skips one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._indexes: dict[str, LedgerIndex] = {}
+
+    def refresh(self, uow: UnitOfWork, dataset_id: str) -> LedgerIndex:
+        """The dataset's ledger including every entry committed so far."""
+        with self._lock:
+            index = self._indexes.setdefault(dataset_id, LedgerIndex())
+            index.add(uow.releases.since(dataset_id, index.last_id))
+            return index.snapshot()
