@@ -7,7 +7,7 @@ Each alias reads one collaborator from the container the app's lifespan hung on
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -23,25 +23,19 @@ from broker.services.queries import QueryService
 from broker.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.container.settings
-    return settings
+def _from_container(name: str) -> Callable[[Request], Any]:
+    """A dependency that reads one collaborator off the app's container."""
+
+    def get(request: Request) -> Any:
+        return getattr(request.app.state.container, name)
+
+    return get
 
 
-def _tokens(request: Request) -> TokenVerifier:
-    tokens: TokenVerifier = request.app.state.container.tokens
-    return tokens
-
-
-def _readiness(request: Request) -> Callable[[], str]:
-    ready: Callable[[], str] = request.app.state.container.ready
-    return ready
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-TokensDep = Annotated[TokenVerifier, Depends(_tokens)]
+SettingsDep = Annotated[Settings, Depends(_from_container("settings"))]
+TokensDep = Annotated[TokenVerifier, Depends(_from_container("tokens"))]
 #: Raises unless the database answers and the policy engine decides; returns the revision.
-ReadinessDep = Annotated[Callable[[], str], Depends(_readiness)]
+ReadinessDep = Annotated[Callable[[], str], Depends(_from_container("ready"))]
 
 bearer = HTTPBearer(auto_error=False, description="JWT issued by the broker or the OIDC provider")
 
@@ -67,33 +61,8 @@ def get_context(request: Request, principal: PrincipalDep) -> RequestContext:
 ContextDep = Annotated[RequestContext, Depends(get_context)]
 
 
-def _orgs(request: Request) -> OrgService:
-    service: OrgService = request.app.state.container.orgs
-    return service
-
-
-def _datasets(request: Request) -> DatasetService:
-    service: DatasetService = request.app.state.container.datasets
-    return service
-
-
-def _contracts(request: Request) -> ContractService:
-    service: ContractService = request.app.state.container.contracts
-    return service
-
-
-def _queries(request: Request) -> QueryService:
-    service: QueryService = request.app.state.container.queries
-    return service
-
-
-def _audit(request: Request) -> AuditService:
-    service: AuditService = request.app.state.container.audit
-    return service
-
-
-OrgServiceDep = Annotated[OrgService, Depends(_orgs)]
-DatasetServiceDep = Annotated[DatasetService, Depends(_datasets)]
-ContractServiceDep = Annotated[ContractService, Depends(_contracts)]
-QueryServiceDep = Annotated[QueryService, Depends(_queries)]
-AuditServiceDep = Annotated[AuditService, Depends(_audit)]
+OrgServiceDep = Annotated[OrgService, Depends(_from_container("orgs"))]
+DatasetServiceDep = Annotated[DatasetService, Depends(_from_container("datasets"))]
+ContractServiceDep = Annotated[ContractService, Depends(_from_container("contracts"))]
+QueryServiceDep = Annotated[QueryService, Depends(_from_container("queries"))]
+AuditServiceDep = Annotated[AuditService, Depends(_from_container("audit"))]
