@@ -15,19 +15,24 @@ and a daily query quota. Lifecycle::
 working at its end time without a job having to run; the broker also stores and audits the
 step the first time a request finds it due. ``revoked`` and ``expired`` are final.
 
-The terms both parties sign are :meth:`Contract.terms` (see ``contracts.terms``); a contract is
+What the parties agree to is one value, :class:`Terms`: the provider offers it, the contract
+holds it next to its parties and lifecycle state, the store keeps it as columns and the signed
+document (:meth:`Contract.document`, see ``contracts.terms``) is built from it. A contract is
 usable only while both signatures verify against the organisations' registered keys.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
-from contracts.terms import ContractTerms, DatasetTerms, DominanceTerms
+from contracts.terms import ContractTerms
 from contracts.terms import verify as verify_signature
 
 
@@ -78,31 +83,69 @@ class Dominance:
     p: float = 0.0  # the p% rule's p; 0 leaves it to the policy floor
 
 
-@dataclass(frozen=True, slots=True)
-class Contract:
-    """A usage contract between one provider and one consumer over one dataset."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Terms:
+    """The terms a provider offers and both parties sign: what may be used, how and for how long.
 
-    id: str
+    One immutable value: the offer, the contract and the signed document all hold or are built
+    from it. A new term is a field here and, under the same name, a column of ``ContractRow``,
+    a field of ``ContractTerms`` (the signed document; regenerate its JSON Schema) and of the
+    API's ``ContractIn`` and ``ContractOut``: the mappings between those shapes go through
+    :meth:`as_record` and :meth:`from_record` and need no change. The Rego input
+    (:meth:`Contract.policy_view`) and the ODRL export name the terms they use.
+    """
+
     dataset_id: str
-    provider_org: str
-    consumer_org: str
+    #: The dataset version the contract is pinned to; None follows the latest version.
+    dataset_version: int | None = None
+    #: The consented slice the contract is limited to, if any.
+    slice_id: str | None = None
     purposes: tuple[str, ...]
-    fields: dict[str, FieldForm]
+    fields: Mapping[str, FieldForm]
     k_min: int
     dominance: Dominance
     valid_from: datetime
     valid_until: datetime
     max_queries_per_day: int
+    #: How many days the consumer may keep a released result.
+    result_retention_days: int = 30
+
+    def __post_init__(self) -> None:
+        # A value object: a read-only copy, so no holder of the terms can change them.
+        object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
+
+    def as_record(self) -> dict[str, Any]:
+        """Every term by name as plain data: lists, dicts, strings, numbers and datetimes."""
+        record = {term.name: getattr(self, term.name) for term in dataclass_fields(self)}
+        record["purposes"] = list(self.purposes)
+        record["fields"] = {name: form.value for name, form in self.fields.items()}
+        record["dominance"] = asdict(self.dominance)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Terms:
+        """The terms from :meth:`as_record`'s shape (forms as strings, dominance as a dict)."""
+        return cls(**{
+            **record,
+            "purposes": tuple(record["purposes"]),
+            "fields": {name: FieldForm(form) for name, form in record["fields"].items()},
+            "dominance": Dominance(**record["dominance"]),
+        })
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """A usage contract: its terms between one provider and one consumer, and where it is in
+    its lifecycle."""
+
+    id: str
+    provider_org: str
+    consumer_org: str
+    terms: Terms
     status: ContractStatus
     created_at: datetime
     accepted_at: datetime | None = None
     revoked_at: datetime | None = None
-    #: The dataset version the contract is pinned to; None follows the latest version.
-    dataset_version: int | None = None
-    #: The consented slice the contract is limited to, if any.
-    slice_id: str | None = None
-    #: How many days the consumer may keep a released result.
-    result_retention_days: int = 30
     suspended_at: datetime | None = None
     #: Base64 Ed25519 signatures over the canonical terms: the provider's offer and the
     #: consumer's acceptance.
@@ -112,7 +155,7 @@ class Contract:
     def status_at(self, now: datetime) -> ContractStatus:
         """The effective status at ``now``: stored status, or ``expired`` past the window."""
         if self.status in (ContractStatus.OFFERED, ContractStatus.ACTIVE,
-                           ContractStatus.SUSPENDED) and now >= self.valid_until:
+                           ContractStatus.SUSPENDED) and now >= self.terms.valid_until:
             return ContractStatus.EXPIRED
         return self.status
 
@@ -146,32 +189,24 @@ class Contract:
         return self.status is not ContractStatus.EXPIRED and (
             self.status_at(now) is ContractStatus.EXPIRED)
 
-    def terms(self) -> ContractTerms:
-        """The signed document: every term, none of the lifecycle state."""
-        return ContractTerms(
-            id=self.id,
-            provider=self.provider_org,
-            consumer=self.consumer_org,
-            dataset=DatasetTerms(id=self.dataset_id, version=self.dataset_version),
-            slice=self.slice_id,
-            purposes=list(self.purposes),
-            fields={name: form.value for name, form in self.fields.items()},
-            k_min=self.k_min,
-            dominance=DominanceTerms(n=self.dominance.n, k=float(self.dominance.k),
-                                     p=float(self.dominance.p)),
-            valid_from=self.valid_from,
-            valid_until=self.valid_until,
-            max_queries_per_day=self.max_queries_per_day,
-            result_retention_days=self.result_retention_days,
-            offered_at=self.created_at,
-        )
+    def document(self) -> ContractTerms:
+        """The signed document: the parties and every term, none of the lifecycle state."""
+        record = self.terms.as_record()
+        # The document nests what the terms name flat: the dataset with its pinned version,
+        # and the slice.
+        dataset = {"id": record.pop("dataset_id"), "version": record.pop("dataset_version")}
+        slice_id = record.pop("slice_id")
+        return ContractTerms.model_validate({
+            "id": self.id, "provider": self.provider_org, "consumer": self.consumer_org,
+            "dataset": dataset, "slice": slice_id, **record, "offered_at": self.created_at,
+        })
 
     def signatures_hold(self, provider_key: str | None, consumer_key: str | None) -> bool:
         """Whether the offer and (once accepted) the acceptance verify under these keys.
 
         An offer needs the provider's signature; every later state needs both.
         """
-        message = self.terms().canonical()
+        message = self.document().canonical()
         if not verify_signature(provider_key, message, self.provider_signature):
             return False
         if self.status is ContractStatus.OFFERED:
@@ -180,20 +215,20 @@ class Contract:
 
     def policy_view(self, now: datetime) -> dict[str, Any]:
         """The contract as the Rego policies see it (times as epoch seconds)."""
+        terms = self.terms.as_record()
         return {
             "id": self.id,
-            "dataset_id": self.dataset_id,
+            "dataset_id": terms["dataset_id"],
             "provider_org": self.provider_org,
             "consumer_org": self.consumer_org,
             "status": self.status_at(now).value,
-            "purposes": list(self.purposes),
-            "fields": {name: form.value for name, form in self.fields.items()},
-            "k_min": self.k_min,
-            "dominance": {"n": self.dominance.n, "k": self.dominance.k,
-                          "p": self.dominance.p},
+            "purposes": terms["purposes"],
+            "fields": terms["fields"],
+            "k_min": terms["k_min"],
+            "dominance": terms["dominance"],
             # Whole seconds, rounded inwards: the policy compares them with the current second
             # rounded down, and the window it sees is never wider than the agreed one.
-            "valid_from": math.ceil(self.valid_from.timestamp()),
-            "valid_until": math.floor(self.valid_until.timestamp()),
-            "max_queries_per_day": self.max_queries_per_day,
+            "valid_from": math.ceil(self.terms.valid_from.timestamp()),
+            "valid_until": math.floor(self.terms.valid_until.timestamp()),
+            "max_queries_per_day": terms["max_queries_per_day"],
         }

@@ -68,7 +68,7 @@ from importlib import resources
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from contracts.model import Contract, ContractStatus, FieldForm
+from contracts.model import Contract, ContractStatus, FieldForm, Terms
 
 #: Where W3C publishes the ODRL 2.2 JSON-LD context; also the key the embedded copy answers to.
 ODRL_CONTEXT_URL: Final = "http://www.w3.org/ns/odrl.jsonld"
@@ -99,11 +99,11 @@ def to_odrl(
     purpose or field, a naive datetime, or fields outside the slice.
     """
     iris = _Iris.of(base_iri)
-    if not contract.purposes:
+    if not contract.terms.purposes:
         raise ValueError("A contract without purposes permits nothing to export.")
-    if not contract.fields:
+    if not contract.terms.fields:
         raise ValueError("A contract without fields permits nothing to export.")
-    if contract.result_retention_days < 0:
+    if contract.terms.result_retention_days < 0:
         raise ValueError("result_retention_days must not be negative.")
     policy: dict[str, Any] = {
         "@context": [ODRL_CONTEXT_URL, {"broker": iris.vocab}],
@@ -237,21 +237,22 @@ def _policy_type(contract: Contract) -> str:
 def _permission(
     contract: Contract, iris: _Iris, slice_fields: Sequence[str] | None
 ) -> dict[str, Any]:
+    terms = contract.terms
     results = iris.results(contract.id)
     policy_usage = {"@id": "odrl:policyUsage"}
     return {
-        "target": _target(contract, iris, slice_fields),
+        "target": _target(terms, iris, slice_fields),
         "output": {"uid": results, "@type": "AssetCollection"},
-        "action": [{"rdf:value": {"@id": "odrl:use"}, "refinement": _refinements(contract, iris)}],
+        "action": [{"rdf:value": {"@id": "odrl:use"}, "refinement": _refinements(terms, iris)}],
         "constraint": [
             {"leftOperand": "purpose", "operator": "isAnyOf",
-             "rightOperand": [{"@id": iris.purpose(p)} for p in sorted(set(contract.purposes))]},
+             "rightOperand": [{"@id": iris.purpose(p)} for p in sorted(set(terms.purposes))]},
             {"leftOperand": "dateTime", "operator": "gteq",
-             "rightOperand": _datetime(contract.valid_from, "valid_from")},
+             "rightOperand": _datetime(terms.valid_from, "valid_from")},
             {"leftOperand": "dateTime", "operator": "lt",
-             "rightOperand": _datetime(contract.valid_until, "valid_until")},
+             "rightOperand": _datetime(terms.valid_until, "valid_until")},
             {"leftOperand": "count", "operator": "lteq",
-             "rightOperand": contract.max_queries_per_day, "unit": {"@id": "broker:perDay"}},
+             "rightOperand": terms.max_queries_per_day, "unit": {"@id": "broker:perDay"}},
         ],
         "duty": [
             {"action": "broker:log",
@@ -264,30 +265,30 @@ def _permission(
              "constraint": [{"andSequence": {"@list": [
                  {"leftOperand": "event", "operator": "gt", "rightOperand": policy_usage},
                  {"leftOperand": "delayPeriod", "operator": "eq",
-                  "rightOperand": {"@value": f"P{contract.result_retention_days}D",
+                  "rightOperand": {"@value": f"P{terms.result_retention_days}D",
                                    "@type": "xsd:duration"}},
              ]}}]},
         ],
     }
 
 
-def _refinements(contract: Contract, iris: _Iris) -> list[dict[str, Any]]:
+def _refinements(terms: Terms, iris: _Iris) -> list[dict[str, Any]]:
     rule: dict[str, Any] = {
         "@type": "broker:DominanceRule",
-        "broker:n": contract.dominance.n,
-        "broker:k": _decimal(contract.dominance.k, "dominance.k"),
+        "broker:n": terms.dominance.n,
+        "broker:k": _decimal(terms.dominance.k, "dominance.k"),
     }
-    if contract.dominance.p > 0:
-        rule["broker:p"] = _decimal(contract.dominance.p, "dominance.p")
+    if terms.dominance.p > 0:
+        rule["broker:p"] = _decimal(terms.dominance.p, "dominance.p")
     grants = [
         {"@type": "broker:FieldGrant",
-         "broker:field": _field(iris, contract.dataset_id, name),
-         "broker:form": {"@id": f"broker:{FieldForm(contract.fields[name]).value}"}}
-        for name in sorted(contract.fields)
+         "broker:field": _field(iris, terms.dataset_id, name),
+         "broker:form": {"@id": f"broker:{FieldForm(terms.fields[name]).value}"}}
+        for name in sorted(terms.fields)
     ]
     return [
         {"leftOperand": "broker:cellEntities", "operator": "gteq",
-         "rightOperand": contract.k_min},
+         "rightOperand": terms.k_min},
         {"leftOperand": "broker:cellConcentration", "operator": "lteq", "rightOperand": rule},
         {"leftOperand": "broker:fieldDisclosure", "operator": "isPartOf",
          "rightOperand": grants},
@@ -295,29 +296,29 @@ def _refinements(contract: Contract, iris: _Iris) -> list[dict[str, Any]]:
 
 
 def _target(
-    contract: Contract, iris: _Iris, slice_fields: Sequence[str] | None
+    terms: Terms, iris: _Iris, slice_fields: Sequence[str] | None
 ) -> str | dict[str, Any]:
-    dataset = iris.dataset(contract.dataset_id)
+    dataset = iris.dataset(terms.dataset_id)
     asset: str | dict[str, Any] = dataset
     asset_iri = dataset
-    if contract.dataset_version is not None:
-        asset_iri = f"{dataset}/versions/{contract.dataset_version}"
+    if terms.dataset_version is not None:
+        asset_iri = f"{dataset}/versions/{terms.dataset_version}"
         asset = {"uid": asset_iri, "@type": "AssetCollection",
                  "dct:isVersionOf": {"@id": dataset}}
-    if contract.slice_id is None:
+    if terms.slice_id is None:
         if slice_fields is not None:
             raise ValueError("slice_fields given for a contract without a slice.")
         return asset
     node: dict[str, Any] = {
-        "uid": f"{asset_iri}/slices/{_segment(contract.slice_id)}",
+        "uid": f"{asset_iri}/slices/{_segment(terms.slice_id)}",
         "@type": "AssetCollection",
         "dct:isPartOf": asset if isinstance(asset, dict) else {"@id": asset},
     }
     if slice_fields is not None:
         names = sorted(set(slice_fields))
-        if any(name not in names for name in contract.fields):
+        if any(name not in names for name in terms.fields):
             raise ValueError("The contract lists fields outside its slice.")
-        node["broker:field"] = [_field(iris, contract.dataset_id, name) for name in names]
+        node["broker:field"] = [_field(iris, terms.dataset_id, name) for name in names]
     return node
 
 

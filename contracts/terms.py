@@ -3,8 +3,8 @@
 The terms document is what both parties sign: the provider signs it when it offers, the
 consumer when it accepts. Both sign the same bytes, the RFC 8785 canonical JSON of the
 document, with the Ed25519 key their organisation registered. The broker keeps the terms as
-columns and rebuilds the document on every use, so a term changed in the database no longer
-matches either signature, and the contract is not used.
+columns and rebuilds the document from them on every use (``Contract.document``), so a term
+changed in the database no longer matches either signature, and the contract is not used.
 
 The JSON Schema of :class:`ContractTerms` is checked into ``contracts/schema/`` (a test keeps
 the two equal) for parties that build or check terms outside the broker.

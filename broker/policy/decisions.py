@@ -5,12 +5,39 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from broker.domain.disclosure import Rules
 from broker.domain.errors import BrokerError, Unavailable
 from broker.domain.ports import PolicyEngine
 from broker.domain.principals import Principal
+from contracts.model import FieldForm
+
+
+class Verdict(StrEnum):
+    """The flow policy's verdict on one field: a contract's form it may flow in, or deny."""
+
+    CLEAR = FieldForm.CLEAR.value
+    GENERALIZE = FieldForm.GENERALIZE.value
+    PSEUDONYMIZE = FieldForm.PSEUDONYMIZE.value
+    AGGREGATE = FieldForm.AGGREGATE.value
+    DENY = "deny"
+
+    @classmethod
+    def parse(cls, raw: object) -> Verdict | None:
+        """The verdict an engine wrote, or None for one this broker cannot execute."""
+        if not isinstance(raw, str):
+            return None
+        try:
+            return cls(raw)
+        except ValueError:
+            return None
+
+    @classmethod
+    def of_form(cls, form: FieldForm) -> Verdict:
+        """The verdict that lets a field flow in exactly this contracted form."""
+        return cls(form.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +56,7 @@ class FlowDecision:
     allow: bool
     reasons: tuple[str, ...]
     revision: str
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, Verdict] = field(default_factory=dict)
     field_reasons: dict[str, list[str]] = field(default_factory=dict)
     k: int = 0
     quota_remaining: int = 0
@@ -51,12 +78,11 @@ def _object(raw: Any) -> dict[str, Any]:
 #: The verdicts under which a field may be used each way. Group keys and filters see values
 #: (clear, or coarser when generalized; a pseudonym stands in for a key); statistics see only
 #: sums, whatever form the field may otherwise take, except a pseudonym's.
-PERMITS = {
-    "dimension": {"clear", "generalize", "pseudonymize"},
-    "filter": {"clear", "generalize"},
-    "measure": {"clear", "generalize", "aggregate"},
+PERMITS: dict[str, frozenset[Verdict]] = {
+    "dimension": frozenset({Verdict.CLEAR, Verdict.GENERALIZE, Verdict.PSEUDONYMIZE}),
+    "filter": frozenset({Verdict.CLEAR, Verdict.GENERALIZE}),
+    "measure": frozenset({Verdict.CLEAR, Verdict.GENERALIZE, Verdict.AGGREGATE}),
 }
-VERDICTS = {"clear", "generalize", "pseudonymize", "aggregate", "deny"}
 
 
 def _whole(raw: Any) -> Any:
@@ -96,15 +122,18 @@ def query_uses(query: Mapping[str, Any]) -> list[tuple[str, str]]:
     return uses
 
 
-def _use_mismatches(document: Mapping[str, Any], verdicts: Mapping[str, str]) -> set[str]:
-    """Reasons the verdicts do not cover how the query uses each field (empty when they do)."""
+def _use_mismatches(document: Mapping[str, Any],
+                    verdicts: Mapping[str, Verdict | None]) -> set[str]:
+    """Reasons the verdicts do not cover how the query uses each field (empty when they do).
+
+    ``verdicts`` holds None for a verdict the broker cannot execute: it covers no use.
+    """
     query = document.get("query")
     reasons: set[str] = set()
     for name, use in query_uses(query) if isinstance(query, Mapping) else []:
-        verdict = verdicts.get(name)
-        if verdict is None:
+        if name not in verdicts:
             reasons.add("field-verdict-missing")
-        elif verdict != "deny" and verdict not in PERMITS[use]:
+        elif verdicts[name] is not Verdict.DENY and verdicts[name] not in PERMITS[use]:
             reasons.add("verdict-use-mismatch")
     return reasons
 
@@ -174,18 +203,20 @@ class Policies:
         fields = _object(raw.get("fields"))
         field_reasons = _object(raw.get("field_reasons"))
         k = _whole(raw.get("k"))
-        verdicts = {str(name): str(v) for name, v in fields.items()}
+        parsed = {str(name): Verdict.parse(v) for name, v in fields.items()}
         per_field = {str(name): list(_reasons(v)) for name, v in field_reasons.items()}
         # Belt and braces against an engine that evaluates one rule wrongly: a decision that
         # allows while any field is denied, or with a verdict this broker cannot execute, or
         # with a k below 2, is a denial.
         field_denials = {r for rs in per_field.values() for r in rs}
-        if any(v == "deny" and not per_field.get(f) for f, v in verdicts.items()):
+        if any(v is Verdict.DENY and not per_field.get(f) for f, v in parsed.items()):
             field_denials.add("field-denied")
-        if any(v not in VERDICTS for v in verdicts.values()):
+        if None in parsed.values():
             field_denials.add("unsupported-field-verdict")
         if raw.get("allow") is True:
-            field_denials |= _use_mismatches(document, verdicts)
+            field_denials |= _use_mismatches(document, parsed)
+        # A verdict this broker cannot execute lets nothing of its field flow.
+        verdicts = {name: v if v is not None else Verdict.DENY for name, v in parsed.items()}
         quota = _whole(raw.get("quota_remaining"))
         if (not isinstance(k, int) or isinstance(k, bool) or not isinstance(quota, int)
                 or isinstance(quota, bool)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -14,13 +14,7 @@ from broker.domain.principals import RequestContext
 from broker.domain.slices import Slice
 from broker.services.datasets import dataset_resource
 from broker.services.guard import Guard
-from contracts.model import (
-    Contract,
-    ContractStatus,
-    Dominance,
-    FieldForm,
-    IllegalTransition,
-)
+from contracts.model import Contract, ContractStatus, IllegalTransition, Terms
 from contracts.terms import ContractTerms, whole_seconds
 from contracts.terms import verify as verify_signature
 
@@ -57,24 +51,6 @@ class ContractView:
     consumer_signed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ContractOffer:
-    """The terms a provider offers."""
-
-    dataset_id: str
-    consumer_org: str
-    purposes: tuple[str, ...]
-    fields: Mapping[str, FieldForm]
-    k_min: int
-    dominance: Dominance
-    valid_from: datetime
-    valid_until: datetime
-    max_queries_per_day: int
-    dataset_version: int | None = None
-    slice_id: str | None = None
-    result_retention_days: int = 30
-
-
 #: Lifecycle actions and the step of the state machine each makes.
 _STEPS = {"contract.accept": "accept", "contract.suspend": "suspend",
           "contract.resume": "resume", "contract.revoke": "revoke"}
@@ -97,7 +73,7 @@ class ContractService:
     #: The purpose catalogue (policy data); a contract may only name these purposes.
     purposes: frozenset[str] | None = None
 
-    def offer(self, ctx: RequestContext, terms: ContractOffer) -> ContractView:
+    def offer(self, ctx: RequestContext, terms: Terms, *, consumer_org: str) -> ContractView:
         """The dataset owner offers terms to a consumer organisation."""
         with self.uow() as uow:
             now = whole_seconds(self.clock())
@@ -112,25 +88,21 @@ class ContractService:
                                    dataset_id=dataset.id, version=dataset.version)
             self.guard.require(uow, ctx, "contract.offer", resource, dataset_id=dataset.id,
                                version=dataset.version)
-            self._check_terms(uow, terms, dataset.version, dataset.schema.has_field)
+            self._check_terms(uow, terms, consumer_org, dataset.version,
+                              dataset.schema.has_field)
             contract = Contract(
                 id=str(uuid.uuid4()),
-                dataset_id=dataset.id,
                 provider_org=dataset.owner_org,
-                consumer_org=terms.consumer_org,
-                purposes=tuple(dict.fromkeys(terms.purposes)),
-                fields=dict(terms.fields),
-                k_min=terms.k_min,
-                dominance=terms.dominance,
-                # Whole seconds, rounded inwards: the signed window is never wider than asked.
-                valid_from=whole_seconds(terms.valid_from, up=True),
-                valid_until=whole_seconds(terms.valid_until),
-                max_queries_per_day=terms.max_queries_per_day,
+                consumer_org=consumer_org,
+                terms=replace(
+                    terms,
+                    purposes=tuple(dict.fromkeys(terms.purposes)),
+                    # Whole seconds, rounded inwards: the signed window is never wider than asked.
+                    valid_from=whole_seconds(terms.valid_from, up=True),
+                    valid_until=whole_seconds(terms.valid_until),
+                ),
                 status=ContractStatus.OFFERED,
                 created_at=now,
-                dataset_version=terms.dataset_version,
-                slice_id=terms.slice_id,
-                result_retention_days=terms.result_retention_days,
             )
             contract = replace(contract, provider_signature=self._held_signature(
                 uow, contract.provider_org, contract))
@@ -142,9 +114,9 @@ class ContractService:
             uow.commit()
             return self._view(uow, contract, now)
 
-    def _check_terms(self, uow: UnitOfWork, terms: ContractOffer, latest: int,
+    def _check_terms(self, uow: UnitOfWork, terms: Terms, consumer_org: str, latest: int,
                      has_field: Any) -> None:
-        if uow.orgs.get(terms.consumer_org) is None:
+        if uow.orgs.get(consumer_org) is None:
             raise InvalidInput("consumer_org is not a registered organisation.")
         if self.purposes is not None:
             unknown = sorted(set(terms.purposes) - self.purposes)
@@ -180,7 +152,7 @@ class ContractService:
                 raise Conflict(f"A contract that is {status} cannot be signed.",
                                contract_status=status.value)
             provider_key, _ = org_keys(uow, contract)
-            message = contract.terms().canonical()
+            message = contract.document().canonical()
             if verify_signature(provider_key, message, contract.provider_signature):
                 raise Conflict("The offer is already signed.", contract_status=status.value)
             if not verify_signature(provider_key, message, signature):
@@ -224,10 +196,11 @@ class ContractService:
                    ) -> tuple[ContractView, Slice | None]:
         """One contract (a read like ``get``) with the consented slice it is limited to."""
         view = self.get(ctx, contract_id)
-        if view.contract.slice_id is None:
+        slice_id = view.contract.terms.slice_id
+        if slice_id is None:
             return view, None
         with self.uow(read_only=True) as uow:
-            return view, uow.slices.get(view.contract.slice_id)
+            return view, uow.slices.get(slice_id)
 
     def terms(self, ctx: RequestContext, contract_id: str) -> ContractTerms:
         """The document the parties sign, for signing or checking it outside the broker."""
@@ -235,7 +208,7 @@ class ContractService:
             contract = self._visible(uow, ctx, contract_id, "contract.read")
             self.guard.record(uow, ctx, "contract.read", **self._ids(contract))
             uow.commit()
-            return contract.terms()
+            return contract.document()
 
     def list(self, ctx: RequestContext) -> Sequence[ContractView]:
         """Every contract the caller is a party to (all of them for auditors)."""
@@ -275,7 +248,7 @@ class ContractService:
                        signature: str | None) -> Contract:
         """The accepted contract with the consumer's signature, once both signatures hold."""
         provider_key, consumer_key = org_keys(uow, contract)
-        message = contract.terms().canonical()
+        message = contract.document().canonical()
         if not verify_signature(provider_key, message, contract.provider_signature):
             raise Conflict("The offer is not signed by the provider under its registered key; "
                            "it cannot be accepted.", contract_status="offered")
@@ -295,7 +268,7 @@ class ContractService:
         """The organisation's signature if the broker holds its registered key, else None."""
         if self.keyring is None:
             return None
-        message = contract.terms().canonical()
+        message = contract.document().canonical()
         signature = self.keyring.sign(org_id, message)
         org = uow.orgs.get(org_id)
         key = org.public_key if org else None
@@ -315,7 +288,7 @@ class ContractService:
 
     def _view(self, uow: UnitOfWork, contract: Contract, now: datetime) -> ContractView:
         provider_key, consumer_key = org_keys(uow, contract)
-        message = contract.terms().canonical()
+        message = contract.document().canonical()
         return ContractView(
             contract, contract.status_at(now),
             provider_signed=verify_signature(provider_key, message, contract.provider_signature),
@@ -338,4 +311,4 @@ class ContractService:
 
     @staticmethod
     def _ids(contract: Contract) -> dict[str, Any]:
-        return {"dataset_id": contract.dataset_id, "contract_id": contract.id}
+        return {"dataset_id": contract.terms.dataset_id, "contract_id": contract.id}

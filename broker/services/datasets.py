@@ -98,7 +98,7 @@ def live_contracts(
     return [
         c
         for c in contracts
-        if c.dataset_id == dataset_id
+        if c.terms.dataset_id == dataset_id
         and c.status_at(now) in (ContractStatus.OFFERED, ContractStatus.ACTIVE)
     ]
 
@@ -264,8 +264,8 @@ class DatasetService:
             found = uow.slices.of_dataset(dataset_id)
             if p.org == view.dataset.owner_org or p.roles & {Role.AUDITOR, Role.ADMIN}:
                 return found
-            named = {c.slice_id for c in live_contracts(uow.contracts.all(), dataset_id,
-                                                        self.clock())
+            named = {c.terms.slice_id for c in live_contracts(uow.contracts.all(), dataset_id,
+                                                              self.clock())
                      if c.consumer_org == p.org}
             return [s for s in found if s.id in named]
 
@@ -353,6 +353,6 @@ class DatasetService:
             name
             for c in live_contracts(contracts, dataset.id, now)
             if c.consumer_org == p.org
-            for name in c.fields
+            for name in c.terms.fields
         }
         return DatasetView(dataset, tuple(f for f in dataset.schema.fields if f.name in offered))

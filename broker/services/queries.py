@@ -302,7 +302,7 @@ class QueryService:
     @staticmethod
     def _target(uow: UnitOfWork, spec: AggregateSpec) -> tuple[str, int] | None:
         requested = uow.contracts.get(spec.contract_id)
-        named = (uow.datasets.get(requested.dataset_id, requested.dataset_version)
+        named = (uow.datasets.get(requested.terms.dataset_id, requested.terms.dataset_version)
                  if requested else None)
         return (named.id, named.version) if named else None
 
@@ -318,7 +318,7 @@ class QueryService:
             uow, ctx, "contract.read", contract_resource(contract)
         ).allow:
             contract = None  # another organisation's contract is treated as absent
-        dataset = (uow.datasets.get(contract.dataset_id, contract.dataset_version)
+        dataset = (uow.datasets.get(contract.terms.dataset_id, contract.terms.dataset_version)
                    if contract else None)
         now = self.clock()
         usage = 0
@@ -332,7 +332,7 @@ class QueryService:
         if decision.allow and contract is not None:
             # Checked after the policy allowed, so a denial keeps the policy's reasons; only a
             # contract both parties' registered keys signed, as it now stands, is used.
-            consented = uow.slices.get(contract.slice_id) if contract.slice_id else None
+            consented = uow.slices.get(contract.terms.slice_id) if contract.terms.slice_id else None
             refusal = _unusable(uow, contract, consented)
             if refusal is not None:
                 decision = replace(decision, allow=False, reasons=(refusal,), rules=None)
@@ -417,10 +417,10 @@ def _stricter(rules: Rules | None, contract: Contract) -> Rules:
     if rules is None:
         raise Unavailable("The policy set no disclosure rules; nothing was released.")
     return Rules(
-        k_min=max(rules.k_min, contract.k_min),
-        dominance_n=max(rules.dominance_n, contract.dominance.n),
-        dominance_k=min(rules.dominance_k, contract.dominance.k),
-        p_percent=max(rules.p_percent, contract.dominance.p),
+        k_min=max(rules.k_min, contract.terms.k_min),
+        dominance_n=max(rules.dominance_n, contract.terms.dominance.n),
+        dominance_k=min(rules.dominance_k, contract.terms.dominance.k),
+        p_percent=max(rules.p_percent, contract.terms.dominance.p),
         protection_percent=rules.protection_percent,
     )
 
@@ -441,7 +441,7 @@ def _against_contract(decision: FlowDecision, contract: Contract | None,
         return decision
     declared = {f.name: f for f in dataset.schema.fields}
     for d in spec.group_by:
-        form = contract.fields.get(d.field)
+        form = contract.terms.fields.get(d.field)
         verdict = decision.fields.get(d.field)
         if (form is None or form is FieldForm.AGGREGATE
                 or (form is FieldForm.GENERALIZE
@@ -457,9 +457,9 @@ def _unusable(uow: UnitOfWork, contract: Contract, consented: Slice | None) -> s
     verify, or a slice that is missing or no longer covers the contracted fields."""
     if not in_force_signatures(uow, contract):
         return "contract-signature-invalid"
-    if contract.slice_id is not None and (
-        consented is None or consented.dataset_id != contract.dataset_id
-        or not set(contract.fields) <= set(consented.fields)
+    if contract.terms.slice_id is not None and (
+        consented is None or consented.dataset_id != contract.terms.dataset_id
+        or not set(contract.terms.fields) <= set(consented.fields)
     ):
         return "slice-unavailable"
     return None

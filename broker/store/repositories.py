@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -33,7 +34,7 @@ from broker.store.tables import (
     ReleasedSetRow,
     SliceRow,
 )
-from contracts.model import Contract, ContractStatus, Dominance, FieldForm
+from contracts.model import Contract, ContractStatus, Dominance, Terms
 
 
 def aware(value: datetime) -> datetime:
@@ -240,26 +241,14 @@ class SqlContractRepository:
     def _to_row(c: Contract) -> ContractRow:
         return ContractRow(
             id=c.id,
-            dataset_id=c.dataset_id,
             provider_org=c.provider_org,
             consumer_org=c.consumer_org,
-            purposes=list(c.purposes),
-            fields={k: v.value for k, v in c.fields.items()},
-            k_min=c.k_min,
-            dominance_n=c.dominance.n,
-            dominance_k=c.dominance.k,
-            dominance_p=c.dominance.p,
-            valid_from=c.valid_from,
-            valid_until=c.valid_until,
-            max_queries_per_day=c.max_queries_per_day,
+            **_term_columns(c.terms),
             status=c.status.value,
             created_at=c.created_at,
             accepted_at=c.accepted_at,
             revoked_at=c.revoked_at,
             suspended_at=c.suspended_at,
-            dataset_version=c.dataset_version,
-            slice_id=c.slice_id,
-            result_retention_days=c.result_retention_days,
             provider_signature=c.provider_signature,
             consumer_signature=c.consumer_signature,
         )
@@ -268,27 +257,38 @@ class SqlContractRepository:
     def _to_domain(row: ContractRow) -> Contract:
         return Contract(
             id=row.id,
-            dataset_id=row.dataset_id,
             provider_org=row.provider_org,
             consumer_org=row.consumer_org,
-            purposes=tuple(row.purposes),
-            fields={k: FieldForm(v) for k, v in row.fields.items()},
-            k_min=row.k_min,
-            dominance=Dominance(n=row.dominance_n, k=row.dominance_k, p=row.dominance_p),
-            valid_from=aware(row.valid_from),
-            valid_until=aware(row.valid_until),
-            max_queries_per_day=row.max_queries_per_day,
+            terms=_terms_of(row),
             status=ContractStatus(row.status),
             created_at=aware(row.created_at),
             accepted_at=_maybe_aware(row.accepted_at),
             revoked_at=_maybe_aware(row.revoked_at),
             suspended_at=_maybe_aware(row.suspended_at),
-            dataset_version=row.dataset_version,
-            slice_id=row.slice_id,
-            result_retention_days=row.result_retention_days,
             provider_signature=row.provider_signature,
             consumer_signature=row.consumer_signature,
         )
+
+
+#: The terms a contract row keeps in columns of their own names; dominance is three columns.
+_TERM_COLUMNS = tuple(term.name for term in dataclass_fields(Terms) if term.name != "dominance")
+
+
+def _term_columns(terms: Terms) -> dict[str, Any]:
+    """The terms as ``ContractRow`` columns: one per term, ``dominance_n``/``_k``/``_p``."""
+    record = terms.as_record()
+    dominance = record.pop("dominance")
+    return {**record, **{f"dominance_{name}": value for name, value in dominance.items()}}
+
+
+def _terms_of(row: ContractRow) -> Terms:
+    """The terms kept in a contract row's columns (datetimes back as UTC)."""
+    record: dict[str, Any] = {"dominance": {
+        rule.name: getattr(row, f"dominance_{rule.name}") for rule in dataclass_fields(Dominance)}}
+    for name in _TERM_COLUMNS:
+        value = getattr(row, name)
+        record[name] = aware(value) if isinstance(value, datetime) else value
+    return Terms.from_record(record)
 
 
 class SqlSliceRepository:

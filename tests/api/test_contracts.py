@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
+from broker.api.schemas.contracts import ContractIn, ContractOut
+from contracts.model import Terms
 from tests.conftest import World, assert_problem, auth, contract_terms
+
+
+def test_every_term_is_offered_and_shown_under_its_own_name() -> None:
+    terms = {term.name for term in dataclasses.fields(Terms)}
+    assert terms <= set(ContractIn.model_fields)
+    assert terms <= set(ContractOut.model_fields)
+
+
+def test_an_offer_comes_back_with_the_terms_it_was_made_with(world: World) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = contract_terms(world.dataset["id"], k_min=7, dominance={"n": 3, "k": 80.5, "p": 5.0},
+                          dataset_version=1, result_retention_days=14,
+                          valid_from=now.isoformat(),
+                          valid_until=(now + timedelta(days=9)).isoformat())
+    r = world.client.post("/v1/contracts", headers=auth(world.grid), json=body)
+    assert r.status_code == 201
+    got = r.json()
+    for name, value in body.items():
+        if name in ("valid_from", "valid_until"):
+            assert datetime.fromisoformat(got[name]) == datetime.fromisoformat(value)
+        else:
+            assert got[name] == value, name
 
 
 def test_offer_accept_revoke_lifecycle(world: World) -> None:

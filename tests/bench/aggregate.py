@@ -44,11 +44,10 @@ from broker.domain.datasets import Dataset, DatasetSchema, FieldRole, FieldSpec,
 from broker.domain.organisations import OrgKind
 from broker.domain.principals import Principal, RequestContext, Role
 from broker.domain.queries import AggregateSpec, Dimension, Measure, MeasureFn
-from broker.services.contracts import ContractOffer
 from broker.settings import Settings
 from connectors.crypto import open_sealed
 from connectors.storage import KEY_FILE, ParquetStorage
-from contracts.model import Dominance, FieldForm
+from contracts.model import Dominance, FieldForm, Terms
 
 MONTHS = 120
 
@@ -83,12 +82,13 @@ def prepare(workdir: Path, rows: int) -> dict[str, str]:
         uow.datasets.add(dataset, path=location)
         uow.commit()
     now = datetime.now(UTC)
-    contract = container.contracts.offer(grid, ContractOffer(
-        dataset_id=dataset.id, consumer_org="econ", purposes=("energy-planning",),
+    contract = container.contracts.offer(grid, Terms(
+        dataset_id=dataset.id, purposes=("energy-planning",),
         fields={"town": FieldForm.CLEAR, "industry": FieldForm.CLEAR, "month": FieldForm.CLEAR,
                 "electricity_kwh": FieldForm.AGGREGATE},
         k_min=5, dominance=Dominance(), valid_from=now - timedelta(minutes=1),
-        valid_until=now + timedelta(days=1), max_queries_per_day=10_000)).contract
+        valid_until=now + timedelta(days=1), max_queries_per_day=10_000),
+        consumer_org="econ").contract
     container.contracts.accept(econ, contract.id)
     container.engine.dispose()
     return {"contract": contract.id, "parquet": str(plain), "location": location,

@@ -6,17 +6,24 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from contracts.model import Contract, ContractStatus, Dominance, FieldForm, IllegalTransition
+from contracts.model import (
+    Contract,
+    ContractStatus,
+    Dominance,
+    FieldForm,
+    IllegalTransition,
+    Terms,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _contract(**kw: object) -> Contract:
+    terms = Terms(dataset_id="d", purposes=("x",), fields={"f": FieldForm.AGGREGATE}, k_min=5,
+                  dominance=Dominance(), valid_from=T0, valid_until=T0 + timedelta(days=10),
+                  max_queries_per_day=10)
     base: dict[str, object] = {
-        "id": "c", "dataset_id": "d", "provider_org": "p", "consumer_org": "q", "purposes": ("x",),
-        "fields": {"f": FieldForm.AGGREGATE}, "k_min": 5, "dominance": Dominance(),
-        "valid_from": T0,
-        "valid_until": T0 + timedelta(days=10), "max_queries_per_day": 10,
+        "id": "c", "provider_org": "p", "consumer_org": "q", "terms": terms,
         "status": ContractStatus.OFFERED, "created_at": T0}
     base.update(kw)
     return Contract(**base)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from contracts.model import (
     Dominance,
     FieldForm,
     IllegalTransition,
+    Terms,
 )
 from contracts.terms import (
     BadKey,
@@ -39,16 +41,22 @@ ROOT = Path(__file__).resolve().parents[2] / "contracts"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+TERM_NAMES = {term.name for term in dataclasses.fields(Terms)}
+
+
 def _contract(**kw: object) -> Contract:
-    base: dict[str, object] = {
-        "id": "6f1c2a4e-8d0b-4c52-9a7e-3b1d5e9f0a21",
-        "dataset_id": "00000000-0000-4000-8000-000000000001", "provider_org": "grid",
-        "consumer_org": "econ", "purposes": ("energy-planning",),
+    """A contract; ``kw`` overrides its attributes and, by their names, its terms."""
+    terms: dict[str, object] = {
+        "dataset_id": "00000000-0000-4000-8000-000000000001", "purposes": ("energy-planning",),
         "fields": {"town": FieldForm.CLEAR, "用电量": FieldForm.AGGREGATE}, "k_min": 5,
         "dominance": Dominance(), "valid_from": T0, "valid_until": T0 + timedelta(days=10),
-        "max_queries_per_day": 10, "status": ContractStatus.OFFERED, "created_at": T0}
-    base.update(kw)
-    return Contract(**base)  # type: ignore[arg-type]
+        "max_queries_per_day": 10}
+    base: dict[str, object] = {
+        "id": "6f1c2a4e-8d0b-4c52-9a7e-3b1d5e9f0a21", "provider_org": "grid",
+        "consumer_org": "econ", "status": ContractStatus.OFFERED, "created_at": T0}
+    for name, value in kw.items():
+        (terms if name in TERM_NAMES else base)[name] = value
+    return Contract(**base, terms=Terms(**terms))  # type: ignore[arg-type]
 
 
 def _key() -> tuple[Ed25519PrivateKey, str]:
@@ -104,7 +112,7 @@ def test_malformed_terms_are_refused_by_model_and_schema(change: dict[str, objec
 
 
 def test_canonical_bytes_are_rfc8785_of_the_document_and_survive_a_round_trip() -> None:
-    terms = _contract().terms()
+    terms = _contract().document()
     assert terms.canonical() == rfc8785.dumps(terms.model_dump(mode="json"))
     again = ContractTerms.model_validate_json(json.dumps(json.loads(terms.canonical()), indent=3))
     assert again.canonical() == terms.canonical()
@@ -114,29 +122,52 @@ def test_a_signature_verifies_only_over_the_exact_terms_and_key() -> None:
     key, public = _key()
     other, other_public = _key()
     contract = _contract()
-    signature = sign(key, contract.terms())
-    message = contract.terms().canonical()
+    signature = sign(key, contract.document())
+    message = contract.document().canonical()
     assert verify(public, message, signature)
     assert not verify(other_public, message, signature)
-    assert not verify(public, message, sign(other, contract.terms()))
+    assert not verify(public, message, sign(other, contract.document()))
     assert not verify(None, message, signature)
     assert not verify(public, message, None)
     assert not verify(public, message, "not base64!")
-    for changed in (replace(contract, k_min=4), replace(contract, max_queries_per_day=11),
-                    replace(contract, fields={"town": FieldForm.CLEAR}),
-                    replace(contract, valid_until=contract.valid_until + timedelta(seconds=1)),
-                    replace(contract, dataset_version=2), replace(contract, consumer_org="env"),
-                    replace(contract, result_retention_days=31)):
-        assert not verify(public, changed.terms().canonical(), signature)
+    terms = contract.terms
+    for changed in (replace(contract, terms=replace(terms, k_min=4)),
+                    replace(contract, terms=replace(terms, max_queries_per_day=11)),
+                    replace(contract, terms=replace(terms, fields={"town": FieldForm.CLEAR})),
+                    replace(contract, terms=replace(
+                        terms, valid_until=terms.valid_until + timedelta(seconds=1))),
+                    replace(contract, terms=replace(terms, dataset_version=2)),
+                    replace(contract, consumer_org="env"),
+                    replace(contract, terms=replace(terms, result_retention_days=31))):
+        assert not verify(public, changed.document().canonical(), signature)
     flipped = bytearray(base64.b64decode(signature))
     flipped[0] ^= 1
     assert not verify(public, message, base64.b64encode(bytes(flipped)).decode())
 
 
+def test_terms_survive_their_record_and_cannot_be_changed_in_place() -> None:
+    terms = _contract(dataset_version=3, slice_id="7d1c2a4e-8d0b-4c52-9a7e-3b1d5e9f0a21").terms
+    assert Terms.from_record(terms.as_record()) == terms
+    with pytest.raises(TypeError):
+        terms.fields["town"] = FieldForm.AGGREGATE  # type: ignore[index]
+
+
+def test_the_signed_document_carries_every_term() -> None:
+    contract = _contract(dataset_version=3, slice_id="7d1c2a4e-8d0b-4c52-9a7e-3b1d5e9f0a21")
+    document = contract.document()
+    assert document.dataset.id == contract.terms.dataset_id
+    assert document.dataset.version == 3
+    assert document.slice == contract.terms.slice_id
+    record = contract.terms.as_record()
+    for name in TERM_NAMES - {"dataset_id", "dataset_version", "slice_id", "dominance"}:
+        assert getattr(document, name) == record[name], name
+    assert document.dominance.model_dump() == record["dominance"]
+
+
 def test_lifecycle_state_is_not_part_of_the_signed_terms() -> None:
     contract = _contract()
     moved = contract.moved("accept", T0 + timedelta(days=1))
-    assert moved.terms() == contract.terms()
+    assert moved.document() == contract.document()
 
 
 def test_signatures_hold_needs_the_offer_then_both() -> None:
@@ -144,15 +175,15 @@ def test_signatures_hold_needs_the_offer_then_both() -> None:
     ckey, cpub = _key()
     offered = _contract()
     assert not offered.signatures_hold(ppub, cpub)
-    offered = replace(offered, provider_signature=sign(pkey, offered.terms()))
+    offered = replace(offered, provider_signature=sign(pkey, offered.document()))
     assert offered.signatures_hold(ppub, cpub)
     active = offered.moved("accept", T0)
     assert not active.signatures_hold(ppub, cpub)
-    active = replace(active, consumer_signature=sign(ckey, active.terms()))
+    active = replace(active, consumer_signature=sign(ckey, active.document()))
     assert active.signatures_hold(ppub, cpub)
     assert not active.signatures_hold(cpub, ppub)
     # The consumer's signature made by the provider's key is not the consumer's.
-    assert not replace(active, consumer_signature=sign(pkey, active.terms())).signatures_hold(
+    assert not replace(active, consumer_signature=sign(pkey, active.document())).signatures_hold(
         ppub, cpub)
 
 
@@ -190,7 +221,7 @@ def test_every_state_and_action(state: ContractStatus, action: str) -> None:
 @pytest.mark.parametrize("state", STATES[:3], ids=str)
 def test_a_live_contract_past_its_window_is_expired_and_final(state: ContractStatus) -> None:
     contract = _contract(status=state)
-    late = contract.valid_until
+    late = contract.terms.valid_until
     assert contract.status_at(late) is ContractStatus.EXPIRED
     assert contract.expiry_due(late)
     for action in TRANSITIONS:
@@ -206,7 +237,7 @@ def test_terms_of_any_contract_validate_and_match_the_schema(
         k_min: int, quota: int, days: int, retention: int, purposes: list[str]) -> None:
     contract = _contract(k_min=k_min, max_queries_per_day=quota, purposes=tuple(purposes),
                          valid_until=T0 + timedelta(days=days), result_retention_days=retention)
-    document = json.loads(contract.terms().canonical())
+    document = json.loads(contract.document().canonical())
     schema = json.loads((ROOT / "schema" / "contract-terms.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(document)
-    assert ContractTerms.model_validate(document) == contract.terms()
+    assert ContractTerms.model_validate(document) == contract.document()

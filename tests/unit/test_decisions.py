@@ -10,7 +10,8 @@ import pytest
 from broker.domain.disclosure import Rules
 from broker.domain.errors import Unavailable
 from broker.domain.principals import Principal, Role
-from broker.policy.decisions import Policies
+from broker.policy.decisions import Policies, Verdict
+from contracts.model import FieldForm
 
 
 class FakeEngine:
@@ -64,6 +65,29 @@ def test_an_inconsistent_allow_is_a_denial(answer: dict[str, Any], reason: str |
     assert not decision.allow
     if reason:
         assert reason in decision.reasons
+
+
+def test_verdicts_are_the_contract_forms_and_deny() -> None:
+    assert {v.value for v in Verdict} == {f.value for f in FieldForm} | {"deny"}
+    assert all(Verdict.of_form(form).value == form.value for form in FieldForm)
+    assert Verdict.parse("pseudonymize") is Verdict.PSEUDONYMIZE
+    assert [Verdict.parse(raw) for raw in ("publish", "", None, 1, ["clear"])] == [None] * 5
+
+
+def test_the_engines_verdicts_are_parsed_once_into_the_enum() -> None:
+    fields = {"town": "clear", "kwh": "aggregate"}
+    query = {"query": {**QUERY["query"], "measures": [{"fn": "sum", "fields": ["kwh"]}]}}
+    decision = Policies(FakeEngine({**OK, "fields": fields})).flow(query)
+    assert decision.allow
+    assert decision.fields == {"town": Verdict.CLEAR, "kwh": Verdict.AGGREGATE}
+    assert all(type(v) is Verdict for v in decision.fields.values())
+
+
+def test_a_verdict_the_broker_cannot_execute_denies_its_field() -> None:
+    decision = Policies(FakeEngine({**OK, "fields": {"town": "publish"}})).flow(QUERY)
+    assert not decision.allow
+    assert decision.reasons == ("unsupported-field-verdict", "verdict-use-mismatch")
+    assert decision.fields == {"town": Verdict.DENY}
 
 
 MALFORMED: list[Any] = [None, [], "allow", {"allow": True}, {**OK, "reasons": "none"},

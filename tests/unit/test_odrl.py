@@ -6,6 +6,7 @@ document loader, so these tests never touch the network.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tomllib
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyld import jsonld  # type: ignore[import-untyped]
 
-from contracts.model import Contract, ContractStatus, Dominance, FieldForm
+from contracts.model import Contract, ContractStatus, Dominance, FieldForm, Terms
 from contracts.odrl import (
     ODRL,
     ODRL_CONTEXT_URL,
@@ -63,18 +64,25 @@ def _expand(document: Json) -> tuple[list[Json], list[str | None]]:
     return expanded, dropped
 
 
+TERM_NAMES = {term.name for term in dataclasses.fields(Terms)}
+
+
 def _contract(**kw: Any) -> Contract:
-    base: Json = {
-        "id": "c-1", "dataset_id": "d-1", "provider_org": "grid-company",
-        "consumer_org": "economic-bureau", "purposes": ("industrial-policy", "energy-planning"),
+    """A contract; ``kw`` overrides its attributes and, by their names, its terms."""
+    terms: Json = {
+        "dataset_id": "d-1", "purposes": ("industrial-policy", "energy-planning"),
         "fields": {"town": FieldForm.CLEAR, "industry": FieldForm.GENERALIZE,
                    "electricity_kwh": FieldForm.AGGREGATE},
         "k_min": 5, "dominance": Dominance(n=2, k=85.0), "valid_from": T0,
         "valid_until": T0 + timedelta(days=365), "max_queries_per_day": 200,
+    }
+    base: Json = {
+        "id": "c-1", "provider_org": "grid-company", "consumer_org": "economic-bureau",
         "status": ContractStatus.ACTIVE, "created_at": T0 - timedelta(days=1), "accepted_at": T0,
     }
-    base.update(kw)
-    return Contract(**base)
+    for name, value in kw.items():
+        (terms if name in TERM_NAMES else base)[name] = value
+    return Contract(**base, terms=Terms(**terms))
 
 
 def _nodes(value: Any) -> Iterator[Json]:
@@ -247,7 +255,7 @@ def test_validity_window_is_half_open_in_xsd_datetime_utc() -> None:
     assert values == [[{"@type": XSD + "dateTime", "@value": "2026-01-01T00:00:00Z"}],
                       [{"@type": XSD + "dateTime", "@value": "2026-07-01T12:30:15.250000Z"}]]
     parsed = [datetime.fromisoformat(v[0]["@value"]) for v in values]
-    assert parsed == [contract.valid_from, contract.valid_until]
+    assert parsed == [contract.terms.valid_from, contract.terms.valid_until]
 
 
 def test_quota_is_a_count_per_day_and_purposes_any_of_their_iris() -> None:
@@ -374,8 +382,8 @@ def test_slice_fields_describe_the_target() -> None:
 
 def test_export_is_deterministic_and_ignores_the_order_of_terms() -> None:
     contract = _contract()
-    shuffled = _contract(purposes=tuple(reversed(contract.purposes)),
-                         fields=dict(reversed(list(contract.fields.items()))))
+    shuffled = _contract(purposes=tuple(reversed(contract.terms.purposes)),
+                         fields=dict(reversed(list(contract.terms.fields.items()))))
     first = json.dumps(to_odrl(contract, base_iri=BASE), ensure_ascii=False)
     assert json.dumps(to_odrl(contract, base_iri=BASE), ensure_ascii=False) == first
     assert json.dumps(to_odrl(shuffled, base_iri=BASE + "/"), ensure_ascii=False) == first
@@ -439,4 +447,4 @@ def test_any_contract_exports_a_lossless_policy_in_the_broker_profile(
     grants = _by_left_operand(permission[ODRL + "action"][0][ODRL + "refinement"])[
         VOCAB + "fieldDisclosure"][0][ODRL + "rightOperand"]
     assert sorted(g[VOCAB + "field"][0][RDFS_LABEL][0]["@value"] for g in grants) == sorted(
-        contract.fields)
+        contract.terms.fields)

@@ -10,14 +10,7 @@ from fastapi.responses import JSONResponse
 
 from broker.api.deps import ContextDep, ContractServiceDep, SettingsDep
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas.contracts import (
-    AcceptIn,
-    ContractIn,
-    ContractOut,
-    SignatureIn,
-    dominance_of,
-)
-from broker.services.contracts import ContractOffer
+from broker.api.schemas.contracts import AcceptIn, ContractIn, ContractOut, SignatureIn
 from contracts.odrl import to_odrl
 
 router = APIRouter(prefix="/v1/contracts", tags=["contracts"], responses=AUTHENTICATED)
@@ -26,23 +19,7 @@ router = APIRouter(prefix="/v1/contracts", tags=["contracts"], responses=AUTHENT
 @router.post("", status_code=201, responses=problems(404))
 def offer_contract(body: ContractIn, ctx: ContextDep, contracts: ContractServiceDep) -> ContractOut:
     """Offer usage terms over one of your datasets to a consumer organisation (provider)."""
-    contract = contracts.offer(
-        ctx,
-        ContractOffer(
-            dataset_id=body.dataset_id,
-            consumer_org=body.consumer_org,
-            purposes=tuple(body.purposes),
-            fields=body.fields,
-            k_min=body.k_min,
-            dominance=dominance_of(body.dominance),
-            valid_from=body.valid_from,
-            valid_until=body.valid_until,
-            max_queries_per_day=body.max_queries_per_day,
-            dataset_version=body.dataset_version,
-            slice_id=body.slice_id,
-            result_retention_days=body.result_retention_days,
-        ),
-    )
+    contract = contracts.offer(ctx, body.to_domain(), consumer_org=body.consumer_org)
     return ContractOut.from_domain(contract)
 
 

@@ -21,7 +21,7 @@ from broker.api.schemas.common import (
     Uuid,
 )
 from broker.services.contracts import ContractView
-from contracts.model import Dominance, FieldForm
+from contracts.model import FieldForm, Terms
 
 
 class DominanceIn(In):
@@ -56,6 +56,10 @@ class ContractIn(In):
                                   "consented slice of the dataset")
     result_retention_days: int = Field(default=30, ge=0, le=3650, strict=True,
                                        description="Days the consumer may keep a result")
+
+    def to_domain(self) -> Terms:
+        """The offered terms (every field but ``consumer_org``, to whom they are offered)."""
+        return Terms.from_record(self.model_dump(exclude={"consumer_org"}))
 
 
 Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
@@ -111,15 +115,11 @@ class ContractOut(BaseModel):
         """Response form of a contract view."""
         c = view.contract
         return cls(
-            id=c.id, dataset_id=c.dataset_id, provider_org=c.provider_org,
-            consumer_org=c.consumer_org, purposes=list(c.purposes), fields=dict(c.fields),
-            k_min=c.k_min, dominance=DominanceIn(n=c.dominance.n, k=c.dominance.k, p=c.dominance.p),
-            valid_from=c.valid_from, valid_until=c.valid_until,
-            max_queries_per_day=c.max_queries_per_day, status=view.status.value,
-            created_at=c.created_at, accepted_at=c.accepted_at, revoked_at=c.revoked_at,
-            suspended_at=c.suspended_at, dataset_version=c.dataset_version,
-            slice_id=c.slice_id, result_retention_days=c.result_retention_days,
-            terms_sha256=hashlib.sha256(c.terms().canonical()).hexdigest(),
+            id=c.id, provider_org=c.provider_org, consumer_org=c.consumer_org,
+            **c.terms.as_record(),
+            status=view.status.value, created_at=c.created_at, accepted_at=c.accepted_at,
+            revoked_at=c.revoked_at, suspended_at=c.suspended_at,
+            terms_sha256=hashlib.sha256(c.document().canonical()).hexdigest(),
             signatures={
                 "provider": SignatureOut(signature=c.provider_signature,
                                          valid=view.provider_signed),
@@ -127,9 +127,3 @@ class ContractOut(BaseModel):
                                          valid=view.consumer_signed),
             },
         )
-
-
-
-def dominance_of(d: DominanceIn) -> Dominance:
-    """Domain form of the dominance parameters."""
-    return Dominance(n=d.n, k=d.k, p=d.p)

@@ -182,6 +182,7 @@ class ExplainOut(BaseModel):
     def from_domain(cls, d: FlowDecision) -> ExplainOut:
         """Response form of a flow decision."""
         rules = DisclosureRulesOut(**asdict(d.rules)) if d.rules is not None else None
-        return cls(allow=d.allow, reasons=list(d.reasons), fields=d.fields,
+        verdicts = {name: verdict.value for name, verdict in d.fields.items()}
+        return cls(allow=d.allow, reasons=list(d.reasons), fields=verdicts,
                    field_reasons=d.field_reasons, k=d.k, quota_remaining=d.quota_remaining,
                    disclosure=rules, policy_revision=d.revision)
