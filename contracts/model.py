@@ -23,7 +23,6 @@ usable only while both signatures verify against the organisations' registered k
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from dataclasses import fields as dataclass_fields
@@ -92,7 +91,7 @@ class Terms:
     a field of ``ContractTerms`` (the signed document; regenerate its JSON Schema) and of the
     API's ``ContractIn`` and ``ContractOut``: the mappings between those shapes go through
     :meth:`as_record` and :meth:`from_record` and need no change. The Rego input
-    (:meth:`Contract.policy_view`) and the ODRL export name the terms they use.
+    (``broker.policy.inputs.contract_view``) and the ODRL export name the terms they use.
     """
 
     dataset_id: str
@@ -212,23 +211,3 @@ class Contract:
         if self.status is ContractStatus.OFFERED:
             return True
         return verify_signature(consumer_key, message, self.consumer_signature)
-
-    def policy_view(self, now: datetime) -> dict[str, Any]:
-        """The contract as the Rego policies see it (times as epoch seconds)."""
-        terms = self.terms.as_record()
-        return {
-            "id": self.id,
-            "dataset_id": terms["dataset_id"],
-            "provider_org": self.provider_org,
-            "consumer_org": self.consumer_org,
-            "status": self.status_at(now).value,
-            "purposes": terms["purposes"],
-            "fields": terms["fields"],
-            "k_min": terms["k_min"],
-            "dominance": terms["dominance"],
-            # Whole seconds, rounded inwards: the policy compares them with the current second
-            # rounded down, and the window it sees is never wider than the agreed one.
-            "valid_from": math.ceil(self.terms.valid_from.timestamp()),
-            "valid_until": math.floor(self.terms.valid_until.timestamp()),
-            "max_queries_per_day": terms["max_queries_per_day"],
-        }

@@ -32,10 +32,10 @@ def flow_input(
     return {
         "principal": {**principal.as_actor(), "registered": registered},
         # Whole seconds, so that a repeated decision is a cache hit; the contract's window
-        # is rounded inwards to match (Contract.policy_view), which never admits more.
+        # is rounded inwards to match (contract_view), which never admits more.
         "now": math.floor(now.timestamp()),
         "usage": {"queries_today": queries_today},
-        "contract": contract.policy_view(now) if contract else None,
+        "contract": contract_view(contract, now) if contract else None,
         "dataset": dataset_view(dataset),
         "query": query_view(spec, dataset),
     }
@@ -73,4 +73,26 @@ def dataset_view(dataset: Dataset | None) -> dict[str, Any] | None:
                      "sensitivity": f.sensitivity.value, "hierarchy": f.hierarchy}
             for f in dataset.schema.fields
         },
+    }
+
+
+def contract_view(contract: Contract, now: datetime) -> dict[str, Any]:
+    """The contract as the Rego policies see it: its terms and status at ``now``, times as
+    epoch seconds."""
+    terms = contract.terms.as_record()
+    return {
+        "id": contract.id,
+        "dataset_id": terms["dataset_id"],
+        "provider_org": contract.provider_org,
+        "consumer_org": contract.consumer_org,
+        "status": contract.status_at(now).value,
+        "purposes": terms["purposes"],
+        "fields": terms["fields"],
+        "k_min": terms["k_min"],
+        "dominance": terms["dominance"],
+        # Whole seconds, rounded inwards: the policy compares them with the current second
+        # rounded down, and the window it sees is never wider than the agreed one.
+        "valid_from": math.ceil(contract.terms.valid_from.timestamp()),
+        "valid_until": math.floor(contract.terms.valid_until.timestamp()),
+        "max_queries_per_day": terms["max_queries_per_day"],
     }

@@ -31,7 +31,7 @@ from broker.domain.ports import (
 from broker.domain.principals import RequestContext
 from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release
 from broker.domain.slices import Slice
-from broker.policy.decisions import FlowDecision, Policies
+from broker.policy.decisions import FlowDecision, Policies, Verdict
 from broker.policy.inputs import flow_input
 from broker.services.contracts import contract_resource, in_force_signatures
 from broker.services.guard import Guard
@@ -160,7 +160,7 @@ class QueryService:
         contract, dataset = decided.usable()
         rules = _stricter(decided.decision.rules, contract)
         opaque = frozenset(f for f, v in decided.decision.fields.items()
-                           if v == "pseudonymize")
+                           if v is Verdict.PSEUDONYMIZE)
         planned = decided.planned(spec)
         fingerprint = computation_fingerprint(dataset, planned, rules, opaque)
         try:
@@ -404,7 +404,8 @@ def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: Flo
                    cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
     """Keys of the fields the policy lets out pseudonymized, replaced; the cells then ordered by
     their released keys, since the order of a code list would otherwise undo the pseudonyms."""
-    hidden = {d.field: d for d in spec.group_by if decision.fields.get(d.field) == "pseudonymize"}
+    hidden = {d.field: d for d in spec.group_by
+              if decision.fields.get(d.field) is Verdict.PSEUDONYMIZE}
     if not hidden:
         return cells
     out = pseudonyms.cells(spec.contract_id, cells, hidden)
@@ -446,7 +447,7 @@ def _against_contract(decision: FlowDecision, contract: Contract | None,
         if (form is None or form is FieldForm.AGGREGATE
                 or (form is FieldForm.GENERALIZE
                     and dimension_level(d, declared.get(d.field)) in RAW_LEVELS)
-                or (form is FieldForm.PSEUDONYMIZE) != (verdict == "pseudonymize")):
+                or (form is FieldForm.PSEUDONYMIZE) != (verdict is Verdict.PSEUDONYMIZE)):
             return replace(decision, allow=False, reasons=("verdict-contract-mismatch",),
                            rules=None)
     return decision

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.policy.inputs import contract_view
 from contracts.model import (
     Contract,
     ContractStatus,
@@ -50,6 +51,6 @@ def test_contract_expires_at_valid_until_without_a_job() -> None:
 
 
 def test_policy_view_carries_times_as_epoch_seconds() -> None:
-    view = _contract().policy_view(T0)
+    view = contract_view(_contract(), T0)
     assert view["valid_from"] == T0.timestamp()
     assert view["status"] == "offered"
