@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Request
@@ -14,6 +14,7 @@ from broker.api.schemas.contracts import (
     AcceptIn,
     ContractIn,
     ContractOut,
+    ContractTermsOut,
     SignatureIn,
     dominance_of,
 )
@@ -48,10 +49,10 @@ def offer_contract(body: ContractIn, ctx: ContextDep, contracts: ContractService
 
 @router.get("/{contract_id}/terms", responses=problems(404))
 def contract_terms(contract_id: UUID, ctx: ContextDep,
-                   contracts: ContractServiceDep) -> dict[str, Any]:
+                   contracts: ContractServiceDep) -> ContractTermsOut:
     """The terms both parties sign: sign the RFC 8785 canonical bytes of this document with
     your organisation's Ed25519 key (``broker contracts sign``)."""
-    return contracts.terms(ctx, str(contract_id)).model_dump(mode="json")
+    return ContractTermsOut.from_domain(contracts.terms(ctx, str(contract_id)))
 
 
 @router.post("/{contract_id}/sign", responses=problems(404, 409, 422))
