@@ -23,52 +23,81 @@ class ProofError(ValueError):
     """A proof document that does not prove what it claims."""
 
 
-def inclusion_document(*, seq: int, leaf: str, entry: Mapping[str, Any] | None, size: int,
-                       hashes: list[bytes], note: str) -> dict[str, Any]:
-    """The inclusion proof of entry ``seq`` in the checkpointed tree of ``size`` entries."""
-    return {
-        "type": "inclusion",
-        "seq": seq,
-        "leaf_index": seq - 1,
-        "leaf_hash": leaf,
-        "entry": dict(entry) if entry is not None else None,
-        "tree_size": size,
-        "proof": [h.hex() for h in hashes],
-        "checkpoint": note,
-    }
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """Entry ``seq`` (with leaf hash ``leaf_hash``) is leaf ``seq - 1`` of the tree of
+    ``tree_size`` entries that the signed ``checkpoint`` commits to; ``proof`` holds the hex
+    sibling hashes from the leaf up."""
+
+    seq: int
+    leaf_hash: str
+    entry: dict[str, Any] | None
+    tree_size: int
+    proof: tuple[str, ...]
+    checkpoint: str
+
+    @property
+    def leaf_index(self) -> int:
+        """The entry's position among the leaves (``seq - 1``)."""
+        return self.seq - 1
+
+    def as_json(self) -> dict[str, Any]:
+        """The inclusion document, as ``broker audit proof`` prints it and the check reads it."""
+        return {
+            "type": "inclusion",
+            "seq": self.seq,
+            "leaf_index": self.leaf_index,
+            "leaf_hash": self.leaf_hash,
+            "entry": self.entry,
+            "tree_size": self.tree_size,
+            "proof": list(self.proof),
+            "checkpoint": self.checkpoint,
+        }
 
 
-def consistency_document(*, old_size: int, old_root: bytes, new_size: int, new_root: bytes,
-                         hashes: list[bytes], note: str) -> dict[str, Any]:
-    """The consistency proof from the tree of ``old_size`` entries to a checkpointed one."""
-    return {
-        "type": "consistency",
-        "old_size": old_size,
-        "old_root": old_root.hex(),
-        "new_size": new_size,
-        "new_root": new_root.hex(),
-        "proof": [h.hex() for h in hashes],
-        "checkpoint": note,
-    }
+@dataclass(frozen=True, slots=True)
+class ConsistencyProof:
+    """The tree of ``old_size`` entries (root ``old_root``, hex) is a prefix of the tree of
+    ``new_size`` entries that the signed ``checkpoint`` commits to."""
+
+    old_size: int
+    old_root: str
+    new_size: int
+    new_root: str
+    proof: tuple[str, ...]
+    checkpoint: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The consistency document, as ``broker audit consistency`` prints it."""
+        return {
+            "type": "consistency",
+            "old_size": self.old_size,
+            "old_root": self.old_root,
+            "new_size": self.new_size,
+            "new_root": self.new_root,
+            "proof": list(self.proof),
+            "checkpoint": self.checkpoint,
+        }
 
 
 NodeFetcher = Callable[[set[merkle.Node]], Mapping[merkle.Node, bytes]]
 
 
 def prove_inclusion(*, seq: int, leaf: str, entry: Mapping[str, Any] | None, size: int,
-                    root: bytes, note: str, fetch: NodeFetcher) -> dict[str, Any]:
-    """Build the inclusion document from stored nodes and check it before handing it out."""
+                    root: bytes, note: str, fetch: NodeFetcher) -> InclusionProof:
+    """The inclusion proof, built from stored nodes and checked before it is handed out."""
     ranges = merkle.inclusion_ranges(seq - 1, size)
     hashes = merkle.proof_hashes(ranges, fetch(merkle.nodes_for(ranges)))
     if not merkle.verify_inclusion(seq - 1, size, bytes.fromhex(leaf), hashes, root):
         raise ProofError(f"the stored tree does not prove entry {seq}: it is damaged")
-    return inclusion_document(seq=seq, leaf=leaf, entry=entry, size=size, hashes=hashes,
-                              note=note)
+    return InclusionProof(seq=seq, leaf_hash=leaf,
+                          entry=dict(entry) if entry is not None else None, tree_size=size,
+                          proof=tuple(h.hex() for h in hashes), checkpoint=note)
 
 
 def prove_consistency(*, old: int, size: int, root: bytes, note: str,
-                      fetch: NodeFetcher) -> dict[str, Any]:
-    """Build the consistency document from stored nodes and check it before handing it out."""
+                      fetch: NodeFetcher) -> ConsistencyProof:
+    """The consistency proof, built from stored nodes and checked before it is handed out."""
     if not 1 <= old <= size:
         raise ValueError("old must be between 1 and the checkpoint's size")
     ranges = merkle.consistency_ranges(old, size)
@@ -77,8 +106,9 @@ def prove_consistency(*, old: int, size: int, root: bytes, note: str,
     old_root = merkle.range_hash(0, old, nodes)
     if not merkle.verify_consistency(old, size, old_root, root, hashes):
         raise ProofError(f"the stored tree does not prove {old}..{size}: it is damaged")
-    return consistency_document(old_size=old, old_root=old_root, new_size=size, new_root=root,
-                                hashes=hashes, note=note)
+    return ConsistencyProof(old_size=old, old_root=old_root.hex(), new_size=size,
+                            new_root=root.hex(), proof=tuple(h.hex() for h in hashes),
+                            checkpoint=note)
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,7 @@ def audit_proof(
         document = database_inclusion(db or Settings().db_url, seq, size)
     except (LookupError, ValueError) as exc:
         raise _fail(Console(stderr=True), str(exc)) from exc
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
+    sys.stdout.write(json.dumps(document.as_json(), ensure_ascii=False, indent=1) + "\n")
 
 
 @audit_app.command("consistency")
@@ -178,7 +178,7 @@ def audit_consistency(
         document = database_consistency(db or Settings().db_url, old, new)
     except (LookupError, ValueError) as exc:
         raise _fail(Console(stderr=True), str(exc)) from exc
-    sys.stdout.write(json.dumps(document, indent=1) + "\n")
+    sys.stdout.write(json.dumps(document.as_json(), indent=1) + "\n")
 
 
 @audit_app.command("check")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from audit.checkpoint import NoteVerifier
-from audit.proofs import prove_consistency, prove_inclusion
+from audit.proofs import ConsistencyProof, InclusionProof, prove_consistency, prove_inclusion
 from audit.verify import Verification, export_checkpoint_line, export_header
 from broker.domain.ports import utc_now
 from broker.services.audit import verify_store
@@ -44,7 +43,7 @@ def export_database(url: str, origin: str, vkey: str) -> Iterator[bytes]:
             yield from chunk.bodies
 
 
-def database_inclusion(url: str, seq: int, size: int | None) -> dict[str, Any]:
+def database_inclusion(url: str, seq: int, size: int | None) -> InclusionProof:
     """The inclusion proof of entry ``seq`` against the checkpoint of ``size`` (or the latest)."""
     with reading(url) as uow:
         found = uow.audit.entry(seq)
@@ -59,7 +58,7 @@ def database_inclusion(url: str, seq: int, size: int | None) -> dict[str, Any]:
                                fetch=uow.audit.nodes)
 
 
-def database_consistency(url: str, old: int, new: int | None) -> dict[str, Any]:
+def database_consistency(url: str, old: int, new: int | None) -> ConsistencyProof:
     """The consistency proof from ``old`` entries to the checkpoint of ``new`` (or latest)."""
     with reading(url) as uow:
         stored = uow.audit.checkpoint(new) if new else uow.audit.latest_checkpoint()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from audit.checkpoint import NoteVerifier
-from audit.proofs import ProofError, prove_consistency, prove_inclusion
+from audit.proofs import (
+    ConsistencyProof,
+    InclusionProof,
+    ProofError,
+    prove_consistency,
+    prove_inclusion,
+)
 from audit.verify import Verification, verify_with_notes
 from broker.domain.errors import InvalidInput, NotFound, Unavailable
 from broker.domain.ports import AuditQuery, StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
@@ -20,37 +26,117 @@ log = logging.getLogger(__name__)
 
 AUDIT_LOG = {"kind": "audit-log"}
 
+Proof = TypeVar("Proof", InclusionProof, ConsistencyProof)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditItem:
+    """One ledger entry and its leaf hash.
+
+    The entry stays the JSON object that was stored and hashed, key for key, so that a reader
+    can recompute ``leaf_hash`` from it (DESIGN.md section 6).
+    """
+
+    entry: dict[str, Any]
+    leaf_hash: str
+
+    @property
+    def seq(self) -> int:
+        """The entry's position in the log."""
+        return int(self.entry["seq"])
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> AuditItem:
+        """An item as the store reads it out: ``{"entry": {...}, "leaf_hash": "..."}``."""
+        return cls(entry=stored["entry"], leaf_hash=stored["leaf_hash"])
+
 
 @dataclass(frozen=True, slots=True)
 class AuditPage:
-    """A page of entries and the cursor for the next one (None at the end)."""
+    """A page of entries and the cursor (a seq) for the next one (None at the end)."""
 
-    entries: list[dict[str, Any]]
+    entries: tuple[AuditItem, ...]
     next_cursor: int | None
 
 
-def access_view(item: dict[str, Any]) -> dict[str, Any]:
-    """One entry as a provider reads it: who, when, what for, under which contract, which
-    fields, and what the broker decided."""
-    entry = item["entry"]
-    actor = entry.get("actor") or {}
-    resource = entry.get("resource") or {}
-    decision = entry.get("decision") or {}
-    return {
-        "seq": entry.get("seq"),
-        "ts": entry.get("ts"),
-        "action": entry.get("action"),
-        "who": {"sub": actor.get("sub"), "org": actor.get("org")},
-        "purpose": entry.get("purpose"),
-        "dataset_id": resource.get("dataset_id"),
-        "version": resource.get("version"),
-        "contract_id": resource.get("contract_id"),
-        "fields": resource.get("fields"),
-        "allowed": decision.get("allowed"),
-        "reasons": decision.get("reasons"),
-        "disclosure": entry.get("disclosure"),
-        "leaf_hash": item["leaf_hash"],
-    }
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Who acted: the token's subject and organisation."""
+
+    sub: str | None
+    org: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One entry about a dataset as a provider reads it: who, when, what for, under which
+    contract, which fields, and what the broker decided."""
+
+    seq: int
+    ts: str
+    action: str
+    who: Who
+    purpose: str | None
+    dataset_id: str | None
+    version: int | None
+    contract_id: str | None
+    fields: tuple[str, ...] | None
+    allowed: bool
+    reasons: tuple[str, ...]
+    disclosure: dict[str, Any] | None
+    leaf_hash: str
+
+    @classmethod
+    def of(cls, item: AuditItem) -> Access:
+        """The access an entry records."""
+        entry = item.entry
+        actor = entry.get("actor") or {}
+        resource = entry.get("resource") or {}
+        decision = entry.get("decision") or {}
+        fields = resource.get("fields")
+        return cls(
+            seq=entry["seq"],
+            ts=entry["ts"],
+            action=entry["action"],
+            who=Who(sub=actor.get("sub"), org=actor.get("org")),
+            purpose=entry.get("purpose"),
+            dataset_id=resource.get("dataset_id"),
+            version=resource.get("version"),
+            contract_id=resource.get("contract_id"),
+            fields=tuple(fields) if fields is not None else None,
+            allowed=decision["allowed"],
+            reasons=tuple(decision["reasons"]),
+            disclosure=entry.get("disclosure"),
+            leaf_hash=item.leaf_hash,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPage:
+    """A page of accesses and the cursor (a seq) for the next one (None at the end)."""
+
+    accesses: tuple[Access, ...]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPage:
+    """Signed checkpoints, newest first, and the cursor (a size) for older ones."""
+
+    checkpoints: tuple[StoredCheckpoint, ...]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointKey:
+    """The public key that signs checkpoints, in the forms verifiers read: the log's origin
+    (key name), the key id (hex), the C2SP verifier key string and PEM."""
+
+    origin: str
+    key_id: str
+    vkey: str
+    public_key_pem: str
+    algorithm: Literal["Ed25519"] = "Ed25519"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,32 +165,27 @@ class AuditService:
                 wanted = query.dataset_ids
                 query = replace(query, dataset_ids=[d for d in own if wanted is None
                                                     or d in wanted])
-            page = uow.audit.entries(replace(query, limit=query.limit + 1))
+            found = uow.audit.entries(replace(query, limit=query.limit + 1))
         self._record(ctx, "audit.read")
-        more = len(page) > query.limit
-        page = page[: query.limit]
-        return AuditPage(page, page[-1]["entry"]["seq"] if more and page else None)
+        more = len(found) > query.limit
+        page = tuple(AuditItem.from_stored(e) for e in found[: query.limit])
+        return AuditPage(page, page[-1].seq if more and page else None)
 
-    def accesses(self, ctx: RequestContext, query: AuditQuery) -> AuditPage:
+    def accesses(self, ctx: RequestContext, query: AuditQuery) -> AccessPage:
         """The providers' view: entries about datasets (their own, unless an auditor asks),
         each as who, when, purpose, contract, fields and decision."""
         page = self.entries(ctx, replace(query, about_datasets=True))
-        return AuditPage([access_view(e) for e in page.entries], page.next_cursor)
+        return AccessPage(tuple(Access.of(e) for e in page.entries), page.next_cursor)
 
     # -- checkpoints and proofs --------------------------------------------------------------
 
-    def key(self) -> dict[str, Any]:
+    def key(self) -> CheckpointKey:
         """The public key that signs checkpoints, in the forms verifiers read."""
-        return {
-            "origin": self.verifier.name,
-            "algorithm": "Ed25519",
-            "key_id": self.verifier.key_id.hex(),
-            "vkey": self.verifier.vkey,
-            "public_key_pem": self.verifier.pem,
-        }
+        return CheckpointKey(origin=self.verifier.name, key_id=self.verifier.key_id.hex(),
+                             vkey=self.verifier.vkey, public_key_pem=self.verifier.pem)
 
     def checkpoints(self, ctx: RequestContext, *, before: int | None,
-                    limit: int) -> tuple[list[StoredCheckpoint], int | None]:
+                    limit: int) -> CheckpointPage:
         """Signed checkpoints, newest first, and the cursor for older ones."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
@@ -113,10 +194,10 @@ class AuditService:
                                           newest_first=True)
         self._record(ctx, "audit.checkpoints")
         more = len(found) > limit
-        found = found[:limit]
-        return found, found[-1].size if more and found else None
+        page = tuple(found[:limit])
+        return CheckpointPage(page, page[-1].size if more and page else None)
 
-    def proof(self, ctx: RequestContext, seq: int, size: int | None) -> dict[str, Any]:
+    def proof(self, ctx: RequestContext, seq: int, size: int | None) -> InclusionProof:
         """The inclusion proof of entry ``seq`` against a signed checkpoint.
 
         Auditors may ask for any entry, providers for entries about their datasets, consumers
@@ -139,13 +220,13 @@ class AuditService:
         entry, leaf = found
         stored = self._checkpoint_for(seq, size)
         with self.uow(read_only=True) as uow:
-            document = _damaged_is_unavailable(lambda: prove_inclusion(
+            proof = _damaged_is_unavailable(lambda: prove_inclusion(
                 seq=seq, leaf=leaf, entry=entry, size=stored.size,
                 root=bytes.fromhex(stored.root), note=stored.note, fetch=uow.audit.nodes))
         self._record(ctx, "audit.proof")
-        return document
+        return proof
 
-    def consistency(self, ctx: RequestContext, old: int, new: int | None) -> dict[str, Any]:
+    def consistency(self, ctx: RequestContext, old: int, new: int | None) -> ConsistencyProof:
         """The consistency proof from the tree of ``old`` entries to a signed checkpoint."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
@@ -156,11 +237,11 @@ class AuditService:
                 raise NotFound("There is no signed checkpoint of that size.")
             if not 1 <= old <= stored.size:
                 raise InvalidInput("old must be between 1 and the checkpoint's size.")
-            document = _damaged_is_unavailable(lambda: prove_consistency(
+            proof = _damaged_is_unavailable(lambda: prove_consistency(
                 old=old, size=stored.size, root=bytes.fromhex(stored.root), note=stored.note,
                 fetch=uow.audit.nodes))
         self._record(ctx, "audit.consistency")
-        return document
+        return proof
 
     def _checkpoint_for(self, seq: int, size: int | None) -> StoredCheckpoint:
         if size is None:
@@ -191,7 +272,7 @@ class AuditService:
             uow.commit()
 
 
-def _damaged_is_unavailable(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _damaged_is_unavailable(build: Callable[[], Proof]) -> Proof:
     try:
         return build()
     except ProofError as exc:

@@ -12,11 +12,8 @@ from audit.entry import format_ts
 from broker.api.deps import AuditServiceDep, ContextDep
 from broker.api.routes.common import AUTHENTICATED, problems
 from broker.api.schemas.audit import (
-    AccessOut,
     AccessPageOut,
-    AuditItemOut,
     AuditPageOut,
-    CheckpointOut,
     CheckpointPageOut,
     ConsistencyProofOut,
     InclusionProofOut,
@@ -80,22 +77,14 @@ def list_entries(ctx: ContextDep, audit: AuditServiceDep, query: QueryDep) -> Au
     Filters: ``actor`` (token subject), ``org``, ``dataset_id``, ``contract_id``, ``action``,
     ``decision`` (allow|deny), ``since``/``until`` (entry time); ``cursor`` from the last page.
     """
-    page = audit.entries(ctx, query)
-    return AuditPageOut(
-        entries=[AuditItemOut.model_validate(e) for e in page.entries],
-        next_cursor=str(page.next_cursor) if page.next_cursor is not None else None,
-    )
+    return AuditPageOut.from_domain(audit.entries(ctx, query))
 
 
 @router.get("/accesses")
 def list_accesses(ctx: ContextDep, audit: AuditServiceDep, query: QueryDep) -> AccessPageOut:
     """Every access to your datasets (provider), or to any (auditor): who, when, for which
     purpose, under which contract, which fields, and what the broker decided."""
-    page = audit.accesses(ctx, query)
-    return AccessPageOut(
-        accesses=[AccessOut.model_validate(a) for a in page.entries],
-        next_cursor=str(page.next_cursor) if page.next_cursor is not None else None,
-    )
+    return AccessPageOut.from_domain(audit.accesses(ctx, query))
 
 
 @router.get("/entries/{seq}/proof", responses=problems(404))
@@ -110,7 +99,7 @@ def entry_proof(
     Auditors may prove any entry, providers entries about their datasets, consumers their own
     (a query answer's receipt). Check it offline: ``broker audit check FILE --pubkey KEY``.
     """
-    return InclusionProofOut.model_validate(audit.proof(ctx, seq, size))
+    return InclusionProofOut.from_domain(audit.proof(ctx, seq, size))
 
 
 @router.get("/checkpoints")
@@ -121,12 +110,8 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CheckpointPageOut:
     """Signed checkpoints of the audit tree, newest first."""
-    found, cursor = audit.checkpoints(ctx, before=int(before) if before else None, limit=limit)
-    return CheckpointPageOut(
-        checkpoints=[CheckpointOut(size=c.size, root=c.root, ts=c.ts, note=c.note)
-                     for c in found],
-        next_cursor=str(cursor) if cursor is not None else None,
-    )
+    return CheckpointPageOut.from_domain(
+        audit.checkpoints(ctx, before=int(before) if before else None, limit=limit))
 
 
 @router.get("/consistency", responses=problems(404))
@@ -139,16 +124,16 @@ def consistency_proof(
 ) -> ConsistencyProofOut:
     """Consistency proof from the tree of ``old`` entries to a signed checkpoint: the log you
     saw before was not rewritten, only extended."""
-    return ConsistencyProofOut.model_validate(audit.consistency(ctx, old, new))
+    return ConsistencyProofOut.from_domain(audit.consistency(ctx, old, new))
 
 
 @router.get("/key", responses={})
 def signing_key(audit: AuditServiceDep) -> KeyOut:
     """The public key that signs checkpoints (no token needed): verify with it offline."""
-    return KeyOut.model_validate(audit.key())
+    return KeyOut.from_domain(audit.key())
 
 
 @router.get("/verify")
 def verify_log(ctx: ContextDep, audit: AuditServiceDep) -> VerifyOut:
     """Recompute every entry's hash, the chain and the Merkle root (auditor)."""
-    return VerifyOut.model_validate(audit.verify(ctx).as_json())
+    return VerifyOut.from_domain(audit.verify(ctx))

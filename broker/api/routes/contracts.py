@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Request
@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 
 from broker.api.deps import ContextDep, ContractServiceDep, SettingsDep
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas.contracts import AcceptIn, ContractIn, ContractOut, SignatureIn
+from broker.api.schemas.contracts import (
+    AcceptIn,
+    ContractIn,
+    ContractOut,
+    ContractTermsOut,
+    SignatureIn,
+)
 from contracts.odrl import to_odrl
 
 router = APIRouter(prefix="/v1/contracts", tags=["contracts"], responses=AUTHENTICATED)
@@ -25,10 +31,10 @@ def offer_contract(body: ContractIn, ctx: ContextDep, contracts: ContractService
 
 @router.get("/{contract_id}/terms", responses=problems(404))
 def contract_terms(contract_id: UUID, ctx: ContextDep,
-                   contracts: ContractServiceDep) -> dict[str, Any]:
+                   contracts: ContractServiceDep) -> ContractTermsOut:
     """The terms both parties sign: sign the RFC 8785 canonical bytes of this document with
     your organisation's Ed25519 key (``broker contracts sign``)."""
-    return contracts.terms(ctx, str(contract_id)).model_dump(mode="json")
+    return ContractTermsOut.from_domain(contracts.terms(ctx, str(contract_id)))
 
 
 @router.post("/{contract_id}/sign", responses=problems(404, 409, 422))

@@ -22,6 +22,7 @@ from broker.api.schemas.common import (
 )
 from broker.services.contracts import ContractView
 from contracts.model import FieldForm, Terms
+from contracts.terms import ContractTerms
 
 
 class DominanceIn(In):
@@ -127,3 +128,14 @@ class ContractOut(BaseModel):
                                          valid=view.consumer_signed),
             },
         )
+
+
+class ContractTermsOut(ContractTerms):
+    """The terms document both parties sign, field for field (its JSON Schema is
+    ``contracts/schema/contract-terms.schema.json``)."""
+
+    @classmethod
+    def from_domain(cls, terms: ContractTerms) -> ContractTermsOut:
+        """Response form of the terms: the same document, so its RFC 8785 bytes are the ones
+        to sign."""
+        return cls.model_validate(terms.model_dump())
