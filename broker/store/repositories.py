@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from pyroaring import BitMap
 from sqlalchemy import Table, insert
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, select
+from sqlmodel import Session, SQLModel, select
 
 from broker.domain.datasets import (
     Dataset,
@@ -46,11 +46,41 @@ def _maybe_aware(value: datetime | None) -> datetime | None:
     return aware(value) if value is not None else None
 
 
-class SqlOrgRepository:
-    """Organisations in SQL."""
+RowT = TypeVar("RowT", bound=SQLModel)
+DomainT = TypeVar("DomainT")
+
+
+class _SqlRepository(Generic[RowT, DomainT]):
+    """A repository over one table: rows by primary key and in a stated order, as domain
+    objects."""
+
+    #: The table, and the columns its listings are ordered by.
+    row_type: type[RowT]
+    order_by: tuple[Any, ...]
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def _by_key(self, key: str) -> DomainT | None:
+        """The object stored under this primary key, if any."""
+        row = self.session.get(self.row_type, key)
+        return self._to_domain(row) if row else None
+
+    def _listed(self, *where: Any) -> list[DomainT]:
+        """The objects whose rows match ``where`` (all of them without), in order."""
+        rows = self.session.exec(
+            select(self.row_type).where(*where).order_by(*self.order_by)).all()
+        return [self._to_domain(r) for r in rows]
+
+    def _to_domain(self, row: RowT) -> DomainT:
+        raise NotImplementedError
+
+
+class SqlOrgRepository(_SqlRepository[OrgRow, Organisation]):
+    """Organisations in SQL."""
+
+    row_type = OrgRow
+    order_by = (OrgRow.id,)
 
     def add(self, org: Organisation) -> None:
         """Insert a new organisation."""
@@ -68,16 +98,13 @@ class SqlOrgRepository:
 
     def get(self, org_id: str) -> Organisation | None:
         """The organisation with this id, if any."""
-        row = self.session.get(OrgRow, org_id)
-        return self._to_domain(row) if row else None
+        return self._by_key(org_id)
 
     def all(self) -> list[Organisation]:
         """All organisations by id."""
-        rows = self.session.exec(select(OrgRow).order_by(OrgRow.id)).all()
-        return [self._to_domain(r) for r in rows]
+        return self._listed()
 
-    @staticmethod
-    def _to_domain(row: OrgRow) -> Organisation:
+    def _to_domain(self, row: OrgRow) -> Organisation:
         return Organisation(
             id=row.id,
             name=row.name,
@@ -88,11 +115,11 @@ class SqlOrgRepository:
         )
 
 
-class SqlDatasetRepository:
+class SqlDatasetRepository(_SqlRepository[DatasetRow, Dataset]):
     """Datasets and versions in SQL."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    row_type = DatasetRow
+    order_by = (DatasetRow.created_at, DatasetRow.id)
 
     def add(self, dataset: Dataset, *, path: str) -> None:
         """Insert a dataset with its first version."""
@@ -158,10 +185,7 @@ class SqlDatasetRepository:
 
     def all(self) -> list[Dataset]:
         """Every dataset, oldest first."""
-        rows = self.session.exec(
-            select(DatasetRow).order_by(DatasetRow.created_at, DatasetRow.id)  # type: ignore[arg-type]
-        ).all()
-        return [self._to_domain(r) for r in rows]
+        return self._listed()
 
     def version_path(self, dataset_id: str, version: int) -> str:
         """Storage location of one version."""
@@ -209,11 +233,11 @@ def _field_spec(data: dict[str, Any]) -> FieldSpec:
     )
 
 
-class SqlContractRepository:
+class SqlContractRepository(_SqlRepository[ContractRow, Contract]):
     """Contracts in SQL."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    row_type = ContractRow
+    order_by = (ContractRow.created_at, ContractRow.id)
 
     def add(self, contract: Contract) -> None:
         """Insert a new contract."""
@@ -227,15 +251,11 @@ class SqlContractRepository:
 
     def get(self, contract_id: str) -> Contract | None:
         """The contract with this id, if any."""
-        row = self.session.get(ContractRow, contract_id)
-        return self._to_domain(row) if row else None
+        return self._by_key(contract_id)
 
     def all(self) -> list[Contract]:
         """Every contract, oldest first."""
-        rows = self.session.exec(
-            select(ContractRow).order_by(ContractRow.created_at, ContractRow.id)  # type: ignore[arg-type]
-        ).all()
-        return [self._to_domain(r) for r in rows]
+        return self._listed()
 
     @staticmethod
     def _to_row(c: Contract) -> ContractRow:
@@ -253,8 +273,7 @@ class SqlContractRepository:
             consumer_signature=c.consumer_signature,
         )
 
-    @staticmethod
-    def _to_domain(row: ContractRow) -> Contract:
+    def _to_domain(self, row: ContractRow) -> Contract:
         return Contract(
             id=row.id,
             provider_org=row.provider_org,
@@ -291,11 +310,11 @@ def _terms_of(row: ContractRow) -> Terms:
     return Terms.from_record(record)
 
 
-class SqlSliceRepository:
+class SqlSliceRepository(_SqlRepository[SliceRow, Slice]):
     """Consented slices in SQL."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    row_type = SliceRow
+    order_by = (SliceRow.created_at, SliceRow.id)
 
     def add(self, item: Slice) -> None:
         """Insert a new slice; its name must be free within the dataset."""
@@ -310,16 +329,11 @@ class SqlSliceRepository:
 
     def get(self, slice_id: str) -> Slice | None:
         """The slice with this id, if any."""
-        row = self.session.get(SliceRow, slice_id)
-        return self._to_domain(row) if row else None
+        return self._by_key(slice_id)
 
     def of_dataset(self, dataset_id: str) -> list[Slice]:
         """The slices of one dataset, oldest first."""
-        rows = self.session.exec(
-            select(SliceRow).where(SliceRow.dataset_id == dataset_id)
-            .order_by(SliceRow.created_at, SliceRow.id)  # type: ignore[arg-type]
-        ).all()
-        return [self._to_domain(r) for r in rows]
+        return self._listed(SliceRow.dataset_id == dataset_id)
 
     def _to_domain(self, row: SliceRow) -> Slice:
         owner = self.session.get(DatasetRow, row.dataset_id)
