@@ -24,7 +24,25 @@ from broker.policy.cache import CachedPolicyEngine
 log = logging.getLogger("broker.api")
 
 
-class UnexpectedErrorMiddleware:
+class HttpMiddleware:
+    """A pure ASGI middleware that handles HTTP requests and passes every other scope
+    (lifespan, websockets) straight through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request."""
+        raise NotImplementedError
+
+
+class UnexpectedErrorMiddleware(HttpMiddleware):
     """Answers any unhandled exception with a 500 problem and does not re-raise it.
 
     Starlette's own error middleware re-raises after its handler, and the server then logs the
@@ -32,13 +50,8 @@ class UnexpectedErrorMiddleware:
     Here only the exception's type and stack frames are logged.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; answer 500 if it raises before a response has started."""
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -95,16 +108,11 @@ class _PolicyCacheCollector(Collector):
             yield family
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Gives every request a server-side id (``X-Request-ID``) that audit entries carry."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Give the request a fresh id and name it in the response's headers."""
         request_id = str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
 
@@ -116,7 +124,7 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Refuses bodies over the limit: by Content-Length up front, else while streaming.
 
     Multipart uploads get ``upload_limit`` plus the room ``broker.api.uploads`` allows for the
@@ -125,14 +133,12 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, body_limit: int, upload_limit: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.body_limit = body_limit
         self.upload_limit = upload_limit + MULTIPART_OVERHEAD
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on with its body counted against the limit."""
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
         limit = self.upload_limit if ctype.startswith("multipart/") else self.body_limit
@@ -190,17 +196,15 @@ async def _send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """Counts requests and times them per route template (never per raw path)."""
 
     def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, counting and timing it."""
         start = time.perf_counter()
         status: dict[str, Any] = {"code": 500}
 
