@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from broker.api.auth import TokenVerifier
+from broker.api.uploads import UploadRules
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
 from broker.services.audit import AuditService
@@ -66,3 +67,12 @@ DatasetServiceDep = Annotated[DatasetService, Depends(_from_container("datasets"
 ContractServiceDep = Annotated[ContractService, Depends(_from_container("contracts"))]
 QueryServiceDep = Annotated[QueryService, Depends(_from_container("queries"))]
 AuditServiceDep = Annotated[AuditService, Depends(_from_container("audit"))]
+
+
+def get_upload_rules(settings: SettingsDep, datasets: DatasetServiceDep) -> UploadRules:
+    """What a dataset upload may be: the configured size limit and scratch directory, and the
+    formats the dataset service reads."""
+    return UploadRules(settings.uploads_dir, settings.max_upload_bytes, datasets.formats())
+
+
+UploadRulesDep = Annotated[UploadRules, Depends(get_upload_rules)]

@@ -67,6 +67,17 @@ class Upload(Generic[T]):
         self.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True, slots=True)
+class UploadRules:
+    """What an upload's ``file`` part may be, and where it is spooled: at most ``limit``
+    bytes, named ``*.<format>`` for one of ``formats``, into a scratch file under
+    ``directory``."""
+
+    directory: Path
+    limit: int
+    formats: Collection[str]
+
+
 def _too_large(what: str, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The {what} is larger than {limit} bytes.")
 
@@ -74,17 +85,10 @@ def _too_large(what: str, limit: int) -> PayloadTooLarge:
 class _Receiver:
     """The parser's callbacks: which part is open, the scratch file, the ``meta`` bytes."""
 
-    def __init__(
-        self,
-        *,
-        directory: Path,
-        limit: int,
-        formats: Collection[str],
-        parse_meta: Callable[[bytes], object] | None,
-    ) -> None:
-        self.directory = directory
-        self.limit = limit
-        self.formats = sorted(formats)
+    def __init__(self, rules: UploadRules, parse_meta: Callable[[bytes], object] | None) -> None:
+        self.directory = rules.directory
+        self.limit = rules.limit
+        self.formats = sorted(rules.formats)
         self.parse_meta = parse_meta
         self.expected = (
             "one 'file' part and one 'meta' part" if parse_meta else "one 'file' part"
@@ -229,49 +233,34 @@ def _boundary(request: Request) -> bytes:
 
 @overload
 async def receive_upload(
-    request: Request,
-    *,
-    directory: Path,
-    limit: int,
-    formats: Collection[str],
-    parse_meta: Callable[[bytes], T],
+    request: Request, rules: UploadRules, *, parse_meta: Callable[[bytes], T]
 ) -> Upload[T]: ...
 
 
 @overload
 async def receive_upload(
-    request: Request,
-    *,
-    directory: Path,
-    limit: int,
-    formats: Collection[str],
-    parse_meta: None = None,
+    request: Request, rules: UploadRules, *, parse_meta: None = None
 ) -> Upload[None]: ...
 
 
 async def receive_upload(
-    request: Request,
-    *,
-    directory: Path,
-    limit: int,
-    formats: Collection[str],
-    parse_meta: Callable[[bytes], object] | None = None,
+    request: Request, rules: UploadRules, *, parse_meta: Callable[[bytes], object] | None = None
 ) -> Upload[Any]:
-    """Stream a ``multipart/form-data`` body: its ``file`` part (at most ``limit`` bytes,
-    named ``*.<format>`` for one of ``formats``) to a scratch file under ``directory`` and,
-    with ``parse_meta``, its ``meta`` part (at most ``META_LIMIT`` bytes) through that parser.
+    """Stream a ``multipart/form-data`` body: its ``file`` part as ``rules`` allow (at most
+    ``rules.limit`` bytes, named ``*.<format>`` for one of ``rules.formats``) to a scratch file
+    under ``rules.directory`` and, with ``parse_meta``, its ``meta`` part (at most
+    ``META_LIMIT`` bytes) through that parser.
 
     Raises 415 for another content type, 413 as soon as a part or the body is over its limit
     (at once when Content-Length says so) and 422 for a malformed or incomplete body or a
     missing, repeated or unknown part; the scratch file is gone in every such case.
     """
     boundary = _boundary(request)
-    body_limit = limit + (MULTIPART_OVERHEAD if parse_meta else FRAMING_LIMIT)
+    body_limit = rules.limit + (MULTIPART_OVERHEAD if parse_meta else FRAMING_LIMIT)
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > body_limit:
         raise _too_large("request body", body_limit)
-    receiver = _Receiver(directory=directory, limit=limit, formats=formats,
-                         parse_meta=parse_meta)
+    receiver = _Receiver(rules, parse_meta)
     try:
         parser = MultipartParser(boundary, receiver.callbacks())
     except FormParserError as exc:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import ContextDep, DatasetServiceDep, SettingsDep
+from broker.api.deps import ContextDep, DatasetServiceDep, UploadRulesDep
 from broker.api.problems import PROBLEM_JSON, ProblemOut
 from broker.api.routes.common import AUTHENTICATED, problems
 from broker.api.schemas.datasets import (
@@ -71,7 +71,7 @@ def _parse_meta(meta: bytes) -> DatasetMetaIn:
 @router.post("", status_code=201, responses={**problems(409, 413), **UNSUPPORTED_MEDIA_TYPE},
              openapi_extra=_multipart({"file": FILE_PART, "meta": META_PART}))
 async def register_dataset(
-    request: Request, ctx: ContextDep, datasets: DatasetServiceDep, settings: SettingsDep
+    request: Request, ctx: ContextDep, datasets: DatasetServiceDep, rules: UploadRulesDep
 ) -> DatasetOut:
     """Register a dataset: the file is checked against the declared schema, then stored.
 
@@ -79,9 +79,7 @@ async def register_dataset(
     can make the broker spool an upload; the body is then streamed, never held whole.
     """
     await run_in_threadpool(datasets.authorize_register, ctx)
-    upload = await receive_upload(request, directory=settings.uploads_dir,
-                                  limit=settings.max_upload_bytes, formats=datasets.formats(),
-                                  parse_meta=_parse_meta)
+    upload = await receive_upload(request, rules, parse_meta=_parse_meta)
     with upload:
         meta = upload.meta
         view = await run_in_threadpool(
@@ -122,7 +120,7 @@ async def add_version(
     request: Request,
     ctx: ContextDep,
     datasets: DatasetServiceDep,
-    settings: SettingsDep,
+    rules: UploadRulesDep,
 ) -> DatasetOut:
     """Store a new version of one of your datasets: a file with the same declared schema.
 
@@ -130,8 +128,7 @@ async def add_version(
     byte of it is read.
     """
     await run_in_threadpool(datasets.authorize_version, ctx, str(dataset_id))
-    upload = await receive_upload(request, directory=settings.uploads_dir,
-                                  limit=settings.max_upload_bytes, formats=datasets.formats())
+    upload = await receive_upload(request, rules)
     with upload:
         view = await run_in_threadpool(datasets.add_version, ctx, str(dataset_id),
                                        FileData(upload.path, upload.file_format))
