@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +18,9 @@ from rich.console import Console
 from audit.checkpoint import CheckpointError, NoteVerifier
 from audit.verify import Verification
 from broker.settings import Settings
+
+if TYPE_CHECKING:
+    from audit.proofs import ConsistencyProof, InclusionProof
 
 audit_app = typer.Typer(help="Verify, export and prove the audit log.", no_args_is_help=True)
 
@@ -30,6 +34,8 @@ PubkeyOption = Annotated[Path | None, typer.Option(
     help="The log's public key: a verifier key string (GET /v1/audit/key 'vkey') or PEM")]
 OriginOption = Annotated[str | None, typer.Option(
     help="The log origin (key name), needed with a PEM key (default: the settings')")]
+CheckpointSizeOption = Annotated[int | None, typer.Option(
+    min=1, help="A checkpoint's size (default: latest)")]
 
 
 def _fail(console: Console, message: str, code: int = EXIT_UNREADABLE) -> typer.Exit:
@@ -147,38 +153,39 @@ def audit_export(
             out.close()
 
 
+def _print_proof(prove: Callable[[str], InclusionProof | ConsistencyProof], db: str | None,
+                 *, ensure_ascii: bool) -> None:
+    """Print the proof ``prove`` builds from the database as indented JSON; exit 1 if it
+    cannot (no such entry or checkpoint)."""
+    try:
+        document = prove(db or Settings().db_url)
+    except (LookupError, ValueError) as exc:
+        raise _fail(Console(stderr=True), str(exc)) from exc
+    sys.stdout.write(json.dumps(document.as_json(), ensure_ascii=ensure_ascii, indent=1) + "\n")
+
+
 @audit_app.command("proof")
 def audit_proof(
     seq: Annotated[int, typer.Argument(min=1, help="The entry (a receipt's seq)")],
     db: DbOption = None,
-    size: Annotated[int | None, typer.Option(min=1, help="A checkpoint's size (default: latest)")]
-    = None,
+    size: CheckpointSizeOption = None,
 ) -> None:
     """Print the inclusion proof of one entry against a signed checkpoint, as JSON."""
     from broker.cli.audit_offline import database_inclusion
 
-    try:
-        document = database_inclusion(db or Settings().db_url, seq, size)
-    except (LookupError, ValueError) as exc:
-        raise _fail(Console(stderr=True), str(exc)) from exc
-    sys.stdout.write(json.dumps(document.as_json(), ensure_ascii=False, indent=1) + "\n")
+    _print_proof(lambda url: database_inclusion(url, seq, size), db, ensure_ascii=False)
 
 
 @audit_app.command("consistency")
 def audit_consistency(
     old: Annotated[int, typer.Argument(min=1, help="The size of the tree you already trust")],
     db: DbOption = None,
-    new: Annotated[int | None, typer.Option(min=1, help="A checkpoint's size (default: latest)")]
-    = None,
+    new: CheckpointSizeOption = None,
 ) -> None:
     """Print the consistency proof from ``old`` entries to a signed checkpoint, as JSON."""
     from broker.cli.audit_offline import database_consistency
 
-    try:
-        document = database_consistency(db or Settings().db_url, old, new)
-    except (LookupError, ValueError) as exc:
-        raise _fail(Console(stderr=True), str(exc)) from exc
-    sys.stdout.write(json.dumps(document.as_json(), indent=1) + "\n")
+    _print_proof(lambda url: database_consistency(url, old, new), db, ensure_ascii=True)
 
 
 @audit_app.command("check")
