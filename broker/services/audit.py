@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from audit.checkpoint import NoteVerifier
 from audit.proofs import (
@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 AUDIT_LOG = {"kind": "audit-log"}
 
 Proof = TypeVar("Proof", InclusionProof, ConsistencyProof)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """Part of a listing and the cursor to ask for the rest with (None at the end): a seq for
+    entries and accesses, a size for checkpoints."""
+
+    items: tuple[T, ...]
+    next_cursor: int | None
+
+    @classmethod
+    def cut(cls, found: Sequence[T], limit: int, cursor: Callable[[T], int]) -> Page[T]:
+        """The first ``limit`` of ``found``, which was asked for one more so as to tell whether
+        the listing goes on; the cursor is that of the last item kept."""
+        items = tuple(found[:limit])
+        return cls(items, cursor(items[-1]) if len(found) > limit and items else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +66,6 @@ class AuditItem:
     def from_stored(cls, stored: Mapping[str, Any]) -> AuditItem:
         """An item as the store reads it out: ``{"entry": {...}, "leaf_hash": "..."}``."""
         return cls(entry=stored["entry"], leaf_hash=stored["leaf_hash"])
-
-
-@dataclass(frozen=True, slots=True)
-class AuditPage:
-    """A page of entries and the cursor (a seq) for the next one (None at the end)."""
-
-    entries: tuple[AuditItem, ...]
-    next_cursor: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,22 +121,6 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
-class AccessPage:
-    """A page of accesses and the cursor (a seq) for the next one (None at the end)."""
-
-    accesses: tuple[Access, ...]
-    next_cursor: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointPage:
-    """Signed checkpoints, newest first, and the cursor (a size) for older ones."""
-
-    checkpoints: tuple[StoredCheckpoint, ...]
-    next_cursor: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class CheckpointKey:
     """The public key that signs checkpoints, in the forms verifiers read: the log's origin
     (key name), the key id (hex), the C2SP verifier key string and PEM."""
@@ -155,7 +148,7 @@ class AuditService:
 
     # -- entries -----------------------------------------------------------------------------
 
-    def entries(self, ctx: RequestContext, query: AuditQuery) -> AuditPage:
+    def entries(self, ctx: RequestContext, query: AuditQuery) -> Page[AuditItem]:
         """Entries matching ``query``: all for auditors, own datasets' for providers."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, "audit.read", AUDIT_LOG)
@@ -167,15 +160,14 @@ class AuditService:
                                                     or d in wanted])
             found = uow.audit.entries(replace(query, limit=query.limit + 1))
         self._record(ctx, "audit.read")
-        more = len(found) > query.limit
-        page = tuple(AuditItem.from_stored(e) for e in found[: query.limit])
-        return AuditPage(page, page[-1].seq if more and page else None)
+        return Page.cut([AuditItem.from_stored(e) for e in found], query.limit,
+                        lambda item: item.seq)
 
-    def accesses(self, ctx: RequestContext, query: AuditQuery) -> AccessPage:
+    def accesses(self, ctx: RequestContext, query: AuditQuery) -> Page[Access]:
         """The providers' view: entries about datasets (their own, unless an auditor asks),
         each as who, when, purpose, contract, fields and decision."""
         page = self.entries(ctx, replace(query, about_datasets=True))
-        return AccessPage(tuple(Access.of(e) for e in page.entries), page.next_cursor)
+        return Page(tuple(Access.of(e) for e in page.items), page.next_cursor)
 
     # -- checkpoints and proofs --------------------------------------------------------------
 
@@ -185,7 +177,7 @@ class AuditService:
                              vkey=self.verifier.vkey, public_key_pem=self.verifier.pem)
 
     def checkpoints(self, ctx: RequestContext, *, before: int | None,
-                    limit: int) -> CheckpointPage:
+                    limit: int) -> Page[StoredCheckpoint]:
         """Signed checkpoints, newest first, and the cursor for older ones."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
@@ -193,9 +185,7 @@ class AuditService:
             found = uow.audit.checkpoints(-1 if before is None else before, limit + 1,
                                           newest_first=True)
         self._record(ctx, "audit.checkpoints")
-        more = len(found) > limit
-        page = tuple(found[:limit])
-        return CheckpointPage(page, page[-1].size if more and page else None)
+        return Page.cut(found, limit, lambda checkpoint: checkpoint.size)
 
     def proof(self, ctx: RequestContext, seq: int, size: int | None) -> InclusionProof:
         """The inclusion proof of entry ``seq`` against a signed checkpoint.

@@ -35,12 +35,12 @@ def test_entries_come_oldest_first_in_pages_that_end_with_no_cursor(
     query = REGISTRATIONS
     while True:
         page = audit_service.entries(county.auditor.ctx(), query)
-        seen.append([item.seq for item in page.entries])
+        seen.append([item.seq for item in page.items])
         if page.next_cursor is None:
             break
         query = replace(query, after_seq=page.next_cursor)
     assert seen == [[1, 2], [3, 4], [5]]
-    item = audit_service.entries(county.auditor.ctx(), REGISTRATIONS).entries[0]
+    item = audit_service.entries(county.auditor.ctx(), REGISTRATIONS).items[0]
     assert item.entry["action"] == "org.register"
     assert leaf_hash(encode(item.entry)) == item.leaf_hash
 
@@ -72,8 +72,8 @@ def test_a_provider_reads_every_access_to_its_data_and_nothing_else(
         query_service.aggregate(county.env.ctx(), _count_by_town(contract_id))
     page = audit_service.accesses(county.grid.ctx(), AuditQuery(action="query.aggregate"))
     assert page.next_cursor is None
-    released, refused = page.accesses
-    assert all(isinstance(a, Access) and a.dataset_id == dataset_id for a in page.accesses)
+    released, refused = page.items
+    assert all(isinstance(a, Access) and a.dataset_id == dataset_id for a in page.items)
     assert release.receipt is not None
     assert (released.seq, released.leaf_hash) == (release.receipt.seq,
                                                   release.receipt.leaf_hash)
@@ -86,7 +86,7 @@ def test_a_provider_reads_every_access_to_its_data_and_nothing_else(
         "result_digest": result_digest(release.result_nonce or "", release.cells)}
     assert (refused.who.org, refused.allowed) == ("env", False)
     assert "no-active-contract" in refused.reasons
-    assert audit_service.accesses(county.water.ctx(), AuditQuery()).accesses == ()
+    assert audit_service.accesses(county.water.ctx(), AuditQuery()).items == ()
 
 
 def test_a_receipts_inclusion_proof_holds_offline_under_the_published_key(
@@ -134,10 +134,10 @@ def test_checkpoints_come_newest_first_with_a_cursor_to_older_ones(
         assert stored is not None
         sizes.append(stored.size)
     page = audit_service.checkpoints(county.auditor.ctx(), before=None, limit=2)
-    assert [c.size for c in page.checkpoints] == sizes[:0:-1]
+    assert [c.size for c in page.items] == sizes[:0:-1]
     assert page.next_cursor == sizes[1]
     older = audit_service.checkpoints(county.auditor.ctx(), before=page.next_cursor, limit=2)
-    assert ([c.size for c in older.checkpoints], older.next_cursor) == ([sizes[0]], None)
+    assert ([c.size for c in older.items], older.next_cursor) == ([sizes[0]], None)
 
 
 def test_verification_accepts_the_log_and_names_an_entry_changed_in_the_store(

@@ -11,15 +11,7 @@ from pydantic import (
 from audit.proofs import ConsistencyProof, InclusionProof
 from audit.verify import Verification
 from broker.domain.ports import StoredCheckpoint
-from broker.services.audit import (
-    Access,
-    AccessPage,
-    AuditItem,
-    AuditPage,
-    CheckpointKey,
-    CheckpointPage,
-    Who,
-)
+from broker.services.audit import Access, AuditItem, CheckpointKey, Page, Who
 
 
 def _cursor(value: int | None) -> str | None:
@@ -46,9 +38,9 @@ class AuditPageOut(BaseModel):
     next_cursor: str | None
 
     @classmethod
-    def from_domain(cls, page: AuditPage) -> AuditPageOut:
+    def from_domain(cls, page: Page[AuditItem]) -> AuditPageOut:
         """Response form of a page of entries."""
-        return cls(entries=[AuditItemOut.from_domain(e) for e in page.entries],
+        return cls(entries=[AuditItemOut.from_domain(e) for e in page.items],
                    next_cursor=_cursor(page.next_cursor))
 
 
@@ -110,9 +102,9 @@ class CheckpointPageOut(BaseModel):
     next_cursor: str | None
 
     @classmethod
-    def from_domain(cls, page: CheckpointPage) -> CheckpointPageOut:
+    def from_domain(cls, page: Page[StoredCheckpoint]) -> CheckpointPageOut:
         """Response form of a page of checkpoints."""
-        return cls(checkpoints=[CheckpointOut.from_domain(c) for c in page.checkpoints],
+        return cls(checkpoints=[CheckpointOut.from_domain(c) for c in page.items],
                    next_cursor=_cursor(page.next_cursor))
 
 
@@ -205,7 +197,7 @@ class AccessPageOut(BaseModel):
     next_cursor: str | None
 
     @classmethod
-    def from_domain(cls, page: AccessPage) -> AccessPageOut:
+    def from_domain(cls, page: Page[Access]) -> AccessPageOut:
         """Response form of a page of accesses."""
-        return cls(accesses=[AccessOut.from_domain(a) for a in page.accesses],
+        return cls(accesses=[AccessOut.from_domain(a) for a in page.items],
                    next_cursor=_cursor(page.next_cursor))
