@@ -129,43 +129,36 @@ def _field(name: str, type_: str, role: str, sensitivity: str = "L1") -> dict[st
     return field
 
 
-def _panel(county: County, *measures: str) -> pd.DataFrame:
-    """Monthly rows with each enterprise's town and industry, and the given measures."""
+def _panel(county: County, provider: str, name: str, grade: str,
+           *measures: dict[str, Any]) -> Slice:
+    """A provider's monthly rows by enterprise (``grade`` its sensitivity), with each
+    enterprise's town and industry, and the ``measures`` (declared with ``_field``)."""
     frame = county.monthly.merge(county.enterprises[["uscc", "town", "industry"]], on="uscc")
-    return frame[["uscc", "town", "industry", "month", *measures]]
+    frame = frame[["uscc", "town", "industry", "month", *(m["name"] for m in measures)]]
+    return Slice(provider, frame, {
+        "name": name,
+        "entity_field": "uscc",
+        "fields": [
+            _field("uscc", "string", "entity", grade),
+            _field("town", "string", "dimension"),
+            _field("industry", "string", "dimension"),
+            _field("month", "date", "dimension"),
+            *measures,
+        ],
+    })
 
 
 def grid_slice(county: County) -> Slice:
     """The grid company's monthly electricity by enterprise."""
-    frame = _panel(county, "electricity_kwh")
-    return Slice("grid-company", frame, {
-        "name": "electricity-2025",
-        "entity_field": "uscc",
-        "fields": [
-            _field("uscc", "string", "entity", "L2"),
-            _field("town", "string", "dimension"),
-            _field("industry", "string", "dimension"),
-            _field("month", "date", "dimension"),
-            _field("electricity_kwh", "number", "measure", "L2"),
-        ],
-    })
+    return _panel(county, "grid-company", "electricity-2025", "L2",
+                  _field("electricity_kwh", "number", "measure", "L2"))
 
 
 def tax_slice(county: County) -> Slice:
     """The tax bureau's monthly output value and tax paid by enterprise."""
-    frame = _panel(county, "output_value", "tax_paid")
-    return Slice("tax-bureau", frame, {
-        "name": "tax-2025",
-        "entity_field": "uscc",
-        "fields": [
-            _field("uscc", "string", "entity", "L3"),
-            _field("town", "string", "dimension"),
-            _field("industry", "string", "dimension"),
-            _field("month", "date", "dimension"),
-            _field("output_value", "number", "sensitive", "L3"),
-            _field("tax_paid", "number", "sensitive", "L3"),
-        ],
-    })
+    return _panel(county, "tax-bureau", "tax-2025", "L3",
+                  _field("output_value", "number", "sensitive", "L3"),
+                  _field("tax_paid", "number", "sensitive", "L3"))
 
 
 def register_slice(county: County) -> Slice:
