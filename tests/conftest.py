@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,17 @@ def mint(settings: Settings) -> Mint:
 def auth(token: str) -> dict[str, str]:
     """Authorization header for ``token``."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def token_claims(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The claims of a valid token for an econ consumer (``mallory``), with ``overrides``; an
+    override of None drops that claim."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience,
+                              "sub": "mallory", "org": "econ", "roles": ["consumer"],
+                              "iat": now, "exp": now + 300}
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:

@@ -38,6 +38,7 @@ from tests.conftest import (
     auth,
     contract_terms,
     csv_bytes,
+    token_claims,
     upload,
 )
 
@@ -94,15 +95,6 @@ def _verify(world: World) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def _claims(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-                              "sub": "mallory", "org": "econ", "roles": ["consumer"],
-                              "iat": now, "exp": now + 300}
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not None}
 
 
 def _b64(data: bytes) -> str:
@@ -952,14 +944,14 @@ def _get(client: TestClient, token: str) -> Any:
 def test_unsigned_tokens_in_every_spelling_of_none_are_401(
     client: TestClient, settings: Settings, alg: str
 ) -> None:
-    token = _raw_token({"alg": alg, "typ": "JWT"}, _claims(settings), None)
+    token = _raw_token({"alg": alg, "typ": "JWT"}, token_claims(settings), None)
     assert_problem(_get(client, token), 401, "unauthenticated")
 
 
 def test_a_valid_signature_under_a_lying_header_is_401(
     client: TestClient, settings: Settings
 ) -> None:
-    claims = _claims(settings)
+    claims = token_claims(settings)
     for header in ({"alg": "HS384"}, {"alg": "RS256"}, {"alg": "ES256"}, {"alg": "none"},
                    {"alg": "HS256", "crit": ["exp"]}, {}):
         token = _raw_token(header, claims, SECRET.encode())
@@ -970,14 +962,14 @@ def test_rs256_and_public_key_confusion_tokens_are_401(
     client: TestClient, settings: Settings
 ) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    token = jwt.encode(_claims(settings), key, algorithm="RS256")
+    token = jwt.encode(token_claims(settings), key, algorithm="RS256")
     assert_problem(_get(client, token), 401, "unauthenticated")
     pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-    confused = _raw_token({"alg": "HS256", "typ": "JWT"}, _claims(settings), pem)
+    confused = _raw_token({"alg": "HS256", "typ": "JWT"}, token_claims(settings), pem)
     assert_problem(_get(client, confused), 401, "unauthenticated")
     for weak in (b"", b"secret", b"broker", b"broker-dev"):
-        assert_problem(_get(client, _raw_token({"alg": "HS256"}, _claims(settings), weak)),
+        assert_problem(_get(client, _raw_token({"alg": "HS256"}, token_claims(settings), weak)),
                        401, "unauthenticated")
 
 
@@ -986,7 +978,7 @@ def test_signature_stripping_and_payload_swapping_are_401(
 ) -> None:
     good = mint("econ", "consumer")
     head, _payload, sig = good.split(".")
-    admin_payload = _b64(json.dumps(_claims(settings, roles=["admin", "auditor"])).encode())
+    admin_payload = _b64(json.dumps(token_claims(settings, roles=["admin", "auditor"])).encode())
     for token in (f"{head}.{_payload}.", f"{head}.{_payload}", f"{head}.{admin_payload}.{sig}",
                   f"{head}.{_payload}.{sig}x", f"{head}.{_payload}.{sig}.{sig}",
                   good + " " + good, f"{head}..{sig}"):
@@ -1028,7 +1020,7 @@ def test_signature_stripping_and_payload_swapping_are_401(
 def test_tokens_with_bad_or_missing_claims_are_401(
     client: TestClient, settings: Settings, overrides: dict[str, Any]
 ) -> None:
-    token = jwt.encode(_claims(settings, **overrides), SECRET, algorithm="HS256")
+    token = jwt.encode(token_claims(settings, **overrides), SECRET, algorithm="HS256")
     r = _get(client, token)
     assert_problem(r, 401, "unauthenticated")
     assert "mallory" not in r.text

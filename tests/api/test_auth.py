@@ -11,16 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.settings import Settings
-from tests.conftest import SECRET, Mint, assert_problem, auth
-
-
-def _claims(settings: Settings, **overrides: object) -> dict[str, object]:
-    now = int(time.time())
-    claims: dict[str, object] = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-                                 "sub": "u", "org": "econ", "roles": ["consumer"],
-                                 "iat": now, "exp": now + 60}
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not None}
+from tests.conftest import SECRET, Mint, assert_problem, auth, token_claims
 
 
 def test_missing_token_is_401_problem_with_bearer_challenge(client: TestClient) -> None:
@@ -45,12 +36,12 @@ def test_missing_token_is_401_problem_with_bearer_challenge(client: TestClient) 
 )
 def test_token_with_bad_claims_is_401(client: TestClient, settings: Settings,
                                       overrides: dict[str, object]) -> None:
-    token = jwt.encode(_claims(settings, **overrides), SECRET, algorithm="HS256")
+    token = jwt.encode(token_claims(settings, **overrides), SECRET, algorithm="HS256")
     assert_problem(client.get("/v1/datasets", headers=auth(token)), 401, "unauthenticated")
 
 
 def test_token_signed_with_another_secret_is_401(client: TestClient, settings: Settings) -> None:
-    token = jwt.encode(_claims(settings), "another-secret-another-secret-another", "HS256")
+    token = jwt.encode(token_claims(settings), "another-secret-another-secret-another", "HS256")
     assert_problem(client.get("/v1/datasets", headers=auth(token)), 401, "unauthenticated")
 
 
@@ -59,13 +50,13 @@ def test_unsigned_alg_none_token_is_401(client: TestClient, settings: Settings) 
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    body = b64(json.dumps(_claims(settings)).encode())
+    body = b64(json.dumps(token_claims(settings)).encode())
     assert_problem(client.get("/v1/datasets", headers=auth(f"{header}.{body}.")), 401,
                    "unauthenticated")
 
 
 def test_algorithm_outside_the_allow_list_is_401(client: TestClient, settings: Settings) -> None:
-    token = jwt.encode(_claims(settings), SECRET, algorithm="HS512")
+    token = jwt.encode(token_claims(settings), SECRET, algorithm="HS512")
     assert_problem(client.get("/v1/datasets", headers=auth(token)), 401, "unauthenticated")
 
 
