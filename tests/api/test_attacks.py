@@ -205,18 +205,14 @@ def test_a_foreign_provider_gets_404_for_every_dataset_and_contract_route(world:
 
 def test_a_missing_and_a_hidden_object_answer_byte_identical_problems(world: World) -> None:
     c = world.client
-    hidden = c.get(f"/v1/datasets/{world.dataset['id']}", headers=auth(world.env)).json()
-    missing = c.get(f"/v1/datasets/{ZERO_UUID}", headers=auth(world.env)).json()
-    for body in (hidden, missing):
-        body.pop("instance")
-        body.pop("request_id")
-    assert hidden == missing
-    hidden = c.get(f"/v1/contracts/{world.contract['id']}", headers=auth(world.env)).json()
-    missing = c.get(f"/v1/contracts/{ZERO_UUID}", headers=auth(world.env)).json()
-    for body in (hidden, missing):
-        body.pop("instance")
-        body.pop("request_id")
-    assert hidden == missing
+    for collection, hidden_id in (("datasets", world.dataset["id"]),
+                                  ("contracts", world.contract["id"])):
+        hidden = c.get(f"/v1/{collection}/{hidden_id}", headers=auth(world.env)).json()
+        missing = c.get(f"/v1/{collection}/{ZERO_UUID}", headers=auth(world.env)).json()
+        for body in (hidden, missing):
+            body.pop("instance")
+            body.pop("request_id")
+        assert hidden == missing
 
 
 def test_a_consumer_sees_only_the_contracted_fields_never_the_entity_field(world: World) -> None:
