@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -42,23 +41,16 @@ from tests.conftest import (
     auth,
     upload,
 )
+from tests.rfc6962 import audit_path, leaf_hash, mth, node_hash, sha256, subproof
 
 runner = CliRunner()
 
 # --- an independent verifier: C2SP signed notes, RFC 8785 leaves, RFC 6962/9162 trees --------
 
 
-def sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def node(left: bytes, right: bytes) -> bytes:
-    return sha256(b"\x01" + left + right)
-
-
 def leaf_of(entry: dict[str, Any]) -> bytes:
     """RFC 6962 leaf hash of the entry's RFC 8785 bytes."""
-    return sha256(b"\x00" + bytes(rfc8785.dumps(entry)))
+    return leaf_hash(bytes(rfc8785.dumps(entry)))
 
 
 class NoteKey:
@@ -110,42 +102,12 @@ def holds(check: Callable[[], bool]) -> bool:
         return False
 
 
-def _largest_power_below(n: int) -> int:
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def mth(leaves: list[bytes]) -> bytes:
-    """RFC 6962 section 2.1 Merkle tree hash, by its recursive definition."""
-    if not leaves:
-        return sha256(b"")
-    if len(leaves) == 1:
-        return leaves[0]
-    k = _largest_power_below(len(leaves))
-    return node(mth(leaves[:k]), mth(leaves[k:]))
-
-
-def audit_path(m: int, leaves: list[bytes]) -> list[bytes]:
-    """RFC 6962 section 2.1.1 PATH(m, D[n])."""
-    if len(leaves) <= 1:
-        return []
-    k = _largest_power_below(len(leaves))
-    if m < k:
-        return [*audit_path(m, leaves[:k]), mth(leaves[k:])]
-    return [*audit_path(m - k, leaves[k:]), mth(leaves[:k])]
-
-
-def subproof(m: int, leaves: list[bytes], whole: bool) -> list[bytes]:
-    """RFC 6962 section 2.1.2 SUBPROOF(m, D[n], b)."""
-    n = len(leaves)
-    if m == n:
-        return [] if whole else [mth(leaves)]
-    k = _largest_power_below(n)
-    if m <= k:
-        return [*subproof(m, leaves[:k], whole), mth(leaves[k:])]
-    return [*subproof(m - k, leaves[k:], False), mth(leaves[:k])]
+def _shift_to_set_bit(fn: int, sn: int) -> tuple[int, int]:
+    """RFC 9162's step after hashing on the left: "until LSB(fn) is set or fn is 0,
+    right-shift fn and sn equally"."""
+    while fn % 2 == 0 and fn != 0:
+        fn, sn = fn >> 1, sn >> 1
+    return fn, sn
 
 
 def inclusion_root(index: int, size: int, leaf: bytes, proof: list[bytes]) -> bytes:
@@ -155,12 +117,10 @@ def inclusion_root(index: int, size: int, leaf: bytes, proof: list[bytes]) -> by
     for p in proof:
         assert sn != 0, "proof too long"
         if fn % 2 == 1 or fn == sn:
-            r = node(p, r)
-            if fn % 2 == 0:
-                while fn % 2 == 0 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
+            r = node_hash(p, r)
+            fn, sn = _shift_to_set_bit(fn, sn)
         else:
-            r = node(r, p)
+            r = node_hash(r, p)
         fn, sn = fn >> 1, sn >> 1
     assert sn == 0, "proof too short"
     return r
@@ -185,12 +145,10 @@ def consistent(first: int, second: int, first_hash: bytes, second_hash: bytes,
         if sn == 0:
             return False
         if fn % 2 == 1 or fn == sn:
-            fr, sr = node(c, fr), node(c, sr)
-            if fn % 2 == 0:
-                while fn % 2 == 0 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            fn, sn = _shift_to_set_bit(fn, sn)
         else:
-            sr = node(sr, c)
+            sr = node_hash(sr, c)
         fn, sn = fn >> 1, sn >> 1
     return fr == first_hash and sr == second_hash and sn == 0
 

@@ -1,5 +1,5 @@
 """RFC 6962 Merkle tree hash, proofs and frontier against the reference vectors of
-transparency-dev/merkle, a naive RFC 9162 reference, and mutated proofs."""
+transparency-dev/merkle, a naive RFC 9162 reference (``tests.rfc6962``), and mutated proofs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit import merkle
+from tests.rfc6962 import audit_path, leaf_hash, mth, subproof
 
 LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",
           bytes(range(0x50, 0x58)), bytes(range(0x60, 0x70))]
@@ -26,33 +27,19 @@ ROOTS = [
 ]
 
 
-def _leaf(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
 def test_empty_tree_root_is_hash_of_nothing() -> None:
     assert merkle.root([]) == hashlib.sha256(b"").digest()
 
 
 @pytest.mark.parametrize("size", range(1, 9))
 def test_roots_match_rfc6962_reference_vectors(size: int) -> None:
-    assert merkle.root(_leaf(x) for x in LEAVES[:size]).hex() == ROOTS[size - 1]
-
-
-def _recursive(leaves: list[bytes]) -> bytes:
-    """The RFC 6962 definition, literally: split at the largest power of two below n."""
-    if len(leaves) == 1:
-        return leaves[0]
-    k = 1
-    while k * 2 < len(leaves):
-        k *= 2
-    return merkle.node_hash(_recursive(leaves[:k]), _recursive(leaves[k:]))
+    assert merkle.root(leaf_hash(x) for x in LEAVES[:size]).hex() == ROOTS[size - 1]
 
 
 @given(st.lists(st.binary(max_size=8), min_size=1, max_size=70))
 def test_frontier_root_equals_the_recursive_definition(data: list[bytes]) -> None:
-    leaves = [_leaf(d) for d in data]
-    assert merkle.root(leaves) == _recursive(leaves)
+    leaves = [leaf_hash(d) for d in data]
+    assert merkle.root(leaves) == mth(leaves)
 
 
 # --- published proof vectors ------------------------------------------------------------------
@@ -144,7 +131,7 @@ CONSISTENCY_PROOFS: list[tuple[int, int, list[str]]] = [
     ]),
 ]
 
-LEAF_HASHES = [_leaf(x) for x in LEAVES]
+LEAF_HASHES = [leaf_hash(x) for x in LEAVES]
 # Root of each size 0..8, as bytes.
 ROOT_HASHES = [merkle.EMPTY_ROOT, *(bytes.fromhex(r) for r in ROOTS)]
 
@@ -296,7 +283,7 @@ def test_mutated_inclusion_proofs_are_rejected(leaf: int, size: int, proof: list
                for b in range(256)]
     probes += [("some root", probe(index, size, good_leaf, hashes, SOME_HASH)),
                ("31-byte root", probe(index, size, good_leaf, hashes, good_root[:31]))]
-    for n, other in enumerate([*LEAF_HASHES, _leaf(b"other"), LEAVES[index].ljust(32, b"\x00"),
+    for n, other in enumerate([*LEAF_HASHES, leaf_hash(b"other"), LEAVES[index].ljust(32, b"\x00"),
                                good_root, SOME_HASH]):
         if other != good_leaf:
             probes.append((f"leaf #{n}", probe(index, size, other, hashes, good_root)))
@@ -387,7 +374,7 @@ def test_go_invalid_vectors() -> None:
         assert not merkle.verify_inclusion(index, size, b"", [], merkle.EMPTY_ROOT)
         assert not merkle.verify_inclusion(index, size, SOME_HASH, [], merkle.EMPTY_ROOT)
     # TestVerifyInclusionSingleEntry: a one-leaf tree's root is its leaf, the proof is empty.
-    one = _leaf(b"data")
+    one = leaf_hash(b"data")
     assert merkle.verify_inclusion(0, 1, one, [], one)
     assert not merkle.verify_inclusion(0, 1, b"", [], one)
     assert not merkle.verify_inclusion(0, 1, one, [], b"")
@@ -445,39 +432,11 @@ def test_malformed_arguments() -> None:
         merkle.Frontier.from_bytes(3, SOME_HASH)
 
 
-# --- a naive RFC 9162 reference, and properties over random trees -----------------------------
-
-
-def _k(n: int) -> int:
-    """The largest power of two strictly below ``n``."""
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def _path(m: int, d: list[bytes]) -> list[bytes]:
-    """RFC 9162 section 2.1.3.1, PATH(m, D[n])."""
-    if len(d) == 1:
-        return []
-    k = _k(len(d))
-    if m < k:
-        return [*_path(m, d[:k]), _recursive(d[k:])]
-    return [*_path(m - k, d[k:]), _recursive(d[:k])]
-
-
-def _subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
-    """RFC 9162 section 2.1.4.1, SUBPROOF(m, D[n], b)."""
-    if m == len(d):
-        return [] if b else [_recursive(d)]
-    k = _k(len(d))
-    if m <= k:
-        return [*_subproof(m, d[:k], b), _recursive(d[k:])]
-    return [*_subproof(m - k, d[k:], False), _recursive(d[:k])]
+# --- properties over random trees, against the naive reference --------------------------------
 
 
 def _leaves(n: int, seed: int) -> list[bytes]:
-    return [_leaf(seed.to_bytes(4, "big") + i.to_bytes(4, "big")) for i in range(n)]
+    return [leaf_hash(seed.to_bytes(4, "big") + i.to_bytes(4, "big")) for i in range(n)]
 
 
 def _roots(leaves: list[bytes]) -> list[bytes]:
@@ -506,14 +465,14 @@ def test_proofs_from_stored_nodes_equal_the_rfc9162_definition(n: int, seed: int
                                                                data: st.DataObject) -> None:
     leaves = _leaves(n, seed)
     store, roots = _store(leaves), _roots(leaves)
-    assert roots[n] == _recursive(leaves)
+    assert roots[n] == mth(leaves)
 
     size = data.draw(st.integers(1, n), label="size")
     index = data.draw(st.integers(0, size - 1), label="index")
     ranges = merkle.inclusion_ranges(index, size)
     assert _complete_in(size, ranges)
     proof = _fetch(store, ranges)
-    assert proof == _path(index, leaves[:size])
+    assert proof == audit_path(index, leaves[:size])
     assert merkle.verify_inclusion(index, size, leaves[index], proof, roots[size])
     assert merkle.root_from_inclusion(index, size, leaves[index], proof) == roots[size]
     # The same proof for another position or size, against that tree's real root: rejected.
@@ -530,7 +489,7 @@ def test_proofs_from_stored_nodes_equal_the_rfc9162_definition(n: int, seed: int
     ranges = merkle.consistency_ranges(old, new)
     assert _complete_in(new, ranges)
     proof = _fetch(store, ranges)
-    assert proof == (_subproof(old, leaves[:new], True) if 0 < old < new else [])
+    assert proof == (subproof(old, leaves[:new], True) if 0 < old < new else [])
     assert merkle.verify_consistency(old, new, roots[old], roots[new], proof)
     if proof:
         other_new = data.draw(st.integers(1, n), label="other new")
@@ -585,7 +544,7 @@ def test_add_perfect_of_aligned_subtrees_equals_adding_leaves(n: int, seed: int,
         assert frontier.root() == roots[pos]
     assert frontier.to_bytes() == _frontier_of(leaves).to_bytes()
     # Leaves added after whole subtrees complete the same nodes as in a leaf-by-leaf frontier.
-    extra = _leaf(b"one more")
+    extra = leaf_hash(b"one more")
     assert frontier.add(extra) == _frontier_of(leaves).add(extra)
 
 
