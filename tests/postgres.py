@@ -306,3 +306,15 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
             postgres_server.drop_database(name)
         except psycopg.Error as exc:  # a test that broke the server already reports it
             print(f"could not drop {name}: {exc}\n{_tail(postgres_server.log)}")  # noqa: T201
+
+
+#: The ``params`` of a fixture that runs its tests on each kind of database.
+DATABASES = ["sqlite", "postgresql"]
+
+
+def empty_database(request: pytest.FixtureRequest, sqlite_file: Path) -> str:
+    """The URL of an empty database of the kind ``request.param`` (one of DATABASES) names: a
+    SQLite file at ``sqlite_file``, or a new PostgreSQL database from ``postgres_url``."""
+    if request.param == "sqlite":
+        return f"sqlite:///{sqlite_file}"
+    return str(request.getfixturevalue("postgres_url"))

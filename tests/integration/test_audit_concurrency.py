@@ -32,6 +32,7 @@ from broker.services.checkpoints import Checkpointer, DirectorySink
 from broker.store.db import create_schema, make_engine
 from broker.store.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
 from tests.integration.audit_workers import clock, event, stored_rows
+from tests.postgres import DATABASES, empty_database
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 16
@@ -41,13 +42,10 @@ RUN_TIMEOUT = 120.0
 ORIGIN = "broker.test/audit"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty ledger (schema, triggers, head row) on a SQLite file or a PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
+    url = empty_database(request, tmp_path / "audit.db")
     engine = make_engine(url)
     create_schema(engine)
     engine.dispose()

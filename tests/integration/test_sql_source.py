@@ -30,6 +30,7 @@ import connectors.sql
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.errors import BadDataset, InvalidInput, Unavailable
 from connectors.sql import check_query, read_sql
+from tests.postgres import DATABASES, empty_database
 from tests.unit.test_connectors import (
     ENTITY,
     SAMPLE,
@@ -76,13 +77,10 @@ def _create(engine: Engine, name: str = TABLE, *, note: bool = True) -> Table:
     return table
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database holding the sample as the table 企业; its URL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'source.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
+    url = empty_database(request, tmp_path / "source.db")
     engine = create_engine(url)
     try:
         _create(engine)
