@@ -123,8 +123,13 @@ def _crash_cycle(url: str, writer: str, tmp_path: Path, before: int) -> tuple[in
 
 
 def _crash_and_go_on(url: str, tmp_path: Path) -> str:
-    """CYCLES writers, each killed mid-load on the log the last one left; then a checkpoint
-    and one more append, all verifying. A summary for the log."""
+    """On a new log at ``url``: CYCLES writers, each killed mid-load on the log the last one
+    left; then a checkpoint and one more append, all verifying. A summary for the log, with
+    the time it took."""
+    engine = make_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    began = time.perf_counter()
     size = 0
     summary = []
     for cycle in range(CYCLES):
@@ -148,7 +153,7 @@ def _crash_and_go_on(url: str, tmp_path: Path) -> str:
     assert after.valid, after
     assert (after.size, after.checkpoints) == (size + 1, 1)
     assert stored_rows(url)[-1][2] == receipt.leaf_hash
-    return ", ".join(summary)
+    return f"{', '.join(summary)}, {time.perf_counter() - began:.1f} s"
 
 
 def _wait_for_backends_to_end(url: str) -> None:
@@ -172,20 +177,11 @@ def _wait_for_backends_to_end(url: str) -> None:
 @pytest.mark.parametrize("run", [1, 2, 3])
 def test_sqlite_writer_killed_mid_load_loses_no_acknowledged_entry(
         tmp_path: Path, run: int) -> None:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    engine = make_engine(url)
-    create_schema(engine)
-    engine.dispose()
-    began = time.perf_counter()
-    summary = _crash_and_go_on(url, tmp_path)
-    print(f"\nsqlite run {run}: {summary}, {time.perf_counter() - began:.1f} s")  # noqa: T201
+    summary = _crash_and_go_on(f"sqlite:///{tmp_path / 'audit.db'}", tmp_path)
+    print(f"\nsqlite run {run}: {summary}")  # noqa: T201
 
 
 def test_postgresql_writer_killed_mid_load_loses_no_acknowledged_entry(
         postgres_url: str, tmp_path: Path) -> None:
-    engine = make_engine(postgres_url)
-    create_schema(engine)
-    engine.dispose()
-    began = time.perf_counter()
     summary = _crash_and_go_on(postgres_url, tmp_path)
-    print(f"\npostgresql: {summary}, {time.perf_counter() - began:.1f} s")  # noqa: T201
+    print(f"\npostgresql: {summary}")  # noqa: T201
