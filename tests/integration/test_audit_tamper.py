@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import rfc8785
@@ -39,6 +39,8 @@ runner = CliRunner()
 
 EXIT = {"bad-entry": 3, "gap": 4, "reorder": 5, "rollback": 6, "fork": 7, "bad-checkpoint": 8}
 GENESIS = "0" * 64
+
+T = TypeVar("T")
 
 
 # --- settings: the conftest's, and one that signs a checkpoint at nearly every entry ---------
@@ -165,11 +167,24 @@ class Log:
 
     def tamper(self, attack: Callable[[Connection], object]) -> None:
         """Edit the database as an administrator does: drop the triggers, then plain SQL."""
-        engine = create_engine(self.url)
-        with engine.begin() as conn:
-            tamper.disarm(conn)
-            attack(conn)
-        engine.dispose()
+        _tamper_at(self.url, attack)
+
+    def backup(self, path: Path) -> str:
+        """A copy of the database, at ``path``; its URL."""
+        with sqlite3.connect(self.db_path) as source, sqlite3.connect(path) as target:
+            source.backup(target)
+        return f"sqlite:///{path}"
+
+
+def _tamper_at(url: str, attack: Callable[[Connection], T]) -> T:
+    """Edit the database at ``url`` as an administrator does: drop the triggers, then plain
+    SQL; what ``attack`` returns."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        tamper.disarm(conn)
+        found = attack(conn)
+    engine.dispose()
+    return found
 
 
 def _queries(world: World, n: int, start: int = 0) -> list[int]:
@@ -595,16 +610,10 @@ def test_a_checkpoint_signed_by_another_key_is_bad(log: Log, tmp_path: Path) -> 
 def _fork_copy(log: Log, tmp_path: Path, victim: int) -> str:
     """A second history: a copy of the database rewritten from ``victim`` and signed by the
     broker's own key (as a broker run on the altered copy would); its latest note."""
-    copy = tmp_path / "fork.db"
-    with sqlite3.connect(log.db_path) as source, sqlite3.connect(copy) as target:
-        source.backup(target)
-    engine = create_engine(f"sqlite:///{copy}")
-    with engine.begin() as conn:
-        tamper.disarm(conn)
-        tamper.rewrite(conn, victim)
-    engine.dispose()
+    copy = log.backup(tmp_path / "fork.db")
+    _tamper_at(copy, lambda c: tamper.rewrite(c, victim))
     result = cli(log.settings, "audit", "checkpoint", env={
-        "BROKER_DATABASE_URL": f"sqlite:///{copy}",
+        "BROKER_DATABASE_URL": copy,
         "BROKER_CHECKPOINT_DIR": str(tmp_path / "fork-checkpoints")})
     assert result.exit_code == 0, result.output
     return result.stdout
@@ -641,16 +650,15 @@ def test_a_trusted_checkpoint_the_log_does_not_extend(log: Log, tmp_path: Path) 
     # a trusted checkpoint larger than the log: a copy that was rolled back by one entry
     later = tmp_path / "later.checkpoint"
     later.write_text(_sign_now(log.settings), encoding="utf-8")
-    snapshot = tmp_path / "snapshot.db"
-    with sqlite3.connect(log.db_path) as source, sqlite3.connect(snapshot) as target:
-        source.backup(target)
-    engine = create_engine(f"sqlite:///{snapshot}")
-    with engine.begin() as conn:
-        tamper.disarm(conn)
+    snapshot = log.backup(tmp_path / "snapshot.db")
+
+    def roll_back_one(conn: Connection) -> int:
         size = int(conn.execute(text("SELECT size FROM audit_head")).scalar_one())
         tamper.truncate(conn, size - 1)
-    engine.dispose()
-    outcome = verify(log.settings, "--db", f"sqlite:///{snapshot}", "--pubkey", str(log.vkey),
+        return size
+
+    size = _tamper_at(snapshot, roll_back_one)
+    outcome = verify(log.settings, "--db", snapshot, "--pubkey", str(log.vkey),
                      "--trusted", str(later))
     assert_fault(outcome, "rollback", size)
 
