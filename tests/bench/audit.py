@@ -22,7 +22,9 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from audit import merkle
@@ -61,26 +63,20 @@ def _writer(url: str, writer: int, count: int, start: float) -> None:
     engine.dispose()
 
 
-def _threads(url: str, writers: int, per_writer: int) -> float:
-    start = time.time() + 0.2
-    threads = [threading.Thread(target=_writer, args=(url, w, per_writer, start))
-               for w in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return writers * per_writer / (time.time() - start)
-
-
-def _processes(url: str, writers: int, per_writer: int) -> float:
-    ctx = multiprocessing.get_context("spawn")
-    start = time.time() + 3.0  # every process imported and connected before the clock starts
-    procs = [ctx.Process(target=_writer, args=(url, w, per_writer, start))
-             for w in range(writers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+def _appends(url: str, writers: int, per_writer: int, *, processes: bool = False) -> float:
+    """Appends per second of ``writers`` threads (or processes) appending ``per_writer`` each,
+    all starting at once."""
+    spawn: Callable[..., threading.Thread | BaseProcess]
+    if processes:
+        spawn = multiprocessing.get_context("spawn").Process
+        start = time.time() + 3.0  # every process imported and connected before the clock starts
+    else:
+        spawn, start = threading.Thread, time.time() + 0.2
+    workers = [spawn(target=_writer, args=(url, w, per_writer, start)) for w in range(writers)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     return writers * per_writer / (time.time() - start)
 
 
@@ -177,9 +173,9 @@ def main() -> None:
         targets.append(("postgresql", args.postgres))
     for name, url in targets:
         create_schema(make_engine(url))
-        one = _threads(url, 1, args.appends)
-        many = _threads(url, args.writers, args.appends // args.writers)
-        procs = _processes(url, 4, args.appends // 4)
+        one = _appends(url, 1, args.appends)
+        many = _appends(url, args.writers, args.appends // args.writers)
+        procs = _appends(url, 4, args.appends // 4, processes=True)
         print(f"{name + ': durable appends, 1 writer':44} {one:9,.0f} /s"
               + (f"  ({one / raw:.2f}x raw)" if name == "sqlite" else ""))
         print(f"{name + f': durable appends, {args.writers} threads':44} {many:9,.0f} /s")
