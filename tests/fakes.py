@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from pyroaring import BitMap
 
@@ -138,26 +138,51 @@ class Working:
         return self.state
 
 
-class FakeOrgRepository:
-    """Organisations in memory."""
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+ItemT = TypeVar("ItemT", bound=_Identified)
+
+
+class _FakeTable(Generic[ItemT]):
+    """A repository over one dict of the state, keyed by the items' ids: a subclass names the
+    dict (``table``, a StoreState field) and what an item is called (``noun``)."""
+
+    table: str
+    noun: str
+
+    def __init_subclass__(cls, *, table: str, noun: str) -> None:
+        super().__init_subclass__()
+        cls.table, cls.noun = table, noun
 
     def __init__(self, working: Working) -> None:
         self.working = working
 
-    def add(self, org: Organisation) -> None:
-        """Insert a new organisation."""
-        orgs = self.working.writable().orgs
-        if org.id in orgs:
-            raise UniqueViolation(f"organisation {org.id}")
-        orgs[org.id] = org
+    def _rows(self, *, write: bool = False) -> dict[str, ItemT]:
+        state = self.working.writable() if write else self.working.state
+        rows: dict[str, ItemT] = getattr(state, self.table)
+        return rows
 
-    def get(self, org_id: str) -> Organisation | None:
-        """The organisation with this id, if any."""
-        return self.working.state.orgs.get(org_id)
+    def add(self, item: ItemT) -> None:
+        """Insert a new item; UniqueViolation if its id is taken."""
+        rows = self._rows(write=True)
+        if item.id in rows:
+            raise UniqueViolation(f"{self.noun} {item.id}")
+        rows[item.id] = item
+
+    def get(self, item_id: str) -> ItemT | None:
+        """The item with this id, if any."""
+        return self._rows().get(item_id)
+
+
+class FakeOrgRepository(_FakeTable[Organisation], table="orgs", noun="organisation"):
+    """Organisations in memory."""
 
     def all(self) -> list[Organisation]:
         """All organisations by id."""
-        return sorted(self.working.state.orgs.values(), key=lambda o: o.id)
+        return sorted(self._rows().values(), key=lambda o: o.id)
 
 
 class FakeDatasetRepository:
@@ -249,30 +274,16 @@ class FakeSliceRepository:
         return sorted(found, key=lambda s: (s.created_at, s.id))
 
 
-class FakeContractRepository:
+class FakeContractRepository(_FakeTable[Contract], table="contracts", noun="contract"):
     """Usage contracts in memory."""
-
-    def __init__(self, working: Working) -> None:
-        self.working = working
-
-    def add(self, contract: Contract) -> None:
-        """Insert a new contract."""
-        contracts = self.working.writable().contracts
-        if contract.id in contracts:
-            raise UniqueViolation(f"contract {contract.id}")
-        contracts[contract.id] = contract
-
-    def get(self, contract_id: str) -> Contract | None:
-        """The contract with this id, if any."""
-        return self.working.state.contracts.get(contract_id)
 
     def save(self, contract: Contract) -> None:
         """Store a contract's new state."""
-        self.working.writable().contracts[contract.id] = contract
+        self._rows(write=True)[contract.id] = contract
 
     def all(self) -> list[Contract]:
         """Every contract, oldest first."""
-        return sorted(self.working.state.contracts.values(), key=lambda c: (c.created_at, c.id))
+        return sorted(self._rows().values(), key=lambda c: (c.created_at, c.id))
 
 
 class FakeAuditLog:
