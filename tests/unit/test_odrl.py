@@ -199,11 +199,14 @@ def test_embedded_context_ships_as_package_data() -> None:
     assert "pyld>=3.3" in pyproject["project"]["optional-dependencies"]["dev"]
 
 
-@pytest.mark.parametrize(("contract", "slice_fields"), SAMPLES.values(), ids=SAMPLES.keys())
-def test_expansion_keeps_every_key_and_resolves_every_term(
-    contract: Contract, slice_fields: list[str] | None
-) -> None:
-    document = to_odrl(contract, base_iri=BASE, slice_fields=slice_fields)
+@pytest.fixture(params=SAMPLES.values(), ids=list(SAMPLES))
+def document(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ODRL document of each of the SAMPLES."""
+    contract, slice_fields = request.param
+    return to_odrl(contract, base_iri=BASE, slice_fields=slice_fields)
+
+
+def test_expansion_keeps_every_key_and_resolves_every_term(document: dict[str, Any]) -> None:
     expanded, dropped = _expand(document)
     assert dropped == []
     assert _keys(expanded) == _keys({k: v for k, v in document.items() if k != "@context"})
@@ -211,11 +214,7 @@ def test_expansion_keeps_every_key_and_resolves_every_term(
     assert all(urlsplit(iri).scheme in ("http", "https") for iri in _iris(expanded))
 
 
-@pytest.mark.parametrize(("contract", "slice_fields"), SAMPLES.values(), ids=SAMPLES.keys())
-def test_compaction_of_the_expansion_loses_nothing(
-    contract: Contract, slice_fields: list[str] | None
-) -> None:
-    document = to_odrl(contract, base_iri=BASE, slice_fields=slice_fields)
+def test_compaction_of_the_expansion_loses_nothing(document: dict[str, Any]) -> None:
     expanded, _ = _expand(document)
     compacted = jsonld.compact(expanded, document["@context"], dict(_OPTIONS))
     again, dropped = _expand(compacted)
