@@ -7,7 +7,7 @@ Each alias reads one collaborator from the container the app's lifespan hung on
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -23,20 +23,32 @@ from broker.services.orgs import OrgService
 from broker.services.queries import QueryService
 from broker.settings import Settings
 
+T = TypeVar("T")
 
-def _from_container(name: str) -> Callable[[Request], Any]:
-    """A dependency that reads one collaborator off the app's container."""
 
-    def get(request: Request) -> Any:
-        return getattr(request.app.state.container, name)
+def _from_container(name: str, kind: type[T]) -> Callable[[Request], T]:
+    """A dependency that reads one collaborator off the app's container, checked to be of
+    ``kind`` (a misnamed attribute fails at once, not somewhere downstream)."""
 
+    def get(request: Request) -> T:
+        found = getattr(request.app.state.container, name)
+        if not isinstance(found, kind):
+            raise TypeError(f"container.{name} is not a {kind.__name__}")
+        return found
+
+    get.__name__ = f"get_{name}"
     return get
 
 
-SettingsDep = Annotated[Settings, Depends(_from_container("settings"))]
-TokensDep = Annotated[TokenVerifier, Depends(_from_container("tokens"))]
+def _readiness(request: Request) -> Callable[[], str]:
+    ready: Callable[[], str] = request.app.state.container.ready
+    return ready
+
+
+SettingsDep = Annotated[Settings, Depends(_from_container("settings", Settings))]
+TokensDep = Annotated[TokenVerifier, Depends(_from_container("tokens", TokenVerifier))]
 #: Raises unless the database answers and the policy engine decides; returns the revision.
-ReadinessDep = Annotated[Callable[[], str], Depends(_from_container("ready"))]
+ReadinessDep = Annotated[Callable[[], str], Depends(_readiness)]
 
 bearer = HTTPBearer(auto_error=False, description="JWT issued by the broker or the OIDC provider")
 
@@ -62,11 +74,12 @@ def get_context(request: Request, principal: PrincipalDep) -> RequestContext:
 ContextDep = Annotated[RequestContext, Depends(get_context)]
 
 
-OrgServiceDep = Annotated[OrgService, Depends(_from_container("orgs"))]
-DatasetServiceDep = Annotated[DatasetService, Depends(_from_container("datasets"))]
-ContractServiceDep = Annotated[ContractService, Depends(_from_container("contracts"))]
-QueryServiceDep = Annotated[QueryService, Depends(_from_container("queries"))]
-AuditServiceDep = Annotated[AuditService, Depends(_from_container("audit"))]
+OrgServiceDep = Annotated[OrgService, Depends(_from_container("orgs", OrgService))]
+DatasetServiceDep = Annotated[DatasetService, Depends(_from_container("datasets", DatasetService))]
+ContractServiceDep = Annotated[ContractService,
+                               Depends(_from_container("contracts", ContractService))]
+QueryServiceDep = Annotated[QueryService, Depends(_from_container("queries", QueryService))]
+AuditServiceDep = Annotated[AuditService, Depends(_from_container("audit", AuditService))]
 
 
 def get_upload_rules(settings: SettingsDep, datasets: DatasetServiceDep) -> UploadRules:

@@ -145,8 +145,3 @@ def _codes_at(codes: tuple[str, ...] | None, level: str) -> tuple[Any, ...] | No
         return None
     out = dict.fromkeys(generalise_gbt4754(c, level) for c in codes)
     return tuple(c for c in out if c is not None)
-
-
-#: Levels that are the stored value itself, or may be as fine: grouping there is in clear.
-#: "free-bins" are bins off the provider's declared grid: narrow enough, they single out
-#: exact values ([7, 8) on an integer), so they generalise nothing.

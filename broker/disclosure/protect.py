@@ -112,13 +112,12 @@ def rare_keys(table: CellTable, plan: CellPlan, rules: Rules,
 class _Sensitive:
     """The cells the primary rules and the differencing guard withhold, each for its reason.
 
-    ``hidden``: keys never shown (see :func:`rare_keys`); ``small``: below the frequency rule
-    (hidden keys included); ``dominated``: over a dominance or p% threshold and not small;
-    ``differencing``: a population within k-1 enterprises of an earlier release's;
+    ``small``: below the frequency rule (keys never shown, see :func:`rare_keys`, included);
+    ``dominated``: over a dominance or p% threshold and not small; ``differencing``: a
+    population within k-1 enterprises of an earlier release's;
     ``excess``: per field, how far each cell is over the dominance thresholds.
     """
 
-    hidden: np.ndarray
     small: np.ndarray
     dominated: np.ndarray
     differencing: np.ndarray
@@ -190,7 +189,7 @@ def _sensitive(table: CellTable, rules: Rules, hidden: np.ndarray, released: lis
                                 rules.k_min)
                for m in measures):
             differencing[index] = True
-    return _Sensitive(hidden, small, dominated, differencing, excess)
+    return _Sensitive(small, dominated, differencing, excess)
 
 
 def _earlier_outcomes(table: CellTable, sensitive: _Sensitive, ledger: LedgerIndex,
@@ -203,8 +202,9 @@ def _earlier_outcomes(table: CellTable, sensitive: _Sensitive, ledger: LedgerInd
     """
     withheld_before = np.zeros(table.shape, dtype=bool)
     published_before = np.zeros(table.shape, dtype=bool)
+    primary = sensitive.primary
     for index in np.ndindex(*table.shape):
-        if sensitive.primary[index]:
+        if primary[index]:
             continue
         sets = [(ledger_key(table, index, m), measure_members(table, index, m))
                 for m in measures]

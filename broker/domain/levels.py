@@ -21,6 +21,9 @@ GBT4754_LEVELS = ("class", "group", "division", "section")
 #: Hierarchies a string field may declare.
 HIERARCHIES = {"gbt4754": GBT4754_LEVELS}
 
+#: Levels that are the stored value itself, or may be as fine: grouping there is in clear.
+#: "free-bins" are bins off the provider's declared grid: narrow enough, they single out
+#: exact values ([7, 8) on an integer), so they generalise nothing.
 RAW_LEVELS = frozenset({"raw", "day", "class", "free-bins"})
 _NAMED_LEVELS = frozenset(DATE_LEVELS) | {lv for levels in HIERARCHIES.values() for lv in levels}
 

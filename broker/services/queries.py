@@ -228,8 +228,9 @@ class QueryService:
         """The answer to release, with the lock held: an earlier answer to the same
         computation if there is one now, else the fresh table, protected again if another
         release entered the ledger since it was protected (with what to enter in the ledger)."""
-        earlier = computation.earlier or self.answers.find(uow, dataset.id,
-                                                           computation.fingerprint)
+        earlier = computation.earlier
+        if earlier is None:
+            earlier = self.answers.find(uow, dataset.id, computation.fingerprint)
         if earlier is not None:
             return earlier, None
         fresh = computation.fresh
