@@ -14,9 +14,34 @@ from broker.domain.principals import RequestContext
 from broker.domain.slices import Slice
 from broker.services.datasets import dataset_resource
 from broker.services.guard import Guard
-from contracts.model import Contract, ContractStatus, IllegalTransition, Terms
+from contracts.model import Contract, ContractStatus, FieldForm, IllegalTransition, Terms
 from contracts.terms import ContractTerms, whole_seconds
 from contracts.terms import verify as verify_signature
+
+#: Forms that let a field's values out, which pseudonyms of the same field could be matched to.
+_VALUES = frozenset({FieldForm.CLEAR, FieldForm.GENERALIZE})
+
+
+def _linkable_forms(terms: Terms, contracts: Sequence[Contract]) -> list[str]:
+    """Fields ``terms`` would release pseudonymized while another contract on the dataset (of
+    any status: what was released stays released) releases their values, or the reverse.
+
+    Departments may collude: the per-group sums under the pseudonyms equal the per-group sums
+    under the clear keys, so one contract's pseudonyms protect nothing once another contract
+    lets the same field out with its values.
+    """
+    clash: set[str] = set()
+    for other in contracts:
+        if other.terms.dataset_id != terms.dataset_id:
+            continue
+        for name, form in terms.fields.items():
+            theirs = other.terms.fields.get(name)
+            if theirs is None:
+                continue
+            pair = {form, theirs}
+            if FieldForm.PSEUDONYMIZE in pair and pair & _VALUES:
+                clash.add(name)
+    return sorted(clash)
 
 
 def contract_resource(contract: Contract) -> dict[str, Any]:
@@ -139,6 +164,13 @@ class ContractService:
                                    fields=outside)
         if whole_seconds(terms.valid_until) <= whole_seconds(terms.valid_from, up=True):
             raise InvalidInput("valid_until must be after valid_from.")
+        linkable = _linkable_forms(terms, uow.contracts.all())
+        if linkable:
+            raise Conflict(
+                "A field may leave a dataset either pseudonymized or with its values (clear or "
+                "generalized), never both: another contract on this dataset releases these "
+                "fields the other way, and per-group figures would link the pseudonyms back.",
+                reasons=["pseudonym-linkable"], fields=linkable)
 
     def sign(self, ctx: RequestContext, contract_id: str, signature: str) -> ContractView:
         """The provider attaches its offer signature, made outside the broker."""

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import World, auth, released, upload
+from tests.conftest import World, assert_problem, auth, contract_terms, released, upload
 
 SUM = [{"fn": "sum", "field": "kwh"}, {"fn": "count"}]
 
@@ -192,8 +192,15 @@ def test_the_release_cache_never_hands_one_contracts_answer_to_another(world: Wo
     clear = world.contract_for(did, fields={"town": "clear", "kwh": "aggregate"})
     first = _by_key(world.query(contract_id=clear, **body), "town")
     assert first["A"] == {"sum_kwh": 510.0, "count": 5}
-    keyed = world.contract_for(did, fields={"town": "pseudonymize", "kwh": "aggregate"})
-    other = world.contract_for(did, fields={"town": "pseudonymize", "kwh": "aggregate"})
+    # Pseudonyms of a field another contract lets out in clear are refused at the offer (the
+    # per-town sums would match them up); pseudonym contracts get a dataset of their own.
+    refused = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
+        did, fields={"town": "pseudonymize", "kwh": "aggregate"}))
+    assert assert_problem(refused, 409, "conflict")["reasons"] == ["pseudonym-linkable"]
+    hidden = world.add_dataset(TOWNS, [{"name": "town", "type": "string", "role": "dimension"},
+                                     {"name": "kwh", "type": "number", "role": "measure"}])
+    keyed = world.contract_for(hidden, fields={"town": "pseudonymize", "kwh": "aggregate"})
+    other = world.contract_for(hidden, fields={"town": "pseudonymize", "kwh": "aggregate"})
     mine = world.query(contract_id=keyed, **body)
     theirs = world.query(contract_id=other, **body)
     for r in (mine, theirs):

@@ -135,13 +135,7 @@ def test_one_department_with_two_contracts_does_not_isolate_a_firm(
 # ------------------------------------------------------- pseudonyms under another contract
 
 
-@pytest.mark.parametrize("consumer", [
-    pytest.param(consumer, marks=pytest.mark.xfail(strict=True, reason=(
-        f"both offers accepted ({consumer} holds the clear one); each of the 3 published "
-        "town pseudonyms equals exactly one clear town's sum (Xiashi 90,541, Xucun 86,668, "
-        "Zhouwang 70,919 kWh); the fourth, withheld in both, is Changan by elimination")))
-    for consumer in ("econ", "env")
-])
+@pytest.mark.parametrize("consumer", ["econ", "env"])
 def test_pseudonyms_under_one_contract_are_not_linked_to_clear_keys_under_another(
         world: World, consumer: str) -> None:
     """Towns pseudonymized for econ, in clear for ``consumer`` on the same dataset: each
