@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from broker.domain.datasets import ENTITY_INDEX_COLUMN
+from broker.domain.datasets import ATOM_COLUMN, ATOM_OWNER_SHIFT, ENTITY_INDEX_COLUMN
 from broker.domain.errors import DatasetUnreadable, PayloadTooLarge
 from connectors.crypto import (
     KeyFileRef,
@@ -31,6 +31,9 @@ _ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 SEALED = ".enc"  # a sealed Parquet file: <name>.parquet.enc
 KEY_FILE = ".key"  # its wrapped data key beside it: <name>.parquet.key
 _ENTITIES = "entities.parquet" + SEALED
+_ATOMS = "atoms.parquet" + SEALED
+#: Two keys for pandas' row hash: 128 bits name a row's content within its enterprise.
+_ROW_HASH_KEYS = ("broker-atom-key1", "broker-atom-key2")
 
 
 class ParquetStorage:
@@ -58,14 +61,18 @@ class ParquetStorage:
         Each row also gets its enterprise's dense index in the column ``#entity`` (no field
         name can contain '#'): the engine groups by that integer, and the differencing guard
         keeps released populations as bitmaps of it. An enterprise keeps its index for the life
-        of the dataset (the entity index beside the versions); new ones are numbered on.
+        of the dataset (the entity index beside the versions); new ones are numbered on. And
+        each row gets its atom in ``#atom`` (see ``ATOM_COLUMN``), kept in the atom index.
         """
         if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
         location = f"{dataset_id}/v{int(version)}.parquet{SEALED}"
         index = self._index_entities(dataset_id, frame[entity_field])
-        table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
-            ENTITY_INDEX_COLUMN, pa.array(frame[entity_field].map(index), type=pa.uint32()))
+        entities = frame[entity_field].map(index)
+        atoms = self._index_atoms(dataset_id, frame, entities)
+        table = (pa.Table.from_pandas(frame, preserve_index=False)
+                 .append_column(ENTITY_INDEX_COLUMN, pa.array(entities, type=pa.uint32()))
+                 .append_column(ATOM_COLUMN, pa.array(atoms, type=pa.int64())))
         path = self.resolve(location)
         data_key = new_data_key()
         try:
@@ -132,6 +139,58 @@ class ParquetStorage:
                                    data_key, location)
         return pd.Series(merged["i"].to_numpy(), index=merged["e"])
 
+    def _index_atoms(self, dataset_id: str, frame: pd.DataFrame, entities: pd.Series
+                     ) -> pd.Series:
+        """Each row's atom: a row whose enterprise and values an earlier version already held
+        keeps that row's atom; identical rows of one enterprise are told apart by their order.
+
+        The atom index (sealed beside the versions, like the entity index) keeps, per atom, its
+        enterprise, a 128-bit hash of its values and its occurrence: never a value.
+        """
+        keys = pd.DataFrame({
+            "e": entities.to_numpy(dtype="uint32"),
+            "h1": pd.util.hash_pandas_object(frame, index=False,
+                                             hash_key=_ROW_HASH_KEYS[0]).to_numpy(),
+            "h2": pd.util.hash_pandas_object(frame, index=False,
+                                             hash_key=_ROW_HASH_KEYS[1]).to_numpy(),
+        })
+        keys["o"] = keys.groupby(["e", "h1", "h2"]).cumcount().astype("uint32")
+        path = self.resolve(f"{dataset_id}/{_ATOMS}")
+        location = f"{dataset_id}/{_ATOMS}"
+        with self._index_lock:
+            if path.exists():
+                data_key, plain = self._open(path, location)
+                known = pq.read_table(pa.BufferReader(plain)).to_pandas()
+            else:
+                known, data_key = None, new_data_key()
+                self.keyring.write_key_file(_key_file(path), data_key, location)
+            merged = keys.merge(known, on=["e", "h1", "h2", "o"], how="left") if known is not None \
+                else keys.assign(a=pd.Series(pd.NA, index=keys.index, dtype="UInt32"))
+            fresh = merged["a"].isna()
+            if fresh.any():
+                start = (known.groupby("e")["a"].max() + 1) if known is not None else None
+                added = merged.loc[fresh, ["e", "h1", "h2", "o"]].copy()
+                first = (added["e"].map(start).fillna(0) if start is not None
+                         else pd.Series(0, index=added.index))
+                added["a"] = (first + added.groupby("e").cumcount()).astype("uint32")
+                if int(added["a"].max()) >> ATOM_OWNER_SHIFT:
+                    raise PayloadTooLarge("An enterprise has more rows over all versions than "
+                                          "the release audit can tell apart.")
+                merged.loc[fresh, "a"] = added["a"]
+                table = pd.concat([known, added], ignore_index=True) if known is not None \
+                    else added
+                self._write_sealed(pa.Table.from_pandas(table, preserve_index=False), path,
+                                   data_key, location)
+        local = merged["a"].astype("int64").to_numpy()
+        return pd.Series(keys["e"].to_numpy(dtype="int64") << ATOM_OWNER_SHIFT | local,
+                         index=frame.index)
+
+    def drop_indexes(self, dataset_id: str) -> None:
+        """Delete the entity and atom indexes of a dataset whose first version did not
+        commit (their key files go with the version's, in ``remove``)."""
+        for name in (_ENTITIES, _ATOMS):
+            self.resolve(f"{dataset_id}/{name}").unlink(missing_ok=True)
+
     def dates(self, location: str, fields: Sequence[str]) -> dict[str, tuple[dt.date, ...]]:
         """The distinct dates of each date field of a stored version, sorted (kept per
         version: versions never change)."""
@@ -183,9 +242,10 @@ class ParquetStorage:
         path.unlink(missing_ok=True)
         _key_file(path).unlink(missing_ok=True)
         if path.parent != self.root and path.parent.exists():
-            index = path.parent / _ENTITIES
-            if not index.exists():
-                _key_file(index).unlink(missing_ok=True)
+            for name in (_ENTITIES, _ATOMS):
+                index = path.parent / name
+                if not index.exists():
+                    _key_file(index).unlink(missing_ok=True)
             if not any(path.parent.iterdir()):
                 path.parent.rmdir()
 

@@ -157,6 +157,13 @@ class DatasetSchema:
 #: declared field can be named so (field names cannot contain '#').
 ENTITY_INDEX_COLUMN = "#entity"
 
+#: The column of every stored version that holds its row's atom: the unknown the release audit
+#: sees (``broker.disclosure.linked``), ``entity index << ATOM_OWNER_SHIFT | row number``. A row
+#: keeps its atom across versions as long as it is unchanged (same values, same enterprise);
+#: a changed or new row gets a new one, so a change between versions is a contribution too.
+ATOM_COLUMN = "#atom"
+ATOM_OWNER_SHIFT = 24
+
 #: Hierarchies a string field may declare, and the pattern of their codes.
 #: Values a hierarchy's fields hold: the finest level only (a GB/T 4754 class, four digits
 #: with or without the section letter), so every coarser level really is coarser. A code

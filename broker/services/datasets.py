@@ -169,7 +169,7 @@ class DatasetService:
                 )
                 uow.commit()
         except BaseException:
-            self.storage.entity_index(dataset.id).unlink(missing_ok=True)  # version 1 only
+            self.storage.drop_indexes(dataset.id)  # version 1 only
             self.storage.remove(location)
             raise
         return DatasetView(dataset, dataset.schema.fields)

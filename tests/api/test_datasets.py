@@ -26,11 +26,11 @@ def _stored_files(settings: Settings) -> list[Path]:
     root = settings.data_dir
     files = [p for p in root.rglob("*") if p.is_file()
              and (p.name.endswith((".parquet.enc", ".parquet.key")) or p.suffix == ".upload")]
-    # A dataset's entity index lives beside its versions, never without one.
-    indexes = [p for p in files if p.name.startswith("entities.")]
+    # A dataset's entity and atom indexes live beside its versions, never without one.
+    indexes = [p for p in files if p.name.startswith(("entities.", "atoms."))]
     assert all(any(q.parent == p.parent for q in files if q.name.startswith("v"))
                for p in indexes)
-    return [p for p in files if not p.name.startswith("entities.")
+    return [p for p in files if not p.name.startswith(("entities.", "atoms."))
             and not p.name.endswith(".key")]
 
 
