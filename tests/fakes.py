@@ -22,14 +22,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from pyroaring import BitMap
+from pyroaring import BitMap, BitMap64
 
 from audit import merkle
 from audit.entry import GENESIS_HASH, AuditEvent, build_entry, encode, format_ts, leaf_hash
 from audit.verify import Chunk, Head
 from broker.domain.datasets import Dataset, DatasetVersion
 from broker.domain.errors import Conflict, NotFound, Unavailable
-from broker.domain.ledger import LedgerEntry
+from broker.domain.ledger import Form, FormEntry, LedgerEntry
 from broker.domain.organisations import Organisation
 from broker.domain.ports import AuditQuery, Clock, PolicyEngine, StoredCheckpoint
 from broker.domain.queries import Receipt
@@ -112,6 +112,8 @@ class StoreState:
     released: list[tuple[str, LedgerEntry, int]] = field(default_factory=list)
     #: (dataset id, computation fingerprint) -> (sealed answer, seq of its audit entry)
     answers: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    #: (dataset id, release-audit form, seq of the audit entry of its release)
+    forms: list[tuple[str, FormEntry, int]] = field(default_factory=list)
 
     def copy(self) -> StoreState:
         """A snapshot of this state."""
@@ -119,7 +121,7 @@ class StoreState:
             orgs=dict(self.orgs), datasets=dict(self.datasets), slices=dict(self.slices),
             contracts=dict(self.contracts), entries=list(self.entries), nodes=dict(self.nodes),
             tree=self.tree.copy(), head_hash=self.head_hash, checkpoints=dict(self.checkpoints),
-            released=list(self.released), answers=dict(self.answers),
+            released=list(self.released), answers=dict(self.answers), forms=list(self.forms),
         )
 
 
@@ -435,6 +437,21 @@ class FakeReleaseLedger:
         for measure, members in entries:
             released.append((dataset_id, LedgerEntry(len(released) + 1, measure,
                                                      BitMap(members)), audit_seq))
+
+    def forms_since(self, dataset_id: str, after_id: int) -> list[FormEntry]:
+        """The release audit's forms of ``dataset_id`` after ``after_id`` (copies)."""
+        return [FormEntry(e.id, Form(e.form.quantity, e.form.kind, BitMap64(e.form.atoms)))
+                for owner, e, _ in self.working.state.forms
+                if owner == dataset_id and e.id > after_id]
+
+    def add_forms(self, dataset_id: str, forms: Iterable[Form], audit_seq: int) -> int:
+        """Record a release's forms; the dataset's last form id afterwards."""
+        stored = self.working.writable().forms
+        for form in forms:
+            entry = FormEntry(len(stored) + 1, Form(form.quantity, form.kind,
+                                                    BitMap64(form.atoms)))
+            stored.append((dataset_id, entry, audit_seq))
+        return max((e.id for owner, e, _ in stored if owner == dataset_id), default=0)
 
     def cached(self, dataset_id: str, fingerprint: str) -> str | None:
         """The stored answer to an identical computation, if there was one."""

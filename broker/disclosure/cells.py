@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import datetime as dt
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyroaring import BitMap
+from pyroaring import BitMap, BitMap64
 
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.scopes import Scopes
@@ -58,6 +59,7 @@ class FieldStats:
     abs_total: np.ndarray      # sum of the enterprises' absolute contributions
     top: np.ndarray            # grid shape + (top,): largest absolute contributions, descending
     members: Members = field(default_factory=lambda: Members())
+    atoms: Atoms = field(default_factory=lambda: Atoms())
 
 
 @dataclass(slots=True)
@@ -172,13 +174,51 @@ class Members:
         return self._made[index]
 
 
+class Atoms:
+    """Per table cell, the atoms (rows) behind one field's figures, as 64-bit bitmaps made on
+    first use; a margin's are the union of the table cells it sums over."""
+
+    def __init__(self, column: pa.ChunkedArray | None = None) -> None:
+        self._rows: dict[Index, int] = {}
+        self._made: dict[Index, BitMap64] = {}
+        if column is None or len(column) == 0:
+            self._offsets, self._values = np.zeros(1, dtype=np.int64), np.zeros(0, np.uint64)
+            return
+        lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        self._offsets = lists.offsets.to_numpy()
+        self._values = lists.values.cast(pa.uint64()).to_numpy(zero_copy_only=False)
+
+    def place(self, index: Index, row: int) -> None:
+        """Say which result row holds the table cell at ``index``."""
+        self._rows[index] = row
+
+    def get(self, table: CellTable, index: Index) -> BitMap64:
+        """The atoms of the cell (a table cell, or a margin as the union of its cells)."""
+        if index not in self._made:
+            if table.is_margin(index):
+                ranges = [range(len(d)) if i == len(d) else (i,)
+                          for i, d in zip(index, table.domains, strict=True)]
+                made = BitMap64()
+                for cell in itertools.product(*ranges):
+                    made |= self.get(table, cell)
+            else:
+                row = self._rows.get(index)
+                if row is None:
+                    return BitMap64()
+                start, end = self._offsets[row], self._offsets[row + 1]
+                made = BitMap64(self._values[start:end].tolist())
+            self._made[index] = made
+        return self._made[index]
+
+
 def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -> CellTable:
     """Lay the engine's rows out on the dense grid, adding empty cells for missing keys."""
     members = Members(result.column("members"))
     lists = {"members": members}
     for j in range(len(plan.fields)):  # contributors: members less those without a value
         lists[f"x{j}"] = Members(result.column(f"x{j}"), minus=members)
-    rows = result.drop_columns(list(lists)).to_pydict()
+    atoms = {f"y{j}": Atoms(result.column(f"y{j}")) for j in range(len(plan.fields))}
+    rows = result.drop_columns([*lists, *atoms]).to_pydict()
     count = result.num_rows
     d = len(plan.dimensions)
     gids = rows["gid"]
@@ -218,6 +258,7 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
     )
     for j, name in enumerate(plan.fields):
         table.fields[name].members = lists[f"x{j}"]
+        table.fields[name].atoms = atoms[f"y{j}"]
     for r in range(count):
         gid = gids[r]
         index = tuple(
@@ -239,6 +280,8 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
             top = [_float(x) for x in rows[f"t{j}"][r] or []][: plan.top]
             stats.top[index][: len(top)] = top
             stats.members.place(index, r)
+            if gid == 0:
+                stats.atoms.place(index, r)
     return table
 
 

@@ -278,6 +278,19 @@ class LinkedSystem:
         self.published += 1
         return True
 
+    def replay(self, atoms: Iterable[int], *, protected: bool = False) -> None:
+        """Apply a form the ledger already holds, accepted when it was recorded: the same
+        changes as then, without the checks."""
+        residual = self._reduced(self._vector(atoms))
+        if residual and protected:
+            pid = self._next_protected
+            self._next_protected += 1
+            self._set_residual(pid, residual)
+        elif residual:
+            self._insert(residual)
+            self.published += 1
+        self.commit()
+
     def derivable(self, atoms: Iterable[int]) -> bool:
         """Whether the form summing ``atoms`` is already known (in the span), changing nothing."""
         wanted = set(atoms)

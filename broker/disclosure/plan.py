@@ -23,6 +23,7 @@ from typing import Any
 
 from broker.disclosure.levels import Generalisation, generalisation, generalise_gbt4754
 from broker.domain.datasets import (
+    ATOM_COLUMN,
     ENTITY_INDEX_COLUMN,
     DatasetSchema,
     FieldRole,
@@ -60,7 +61,8 @@ class CellPlan:
     ``entities``, ``members`` (dense entity indices), then per field ``i`` of ``fields``:
     ``s{i}`` total, ``n{i}`` values, ``c{i}`` contributing enterprises, ``a{i}`` total of
     absolute contributions, ``t{i}`` the ``top`` largest absolute contributions, ``x{i}`` the
-    indices of the cell's enterprises without a value (usually none). ``periods`` names the
+    indices of the cell's enterprises without a value (usually none), ``y{i}`` (table cells
+    only) the atoms of the rows with a value. ``periods`` names the
     dataset's date fields, whose spans scope the differencing guard (see scopes).
     """
 
@@ -244,15 +246,20 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
     s = [quote(f"s#{j}") for j in range(len(fields))]
     n = [quote(f"n#{j}") for j in range(len(fields))]
     i = quote("i#")
+    a = quote("a#")
+    atoms = [quote(f"l#{j}") for j in range(len(fields))]
 
     base = ", ".join([
         *(f"{gen.sql} AS {gc}" for gen, gc in zip(gens, g, strict=True)),
         f"{quote(ENTITY_INDEX_COLUMN)} AS {i}",
+        f"{quote(ATOM_COLUMN)} AS {a}",
         *(f"{quote(f)} AS {vc}" for f, vc in zip(fields, v, strict=True)),
     ])
     ent = ", ".join([
         *g, i, *(f"SUM({vc}) AS {sc}, COUNT({vc}) AS {nc}" for vc, sc, nc in zip(v, s, n,
                                                                                 strict=True)),
+        *(f"list({a}) FILTER (WHERE {vc} IS NOT NULL) AS {lc}"
+          for vc, lc in zip(v, atoms, strict=True)),
     ])
     ordinals = ", ".join(str(k) for k in range(1, len(gens) + 2))
     nodes, branches = _lattice(g, s, n, i)
@@ -269,8 +276,13 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
         outer = ", ".join([*(f"{gc} AS d{k}" if mask >> k & 1 else f"NULL AS d{k}"
                              for k, gc in enumerate(g)), f"{summed} AS gid"])
         group = f" GROUP BY {', '.join(kept)}" if kept else ""
+        # The rows (atoms) behind each table cell's figures, per field: the release audit's
+        # forms; a margin's are the union of its table cells'.
+        rows = "".join(f", flatten(list({lc})) AS y{j}" if mask == full
+                       else f", CAST(NULL AS BIGINT[]) AS y{j}"
+                       for j, lc in enumerate(atoms))
         cells.append(
-            f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members{per_field} "  # noqa: S608
+            f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members{per_field}{rows} "  # noqa: S608
             f"FROM {'ent' if mask == full else f'r{mask}'}{group}"
         )
     return (

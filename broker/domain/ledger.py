@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyroaring import BitMap
+from pyroaring import BitMap, BitMap64
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,3 +18,26 @@ class LedgerEntry:
     id: int
     measure: str
     members: BitMap
+
+
+#: The kinds of form in the release ledger: published, or withheld and to be kept underivable.
+PUBLISHED = "published"
+PROTECTED = "protected"
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    """One linear form of the release audit: a quantity (``#entities``, or ``f:<field>``),
+    published or protected, and the atoms it sums over (``broker.disclosure.linked``)."""
+
+    quantity: str
+    kind: str
+    atoms: BitMap64
+
+
+@dataclass(frozen=True, slots=True)
+class FormEntry:
+    """A form as the ledger holds it, with its place in the ledger's order."""
+
+    id: int
+    form: Form

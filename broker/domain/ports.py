@@ -18,7 +18,7 @@ from audit import merkle
 from audit.entry import AuditEvent
 from audit.verify import Chunk, Head
 from broker.domain.datasets import Dataset, DatasetVersion
-from broker.domain.ledger import LedgerEntry
+from broker.domain.ledger import Form, FormEntry, LedgerEntry
 from broker.domain.organisations import Organisation
 from broker.domain.queries import Receipt
 from broker.domain.slices import Slice
@@ -121,11 +121,15 @@ class AuditLog(Protocol):
 
 
 class ReleaseLedger(Protocol):
-    """Earlier releases per dataset: populations for the differencing guard, and answers."""
+    """Earlier releases per dataset: populations for the differencing guard, the release
+    audit's forms (``add_forms`` returns the dataset's last form id, read in the same
+    transaction), and answers."""
 
     def since(self, dataset_id: str, after_id: int) -> list[LedgerEntry]: ...
     def add(self, dataset_id: str, entries: Iterable[tuple[str, BitMap]],
             audit_seq: int) -> None: ...
+    def forms_since(self, dataset_id: str, after_id: int) -> list[FormEntry]: ...
+    def add_forms(self, dataset_id: str, forms: Iterable[Form], audit_seq: int) -> int: ...
     def cached(self, dataset_id: str, fingerprint: str) -> str | None: ...
     def cache(self, dataset_id: str, fingerprint: str, body: str, audit_seq: int) -> None: ...
 

@@ -134,6 +134,9 @@ class SuppressionReason(StrEnum):
     DOMINANCE = "dominance"
     COMPLEMENTARY = "complementary"
     DIFFERENCING = "differencing"
+    #: Withheld because, with everything already published from the dataset, it would let
+    #: one enterprise's figures (or a cell withheld as small or dominated) be derived.
+    LINKED = "linked"
 
 
 @dataclass(frozen=True, slots=True)

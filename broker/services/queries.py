@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
 
+import numpy as np
 import pyarrow as pa
-from pyroaring import BitMap
+from pyroaring import BitMap, BitMap64
 
 from audit.entry import AuditEvent, format_ts
-from broker.disclosure.cells import CellTable, read_table
+from broker.disclosure.cells import CellTable, Index, measure_keys, read_table
 from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.linked import LinkedSystem
+from broker.disclosure.linking import cell_forms, link, publish
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
-from broker.disclosure.protect import protect
+from broker.disclosure.protect import Pooled, Protected, protect
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
 from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
+from broker.domain.ledger import Form
 from broker.domain.levels import RAW_LEVELS, dimension_level
 from broker.domain.ports import (
     Clock,
@@ -29,7 +34,7 @@ from broker.domain.ports import (
     UnitOfWorkFactory,
 )
 from broker.domain.principals import RequestContext
-from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release
+from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release, SuppressionReason
 from broker.domain.slices import Slice
 from broker.policy.decisions import FlowDecision, Policies, Verdict
 from broker.policy.inputs import flow_input
@@ -38,6 +43,7 @@ from broker.services.guard import Guard
 from broker.services.releases import (
     Answer,
     LedgerCache,
+    LinkCache,
     ReleaseCache,
     computation_fingerprint,
     result_digest,
@@ -79,10 +85,12 @@ class _Decided:
 
 @dataclass(frozen=True, slots=True)
 class _Protected:
-    """A freshly computed answer and what the ledger keeps of it."""
+    """A freshly computed answer, what the differencing ledger keeps of it, and the outcome
+    per cell it was made from (for the release audit under the lock)."""
 
     answer: Answer
     ledger_entries: tuple[tuple[str, BitMap], ...]
+    outcome: Protected
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,7 @@ class QueryService:
     pseudonyms: Pseudonymizer
     sealer: Sealer  # the release cache holds dataset values: sealed at rest
     ledgers: LedgerCache = field(default_factory=LedgerCache)
+    links: LinkCache = field(default_factory=LinkCache)
 
     @property
     def answers(self) -> ReleaseCache:
@@ -189,10 +198,15 @@ class QueryService:
         _, dataset = decided.usable()
         decision, rules = decided.decision, computation.rules
         nonce = secrets.token_hex(16)
-        with self.uow() as uow:
+        with self.uow() as uow, self.links.audit(dataset.id) as systems:
             uow.audit.lock()
             self._decide(uow, ctx, spec, AGGREGATE)
             answer, protected = self._settled_answer(uow, spec, dataset, computation)
+            forms: list[Form] = []
+            if protected is not None and computation.fresh is not None:
+                fresh = computation.fresh
+                answer, forms = _linked(fresh.table, fresh.plan, spec, protected,
+                                        systems.load(uow, measure_keys(fresh.plan)))
             # The stored answer keeps the keys in clear (inside the broker); each consumer's
             # copy gets its own contract's pseudonyms.
             released = _pseudonymized(self.pseudonyms, spec, decision, answer.cells)
@@ -218,9 +232,11 @@ class QueryService:
             )
             if protected is not None:
                 uow.releases.add(dataset.id, protected.ledger_entries, receipt.seq)
+                systems.recorded(uow.releases.add_forms(dataset.id, forms, receipt.seq))
                 self.answers.keep(uow, dataset.id, computation.fingerprint, answer,
                                   receipt.seq)
             uow.commit()
+            systems.committed()
         return replace(release, receipt=receipt)
 
     def _settled_answer(self, uow: UnitOfWork, spec: AggregateSpec, dataset: Dataset,
@@ -385,20 +401,51 @@ def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex
              spec: AggregateSpec, opaque: frozenset[str]) -> _Protected:
     protected = protect(table, plan, rules, ledger=ledger, margins=spec.totals,
                         remainder=spec.remainder, opaque=opaque)
+    answer = _answer(table, plan, spec, protected.released, protected.remainder)
+    return _Protected(answer, protected.ledger, protected)
+
+
+def _answer(table: CellTable, plan: CellPlan, spec: AggregateSpec,
+            released: Sequence[tuple[Index, SuppressionReason | None]],
+            pooled: Pooled | None) -> Answer:
+    """The cells and the remainder row as released: values only where nothing withholds."""
     cells = tuple(
         Cell(key=table.key(index), values=None, status=CellStatus.SUPPRESSED, reason=reason)
         if reason is not None
         else Cell(key=table.key(index), values=table.values(index, plan),
                   status=CellStatus.PUBLISHED)
-        for index, reason in protected.released
+        for index, reason in released
     )
     remainder = None
-    if spec.remainder and protected.remainder is not None:
-        values, reason = protected.remainder
+    if spec.remainder and pooled is not None:
+        values, reason = pooled
         remainder = (Cell(key={}, values=None, status=CellStatus.SUPPRESSED, reason=reason)
                      if reason is not None
                      else Cell(key={}, values=values, status=CellStatus.PUBLISHED))
-    return _Protected(Answer(cells, remainder), protected.ledger)
+    return Answer(cells, remainder)
+
+
+def _linked(table: CellTable, plan: CellPlan, spec: AggregateSpec, protected: _Protected,
+            systems: Mapping[str, LinkedSystem]) -> tuple[Answer, list[Form]]:
+    """The answer after the release audit against everything published from the dataset:
+    cells that would disclose withheld as ``linked``, and the forms to record."""
+    quantities = measure_keys(plan)
+    released, forms = link(table, quantities, protected.outcome.released, systems)
+    pooled = protected.outcome.remainder
+    if spec.remainder and pooled is not None and pooled[1] is None:
+        published = {ix for ix, reason in released if reason is None}
+        withheld = [ix for ix in np.ndindex(*table.shape)
+                    if not table.is_margin(ix) and ix not in published]
+        rest: dict[str, BitMap64] = {q: BitMap64() for q in quantities}
+        for index in withheld:
+            for q, atoms in cell_forms(table, index, quantities).items():
+                rest[q] |= atoms
+        added = publish(rest, systems)
+        if added is None:
+            pooled = (None, SuppressionReason.LINKED)
+        else:
+            forms += added
+    return _answer(table, plan, spec, released, pooled), forms
 
 
 def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: FlowDecision,

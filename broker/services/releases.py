@@ -12,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import rfc8785
 
 from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.linked import LinkedSystem
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
+from broker.domain.ledger import PROTECTED
 from broker.domain.ports import Sealer, UnitOfWork
 from broker.domain.queries import AggregateSpec, Cell
 
@@ -105,3 +109,75 @@ class LedgerCache:
             index = self._indexes.setdefault(dataset_id, LedgerIndex())
             index.add(uow.releases.since(dataset_id, index.last_id))
             return index.snapshot()
+
+
+class LinkCache:
+    """This process's copy of each dataset's release-audit systems (one per quantity),
+    brought up to date from the release ledger by id.
+
+    Forms are only recorded under the audit head lock, so they commit in id order; the
+    systems are changed only under that lock too (``audit``), and any change that does not
+    commit is rolled back, so memory never runs ahead of the database.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._systems: dict[str, dict[str, LinkedSystem]] = {}
+        self._last: dict[str, int] = {}
+
+    @contextmanager
+    def audit(self, dataset_id: str) -> Iterator[LinkAudit]:
+        """The dataset's systems for one release, held until its transaction ends: what the
+        release changed stays if it committed (``committed``), and is undone otherwise."""
+        with self._lock:
+            handle = LinkAudit(self, dataset_id)
+            try:
+                yield handle
+            finally:
+                handle.close()
+
+    def _refresh(self, uow: UnitOfWork, dataset_id: str) -> dict[str, LinkedSystem]:
+        systems = self._systems.setdefault(dataset_id, {})
+        last = self._last.get(dataset_id, 0)
+        for entry in uow.releases.forms_since(dataset_id, last):
+            system = systems.setdefault(entry.form.quantity, LinkedSystem())
+            system.replay(entry.form.atoms, protected=entry.form.kind == PROTECTED)
+            last = entry.id
+        self._last[dataset_id] = last
+        return systems
+
+
+class LinkAudit:
+    """One release's use of a dataset's release-audit systems (see LinkCache.audit)."""
+
+    def __init__(self, cache: LinkCache, dataset_id: str) -> None:
+        self._cache = cache
+        self._dataset_id = dataset_id
+        self._systems: dict[str, LinkedSystem] = {}
+        self._recorded: int | None = None
+        self._done = False
+
+    def load(self, uow: UnitOfWork, quantities: Iterable[str]) -> dict[str, LinkedSystem]:
+        """The systems brought up to date, one for each of ``quantities``."""
+        self._systems = self._cache._refresh(uow, self._dataset_id)
+        for q in quantities:
+            self._systems.setdefault(q, LinkedSystem())
+        return self._systems
+
+    def recorded(self, last_id: int) -> None:
+        """The ledger's last form id once this release's forms are written."""
+        self._recorded = last_id
+
+    def committed(self) -> None:
+        """The release committed: its changes stay."""
+        self._done = True
+        for system in self._systems.values():
+            system.commit()
+        if self._recorded is not None:
+            self._cache._last[self._dataset_id] = self._recorded
+
+    def close(self) -> None:
+        """Undo what an uncommitted release changed."""
+        if not self._done:
+            for system in self._systems.values():
+                system.rollback(0)

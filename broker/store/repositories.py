@@ -7,8 +7,9 @@ from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
-from pyroaring import BitMap
+from pyroaring import BitMap, BitMap64
 from sqlalchemy import Table, insert
+from sqlalchemy import func as sa_func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, select
 
@@ -22,7 +23,7 @@ from broker.domain.datasets import (
     Sensitivity,
 )
 from broker.domain.errors import Conflict, NotFound
-from broker.domain.ledger import LedgerEntry
+from broker.domain.ledger import Form, FormEntry, LedgerEntry
 from broker.domain.organisations import Organisation, OrgKind
 from broker.domain.slices import Consent, Slice
 from broker.store.tables import (
@@ -32,6 +33,7 @@ from broker.store.tables import (
     OrgRow,
     ReleaseCacheRow,
     ReleasedSetRow,
+    ReleaseFormRow,
     SliceRow,
 )
 from contracts.model import Contract, ContractStatus, Dominance, Terms
@@ -345,6 +347,7 @@ class SqlSliceRepository(_SqlRepository[SliceRow, Slice]):
 
 
 _RELEASED_SETS = cast(Table, ReleasedSetRow.__table__)  # type: ignore[attr-defined]
+_RELEASE_FORMS = cast(Table, ReleaseFormRow.__table__)  # type: ignore[attr-defined]
 
 
 class SqlReleaseLedger:
@@ -370,6 +373,29 @@ class SqlReleaseLedger:
                 for measure, members in entries]
         if rows:  # one executemany, not an ORM object per row
             self.session.execute(insert(_RELEASED_SETS), rows)
+
+    def forms_since(self, dataset_id: str, after_id: int) -> list[FormEntry]:
+        """The release audit's forms of ``dataset_id`` recorded after ``after_id``, in order."""
+        table = _RELEASE_FORMS
+        rows = self.session.execute(
+            sa_select(table.c.id, table.c.quantity, table.c.kind, table.c.atoms)
+            .where(table.c.dataset_id == dataset_id, table.c.id > after_id)
+            .order_by(table.c.id)
+        ).all()
+        return [FormEntry(int(r.id), Form(r.quantity, r.kind, BitMap64.deserialize(r.atoms)))
+                for r in rows]
+
+    def add_forms(self, dataset_id: str, forms: Iterable[Form], audit_seq: int) -> int:
+        """Record a release's forms; the id of the last form of the dataset afterwards."""
+        rows = [{"dataset_id": dataset_id, "quantity": f.quantity, "kind": f.kind,
+                 "atoms": f.atoms.serialize(), "audit_seq": audit_seq} for f in forms]
+        if rows:
+            self.session.execute(insert(_RELEASE_FORMS), rows)
+        table = _RELEASE_FORMS
+        last = self.session.execute(
+            sa_select(sa_func.max(table.c.id)).where(table.c.dataset_id == dataset_id)
+        ).scalar_one()
+        return int(last or 0)
 
     def cached(self, dataset_id: str, fingerprint: str) -> str | None:
         """The stored answer to an identical computation, if there was one."""

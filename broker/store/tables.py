@@ -224,6 +224,22 @@ class ReleasedSetRow(SQLModel, table=True):
     audit_seq: int
 
 
+class ReleaseFormRow(SQLModel, table=True):
+    """The release audit's ledger: one linear form published or protected (see
+    ``broker.disclosure.linked``). ``atoms`` is a serialised 64-bit roaring bitmap of atom ids
+    (entity index and row number, never a value)."""
+
+    __tablename__ = "release_forms"
+    __table_args__ = (Index("ix_release_forms_dataset_id_id", "dataset_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: str = Field(max_length=36)
+    quantity: str = Field(max_length=1024)
+    kind: str = Field(max_length=16)
+    atoms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    audit_seq: int
+
+
 class ReleaseCacheRow(SQLModel, table=True):
     """An earlier answer, returned identically when the same computation is asked again."""
 

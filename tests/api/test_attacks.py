@@ -604,7 +604,8 @@ def test_sql_and_paths_in_dataset_metadata_are_rejected_and_nothing_is_stored(
     names = [d["name"] for d in world.client.get("/v1/datasets", headers=auth(world.grid)).json()]
     assert names == ["energy"]
     parquet = sorted(p.name for p in settings.datasets_dir.rglob("*.parquet.enc"))
-    assert parquet == ["entities.parquet.enc", "v1.parquet.enc"]  # the first dataset's only
+    assert parquet == ["atoms.parquet.enc", "entities.parquet.enc",
+                       "v1.parquet.enc"]  # the first dataset's only
 
 
 def test_sql_in_org_ids_names_and_contract_terms_is_inert(world: World) -> None:
@@ -920,7 +921,8 @@ def test_a_failed_upload_or_offer_leaves_nothing_half_stored(
     assert c.get("/v1/datasets", headers=auth(world.auditor)).json() == before_ds
     assert len(c.get("/v1/contracts", headers=auth(world.auditor)).json()) == 1
     parquet = sorted(p.name for p in settings.datasets_dir.rglob("*") if p.is_file())
-    assert parquet == ["entities.parquet.enc", "entities.parquet.key", "v1.parquet.enc",
+    assert parquet == ["atoms.parquet.enc", "atoms.parquet.key", "entities.parquet.enc",
+                       "entities.parquet.key", "v1.parquet.enc",
                        "v1.parquet.key"]  # the first dataset's only
     if settings.uploads_dir.exists():
         assert list(settings.uploads_dir.iterdir()) == []

@@ -13,48 +13,49 @@ checks that this arithmetic does not give the true figure.
 Safe outcomes, all accepted: a cell withheld (any reason, "linked" included), a query refused
 whole (403 ``disclosure-refused``), an offer refused (4xx at POST /v1/contracts). Anything
 else that stops a query (a 422, another 403) fails the test: it would make the attack vacuous.
-A test marked ``xfail(strict=True)`` is an attack that succeeds today (its reason says what
-leaked, with the numbers); an unmarked test is a defence that holds today (a regression guard).
+Every attack must hold. Those marked "leaked" below recovered a firm's exact figure before
+the release audit (broker/disclosure/linked.py) was wired in; the comments above their tests
+keep the numbers. The others held before too and guard against regressions.
 
 Attack patterns and the fault each targets (F1: the differencing guard compares how a query
 is written, not which rows it covers; F2: date levels are never linked; F3: only pairs of
 releases are compared; F4: complementary suppression protects one table at a time):
 
 This file
-  1. month filter ``eq`` then ``in`` over S and S less a one-firm town (F1)            xfail
-  2. ``range`` then the same months as an ``in`` list (F1)                              xfail
-  3. ``in`` then ``in`` padded with a date that holds no rows (F1)                      xfail
+  1. month filter ``eq`` then ``in`` over S and S less a one-firm town (F1)            leaked
+  2. ``range`` then the same months as an ``in`` list (F1)                              leaked
+  3. ``in`` then ``in`` padded with a date that holds no rows (F1)                      leaked
   4. ``eq`` then a ``range`` around it: same rows, same label (F1)                      holds
   5. declared bins moved across one firm, [75] then [80], same period (F1)             holds
-  6. the same bins, the month filter spelled ``eq`` then ``in`` (F1)                    xfail
-  7. the same bins, one query by year, the other by quarter (F1 + F2)                   xfail
-  8. a town's year less its quarters without one industry (F2)                          xfail
-  9. a town's year less its months without one industry (F2)                            xfail
- 10. a town's year less Q1-Q3 and October-December without one industry (F2)           xfail
+  6. the same bins, the month filter spelled ``eq`` then ``in`` (F1)                    leaked
+  7. the same bins, one query by year, the other by quarter (F1 + F2)                   leaked
+  8. a town's year less its quarters without one industry (F2)                          leaked
+  9. a town's year less its months without one industry (F2)                            leaked
+ 10. a town's year less Q1-Q3 and October-December without one industry (F2)           leaked
  11. a town's year and its year without one industry, same level (F2)                   holds
 test_release_audit_trackers.py
- 12. three-query tracker (A+L) - (A+B) + B (F3)                                         xfail
- 13. Denning's general tracker q(L|T) + q(L|~T) - q(all) (F3)                           xfail
- 14. four-query tracker (A+B+L) - (A+C) - (B+D) + (C+D) (F3)                            xfail
- 15. three-query tracker on counts of distinct enterprises (F3, counts)                 xfail
+ 12. three-query tracker (A+L) - (A+B) + B (F3)                                         leaked
+ 13. Denning's general tracker q(L|T) + q(L|~T) - q(all) (F3)                           leaked
+ 14. four-query tracker (A+B+L) - (A+C) - (B+D) + (C+D) (F3)                            leaked
+ 15. three-query tracker on counts of distinct enterprises (F3, counts)                 leaked
  16. counts of A+L and A, one firm apart (F3, counts)                                   holds
- 17. a later table over a withheld complement and a published town pins it (F4)        xfail
+ 17. a later table over a withheld complement and a published town pins it (F4)        leaked
  18. three overlapping ordinary tables (town; town without an industry; town within
-     it) pin the withheld cells; LP interval of the firm collapses to a point (F4)     xfail
- 19. monthly means x counts less quarterly means x counts x 3 (F2 through means)       xfail
- 20. ratio(tax, output) x sum(output) = tax, less quarterly tax (F2 through ratios)    xfail
+     it) pin the withheld cells; LP interval of the firm collapses to a point (F4)     leaked
+ 19. monthly means x counts less quarterly means x counts x 3 (F2 through means)       leaked
+ 20. ratio(tax, output) x sum(output) = tax, less quarterly tax (F2 through ratios)    leaked
 test_release_audit_parties.py
- 21. two colluding departments: one asks the year, the other the quarters (F2)         xfail
- 22. two colluding departments split a three-query tracker (F3)                         xfail
+ 21. two colluding departments: one asks the year, the other the quarters (F2)         leaked
+ 22. two colluding departments split a three-query tracker (F3)                         leaked
  23. two departments ask a pair one firm apart, same spelling (F1)                     holds
  24. one department, two contracts: year under one, an ``in`` list of all months
-     without one industry under the other (F1)                                          xfail
+     without one industry under the other (F1)                                          leaked
  25. the same with a ``range`` over the whole year (F1)                                 holds
  26. towns pseudonymized for one contract, in clear for another of the same
-     department: pseudonyms linked back by their sums                                   xfail
- 27. the same across two departments                                                   xfail
+     department: pseudonyms linked back by their sums                                   leaked
+ 27. the same across two departments                                                   leaked
  28. a new dataset version adds one firm's late December row: the year before and
-     after are the same cell, their difference the row (F1: same population)          xfail
+     after are the same cell, their difference the row (F1: same population)          leaked
  29. a new version moves one firm to another town; a pinned contract still answers on
      version 1 (F1 across versions)                                                     holds
 """
@@ -96,20 +97,10 @@ SPELLINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _xfail(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 @pytest.mark.parametrize("spelling", [
-    pytest.param("eq-then-in", marks=_xfail(
-        "month eq 2024-03-01 (all towns) -> 19,233 kWh; month in [2024-03-01] without "
-        "Yuanhua -> 18,320; both published: 913 kWh is F011000's March (alone in Yuanhua)")),
-    pytest.param("range-then-in", marks=_xfail(
-        "month range 2024-01-01..2024-03-31 -> 57,784 kWh; month in [Jan 1, Feb 1, Mar 1] "
-        "without Yuanhua -> 54,984; both published: 2,800 kWh is F011000's first quarter")),
-    pytest.param("in-then-padded-in", marks=_xfail(
-        "month in [2024-03-01] -> 19,233 kWh; month in [2024-03-01, 2024-03-15 (no rows)] "
-        "without Yuanhua -> 18,320; both published: 913 kWh is F011000's March")),
+    pytest.param("eq-then-in"),
+    pytest.param("range-then-in"),
+    pytest.param("in-then-padded-in"),
     "eq-then-range",
 ])
 def test_a_date_filter_spelled_another_way_does_not_isolate_the_only_firm_of_a_town(
@@ -143,9 +134,9 @@ def test_bin_edges_moved_across_one_firm_do_not_isolate_it(world: World) -> None
     assert combine((1, figure(high, emp="<80")), (-1, figure(low, emp="<75"))) != exact(truth)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "emp bins [75] at month eq 2024-03-01 -> '<75' 7,645 kWh; bins [80] at month in "
-    "[2024-03-01] -> '<80' 8,424; both published: 779 kWh is F013002's March (emp 77)"))
+# Before the release audit this leaked: emp bins [75] at month eq 2024-03-01 -> '<75' 7,645 kWh;
+# bins [80] at month in [2024-03-01] -> '<80' 8,424; both published: 779 kWh is F013002's March
+# (emp 77)
 def test_bin_edges_moved_across_one_firm_under_another_month_spelling_do_not_isolate_it(
         world: World) -> None:
     """The same bins, one query filtered to March with eq, the other with in."""
@@ -160,9 +151,9 @@ def test_bin_edges_moved_across_one_firm_under_another_month_spelling_do_not_iso
     assert combine((1, figure(high, emp="<80")), (-1, figure(low, emp="<75"))) != exact(truth)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "emp bins [75] by year -> '<75' 2024 71,768 kWh; bins [80] by quarter -> '<80' 20,226 + "
-    "20,420 + 20,340 + 20,330; all published: 9,548 kWh is F014004's year (emp 77)"))
+# Before the release audit this leaked: emp bins [75] by year -> '<75' 2024 71,768 kWh; bins [80]
+# by quarter -> '<80' 20,226 + 20,420 + 20,340 + 20,330; all published: 9,548 kWh is F014004's
+# year (emp 77)
 def test_bin_edges_moved_across_one_firm_at_another_date_level_do_not_isolate_it(
         world: World) -> None:
     """'<75' by year, then '<80' by quarter: the four quarters less the year are one firm."""
@@ -185,12 +176,8 @@ IN_RARE_TOWN = {"field": "town", "op": "eq", "value": RARE_TOWN}
 
 
 @pytest.mark.parametrize("level", [
-    pytest.param("quarter", marks=_xfail(
-        "Xucun 2024 -> 67,848 kWh; Xucun without TEX by quarter -> 15,153 + 15,146 + 15,220 "
-        "+ 15,302; all published: 7,027 kWh is F021001's year (Xucun's only TEX firm)")),
-    pytest.param("month", marks=_xfail(
-        "Xucun 2024 -> 67,848 kWh; Xucun without TEX by month -> 12 cells summing to 60,821; "
-        "all published: 7,027 kWh is F021001's year (Xucun's only TEX firm)")),
+    pytest.param("quarter"),
+    pytest.param("month"),
 ])
 def test_a_towns_year_less_its_periods_without_one_industry_does_not_isolate_that_firm(
         world: World, level: str) -> None:
@@ -206,9 +193,9 @@ def test_a_towns_year_less_its_periods_without_one_industry_does_not_isolate_tha
     assert combine((1, figure(year, month="2024")), (-1, total_of(parts))) != exact(truth)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Xucun 2024 -> 97,877 kWh; without TEX, Q1-Q3 -> 22,856 + 22,992 + 22,797 and Oct-Dec "
-    "-> 7,556 + 7,662 + 7,546; all published: 6,468 kWh is F022001's year (only TEX firm)"))
+# Before the release audit this leaked: Xucun 2024 -> 97,877 kWh; without TEX, Q1-Q3 -> 22,856 +
+# 22,992 + 22,797 and Oct-Dec -> 7,556 + 7,662 + 7,546; all published: 6,468 kWh is F022001's year
+# (only TEX firm)
 def test_year_quarters_and_months_mixed_do_not_isolate_the_only_firm_of_an_industry(
         world: World) -> None:
     """Year of RARE_TOWN; without TEX: Q1-Q3 by quarter and October-December by month."""

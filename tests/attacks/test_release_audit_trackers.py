@@ -12,8 +12,6 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-import pytest
-
 from tests.attacks.county import (
     GENERAL,
     INDUSTRIES,
@@ -41,9 +39,9 @@ def _in_towns(*towns: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ F3: trackers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "town in [Xiashi, Yuanhua] -> 73,908 kWh, [Xiashi, Xucun] -> 144,974, [Xucun] -> 80,336, "
-    "all published: 73,908 - 144,974 + 80,336 = 9,270 kWh, F061000's year (alone in Yuanhua)"))
+# Before the release audit this leaked: town in [Xiashi, Yuanhua] -> 73,908 kWh, [Xiashi, Xucun]
+# -> 144,974, [Xucun] -> 80,336, all published: 73,908 - 144,974 + 80,336 = 9,270 kWh, F061000's
+# year (alone in Yuanhua)
 def test_a_three_query_tracker_does_not_isolate_the_only_firm_of_a_town(world: World) -> None:
     """(A + L) - (A + B) + B = L, each pair at least k firms apart."""
     data, _, cid = setup(world, seed=61)
@@ -55,9 +53,9 @@ def test_a_three_query_tracker_does_not_isolate_the_only_firm_of_a_town(world: W
     assert combine((1, q[0]), (-1, q[1]), (1, q[2])) != truth
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "towns [Yuanhua, Xiashi, Xucun] -> 150,884 kWh, [Yuanhua, Changan, Zhouwang] -> 120,094, "
-    "all -> 260,274, all published: 150,884 + 120,094 - 260,274 = 10,704, F062000's year"))
+# Before the release audit this leaked: towns [Yuanhua, Xiashi, Xucun] -> 150,884 kWh, [Yuanhua,
+# Changan, Zhouwang] -> 120,094, all -> 260,274, all published: 150,884 + 120,094 - 260,274 =
+# 10,704, F062000's year
 def test_denning_s_general_tracker_does_not_isolate_the_only_firm_of_a_town(
         world: World) -> None:
     """q(L or T) + q(L or not T) - q(all), T = towns A and B: each pair k or more apart."""
@@ -72,9 +70,9 @@ def test_denning_s_general_tracker_does_not_isolate_the_only_firm_of_a_town(
     assert combine((1, with_t), (1, without_t), (-1, everything)) != truth
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "[Xiashi, Xucun, Yuanhua] 148,942 - [Xiashi, Changan] 125,279 - [Xucun, Zhouwang] "
-    "134,390 + [Changan, Zhouwang] 119,061, all published: 8,334 kWh, F063000's year"))
+# Before the release audit this leaked: [Xiashi, Xucun, Yuanhua] 148,942 - [Xiashi, Changan]
+# 125,279 - [Xucun, Zhouwang] 134,390 + [Changan, Zhouwang] 119,061, all published: 8,334 kWh,
+# F063000's year
 def test_a_four_query_tracker_does_not_isolate_the_only_firm_of_a_town(world: World) -> None:
     """(A+B+L) - (A+C) - (B+D) + (C+D) = L; every pair of the four is k or more apart."""
     data, _, cid = setup(world, seed=63)
@@ -86,9 +84,8 @@ def test_a_four_query_tracker_does_not_isolate_the_only_firm_of_a_town(world: Wo
     assert combine((1, q[0]), (-1, q[1]), (-1, q[2]), (1, q[3])) != truth
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "counts [Xiashi, Yuanhua] 9 - [Xiashi, Xucun] 17 + [Xucun] 9 = 1, all published: "
-    "Yuanhua holds exactly one enterprise (F064000)"))
+# Before the release audit this leaked: counts [Xiashi, Yuanhua] 9 - [Xiashi, Xucun] 17 + [Xucun]
+# 9 = 1, all published: Yuanhua holds exactly one enterprise (F064000)
 def test_a_three_query_tracker_on_counts_does_not_reveal_a_town_of_one(world: World) -> None:
     """Counts of distinct enterprises: (A + L) - (A + B) + B = 1."""
     data, _, cid = setup(world, seed=64)
@@ -112,10 +109,10 @@ def test_counts_one_firm_apart_are_not_both_published(world: World) -> None:
 # ------------------------------------------- F4: suppression across overlapping tables
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "town table: Yuanhua and its complement Changan withheld, total 317,298 and three towns "
-    "published; industry table over [Changan, Xiashi]: all four industries published (161,419)"
-    ": Changan = 73,234, Yuanhua = 10,489 kWh, F041000's year; LP interval [10489, 10489]"))
+# Before the release audit this leaked: town table: Yuanhua and its complement Changan withheld,
+# total 317,298 and three towns published; industry table over [Changan, Xiashi]: all four
+# industries published (161,419): Changan = 73,234, Yuanhua = 10,489 kWh, F041000's year; LP
+# interval [10489, 10489]
 def test_a_later_table_over_a_withheld_complement_does_not_pin_the_small_cell(
         world: World) -> None:
     """The town table withholds LONE_TOWN (one firm) and a complement W; a later table by
@@ -134,10 +131,10 @@ def test_a_later_table_over_a_withheld_complement_does_not_pin_the_small_cell(
     assert low < high
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "by town: Changan and Yuanhua withheld, total 322,539; by town without AUTO: Changan "
-    "48,897; by town within AUTO: Changan 27,359 (all published): 322,539 - 74,262 - 87,926 "
-    "- 74,176 - 48,897 - 27,359 = 9,919 kWh, F044000's year; LP interval [9919, 9919]"))
+# Before the release audit this leaked: by town: Changan and Yuanhua withheld, total 322,539; by
+# town without AUTO: Changan 48,897; by town within AUTO: Changan 27,359 (all published): 322,539
+# - 74,262 - 87,926 - 74,176 - 48,897 - 27,359 = 9,919 kWh, F044000's year; LP interval [9919,
+# 9919]
 def test_three_overlapping_town_tables_do_not_pin_a_withheld_cell(world: World) -> None:
     """By town; by town without the lonely firm's industry; by town within it. Each table is
     protected alone; a withheld town's two parts are published in the other two."""
@@ -160,10 +157,9 @@ NOT_RARE = {"field": "industry", "op": "in", "value": ["PV", "AUTO", "HOME"]}
 MEAN_COUNT = [{"fn": "mean", "field": "kwh"}, {"fn": "count"}]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Xucun's mean x count for Jan 8,686 + Feb 8,429 + Mar 8,583 kWh less its Q1 without TEX "
-    "(mean x count x 3) 23,218 = 2,480 kWh, F071001's Q1 (its year likewise); and the counts "
-    "Jan 11 - Q1 without TEX 10 = 1 single it out"))
+# Before the release audit this leaked: Xucun's mean x count for Jan 8,686 + Feb 8,429 + Mar 8,583
+# kWh less its Q1 without TEX (mean x count x 3) 23,218 = 2,480 kWh, F071001's Q1 (its year
+# likewise); and the counts Jan 11 - Q1 without TEX 10 = 1 single it out
 def test_a_monthly_mean_times_its_count_less_quarterly_means_does_not_isolate_a_firm(
         world: World) -> None:
     """Monthly mean x count of RARE_TOWN are its monthly sums (one row per firm and month);
@@ -193,9 +189,9 @@ def test_a_monthly_mean_times_its_count_less_quarterly_means_does_not_isolate_a_
     assert combine((1, derived[0]), (-1, derived[1])) != truth
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Xucun 2024 ratio(tax, output) x sum(output) = 41,342 yuan of tax; Xucun without TEX by "
-    "quarter: 9,370 + 9,497 + 9,437 + 9,339, all published: 3,699 yuan is F072001's tax"))
+# Before the release audit this leaked: Xucun 2024 ratio(tax, output) x sum(output) = 41,342 yuan
+# of tax; Xucun without TEX by quarter: 9,370 + 9,497 + 9,437 + 9,339, all published: 3,699 yuan
+# is F072001's tax
 def test_a_ratio_times_its_published_denominator_does_not_isolate_a_firm(world: World) -> None:
     """ratio(tax, output) x sum(output) of RARE_TOWN's year is its tax; its quarters without
     TEX (sums of tax) leave the TEX firm's tax."""
