@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
@@ -117,6 +118,28 @@ class _Computation:
 
 
 @dataclass(frozen=True, slots=True)
+class Prediction:
+    """How a query's cells would come out if it ran now: published, and withheld by reason."""
+
+    published: int
+    suppressed: dict[str, int]
+
+    @classmethod
+    def of(cls, answer: Answer) -> Prediction:
+        """The counts of an answer's cells (the remainder row not counted)."""
+        reasons = Counter(c.reason.value for c in answer.cells if c.reason is not None)
+        return cls(sum(c.reason is None for c in answer.cells), dict(reasons))
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """A dry run: the flow decision, and when it allows, the predicted outcome."""
+
+    decision: FlowDecision
+    predicted: Prediction | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class QueryService:
     """Runs aggregate queries; raw rows never leave the broker, only released cells.
 
@@ -166,30 +189,34 @@ class QueryService:
                           decided: _Decided) -> _Computation:
         """Plan the query; reuse the earlier answer to the same computation, or run the
         engine and protect the cell table against the ledger. A failure is audited."""
-        contract, dataset = decided.usable()
-        rules = _stricter(decided.decision.rules, contract)
-        opaque = frozenset(f for f, v in decided.decision.fields.items()
-                           if v is Verdict.PSEUDONYMIZE)
-        planned = decided.planned(spec)
-        fingerprint = computation_fingerprint(dataset, planned, rules, opaque)
         try:
-            plan = plan_aggregate(planned, dataset.schema, top=rules.top)
-            with self.uow(read_only=True) as uow:
-                earlier = self.answers.find(uow, dataset.id, fingerprint)
-                ledger = self.ledgers.refresh(uow, dataset.id)
-            fresh = None
-            if earlier is None:
-                result, scopes = self._run(plan, dataset, planned)
-                table = read_table(plan, result, scopes)
-                fresh = _FreshTable(table, plan, ledger,
-                                    _protect(table, plan, rules, ledger, spec, opaque))
+            return self._computation(spec, decided)
         except BrokerError as exc:
             self._record_failure(ctx, spec, decided, AGGREGATE, exc.slug)
             raise
         except Exception:
             self._record_failure(ctx, spec, decided, AGGREGATE, "engine-failed")
             raise
-        return _Computation(rules, opaque, fingerprint, earlier, fresh)
+
+    def _computation(self, spec: AggregateSpec, decided: _Decided) -> _Computation:
+        """The earlier answer to the same computation, or a fresh table protected against the
+        differencing ledger as it stands."""
+        contract, dataset = decided.usable()
+        rules = _stricter(decided.decision.rules, contract)
+        opaque = frozenset(f for f, v in decided.decision.fields.items()
+                           if v is Verdict.PSEUDONYMIZE)
+        planned = decided.planned(spec)
+        fingerprint = computation_fingerprint(dataset, planned, rules, opaque)
+        plan = plan_aggregate(planned, dataset.schema, top=rules.top)
+        with self.uow(read_only=True) as uow:
+            earlier = self.answers.find(uow, dataset.id, fingerprint)
+            ledger = self.ledgers.refresh(uow, dataset.id)
+        if earlier is not None:
+            return _Computation(rules, opaque, fingerprint, earlier, None)
+        result, scopes = self._run(plan, dataset, planned)
+        table = read_table(plan, result, scopes)
+        return _Computation(rules, opaque, fingerprint, None, _FreshTable(
+            table, plan, ledger, _protect(table, plan, rules, ledger, spec, opaque)))
 
     def _commit_release(self, ctx: RequestContext, spec: AggregateSpec, decided: _Decided,
                         computation: _Computation) -> Release:
@@ -259,8 +286,9 @@ class QueryService:
                                  computation.opaque)
         return protected.answer, protected
 
-    def explain(self, ctx: RequestContext, spec: AggregateSpec) -> FlowDecision:
-        """The decision a query would get; nothing computed or released, the dry run audited."""
+    def explain(self, ctx: RequestContext, spec: AggregateSpec) -> Explanation:
+        """The decision a query would get and, when allowed, how its cells would come out if
+        it ran now; nothing released, nothing recorded but the dry run's audit entry."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, EXPLAIN, {"kind": "query"},
                                contract_id=spec.contract_id)
@@ -278,10 +306,27 @@ class QueryService:
             uow.audit.append(event)
             uow.commit()
         decision = decided.decision
-        if decision.allow and decided.contract is not None:
-            rules = _stricter(decision.rules, decided.contract)
-            decision = replace(decision, k=rules.k_min, rules=rules)
-        return decision
+        if not decision.allow or decided.contract is None:
+            return Explanation(decision)
+        rules = _stricter(decision.rules, decided.contract)
+        return Explanation(replace(decision, k=rules.k_min, rules=rules),
+                           self._predict(spec, decided))
+
+    def _predict(self, spec: AggregateSpec, decided: _Decided) -> Prediction:
+        """How the query's cells would come out now: the earlier answer to the same
+        computation if there is one, else the table protected and audited against everything
+        published, every change of the release audit then undone."""
+        _, dataset = decided.usable()
+        computation = self._computation(spec, decided)
+        if computation.earlier is not None:
+            return Prediction.of(computation.earlier)
+        fresh = computation.fresh
+        if fresh is None:  # unreachable: either an earlier answer or a fresh one exists
+            raise Unavailable("No answer was computed.")
+        with self.uow(read_only=True) as uow, self.links.audit(dataset.id) as systems:
+            answer, _ = _linked(fresh.table, fresh.plan, spec, fresh.protected,
+                                systems.load(uow, measure_keys(fresh.plan)))
+        return Prediction.of(answer)
 
     def _run(self, plan: CellPlan, dataset: Dataset, spec: AggregateSpec
              ) -> tuple[pa.Table, Scopes]:

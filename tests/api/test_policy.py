@@ -190,6 +190,9 @@ def test_explain_gives_verdicts_k_quota_and_thresholds_and_releases_nothing(
         "disclosure": {"k_min": 3, "dominance_n": 3, "dominance_k": 70.0, "p_percent": 0.0,
                        "protection_percent": 10.0},
         "policy_revision": PolicySources.load(POLICY_DIR).revision,
+        # town A: one firm holds 60 of 85 kWh, over (3, 70%); town B's two firms are not
+        # even shown under a pseudonym
+        "predicted": {"published": 0, "suppressed": {"dominance": 1}},
     }
     denied = world.client.post("/v1/policy/explain", headers=auth(world.econ),
                                json={**query, "group_by": ["name"]})

@@ -21,7 +21,7 @@ from broker.domain.queries import (
     Release,
     SuppressionReason,
 )
-from broker.services.queries import QueryService
+from broker.services.queries import Prediction, QueryService
 from broker.services.releases import result_digest
 from connectors.storage import ParquetStorage
 from tests.fakes import FakeUnitOfWorkFactory, ManualClock, SwitchablePolicyEngine
@@ -227,7 +227,8 @@ def test_explain_gives_the_verdicts_and_thresholds_releases_nothing_and_is_audit
     county: County, contract_id: str, query_service: QueryService,
     uow: FakeUnitOfWorkFactory
 ) -> None:
-    decision = query_service.explain(county.econ.ctx(), _by_town(contract_id))
+    explanation = query_service.explain(county.econ.ctx(), _by_town(contract_id))
+    decision = explanation.decision
     assert decision.allow
     assert decision.fields == {"town": "clear", "kwh": "aggregate"}
     assert decision.k == 3
@@ -236,14 +237,19 @@ def test_explain_gives_the_verdicts_and_thresholds_releases_nothing_and_is_audit
     assert entry["disclosure"] is None
     assert uow.committed.released == []
     assert uow.committed.answers == {}
+    assert uow.committed.forms == []
+    # town A (6 firms) would be published, town B (2 firms) withheld, as the query would run
+    assert explanation.predicted == Prediction(1, {"min-entities": 1})
 
 
 def test_explain_reports_a_denial_without_raising_and_records_it(
     county: County, contract_id: str, query_service: QueryService,
     uow: FakeUnitOfWorkFactory
 ) -> None:
-    decision = query_service.explain(county.econ.ctx(),
-                                     _by_town(contract_id, purpose="tax-analysis"))
+    explanation = query_service.explain(county.econ.ctx(),
+                                        _by_town(contract_id, purpose="tax-analysis"))
+    decision = explanation.decision
+    assert explanation.predicted is None
     assert not decision.allow
     assert "purpose-not-in-contract" in decision.reasons
     entry = _last_entry(uow)

@@ -28,7 +28,7 @@ from broker.domain.queries import (
     MeasureFn,
     Release,
 )
-from broker.policy.decisions import FlowDecision
+from broker.services.queries import Explanation
 
 
 class MeasureIn(In):
@@ -164,6 +164,13 @@ class DisclosureRulesOut(BaseModel):
     protection_percent: float
 
 
+class PredictedOut(BaseModel):
+    """How many cells a query would publish, and withhold by reason, if it ran now."""
+
+    published: int
+    suppressed: dict[str, int]
+
+
 class ExplainOut(BaseModel):
     """A dry run: what the policies would decide; nothing released."""
 
@@ -177,12 +184,18 @@ class ExplainOut(BaseModel):
     disclosure: DisclosureRulesOut | None = Field(
         description="The thresholds a release would be held to (when allowed)")
     policy_revision: str
+    predicted: PredictedOut | None = Field(
+        default=None, description="When allowed: how the cells would come out if the query "
+        "ran now, against everything published so far (nothing is released or recorded)")
 
     @classmethod
-    def from_domain(cls, d: FlowDecision) -> ExplainOut:
-        """Response form of a flow decision."""
+    def from_domain(cls, explanation: Explanation) -> ExplainOut:
+        """Response form of a dry run."""
+        d, p = explanation.decision, explanation.predicted
         rules = DisclosureRulesOut(**asdict(d.rules)) if d.rules is not None else None
         verdicts = {name: verdict.value for name, verdict in d.fields.items()}
+        predicted = (PredictedOut(published=p.published, suppressed=p.suppressed)
+                     if p is not None else None)
         return cls(allow=d.allow, reasons=list(d.reasons), fields=verdicts,
                    field_reasons=d.field_reasons, k=d.k, quota_remaining=d.quota_remaining,
-                   disclosure=rules, policy_revision=d.revision)
+                   disclosure=rules, policy_revision=d.revision, predicted=predicted)
