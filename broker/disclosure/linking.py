@@ -1,7 +1,8 @@
 """Which cells of a protected table may be published, given everything published before.
 
 Each cell releases one linear form per quantity it carries (see ``broker.disclosure.linked``):
-the count of distinct enterprises is the form over its enterprises; a sum, a mean or a ratio
+the count of distinct enterprises is the form over its enterprises' presences (see
+:func:`presences`); a sum, a mean or a ratio
 releases the sum of each field it uses, the form over the rows with a value. A mean is that
 sum divided by the number of values, which the attacker is assumed to know; a ratio is two
 sums. So a cell is checked by the forms of every quantity it carries.
@@ -16,8 +17,10 @@ and at what is already published (simulatable).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from pyroaring import BitMap64
 
 from broker.disclosure.cells import ENTITIES, CellTable, Index
@@ -34,10 +37,33 @@ def cell_forms(table: CellTable, index: Index, quantities: Sequence[str]
     forms: dict[str, BitMap64] = {}
     for q in quantities:
         if q == ENTITIES:
-            forms[q] = BitMap64(e << OWNER_SHIFT for e in table.members.get(index))
+            forms[q] = presences(table.rows.get(table, index))
         else:
             forms[q] = table.fields[q.removeprefix("f:")].atoms.get(table, index)
     return forms
+
+
+def presences(rows: BitMap64) -> BitMap64:
+    """The count's form over the rows ``rows``: one unknown per enterprise and the set of its
+    rows the cell covers ("enterprise e has rows among these"), named by its enterprise and a
+    24-bit hash of that set.
+
+    Two cells that cover the same rows of an enterprise share its unknown; cells that cover
+    other rows of it (another year, say) do not, since its presence there is another fact. Two
+    sets of one enterprise whose hashes collide share an unknown: that links more, never
+    less, so it can only withhold more.
+    """
+    atoms = np.frombuffer(rows.to_array(), dtype=np.uint64)  # sorted
+    if not atoms.size:
+        return BitMap64()
+    owners = atoms >> np.uint64(OWNER_SHIFT)
+    starts = np.flatnonzero(np.diff(owners)) + 1
+    out = BitMap64()
+    for group in np.split(atoms, starts):
+        owner = int(group[0]) >> OWNER_SHIFT
+        digest = hashlib.blake2b(group.tobytes(), digest_size=3).digest()
+        out.add(owner << OWNER_SHIFT | int.from_bytes(digest, "big"))
+    return out
 
 
 def link(
