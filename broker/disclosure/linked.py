@@ -43,6 +43,7 @@ auditing, Kenthapadi, Mishra and Nissim 2005).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+from pyroaring import BitMap64
 
 #: An atom id is ``owner << OWNER_SHIFT | local``: the owner can be read off the id.
 OWNER_SHIFT = 24
@@ -88,7 +90,17 @@ class _NewProtected:
     form: int
 
 
-_Change = _RowWas | _ResidualWas | _Split | _NewClass | _NewProtected
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    digest: bytes
+
+
+_Change = _RowWas | _ResidualWas | _Split | _NewClass | _NewProtected | _Seen
+
+
+def _digest(atoms: BitMap64) -> bytes:
+    """A name for exactly this set of atoms (128 bits of BLAKE2b of its serialisation)."""
+    return hashlib.blake2b(atoms.serialize(), digest_size=16).digest()
 
 
 def owner_of(atom: int) -> int:
@@ -237,6 +249,9 @@ class LinkedSystem:
     #: protected forms whose residual is zero: derivable (only ever non-empty mid-change)
     _derived: set[int] = field(default_factory=set)
     _journal: list[_Change] = field(default_factory=list)
+    #: digests of the forms already published (and, prefixed b"p", protected): a repeat is
+    #: in the span (or registered) already, nothing to check.
+    _seen: set[bytes] = field(default_factory=set)
     #: forms published (independent or not), for figures and tests.
     published: int = 0
 
@@ -268,6 +283,11 @@ class LinkedSystem:
     def add(self, atoms: Iterable[int]) -> bool:
         """Publish the form summing ``atoms`` unless that (with everything published before)
         discloses an enterprise or a protected form; True if published, else nothing changed."""
+        atoms = atoms if isinstance(atoms, BitMap64) else BitMap64(atoms)
+        digest = _digest(atoms)
+        if digest in self._seen:  # published before: in the span already
+            self.published += 1
+            return True
         mark = self.mark()
         residual = self._reduced(self._vector(atoms))
         if residual and self._would_disclose(residual):
@@ -275,12 +295,16 @@ class LinkedSystem:
             return False
         if residual:
             self._insert(residual)
+        self._seen.add(digest)
+        self._journal.append(_Seen(digest))
         self.published += 1
         return True
 
     def replay(self, atoms: Iterable[int], *, protected: bool = False) -> None:
         """Apply a form the ledger already holds, accepted when it was recorded: the same
         changes as then, without the checks."""
+        atoms = atoms if isinstance(atoms, BitMap64) else BitMap64(atoms)
+        self._seen.add((b"p" if protected else b"") + _digest(atoms))
         residual = self._reduced(self._vector(atoms))
         if residual and protected:
             pid = self._next_protected
@@ -313,11 +337,17 @@ class LinkedSystem:
         Refining the classes by a form that is not published changes no vector of the span,
         so it cannot disclose anything by itself.
         """
+        atoms = atoms if isinstance(atoms, BitMap64) else BitMap64(atoms)
+        digest = b"p" + _digest(atoms)
+        if digest in self._seen:  # protected already
+            return False
         mark = self.mark()
         residual = self._reduced(self._vector(atoms))
         if not residual:
             self.rollback(mark)
             return False
+        self._seen.add(digest)
+        self._journal.append(_Seen(digest))
         pid = self._next_protected
         self._next_protected += 1
         self._journal.append(_NewProtected(pid))
@@ -565,5 +595,7 @@ class LinkedSystem:
             self._holding.pop(change.cls, None)
             self._protected_at.pop(change.cls, None)
             self._next_class -= 1
+        elif isinstance(change, _Seen):
+            self._seen.discard(change.digest)
         else:
             self._next_protected -= 1
