@@ -75,8 +75,6 @@ class CellTable:
     members: Members
     fields: dict[str, FieldStats]
     scopes: dict[Index, str] = field(default_factory=dict)
-    #: Per cell, the atoms of all its rows (see Atoms).
-    rows: Atoms = field(default_factory=lambda: Atoms())
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -220,7 +218,6 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
     for j in range(len(plan.fields)):  # contributors: members less those without a value
         lists[f"x{j}"] = Members(result.column(f"x{j}"), minus=members)
     atoms = {f"y{j}": Atoms(result.column(f"y{j}")) for j in range(len(plan.fields))}
-    atoms["yrows"] = Atoms(result.column("yrows"))
     rows = result.drop_columns([*lists, *atoms]).to_pydict()
     count = result.num_rows
     d = len(plan.dimensions)
@@ -259,7 +256,6 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
             for f in plan.fields
         },
     )
-    table.rows = atoms["yrows"]
     for j, name in enumerate(plan.fields):
         table.fields[name].members = lists[f"x{j}"]
         table.fields[name].atoms = atoms[f"y{j}"]
@@ -275,8 +271,6 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
                 [None if gid >> (d - 1 - k) & 1 else _json_scalar(rows[f"d{k}"][r])
                  for k in range(d)])
         table.members.place(index, r)
-        if gid == 0:
-            table.rows.place(index, r)
         for j, name in enumerate(plan.fields):
             stats = table.fields[name]
             stats.total[index] = _float(rows[f"s{j}"][r])

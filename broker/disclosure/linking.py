@@ -1,8 +1,9 @@
 """Which cells of a protected table may be published, given everything published before.
 
 Each cell releases one linear form per quantity it carries (see ``broker.disclosure.linked``):
-the count of distinct enterprises is the form over its enterprises' presences (see
-:func:`presences`); a sum, a mean or a ratio
+the count of distinct enterprises is the form over its enterprises, one unknown each whatever
+rows of it the cell covers (an attacker who knows that firms report every month equates their
+presence in any two periods, so the audit does too); a sum, a mean or a ratio
 releases the sum of each field it uses, the form over the rows with a value. A mean is that
 sum divided by the number of values, which the attacker is assumed to know; a ratio is two
 sums. So a cell is checked by the forms of every quantity it carries.
@@ -30,47 +31,18 @@ from broker.domain.queries import SuppressionReason
 #: Reasons that make a cell's own total something to protect.
 _SENSITIVE = frozenset({SuppressionReason.MIN_ENTITIES, SuppressionReason.DOMINANCE})
 
+
 def cell_forms(table: CellTable, index: Index, quantities: Sequence[str]
                ) -> dict[str, BitMap64]:
     """The forms one cell (table cell or margin) releases, by quantity."""
     forms: dict[str, BitMap64] = {}
     for q in quantities:
         if q == ENTITIES:
-            forms[q] = presences(table.rows.get(table, index))
+            members = np.frombuffer(table.members.get(index).to_array(), dtype=np.uint32)
+            forms[q] = BitMap64((members.astype(np.uint64) << np.uint64(OWNER_SHIFT)).tolist())
         else:
             forms[q] = table.fields[q.removeprefix("f:")].atoms.get(table, index)
     return forms
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, element-wise on unsigned 64-bit integers (wrapping)."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def presences(rows: BitMap64) -> BitMap64:
-    """The count's form over the rows ``rows``: one unknown per enterprise and the set of its
-    rows the cell covers ("enterprise e has rows among these"), named by its enterprise and a
-    24-bit hash of that set.
-
-    Two cells that cover the same rows of an enterprise share its unknown; cells that cover
-    other rows of it (another year, say) do not, since its presence there is another fact. Two
-    sets of one enterprise whose hashes collide share an unknown: that links more, never
-    less, so it can only withhold more.
-    """
-    atoms = np.frombuffer(rows.to_array(), dtype=np.uint64)  # sorted
-    if not atoms.size:
-        return BitMap64()
-    owners = atoms >> np.uint64(OWNER_SHIFT)
-    starts = np.r_[0, np.flatnonzero(np.diff(owners)) + 1]
-    # An order-free hash of each enterprise's set: the sum of its atoms' splitmix64 mixes
-    # (wrapping), its top 24 bits kept.
-    digests = np.add.reduceat(_mix(atoms), starts) >> np.uint64(64 - OWNER_SHIFT)
-    out = BitMap64((owners[starts] << np.uint64(OWNER_SHIFT) | digests).tolist())
-    return out
 
 
 def link(

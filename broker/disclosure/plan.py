@@ -62,9 +62,8 @@ class CellPlan:
     ``s{i}`` total, ``n{i}`` values, ``c{i}`` contributing enterprises, ``a{i}`` total of
     absolute contributions, ``t{i}`` the ``top`` largest absolute contributions, ``x{i}`` the
     indices of the cell's enterprises without a value (usually none), ``y{i}`` (table cells
-    only) the atoms of the rows with a value; ``yrows`` (table cells only) every row's atom.
-    ``periods`` names the dataset's date fields, whose spans scope the differencing guard (see
-    scopes).
+    only) the atoms of the rows with a value. ``periods`` names the
+    dataset's date fields, whose spans scope the differencing guard (see scopes).
     """
 
     sql: str
@@ -261,7 +260,6 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
                                                                                 strict=True)),
         *(f"list({a}) FILTER (WHERE {vc} IS NOT NULL) AS {lc}"
           for vc, lc in zip(v, atoms, strict=True)),
-        f"list({a}) AS {quote('l#rows')}",
     ])
     ordinals = ", ".join(str(k) for k in range(1, len(gens) + 2))
     nodes, branches = _lattice(g, s, n, i)
@@ -280,10 +278,9 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
         group = f" GROUP BY {', '.join(kept)}" if kept else ""
         # The rows (atoms) behind each table cell's figures, per field: the release audit's
         # forms; a margin's are the union of its table cells'.
-        rows = "".join(f", flatten(list({lc})) AS {name}" if mask == full
-                       else f", CAST(NULL AS BIGINT[]) AS {name}"
-                       for name, lc in [*((f"y{j}", lc) for j, lc in enumerate(atoms)),
-                                        ("yrows", quote("l#rows"))])
+        rows = "".join(f", flatten(list({lc})) AS y{j}" if mask == full
+                       else f", CAST(NULL AS BIGINT[]) AS y{j}"
+                       for j, lc in enumerate(atoms))
         cells.append(
             f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members{per_field}{rows} "  # noqa: S608
             f"FROM {'ent' if mask == full else f'r{mask}'}{group}"

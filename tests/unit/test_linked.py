@@ -128,19 +128,3 @@ def test_the_year_and_all_but_one_month_are_refused_as_a_pair() -> None:
     for month in range(11):
         assert system.add({a for a in year if a & 0xFFFFFF == month})
     assert not system.add({a for a in crowd if a & 0xFFFFFF == 11})
-
-
-def test_a_count_shares_an_enterprises_unknown_only_where_it_covers_the_same_rows() -> None:
-    from pyroaring import BitMap64
-
-    from broker.disclosure.linking import presences
-
-    jan, feb = _atom(3, 0), _atom(3, 1)  # one enterprise's two monthly rows
-    other = _atom(4, 0)
-    year = presences(BitMap64([jan, feb, other]))
-    again = presences(BitMap64([other, jan, feb]))
-    january = presences(BitMap64([jan, other]))
-    assert year == again  # the same rows: the same unknowns
-    assert len(year) == 2  # one per enterprise
-    assert {a >> OWNER_SHIFT for a in year} == {3, 4}
-    assert (year & january) == BitMap64(a for a in year if a >> OWNER_SHIFT == 4)

@@ -1,0 +1,62 @@
+"""Property: whatever a department asks, in whatever order, nothing it is given pins a firm.
+
+Random seeded counties (one firm alone in its town, one alone in its industry within a town)
+and random sequences of ordinary queries (towns, industries, months and quarters, with town
+filters and month ranges, sums and counts, with and without margins), asked over HTTP; the
+independent oracle then looks for any linear combination of everything published that
+isolates one firm's rows. Each example uses a dataset of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.attacks.county import CLEAR, FIELDS, INDUSTRIES, LONE_TOWN, MONTHS, TOWNS, Attack, county
+from tests.conftest import World
+
+DIMENSIONS = ["town", "industry", {"field": "month", "level": "quarter"},
+              {"field": "month", "level": "month"}]
+MEASURES = [[{"fn": "sum", "field": "kwh"}], [{"fn": "count"}],
+            [{"fn": "count"}, {"fn": "sum", "field": "output"}]]
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> dict[str, Any]:
+    """One ordinary query of the county."""
+    group_by = draw(st.lists(st.sampled_from(range(len(DIMENSIONS))), max_size=2,
+                             unique_by=lambda i: 2 if i >= 2 else i))
+    body: dict[str, Any] = {"group_by": [DIMENSIONS[i] for i in group_by],
+                            "measures": draw(st.sampled_from(MEASURES)),
+                            "totals": draw(st.booleans())}
+    filters = []
+    towns = draw(st.lists(st.sampled_from([*TOWNS, LONE_TOWN]), max_size=4, unique=True))
+    if towns:
+        filters.append({"field": "town", "op": "in", "value": towns})
+    industries = draw(st.lists(st.sampled_from(INDUSTRIES), max_size=3, unique=True))
+    if industries:
+        filters.append({"field": "industry", "op": "in", "value": industries})
+    if draw(st.booleans()):
+        first = draw(st.integers(0, 11))
+        last = draw(st.integers(first, 11))
+        filters.append({"field": "month", "op": "range",
+                        "value": [MONTHS[first], MONTHS[last]]})
+    body["filters"] = filters
+    return body
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), asked=st.lists(queries(), min_size=2, max_size=6))
+def test_no_sequence_of_ordinary_queries_isolates_a_firm(
+        world: World, seed: int, asked: list[dict[str, Any]]) -> None:
+    data = county(seed)
+    did = world.add_dataset(data.frame, FIELDS, name=f"county-{uuid.uuid4().hex[:12]}")
+    cid = world.contract_for(did, fields=dict(CLEAR))
+    attack = Attack(world, data.rows())
+    for body in asked:
+        attack.ask(contract_id=cid, **body)
+    attack.assert_no_leak()
