@@ -7,6 +7,7 @@ import logging
 import time
 import traceback
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +25,7 @@ from broker.policy.cache import CachedPolicyEngine
 log = logging.getLogger("broker.api")
 
 
-class HttpMiddleware:
+class HttpMiddleware(ABC):
     """A pure ASGI middleware that handles HTTP requests and passes every other scope
     (lifespan, websockets) straight through."""
 
@@ -37,9 +38,9 @@ class HttpMiddleware:
         else:
             await self.app(scope, receive, send)
 
+    @abstractmethod
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request."""
-        raise NotImplementedError
 
 
 class UnexpectedErrorMiddleware(HttpMiddleware):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
@@ -52,7 +53,7 @@ RowT = TypeVar("RowT", bound=SQLModel)
 DomainT = TypeVar("DomainT")
 
 
-class _SqlRepository(Generic[RowT, DomainT]):
+class _SqlRepository(ABC, Generic[RowT, DomainT]):
     """A repository over one table: rows by primary key and in a stated order, as domain
     objects."""
 
@@ -74,8 +75,9 @@ class _SqlRepository(Generic[RowT, DomainT]):
             select(self.row_type).where(*where).order_by(*self.order_by)).all()
         return [self._to_domain(r) for r in rows]
 
+    @abstractmethod
     def _to_domain(self, row: RowT) -> DomainT:
-        raise NotImplementedError
+        """The domain object a row stores."""
 
 
 class SqlOrgRepository(_SqlRepository[OrgRow, Organisation]):
