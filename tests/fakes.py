@@ -440,16 +440,19 @@ class FakeReleaseLedger:
 
     def forms_since(self, dataset_id: str, after_id: int) -> list[FormEntry]:
         """The release audit's forms of ``dataset_id`` after ``after_id`` (copies)."""
-        return [FormEntry(e.id, Form(e.form.quantity, e.form.kind, BitMap64(e.form.atoms)))
+        return [FormEntry(e.id, Form(e.form.quantity, e.form.kind, BitMap64(e.form.atoms)),
+                          e.numbers)
                 for owner, e, _ in self.working.state.forms
                 if owner == dataset_id and e.id > after_id]
 
-    def add_forms(self, dataset_id: str, forms: Iterable[Form], audit_seq: int) -> int:
-        """Record a release's forms; the dataset's last form id afterwards."""
+    def add_forms(self, dataset_id: str, forms: Iterable[tuple[Form, str | None]],
+                  audit_seq: int) -> int:
+        """Record a release's forms with their sealed numbers; the dataset's last form id
+        afterwards."""
         stored = self.working.writable().forms
-        for form in forms:
+        for form, numbers in forms:
             entry = FormEntry(len(stored) + 1, Form(form.quantity, form.kind,
-                                                    BitMap64(form.atoms)))
+                                                    BitMap64(form.atoms)), numbers)
             stored.append((dataset_id, entry, audit_seq))
         return max((e.id for owner, e, _ in stored if owner == dataset_id), default=0)
 

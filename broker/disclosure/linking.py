@@ -8,28 +8,102 @@ releases the sum of each field it uses, the form over the rows with a value. A m
 sum divided by the number of values, which the attacker is assumed to know; a ratio is two
 sums. So a cell is checked by the forms of every quantity it carries.
 
-The order is fixed: the cells withheld as too small or dominated are registered first as
-protected forms (no later release may make their totals derivable), then the published
-candidates are added one by one, table cells before margins, each with all its forms or none;
-a cell whose forms would disclose an enterprise or a protected form is withheld as
-``linked``. Nothing here looks at a value: only at which rows and enterprises each cell covers
-and at what is already published (simulatable).
+Two checks, in this order:
+
+1. **Exact** (simulatable). The cells withheld as too small or dominated are registered first
+   as protected forms (no later release may make their totals derivable), then the published
+   candidates are added one by one, table cells before margins, each with all its forms or
+   none; a cell whose forms would disclose an enterprise or a protected form is withheld as
+   ``linked``. This looks at no value: only at which rows and enterprises each cell covers and
+   at what is already published.
+2. **Intervals** (``broker.disclosure.intervals``). With the table's published sums and their
+   values added, no protected sum of the history (this table's included) may be bounded by
+   linear programming inside its protection interval. If one would be, the published cells that
+   share atoms with the narrowed sums are withheld as ``linked`` and the table is audited
+   again; if that is not enough, every cell not published before is withheld. A protected sum
+   that earlier releases had already narrowed when it was registered keeps the interval it
+   had then (what is public cannot be taken back; it must not narrow further).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from pyroaring import BitMap64
 
 from broker.disclosure.cells import ENTITIES, CellTable, Index
+from broker.disclosure.intervals import IntervalSystem
 from broker.disclosure.linked import OWNER_SHIFT, LinkedSystem
 from broker.domain.ledger import PROTECTED, PUBLISHED, Form
 from broker.domain.queries import SuppressionReason
 
 #: Reasons that make a cell's own total something to protect.
 _SENSITIVE = frozenset({SuppressionReason.MIN_ENTITIES, SuppressionReason.DOMINANCE})
+
+Outcome = tuple[Index, SuppressionReason | None]
+
+
+@dataclass(slots=True)
+class History:
+    """Everything published from one dataset, per quantity: the exact system of every
+    quantity, and the interval system of every sum."""
+
+    exact: dict[str, LinkedSystem] = field(default_factory=dict)
+    intervals: dict[str, IntervalSystem] = field(default_factory=dict)
+
+    def ensure(self, quantities: Sequence[str]) -> History:
+        """The systems of ``quantities`` created where missing."""
+        for q in quantities:
+            self.exact.setdefault(q, LinkedSystem())
+            if q != ENTITIES:
+                self.intervals.setdefault(q, IntervalSystem())
+        return self
+
+    def replay(self, form: Form) -> None:
+        """Apply a form the ledger holds."""
+        protected = form.kind == PROTECTED
+        self.exact.setdefault(form.quantity, LinkedSystem()).replay(form.atoms,
+                                                                      protected=protected)
+        if form.bounds is not None:
+            system = self.intervals.setdefault(form.quantity, IntervalSystem())
+            system.signed |= form.signed
+            if protected:
+                system.protect(form.atoms, *form.bounds)
+            else:
+                system.publish(form.atoms, form.bounds[0])
+            system.commit()
+
+    def mark(self) -> dict[str, int]:
+        """A point to roll every system back to."""
+        marks = {f"e{q}": s.mark() for q, s in self.exact.items()}
+        marks.update({f"i{q}": s.mark() for q, s in self.intervals.items()})
+        return marks
+
+    def rollback(self, marks: Mapping[str, int]) -> None:
+        """Undo every change since ``marks`` (all changes where a system has no mark)."""
+        for q, s in self.exact.items():
+            s.rollback(marks.get(f"e{q}", 0))
+        for q, i in self.intervals.items():
+            i.rollback(marks.get(f"i{q}", 0))
+
+    def commit(self) -> None:
+        """Keep every change."""
+        for s in self.exact.values():
+            s.commit()
+        for i in self.intervals.values():
+            i.commit()
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """The outcome of the release audit for one table."""
+
+    released: list[Outcome]
+    forms: list[Form]
+    #: Whether the remainder row (if asked) may be published.
+    remainder: bool
 
 
 def cell_forms(table: CellTable, index: Index, quantities: Sequence[str]
@@ -48,31 +122,173 @@ def cell_forms(table: CellTable, index: Index, quantities: Sequence[str]
 def link(
     table: CellTable,
     quantities: Sequence[str],
-    released: Sequence[tuple[Index, SuppressionReason | None]],
-    systems: Mapping[str, LinkedSystem],
-) -> tuple[list[tuple[Index, SuppressionReason | None]], list[Form]]:
+    released: Sequence[Outcome],
+    history: History,
+    levels: Mapping[str, np.ndarray],
+    *,
+    remainder: bool = False,
+) -> Linked:
     """The released cells with those that would disclose withheld as ``linked``, and the
-    forms to record; ``systems`` (one per quantity) are changed in place."""
+    forms to record; ``history`` is changed in place (roll it back to undo).
+
+    ``levels`` are the protection levels of the table's sensitive cells per field;
+    ``remainder`` asks whether the withheld table cells pooled may be published too.
+    """
+    history.ensure(quantities)
+    table_values = _Values(table)
+    forms = _protect(table, quantities, released, history, levels, table_values)
+    candidates = [i for i, (_, reason) in enumerate(released) if reason is None]
+    everything = {*candidates, len(released)}  # the remainder's place is len(released)
+    forced: set[int] = set()
+    # Withholding more only removes equations, so after a round only the sums it found
+    # narrowed are checked again; the answer is returned only after a round checked all.
+    suspects: dict[str, set[int]] | None = None
+    while True:
+        marks = history.mark()
+        ranks = {q: history.exact[q].rank for q in quantities}
+        starts = {q: len(s.published) for q, s in history.intervals.items()}
+        decided, added = _exact(table, quantities, released, history, forced)
+        pooled = None
+        if remainder and len(released) not in forced:
+            pooled = _pooled(table, quantities, decided, history)
+            added += [(form, len(released)) for form in pooled or []]
+        owners: dict[str, list[int]] = {}
+        for form, owner in added:
+            if form.bounds is not None:
+                history.intervals[form.quantity].publish(form.atoms, form.bounds[0])
+                owners.setdefault(form.quantity, []).append(owner)
+        narrowed = _narrowed(history, quantities, ranks, starts, suspects)
+        if not narrowed and suspects is not None:
+            suspects = None
+            narrowed = _narrowed(history, quantities, ranks, starts, None)
+        if not narrowed:
+            return Linked(decided, forms + [form for form, _ in added], pooled is not None)
+        suspects = {q: set(found) for q, found in narrowed.items()}
+        history.rollback(marks)
+        # Withhold what binds the failed bounds; failing that, what touches the narrowed
+        # sums; failing that, everything this table would add.
+        blamed = {owners[q][position - starts[q]] for q, found in narrowed.items()
+                  for binding in found.values() for position in binding}
+        for more in (blamed, _touching(table, quantities, released, candidates, narrowed,
+                                       history), everything):
+            if more - forced:
+                forced |= more
+                break
+
+
+def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],
+             history: History, levels: Mapping[str, np.ndarray], values: _Values
+             ) -> list[Form]:
+    """Register the table's sensitive cells as protected forms, exact and interval; a
+    protection interval that earlier releases already narrow is kept as it now stands."""
     forms: list[Form] = []
+    pending: list[tuple[str, int]] = []
     for index, reason in released:
-        if reason in _SENSITIVE:
-            for q, atoms in cell_forms(table, index, quantities).items():
-                if atoms and systems[q].protect(atoms):
-                    forms.append(Form(q, PROTECTED, atoms))
-    out: list[tuple[Index, SuppressionReason | None]] = []
+        if reason not in _SENSITIVE:
+            continue
+        for q, atoms in cell_forms(table, index, quantities).items():
+            if not atoms or not history.exact[q].protect(atoms):
+                continue
+            if q == ENTITIES:
+                forms.append(Form(q, PROTECTED, atoms))
+                continue
+            name = q.removeprefix("f:")
+            x, level = values.total(name, index), float(levels[name][index])
+            system = history.intervals[q]
+            system.signed |= values.signed(name)
+            system.protect(atoms, x - level, x + level)
+            pending.append((q, len(system.protected) - 1))
+    for q in {q for q, _ in pending}:
+        history.intervals[q].settle([pid for p, pid in pending if p == q])
+    for q, pid in pending:
+        system = history.intervals[q]
+        kept = system.protected[pid]
+        forms.append(Form(q, PROTECTED, kept.atoms, (kept.low, kept.high), system.signed))
+    return forms
+
+
+def _exact(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],
+           history: History, forced: set[int]
+           ) -> tuple[list[Outcome], list[tuple[Form, int]]]:
+    """The exact audit: table cells before margins, each published with all its forms or
+    withheld as ``linked``; cells in ``forced`` are withheld as ``linked`` outright. The
+    forms published come with the position of their cell in ``released``."""
+    published: list[tuple[Form, int]] = []
     order = sorted(range(len(released)), key=lambda i: table.is_margin(released[i][0]))
     decided: dict[int, SuppressionReason | None] = {}
+    values = _Values(table)
     for i in order:
         index, reason = released[i]
         if reason is None:
-            published = publish(cell_forms(table, index, quantities), systems)
-            if published is None:
+            added = None if i in forced else publish(
+                cell_forms(table, index, quantities), history.exact)
+            if added is None:
                 reason = SuppressionReason.LINKED
             else:
-                forms += published
+                published += [(values.valued(form, index), i) for form in added]
         decided[i] = reason
-    out = [(released[i][0], decided[i]) for i in range(len(released))]
-    return out, forms
+    return [(released[i][0], decided[i]) for i in range(len(released))], published
+
+
+def _pooled(table: CellTable, quantities: Sequence[str], decided: Sequence[Outcome],
+            history: History) -> list[Form] | None:
+    """The forms of the withheld table cells pooled (the remainder row), published if the
+    exact audit allows, else None."""
+    shown = {ix for ix, reason in decided if reason is None}
+    withheld = [ix for ix in np.ndindex(*table.shape)
+                if not table.is_margin(ix) and ix not in shown]
+    rest: dict[str, BitMap64] = {q: BitMap64() for q in quantities}
+    for index in withheld:
+        for q, atoms in cell_forms(table, index, quantities).items():
+            rest[q] |= atoms
+    added = publish(rest, history.exact)
+    if added is None:
+        return None
+    values = _Values(table)
+    out = []
+    for form in added:
+        if form.quantity == ENTITIES:
+            out.append(form)
+            continue
+        name = form.quantity.removeprefix("f:")
+        total = float(sum(values.total(name, ix) for ix in withheld))
+        out.append(Form(form.quantity, form.kind, form.atoms, (total, total),
+                        values.signed(name)))
+    return out
+
+
+def _narrowed(history: History, quantities: Sequence[str], ranks: Mapping[str, int],
+              starts: Mapping[str, int], suspects: Mapping[str, set[int]] | None
+              ) -> dict[str, dict[int, set[int]]]:
+    """The protected sums the release narrows by quantity (of ``suspects`` only, unless
+    None), each with the sums of this release that bind it: only where the release added
+    rank (a form in the span of the earlier ones moves no bound)."""
+    out: dict[str, dict[int, set[int]]] = {}
+    for q in quantities:
+        if q == ENTITIES or history.exact[q].rank == ranks[q]:
+            continue
+        system = history.intervals[q]
+        which = (range(len(system.protected)) if suspects is None
+                 else sorted(suspects.get(q, ())))
+        hit = system.culprits(which, since=starts[q])
+        if hit:
+            out[q] = hit
+    return out
+
+
+def _touching(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],
+              candidates: Sequence[int], narrowed: Mapping[str, Mapping[int, set[int]]],
+              history: History) -> set[int]:
+    """The candidate cells whose sums share atoms with a narrowed protected sum."""
+    out = set()
+    for i in candidates:
+        forms = cell_forms(table, released[i][0], quantities)
+        for q, pids in narrowed.items():
+            system = history.intervals[q]
+            if any(forms[q].intersect(system.protected[pid].atoms) for pid in pids):
+                out.add(i)
+                break
+    return out
 
 
 def publish(cell: Mapping[str, BitMap64], systems: Mapping[str, LinkedSystem]
@@ -86,3 +302,26 @@ def publish(cell: Mapping[str, BitMap64], systems: Mapping[str, LinkedSystem]
                 systems[p].rollback(mark)
             return None
     return [Form(q, PUBLISHED, atoms) for q, atoms in cell.items() if atoms]
+
+
+class _Values:
+    """The table's sums per cell, and whether a field has negative contributions."""
+
+    def __init__(self, table: CellTable) -> None:
+        self._table = table
+
+    def total(self, name: str, index: Index) -> float:
+        return float(np.nan_to_num(self._table.fields[name].total[index]))
+
+    def signed(self, name: str) -> bool:
+        stats = self._table.fields[name]
+        total = np.nan_to_num(stats.total)
+        return bool(np.any(stats.abs_total - total > 1e-9 * np.maximum(np.abs(total), 1.0)))
+
+    def valued(self, form: Form, index: Index) -> Form:
+        """``form`` with its published value (sums only)."""
+        if form.quantity == ENTITIES:
+            return form
+        name = form.quantity.removeprefix("f:")
+        value = self.total(name, index)
+        return Form(form.quantity, form.kind, form.atoms, (value, value), self.signed(name))

@@ -8,7 +8,7 @@ earlier release is protected against this table's margins like any other.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pyroaring import BitMap
@@ -47,6 +47,8 @@ class Protected:
     ledger: tuple[tuple[str, BitMap], ...]
     unprotectable: bool = False
     remainder: Pooled | None = None
+    #: Per field, each cell's protection level (zero where the cell is not sensitive).
+    levels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -168,7 +170,9 @@ def protect(
         if pooled[1] is None:
             entries += [(ledger_key(table, grand, m), _union(table, withheld, m))
                         for m in measures]
-    return Protected(tuple(reasons), tuple(entries), pattern.unprotectable, pooled)
+    levels = {name: level for name, level in _protection(table, rules, sensitive).items()
+              if name != ENTITIES}
+    return Protected(tuple(reasons), tuple(entries), pattern.unprotectable, pooled, levels)
 
 
 def _sensitive(table: CellTable, rules: Rules, hidden: np.ndarray, released: list[Index],
@@ -220,18 +224,24 @@ def _complements(table: CellTable, rules: Rules, sensitive: _Sensitive, ledger: 
     """The suppression pattern: the sensitive cells, those withheld before, and complements
     enough that the table's margins pin none of them inside its protection interval."""
     withheld_before, published_before = _earlier_outcomes(table, sensitive, ledger, measures)
-    withheld_small = sensitive.small | sensitive.differencing
-    levels = small_cell_protection(table, rules)
-    protection = {q: np.where(withheld_small, level, 0.0) for q, level in levels.items()}
-    for name, level in sensitive.excess.items():
-        protection[name] = np.maximum(protection[name],
-                                      np.where(sensitive.dominated, level, 0.0))
+    protection = _protection(table, rules, sensitive)
     known = quantities(table, rules, sensitive.small)
     for quantity in known.values():  # a published cell's value is known exactly
         quantity.lower[published_before] = quantity.value[published_before]
         quantity.upper[published_before] = quantity.value[published_before]
     return suppress_complementary(known, protection, sensitive.primary | withheld_before,
                                   cost=table.entities.astype(float) + 1.0)
+
+
+def _protection(table: CellTable, rules: Rules, sensitive: _Sensitive) -> dict[str, np.ndarray]:
+    """Each sensitive cell's protection level per quantity (zero elsewhere)."""
+    withheld_small = sensitive.small | sensitive.differencing
+    levels = small_cell_protection(table, rules)
+    protection = {q: np.where(withheld_small, level, 0.0) for q, level in levels.items()}
+    for name, level in sensitive.excess.items():
+        protection[name] = np.maximum(protection[name],
+                                      np.where(sensitive.dominated, level, 0.0))
+    return protection
 
 
 def _reason(index: Index, sensitive: _Sensitive, pattern: Pattern) -> SuppressionReason | None:
@@ -293,15 +303,15 @@ def _remainder(
     members = _union(table, withheld, ENTITIES)
     stats: dict[str, tuple[float, int, int]] = {}
     k = len(members)
-    for name, field in table.fields.items():
+    for name, stats_of in table.fields.items():
         contributors = len(_union(table, withheld, f"f:{name}"))
         k = min(k, contributors)
-        total = float(sum(np.nan_to_num(field.total[ix]) for ix in withheld))
-        stats[name] = (total, int(sum(field.values[ix] for ix in withheld)), contributors)
-        abs_total = float(sum(field.abs_total[ix] for ix in withheld))
-        top_n = float(sum(field.top[ix][: rules.dominance_n].sum() for ix in withheld))
-        top_1 = float(sum(field.top[ix][0] for ix in withheld))
-        top_2 = float(sum(field.top[ix][:2].sum() for ix in withheld))
+        total = float(sum(np.nan_to_num(stats_of.total[ix]) for ix in withheld))
+        stats[name] = (total, int(sum(stats_of.values[ix] for ix in withheld)), contributors)
+        abs_total = float(sum(stats_of.abs_total[ix] for ix in withheld))
+        top_n = float(sum(stats_of.top[ix][: rules.dominance_n].sum() for ix in withheld))
+        top_1 = float(sum(stats_of.top[ix][0] for ix in withheld))
+        top_2 = float(sum(stats_of.top[ix][:2].sum() for ix in withheld))
         if k >= rules.k_min and abs_total > 0 and (
             top_n > rules.dominance_k / 100.0 * abs_total
             or (rules.p_percent > 0

@@ -33,6 +33,10 @@ class Form:
     quantity: str
     kind: str
     atoms: BitMap64
+    #: For sums: a published form's value (twice), a protected form's protection interval;
+    #: ``signed`` when the field has negative contributions (no sign is assumed).
+    bounds: tuple[float, float] | None = None
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +45,5 @@ class FormEntry:
 
     id: int
     form: Form
+    #: The form's numbers (``bounds``, ``signed``) as the ledger keeps them: sealed.
+    numbers: str | None = None

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
 
-import numpy as np
 import pyarrow as pa
-from pyroaring import BitMap, BitMap64
+from pyroaring import BitMap
 
 from audit.entry import AuditEvent, format_ts
 from broker.disclosure.cells import CellTable, Index, measure_keys, read_table
 from broker.disclosure.differencing import LedgerIndex
-from broker.disclosure.linked import LinkedSystem
-from broker.disclosure.linking import cell_forms, link, publish
+from broker.disclosure.linking import History, link
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
 from broker.disclosure.protect import Pooled, Protected, protect
 from broker.disclosure.pseudonyms import Pseudonymizer
@@ -48,6 +46,7 @@ from broker.services.releases import (
     ReleaseCache,
     computation_fingerprint,
     result_digest,
+    sealed_form,
 )
 from contracts.model import Contract, FieldForm
 
@@ -233,7 +232,8 @@ class QueryService:
             if protected is not None and computation.fresh is not None:
                 fresh = computation.fresh
                 answer, forms = _linked(fresh.table, fresh.plan, spec, protected,
-                                        systems.load(uow, measure_keys(fresh.plan)))
+                                        systems.load(uow, measure_keys(fresh.plan),
+                                                     self.sealer))
             # The stored answer keeps the keys in clear (inside the broker); each consumer's
             # copy gets its own contract's pseudonyms.
             released = _pseudonymized(self.pseudonyms, spec, decision, answer.cells)
@@ -259,7 +259,9 @@ class QueryService:
             )
             if protected is not None:
                 uow.releases.add(dataset.id, protected.ledger_entries, receipt.seq)
-                systems.recorded(uow.releases.add_forms(dataset.id, forms, receipt.seq))
+                systems.recorded(uow.releases.add_forms(
+                    dataset.id, [sealed_form(self.sealer, dataset.id, f) for f in forms],
+                    receipt.seq))
                 self.answers.keep(uow, dataset.id, computation.fingerprint, answer,
                                   receipt.seq)
             uow.commit()
@@ -325,7 +327,7 @@ class QueryService:
             raise Unavailable("No answer was computed.")
         with self.uow(read_only=True) as uow, self.links.audit(dataset.id) as systems:
             answer, _ = _linked(fresh.table, fresh.plan, spec, fresh.protected,
-                                systems.load(uow, measure_keys(fresh.plan)))
+                                systems.load(uow, measure_keys(fresh.plan), self.sealer))
         return Prediction.of(answer)
 
     def _run(self, plan: CellPlan, dataset: Dataset, spec: AggregateSpec
@@ -471,26 +473,16 @@ def _answer(table: CellTable, plan: CellPlan, spec: AggregateSpec,
 
 
 def _linked(table: CellTable, plan: CellPlan, spec: AggregateSpec, protected: _Protected,
-            systems: Mapping[str, LinkedSystem]) -> tuple[Answer, list[Form]]:
+            history: History) -> tuple[Answer, list[Form]]:
     """The answer after the release audit against everything published from the dataset:
     cells that would disclose withheld as ``linked``, and the forms to record."""
-    quantities = measure_keys(plan)
-    released, forms = link(table, quantities, protected.outcome.released, systems)
     pooled = protected.outcome.remainder
-    if spec.remainder and pooled is not None and pooled[1] is None:
-        published = {ix for ix, reason in released if reason is None}
-        withheld = [ix for ix in np.ndindex(*table.shape)
-                    if not table.is_margin(ix) and ix not in published]
-        rest: dict[str, BitMap64] = {q: BitMap64() for q in quantities}
-        for index in withheld:
-            for q, atoms in cell_forms(table, index, quantities).items():
-                rest[q] |= atoms
-        added = publish(rest, systems)
-        if added is None:
-            pooled = (None, SuppressionReason.LINKED)
-        else:
-            forms += added
-    return _answer(table, plan, spec, released, pooled), forms
+    asked = spec.remainder and pooled is not None and pooled[1] is None
+    linked = link(table, measure_keys(plan), protected.outcome.released, history,
+                  protected.outcome.levels, remainder=asked)
+    if asked and not linked.remainder:
+        pooled = (None, SuppressionReason.LINKED)
+    return _answer(table, plan, spec, linked.released, pooled), linked.forms
 
 
 def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: FlowDecision,

@@ -20,10 +20,10 @@ from typing import Any
 import rfc8785
 
 from broker.disclosure.differencing import LedgerIndex
-from broker.disclosure.linked import LinkedSystem
+from broker.disclosure.linking import History
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
-from broker.domain.ledger import PROTECTED
+from broker.domain.ledger import Form, FormEntry
 from broker.domain.ports import Sealer, UnitOfWork
 from broker.domain.queries import AggregateSpec, Cell
 
@@ -112,8 +112,9 @@ class LedgerCache:
 
 
 class LinkCache:
-    """This process's copy of each dataset's release-audit systems (one per quantity),
-    brought up to date from the release ledger by id.
+    """This process's copy of each dataset's release-audit history (the exact system of
+    every quantity and the interval system of every sum), brought up to date from the
+    release ledger by id.
 
     Forms are only recorded under the audit head lock, so they commit in id order; the
     systems are changed only under that lock too (``audit``), and any change that does not
@@ -122,12 +123,12 @@ class LinkCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._systems: dict[str, dict[str, LinkedSystem]] = {}
+        self._histories: dict[str, History] = {}
         self._last: dict[str, int] = {}
 
     @contextmanager
     def audit(self, dataset_id: str) -> Iterator[LinkAudit]:
-        """The dataset's systems for one release, held until its transaction ends: what the
+        """The dataset's history for one release, held until its transaction ends: what the
         release changed stays if it committed (``committed``), and is undone otherwise."""
         with self._lock:
             handle = LinkAudit(self, dataset_id)
@@ -136,33 +137,60 @@ class LinkCache:
             finally:
                 handle.close()
 
-    def _refresh(self, uow: UnitOfWork, dataset_id: str) -> dict[str, LinkedSystem]:
-        systems = self._systems.setdefault(dataset_id, {})
+    def _refresh(self, uow: UnitOfWork, dataset_id: str, sealer: Sealer) -> History:
+        history = self._histories.setdefault(dataset_id, History())
         last = self._last.get(dataset_id, 0)
         for entry in uow.releases.forms_since(dataset_id, last):
-            system = systems.setdefault(entry.form.quantity, LinkedSystem())
-            system.replay(entry.form.atoms, protected=entry.form.kind == PROTECTED)
+            history.replay(opened_form(sealer, dataset_id, entry))
             last = entry.id
         self._last[dataset_id] = last
-        return systems
+        return history
+
+
+def _form_context(dataset_id: str, form: Form) -> str:
+    """What a form's sealed numbers are bound to: its dataset, quantity, kind and atoms."""
+    atoms = hashlib.sha256(form.atoms.serialize()).hexdigest()
+    return f"release-form/{dataset_id}/{form.kind}/{atoms}/{form.quantity}"
+
+
+def sealed_form(sealer: Sealer, dataset_id: str, form: Form) -> tuple[Form, str | None]:
+    """The form as the ledger stores it: its numbers sealed, none left in clear."""
+    if form.bounds is None:
+        return form, None
+    numbers = json.dumps({"low": form.bounds[0], "high": form.bounds[1],
+                          "signed": form.signed}, allow_nan=False)
+    bare = Form(form.quantity, form.kind, form.atoms)
+    return bare, sealer.seal(numbers, context=_form_context(dataset_id, bare))
+
+
+def opened_form(sealer: Sealer, dataset_id: str, entry: FormEntry) -> Form:
+    """The form of a ledger entry with its numbers opened (``DatasetUnreadable`` if they were
+    tampered with or moved: fail closed)."""
+    form = entry.form
+    if entry.numbers is None:
+        return form
+    data = json.loads(sealer.open(entry.numbers, context=_form_context(dataset_id, form)))
+    return Form(form.quantity, form.kind, form.atoms,
+                (float(data["low"]), float(data["high"])), bool(data["signed"]))
 
 
 class LinkAudit:
-    """One release's use of a dataset's release-audit systems (see LinkCache.audit)."""
+    """One release's use of a dataset's release-audit history (see LinkCache.audit)."""
 
     def __init__(self, cache: LinkCache, dataset_id: str) -> None:
         self._cache = cache
         self._dataset_id = dataset_id
-        self._systems: dict[str, LinkedSystem] = {}
+        self._history: History | None = None
+        self._marks: dict[str, int] = {}
         self._recorded: int | None = None
         self._done = False
 
-    def load(self, uow: UnitOfWork, quantities: Iterable[str]) -> dict[str, LinkedSystem]:
-        """The systems brought up to date, one for each of ``quantities``."""
-        self._systems = self._cache._refresh(uow, self._dataset_id)
-        for q in quantities:
-            self._systems.setdefault(q, LinkedSystem())
-        return self._systems
+    def load(self, uow: UnitOfWork, quantities: Iterable[str], sealer: Sealer) -> History:
+        """The history brought up to date, with systems for each of ``quantities``."""
+        history = self._cache._refresh(uow, self._dataset_id, sealer)
+        history.ensure(list(quantities))
+        self._history, self._marks = history, history.mark()
+        return history
 
     def recorded(self, last_id: int) -> None:
         """The ledger's last form id once this release's forms are written."""
@@ -171,13 +199,12 @@ class LinkAudit:
     def committed(self) -> None:
         """The release committed: its changes stay."""
         self._done = True
-        for system in self._systems.values():
-            system.commit()
+        if self._history is not None:
+            self._history.commit()
         if self._recorded is not None:
             self._cache._last[self._dataset_id] = self._recorded
 
     def close(self) -> None:
         """Undo what an uncommitted release changed."""
-        if not self._done:
-            for system in self._systems.values():
-                system.rollback(0)
+        if not self._done and self._history is not None:
+            self._history.rollback(self._marks)

@@ -380,17 +380,21 @@ class SqlReleaseLedger:
         """The release audit's forms of ``dataset_id`` recorded after ``after_id``, in order."""
         table = _RELEASE_FORMS
         rows = self.session.execute(
-            sa_select(table.c.id, table.c.quantity, table.c.kind, table.c.atoms)
+            sa_select(table.c.id, table.c.quantity, table.c.kind, table.c.atoms,
+                      table.c.numbers)
             .where(table.c.dataset_id == dataset_id, table.c.id > after_id)
             .order_by(table.c.id)
         ).all()
-        return [FormEntry(int(r.id), Form(r.quantity, r.kind, BitMap64.deserialize(r.atoms)))
-                for r in rows]
+        return [FormEntry(int(r.id), Form(r.quantity, r.kind, BitMap64.deserialize(r.atoms)),
+                          r.numbers) for r in rows]
 
-    def add_forms(self, dataset_id: str, forms: Iterable[Form], audit_seq: int) -> int:
-        """Record a release's forms; the id of the last form of the dataset afterwards."""
+    def add_forms(self, dataset_id: str, forms: Iterable[tuple[Form, str | None]],
+                  audit_seq: int) -> int:
+        """Record a release's forms, each with its sealed numbers; the id of the last form of
+        the dataset afterwards."""
         rows = [{"dataset_id": dataset_id, "quantity": f.quantity, "kind": f.kind,
-                 "atoms": f.atoms.serialize(), "audit_seq": audit_seq} for f in forms]
+                 "atoms": f.atoms.serialize(), "numbers": numbers, "audit_seq": audit_seq}
+                for f, numbers in forms]
         if rows:
             self.session.execute(insert(_RELEASE_FORMS), rows)
         table = _RELEASE_FORMS

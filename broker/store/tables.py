@@ -237,6 +237,8 @@ class ReleaseFormRow(SQLModel, table=True):
     quantity: str = Field(max_length=1024)
     kind: str = Field(max_length=16)
     atoms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    #: A sum's value or protection interval, sealed (``Sealer``), bound to dataset and atoms.
+    numbers: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     audit_seq: int
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.attacks.oracle import COUNT, Number, Published, Row, find_leaks
+from tests.attacks.oracle import COUNT, Number, Published, Row, bounds, find_leaks
 from tests.conftest import World, auth, contract_terms, csv_bytes
 
 MONTHS = tuple(f"2024-{m:02d}-01" for m in range(1, 13))
@@ -208,6 +208,19 @@ def selects(body: Mapping[str, Any], key: Mapping[str, Any]) -> Callable[[Row], 
 
 # --------------------------------------------------------------------------- the attack
 
+#: Reasons a cell is withheld for itself, with a protection interval of its own.
+PRIMARY = ("min-entities", "dominance")
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """A sum withheld for itself: its measure, the rows it covers, why, and the version."""
+
+    measure: str
+    where: Callable[[Row], bool]
+    reason: str
+    version: int = 1
+
 Values = Mapping[str, Any] | None
 Cells = dict[tuple[tuple[str, Any], ...], Values]
 
@@ -225,6 +238,9 @@ class Attack:
     rows: list[Row]
     cells: list[Published] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    #: Cells withheld on their own account (too small, dominated): the measure, the rows the
+    #: cell covers, why, and the dataset version.
+    withheld: list[Withheld] = field(default_factory=list)
 
     def ask(self, token: str | None = None, *, version: int = 1, opaque: Sequence[str] = (),
             **body: Any) -> Cells | None:
@@ -244,6 +260,10 @@ class Attack:
             key, values = cell["key"], cell["values"]
             out[keyed(**key)] = values
             if values is None:
+                if cell.get("reason") in PRIMARY:
+                    self.withheld += [
+                        Withheld(m["field"], selects(body, key), cell["reason"], version)
+                        for m in body.get("measures", []) if m.get("fn") == "sum"]
                 continue
             published += 1
             if any(name in key for name in opaque):
@@ -264,6 +284,37 @@ class Attack:
         """Add a figure the attacker derived from published ones (a mean times its count, a
         ratio times its denominator) as if published, for the cell ``key`` of ``body``."""
         self.cells.append(Published(label, measure, value, selects(body, key or {}), version))
+
+    def assert_intervals_kept(self, protection: float = 0.10, dominance: tuple[int, int] = (2, 85),
+                              ) -> None:
+        """No withheld sum is bounded, by a linear programme over everything published and
+        nonnegativity, inside its protection interval: ``protection`` of its value either side
+        for a small cell; for a dominated one, up to the total at which its ``n`` largest
+        contributors would hold ``k`` percent, and as far below (the levels the README states)."""
+        failures = []
+        for w in self.withheld:
+            def covered(row: Row, w: Withheld = w) -> bool:
+                return w.version in row.versions and w.where(row)
+
+            inside = [r for r in self.rows if covered(r)]
+            x = float(sum(r.values[w.measure] for r in inside))
+            if w.reason == "dominance":
+                per: dict[str, float] = {}
+                for r in inside:
+                    per[r.enterprise] = per.get(r.enterprise, 0.0) + float(r.values[w.measure])
+                top = sum(sorted(per.values(), reverse=True)[: dominance[0]])
+                level = max(100.0 * top / dominance[1] - x, 0.0)
+            else:
+                level = protection * abs(x)
+            if level <= 0:
+                continue
+            low, high = bounds(self.rows, self.cells, None, w.measure, covered)
+            slack = 1e-6 * max(1.0, x)
+            if low > max(x - level, 0.0) + slack or high < x + level - slack:
+                failures.append(f"{w.reason} {w.measure} sum {x:g} (level {level:g}) "
+                                f"bounded to [{low:g}, {high:g}]")
+        if failures:
+            pytest.fail("; ".join(failures) + f" | {'; '.join(self.log)}", pytrace=False)
 
     def assert_no_leak(self, note: str = "") -> None:
         """No combination of everything published isolates any firm (the message names at

@@ -325,15 +325,16 @@ def evaluate(cells: Sequence[Published], combination: Mapping[str, Number]) -> F
 # ------------------------------------------------------------------------ LP narrowing
 
 
-def bounds(rows: Sequence[Row], cells: Sequence[Published], enterprise: str, measure: str,
-           target: Callable[[Row], bool] | None = None) -> tuple[float, float]:
+def bounds(rows: Sequence[Row], cells: Sequence[Published], enterprise: str | None,
+           measure: str, target: Callable[[Row], bool] | None = None) -> tuple[float, float]:
     """The interval an attacker's linear programme gives for ``enterprise``'s sum of the sum
-    measure ``measure`` over its rows that ``target`` selects (all its rows by default), from
-    the published cells of that measure and nonnegativity of every value. Floats (HiGHS);
-    ``math.inf`` when unbounded above."""
+    measure ``measure`` over its rows that ``target`` selects (all its rows by default; every
+    enterprise's when ``enterprise`` is None), from the published cells of that measure and
+    nonnegativity of every value. Floats (HiGHS); ``math.inf`` when unbounded above."""
     group = [c for c in cells if c.measure == measure]
     wanted = {id(r) for r in rows
-              if r.enterprise == enterprise and (target is None or target(r))}
+              if (enterprise is None or r.enterprise == enterprise)
+              and (target is None or target(r))}
     if not wanted:
         return 0.0, 0.0
     columns: dict[tuple[int, ...], int] = {}

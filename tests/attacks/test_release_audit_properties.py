@@ -4,12 +4,15 @@ Random seeded counties (one firm alone in its town, one alone in its industry wi
 and random sequences of ordinary queries (towns, industries, months and quarters, with town
 filters and month ranges, sums and counts, with and without margins), asked over HTTP; the
 independent oracle then looks for any linear combination of everything published that
-isolates one firm's rows. Each example uses a dataset of its own.
+isolates one firm's rows, and bounds every sum withheld as too small or dominated by linear
+programming: none may fall inside its protection interval. Each example uses a dataset of its
+own.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -60,3 +63,34 @@ def test_no_sequence_of_ordinary_queries_isolates_a_firm(
     for body in asked:
         attack.ask(contract_id=cid, **body)
     attack.assert_no_leak()
+    attack.assert_intervals_kept()
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), asked=st.lists(queries(), min_size=2, max_size=6),
+       skew=st.lists(st.tuples(st.integers(0, 39), st.sampled_from([1, 10, 40])),
+                     min_size=1, max_size=4),
+       tiny=st.lists(st.integers(0, 39), max_size=8))
+def test_no_sequence_of_queries_over_skewed_firms_narrows_a_withheld_sum(
+        world: World, seed: int, asked: list[dict[str, Any]], skew: list[tuple[int, int]],
+        tiny: list[int]) -> None:
+    """Some firms tens of times bigger than the rest and some tiny ones: the shapes where a
+    later table's published cells can bound a withheld total closely without pinning it."""
+    data = county(seed)
+    frame = data.frame.copy()
+    firms = list(dict.fromkeys(frame["uscc"]))
+    for i, factor in skew:
+        at = frame["uscc"] == firms[i % len(firms)]
+        frame.loc[at, ["kwh", "output"]] *= factor
+    for i in tiny:
+        at = frame["uscc"] == firms[i % len(firms)]
+        frame.loc[at, ["kwh", "output"]] //= 20
+    data = replace(data, frame=frame)
+    did = world.add_dataset(data.frame, FIELDS, name=f"county-{uuid.uuid4().hex[:12]}")
+    cid = world.contract_for(did, fields=dict(CLEAR))
+    attack = Attack(world, data.rows())
+    for body in asked:
+        attack.ask(contract_id=cid, **body)
+    attack.assert_no_leak()
+    attack.assert_intervals_kept()

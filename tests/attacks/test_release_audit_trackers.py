@@ -129,6 +129,7 @@ def test_a_later_table_over_a_withheld_complement_does_not_pin_the_small_cell(
     low, high = bounds(atk.rows, atk.cells, data.lonely, "kwh")
     atk.assert_no_leak(note=f"LP interval of {data.lonely}'s year: [{low:g}, {high:g}]")
     assert low < high
+    atk.assert_intervals_kept()
 
 
 # Before the release audit this leaked: by town: Changan and Yuanhua withheld, total 322,539; by
@@ -148,6 +149,7 @@ def test_three_overlapping_town_tables_do_not_pin_a_withheld_cell(world: World) 
     low, high = bounds(atk.rows, atk.cells, data.lonely, "kwh")
     atk.assert_no_leak(note=f"LP interval of {data.lonely}'s year: [{low:g}, {high:g}]")
     assert low < high
+    atk.assert_intervals_kept()
 
 
 # ------------------------------------------------------ means and ratios: their parts

@@ -1,0 +1,75 @@
+"""The interval audit: linear programming over published sums, against protection intervals."""
+
+from __future__ import annotations
+
+from pyroaring import BitMap64
+
+from broker.disclosure.intervals import IntervalSystem
+
+
+def _atoms(*ids: int) -> BitMap64:
+    return BitMap64(ids)
+
+
+def test_a_published_pair_bounds_a_withheld_part_by_its_partner() -> None:
+    """a + b = 110 with b >= 0 bounds a (100) above by 110: inside [90, 110 + epsilon)."""
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 110.0)
+    assert system.narrowed([0]) == [0]
+    wide = IntervalSystem()
+    wide.protect(_atoms(1), 90.0, 110.0)
+    wide.publish(_atoms(1, 2), 200.0)
+    assert wide.narrowed([0]) == []
+
+
+def test_without_a_sign_nothing_is_bounded_by_a_sum_of_two() -> None:
+    system = IntervalSystem(signed=True)
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 110.0)
+    assert system.narrowed([0]) == []
+
+
+def test_bounds_come_from_chains_of_sums_not_only_those_holding_the_form() -> None:
+    """a + b = 1000 (a = 900) and b + c = 120: b <= 120, so a >= 880, above 900 - 90."""
+    system = IntervalSystem()
+    system.protect(_atoms(1), 810.0, 990.0)
+    system.publish(_atoms(1, 2), 1000.0)
+    assert system.narrowed([0]) == []
+    system.publish(_atoms(2, 3), 120.0)
+    assert system.narrowed([0]) == [0]
+
+
+def test_an_interval_already_narrowed_is_kept_as_it_stands_then_guarded() -> None:
+    system = IntervalSystem()
+    system.publish(_atoms(1, 2), 105.0)
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.settle([0])
+    kept = system.protected[0]
+    assert kept.low == 90.0
+    assert 104.9 < kept.high < 105.0
+    assert system.narrowed([0]) == []
+    system.publish(_atoms(2, 3), 3.0)  # b <= 3: a >= 102, above the low end 90
+    assert system.narrowed([0]) == [0]
+
+
+def test_rollback_forgets_what_was_added_since_the_mark() -> None:
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    mark = system.mark()
+    system.publish(_atoms(1, 2), 110.0)
+    system.rollback(mark)
+    assert system.published == []
+    assert system.narrowed([0]) == []
+
+
+def test_atoms_of_many_forms_are_grouped_exactly() -> None:
+    """Atoms covered by the same forms are one variable; the bounds are those of the rows."""
+    system = IntervalSystem()
+    system.protect(_atoms(*range(0, 5)), 45.0, 55.0)          # five rows of 10
+    system.publish(_atoms(*range(0, 10)), 100.0)               # with five more rows
+    system.publish(_atoms(*range(5, 10), *range(20, 30)), 60.0)  # those five and ten more
+    # the five others are at most 60, so the five are at least 40: [40, 100] holds [45, 55]
+    assert system.narrowed([0]) == []
+    system.publish(_atoms(*range(20, 30)), 15.0)  # now the five others are exactly 45
+    assert system.narrowed([0]) == [0]
