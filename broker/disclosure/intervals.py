@@ -261,11 +261,23 @@ class _Programme:
     def feasible(self, rows: sparse.csr_matrix, lower: np.ndarray, upper: np.ndarray) -> bool:
         """Whether a point consistent with everything published also keeps every sum of
         ``rows`` within ``[lower, upper]`` (False when the solve fails: doubt)."""
-        matrix = sparse.csc_matrix(sparse.vstack([self._a_eq, rows]))
-        highs = _model(matrix, np.concatenate([self._b_eq, lower]),
-                       np.concatenate([self._b_eq, upper]), signed=self._signed)
-        highs.run()
-        return bool(highs.getModelStatus() == highspy.HighsModelStatus.kOptimal)
+        highs = self._highs
+        if len(self._support):  # no objective: any point will do
+            highs.changeColsCost(len(self._support), self._support,
+                                 np.zeros(len(self._support)))
+            self._support = np.zeros(0, dtype=np.int64)
+        added = sparse.csr_matrix(rows)
+        highs.addRows(added.shape[0],
+                      np.where(np.isinf(lower), -highspy.kHighsInf, lower),
+                      np.where(np.isinf(upper), highspy.kHighsInf, upper),
+                      added.nnz, added.indptr[:-1].astype(np.int32),
+                      added.indices.astype(np.int32), added.data)
+        try:
+            highs.run()  # warm: from the basis of the last solve
+            return bool(highs.getModelStatus() == highspy.HighsModelStatus.kOptimal)
+        finally:
+            extra = np.arange(self._rows, self._rows + added.shape[0], dtype=np.int32)
+            highs.deleteRows(len(extra), extra)
 
     def optimum(self, support: np.ndarray, *, maximise: bool) -> tuple[float, np.ndarray]:
         """The least or greatest sum of the classes ``support`` (infinite where unbounded,

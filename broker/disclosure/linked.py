@@ -472,12 +472,11 @@ class LinkedSystem:
         self._place_row(pivot, old, row)
 
     def _place_row(self, pivot: int, old: Vector | None, row: Vector | None) -> None:
-        for c in old or ():
-            if row is None or c not in row:
-                self._holding[c].discard(pivot)
-        for c in row or ():
-            if old is None or c not in old:
-                self._holding.setdefault(c, set()).add(pivot)
+        before, after = (old or {}).keys(), (row or {}).keys()
+        for c in before - after:  # set differences of key views run in C
+            self._holding[c].discard(pivot)
+        for c in after - before:
+            self._holding.setdefault(c, set()).add(pivot)
         owner = self._owner[pivot]
         if row is None:
             self._rows.pop(pivot, None)
@@ -493,12 +492,11 @@ class LinkedSystem:
         self._place_residual(pid, old, residual)
 
     def _place_residual(self, pid: int, old: Vector | None, residual: Vector | None) -> None:
-        for c in old or ():
-            if residual is None or c not in residual:
-                self._protected_at[c].discard(pid)
-        for c in residual or ():
-            if old is None or c not in old:
-                self._protected_at.setdefault(c, set()).add(pid)
+        before, after = (old or {}).keys(), (residual or {}).keys()
+        for c in before - after:
+            self._protected_at[c].discard(pid)
+        for c in after - before:
+            self._protected_at.setdefault(c, set()).add(pid)
         if residual is None:
             self._residual.pop(pid, None)
         else:

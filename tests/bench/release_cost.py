@@ -181,6 +181,12 @@ def _run(workdir: Path, frame: pd.DataFrame, args: argparse.Namespace) -> None:
                                                           _random_query(rng, months)))
         published += sum(c.status is CellStatus.PUBLISHED for c in release.cells)
         asked += 1
+        if asked % 10 == 0:
+            recent = spent[-10:]
+            print(f"  history: {asked} queries, {published:,} cells published, "
+                  f"{time.perf_counter() - started:.0f} s; audit of the last ten: "
+                  f"median {statistics.median(recent) * 1000:.0f} ms, "
+                  f"max {max(recent) * 1000:.0f} ms", flush=True)
     print(f"{len(frame):,} rows ({args.enterprises:,} enterprises x 36 months); "
           f"history: {published:,} cells published by {asked} queries in "
           f"{time.perf_counter() - started:.0f} s")
