@@ -20,7 +20,9 @@ Two checks, in this order:
    values added, no protected sum of the history (this table's included) may be bounded by
    linear programming inside its protection interval. If one would be, the published cells that
    share atoms with the narrowed sums are withheld as ``linked`` and the table is audited
-   again; if that is not enough, every cell not published before is withheld. A protected sum
+   again; if that is not enough, every cell not published before is withheld. So is every
+   cell the table would add when the check would need more than ``MAX_SOLVES`` programmes:
+   doubt withholds, and a query never waits on an ever longer history. A protected sum
    that earlier releases had already narrowed when it was registered keeps the interval it
    had then (what is public cannot be taken back; it must not narrow further).
 """
@@ -34,7 +36,7 @@ import numpy as np
 from pyroaring import BitMap64
 
 from broker.disclosure.cells import ENTITIES, CellTable, Index
-from broker.disclosure.intervals import IntervalSystem
+from broker.disclosure.intervals import Budget, IntervalSystem, OverBudget
 from broker.disclosure.linked import OWNER_SHIFT, LinkedSystem
 from broker.domain.ledger import PROTECTED, PUBLISHED, Form
 from broker.domain.queries import SuppressionReason
@@ -43,6 +45,11 @@ from broker.domain.queries import SuppressionReason
 _SENSITIVE = frozenset({SuppressionReason.MIN_ENTITIES, SuppressionReason.DOMINANCE})
 
 Outcome = tuple[Index, SuppressionReason | None]
+
+#: Rounds that withhold only the most binding cells before the interval check withholds
+#: every cell touching a narrowed sum, and as many again before it withholds everything the
+#: table would add (each round audits the whole table again).
+_ROUNDS = 3
 
 
 @dataclass(slots=True)
@@ -136,13 +143,15 @@ def link(
     """
     history.ensure(quantities)
     table_values = _Values(table)
-    forms = _protect(table, quantities, released, history, levels, table_values)
+    budget = Budget()
+    forms = _protect(table, quantities, released, history, levels, table_values, budget)
     candidates = [i for i, (_, reason) in enumerate(released) if reason is None]
     everything = {*candidates, len(released)}  # the remainder's place is len(released)
     forced: set[int] = set()
     # Withholding more only removes equations, so after a round only the sums it found
     # narrowed are checked again; the answer is returned only after a round checked all.
     suspects: dict[str, set[int]] | None = None
+    rounds = 0
     while True:
         marks = history.mark()
         ranks = {q: history.exact[q].rank for q in quantities}
@@ -157,30 +166,41 @@ def link(
             if form.bounds is not None:
                 history.intervals[form.quantity].publish(form.atoms, form.bounds[0])
                 owners.setdefault(form.quantity, []).append(owner)
-        narrowed = _narrowed(history, quantities, ranks, starts, suspects)
-        if not narrowed and suspects is not None:
-            suspects = None
-            narrowed = _narrowed(history, quantities, ranks, starts, None)
+        try:
+            narrowed = _narrowed(history, quantities, ranks, starts, suspects, budget)
+            if not narrowed and suspects is not None:
+                suspects = None
+                narrowed = _narrowed(history, quantities, ranks, starts, None, budget)
+        except OverBudget:  # doubt: withhold everything this table would add
+            history.rollback(marks)
+            forced |= everything
+            continue
         if not narrowed:
             return Linked(decided, forms + [form for form, _ in added], pooled is not None)
         suspects = {q: set(found) for q, found in narrowed.items()}
         history.rollback(marks)
-        # Withhold what binds the failed bounds; failing that, what touches the narrowed
-        # sums; failing that, everything this table would add.
+        # Withhold what binds the failed bounds; failing that (or after a few rounds, each
+        # of which audits the table again), what touches the narrowed sums; failing that,
+        # everything this table would add.
+        rounds += 1
         blamed = {owners[q][position - starts[q]] for q, found in narrowed.items()
                   for binding in found.values() for position in binding}
-        for more in (blamed, _touching(table, quantities, released, candidates, narrowed,
-                                       history), everything):
+        touching = _touching(table, quantities, released, candidates, narrowed, history)
+        steps = ([blamed] if rounds <= _ROUNDS else []) + (
+            [blamed | touching] if rounds <= 2 * _ROUNDS else []) + [everything]
+        for more in steps:
             if more - forced:
                 forced |= more
                 break
 
 
 def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],
-             history: History, levels: Mapping[str, np.ndarray], values: _Values
-             ) -> list[Form]:
+             history: History, levels: Mapping[str, np.ndarray], values: _Values,
+             budget: Budget) -> list[Form]:
     """Register the table's sensitive cells as protected forms, exact and interval; a
-    protection interval that earlier releases already narrow is kept as it now stands."""
+    protection interval that earlier releases already narrow is kept as it now stands
+    (unless the budget runs out first: then every interval is kept whole, which can only
+    make later releases withhold more)."""
     forms: list[Form] = []
     pending: list[tuple[str, int]] = []
     for index, reason in released:
@@ -198,8 +218,11 @@ def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Out
             system.signed |= values.signed(name)
             system.protect(atoms, x - level, x + level)
             pending.append((q, len(system.protected) - 1))
-    for q in {q for q, _ in pending}:
-        history.intervals[q].settle([pid for p, pid in pending if p == q])
+    try:
+        for q in sorted({q for q, _ in pending}):
+            history.intervals[q].settle([pid for p, pid in pending if p == q], budget)
+    except OverBudget:
+        pass
     for q, pid in pending:
         system = history.intervals[q]
         kept = system.protected[pid]
@@ -258,8 +281,8 @@ def _pooled(table: CellTable, quantities: Sequence[str], decided: Sequence[Outco
 
 
 def _narrowed(history: History, quantities: Sequence[str], ranks: Mapping[str, int],
-              starts: Mapping[str, int], suspects: Mapping[str, set[int]] | None
-              ) -> dict[str, dict[int, set[int]]]:
+              starts: Mapping[str, int], suspects: Mapping[str, set[int]] | None,
+              budget: Budget) -> dict[str, dict[int, set[int]]]:
     """The protected sums the release narrows by quantity (of ``suspects`` only, unless
     None), each with the sums of this release that bind it: only where the release added
     rank (a form in the span of the earlier ones moves no bound)."""
@@ -270,7 +293,7 @@ def _narrowed(history: History, quantities: Sequence[str], ranks: Mapping[str, i
         system = history.intervals[q]
         which = (range(len(system.protected)) if suspects is None
                  else sorted(suspects.get(q, ())))
-        hit = system.culprits(which, since=starts[q])
+        hit = system.culprits(which, since=starts[q], budget=budget)
         if hit:
             out[q] = hit
     return out

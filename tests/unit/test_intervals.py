@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from pyroaring import BitMap64
 
-from broker.disclosure.intervals import IntervalSystem
+from broker.disclosure.intervals import Budget, IntervalSystem, OverBudget
 
 
 def _atoms(*ids: int) -> BitMap64:
@@ -73,3 +74,12 @@ def test_atoms_of_many_forms_are_grouped_exactly() -> None:
     assert system.narrowed([0]) == []
     system.publish(_atoms(*range(20, 30)), 15.0)  # now the five others are exactly 45
     assert system.narrowed([0]) == [0]
+
+
+def test_a_check_that_would_take_more_programmes_than_the_budget_stops() -> None:
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 200.0)
+    with pytest.raises(OverBudget):
+        system.culprits([0], budget=Budget(left=1))
+    assert system.culprits([0], budget=Budget(left=10)) == {}
