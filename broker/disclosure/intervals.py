@@ -47,8 +47,8 @@ _SLACK = 1e-6
 
 #: The most programmes one release may solve; past it the release withholds everything it
 #: would add rather than wait (``broker.disclosure.linking``). At 3,000 enterprises x 36
-#: months one solve takes about 10 ms, so this bounds the check at a few seconds.
-MAX_SOLVES = 400
+#: months one solve takes a few milliseconds, so this bounds the check at seconds.
+MAX_SOLVES = 1000
 
 
 class OverBudget(Exception):

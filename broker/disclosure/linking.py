@@ -49,7 +49,7 @@ Outcome = tuple[Index, SuppressionReason | None]
 #: Rounds that withhold only the most binding cells before the interval check withholds
 #: every cell touching a narrowed sum, and as many again before it withholds everything the
 #: table would add (each round audits the whole table again).
-_ROUNDS = 3
+_ROUNDS = 8
 
 
 @dataclass(slots=True)
