@@ -32,6 +32,7 @@ quantity (a form in the span adds no information, so no bound moves).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,21 +50,29 @@ _SLACK = 1e-6
 #: would add rather than wait (``broker.disclosure.linking``). At 3,000 enterprises x 36
 #: months one solve takes a few milliseconds, so this bounds the check at seconds.
 MAX_SOLVES = 1000
+#: The most seconds one release's audit may take before it withholds what it would add.
+MAX_SECONDS = 10.0
 
 
 class OverBudget(Exception):
-    """The interval check would take more programmes than one release may spend."""
+    """The interval check would take more programmes or time than one release may spend."""
 
 
 @dataclass(slots=True)
 class Budget:
-    """The programmes one release may still solve."""
+    """The programmes one release may still solve, and until when (monotonic clock)."""
 
     left: int = MAX_SOLVES
+    until: float = field(default_factory=lambda: time.monotonic() + MAX_SECONDS)
+
+    @property
+    def expired(self) -> bool:
+        """Whether the time is up."""
+        return time.monotonic() > self.until
 
     def spend(self) -> None:
-        """Count one solve; ``OverBudget`` if none is left."""
-        if self.left <= 0:
+        """Count one solve; ``OverBudget`` if none is left or the time is up."""
+        if self.left <= 0 or self.expired:
             raise OverBudget
         self.left -= 1
 

@@ -21,10 +21,11 @@ Two checks, in this order:
    linear programming inside its protection interval. If one would be, the published cells that
    share atoms with the narrowed sums are withheld as ``linked`` and the table is audited
    again; if that is not enough, every cell not published before is withheld. So is every
-   cell the table would add when the check would need more than ``MAX_SOLVES`` programmes:
-   doubt withholds, and a query never waits on an ever longer history. A protected sum
-   that earlier releases had already narrowed when it was registered keeps the interval it
-   had then (what is public cannot be taken back; it must not narrow further).
+   cell the table would add when the check would need more than ``MAX_SOLVES`` programmes
+   or ``MAX_SECONDS``: doubt withholds, and a query never waits on an ever longer history.
+   A protected sum that earlier releases had already narrowed when it was registered keeps
+   the interval it had then (what is public cannot be taken back; it must not narrow
+   further).
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ def link(
     suspects: dict[str, set[int]] | None = None
     rounds = 0
     while True:
+        if budget.expired:  # doubt: withhold everything this table would add
+            forced |= everything
         marks = history.mark()
         ranks = {q: history.exact[q].rank for q in quantities}
         starts = {q: len(s.published) for q, s in history.intervals.items()}

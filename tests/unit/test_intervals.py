@@ -83,3 +83,11 @@ def test_a_check_that_would_take_more_programmes_than_the_budget_stops() -> None
     with pytest.raises(OverBudget):
         system.culprits([0], budget=Budget(left=1))
     assert system.culprits([0], budget=Budget(left=10)) == {}
+
+
+def test_a_check_past_its_time_stops() -> None:
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 200.0)
+    with pytest.raises(OverBudget):
+        system.culprits([0], budget=Budget(until=0.0))
