@@ -153,13 +153,14 @@ def link(
     # narrowed are checked again; the answer is returned only after a round checked all.
     suspects: dict[str, set[int]] | None = None
     rounds = 0
+    exact = _ExactPass(table, quantities, released, history)
+    ranks = {q: history.exact[q].rank for q in quantities}
     while True:
         if budget.expired:  # doubt: withhold everything this table would add
             forced |= everything
-        marks = history.mark()
-        ranks = {q: history.exact[q].rank for q in quantities}
+        marks = {q: s.mark() for q, s in history.intervals.items()}
         starts = {q: len(s.published) for q, s in history.intervals.items()}
-        decided, added = _exact(table, quantities, released, history, forced)
+        decided, added = exact.run(forced)
         pooled = None
         if remainder and len(released) not in forced:
             pooled = _pooled(table, quantities, decided, history)
@@ -175,13 +176,13 @@ def link(
                 suspects = None
                 narrowed = _narrowed(history, quantities, ranks, starts, None, budget)
         except OverBudget:  # doubt: withhold everything this table would add
-            history.rollback(marks)
+            _rollback_intervals(history, marks)
             forced |= everything
             continue
         if not narrowed:
             return Linked(decided, forms + [form for form, _ in added], pooled is not None)
         suspects = {q: set(found) for q, found in narrowed.items()}
-        history.rollback(marks)
+        _rollback_intervals(history, marks)
         # Withhold what binds the failed bounds; failing that (or after a few rounds, each
         # of which audits the table again), what touches the narrowed sums; failing that,
         # everything this table would add.
@@ -233,27 +234,65 @@ def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Out
     return forms
 
 
-def _exact(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],
-           history: History, forced: set[int]
-           ) -> tuple[list[Outcome], list[tuple[Form, int]]]:
-    """The exact audit: table cells before margins, each published with all its forms or
-    withheld as ``linked``; cells in ``forced`` are withheld as ``linked`` outright. The
-    forms published come with the position of their cell in ``released``."""
-    published: list[tuple[Form, int]] = []
-    order = sorted(range(len(released)), key=lambda i: table.is_margin(released[i][0]))
-    decided: dict[int, SuppressionReason | None] = {}
-    values = _Values(table)
-    for i in order:
-        index, reason = released[i]
-        if reason is None:
-            added = None if i in forced else publish(
-                cell_forms(table, index, quantities), history.exact)
-            if added is None:
-                reason = SuppressionReason.LINKED
-            else:
-                published += [(values.valued(form, index), i) for form in added]
-        decided[i] = reason
-    return [(released[i][0], decided[i]) for i in range(len(released))], published
+def _rollback_intervals(history: History, marks: Mapping[str, int]) -> None:
+    for q, mark in marks.items():
+        history.intervals[q].rollback(mark)
+
+
+class _ExactPass:
+    """The exact audit of one table: table cells before margins, each published with all its
+    forms or withheld as ``linked``; cells in ``forced`` are withheld as ``linked`` outright.
+
+    A later round that withholds more starts again at the first cell it changes: the exact
+    systems are rolled back to their state before that cell (every earlier cell's outcome
+    stays the same, since it was decided on what came before it), and the remainder row, if
+    any, which comes after every cell, is rolled back with them.
+    """
+
+    def __init__(self, table: CellTable, quantities: Sequence[str],
+                 released: Sequence[Outcome], history: History) -> None:
+        self._table, self._quantities = table, quantities
+        self._released, self._history = released, history
+        self._order = sorted(range(len(released)),
+                             key=lambda i: table.is_margin(released[i][0]))
+        self._position = {i: k for k, i in enumerate(self._order)}
+        self._position[len(released)] = len(self._order)  # the remainder: after every cell
+        self._marks: list[dict[str, int]] = []  # before each position, and after the last
+        self._done: list[tuple[SuppressionReason | None, list[tuple[Form, int]]]] = []
+        self._forced: set[int] = set()
+        self._values = _Values(table)
+
+    def run(self, forced: set[int]) -> tuple[list[Outcome], list[tuple[Form, int]]]:
+        """Every cell's outcome, and the forms published with their cell's position in
+        ``released``."""
+        new = forced - self._forced
+        self._forced = set(forced)
+        start = min((self._position[i] for i in new), default=len(self._marks))
+        if start < len(self._marks):
+            for q, mark in self._marks[start].items():
+                self._history.exact[q].rollback(mark)
+            del self._marks[start:], self._done[start:]
+        for k in range(len(self._done), len(self._order)):
+            self._marks.append(self._mark())
+            i = self._order[k]
+            index, reason = self._released[i]
+            published: list[tuple[Form, int]] = []
+            if reason is None:
+                added = None if i in forced else publish(
+                    cell_forms(self._table, index, self._quantities), self._history.exact)
+                if added is None:
+                    reason = SuppressionReason.LINKED
+                else:
+                    published = [(self._values.valued(form, index), i) for form in added]
+            self._done.append((reason, published))
+        if len(self._marks) == len(self._order):
+            self._marks.append(self._mark())
+        decided = {i: self._done[k][0] for k, i in enumerate(self._order)}
+        return ([(self._released[i][0], decided[i]) for i in range(len(self._released))],
+                [pair for _, forms in self._done for pair in forms])
+
+    def _mark(self) -> dict[str, int]:
+        return {q: self._history.exact[q].mark() for q in self._quantities}
 
 
 def _pooled(table: CellTable, quantities: Sequence[str], decided: Sequence[Outcome],
