@@ -153,7 +153,7 @@ def link(
     # narrowed are checked again; the answer is returned only after a round checked all.
     suspects: dict[str, set[int]] | None = None
     rounds = 0
-    exact = _ExactPass(table, quantities, released, history)
+    exact = _ExactPass(table, quantities, released, history, table_values)
     ranks = {q: history.exact[q].rank for q in quantities}
     while True:
         if budget.expired:  # doubt: withhold everything this table would add
@@ -163,7 +163,7 @@ def link(
         decided, added = exact.run(forced)
         pooled = None
         if remainder and len(released) not in forced:
-            pooled = _pooled(table, quantities, decided, history)
+            pooled = _pooled(table, quantities, decided, history, table_values)
             added += [(form, len(released)) for form in pooled or []]
         owners: dict[str, list[int]] = {}
         for form, owner in added:
@@ -250,7 +250,7 @@ class _ExactPass:
     """
 
     def __init__(self, table: CellTable, quantities: Sequence[str],
-                 released: Sequence[Outcome], history: History) -> None:
+                 released: Sequence[Outcome], history: History, values: _Values) -> None:
         self._table, self._quantities = table, quantities
         self._released, self._history = released, history
         self._order = sorted(range(len(released)),
@@ -260,7 +260,7 @@ class _ExactPass:
         self._marks: list[dict[str, int]] = []  # before each position, and after the last
         self._done: list[tuple[SuppressionReason | None, list[tuple[Form, int]]]] = []
         self._forced: set[int] = set()
-        self._values = _Values(table)
+        self._values = values
 
     def run(self, forced: set[int]) -> tuple[list[Outcome], list[tuple[Form, int]]]:
         """Every cell's outcome, and the forms published with their cell's position in
@@ -296,7 +296,7 @@ class _ExactPass:
 
 
 def _pooled(table: CellTable, quantities: Sequence[str], decided: Sequence[Outcome],
-            history: History) -> list[Form] | None:
+            history: History, values: _Values) -> list[Form] | None:
     """The forms of the withheld table cells pooled (the remainder row), published if the
     exact audit allows, else None."""
     shown = {ix for ix, reason in decided if reason is None}
@@ -309,7 +309,6 @@ def _pooled(table: CellTable, quantities: Sequence[str], decided: Sequence[Outco
     added = publish(rest, history.exact)
     if added is None:
         return None
-    values = _Values(table)
     out = []
     for form in added:
         if form.quantity == ENTITIES:
@@ -370,18 +369,23 @@ def publish(cell: Mapping[str, BitMap64], systems: Mapping[str, LinkedSystem]
 
 
 class _Values:
-    """The table's sums per cell, and whether a field has negative contributions."""
+    """The table's sums per cell, and whether a field has negative contributions (worked
+    out once per field: it is asked for every published form)."""
 
     def __init__(self, table: CellTable) -> None:
         self._table = table
+        self._signed: dict[str, bool] = {}
 
     def total(self, name: str, index: Index) -> float:
         return float(np.nan_to_num(self._table.fields[name].total[index]))
 
     def signed(self, name: str) -> bool:
-        stats = self._table.fields[name]
-        total = np.nan_to_num(stats.total)
-        return bool(np.any(stats.abs_total - total > 1e-9 * np.maximum(np.abs(total), 1.0)))
+        if name not in self._signed:
+            stats = self._table.fields[name]
+            total = np.nan_to_num(stats.total)
+            self._signed[name] = bool(np.any(
+                stats.abs_total - total > 1e-9 * np.maximum(np.abs(total), 1.0)))
+        return self._signed[name]
 
     def valued(self, form: Form, index: Index) -> Form:
         """``form`` with its published value (sums only)."""

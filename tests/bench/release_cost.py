@@ -22,9 +22,7 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,6 @@ import pandas as pd
 import broker.services.queries as queries_module
 from broker.app import build_container
 from broker.demo.county import TOWNS, generate_county
-from broker.domain.datasets import Dataset
-from broker.domain.organisations import OrgKind
 from broker.domain.principals import Role
 from broker.domain.queries import (
     AggregateSpec,
@@ -47,8 +43,16 @@ from broker.domain.queries import (
     MeasureFn,
 )
 from broker.settings import Settings
-from contracts.model import Dominance, FieldForm, Terms
-from tests.bench.release_utility import KWH, OUT, SCHEMA, SIZE_BANDS, TAX, _ctx
+from contracts.model import FieldForm
+from tests.bench.release_utility import (
+    KWH,
+    OUT,
+    SIZE_BANDS,
+    TAX,
+    _ctx,
+    dataset_contract,
+    registered,
+)
 
 DIMS = ["town", "industry", "division", "size"]
 LEVELS = ["month", "quarter", "year"]
@@ -148,26 +152,10 @@ def _timed(spent: list[float]) -> Callable[..., Any]:
 
 def _run(workdir: Path, frame: pd.DataFrame, args: argparse.Namespace) -> None:
     container = build_container(Settings(data_dir=workdir))
-    admin, grid, econ = (_ctx("operator", Role.ADMIN), _ctx("grid", Role.PROVIDER),
-                         _ctx("econ", Role.CONSUMER))
-    container.orgs.register(admin, org_id="grid", name="Grid", kind=OrgKind.ENTERPRISE)
-    container.orgs.register(admin, org_id="econ", name="Econ", kind=OrgKind.DEPARTMENT)
-    dataset = Dataset(id=str(uuid.uuid4()), owner_org="grid", name="cost", schema=SCHEMA,
-                      version=1, rows=len(frame), sha256="0" * 64, created_at=datetime.now(UTC))
-    location = container.datasets.storage.write(dataset.id, 1, frame, "uscc")
-    with container.datasets.uow() as uow:
-        uow.datasets.add(dataset, path=location)
-        uow.commit()
-    now = datetime.now(UTC)
-    contract = container.contracts.offer(grid, Terms(
-        dataset_id=dataset.id, purposes=("energy-planning",),
-        fields={"town": FieldForm.CLEAR, "industry": FieldForm.CLEAR,
-                "month": FieldForm.CLEAR, "employees": FieldForm.GENERALIZE,
-                KWH: FieldForm.AGGREGATE, OUT: FieldForm.AGGREGATE, TAX: FieldForm.AGGREGATE},
-        k_min=5, dominance=Dominance(), valid_from=now - timedelta(minutes=1),
-        valid_until=now + timedelta(days=1), max_queries_per_day=100_000),
-        consumer_org="econ").contract
-    container.contracts.accept(econ, contract.id)
+    registered(container)
+    econ = _ctx("econ", Role.CONSUMER)
+    contract_id = dataset_contract(container, frame, month=FieldForm.CLEAR,
+                                   queries_per_day=100_000)
     spent: list[float] = []
     vars(queries_module)["link"] = _timed(spent)
     con = duckdb.connect()
@@ -177,7 +165,7 @@ def _run(workdir: Path, frame: pd.DataFrame, args: argparse.Namespace) -> None:
     published = asked = 0
     started = time.perf_counter()
     while published < args.published:
-        release = container.queries.aggregate(econ, _spec(contract.id,
+        release = container.queries.aggregate(econ, _spec(contract_id,
                                                           _random_query(rng, months)))
         published += sum(c.status is CellStatus.PUBLISHED for c in release.cells)
         asked += 1
@@ -195,7 +183,7 @@ def _run(workdir: Path, frame: pd.DataFrame, args: argparse.Namespace) -> None:
     for _ in range(args.measured):
         q = _random_query(rng, months)
         t = time.perf_counter()
-        release = container.queries.aggregate(econ, _spec(contract.id, q))
+        release = container.queries.aggregate(econ, _spec(contract_id, q))
         total.append(time.perf_counter() - t)
         audit.append(spent[-1] if spent else 0.0)
         spent.clear()

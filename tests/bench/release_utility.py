@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from broker.app import build_container
+from broker.app import Container, build_container
 from broker.demo.county import INDUSTRIES, TOWNS, generate_county
 from broker.domain.datasets import Dataset, DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.organisations import OrgKind
@@ -95,6 +95,38 @@ SCHEMA = DatasetSchema.of("uscc", [
 ])
 
 
+def dataset_contract(container: Container, frame: pd.DataFrame, *, month: FieldForm,
+                     queries_per_day: int) -> str:
+    """Store ``frame`` (sealed) as a new dataset of ``grid`` and return the id of an active
+    contract of it with ``econ``; ``month`` is the form the month is released in."""
+    grid, econ = _ctx("grid", Role.PROVIDER), _ctx("econ", Role.CONSUMER)
+    dataset = Dataset(id=str(uuid.uuid4()), owner_org="grid", name=f"d{uuid.uuid4().hex}",
+                      schema=SCHEMA, version=1, rows=len(frame), sha256="0" * 64,
+                      created_at=datetime.now(UTC))
+    location = container.datasets.storage.write(dataset.id, 1, frame, "uscc")
+    with container.datasets.uow() as uow:
+        uow.datasets.add(dataset, path=location)
+        uow.commit()
+    now = datetime.now(UTC)
+    offered = container.contracts.offer(grid, Terms(
+        dataset_id=dataset.id, purposes=("energy-planning",),
+        fields={"town": FieldForm.CLEAR, "industry": FieldForm.CLEAR, "month": month,
+                "employees": FieldForm.GENERALIZE, KWH: FieldForm.AGGREGATE,
+                OUT: FieldForm.AGGREGATE, TAX: FieldForm.AGGREGATE},
+        k_min=5, dominance=Dominance(), valid_from=now - timedelta(minutes=1),
+        valid_until=now + timedelta(days=1), max_queries_per_day=queries_per_day),
+        consumer_org="econ").contract
+    container.contracts.accept(econ, offered.id)
+    return offered.id
+
+
+def registered(container: Container) -> None:
+    """The grid company and the economic bureau, registered."""
+    admin = _ctx("operator", Role.ADMIN)
+    container.orgs.register(admin, org_id="grid", name="Grid", kind=OrgKind.ENTERPRISE)
+    container.orgs.register(admin, org_id="econ", name="Econ", kind=OrgKind.DEPARTMENT)
+
+
 def main() -> None:
     """Ask the dashboard alone and together; print what it keeps."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -109,31 +141,12 @@ def main() -> None:
 
 def _run(workdir: Path, frame: pd.DataFrame) -> None:
     container = build_container(Settings(data_dir=workdir))
-    admin, grid, econ = (_ctx("operator", Role.ADMIN), _ctx("grid", Role.PROVIDER),
-                         _ctx("econ", Role.CONSUMER))
-    container.orgs.register(admin, org_id="grid", name="Grid", kind=OrgKind.ENTERPRISE)
-    container.orgs.register(admin, org_id="econ", name="Econ", kind=OrgKind.DEPARTMENT)
+    registered(container)
+    econ = _ctx("econ", Role.CONSUMER)
 
     def contract() -> str:
-        dataset = Dataset(id=str(uuid.uuid4()), owner_org="grid", name=f"d{uuid.uuid4().hex}",
-                          schema=SCHEMA, version=1, rows=len(frame), sha256="0" * 64,
-                          created_at=datetime.now(UTC))
-        location = container.datasets.storage.write(dataset.id, 1, frame, "uscc")
-        with container.datasets.uow() as uow:
-            uow.datasets.add(dataset, path=location)
-            uow.commit()
-        now = datetime.now(UTC)
-        offered = container.contracts.offer(grid, Terms(
-            dataset_id=dataset.id, purposes=("energy-planning",),
-            fields={"town": FieldForm.CLEAR, "industry": FieldForm.CLEAR,
-                    "month": FieldForm.GENERALIZE, "employees": FieldForm.GENERALIZE,
-                    KWH: FieldForm.AGGREGATE, OUT: FieldForm.AGGREGATE,
-                    TAX: FieldForm.AGGREGATE},
-            k_min=5, dominance=Dominance(), valid_from=now - timedelta(minutes=1),
-            valid_until=now + timedelta(days=1), max_queries_per_day=10_000),
-            consumer_org="econ").contract
-        container.contracts.accept(econ, offered.id)
-        return offered.id
+        return dataset_contract(container, frame, month=FieldForm.GENERALIZE,
+                                queries_per_day=10_000)
 
     def ask(contract_id: str, dims: tuple[Dimension, ...], measures: tuple[Measure, ...]
             ) -> tuple[int, int, float]:
