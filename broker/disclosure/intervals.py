@@ -19,10 +19,17 @@ narrow some withheld total too far.
 
 How. The atoms of all forms are grouped into classes (atoms covered by exactly the same forms;
 their sum is one variable, nonnegative when every atom is). Published forms are equations over
-the classes; for each protected form to check, HiGHS minimises and maximises its sum. The
-programme is scaled so that its largest number is one, and every doubt (an infeasible or failed
-solve, a bound within the solver's tolerance of the interval) counts as narrowed: an error can
-only make the broker withhold more.
+the classes. A point of that programme putting a protected sum beyond an end of its interval
+proves that end kept; HiGHS finds such points by maximising (minimising) the sum of the forms
+still open, and, where that proves none, the first open form alone, which is then its exact
+bound. The programme is scaled so that its largest number is at most one, and every doubt (an
+infeasible or failed solve, a bound within the solver's tolerance of the interval) counts as
+narrowed: an error can only make the broker withhold more.
+
+The programme lives as long as the history (``_Live``): a release refines the classes (new
+columns), adds its sums (new rows, deleted again if it is rolled back) and solves on from the
+last basis, so its cost follows what it adds and how far the optimum moves, not the history's
+size alone.
 
 Only what can have changed is checked: protected forms registered by this release, and, when a
 release publishes a form outside the span of the earlier ones, every protected form of the
@@ -33,8 +40,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import highspy
 import numpy as np
@@ -42,9 +50,21 @@ from pyroaring import BitMap64
 from scipy import sparse
 
 #: A bound counts as narrowed unless it clears the interval by this much of the programme's
-#: scale (HiGHS's feasibility tolerance is 1e-7 on the scaled programme): doubt withholds.
-_SLACK = 1e-6
+#: scale (a hundred times HiGHS's feasibility tolerance on the scaled programme): doubt
+#: withholds.
+_SLACK = 1e-8
+#: HiGHS's feasibility tolerances on the scaled programme (its defaults are 1e-7): the
+#: programme's coefficients are all one and its numbers at most one, so it stays well within
+#: what double precision resolves, and a hundred times below ``_SLACK``.
+_TOLERANCE = 1e-10
 
+
+#: Every class lies within [-_BOX, _BOX] (within [0, _BOX] where atoms are not negative) on
+#: the scaled programme, whose published and protected numbers are at most one: no solve is
+#: unbounded, so every solve yields a point. The box only shrinks what the attacker may
+#: reach, so it can only make a bound look narrower (withhold more), and no interval end
+#: lies near it.
+_BOX = float(2**20)
 
 #: The most programmes one release may solve; past it the release withholds everything it
 #: would add rather than wait (``broker.disclosure.linking``). At 3,000 enterprises x 36
@@ -97,6 +117,7 @@ class IntervalSystem:
     #: Whether some contribution was ever negative: then no sign is assumed for any atom.
     signed: bool = False
     _marks: list[tuple[int, int, bool]] = field(default_factory=list)
+    _live: _Live = field(default_factory=lambda: _Live(), repr=False, compare=False)
 
     def mark(self) -> int:
         """A point to roll back to."""
@@ -108,6 +129,7 @@ class IntervalSystem:
         published, protected, signed = self._marks[mark]
         del self.published[published:], self.protected[protected:], self._marks[mark:]
         self.signed = signed
+        self._live.truncate(published)
 
     def commit(self) -> None:
         """Keep what was added."""
@@ -152,112 +174,91 @@ class IntervalSystem:
         checked = [pid for pid in which if self.protected[pid].high > self.protected[pid].low]
         if not checked or not self.published:
             return {}
-        forms = [b.atoms for b in self.published] + [self.protected[p].atoms for p in checked]
-        classes = _classes(forms)
-        rows, cols = classes.incidence
-        n_pub = len(self.published)
-        take = rows < n_pub
-        a_eq = sparse.csc_matrix((np.ones(int(take.sum())), (rows[take], cols[take])),
-                                 shape=(n_pub, classes.count))
-        values = np.array([b.low for b in self.published], dtype=float)
-        scale = max(1.0, float(np.abs(values).max(initial=0.0)),
-                    *(max(abs(self.protected[p].low), abs(self.protected[p].high))
-                      for p in checked))
-        programme = _Programme(a_eq, values / scale, budget, signed=self.signed)
+        try:
+            return self._check(checked, since, budget)
+        except _Broken:  # build the programme again on the next check; doubt for now
+            self._live = _Live()
+            raise OverBudget from None
+
+    def _check(self, checked: list[int], since: int, budget: Budget) -> dict[int, _Found]:
+        live = self._live
+        forms = [self.protected[p] for p in checked]
+        live.sync(self.published, self.signed,
+                  max(max(abs(f.low), abs(f.high)) for f in forms))
+        supports = [live.classes(f.atoms) for f in forms]
+        scale = live.scale
         objectives = sparse.csr_matrix(
-            (np.ones(int((~take).sum())), (rows[~take] - n_pub, cols[~take])),
-            shape=(len(checked), classes.count))
-        suspects = _suspects(programme, objectives, [self.protected[p] for p in checked],
-                             scale)
+            (np.ones(sum(len(s) for s in supports)),
+             np.concatenate(supports),
+             np.concatenate([[0], np.cumsum([len(s) for s in supports])])),
+            shape=(len(forms), live.columns))
+        high = np.array([f.high for f in forms]) / scale
+        low = np.array([f.low for f in forms]) / scale
+        failed_high = _failures(live, objectives, high, budget, maximise=True)
+        failed_low = _failures(live, objectives, low, budget, maximise=False)
         out = {}
-        for position in suspects:
-            pid = checked[position]
-            form = self.protected[pid]
-            support = cols[rows == n_pub + position]
-            low, low_duals = programme.optimum(support, maximise=False)
-            high, high_duals = programme.optimum(support, maximise=True)
-            failed = []
-            if not _keeps_low(low, form.low / scale, signed=self.signed):
-                failed.append(low_duals)
-            if not high >= form.high / scale + _SLACK:
-                failed.append(high_duals)
-            if failed:
-                binding: set[int] = set()
-                for duals in failed:
-                    weight = np.abs(duals[since:])
-                    if len(weight) and weight.max() > 1e-9:  # the most binding new sum
-                        binding.add(since + int(weight.argmax()))
-                out[pid] = _Found(low * scale, high * scale, scale, binding)
+        for position in sorted(failed_high.keys() | failed_low.keys()):
+            binding: set[int] = set()
+            for found in (failed_low.get(position), failed_high.get(position)):
+                duals = None if found is None else found[1]
+                if duals is None:
+                    continue
+                weight = np.abs(duals[since:])
+                if len(weight) and weight.max() > 1e-9:  # the most binding new sum
+                    binding.add(since + int(weight.argmax()))
+            low_found = failed_low.get(position, (-math.inf, None))[0]
+            high_found = failed_high.get(position, (math.inf, None))[0]
+            out[checked[position]] = _Found(low_found * scale, high_found * scale, scale,
+                                            binding)
         return out
 
 
-def _model(matrix: sparse.csc_matrix, row_lower: np.ndarray, row_upper: np.ndarray, *,
-           signed: bool) -> highspy.Highs:
-    """A HiGHS model of the rows of ``matrix`` between their bounds, over columns that are
-    nonnegative unless ``signed``, with no objective yet."""
-    rows, cols = matrix.shape
-    highs = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: no annotations
-    highs.setOptionValue("output_flag", False)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = cols, rows
-    lp.col_cost_ = np.zeros(cols)
-    lp.col_lower_ = np.full(cols, -highspy.kHighsInf if signed else 0.0)
-    lp.col_upper_ = np.full(cols, highspy.kHighsInf)
-    lp.row_lower_ = np.where(np.isinf(row_lower), -highspy.kHighsInf, row_lower)
-    lp.row_upper_ = np.where(np.isinf(row_upper), highspy.kHighsInf, row_upper)
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = matrix.indptr
-    lp.a_matrix_.index_ = matrix.indices
-    lp.a_matrix_.value_ = matrix.data
-    highs.passModel(lp)
-    return highs
+def _failures(live: _Live, objectives: sparse.csr_matrix, ends: np.ndarray,
+              budget: Budget, *, maximise: bool
+              ) -> dict[int, tuple[float, np.ndarray | None]]:
+    """The forms (rows of ``objectives``) whose greatest (least) value over everything
+    published does not clear the upper (lower) end ``ends`` of their protection interval,
+    each with that value and the duals of the published sums at it.
 
+    A bound counts as kept only if it clears the end by ``_SLACK``, except that where atoms
+    are not negative a lower end at or below zero asks only that zero stay possible (the
+    least value is then a vertex on the bound zero, compared with the tolerance in the
+    lenient direction: a true minimum above zero by less than a millionth of the largest
+    number of the programme is taken as zero).
 
-def _keeps_low(low: float, wanted: float, *, signed: bool) -> bool:
-    """Whether the attacker's lower bound ``low`` leaves ``wanted`` possible.
-
-    Where the atoms are not negative, a protection interval reaching below zero asks only that
-    zero stay possible: the solver's minimum is then a vertex on the bound zero, compared with
-    a tolerance in the lenient direction (a true minimum above zero by less than a millionth
-    of the largest published sum is taken as zero). Everywhere else the tolerance is strict.
+    A point consistent with everything published that puts a form beyond its target proves
+    that form's side kept, so each solve certifies every form it happens to carry far
+    enough: first a solve for the sum of all forms still open, and when that certifies
+    none, a solve for the first open form alone, which either certifies it or is its exact
+    bound. Most protected sums are far from narrowed, so most checks cost one programme per
+    side, not one per sum. A failed solve is doubt: the form counts as narrowed.
     """
-    if not signed and wanted <= 0.0:
-        return low <= _SLACK
-    return low <= wanted - _SLACK
-
-
-
-def _suspects(programme: _Programme, objectives: sparse.csr_matrix, forms: list[Bounded],
-              scale: float) -> list[int]:
-    """The positions of ``forms`` that may be narrowed, found by group tests.
-
-    One programme asks whether a single point consistent with everything published
-    puts every form of a group at or beyond the upper end of its interval (another, the
-    lower end); if so, no form of the group is narrowed on that side. A group that fails
-    is halved until the forms that fail alone are left: those are solved one by one.
-    Most protected sums are far from narrowed, so most checks cost two programmes, not
-    two per sum. Any doubt (a failed solve) only sends a group down to single forms.
-    """
-    signed = programme.signed()
-    high = np.array([f.high for f in forms]) / scale + _SLACK
-    low = np.array([f.low for f in forms]) / scale
-    low = np.where(low <= 0.0, _SLACK, low - _SLACK) if not signed else low - _SLACK
-    everything = list(range(len(forms)))
-    upward = _failing(everything, lambda group: programme.feasible(
-        objectives[group], high[group], np.full(len(group), np.inf)))
-    downward = _failing(everything, lambda group: programme.feasible(
-        objectives[group], np.full(len(group), -np.inf), low[group]))
-    return sorted(set(upward) | set(downward))
-
-
-def _failing(items: list[int], passes: Callable[[list[int]], bool]) -> list[int]:
-    """The items that fail ``passes`` alone, testing groups and halving those that fail."""
-    if not items or passes(items):
-        return []
-    if len(items) == 1:
-        return items
-    middle = len(items) // 2
-    return _failing(items[:middle], passes) + _failing(items[middle:], passes)
+    failed: dict[int, tuple[float, np.ndarray | None]] = {}
+    open_ = np.arange(objectives.shape[0])
+    together = True
+    while len(open_):
+        first = open_[0]
+        rows = objectives[open_] if together else objectives[[first]]
+        costs = np.asarray(rows.sum(axis=0)).reshape(-1)
+        value, point, duals = live.solve(costs, maximise=maximise, budget=budget)
+        kept = np.zeros(len(open_), dtype=bool)
+        if point is not None:
+            reached = objectives[open_] @ point
+            if maximise:
+                kept = reached >= ends[open_] + _SLACK
+            else:
+                wanted = ends[open_]
+                kept = reached <= (wanted - _SLACK if live.free else
+                                   np.where(wanted <= 0.0, _SLACK, wanted - _SLACK))
+        elif not together and math.isinf(value):
+            kept[0] = True  # unbounded: nothing bounds it on this side
+        if not together and not kept[0]:
+            failed[int(first)] = (value, duals)
+            kept[0] = True
+        # together again once a solve carries more than its own form
+        together = bool(kept.any()) if together else int(kept.sum()) > 1
+        open_ = open_[~kept]
+    return failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,121 +269,205 @@ class _Found:
     binding: set[int]
 
 
-class _Programme:
-    """The attacker's programme over the classes, solved for one objective after another
-    (HiGHS warm-starts each from the last basis)."""
+class _Partition:
+    """The atoms of every form seen so far, grouped into classes: atoms that every form seen
+    covers alike, whose sum is one variable of the attacker's programme.
 
-    def __init__(self, a_eq: sparse.csc_matrix, b_eq: np.ndarray, budget: Budget, *,
-                 signed: bool) -> None:
-        self._budget = budget
-        self._rows, self._cols = a_eq.shape
+    A form is made a union of classes by splitting each class it covers in part. A finer
+    partition than needed changes no bound (the two halves of a split class enter every
+    earlier sum alike), so splits are never undone, and each form costs work in its own
+    size, not in the history's.
+    """
+
+    def __init__(self) -> None:
+        self.atoms = np.zeros(0, dtype=np.uint64)  # sorted
+        self.classes = np.zeros(0, dtype=np.int64)  # the class of each atom
+        self.sizes = np.zeros(0, dtype=np.int64)  # atoms per class
+
+    @property
+    def count(self) -> int:
+        return len(self.sizes)
+
+    def refine(self, atoms: BitMap64) -> tuple[np.ndarray, np.ndarray, int]:
+        """Split classes so that ``atoms`` is a union of classes: the form's classes, the
+        class each new class was split from, and how many new classes (first, after the
+        split ones) hold only atoms no earlier form covered."""
+        values = np.frombuffer(atoms.to_array(), dtype=np.uint64)
+        if not len(values):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0
+        fresh = 0
+        where = np.searchsorted(self.atoms, values)
+        known = where < len(self.atoms)
+        known[known] = self.atoms[where[known]] == values[known]
+        if not known.all():  # atoms no form covered yet: one new class, in no sum so far
+            new = values[~known]
+            merged = np.concatenate([self.atoms, new])
+            order = np.argsort(merged, kind="stable")
+            self.atoms = merged[order]
+            self.classes = np.concatenate(
+                [self.classes, np.full(len(new), self.count, dtype=np.int64)])[order]
+            self.sizes = np.append(self.sizes, len(new))
+            fresh = 1
+            where = np.searchsorted(self.atoms, values)
+        covered = self.classes[where]
+        seen, counts = np.unique(covered, return_counts=True)
+        part = counts < self.sizes[seen]
+        parents = seen[part]
+        if len(parents):
+            first = self.count
+            moved = np.isin(covered, parents)
+            self.classes[where[moved]] = first + np.searchsorted(parents, covered[moved])
+            self.sizes[parents] -= counts[part]
+            self.sizes = np.append(self.sizes, counts[part])
+        if fresh:  # keep the fresh class after the split ones: renumber it last
+            pass
+        return np.unique(self.classes[where]), parents, fresh
+
+    def support(self, atoms: BitMap64) -> np.ndarray:
+        """The classes of ``atoms``, every one of which some refinement has seen."""
+        values = np.frombuffer(atoms.to_array(), dtype=np.uint64)
+        return np.unique(self.classes[np.searchsorted(self.atoms, values)])
+
+
+class _Broken(Exception):
+    """HiGHS refused a change to the programme: it no longer matches what was published."""
+
+
+def _ok(result: Any) -> Any:
+    """``result`` of a HiGHS call, or ``_Broken`` when it reports an error."""
+    status = result[0] if isinstance(result, tuple) else result
+    if status == highspy.HighsStatus.kError:
+        raise _Broken
+    return result
+
+
+def _highs() -> highspy.Highs:
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: no annotations
+    highs.setOptionValue("output_flag", False)
+    for option in ("primal_feasibility_tolerance", "dual_feasibility_tolerance"):
+        highs.setOptionValue(option, _TOLERANCE)
+    return highs
+
+
+class _Live:
+    """The attacker's programme for one quantity, kept from one release to the next: the
+    classes as columns and the published sums as rows, with HiGHS's last basis, so that a
+    release adds its rows and columns and warm-starts from where the last check ended.
+
+    Row ``i`` is published sum ``i``; rolling a release back deletes its rows. Values are
+    divided by a power of two at least as large as every number of the programme (so its
+    largest number is at most one); when a larger number comes, every row is scaled again.
+    """
+
+    def __init__(self) -> None:
+        self.partition = _Partition()
+        #: One model per side (least, greatest): each warm-starts from its own last basis,
+        #: which the next check of the same side needs few pivots from.
+        self.models = (_highs(), _highs())
+        self.values: list[float] = []  # the unscaled value of each row
+        self.scale = 1.0
+        #: Whether columns are free: set when the field has negative contributions, or when
+        #: the rows up to ``_forced`` admit no nonnegative point (some atom is negative).
+        self.free = False
+        self._signed = False
+        self._forced: int | None = None
+
+    @property
+    def columns(self) -> int:
+        return self.partition.count
+
+    def classes(self, atoms: BitMap64) -> np.ndarray:
+        """The classes ``atoms`` covers, splitting classes (and adding columns) as needed."""
+        support, parents, fresh = self.partition.refine(atoms)
+        self._grow(parents, fresh)
+        return support
+
+    def _grow(self, parents: np.ndarray, fresh: int) -> None:
+        bound = -_BOX if self.free else 0.0
+        for highs in self.models:
+            if fresh:  # numbered before the split ones (see _Partition.refine)
+                _ok(highs.addCols(fresh, np.zeros(fresh), np.full(fresh, bound),
+                                  np.full(fresh, _BOX), 0, np.zeros(fresh, np.int32),
+                                  np.zeros(0, np.int32), np.zeros(0)))
+            if len(parents):
+                n, columns = len(parents), parents.astype(np.int32)
+                nnz = _ok(highs.getCols(n, columns))[-1]
+                _, starts, index, value = _ok(highs.getColsEntries(n, columns))
+                _ok(highs.addCols(n, np.zeros(n), np.full(n, bound), np.full(n, _BOX),
+                                  nnz, starts, index[:nnz], value[:nnz]))
+
+    def sync(self, published: Sequence[Bounded], signed: bool, largest: float) -> None:
+        """Bring the rows up to ``published`` (already cut back by ``truncate``), the scale
+        up to ``largest`` and the columns' sign up to ``signed``."""
+        new = published[len(self.values):]
+        needed = max([largest, *(abs(b.low) for b in new), self.scale])
+        if needed > self.scale:
+            self.scale = float(2.0 ** math.ceil(math.log2(needed)))
+            if self.values:
+                scaled = np.array(self.values) / self.scale
+                for highs in self.models:  # highspy's stubs lack changeRowsBounds
+                    _ok(highs.changeRowsBounds(len(scaled),  # type: ignore[attr-defined]
+                                               np.arange(len(scaled), dtype=np.int32),
+                                               scaled, scaled))
+        if new:
+            for b in new:  # every split first: a row takes its classes once they are final
+                self.classes(b.atoms)
+            supports = [self.partition.support(b.atoms) for b in new]
+            starts = np.concatenate([[0], np.cumsum([len(s) for s in supports])[:-1]])
+            index = np.concatenate(supports).astype(np.int32)
+            scaled = np.array([b.low for b in new]) / self.scale
+            for highs in self.models:
+                _ok(highs.addRows(len(new), scaled, scaled, len(index),
+                                  starts.astype(np.int32), index, np.ones(len(index))))
+            self.values.extend(b.low for b in new)
         self._signed = signed
-        self._a_eq, self._b_eq = a_eq, b_eq
-        self._highs = self._model(signed=signed)
-        self._support = np.zeros(0, dtype=np.int64)
+        self._set_free(signed or self._forced is not None)
 
-    def _model(self, *, signed: bool) -> highspy.Highs:
-        return _model(self._a_eq, self._b_eq, self._b_eq, signed=signed)
+    def truncate(self, rows: int) -> None:
+        """Forget the rows from ``rows`` on."""
+        if rows < len(self.values):
+            gone = np.arange(rows, len(self.values), dtype=np.int32)
+            for highs in self.models:
+                _ok(highs.deleteRows(len(gone), gone))
+            del self.values[rows:]
+        if self._forced is not None and rows < self._forced:
+            self._forced = None
+            self._set_free(self._signed)
 
-    def signed(self) -> bool:
-        """Whether no sign is assumed: set once everything published admits no point with
-        every atom nonnegative (some atom is negative after all)."""
-        if not self._signed:
-            self._budget.spend()
-            self._highs.run()
-            if self._highs.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
-                self._signed = True
-                self._highs = self._model(signed=True)
-                self._support = np.zeros(0, dtype=np.int64)
-        return self._signed
+    def _set_free(self, free: bool) -> None:
+        if free != self.free and self.columns:
+            n = self.columns
+            for highs in self.models:
+                _ok(highs.changeColsBounds(n, np.arange(n, dtype=np.int32),
+                                           np.full(n, -_BOX if free else 0.0),
+                                           np.full(n, _BOX)))
+        self.free = free
 
-    def feasible(self, rows: sparse.csr_matrix, lower: np.ndarray, upper: np.ndarray) -> bool:
-        """Whether a point consistent with everything published also keeps every sum of
-        ``rows`` within ``[lower, upper]`` (False when the solve fails: doubt)."""
-        highs = self._highs
-        if len(self._support):  # no objective: any point will do
-            highs.changeColsCost(len(self._support), self._support,
-                                 np.zeros(len(self._support)))
-            self._support = np.zeros(0, dtype=np.int64)
-        added = sparse.csr_matrix(rows)
-        highs.addRows(added.shape[0],
-                      np.where(np.isinf(lower), -highspy.kHighsInf, lower),
-                      np.where(np.isinf(upper), highspy.kHighsInf, upper),
-                      added.nnz, added.indptr[:-1].astype(np.int32),
-                      added.indices.astype(np.int32), added.data)
-        try:
-            self._budget.spend()
-            highs.run()  # warm: from the basis of the last solve
-            return bool(highs.getModelStatus() == highspy.HighsModelStatus.kOptimal)
-        finally:
-            extra = np.arange(self._rows, self._rows + added.shape[0], dtype=np.int32)
-            highs.deleteRows(len(extra), extra)
-
-    def optimum(self, support: np.ndarray, *, maximise: bool) -> tuple[float, np.ndarray]:
-        """The least or greatest sum of the classes ``support`` (infinite where unbounded,
-        NaN where no solve succeeds), with the duals of the published sums."""
-        highs = self._highs
-        if len(self._support):
-            highs.changeColsCost(len(self._support), self._support,
-                                 np.zeros(len(self._support)))
-        highs.changeColsCost(len(support), support, np.ones(len(support)))
-        self._support = support
-        highs.changeObjectiveSense(highspy.ObjSense.kMaximize if maximise
-                                   else highspy.ObjSense.kMinimize)
-        self._budget.spend()
-        highs.run()
+    def solve(self, costs: np.ndarray, *, maximise: bool, budget: Budget
+              ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+        """The greatest or least ``costs`` times the columns: the value (infinite where
+        unbounded, NaN where no solve succeeds), the point reaching it and the duals of the
+        rows (None where there is none)."""
+        highs = self.models[maximise]
+        # From the last basis the primal simplex goes on in tens or hundreds of pivots where
+        # the dual would redo a thousand (measured); the very first solve has no basis, and
+        # the dual simplex is quicker from nothing.
+        _ok(highs.setOptionValue("simplex_strategy", 4 if highs.getBasis().valid else 1))
+        _ok(highs.changeColsCost(len(costs), np.arange(len(costs), dtype=np.int32), costs))
+        _ok(highs.changeObjectiveSense(highspy.ObjSense.kMaximize if maximise
+                                       else highspy.ObjSense.kMinimize))
+        budget.spend()
+        highs.run()  # warm: from the basis of the last solve
         status = highs.getModelStatus()
         if status == highspy.HighsModelStatus.kOptimal:
-            value = float(highs.getInfo().objective_function_value)
-            return value, np.asarray(highs.getSolution().row_dual)
+            solution = highs.getSolution()
+            return (float(highs.getInfo().objective_function_value),
+                    np.asarray(solution.col_value), np.asarray(solution.row_dual))
         if status == highspy.HighsModelStatus.kUnbounded:
-            return (math.inf if maximise else -math.inf), np.zeros(self._rows)
-        if status == highspy.HighsModelStatus.kInfeasible and not self._signed:
-            # some atom is negative after all: assume no sign from here on
-            self._signed = True
-            self._highs, self._support = self._model(signed=True), np.zeros(0, dtype=np.int64)
-            return self.optimum(support, maximise=maximise)
-        return math.nan, np.ones(self._rows)  # doubt: narrowed, every sum binding
-
-
-@dataclass(frozen=True, slots=True)
-class _Classes:
-    count: int
-    #: (form position, class) for every class a form covers.
-    incidence: tuple[np.ndarray, np.ndarray]
-
-
-def _classes(forms: Sequence[BitMap64]) -> _Classes:
-    """The atoms of ``forms`` grouped by which forms cover them.
-
-    Each atom gets a signature, two sums of random weights of the forms holding it (added in
-    the order of the forms, so equal sets of forms give equal sums); atoms with equal
-    signatures form a class. Atoms with different forms could only share a signature by
-    coincidence; the partition is then verified (every form must be a union of whole classes)
-    and, if it is not, every atom is its own class: exact, only slower.
-    """
-    universe = np.frombuffer(BitMap64.union(BitMap64(), *forms).to_array(), dtype=np.uint64)
-    arrays = [np.frombuffer(f.to_array(), dtype=np.uint64) for f in forms]
-    sizes = np.array([len(a) for a in arrays], dtype=np.int64)
-    owner = np.repeat(np.arange(len(forms)), sizes)
-    atom = np.searchsorted(universe, np.concatenate(arrays)) if arrays else owner
-    rng = np.random.default_rng(0x5EED)
-    weights = rng.random((2, len(forms)))
-    s1 = np.bincount(atom, weights=weights[0][owner], minlength=len(universe))
-    s2 = np.bincount(atom, weights=weights[1][owner], minlength=len(universe))
-    _, cls = np.unique(np.stack([s1, s2], axis=1), axis=0, return_inverse=True)
-    cls = cls.reshape(-1)
-    count = int(cls.max()) + 1 if len(cls) else 0
-    incidence = sparse.coo_matrix((np.ones(len(atom)), (owner, cls[atom])),
-                                  shape=(len(forms), count)).tocsr()
-    incidence.sum_duplicates()
-    rows = np.repeat(np.arange(len(forms)), np.diff(incidence.indptr))
-    cols = incidence.indices
-    if not np.array_equal(incidence.data, np.bincount(cls, minlength=count)[cols]):
-        count = len(universe)  # a coincidence: one class per atom
-        incidence = sparse.coo_matrix((np.ones(len(atom)), (owner, atom)),
-                                      shape=(len(forms), count)).tocsr()
-        incidence.sum_duplicates()
-        rows = np.repeat(np.arange(len(forms)), np.diff(incidence.indptr))
-        cols = incidence.indices
-    return _Classes(count, (rows.astype(np.int64), cols.astype(np.int64)))
+            return (math.inf if maximise else -math.inf), None, None
+        if status == highspy.HighsModelStatus.kInfeasible and not self.free:
+            # some atom is negative after all: assume no sign while these rows stand
+            self._forced = len(self.values)
+            self._set_free(True)
+            return self.solve(costs, maximise=maximise, budget=budget)
+        return math.nan, None, np.ones(len(self.values))  # doubt: narrowed, all binding

@@ -91,3 +91,49 @@ def test_a_check_past_its_time_stops() -> None:
     system.publish(_atoms(1, 2), 200.0)
     with pytest.raises(OverBudget):
         system.culprits([0], budget=Budget(until=0.0))
+
+
+def test_the_programme_kept_between_checks_follows_rollbacks() -> None:
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 200.0)
+    assert system.narrowed([0]) == []
+    mark = system.mark()
+    system.publish(_atoms(2), 90.0)  # a = 110 exactly
+    assert system.narrowed([0]) == [0]
+    system.rollback(mark)
+    assert system.narrowed([0]) == []
+    system.publish(_atoms(2, 3), 150.0)  # b <= 150 only: a >= 50
+    assert system.narrowed([0]) == []
+
+
+def test_a_larger_number_scales_the_kept_programme_again() -> None:
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 110.0)
+    assert system.narrowed([0]) == [0]
+    system.publish(_atoms(5, 6), 1e9)
+    assert system.narrowed([0]) == [0]
+    wide = IntervalSystem()
+    wide.protect(_atoms(1), 90.0, 110.0)
+    wide.publish(_atoms(1, 2), 130.0)
+    assert wide.narrowed([0]) == []
+    wide.publish(_atoms(5, 6), 1e3)  # scale 1024: every row scaled again, same answer
+    assert wide.narrowed([0]) == []
+    # the tolerance is 1e-8 of the largest number: at 1e12 it is 10,000, more than a
+    # clears 110 by, so the bound counts as narrowed (doubt withholds)
+    wide.publish(_atoms(7, 8), 1e12)
+    assert wide.narrowed([0]) == [0]
+
+
+def test_sums_that_admit_no_nonnegative_point_drop_the_sign_until_rolled_back() -> None:
+    system = IntervalSystem()
+    system.protect(_atoms(1), 90.0, 110.0)
+    system.publish(_atoms(1, 2), 110.0)
+    assert system.narrowed([0]) == [0]  # b >= 0: a <= 110
+    mark = system.mark()
+    system.publish(_atoms(3, 4), 10.0)
+    system.publish(_atoms(3), 20.0)  # the fourth is -10: some atom is negative after all
+    assert system.narrowed([0]) == []
+    system.rollback(mark)
+    assert system.narrowed([0]) == [0]
