@@ -64,7 +64,10 @@ _TOLERANCE = 1e-10
 #: unbounded, so every solve yields a point. The box only shrinks what the attacker may
 #: reach, so it can only make a bound look narrower (withhold more), and no interval end
 #: lies near it.
-_BOX = float(2**20)
+_BOX = 64.0
+#: Where atoms are not negative, a least value this close to zero, relative to the form's
+#: own interval (and within ``_SLACK`` of the programme's scale), counts as zero.
+_ZERO = 1e-6
 
 #: The most programmes one release may solve; past it the release withholds everything it
 #: would add rather than wait (``broker.disclosure.linking``). At 3,000 enterprises x 36
@@ -185,7 +188,9 @@ class IntervalSystem:
         forms = [self.protected[p] for p in checked]
         live.sync(self.published, self.signed,
                   max(max(abs(f.low), abs(f.high)) for f in forms))
-        supports = [live.classes(f.atoms) for f in forms]
+        for f in forms:  # every split first: a form takes its classes once they are final
+            live.classes(f.atoms)
+        supports = [live.partition.support(f.atoms) for f in forms]
         scale = live.scale
         objectives = sparse.csr_matrix(
             (np.ones(sum(len(s) for s in supports)),
@@ -194,8 +199,9 @@ class IntervalSystem:
             shape=(len(forms), live.columns))
         high = np.array([f.high for f in forms]) / scale
         low = np.array([f.low for f in forms]) / scale
-        failed_high = _failures(live, objectives, high, budget, maximise=True)
-        failed_low = _failures(live, objectives, low, budget, maximise=False)
+        size = np.maximum(np.abs(high), high - low)
+        failed_high = _failures(live, objectives, high, size, budget, maximise=True)
+        failed_low = _failures(live, objectives, low, size, budget, maximise=False)
         out = {}
         for position in sorted(failed_high.keys() | failed_low.keys()):
             binding: set[int] = set()
@@ -214,7 +220,7 @@ class IntervalSystem:
 
 
 def _failures(live: _Live, objectives: sparse.csr_matrix, ends: np.ndarray,
-              budget: Budget, *, maximise: bool
+              size: np.ndarray, budget: Budget, *, maximise: bool
               ) -> dict[int, tuple[float, np.ndarray | None]]:
     """The forms (rows of ``objectives``) whose greatest (least) value over everything
     published does not clear the upper (lower) end ``ends`` of their protection interval,
@@ -222,9 +228,8 @@ def _failures(live: _Live, objectives: sparse.csr_matrix, ends: np.ndarray,
 
     A bound counts as kept only if it clears the end by ``_SLACK``, except that where atoms
     are not negative a lower end at or below zero asks only that zero stay possible (the
-    least value is then a vertex on the bound zero, compared with the tolerance in the
-    lenient direction: a true minimum above zero by less than a millionth of the largest
-    number of the programme is taken as zero).
+    least value is then a vertex on the bound zero): a least value within ``_ZERO`` of the
+    form's own ``size`` (its interval's reach), and within ``_SLACK``, is taken as zero.
 
     A point consistent with everything published that puts a form beyond its target proves
     that form's side kept, so each solve certifies every form it happens to carry far
@@ -248,8 +253,9 @@ def _failures(live: _Live, objectives: sparse.csr_matrix, ends: np.ndarray,
                 kept = reached >= ends[open_] + _SLACK
             else:
                 wanted = ends[open_]
+                zero = np.minimum(_SLACK, _ZERO * size[open_])
                 kept = reached <= (wanted - _SLACK if live.free else
-                                   np.where(wanted <= 0.0, _SLACK, wanted - _SLACK))
+                                   np.where(wanted <= 0.0, zero, wanted - _SLACK))
         elif not together and math.isinf(value):
             kept[0] = True  # unbounded: nothing bounds it on this side
         if not together and not kept[0]:
@@ -366,11 +372,8 @@ class _Live:
         self.models = (_highs(), _highs())
         self.values: list[float] = []  # the unscaled value of each row
         self.scale = 1.0
-        #: Whether columns are free: set when the field has negative contributions, or when
-        #: the rows up to ``_forced`` admit no nonnegative point (some atom is negative).
+        #: Whether columns are free: when the field has negative contributions.
         self.free = False
-        self._signed = False
-        self._forced: int | None = None
 
     @property
     def columns(self) -> int:
@@ -420,8 +423,7 @@ class _Live:
                 _ok(highs.addRows(len(new), scaled, scaled, len(index),
                                   starts.astype(np.int32), index, np.ones(len(index))))
             self.values.extend(b.low for b in new)
-        self._signed = signed
-        self._set_free(signed or self._forced is not None)
+        self._set_free(signed)
 
     def truncate(self, rows: int) -> None:
         """Forget the rows from ``rows`` on."""
@@ -430,9 +432,6 @@ class _Live:
             for highs in self.models:
                 _ok(highs.deleteRows(len(gone), gone))
             del self.values[rows:]
-        if self._forced is not None and rows < self._forced:
-            self._forced = None
-            self._set_free(self._signed)
 
     def _set_free(self, free: bool) -> None:
         if free != self.free and self.columns:
@@ -461,13 +460,19 @@ class _Live:
         status = highs.getModelStatus()
         if status == highspy.HighsModelStatus.kOptimal:
             solution = highs.getSolution()
-            return (float(highs.getInfo().objective_function_value),
-                    np.asarray(solution.col_value), np.asarray(solution.row_dual))
-        if status == highspy.HighsModelStatus.kUnbounded:
+            point = np.asarray(solution.col_value)
+            # A point is proof only if it keeps every published sum and every bound well
+            # within the margin the checks demand; HiGHS's tolerance is scaled internally.
+            rows = np.abs(np.asarray(solution.row_value) - np.array(self.values) / self.scale)
+            low = -_BOX if self.free else 0.0
+            off = max(float(rows.max(initial=0.0)),
+                      float(np.maximum(low - point, point - _BOX).max(initial=0.0)))
+            if off <= _SLACK / 10:
+                return (float(highs.getInfo().objective_function_value), point,
+                        np.asarray(solution.row_dual))
+        elif status == highspy.HighsModelStatus.kUnbounded:
             return (math.inf if maximise else -math.inf), None, None
-        if status == highspy.HighsModelStatus.kInfeasible and not self.free:
-            # some atom is negative after all: assume no sign while these rows stand
-            self._forced = len(self.values)
-            self._set_free(True)
-            return self.solve(costs, maximise=maximise, budget=budget)
-        return math.nan, None, np.ones(len(self.values))  # doubt: narrowed, all binding
+        # Doubt: narrowed, every sum binding. Infeasible is doubt too: every published sum
+        # holds at the true values, and atoms are taken as nonnegative only when the field
+        # has no negative contribution, so only numerical trouble can make it so.
+        return math.nan, None, np.ones(len(self.values))

@@ -168,7 +168,9 @@ def link(
         owners: dict[str, list[int]] = {}
         for form, owner in added:
             if form.bounds is not None:
-                history.intervals[form.quantity].publish(form.atoms, form.bounds[0])
+                system = history.intervals[form.quantity]
+                system.signed |= form.signed
+                system.publish(form.atoms, form.bounds[0])
                 owners.setdefault(form.quantity, []).append(owner)
         try:
             narrowed = _narrowed(history, quantities, ranks, starts, suspects, budget)

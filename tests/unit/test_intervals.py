@@ -126,14 +126,38 @@ def test_a_larger_number_scales_the_kept_programme_again() -> None:
     assert wide.narrowed([0]) == [0]
 
 
-def test_sums_that_admit_no_nonnegative_point_drop_the_sign_until_rolled_back() -> None:
+def test_sums_that_admit_no_nonnegative_point_are_doubt_until_rolled_back() -> None:
+    """Atoms are taken as nonnegative only when the field has no negative contribution, so a
+    programme without a nonnegative point is numerical trouble: every sum counts as narrowed."""
     system = IntervalSystem()
-    system.protect(_atoms(1), 90.0, 110.0)
-    system.publish(_atoms(1, 2), 110.0)
-    assert system.narrowed([0]) == [0]  # b >= 0: a <= 110
+    system.protect(_atoms(1), 10.0, 200.0)
+    system.publish(_atoms(1, 2), 300.0)
+    assert system.narrowed([0]) == []
     mark = system.mark()
     system.publish(_atoms(3, 4), 10.0)
-    system.publish(_atoms(3), 20.0)  # the fourth is -10: some atom is negative after all
-    assert system.narrowed([0]) == []
+    system.publish(_atoms(3), 20.0)  # the fourth would be -10
+    assert system.narrowed([0]) == [0]
     system.rollback(mark)
+    assert system.narrowed([0]) == []
+
+
+def test_a_form_whose_classes_a_later_form_splits_keeps_all_of_them() -> None:
+    """a + b + c = 10 and c + d = 3 put a + b in [7, 10]; protecting b alone after a + b
+    splits the class {a, b} within the same check, and a + b must still count both."""
+    system = IntervalSystem()
+    system.publish(_atoms(1, 2, 3), 10.0)
+    system.publish(_atoms(3, 4), 3.0)
+    system.protect(_atoms(1, 2), 6.0, 9.5)
+    system.protect(_atoms(2), 1.0, 2.0)
+    assert 0 in system.narrowed([0, 1])
+
+
+def test_zero_stays_possible_only_relative_to_the_sum_itself() -> None:
+    """x0 is at least 5; a lower end below zero asks that zero stay possible, and an
+    unrelated large total must not make 5 look like zero."""
+    system = IntervalSystem()
+    system.publish(_atoms(0, 1), 30.0)
+    system.publish(_atoms(1, 2), 25.0)
+    system.publish(_atoms(5, 6), 1e9)
+    system.protect(_atoms(0), -1.0, 15.0)
     assert system.narrowed([0]) == [0]
