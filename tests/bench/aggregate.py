@@ -22,7 +22,8 @@ reported, then times in one run:
   reading the sealed version (key file unwrapped, whole file decrypted and authenticated,
   Parquet parsed from memory), and the decryption alone;
 
-medians over ``--repeat`` runs, each as a ratio against the raw engine. Each repeat renames the
+medians over ``--repeat`` runs, each as a ratio against the raw engine; the broker and the raw
+runs alternate within each repeat, after one untimed warm-up each. Each repeat renames the
 measure so that no answer comes from the cache of identical repeats: every run does all the
 work (the statement is the same; DuckDB has no result cache). Every directory the script makes
 is removed before it exits.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -160,29 +162,30 @@ def _run_raw(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) ->
 
 
 def measure(workdir: Path, ids: dict[str, str], repeat: int) -> dict[str, float]:
-    """Time the broker, then raw DuckDB on the statement it ran; this process's peak memory."""
+    """Time the broker and raw DuckDB on the statement it runs, interleaved repeat by repeat
+    (so a change in the machine's load touches both); this process's peak memory."""
     container = build_container(Settings(data_dir=workdir))
     recorder = RecordingEngine(container.query_engine)
     queries = replace(container.queries, engine=recorder)
     econ = _ctx("econ", Role.CONSUMER)
-    spent: dict[str, list[float]] = {}
-    for name in STEPS:
-        _timed(name, spent)
-    pipeline, cells, suppressed = [], 0, {}
-    for i in range(repeat):
+
+    def query(alias: str) -> tuple[float, int, dict[str, int]]:
         spec = AggregateSpec(
             ids["contract"], "energy-planning",
             (Dimension("town"), Dimension("industry"), Dimension("month", level="year")),
-            (Measure(MeasureFn.COUNT), Measure(MeasureFn.SUM, "electricity_kwh", alias=f"kwh{i}")),
+            (Measure(MeasureFn.COUNT), Measure(MeasureFn.SUM, "electricity_kwh", alias=alias)),
         )
         t = time.perf_counter()
         release = queries.aggregate(econ, spec)
-        pipeline.append(time.perf_counter() - t)
-        cells, suppressed = len(release.cells), release.suppressed
-    if len(recorder.statements) != repeat or len(set(recorder.statements)) != 1:
-        raise RuntimeError("expected one engine statement per query, the same each time")
+        return time.perf_counter() - t, len(release.cells), release.suppressed
+
+    query("warm-up")  # untimed: the statement it runs, and the peak memory of one query
     sql, params = recorder.statements[0]
+    recorder.seconds.clear()
     peak = _peak_mib()  # before the baselines below, which hold the plaintext in memory
+    spent: dict[str, list[float]] = {}
+    for name in STEPS:
+        _timed(name, spent)
 
     storage = container.datasets.storage
     assert isinstance(storage, ParquetStorage)
@@ -195,47 +198,55 @@ def measure(workdir: Path, ids: dict[str, str], repeat: int) -> dict[str, float]
     def read_plain_bytes() -> pa.Table:  # the storage's read, minus the key and decryption
         return pq.read_table(pa.BufferReader(plain), read_dictionary=strings)
 
-    read_plain, read_sealed, decrypt = [], [], []
-    read_plain_bytes()  # warm-up, untimed
-    for _ in range(repeat):
-        t = time.perf_counter()
-        read_plain_bytes()
-        read_plain.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        storage.read(ids["location"])
-        read_sealed.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        key = storage.keyring.read_key_file(sealed_path.with_suffix(KEY_FILE), ids["location"])
-        open_sealed(key, sealed_path.read_bytes(), ids["location"])
-        decrypt.append(time.perf_counter() - t)
-
     threads = container.query_engine.threads
-    con = duckdb.connect(":memory:", config={"threads": threads})
-    raw_table, raw_parquet = [], []
+    in_table = duckdb.connect(":memory:", config={"threads": threads})
+    from_file = duckdb.connect(":memory:", config={"threads": threads})
+    # DuckDB's own Parquet reader needs a file: plaintext, so in a private directory that is
+    # removed with everything in it however this block ends (and inside the run's data
+    # directory, which the parent removes even if this process dies).
+    scratch = Path(tempfile.mkdtemp(prefix="plain-", dir=workdir))
+    pipeline: list[float] = []
+    raw_table: list[float] = []
+    raw_parquet: list[float] = []
+    read_plain: list[float] = []
+    read_sealed: list[float] = []
+    decrypt: list[float] = []
+    cells, suppressed = 0, dict[str, int]()
     try:
-        con.register("rows_arrow", pq.read_table(pa.BufferReader(plain)))
+        in_table.register("rows_arrow", read_plain_bytes())
         # DuckDB's own table, under the name the plan reads (a constant, not input)
-        con.execute(f"CREATE TABLE {SOURCE} AS SELECT * FROM rows_arrow")  # noqa: S608
-        con.unregister("rows_arrow")
-        for _ in range(repeat):
-            raw_table.append(_run_raw(con, sql, params))
-        con.execute(f"DROP TABLE {SOURCE}")
-        # DuckDB's own Parquet reader needs a file: plaintext, so in a private directory that
-        # is removed with everything in it however this block ends (and inside the run's
-        # data directory, which the parent removes even if this process dies).
-        scratch = Path(tempfile.mkdtemp(prefix="plain-", dir=workdir))
-        try:
-            path = scratch / "v.parquet"
-            path.write_bytes(plain)
-            literal = str(path).replace("'", "''")  # a view's definition takes no parameter
-            con.execute(
-                f"CREATE VIEW {SOURCE} AS SELECT * FROM read_parquet('{literal}')")  # noqa: S608
-            for _ in range(repeat):
-                raw_parquet.append(_run_raw(con, sql, params))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        in_table.execute(f"CREATE TABLE {SOURCE} AS SELECT * FROM rows_arrow")  # noqa: S608
+        in_table.unregister("rows_arrow")
+        path = scratch / "v.parquet"
+        path.write_bytes(plain)
+        literal = str(path).replace("'", "''")  # a view's definition takes no parameter
+        from_file.execute(
+            f"CREATE VIEW {SOURCE} AS SELECT * FROM read_parquet('{literal}')")  # noqa: S608
+        for con in (in_table, from_file):
+            _run_raw(con, sql, params)  # warm-up, untimed
+        read_plain_bytes()
+        for i in range(repeat):
+            seconds, cells, suppressed = query(f"kwh{i}")
+            pipeline.append(seconds)
+            raw_table.append(_run_raw(in_table, sql, params))
+            raw_parquet.append(_run_raw(from_file, sql, params))
+            t = time.perf_counter()
+            read_plain_bytes()
+            read_plain.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            storage.read(ids["location"])
+            read_sealed.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            key = storage.keyring.read_key_file(sealed_path.with_suffix(KEY_FILE),
+                                                ids["location"])
+            open_sealed(key, sealed_path.read_bytes(), ids["location"])
+            decrypt.append(time.perf_counter() - t)
     finally:
-        con.close()
+        in_table.close()
+        from_file.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    if set(recorder.statements) != {(sql, params)} or len(recorder.seconds) != repeat:
+        raise RuntimeError("expected one engine statement per query, the same each time")
     container.query_engine.close()
     container.engine.dispose()
     return {
@@ -269,6 +280,7 @@ def _peak_mib() -> float:
 
 def main() -> None:
     """Run the benchmark at each size and print its figures."""
+    load = os.getloadavg()[0]
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeat", type=int, default=5)
@@ -315,6 +327,8 @@ def main() -> None:
         print(f"{rows:>12,} {r['file_mib']:>6.1f} MiB {r['read_plain_ms']:>9.1f} ms"
               f" {r['read_sealed_ms']:>9.1f} ms {r['decrypt_ms']:>7.1f} ms"
               f" {r['read_sealed_ms'] / r['read_plain_ms']:>12.2f}x")
+    print(f"# load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end,"
+          f" on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
