@@ -32,7 +32,9 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,13 @@ import duckdb
 import httpx
 import pyarrow as pa
 
+import broker.services.queries as queries_module
 from broker.api.auth import mint_token
 from broker.app import create_app
 from broker.cli.serving import serve_in_thread
 from broker.demo.county import TOWNS, County, generate_county
 from broker.demo.story import Broker, set_up
+from broker.services.queries import QueryService
 from broker.settings import Settings
 from broker.store.keys import jwt_secret
 
@@ -124,6 +128,33 @@ def duckdb_seconds(con: duckdb.DuckDBPyConnection, q: dict[str, Any]) -> float:
         cursor.close()
 
 
+@contextmanager
+def timing_steps() -> Iterator[dict[str, list[float]]]:
+    """Seconds per call, in the server (same process), of the release commit (the audit head
+    lock taken, the decision again, the release audit, the append and the commit: with one
+    client, the critical section) and of the release audit (``link``) inside it."""
+    spent: dict[str, list[float]] = {"commit": [], "link": []}
+
+    def timed(inner: Callable[..., Any], into: list[float]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                into.append(time.perf_counter() - t)
+        return wrapper
+
+    commit = QueryService._commit_release
+    link = vars(queries_module)["link"]
+    QueryService._commit_release = timed(commit, spent["commit"])  # type: ignore[method-assign]
+    vars(queries_module)["link"] = timed(link, spent["link"])
+    try:
+        yield spent
+    finally:
+        QueryService._commit_release = commit  # type: ignore[method-assign]
+        vars(queries_module)["link"] = link
+
+
 @dataclass(frozen=True, slots=True)
 class Phase:
     """One concurrency level's figures."""
@@ -133,6 +164,8 @@ class Phase:
     wall: float
     withheld: int
     cells: int
+    commit: float  # mean seconds per query in the release commit (lock wait included)
+    link: float  # mean seconds per query in the release audit
 
     @property
     def rate(self) -> float:
@@ -171,8 +204,11 @@ def run_phase(county: County, shapes: list[dict[str, Any]], warm_up: list[dict[s
             for q in warm_up:
                 client.post("/v1/queries/aggregate", json=body(contract, q),
                             headers=headers).raise_for_status()
-            phase = _send(base, headers, [body(contract, q) for q in shapes], in_flight,
-                          max_seconds)
+            with timing_steps() as spent:
+                sent = _send(base, headers, [body(contract, q) for q in shapes], in_flight,
+                             max_seconds)
+            phase = replace(sent, commit=statistics.fmean(spent["commit"]),
+                            link=statistics.fmean(spent["link"] or [0.0]))
             container = app.state.container
             with container.datasets.uow() as uow:
                 location = uow.datasets.version_path(dataset, 1)
@@ -225,7 +261,7 @@ def _send(base: str, headers: dict[str, str], bodies: list[dict[str, Any]], in_f
     wall = time.perf_counter() - start
     if failures:
         raise failures[0]
-    return Phase(in_flight, latencies, wall, counts[0], counts[1])
+    return Phase(in_flight, latencies, wall, counts[0], counts[1], 0.0, 0.0)
 
 
 def main() -> None:
@@ -266,13 +302,19 @@ def main() -> None:
     print(f"# {rows.num_rows:,} rows; {len(shapes)} distinct queries per phase, each phase on a "
           f"fresh broker after the same {WARM_UP} warm-up queries")
     print(f"{'clients':>8} {'queries':>8} {'queries/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'x 1-client q/s':>15} {'p99 / p50(1)':>13} {'withheld':>9}")
+          f" {'x 1-client q/s':>15} {'p99 / p50(1)':>13} {'commit ms':>10} {'link ms':>8}"
+          f" {'withheld':>10}")
     for p in phases:
         print(f"{p.in_flight:>8} {len(p.latencies):>8} {p.rate:>10.1f}"
               f" {_percentile(p.latencies, 0.5) * 1e3:>8.1f}"
               f" {_percentile(p.latencies, 0.99) * 1e3:>8.1f}"
               f" {p.rate / one.rate:>14.2f}x {_percentile(p.latencies, 0.99) / p50_one:>12.2f}x"
-              f" {p.withheld:>5}/{p.cells}")
+              f" {p.commit * 1e3:>10.1f} {p.link * 1e3:>8.1f} {p.withheld:>5}/{p.cells}")
+    print(f"commit = mean time per query in the release commit, under the audit head lock (with"
+          f" N clients, waiting for it included): with one client {one.commit * 1e3:.0f} ms of"
+          f" a {statistics.fmean(one.latencies) * 1e3:.0f} ms mean query, so at most"
+          f" {1 / one.commit:.1f} queries/s however many are in flight; link = the release"
+          " audit, inside it")
     print(f"DuckDB plain GROUP BY of the same queries, same rows in memory: p50 "
           f"{raw_p50 * 1e3:.2f} ms, p99 {_percentile(raw, 0.99) * 1e3:.2f} ms; "
           f"broker p50 (1 client) / DuckDB p50: {p50_one / raw_p50:.1f}x")
