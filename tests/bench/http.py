@@ -101,9 +101,10 @@ def body(contract_id: str, q: dict[str, Any]) -> dict[str, Any]:
             "measures": measures, "filters": filters}
 
 
-def duckdb_seconds(con: duckdb.DuckDBPyConnection, q: dict[str, Any]) -> float:
-    """DuckDB's plain GROUP BY of the same cells (no margins, no protection), keys computed
-    as the broker computes them, over the rows in memory; seconds to an Arrow result."""
+def plain_group_by(q: dict[str, Any]) -> tuple[str, list[Any]]:
+    """DuckDB's plain GROUP BY of query shape ``q`` over the table ``grid``: the same cells
+    (no margins, no protection), keys computed as the broker computes them; the key columns
+    first, then the sum and, if asked, the count of distinct enterprises."""
     keys = ["substr(industry, 1, 3)" if d == "division" else d for d in q["dims"]]
     if q["level"] == "month":
         keys.append("strftime(month, '%Y-%m')")
@@ -117,8 +118,14 @@ def duckdb_seconds(con: duckdb.DuckDBPyConnection, q: dict[str, Any]) -> float:
     select = ", ".join(keys)
     count = ", count(DISTINCT uscc)" if q["count"] else ""
     # names come from this script's fixed lists; values are parameters
-    sql = (f"SELECT {select}, sum({KWH}){count} FROM grid "  # noqa: S608
-           f"WHERE {where} GROUP BY {select}")
+    return (f"SELECT {select}, sum({KWH}){count} FROM grid "  # noqa: S608
+            f"WHERE {where} GROUP BY {select}"), params
+
+
+def duckdb_seconds(con: duckdb.DuckDBPyConnection, q: dict[str, Any]) -> float:
+    """Seconds for DuckDB's plain GROUP BY of ``q`` over the rows in memory, to an Arrow
+    result, called as the broker's engine calls it (a cursor, bound parameters)."""
+    sql, params = plain_group_by(q)
     cursor = con.cursor()
     try:
         t = time.perf_counter()
