@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -154,8 +155,6 @@ def _load_db(url: str, bodies: list[bytes], leaves: list[bytes]) -> None:
 
 def main() -> None:
     """Run the benchmark and print its figures."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--appends", type=int, default=2000)
     parser.add_argument("--writers", type=int, default=8)
@@ -163,7 +162,17 @@ def main() -> None:
     parser.add_argument("--postgres", help="also measure appends on this PostgreSQL URL")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="broker-audit-bench-"))
-    print(f"# {os.cpu_count()} CPUs; scratch {workdir}")
+    try:
+        _run(workdir, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # databases and the export: leave nothing
+
+
+def _run(workdir: Path, args: argparse.Namespace) -> None:
+    """Appends, verification and proofs, every file under ``workdir``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    print(f"# {os.cpu_count()} CPUs; scratch {workdir} (removed at the end)")
 
     # -- appends ----------------------------------------------------------------------------
     raw = _raw_sqlite(workdir / "raw.db", args.appends)
