@@ -188,9 +188,7 @@ class IntervalSystem:
         forms = [self.protected[p] for p in checked]
         live.sync(self.published, self.signed,
                   max(max(abs(f.low), abs(f.high)) for f in forms))
-        for f in forms:  # every split first: a form takes its classes once they are final
-            live.classes(f.atoms)
-        supports = [live.partition.support(f.atoms) for f in forms]
+        supports = live.supports([f.atoms for f in forms])
         scale = live.scale
         objectives = sparse.csr_matrix(
             (np.ones(sum(len(s) for s in supports)),
@@ -239,16 +237,19 @@ def _failures(live: _Live, objectives: sparse.csr_matrix, ends: np.ndarray,
     side, not one per sum. A failed solve is doubt: the form counts as narrowed.
     """
     failed: dict[int, tuple[float, np.ndarray | None]] = {}
-    open_ = np.arange(objectives.shape[0])
+    by_column = objectives.T.tocsr()
+    is_open = np.ones(objectives.shape[0], dtype=bool)
     together = True
-    while len(open_):
+    while is_open.any():
+        open_ = np.flatnonzero(is_open)
         first = open_[0]
-        rows = objectives[open_] if together else objectives[[first]]
-        costs = np.asarray(rows.sum(axis=0)).reshape(-1)
+        weights = is_open.astype(float) if together else np.zeros(len(is_open))
+        weights[first] = 1.0
+        costs = by_column @ weights
         value, point, duals = live.solve(costs, maximise=maximise, budget=budget)
         kept = np.zeros(len(open_), dtype=bool)
         if point is not None:
-            reached = objectives[open_] @ point
+            reached = (objectives @ point)[open_]
             if maximise:
                 kept = reached >= ends[open_] + _SLACK
             else:
@@ -263,7 +264,7 @@ def _failures(live: _Live, objectives: sparse.csr_matrix, ends: np.ndarray,
             kept[0] = True
         # together again once a solve carries more than its own form
         together = bool(kept.any()) if together else int(kept.sum()) > 1
-        open_ = open_[~kept]
+        is_open[open_[kept]] = False
     return failed
 
 
@@ -289,6 +290,11 @@ class _Partition:
         self.atoms = np.zeros(0, dtype=np.uint64)  # sorted
         self.classes = np.zeros(0, dtype=np.int64)  # the class of each atom
         self.sizes = np.zeros(0, dtype=np.int64)  # atoms per class
+        #: How many refinements split a class, and for each class the count when it was
+        #: last split (-1: never): a form that is a union of classes stays one, with the
+        #: same classes, until a class it covers is split.
+        self.splits = 0
+        self.split_at = np.zeros(0, dtype=np.int64)
 
     @property
     def count(self) -> int:
@@ -313,6 +319,7 @@ class _Partition:
             self.classes = np.concatenate(
                 [self.classes, np.full(len(new), self.count, dtype=np.int64)])[order]
             self.sizes = np.append(self.sizes, len(new))
+            self.split_at = np.append(self.split_at, -1)
             fresh = 1
             where = np.searchsorted(self.atoms, values)
         covered = self.classes[where]
@@ -320,13 +327,14 @@ class _Partition:
         part = counts < self.sizes[seen]
         parents = seen[part]
         if len(parents):
+            self.split_at[parents] = self.splits
+            self.splits += 1
             first = self.count
             moved = np.isin(covered, parents)
             self.classes[where[moved]] = first + np.searchsorted(parents, covered[moved])
             self.sizes[parents] -= counts[part]
             self.sizes = np.append(self.sizes, counts[part])
-        if fresh:  # keep the fresh class after the split ones: renumber it last
-            pass
+            self.split_at = np.append(self.split_at, np.full(len(parents), -1))
         return np.unique(self.classes[where]), parents, fresh
 
     def support(self, atoms: BitMap64) -> np.ndarray:
@@ -374,6 +382,8 @@ class _Live:
         self.scale = 1.0
         #: Whether columns are free: when the field has negative contributions.
         self.free = False
+        #: id(atoms) -> (atoms, the partition's split count then, its classes)
+        self._supports: dict[int, tuple[BitMap64, int, np.ndarray]] = {}
 
     @property
     def columns(self) -> int:
@@ -384,6 +394,32 @@ class _Live:
         support, parents, fresh = self.partition.refine(atoms)
         self._grow(parents, fresh)
         return support
+
+    def supports(self, forms: Sequence[BitMap64]) -> list[np.ndarray]:
+        """The classes of each of ``forms``, once every one of them has split the classes it
+        needs to (a later form may split a class an earlier one covers). A form's classes are
+        kept while no class has been split since."""
+        kept, partition = self._supports, self.partition
+
+        def current(atoms: BitMap64) -> tuple[BitMap64, int, np.ndarray] | None:
+            hit = kept.get(id(atoms))
+            if hit is None or hit[0] is not atoms:
+                return None
+            if len(hit[2]) and partition.split_at[hit[2]].max() >= hit[1]:
+                return None  # a class it covers was split since
+            return hit
+
+        for atoms in forms:
+            if current(atoms) is None:
+                self.classes(atoms)
+        out = []
+        fresh: dict[int, tuple[BitMap64, int, np.ndarray]] = {}
+        for atoms in forms:
+            hit = current(atoms) or (atoms, partition.splits, partition.support(atoms))
+            fresh[id(atoms)] = hit
+            out.append(hit[2])
+        self._supports = fresh
+        return out
 
     def _grow(self, parents: np.ndarray, fresh: int) -> None:
         bound = -_BOX if self.free else 0.0
