@@ -300,6 +300,10 @@ class LinkedSystem:
         self.published += 1
         return True
 
+    def known(self, atoms: BitMap64) -> bool:
+        """Whether exactly this form was published before (in the span, nothing to record)."""
+        return _digest(atoms) in self._seen
+
     def replay(self, atoms: Iterable[int], *, protected: bool = False) -> None:
         """Apply a form the ledger already holds, accepted when it was recorded: the same
         changes as then, without the checks."""

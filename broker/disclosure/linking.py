@@ -360,14 +360,21 @@ def _touching(table: CellTable, quantities: Sequence[str], released: Sequence[Ou
 def publish(cell: Mapping[str, BitMap64], systems: Mapping[str, LinkedSystem]
             ) -> list[Form] | None:
     """Add every form of one cell, or none of them: the forms to record, or None when the
-    cell would disclose (every system then as it was)."""
+    cell would disclose (every system then as it was). A form published before exactly (the
+    same atoms, so the same value) is not recorded again: it tells nothing new, and the
+    ledger and the interval programme do not grow when a dashboard is asked again."""
     marks = {q: systems[q].mark() for q in cell}
+    new = []
     for q, atoms in cell.items():
-        if atoms and not systems[q].add(atoms):
+        if not atoms:
+            continue
+        if not systems[q].known(atoms):
+            new.append(Form(q, PUBLISHED, atoms))
+        if not systems[q].add(atoms):
             for p, mark in marks.items():
                 systems[p].rollback(mark)
             return None
-    return [Form(q, PUBLISHED, atoms) for q, atoms in cell.items() if atoms]
+    return new
 
 
 class _Values:

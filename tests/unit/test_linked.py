@@ -7,8 +7,10 @@ from fractions import Fraction
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap64
 
 from broker.disclosure.linked import OWNER_SHIFT, LinkedSystem
+from broker.disclosure.linking import publish
 
 
 def _atom(owner: int, local: int) -> int:
@@ -128,3 +130,15 @@ def test_the_year_and_all_but_one_month_are_refused_as_a_pair() -> None:
     for month in range(11):
         assert system.add({a for a in year if a & 0xFFFFFF == month})
     assert not system.add({a for a in crowd if a & 0xFFFFFF == 11})
+
+
+def test_a_form_published_before_is_accepted_but_not_recorded_again() -> None:
+    """Asking a table again tells nothing new: the ledger and the interval programme must not
+    grow with every repeat of a dashboard."""
+    systems = {"f:x": LinkedSystem()}
+    cell = {"f:x": BitMap64([1 << OWNER_SHIFT, 2 << OWNER_SHIFT, 3 << OWNER_SHIFT])}
+    first = publish(cell, systems)
+    assert first is not None
+    assert [f.atoms for f in first] == [cell["f:x"]]
+    assert publish(cell, systems) == []
+    assert systems["f:x"].rank == 1
