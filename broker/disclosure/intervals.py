@@ -39,6 +39,8 @@ quantity (a form in the span adds no information, so no bound moves).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -353,6 +355,27 @@ def _ok(result: Any) -> Any:
     if status == highspy.HighsStatus.kError:
         raise _Broken
     return result
+
+
+def _quietly_started() -> None:
+    """Start HiGHS once with the process's standard output closed: its first instance prints
+    a banner there, which would land in the middle of a command's output."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output at all: nothing to keep clean
+        highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: no annotations
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: no annotations
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_quietly_started()  # at import, before any thread of the broker writes
 
 
 def _highs() -> highspy.Highs:
