@@ -27,6 +27,25 @@ allow if {
 	count(deny) == 0
 }
 
+# The decision in two parts. The terms part (broker/flow/terms) is decided on the principal,
+# the contract, the dataset and the query, never on the moment: the broker caches it per
+# policy revision. The moment part judges the current second and the day's count against the
+# contract's limits, which the terms part returns (limits); it is small enough for the broker
+# to apply on every query (broker.policy.moment, checked against this module on every engine).
+deny contains reason if some reason in terms_deny
+
+deny contains reason if {
+	contract_present
+	some reason in moment_denials(limits, current_second, queries_today)
+}
+
+default terms_allow := false
+
+terms_allow if {
+	input.contract.status == "active"
+	count(terms_deny) == 0
+}
+
 contract_present if is_object(input.contract)
 
 # The parts of the input as objects, {} when missing or of another type: object.get() on a
@@ -35,67 +54,79 @@ contract := input.contract if is_object(input.contract) else := {}
 
 fields := query.fields
 
-deny contains "role-not-permitted" if not is_consumer
+terms_deny contains "role-not-permitted" if not is_consumer
 
 is_consumer if "consumer" in input.principal.roles
 
-deny contains "org-not-registered" if not input.principal.registered == true
+terms_deny contains "org-not-registered" if not input.principal.registered == true
 
-deny contains "no-active-contract" if not contract_present
+terms_deny contains "no-active-contract" if not contract_present
 
 # "expired" is the broker's own reading of valid_until; it is reported as contract-expired.
-deny contains "contract-not-active" if {
+terms_deny contains "contract-not-active" if {
 	contract_present
 	not input.contract.status == "active"
 	not input.contract.status == "expired"
 }
 
-deny contains "contract-expired" if {
+terms_deny contains "contract-expired" if {
 	contract_present
 	input.contract.status == "expired"
 }
 
-deny contains "consumer-not-party" if {
+terms_deny contains "consumer-not-party" if {
 	contract_present
 	not consumer_is_party
 }
 
 consumer_is_party if input.contract.consumer_org == input.principal.org
 
-deny contains "contract-not-yet-valid" if {
-	contract_present
-	not started
+# The moment: the current second and the day's count, each a number or null.
+current_second := input.now if is_number(input.now) else := null
+
+queries_today := input.usage.queries_today if is_number(input.usage.queries_today) else := null
+
+# The contract's limits the moment is judged against; one that is not a number is null, and a
+# null limit is never met.
+limits := {
+	"valid_from": number_or_null(contract, "valid_from"),
+	"valid_until": number_or_null(contract, "valid_until"),
+	"max_queries_per_day": number_or_null(contract, "max_queries_per_day"),
 }
+
+number_or_null(obj, key) := obj[key] if is_number(obj[key]) else := null
+
+# Why the moment denies: a function of the limits, the second and the count only.
+moment_denials(l, t, n) := (({"contract-not-yet-valid" | not started(l, t)}
+	| {"contract-expired" | not before_end(l, t)})
+	| {"daily-quota-exhausted" | not has_quota(l, n)})
 
 # Comparisons only between numbers: across types OPA orders by type (null < number) where
 # regopy does not, so `900 < null` would hold on one engine and not the other.
-started if {
-	is_number(input.now)
-	is_number(input.contract.valid_from)
-	input.now >= input.contract.valid_from
+started(l, t) if {
+	is_number(t)
+	is_number(l.valid_from)
+	t >= l.valid_from
 }
 
-deny contains "contract-expired" if {
-	contract_present
-	not ended_after_now
+before_end(l, t) if {
+	is_number(t)
+	is_number(l.valid_until)
+	t < l.valid_until
 }
 
-ended_after_now if {
-	is_number(input.now)
-	is_number(input.contract.valid_until)
-	input.now < input.contract.valid_until
-}
+has_quota(l, n) if quota_left(l, n) > 0
 
-deny contains "daily-quota-exhausted" if {
-	contract_present
-	not quota_remaining > 0
-}
+quota_left(l, n) := l.max_queries_per_day - n if {
+	is_number(l.max_queries_per_day)
+	is_number(n)
+} else := 0
 
-deny contains "purpose-unknown" if not purpose_known
+terms_deny contains "purpose-unknown" if not purpose_known
 
 purpose_known if data.config.purposes[input.query.purpose]
 
-deny contains "purpose-not-in-contract" if {
+terms_deny contains "purpose-not-in-contract" if {
 	contract_present
 	not purpose_contracted
 }
@@ -104,7 +135,7 @@ purpose_contracted if input.query.purpose in input.contract.purposes
 
 # A k that is not a whole number denies rather than being compared (strings order after
 # numbers in Rego, so "2" >= 10 would hold).
-deny contains "contract-k-malformed" if {
+terms_deny contains "contract-k-malformed" if {
 	contract_present
 	not k_is_whole
 }
@@ -114,16 +145,13 @@ k_is_whole if {
 	round(input.contract.k_min) == input.contract.k_min
 }
 
-deny contains reason if some reason in query.deny
+terms_deny contains reason if some reason in query.deny
 
-deny contains d.reason if some d in use_denials
+terms_deny contains d.reason if some d in use_denials
 
 default quota_remaining := 0
 
-quota_remaining := input.contract.max_queries_per_day - input.usage.queries_today if {
-	is_number(input.contract.max_queries_per_day)
-	is_number(input.usage.queries_today)
-}
+quota_remaining := quota_left(limits, queries_today) if contract_present
 
 # The k that applies: the contract's, raised to the floor of every sensitivity level the query
 # touches (broker.query). Raising is stricter than the parties agreed, never laxer.
@@ -363,7 +391,7 @@ fields_verdict[f] := "aggregate" if {
 }
 
 # A use that no rule above covers has no verdict: deny it rather than let it through.
-deny contains "field-verdict-missing" if {
+terms_deny contains "field-verdict-missing" if {
 	contract_present
 	some f in used_fields
 	not fields_verdict[f]
@@ -402,6 +430,21 @@ disclosure := {
 	"p_percent": p_percent,
 	"protection_percent": floors.protection_percent,
 }
+
+# The terms part of the decision: no moment reason, no quota, and the limits the moment is
+# judged against (null without a contract, when the moment adds nothing).
+terms := {
+	"allow": terms_allow,
+	"reasons": terms_deny,
+	"fields": fields_verdict,
+	"field_reasons": field_reasons,
+	"k": k,
+	"limits": terms_limits,
+	"disclosure": disclosure,
+	"revision": data.policy.revision,
+}
+
+terms_limits := limits if contract_present else := null
 
 decision := {
 	"allow": allow,

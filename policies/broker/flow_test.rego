@@ -928,3 +928,68 @@ test_a_pseudonymized_field_grouped_raw_is_allowed if {
 	d.allow
 	d.fields.owner == "pseudonymize"
 }
+
+# --- the decision in two parts: terms (cached by the broker) and the moment -----------------
+
+terms_of(patch) := t if {
+	t := flow.terms with input as object.union(base, patch)
+}
+
+test_the_terms_part_never_reads_the_moment if {
+	t := terms_of({})
+	t == terms_of({"now": 5, "usage": {"queries_today": 99}})
+	t == flow.terms with input as json.patch(base, [
+		{"op": "remove", "path": "/now"},
+		{"op": "remove", "path": "/usage"},
+	])
+	t.allow == true
+	t.reasons == set()
+	t.limits == {"valid_from": 1000, "valid_until": 2000, "max_queries_per_day": 10}
+	not "quota_remaining" in object.keys(t)
+}
+
+test_the_terms_part_keeps_every_other_reason if {
+	t := terms_of({"now": 5000, "contract": {"status": "suspended"}})
+	t.allow == false
+	t.reasons == {"contract-not-active"}
+}
+
+test_without_a_contract_the_terms_part_has_no_limits if {
+	t := flow.terms with input as json.patch(base, [{"op": "remove", "path": "/contract"}])
+	t.limits == null
+	"no-active-contract" in t.reasons
+}
+
+test_the_moment_part_is_the_window_and_the_quota if {
+	l := {"valid_from": 1000, "valid_until": 2000, "max_queries_per_day": 10}
+	flow.moment_denials(l, 1000, 9) == set()
+	flow.moment_denials(l, 999, 9) == {"contract-not-yet-valid"}
+	flow.moment_denials(l, 2000, 10) == {"contract-expired", "daily-quota-exhausted"}
+	flow.moment_denials(l, null, null) == {
+		"contract-not-yet-valid", "contract-expired", "daily-quota-exhausted",
+	}
+	flow.quota_left(l, 4) == 6
+	flow.quota_left(l, null) == 0
+	flow.quota_left({"valid_from": null, "valid_until": null, "max_queries_per_day": null}, 4) == 0
+}
+
+test_the_whole_decision_is_terms_and_moment if {
+	every patch in [
+		{},
+		{"now": 999},
+		{"now": 2000, "usage": {"queries_today": 10}},
+		{"contract": {"status": "suspended"}, "usage": {"queries_today": 12}},
+	] {
+		whole_is_terms_and_moment(patch)
+	}
+}
+
+whole_is_terms_and_moment(patch) if {
+	d := decide(patch)
+	t := terms_of(patch)
+	doc := object.union(base, patch)
+	d.reasons == t.reasons | flow.moment_denials(t.limits, doc.now, doc.usage.queries_today)
+	d.quota_remaining == flow.quota_left(t.limits, doc.usage.queries_today)
+	d.fields == t.fields
+	d.k == t.k
+}

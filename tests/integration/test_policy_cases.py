@@ -5,6 +5,7 @@ decision; a generated corpus of inputs must get the same decision everywhere too
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from broker.domain.ports import PolicyEngine
 from broker.policy.bundle import PolicySources
 from broker.policy.cases import DecisionCase, load_cases, merge_patch
 from broker.policy.conformance import canonical, check_case
+from broker.policy.decisions import Limits, moment
 from broker.policy.embedded import EmbeddedPolicyEngine
 from broker.policy.golib import GoPolicyEngine
 from broker.policy.opa import OpaServerPolicyEngine
@@ -42,7 +44,7 @@ def test_every_file_and_entrypoint_has_cases() -> None:
     files = {c.file for c in CASES}
     assert {"authz.json", "flow.json", "query.json"} <= files
     assert {c.entrypoint for c in CASES} == {"broker/authz/decision", "broker/flow/decision",
-                                           "broker/query/decision"}
+                                           "broker/flow/terms", "broker/query/decision"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.file}:{c.name}" for c in CASES])
@@ -67,6 +69,66 @@ def test_engines_agree_on_generated_inputs(engines: list[PolicyEngine],
         except Exception as exc:
             answers.append(f"error {type(exc).__name__}")
     assert len(set(answers)) == 1, answers
+    if not answers[0].startswith("error"):
+        for engine in engines:
+            assert composed(engine, document) == answers[0], getattr(engine, "name", "?")
+
+
+def composed(engine: PolicyEngine, document: dict[str, Any]) -> str:
+    """The whole flow decision as the broker puts it together: ``broker/flow/terms`` on the
+    input without its moment, then the moment part in Python (broker.policy.decisions.moment)."""
+    terms = dict(engine.evaluate("broker/flow/terms", {
+        k: v for k, v in document.items() if k not in ("now", "usage")}))
+    usage = document.get("usage")
+    count: Any = usage.get("queries_today") if isinstance(usage, dict) else None
+    # Whatever the input holds, of any type: moment() must treat it as the policy does.
+    now: Any = document.get("now")
+    reasons, quota = moment(Limits.parse(terms.pop("limits")), now, count)
+    terms.update(allow=terms["allow"] is True and not reasons,
+                 reasons=sorted(set(terms["reasons"]) | reasons), quota_remaining=quota)
+    return canonical(terms)
+
+
+FLOW_CASES = [c for c in CASES if c.entrypoint == "broker/flow/decision"]
+BASE_CASE = "sum by town under an active contract"
+
+
+@pytest.mark.parametrize("case", FLOW_CASES, ids=[c.name for c in FLOW_CASES])
+def test_terms_and_moment_make_the_whole_flow_decision(engines: list[PolicyEngine],
+                                                       case: DecisionCase) -> None:
+    """On every engine and every flow case: the cached terms part, completed by the moment
+    part the broker computes per query, is exactly the one-call decision."""
+    for engine in engines:
+        assert composed(engine, case.input) == canonical(
+            engine.evaluate("broker/flow/decision", case.input)), getattr(engine, "name", "?")
+
+
+def _moments() -> list[tuple[Any, Any, dict[str, Any]]]:
+    """(now, queries_today, contract patch) around every limit, and limits of every kind."""
+    grid: list[tuple[Any, Any, dict[str, Any]]] = [
+        (now, used, {}) for now in (999, 1000, 1001, 1999, 2000, 2001, None, "1500")
+        for used in (0, 9, 10, 11, None)]
+    grid += [(1500, 3, {"valid_from": bad}) for bad in (None, "1000", True, 999.5, 1500)]
+    grid += [(1500, 3, {"valid_until": bad}) for bad in (None, "2000", 1500, 1500.5, 2.5e9)]
+    grid += [(1500, 3, {"max_queries_per_day": bad})
+             for bad in (None, "10", 3, 4, 3.0, 0, -1, False)]
+    return grid
+
+
+@pytest.mark.parametrize(("now", "used", "patch"), _moments())
+def test_the_moment_part_matches_the_policy_around_every_limit(
+        engines: list[PolicyEngine], now: Any, used: Any, patch: dict[str, Any]) -> None:
+    document = copy.deepcopy(next(c.input for c in FLOW_CASES if c.name == BASE_CASE))
+    if now is None:
+        del document["now"]
+    else:
+        document["now"] = now
+    document["usage"] = {} if used is None else {"queries_today": used}
+    document["contract"].update(patch)
+    whole = [canonical(e.evaluate("broker/flow/decision", document)) for e in engines]
+    assert len(set(whole)) == 1, whole
+    for engine in engines:
+        assert composed(engine, document) == whole[0], getattr(engine, "name", "?")
 
 
 def test_a_missing_action_is_unknown_on_every_engine(engines: list[PolicyEngine]) -> None:
