@@ -29,15 +29,11 @@ allow if {
 
 # The decision in two parts. The terms part (broker/flow/terms) is decided on the principal,
 # the contract, the dataset and the query, never on the moment: the broker caches it per
-# policy revision. The moment part judges the current second and the day's count against the
-# contract's limits, which the terms part returns (limits); it is small enough for the broker
-# to apply on every query (broker.policy.moment, checked against this module on every engine).
+# policy revision. The moment part (the rules below that read input.now and input.usage)
+# judges the current second and the day's count against the contract's limits, which the
+# terms part returns; the broker applies it on every query (broker.policy.decisions.moment,
+# checked against this module on every engine).
 deny contains reason if some reason in terms_deny
-
-deny contains reason if {
-	contract_present
-	some reason in moment_denials(limits, current_second, queries_today)
-}
 
 default terms_allow := false
 
@@ -81,46 +77,53 @@ terms_deny contains "consumer-not-party" if {
 
 consumer_is_party if input.contract.consumer_org == input.principal.org
 
-# The moment: the current second and the day's count, each a number or null.
-current_second := input.now if is_number(input.now) else := null
-
-queries_today := input.usage.queries_today if is_number(input.usage.queries_today) else := null
-
-# The contract's limits the moment is judged against; one that is not a number is null, and a
-# null limit is never met.
-limits := {
-	"valid_from": number_or_null(contract, "valid_from"),
-	"valid_until": number_or_null(contract, "valid_until"),
-	"max_queries_per_day": number_or_null(contract, "max_queries_per_day"),
+# The moment part: the validity window against the current second, the quota against the
+# day's count.
+deny contains "contract-not-yet-valid" if {
+	contract_present
+	not started
 }
-
-number_or_null(obj, key) := obj[key] if is_number(obj[key]) else := null
-
-# Why the moment denies: a function of the limits, the second and the count only.
-moment_denials(l, t, n) := (({"contract-not-yet-valid" | not started(l, t)}
-	| {"contract-expired" | not before_end(l, t)})
-	| {"daily-quota-exhausted" | not has_quota(l, n)})
 
 # Comparisons only between numbers: across types OPA orders by type (null < number) where
 # regopy does not, so `900 < null` would hold on one engine and not the other.
-started(l, t) if {
-	is_number(t)
-	is_number(l.valid_from)
-	t >= l.valid_from
+started if {
+	is_number(input.now)
+	is_number(input.contract.valid_from)
+	input.now >= input.contract.valid_from
 }
 
-before_end(l, t) if {
-	is_number(t)
-	is_number(l.valid_until)
-	t < l.valid_until
+deny contains "contract-expired" if {
+	contract_present
+	not ended_after_now
 }
 
-has_quota(l, n) if quota_left(l, n) > 0
+ended_after_now if {
+	is_number(input.now)
+	is_number(input.contract.valid_until)
+	input.now < input.contract.valid_until
+}
 
-quota_left(l, n) := l.max_queries_per_day - n if {
-	is_number(l.max_queries_per_day)
-	is_number(n)
-} else := 0
+deny contains "daily-quota-exhausted" if {
+	contract_present
+	not quota_remaining > 0
+}
+
+# The limits the moment part reads, as the terms part returns them: each the contract's
+# number, or null when missing or not a number (and so never met). Rules rather than a
+# function: regopy's cost grows with every call.
+limits := {
+	"valid_from": valid_from,
+	"valid_until": valid_until,
+	"max_queries_per_day": max_queries_per_day,
+}
+
+valid_from := contract.valid_from if is_number(contract.valid_from) else := null
+
+valid_until := contract.valid_until if is_number(contract.valid_until) else := null
+
+max_queries_per_day := contract.max_queries_per_day if {
+	is_number(contract.max_queries_per_day)
+} else := null
 
 terms_deny contains "purpose-unknown" if not purpose_known
 
@@ -151,7 +154,10 @@ terms_deny contains d.reason if some d in use_denials
 
 default quota_remaining := 0
 
-quota_remaining := quota_left(limits, queries_today) if contract_present
+quota_remaining := input.contract.max_queries_per_day - input.usage.queries_today if {
+	is_number(input.contract.max_queries_per_day)
+	is_number(input.usage.queries_today)
+}
 
 # The k that applies: the contract's, raised to the floor of every sensitivity level the query
 # touches (broker.query). Raising is stricter than the parties agreed, never laxer.

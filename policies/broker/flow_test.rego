@@ -960,36 +960,33 @@ test_without_a_contract_the_terms_part_has_no_limits if {
 	"no-active-contract" in t.reasons
 }
 
-test_the_moment_part_is_the_window_and_the_quota if {
-	l := {"valid_from": 1000, "valid_until": 2000, "max_queries_per_day": 10}
-	flow.moment_denials(l, 1000, 9) == set()
-	flow.moment_denials(l, 999, 9) == {"contract-not-yet-valid"}
-	flow.moment_denials(l, 2000, 10) == {"contract-expired", "daily-quota-exhausted"}
-	flow.moment_denials(l, null, null) == {
-		"contract-not-yet-valid", "contract-expired", "daily-quota-exhausted",
+test_the_limits_are_the_contracts_numbers_or_null if {
+	terms_of({"contract": {"valid_until": "2000", "max_queries_per_day": true}}).limits == {
+		"valid_from": 1000, "valid_until": null, "max_queries_per_day": null,
 	}
-	flow.quota_left(l, 4) == 6
-	flow.quota_left(l, null) == 0
-	flow.quota_left({"valid_from": null, "valid_until": null, "max_queries_per_day": null}, 4) == 0
 }
+
+# Per patch: the whole decision's reasons are the terms part's and these the moment adds.
+moments := [
+	[{}, set()],
+	[{"now": 999}, {"contract-not-yet-valid"}],
+	[{"now": 2000, "usage": {"queries_today": 10}}, {"contract-expired", "daily-quota-exhausted"}],
+	[{"contract": {"status": "suspended"}, "usage": {"queries_today": 12}}, {"daily-quota-exhausted"}],
+	[{"contract": {"valid_from": "1000"}}, {"contract-not-yet-valid"}],
+]
 
 test_the_whole_decision_is_terms_and_moment if {
-	every patch in [
-		{},
-		{"now": 999},
-		{"now": 2000, "usage": {"queries_today": 10}},
-		{"contract": {"status": "suspended"}, "usage": {"queries_today": 12}},
-	] {
-		whole_is_terms_and_moment(patch)
+	every m in moments {
+		whole_is_terms_and_moment(m[0], m[1])
 	}
 }
 
-whole_is_terms_and_moment(patch) if {
+whole_is_terms_and_moment(patch, moment) if {
 	d := decide(patch)
 	t := terms_of(patch)
-	doc := object.union(base, patch)
-	d.reasons == t.reasons | flow.moment_denials(t.limits, doc.now, doc.usage.queries_today)
-	d.quota_remaining == flow.quota_left(t.limits, doc.usage.queries_today)
+	d.reasons == t.reasons | moment
 	d.fields == t.fields
+	d.field_reasons == t.field_reasons
 	d.k == t.k
+	d.disclosure == t.disclosure
 }
