@@ -234,3 +234,13 @@ def test_concurrent_callers_each_get_their_own_decision(engines: list[PolicyEngi
         with ThreadPoolExecutor(max_workers=8) as pool:
             got = list(pool.map(decide, work))
         assert got == [expected[i] for i in work], getattr(engine, "name", "?")
+
+
+def test_an_integer_beyond_64_bits_is_decided_alike(engines: list[PolicyEngine]) -> None:
+    """regopy takes its input node by node, where ctypes would wrap such an integer: it must
+    go the JSON way instead, and every engine decide the same."""
+    base = next(c.input for c in FLOW_CASES if c.name == BASE_CASE)
+    for big in (2**63, -(2**63) - 1, 2**70):
+        document = merge_patch(base, {"usage": {"queries_today": big}})
+        answers = {canonical(e.evaluate("broker/flow/decision", document)) for e in engines}
+        assert len(answers) == 1, answers
