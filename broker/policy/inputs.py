@@ -26,7 +26,9 @@ from broker.domain.queries import AggregateSpec
 from contracts.model import Contract, ContractStatus
 
 #: The shapes a terms document is built from: flat tuples of strings, numbers and tuples,
-#: cheap to hash and compare, in the order :func:`_terms_document` reads them.
+#: cheap to hash and compare, in the order :func:`_terms_document` reads them. Enumerations
+#: enter as their plain string values (``str()`` of a StrEnum: faster than ``.value``, and an
+#: enum member's own hash is computed in Python).
 PrincipalShape = tuple[str, str, str, tuple[str, ...]]
 ContractShape = tuple[Any, ...]
 DatasetShape = tuple[str, str, tuple[tuple[str, str, str, str, str | None], ...]]
@@ -94,7 +96,7 @@ def flow_input(
 
 def _principal_shape(principal: Principal) -> PrincipalShape:
     return (principal.iss, principal.sub, principal.org,
-            tuple(sorted(role.value for role in principal.roles)))
+            tuple(sorted(str(role) for role in principal.roles)))
 
 
 def _contract_shape(contract: Contract, status: ContractStatus) -> ContractShape:
@@ -102,8 +104,8 @@ def _contract_shape(contract: Contract, status: ContractStatus) -> ContractShape
     dominance = terms.dominance
     return (
         contract.id, terms.dataset_id, contract.provider_org, contract.consumer_org,
-        status.value, tuple(terms.purposes),
-        tuple((name, form.value) for name, form in terms.fields.items()),
+        str(status), tuple(terms.purposes),
+        tuple((name, str(form)) for name, form in terms.fields.items()),
         terms.k_min, (dominance.n, dominance.k, dominance.p),
         # Whole seconds, rounded inwards: the policy compares them with the current second
         # rounded down, and the window it sees is never wider than the agreed one.
@@ -114,7 +116,7 @@ def _contract_shape(contract: Contract, status: ContractStatus) -> ContractShape
 
 def _dataset_shape(dataset: Dataset) -> DatasetShape:
     return (dataset.id, dataset.schema.entity_field,
-            tuple((f.name, f.type.value, f.role.value, f.sensitivity.value, f.hierarchy)
+            tuple((f.name, str(f.type), str(f.role), str(f.sensitivity), f.hierarchy)
                   for f in dataset.schema.fields))
 
 
