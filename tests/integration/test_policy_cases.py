@@ -244,3 +244,46 @@ def test_an_integer_beyond_64_bits_is_decided_alike(engines: list[PolicyEngine])
         document = merge_patch(base, {"usage": {"queries_today": big}})
         answers = {canonical(e.evaluate("broker/flow/decision", document)) for e in engines}
         assert len(answers) == 1, answers
+
+
+def _statements(text: str) -> list[tuple[str, str]]:
+    """(head rule name, whole text) of every top-level statement of a Rego module."""
+    statements: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        code = line.split("#", 1)[0]
+        if not code.strip():
+            continue
+        head = re.match(r"(?:default\s+)?([a-z_][a-z0-9_]*)", code)
+        if head and not line[0].isspace() and head.group(1) not in ("package", "import"):
+            statements.append((head.group(1), code))
+        elif statements and (line[0].isspace() or code.startswith(("}", "]", ")"))):
+            statements[-1] = (statements[-1][0], statements[-1][1] + "\n" + code)
+    return statements
+
+
+def test_the_terms_part_reads_no_moment_by_construction() -> None:
+    """Statically: nothing ``broker.flow.terms`` depends on reads input.now or input.usage (so
+    the broker may cache it whatever the moment), and broker.query reads neither at all."""
+    modules = PolicySources.load(POLICY_DIR).modules
+    moment = re.compile(r"\binput\s*\.\s*(now|usage)\b|\binput\s*\[")
+    assert not moment.search(modules["broker/query.rego"])
+    statements = _statements(modules["broker/flow.rego"])
+    rules = {name for name, _ in statements}
+    uses: dict[str, set[str]] = {}
+    reads_moment: set[str] = set()
+    for name, text in statements:
+        body = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text.split(name, 1)[1])  # no strings
+        uses.setdefault(name, set()).update(
+            w for w in re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\b", body) if w in rules)
+        if moment.search(text):
+            reads_moment.add(name)
+    assert reads_moment == {"started", "ended_after_now", "quota_remaining"}
+    seen, todo = set(), ["terms"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(uses.get(name, ()))
+    assert "terms_deny" in seen
+    assert "limits" in seen
+    assert not seen & (reads_moment | {"deny", "allow", "decision"}), seen & reads_moment
