@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 #: Rules the broker queries; each is a ``decision`` object built by its package.
-ENTRYPOINTS = ("broker/authz/decision", "broker/flow/decision", "broker/query/decision")
+ENTRYPOINTS = ("broker/authz/decision", "broker/flow/decision", "broker/flow/terms",
+               "broker/query/decision")
 
 #: Where every engine finds the revision of the policies it evaluates; each ``decision``
 #: returns it, so an answer from an engine running other policies is recognised and refused.

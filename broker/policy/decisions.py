@@ -6,12 +6,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from broker.domain.disclosure import Rules
 from broker.domain.errors import BrokerError, Unavailable
 from broker.domain.ports import PolicyEngine
 from broker.domain.principals import Principal
+from broker.policy.cache import CachedPolicyEngine
+from broker.policy.inputs import FlowRequest
 from contracts.model import FieldForm
 
 
@@ -197,14 +200,121 @@ class Policies:
                               revision=self.revision)
 
     def flow(self, document: Mapping[str, Any]) -> FlowDecision:
-        """Ask ``broker.flow`` which fields of a query may flow, and in which form."""
+        """Ask ``broker.flow`` which fields of a query may flow, and in which form: the whole
+        decision, terms and moment, in one engine call."""
         raw = self._evaluate("broker/flow/decision", document)
+        terms = FlowTerms.parse(raw, document, self.revision)
+        # The engine's own allow and reasons already include the moment's.
+        return terms.at(frozenset(), raw.get("quota_remaining"))
+
+    def flow_at(self, request: FlowRequest) -> FlowDecision:
+        """The same decision as :meth:`flow` on ``request.document()``: the terms part from
+        the cache (keyed by ``request.key`` and the policy revision) or ``broker/flow/terms``,
+        then the moment part (:func:`moment`) on the current second and the day's count."""
+        cache = self.engine
+        if isinstance(cache, CachedPolicyEngine):
+            # Asked of the wrapped engine: the parsed terms are kept here, not their JSON.
+            inner = Policies(cache.engine)
+            terms = cache.remember(("broker/flow/terms", request.key),
+                                   lambda: inner._flow_terms(request))
+        else:
+            terms = self._flow_terms(request)
+        reasons, quota = moment(terms.limits, request.second, request.queries_today)
+        return terms.at(reasons, quota)
+
+    def _flow_terms(self, request: FlowRequest) -> FlowTerms:
+        """The terms part, from the engine."""
+        document = request.terms_document()
+        raw = self._evaluate("broker/flow/terms", document)
+        return FlowTerms.parse(raw, document, self.revision)
+
+
+_MALFORMED = "The policy returned a malformed decision; nothing was released."
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The contract's limits the moment is judged against, as the policy read them: each a
+    number, or None for one that is missing or not a number (and so never met)."""
+
+    valid_from: int | float | None
+    valid_until: int | float | None
+    max_queries_per_day: int | float | None
+
+    @classmethod
+    def parse(cls, raw: Any) -> Limits | None:
+        """The limits an engine wrote (None without a contract); anything else fails closed."""
+        if raw is None:
+            return None
+        limits = _object(raw)
+        values = [_whole(limits.get(name)) for name in
+                  ("valid_from", "valid_until", "max_queries_per_day")]
+        if not all(v is None or _is_number(v) for v in values):
+            raise Unavailable(_MALFORMED)
+        return cls(*values)
+
+
+def _is_number(value: Any) -> bool:
+    """Rego's is_number: JSON numbers only (a bool is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def moment(limits: Limits | None, second: int, queries_today: int
+           ) -> tuple[frozenset[str], int | float]:
+    """The moment part of ``broker.flow``: its reasons and the quota left.
+
+    This mirrors ``moment_denials`` and ``quota_left`` in policies/broker/flow.rego, which stay
+    the definition: ``broker/flow/decision`` is decided with them, and the conformance tests
+    check on every engine that the terms part with this function gives that whole decision,
+    over every flow case and around every limit. Without a contract (``limits`` None) the
+    moment adds nothing and no quota is left, as the policy says.
+    """
+    if limits is None:
+        return frozenset(), 0
+    reasons = set()
+    t, n = second, queries_today
+    if not (_is_number(t) and limits.valid_from is not None and t >= limits.valid_from):
+        reasons.add("contract-not-yet-valid")
+    if not (_is_number(t) and limits.valid_until is not None and t < limits.valid_until):
+        reasons.add("contract-expired")
+    quota: int | float = 0
+    if limits.max_queries_per_day is not None and _is_number(n):
+        quota = limits.max_queries_per_day - n
+    if not quota > 0:
+        reasons.add("daily-quota-exhausted")
+    return frozenset(reasons), quota
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTerms:
+    """A flow decision checked and parsed up to what the moment adds: immutable, so one copy
+    serves every query with the same terms key."""
+
+    allow: bool
+    reasons: frozenset[str]
+    revision: str
+    verdicts: Mapping[str, Verdict]
+    field_reasons: Mapping[str, tuple[str, ...]]
+    #: Field denials that hold whatever the moment (a denied field without a reason, a verdict
+    #: this broker cannot execute), and those that hold only when the policy allows.
+    field_denials: frozenset[str]
+    use_mismatches: frozenset[str]
+    k: int
+    rules: Rules | None
+    limits: Limits | None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], document: Mapping[str, Any],
+              revision: str) -> FlowTerms:
+        """Check an engine's ``broker/flow/terms`` or ``broker/flow/decision`` answer."""
         reasons = _reasons(raw.get("reasons"))
         fields = _object(raw.get("fields"))
         field_reasons = _object(raw.get("field_reasons"))
         k = _whole(raw.get("k"))
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise Unavailable(_MALFORMED)
         parsed = {str(name): Verdict.parse(v) for name, v in fields.items()}
-        per_field = {str(name): list(_reasons(v)) for name, v in field_reasons.items()}
+        per_field = {str(name): _reasons(v) for name, v in field_reasons.items()}
         # Belt and braces against an engine that evaluates one rule wrongly: a decision that
         # allows while any field is denied, or with a verdict this broker cannot execute, or
         # with a k below 2, is a denial.
@@ -213,25 +323,47 @@ class Policies:
             field_denials.add("field-denied")
         if None in parsed.values():
             field_denials.add("unsupported-field-verdict")
-        if raw.get("allow") is True:
-            field_denials |= _use_mismatches(document, parsed)
-        # A verdict this broker cannot execute lets nothing of its field flow.
-        verdicts = {name: v if v is not None else Verdict.DENY for name, v in parsed.items()}
-        quota = _whole(raw.get("quota_remaining"))
-        if (not isinstance(k, int) or isinstance(k, bool) or not isinstance(quota, int)
-                or isinstance(quota, bool)):
-            raise Unavailable("The policy returned a malformed decision; nothing was released.")
-        allow = raw.get("allow") is True and not reasons and not field_denials
-        if raw.get("allow") is True and allow and k < 2:
-            allow, field_denials = False, {"k-below-floor"}
-        rules = _rules(raw.get("disclosure"), k) if allow else None
+        try:
+            rules: Rules | None = _rules(raw.get("disclosure"), k)
+        except Unavailable:
+            rules = None  # refused below, only if the decision allows
+        return cls(
+            allow=raw.get("allow") is True,
+            reasons=frozenset(reasons),
+            revision=revision,
+            # A verdict this broker cannot execute lets nothing of its field flow.
+            verdicts=MappingProxyType({name: v if v is not None else Verdict.DENY
+                                       for name, v in parsed.items()}),
+            field_reasons=MappingProxyType(per_field),
+            field_denials=frozenset(field_denials),
+            use_mismatches=frozenset(_use_mismatches(document, parsed)),
+            k=k,
+            rules=rules,
+            limits=Limits.parse(raw.get("limits")),
+        )
+
+    def at(self, moment_reasons: frozenset[str], quota_remaining: Any) -> FlowDecision:
+        """The decision once the moment's reasons and quota are added."""
+        quota = _whole(quota_remaining)
+        if not isinstance(quota, int) or isinstance(quota, bool):
+            raise Unavailable(_MALFORMED)
+        policy_allows = self.allow and not moment_reasons
+        reasons = self.reasons | moment_reasons
+        field_denials = self.field_denials | self.use_mismatches if policy_allows \
+            else self.field_denials
+        allow = policy_allows and not reasons and not field_denials
+        if allow and self.k < 2:
+            allow, field_denials = False, frozenset({"k-below-floor"})
+        if allow and self.rules is None:
+            raise Unavailable("The policy returned malformed disclosure rules; nothing was "
+                              "released.")
         return FlowDecision(
             allow=allow,
-            reasons=tuple(sorted(set(reasons) | field_denials)) if not allow else (),
+            reasons=tuple(sorted(reasons | field_denials)) if not allow else (),
             revision=self.revision,
-            fields=verdicts,
-            field_reasons=per_field,
-            k=k,
+            fields=dict(self.verdicts),
+            field_reasons={name: list(rs) for name, rs in self.field_reasons.items()},
+            k=self.k,
             quota_remaining=quota,
-            rules=rules,
+            rules=self.rules if allow else None,
         )

@@ -36,7 +36,7 @@ from broker.domain.principals import RequestContext
 from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release, SuppressionReason
 from broker.domain.slices import Slice
 from broker.policy.decisions import FlowDecision, Policies, Verdict
-from broker.policy.inputs import flow_input
+from broker.policy.inputs import FlowRequest
 from broker.services.contracts import contract_resource, in_force_signatures
 from broker.services.guard import Guard
 from broker.services.releases import (
@@ -388,10 +388,10 @@ class QueryService:
         usage = 0
         if contract is not None:
             usage = uow.audit.count_released(contract.id, AGGREGATE, _day_start(now))
-        document = flow_input(
+        request = FlowRequest(
             ctx.principal, registered=uow.orgs.get(ctx.principal.org) is not None, now=now,
             queries_today=usage, contract=contract, dataset=dataset, spec=spec)
-        decision = _against_contract(self.policies.flow(document), contract, dataset, spec)
+        decision = _against_contract(self.policies.flow_at(request), contract, dataset, spec)
         consented = None
         if decision.allow and contract is not None:
             # Checked after the policy allowed, so a denial keeps the policy's reasons; only a

@@ -27,6 +27,21 @@ allow if {
 	count(deny) == 0
 }
 
+# The decision in two parts. The terms part (broker/flow/terms) is decided on the principal,
+# the contract, the dataset and the query, never on the moment: the broker caches it per
+# policy revision. The moment part (the rules below that read input.now and input.usage)
+# judges the current second and the day's count against the contract's limits, which the
+# terms part returns; the broker applies it on every query (broker.policy.decisions.moment,
+# checked against this module on every engine).
+deny contains reason if some reason in terms_deny
+
+default terms_allow := false
+
+terms_allow if {
+	input.contract.status == "active"
+	count(terms_deny) == 0
+}
+
 contract_present if is_object(input.contract)
 
 # The parts of the input as objects, {} when missing or of another type: object.get() on a
@@ -35,33 +50,35 @@ contract := input.contract if is_object(input.contract) else := {}
 
 fields := query.fields
 
-deny contains "role-not-permitted" if not is_consumer
+terms_deny contains "role-not-permitted" if not is_consumer
 
 is_consumer if "consumer" in input.principal.roles
 
-deny contains "org-not-registered" if not input.principal.registered == true
+terms_deny contains "org-not-registered" if not input.principal.registered == true
 
-deny contains "no-active-contract" if not contract_present
+terms_deny contains "no-active-contract" if not contract_present
 
 # "expired" is the broker's own reading of valid_until; it is reported as contract-expired.
-deny contains "contract-not-active" if {
+terms_deny contains "contract-not-active" if {
 	contract_present
 	not input.contract.status == "active"
 	not input.contract.status == "expired"
 }
 
-deny contains "contract-expired" if {
+terms_deny contains "contract-expired" if {
 	contract_present
 	input.contract.status == "expired"
 }
 
-deny contains "consumer-not-party" if {
+terms_deny contains "consumer-not-party" if {
 	contract_present
 	not consumer_is_party
 }
 
 consumer_is_party if input.contract.consumer_org == input.principal.org
 
+# The moment part: the validity window against the current second, the quota against the
+# day's count.
 deny contains "contract-not-yet-valid" if {
 	contract_present
 	not started
@@ -91,11 +108,28 @@ deny contains "daily-quota-exhausted" if {
 	not quota_remaining > 0
 }
 
-deny contains "purpose-unknown" if not purpose_known
+# The limits the moment part reads, as the terms part returns them: each the contract's
+# number, or null when missing or not a number (and so never met). Rules rather than a
+# function: regopy's cost grows with every call.
+limits := {
+	"valid_from": valid_from,
+	"valid_until": valid_until,
+	"max_queries_per_day": max_queries_per_day,
+}
+
+valid_from := contract.valid_from if is_number(contract.valid_from) else := null
+
+valid_until := contract.valid_until if is_number(contract.valid_until) else := null
+
+max_queries_per_day := contract.max_queries_per_day if {
+	is_number(contract.max_queries_per_day)
+} else := null
+
+terms_deny contains "purpose-unknown" if not purpose_known
 
 purpose_known if data.config.purposes[input.query.purpose]
 
-deny contains "purpose-not-in-contract" if {
+terms_deny contains "purpose-not-in-contract" if {
 	contract_present
 	not purpose_contracted
 }
@@ -104,7 +138,7 @@ purpose_contracted if input.query.purpose in input.contract.purposes
 
 # A k that is not a whole number denies rather than being compared (strings order after
 # numbers in Rego, so "2" >= 10 would hold).
-deny contains "contract-k-malformed" if {
+terms_deny contains "contract-k-malformed" if {
 	contract_present
 	not k_is_whole
 }
@@ -114,9 +148,9 @@ k_is_whole if {
 	round(input.contract.k_min) == input.contract.k_min
 }
 
-deny contains reason if some reason in query.deny
+terms_deny contains reason if some reason in query.deny
 
-deny contains d.reason if some d in use_denials
+terms_deny contains d.reason if some d in use_denials
 
 default quota_remaining := 0
 
@@ -363,7 +397,7 @@ fields_verdict[f] := "aggregate" if {
 }
 
 # A use that no rule above covers has no verdict: deny it rather than let it through.
-deny contains "field-verdict-missing" if {
+terms_deny contains "field-verdict-missing" if {
 	contract_present
 	some f in used_fields
 	not fields_verdict[f]
@@ -402,6 +436,21 @@ disclosure := {
 	"p_percent": p_percent,
 	"protection_percent": floors.protection_percent,
 }
+
+# The terms part of the decision: no moment reason, no quota, and the limits the moment is
+# judged against (null without a contract, when the moment adds nothing).
+terms := {
+	"allow": terms_allow,
+	"reasons": terms_deny,
+	"fields": fields_verdict,
+	"field_reasons": field_reasons,
+	"k": k,
+	"limits": terms_limits,
+	"disclosure": disclosure,
+	"revision": data.policy.revision,
+}
+
+terms_limits := limits if contract_present else := null
 
 decision := {
 	"allow": allow,

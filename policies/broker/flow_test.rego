@@ -928,3 +928,65 @@ test_a_pseudonymized_field_grouped_raw_is_allowed if {
 	d.allow
 	d.fields.owner == "pseudonymize"
 }
+
+# --- the decision in two parts: terms (cached by the broker) and the moment -----------------
+
+terms_of(patch) := t if {
+	t := flow.terms with input as object.union(base, patch)
+}
+
+test_the_terms_part_never_reads_the_moment if {
+	t := terms_of({})
+	t == terms_of({"now": 5, "usage": {"queries_today": 99}})
+	t == flow.terms with input as json.patch(base, [
+		{"op": "remove", "path": "/now"},
+		{"op": "remove", "path": "/usage"},
+	])
+	t.allow == true
+	t.reasons == set()
+	t.limits == {"valid_from": 1000, "valid_until": 2000, "max_queries_per_day": 10}
+	not "quota_remaining" in object.keys(t)
+}
+
+test_the_terms_part_keeps_every_other_reason if {
+	t := terms_of({"now": 5000, "contract": {"status": "suspended"}})
+	t.allow == false
+	t.reasons == {"contract-not-active"}
+}
+
+test_without_a_contract_the_terms_part_has_no_limits if {
+	t := flow.terms with input as json.patch(base, [{"op": "remove", "path": "/contract"}])
+	t.limits == null
+	"no-active-contract" in t.reasons
+}
+
+test_the_limits_are_the_contracts_numbers_or_null if {
+	terms_of({"contract": {"valid_until": "2000", "max_queries_per_day": true}}).limits == {
+		"valid_from": 1000, "valid_until": null, "max_queries_per_day": null,
+	}
+}
+
+# Per patch: the whole decision's reasons are the terms part's and these the moment adds.
+moments := [
+	[{}, set()],
+	[{"now": 999}, {"contract-not-yet-valid"}],
+	[{"now": 2000, "usage": {"queries_today": 10}}, {"contract-expired", "daily-quota-exhausted"}],
+	[{"contract": {"status": "suspended"}, "usage": {"queries_today": 12}}, {"daily-quota-exhausted"}],
+	[{"contract": {"valid_from": "1000"}}, {"contract-not-yet-valid"}],
+]
+
+test_the_whole_decision_is_terms_and_moment if {
+	every m in moments {
+		whole_is_terms_and_moment(m[0], m[1])
+	}
+}
+
+whole_is_terms_and_moment(patch, moment) if {
+	d := decide(patch)
+	t := terms_of(patch)
+	d.reasons == t.reasons | moment
+	d.fields == t.fields
+	d.field_reasons == t.field_reasons
+	d.k == t.k
+	d.disclosure == t.disclosure
+}

@@ -236,14 +236,22 @@ def test_the_opa_engine_serves_the_same_story_and_fails_closed(
 
         assert world.client.get("/readyz").json()["status"] == "ready"
         state.fail_status = 500
-        assert_problem(world.query(group_by=["town"]), 503, "unavailable")
+        # A decision the cache holds for this policy revision needs no engine; each query
+        # below has a shape (its measures) the cache has not seen, so it must ask the engine.
+        assert world.query(group_by=["town"]).status_code == 200
+        assert_problem(world.query(group_by=["town"], measures=[{"fn": "sum", "field": "kwh"}]),
+                       503, "unavailable")
         assert_problem(world.client.get("/readyz"), 503, "unavailable")  # past the cache
         state.fail_status = None
         state.delay = 1.0
-        assert_problem(world.query(group_by=["town"], totals=True), 503, "unavailable")
+        assert_problem(world.query(group_by=["town"], totals=True,
+                                   measures=[{"fn": "mean", "field": "kwh"}]),
+                       503, "unavailable")
         state.delay = 0.0
         state.put_data("/policy", {"revision": "0000000000000000"})  # a stale bundle
-        assert_problem(world.query(group_by=["town"], remainder=True), 503, "unavailable")
+        assert_problem(world.query(group_by=["town"], remainder=True,
+                                   measures=[{"fn": "count"}, {"fn": "sum", "field": "kwh"}]),
+                       503, "unavailable")
         state.put_data("/policy", {"revision": PolicySources.load(POLICY_DIR).revision})
 
         refused = [e for e in _entries(world, action="query.aggregate")

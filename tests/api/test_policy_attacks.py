@@ -471,7 +471,7 @@ class _Recorder:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.name = "recorder"
-        self.inputs: list[dict[str, Any]] = []
+        self.inputs: list[tuple[str, dict[str, Any]]] = []
 
     @property
     def revision(self) -> str:
@@ -479,8 +479,8 @@ class _Recorder:
         return revision
 
     def evaluate(self, entrypoint: str, input: Mapping[str, Any]) -> Any:
-        if entrypoint == "broker/flow/decision":
-            self.inputs.append(json.loads(json.dumps(input)))
+        if entrypoint in ("broker/flow/decision", "broker/flow/terms"):
+            self.inputs.append((entrypoint, json.loads(json.dumps(input))))
         return self.engine.evaluate(entrypoint, input)
 
 
@@ -500,9 +500,9 @@ def test_regopy_and_opa_agree_on_every_attack_decision(
     assert len(recorder.inputs) >= 10
     go = GoPolicyEngine(POLICY_DIR)
     try:
-        for document in recorder.inputs:
-            ours = recorder.engine.evaluate("broker/flow/decision", document)
-            theirs = go.evaluate("broker/flow/decision", document)
+        for entrypoint, document in recorder.inputs:
+            ours = recorder.engine.evaluate(entrypoint, document)
+            theirs = go.evaluate(entrypoint, document)
             assert canonical(ours) == canonical(theirs), document
     finally:
         go.close()

@@ -5,6 +5,7 @@ decision; a generated corpus of inputs must get the same decision everywhere too
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from broker.domain.ports import PolicyEngine
 from broker.policy.bundle import PolicySources
 from broker.policy.cases import DecisionCase, load_cases, merge_patch
 from broker.policy.conformance import canonical, check_case
+from broker.policy.decisions import Limits, moment
 from broker.policy.embedded import EmbeddedPolicyEngine
 from broker.policy.golib import GoPolicyEngine
 from broker.policy.opa import OpaServerPolicyEngine
@@ -42,7 +44,7 @@ def test_every_file_and_entrypoint_has_cases() -> None:
     files = {c.file for c in CASES}
     assert {"authz.json", "flow.json", "query.json"} <= files
     assert {c.entrypoint for c in CASES} == {"broker/authz/decision", "broker/flow/decision",
-                                           "broker/query/decision"}
+                                           "broker/flow/terms", "broker/query/decision"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.file}:{c.name}" for c in CASES])
@@ -67,6 +69,66 @@ def test_engines_agree_on_generated_inputs(engines: list[PolicyEngine],
         except Exception as exc:
             answers.append(f"error {type(exc).__name__}")
     assert len(set(answers)) == 1, answers
+    if not answers[0].startswith("error"):
+        for engine in engines:
+            assert composed(engine, document) == answers[0], getattr(engine, "name", "?")
+
+
+def composed(engine: PolicyEngine, document: dict[str, Any]) -> str:
+    """The whole flow decision as the broker puts it together: ``broker/flow/terms`` on the
+    input without its moment, then the moment part in Python (broker.policy.decisions.moment)."""
+    terms = dict(engine.evaluate("broker/flow/terms", {
+        k: v for k, v in document.items() if k not in ("now", "usage")}))
+    usage = document.get("usage")
+    count: Any = usage.get("queries_today") if isinstance(usage, dict) else None
+    # Whatever the input holds, of any type: moment() must treat it as the policy does.
+    now: Any = document.get("now")
+    reasons, quota = moment(Limits.parse(terms.pop("limits")), now, count)
+    terms.update(allow=terms["allow"] is True and not reasons,
+                 reasons=sorted(set(terms["reasons"]) | reasons), quota_remaining=quota)
+    return canonical(terms)
+
+
+FLOW_CASES = [c for c in CASES if c.entrypoint == "broker/flow/decision"]
+BASE_CASE = "sum by town under an active contract"
+
+
+@pytest.mark.parametrize("case", FLOW_CASES, ids=[c.name for c in FLOW_CASES])
+def test_terms_and_moment_make_the_whole_flow_decision(engines: list[PolicyEngine],
+                                                       case: DecisionCase) -> None:
+    """On every engine and every flow case: the cached terms part, completed by the moment
+    part the broker computes per query, is exactly the one-call decision."""
+    for engine in engines:
+        assert composed(engine, case.input) == canonical(
+            engine.evaluate("broker/flow/decision", case.input)), getattr(engine, "name", "?")
+
+
+def _moments() -> list[tuple[Any, Any, dict[str, Any]]]:
+    """(now, queries_today, contract patch) around every limit, and limits of every kind."""
+    grid: list[tuple[Any, Any, dict[str, Any]]] = [
+        (now, used, {}) for now in (999, 1000, 1001, 1999, 2000, 2001, None, "1500")
+        for used in (0, 9, 10, 11, None)]
+    grid += [(1500, 3, {"valid_from": bad}) for bad in (None, "1000", True, 999.5, 1500)]
+    grid += [(1500, 3, {"valid_until": bad}) for bad in (None, "2000", 1500, 1500.5, 2.5e9)]
+    grid += [(1500, 3, {"max_queries_per_day": bad})
+             for bad in (None, "10", 3, 4, 3.0, 0, -1, False)]
+    return grid
+
+
+@pytest.mark.parametrize(("now", "used", "patch"), _moments())
+def test_the_moment_part_matches_the_policy_around_every_limit(
+        engines: list[PolicyEngine], now: Any, used: Any, patch: dict[str, Any]) -> None:
+    document = copy.deepcopy(next(c.input for c in FLOW_CASES if c.name == BASE_CASE))
+    if now is None:
+        del document["now"]
+    else:
+        document["now"] = now
+    document["usage"] = {} if used is None else {"queries_today": used}
+    document["contract"].update(patch)
+    whole = [canonical(e.evaluate("broker/flow/decision", document)) for e in engines]
+    assert len(set(whole)) == 1, whole
+    for engine in engines:
+        assert composed(engine, document) == whole[0], getattr(engine, "name", "?")
 
 
 def test_a_missing_action_is_unknown_on_every_engine(engines: list[PolicyEngine]) -> None:
@@ -172,3 +234,56 @@ def test_concurrent_callers_each_get_their_own_decision(engines: list[PolicyEngi
         with ThreadPoolExecutor(max_workers=8) as pool:
             got = list(pool.map(decide, work))
         assert got == [expected[i] for i in work], getattr(engine, "name", "?")
+
+
+def test_an_integer_beyond_64_bits_is_decided_alike(engines: list[PolicyEngine]) -> None:
+    """regopy takes its input node by node, where ctypes would wrap such an integer: it must
+    go the JSON way instead, and every engine decide the same."""
+    base = next(c.input for c in FLOW_CASES if c.name == BASE_CASE)
+    for big in (2**63, -(2**63) - 1, 2**70):
+        document = merge_patch(base, {"usage": {"queries_today": big}})
+        answers = {canonical(e.evaluate("broker/flow/decision", document)) for e in engines}
+        assert len(answers) == 1, answers
+
+
+def _statements(text: str) -> list[tuple[str, str]]:
+    """(head rule name, whole text) of every top-level statement of a Rego module."""
+    statements: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        code = line.split("#", 1)[0]
+        if not code.strip():
+            continue
+        head = re.match(r"(?:default\s+)?([a-z_][a-z0-9_]*)", code)
+        if head and not line[0].isspace() and head.group(1) not in ("package", "import"):
+            statements.append((head.group(1), code))
+        elif statements and (line[0].isspace() or code.startswith(("}", "]", ")"))):
+            statements[-1] = (statements[-1][0], statements[-1][1] + "\n" + code)
+    return statements
+
+
+def test_the_terms_part_reads_no_moment_by_construction() -> None:
+    """Statically: nothing ``broker.flow.terms`` depends on reads input.now or input.usage (so
+    the broker may cache it whatever the moment), and broker.query reads neither at all."""
+    modules = PolicySources.load(POLICY_DIR).modules
+    moment = re.compile(r"\binput\s*\.\s*(now|usage)\b|\binput\s*\[")
+    assert not moment.search(modules["broker/query.rego"])
+    statements = _statements(modules["broker/flow.rego"])
+    rules = {name for name, _ in statements}
+    uses: dict[str, set[str]] = {}
+    reads_moment: set[str] = set()
+    for name, text in statements:
+        body = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text.split(name, 1)[1])  # no strings
+        uses.setdefault(name, set()).update(
+            w for w in re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\b", body) if w in rules)
+        if moment.search(text):
+            reads_moment.add(name)
+    assert reads_moment == {"started", "ended_after_now", "quota_remaining"}
+    seen, todo = set(), ["terms"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(uses.get(name, ()))
+    assert "terms_deny" in seen
+    assert "limits" in seen
+    assert not seen & (reads_moment | {"deny", "allow", "decision"}), seen & reads_moment
