@@ -226,7 +226,12 @@ class Policies:
         """The terms part, from the engine."""
         document = request.terms_document()
         raw = self._evaluate("broker/flow/terms", document)
-        return FlowTerms.parse(raw, document, self.revision)
+        terms = FlowTerms.parse(raw, document, self.revision)
+        # The policy writes the limits whenever there is a contract; without them the moment
+        # would add no reason and the window and quota would go unchecked: fail closed.
+        if terms.limits is None and isinstance(document.get("contract"), Mapping):
+            raise Unavailable(_MALFORMED)
+        return terms
 
 
 _MALFORMED = "The policy returned a malformed decision; nothing was released."

@@ -64,15 +64,19 @@ _INT64 = 2**63
 
 def _exact(value: Any) -> bool:
     """Whether ``value`` is JSON data that regopy.Input converts exactly: integers within 64
-    bits, finite numbers, string keys, lists and tuples as arrays."""
-    if value is None or isinstance(value, bool | str):
+    bits, finite numbers, strings and keys without a NUL (Input cuts a string at one), lists
+    and tuples as arrays."""
+    if value is None or isinstance(value, bool):
         return True
+    if isinstance(value, str):
+        return "\x00" not in value
     if isinstance(value, int):
         return -_INT64 <= value < _INT64
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _exact(v) for k, v in value.items())
+        return all(isinstance(k, str) and "\x00" not in k and _exact(v)
+                   for k, v in value.items())
     if isinstance(value, list | tuple):
         return all(_exact(v) for v in value)
     return False

@@ -238,3 +238,20 @@ def test_the_moment_without_limits_adds_nothing() -> None:
         frozenset({"contract-not-yet-valid", "contract-expired", "daily-quota-exhausted"}), 0)
     assert moment(Limits(0, 10, 3), 10, 1) == (frozenset({"contract-expired"}), 2)
     assert moment(Limits(0, 10, 3), 9, 3) == (frozenset({"daily-quota-exhausted"}), 0)
+
+
+@pytest.mark.parametrize("limits", ["missing", None])
+def test_an_allowing_answer_without_limits_for_a_contract_is_refused(
+        policies: Policies, counting: Counting, regopy: EmbeddedPolicyEngine,
+        limits: Any) -> None:
+    """Without limits the moment would add no reason: the quota and the window would never
+    be checked. The policy always writes them when there is a contract, so their absence is
+    a malformed answer."""
+    real = regopy.evaluate("broker/flow/terms", request().document())
+    assert real["allow"] is True
+    answer = {k: v for k, v in real.items() if k != "limits"}
+    if limits is None:
+        answer["limits"] = None
+    counting.answer = answer
+    with pytest.raises(Unavailable):
+        policies.flow_at(request(queries_today=99))
