@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,8 +55,8 @@ class ParquetStorage:
         self._index_lock = threading.Lock()
         self._dates: dict[tuple[str, tuple[str, ...]], dict[str, tuple[dt.date, ...]]] = {}
 
-    def write(self, dataset_id: str, version: int, frame: pd.DataFrame, entity_field: str
-              ) -> str:
+    def write(self, dataset_id: str, version: int, frame: pd.DataFrame | pa.Table,
+              entity_field: str) -> str:
         """Store ``frame`` as ``dataset_id`` version ``version``; returns its location.
 
         Each row also gets its enterprise's dense index in the column ``#entity`` (no field
@@ -67,10 +68,18 @@ class ParquetStorage:
         if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
         location = f"{dataset_id}/v{int(version)}.parquet{SEALED}"
-        index = self._index_entities(dataset_id, frame[entity_field])
-        entities = frame[entity_field].map(index)
+        if isinstance(frame, pd.DataFrame):
+            frame = pa.Table.from_pandas(frame, preserve_index=False)
+        entity = pc.dictionary_encode(frame.column(entity_field).combine_chunks())
+        distinct = pd.Series(entity.dictionary.to_pylist(),
+                             dtype=_HASHED_DTYPES.get(entity.type.value_type))
+        index = self._index_entities(dataset_id, distinct)
+        positions = pd.Index(index.index).get_indexer(distinct)
+        if (positions < 0).any():
+            raise ValueError("an entity is missing from the entity index")
+        entities = index.to_numpy(dtype="uint32")[positions][entity.indices.to_numpy()]
         atoms = self._index_atoms(dataset_id, frame, entities)
-        table = (pa.Table.from_pandas(frame, preserve_index=False)
+        table = (frame
                  .append_column(ENTITY_INDEX_COLUMN, pa.array(entities, type=pa.uint32()))
                  .append_column(ATOM_COLUMN, pa.array(atoms, type=pa.int64())))
         path = self.resolve(location)
@@ -139,8 +148,8 @@ class ParquetStorage:
                                    data_key, location)
         return pd.Series(merged["i"].to_numpy(), index=merged["e"])
 
-    def _index_atoms(self, dataset_id: str, frame: pd.DataFrame, entities: pd.Series
-                     ) -> pd.Series:
+    def _index_atoms(self, dataset_id: str, frame: pa.Table, entities: np.ndarray
+                     ) -> np.ndarray:
         """Each row's atom: a row whose enterprise and values an earlier version already held
         keeps that row's atom; identical rows of one enterprise are told apart by their order.
 
@@ -148,13 +157,10 @@ class ParquetStorage:
         enterprise, a 128-bit hash of its values and its occurrence: never a value.
         """
         keys = pd.DataFrame({
-            "e": entities.to_numpy(dtype="uint32"),
-            "h1": pd.util.hash_pandas_object(frame, index=False,
-                                             hash_key=_ROW_HASH_KEYS[0]).to_numpy(),
-            "h2": pd.util.hash_pandas_object(frame, index=False,
-                                             hash_key=_ROW_HASH_KEYS[1]).to_numpy(),
+            "e": entities.astype("uint32"),
+            **dict(zip(("h1", "h2"), row_hashes(frame, _ROW_HASH_KEYS), strict=True)),
         })
-        keys["o"] = keys.groupby(["e", "h1", "h2"]).cumcount().astype("uint32")
+        keys["o"] = _occurrences(keys)
         path = self.resolve(f"{dataset_id}/{_ATOMS}")
         location = f"{dataset_id}/{_ATOMS}"
         with self._index_lock:
@@ -172,7 +178,7 @@ class ParquetStorage:
                 added = merged.loc[fresh, ["e", "h1", "h2", "o"]].copy()
                 first = (added["e"].map(start).fillna(0) if start is not None
                          else pd.Series(0, index=added.index))
-                added["a"] = (first + added.groupby("e").cumcount()).astype("uint32")
+                added["a"] = (first + _ranks(added["e"].to_numpy())).astype("uint32")
                 if int(added["a"].max()) >> ATOM_OWNER_SHIFT:
                     raise PayloadTooLarge("An enterprise has more rows over all versions than "
                                           "the release audit can tell apart.")
@@ -182,8 +188,7 @@ class ParquetStorage:
                 self._write_sealed(pa.Table.from_pandas(table, preserve_index=False), path,
                                    data_key, location)
         local = merged["a"].astype("int64").to_numpy()
-        return pd.Series(keys["e"].to_numpy(dtype="int64") << ATOM_OWNER_SHIFT | local,
-                         index=frame.index)
+        return np.asarray(keys["e"].to_numpy(dtype="int64") << ATOM_OWNER_SHIFT | local)
 
     def drop_indexes(self, dataset_id: str) -> None:
         """Delete the entity and atom indexes of a dataset whose first version did not
@@ -255,6 +260,79 @@ class ParquetStorage:
         if not path.is_relative_to(self.root):
             raise ValueError("location escapes the storage root")
         return path
+
+
+#: pandas' dtype of each stored type in conform's frame, whose row hashes name atoms.
+_HASHED_DTYPES: dict[pa.DataType, str] = {
+    pa.large_string(): "string", pa.string(): "string", pa.int64(): "Int64",
+    pa.bool_(): "boolean", pa.date32(): "object",
+}
+
+
+def row_hashes(table: pa.Table, keys: Sequence[str]) -> list[np.ndarray]:
+    """``pd.util.hash_pandas_object(frame, index=False, hash_key=key)`` for each of ``keys``,
+    of the frame conform makes of ``table``'s data (the hashes the atoms of earlier versions
+    were named by), column by column: a column's hash is computed once per distinct value and
+    taken for its rows."""
+    columns = [_hash_inputs(table.column(i)) for i in range(table.num_columns)]
+    out = []
+    for key in keys:
+        hashes = [pd.util.hash_pandas_object(values, index=False, hash_key=key).to_numpy()
+                  if rows is None else
+                  pd.util.hash_pandas_object(values, index=False, hash_key=key).to_numpy()[rows]
+                  for values, rows in columns]
+        out.append(_combine(hashes, table.num_rows))
+    return out
+
+
+def _combine(hashes: list[np.ndarray], rows: int) -> np.ndarray:
+    """pandas.core.util.hashing.combine_hash_arrays, as hash_pandas_object combines columns."""
+    mult = np.uint64(1000003)
+    out = np.zeros(rows, dtype=np.uint64) + np.uint64(0x345678)
+    for i, column in enumerate(hashes):
+        inverse = len(hashes) - i
+        out ^= column
+        out *= mult
+        mult += np.uint64(82520 + inverse + inverse)
+    out += np.uint64(97531)
+    return out
+
+
+def _hash_inputs(column: pa.ChunkedArray) -> tuple[pd.Series, np.ndarray | None]:
+    """What to hash for a column: its values in conform's pandas dtype, or its distinct
+    values (and null) with each row's position among them."""
+    if pa.types.is_floating(column.type):
+        return pd.Series(column.to_numpy()), None
+    dtype = _HASHED_DTYPES.get(column.type)
+    if dtype is None:  # not a type conform makes: the rows as pandas converts them
+        return pd.Series(column.to_pandas()), None
+    distinct = pc.unique(column).drop_null()
+    rows = pc.index_in(column, value_set=distinct).fill_null(len(distinct)).to_numpy()
+    return pd.Series([*distinct.to_pylist(), None], dtype=dtype), rows
+
+
+def _ranks(groups: np.ndarray) -> np.ndarray:
+    """Each row's place among the rows of its group so far (``groupby(...).cumcount()``)."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(groups)])
+    ranks = np.empty(len(groups), dtype=np.int64)
+    ranks[order] = np.arange(len(groups)) - np.repeat(starts, sizes)
+    return ranks
+
+
+def _occurrences(keys: pd.DataFrame) -> np.ndarray:
+    """Each row's occurrence among the earlier rows of the same enterprise and hashes (the
+    cumcount over ``e``, ``h1``, ``h2``), counted only where ``h1`` repeats."""
+    h1 = keys["h1"].to_numpy()
+    ordered = np.sort(h1)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    occurrences = np.zeros(len(h1), dtype=np.uint32)
+    if len(repeated):
+        rows = np.flatnonzero(np.isin(h1, repeated))
+        occurrences[rows] = keys.iloc[rows].groupby(["e", "h1", "h2"]).cumcount().to_numpy()
+    return occurrences
 
 
 def _key_file(sealed: Path) -> Path:

@@ -29,8 +29,9 @@ from broker.domain.slices import SLICE_NAME, Consent, Slice
 from broker.services.guard import Guard
 from contracts.model import Contract, ContractStatus
 
-#: A reader turns an uploaded file into a typed frame that matches the schema, or raises.
-Reader = Callable[[Path, DatasetSchema], pd.DataFrame]
+#: A reader turns an uploaded file into a typed frame (or the Arrow table of one) that matches
+#: the schema, or raises.
+Reader = Callable[[Path, DatasetSchema], pd.DataFrame | pa.Table]
 
 
 class SqlReader(Protocol):
@@ -285,7 +286,8 @@ class DatasetService:
                            version=dataset.version)
         return dataset
 
-    def _load(self, data: DataSource, schema: DatasetSchema) -> tuple[pd.DataFrame, str]:
+    def _load(self, data: DataSource, schema: DatasetSchema
+              ) -> tuple[pd.DataFrame | pa.Table, str]:
         """The conformed frame and its content hash (of the file's bytes, or of a SQL
         snapshot's Arrow IPC stream)."""
         if isinstance(data, FileData):
