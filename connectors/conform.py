@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import os
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -274,12 +276,13 @@ def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+#: Threads that conform columns at once.
+THREADS = min(4, os.cpu_count() or 1)
+
 #: Text that ``pd.to_numeric`` and Arrow's cast read as the same double (checked in the tests):
 #: optional minus, digits, optional fraction, optional exponent. Anything else (spaces, a plus
 #: sign, "inf", thousands separators) is left to ``conform``, which types or refuses it.
 _PLAIN_NUMBER = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]{1,3})?$"
-#: Negative zeros: ``pd.to_numeric`` reads "-0" as the integer 0, Arrow as -0.0.
-_NEGATIVE_ZERO = r"^-[0.]*([eE].*)?$"
 #: Integers both read exactly: up to 18 digits, or 15 when the column has missing cells (pandas
 #: then reads the column as doubles, which hold 15 digits exactly).
 _PLAIN_INTEGER = r"^-?[0-9]{1,18}$"
@@ -333,28 +336,26 @@ def conform_table(table: pa.Table, schema: DatasetSchema) -> pa.Table | None:
             or any(spec.format is not None and spec.format not in FORMATS
                    for spec in schema.fields)):
         return None
-    columns = []
-    for spec in schema.fields:
-        column = table.column(spec.name)
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            return None
+    if not all(pa.types.is_string(c.type) or pa.types.is_large_string(c.type)
+               for c in table.columns):
+        return None
+
+    def typed(spec: FieldSpec) -> pa.ChunkedArray | None:
         try:
-            typed = _conform_array(column, spec, schema)
+            return _conform_array(table.column(spec.name), spec, schema)
         except (pa.ArrowException, ValueError, TypeError):  # never shown: it quotes values
             return None
-        if typed is None:
-            return None
-        columns.append(typed)
+
+    with ThreadPoolExecutor(THREADS) as pool:  # Arrow's kernels run outside the GIL
+        columns = list(pool.map(typed, schema.fields))
+    if any(c is None for c in columns):
+        return None
     return pa.Table.from_arrays(columns, schema=table_schema(schema))
 
 
 def _all(mask: pa.ChunkedArray) -> bool:
     """Whether every present value of a boolean array is true (none present: true)."""
     return bool(pc.all(mask, min_count=0).as_py() is not False)
-
-
-def _any_match(array: pa.ChunkedArray, pattern: str) -> bool:
-    return bool(pc.any(pc.match_substring_regex(array, pattern), min_count=0).as_py())
 
 
 def _conform_array(array: pa.ChunkedArray, spec: FieldSpec, schema: DatasetSchema
@@ -366,11 +367,13 @@ def _conform_array(array: pa.ChunkedArray, spec: FieldSpec, schema: DatasetSchem
             or (spec.type is FieldType.DATE and array.null_count == len(array))):
         return None  # left to conform (a schema refuses most of these)
     if spec.type is FieldType.NUMBER:
-        if not _all(pc.match_substring_regex(array, _PLAIN_NUMBER)) or _any_match(
-                array, _NEGATIVE_ZERO):
+        if not _all(pc.match_substring_regex(array, _PLAIN_NUMBER)):
             return None
         numbers = pc.cast(array, pa.float64())
-        return numbers if _all(pc.is_finite(numbers)) else None
+        floats = numbers.to_numpy()  # missing as NaN
+        if np.isinf(floats).any() or (np.signbit(floats) & (floats == 0)).any():
+            return None  # refused by conform; or a negative zero, which pandas may read as 0
+        return numbers
     if spec.type is FieldType.INTEGER:
         pattern = _PLAIN_INTEGER_WITH_MISSING if array.null_count else _PLAIN_INTEGER
         if not _all(pc.match_substring_regex(array, pattern)):
@@ -378,7 +381,6 @@ def _conform_array(array: pa.ChunkedArray, spec: FieldSpec, schema: DatasetSchem
         return pc.cast(array, pa.int64())
     # The rest are checked and typed on their distinct values, by conform's own rules.
     distinct = pc.unique(array).drop_null()
-    indices = pc.index_in(array, value_set=distinct)
     raw = pd.Series(distinct.to_pylist(), dtype="str")
     values, bad = _CONVERTERS[spec.type](raw)
     if bad.any():
@@ -390,21 +392,25 @@ def _conform_array(array: pa.ChunkedArray, spec: FieldSpec, schema: DatasetSchem
     if outside is not None and outside.any():
         return None
     if spec.type is FieldType.STRING:
-        present = len(array) - array.null_count
-        if _is_uscc_field_counted(raw, spec, schema, indices, present) and \
-                invalid_usccs(raw).any():
+        if _is_uscc_field_by_distinct(array, raw, spec, schema) and invalid_usccs(raw).any():
             return None
         return pc.cast(array, pa.large_string())
     typed = pa.array(values.tolist(), type=_ARROW_TYPES[spec.type])  # no value is missing
-    return pc.take(typed, indices)
+    return pc.take(typed, pc.index_in(array, value_set=distinct))
 
 
-def _is_uscc_field_counted(raw: pd.Series[Any], spec: FieldSpec, schema: DatasetSchema,
-                           indices: pa.ChunkedArray, present: int) -> bool:
-    """``_is_uscc_field`` for a column given as its distinct values and their indices."""
+def _is_uscc_field_by_distinct(array: pa.ChunkedArray, raw: pd.Series[Any], spec: FieldSpec,
+                               schema: DatasetSchema) -> bool:
+    """``_is_uscc_field`` for a column and its distinct values ``raw``: rows are counted only
+    when some distinct values have the USCC shape and some do not."""
     if spec.format is not None:
         return spec.format == "uscc"
+    present = len(array) - int(array.null_count)
     if spec.name != schema.entity_field or present == 0:
         return False
+    shaped = _has_uscc_shape(raw).to_numpy()
+    if shaped.all() or not shaped.any():
+        return bool(shaped.any())
+    indices = pc.index_in(array, value_set=pa.array(raw.tolist(), type=array.type))
     counts = np.bincount(indices.drop_null().to_numpy(), minlength=len(raw))
-    return int(counts[_has_uscc_shape(raw).to_numpy()].sum()) * 2 > present
+    return int(counts[shaped].sum()) * 2 > present

@@ -149,7 +149,7 @@ def _parse_arrow(path: Path, encoding: str, delimiter: str, names: list[str]
                                             block_size=_ARROW_BLOCK),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pa_csv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True,
+                column_types=dict.fromkeys(names, pa.large_string()), strings_can_be_null=True,
                 null_values=[""], quoted_strings_can_be_null=True),
         )
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError):

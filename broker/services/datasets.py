@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -295,7 +296,9 @@ class DatasetService:
             if reader is None:
                 raise BadDataset("Unsupported file format; use one of: "
                                  f"{', '.join(self.formats())}.")
-            return reader(data.path, schema), _sha256(data.path)
+            with ThreadPoolExecutor(1) as pool:  # hashlib hashes outside the GIL
+                sha256 = pool.submit(_sha256, data.path)
+                return reader(data.path, schema), sha256.result()
         url = self.sql_sources.get(data.source)
         if url is None or self.sql_reader is None:
             raise InvalidInput("No SQL source of this name is configured.",
