@@ -39,7 +39,6 @@ BLOCK = 1 << 20
 HEADER_SPAN = 1 << 16
 #: Bytes Arrow parses at a time (each block on a thread of its pool).
 _ARROW_BLOCK = 4 << 20
-_ARROW_ENCODINGS = {"utf-8-sig": "utf8", "gb18030": "gb18030"}
 
 
 def detect_encoding(path: Path) -> str:
@@ -123,11 +122,18 @@ def read_csv_table(path: Path, schema: DatasetSchema) -> pa.Table:
     conformed by ``conform``, which refuses it with the problems it has, row by row, or types
     it. Nothing Arrow says reaches a message: its errors can quote a row.
     """
-    encoding = detect_encoding(path)
+    decoded = _decodes(path, "utf-8")
+    # GB18030 is decoded once, in C, to UTF-8 for Arrow (whose own transcoding runs in Python
+    # on one thread), which also proves the file is GB18030.
+    utf8 = _gb18030_as_utf8(path) if decoded == "no" else None
+    if decoded == "yes" or utf8 is not None:
+        encoding = "utf-8-sig" if decoded == "yes" else "gb18030"
+    else:
+        encoding = detect_encoding(path)  # refuses the file, saying why
     with _text(path, encoding) as fh:
         head = fh.read(HEADER_SPAN)
     delimiter = choose_delimiter(head, schema)
-    table = _parse_arrow(path, encoding, delimiter, _header(head, delimiter))
+    table = _parse_arrow(path if utf8 is None else utf8, delimiter, _header(head, delimiter))
     conformed = conform_table(table, schema) if table is not None else None
     if conformed is not None:
         return conformed
@@ -135,7 +141,25 @@ def read_csv_table(path: Path, schema: DatasetSchema) -> pa.Table:
                                 preserve_index=False)
 
 
-def _parse_arrow(path: Path, encoding: str, delimiter: str, names: list[str]
+def _gb18030_as_utf8(path: Path) -> pa.Buffer | None:
+    """The file decoded strictly as GB18030, in blocks, and encoded in UTF-8; None when it
+    does not decode or holds a NUL byte."""
+    decoder = codecs.getincrementaldecoder("gb18030")("strict")
+    parts = []
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(BLOCK)
+                if b"\0" in block:
+                    return None
+                parts.append(decoder.decode(block, final=not block).encode("utf-8"))
+                if not block:
+                    return pa.py_buffer(b"".join(parts))
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_arrow(source: Path | pa.Buffer, delimiter: str, names: list[str]
                  ) -> pa.Table | None:
     """Every cell of the file as text (empty cells null), or None when Arrow cannot parse it.
 
@@ -144,9 +168,8 @@ def _parse_arrow(path: Path, encoding: str, delimiter: str, names: list[str]
     ``conform_table`` does not take."""
     try:
         return pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(encoding=_ARROW_ENCODINGS[encoding],
-                                            block_size=_ARROW_BLOCK),
+            source if isinstance(source, Path) else pa.BufferReader(source),
+            read_options=pa_csv.ReadOptions(block_size=_ARROW_BLOCK),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pa_csv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.large_string()), strings_can_be_null=True,

@@ -133,14 +133,14 @@ class ParquetStorage:
 
     def _entities(self, dataset_id: str, column: pa.ChunkedArray) -> np.ndarray:
         """Each row's enterprise index (new enterprises numbered on in the entity index)."""
-        entity = pc.dictionary_encode(column.combine_chunks())
-        distinct = pd.Series(entity.dictionary.to_pylist(),
-                             dtype=_HASHED_DTYPES.get(entity.type.value_type))
+        values = pc.unique(column)
+        distinct = pd.Series(values.to_pylist(), dtype=_HASHED_DTYPES.get(column.type))
         index = self._index_entities(dataset_id, distinct)
         positions = pd.Index(index.index).get_indexer(distinct)
         if (positions < 0).any():
             raise ValueError("an entity is missing from the entity index")
-        return np.asarray(index.to_numpy(dtype="uint32")[positions][entity.indices.to_numpy()])
+        rows = pc.index_in(column, value_set=values).to_numpy()
+        return np.asarray(index.to_numpy(dtype="uint32")[positions][rows])
 
     def _index_entities(self, dataset_id: str, entities: pd.Series) -> pd.Series:
         path = self.entity_index(dataset_id)

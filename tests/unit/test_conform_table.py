@@ -230,3 +230,32 @@ def test_occurrences_count_identical_rows_of_an_enterprise_in_order() -> None:
     keys.loc[::7, "h1"] = np.arange(100, 100 + len(keys.loc[::7]), dtype="uint64")
     np.testing.assert_array_equal(_occurrences(keys),
                                   keys.groupby(["e", "h1", "h2"]).cumcount().to_numpy())
+
+
+def test_occurrences_count_identical_rows_among_a_million_distinct_hashes() -> None:
+    rng = np.random.default_rng(11)
+    rows = 1 << 20
+    keys = pd.DataFrame({"e": rng.integers(0, 5000, rows).astype("uint32"),
+                         "h1": rng.integers(0, 2**64 - 1, rows, dtype="uint64"),
+                         "h2": rng.integers(0, 2**64 - 1, rows, dtype="uint64")})
+    copies = rng.choice(rows, 300, replace=False)
+    for column in keys.columns:  # identical rows
+        keys.loc[copies[150:], column] = keys.loc[copies[:150], column].to_numpy()
+    keys.loc[copies[:20], "e"] = 1  # and some identical hashes of other enterprises
+    np.testing.assert_array_equal(_occurrences(keys),
+                                  keys.groupby(["e", "h1", "h2"]).cumcount().to_numpy())
+
+
+def test_a_read_csv_tables_row_hashes_are_those_of_the_pandas_paths_frame(tmp_path: Path
+                                                                          ) -> None:
+    schema = _schema(FieldType.STRING, codes=True, uscc=True)
+    path = tmp_path / "x.csv"
+    path.write_text("e,s,h,u,i,n,d,b\n" + "".join(
+        f"{USCCS[i % 3]},{'ab'[i % 2]},C3825,{USCCS[4] if i % 4 else ''},{i if i % 5 else ''},"
+        f"{i / 7 if i % 6 else ''},2024-01-{i % 28 + 1:02d},{'ty'[i % 2] if i % 3 else ''}\n"
+        for i in range(200)), encoding="utf-8")
+    table = read_csv_table(path, schema)
+    frame = _read_pandas(path, "utf-8-sig", ",", schema)
+    for key, hashes in zip(KEYS, row_hashes(table, KEYS), strict=True):
+        np.testing.assert_array_equal(
+            hashes, pd.util.hash_pandas_object(frame, index=False, hash_key=key).to_numpy())
