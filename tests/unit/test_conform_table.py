@@ -165,6 +165,11 @@ CSV_TEXTS = [
     "e,s,h,u,i,n,d,b\n{0},\"a\nb\",C3825,{1},1,1.5,2024-01-31,true\n",  # a line break in a cell
     'e,s,h,u,i,n,d,b\n{0},"a""b",C3825,{1},1,1.5,2024-01-31,true\n',
     "e,s,h,u,i,n,d,b\n\n{0},a,C3825,{1},1,1.5,2024-01-31,true\n\n",  # blank lines
+    'e,s,h,u,i,n,d,b\n{0},"",C3825,"",1,"",2024-01-31,""\n',  # quoted empty cells
+    "e,s,h,u,i,n,d,b\n{0} ,a ,C3825, {1},1 ,1.5 ,2024-01-31 ,true \n",  # spaces around cells
+    " e,s,h,u,i,n,d,b\n{0},a,C3825,{1},1,1.5,2024-01-31,true\n",  # a space in the header
+    "e,s,h,u,i,n,d,b\n{0},a,C3825,{1},1,1.5,2024-01-31,true",  # no final line break
+    "e,s,h,u,i,n,d,b\r{0},a,C3825,{1},1,1.5,2024-01-31,true\r",  # old Mac line breaks
     "",
 ]
 
@@ -196,6 +201,26 @@ def test_the_arrow_csv_path_reads_as_the_pandas_path(text: str, encoding: str,
         assert fast.equals(reference, check_metadata=True)
     else:
         assert fast == reference
+
+
+@pytest.mark.parametrize("cells", [
+    ["123456789012345678901", "1"], ["9223372036854775808"], ["18446744073709551616", "5"],
+    ["-9223372036854775809", None], ["9007199254740993", "1"], ["9007199254740993", None],
+    ["-0", "1"], ["-0.0", "1.5"], ["1e400"], ["1e-400", "2"], ["4.9e-324"], ["00", "-00"],
+])
+@pytest.mark.parametrize("kind", [FieldType.NUMBER, FieldType.INTEGER])
+def test_conform_table_reads_edge_numbers_as_conform_or_leaves_them(
+    cells: list[str | None], kind: FieldType
+) -> None:
+    schema = DatasetSchema.of("e", [FieldSpec("e", FieldType.STRING, FieldRole.ENTITY),
+                                    FieldSpec("x", kind, FieldRole.MEASURE)])
+    columns = {"e": ["A"] * len(cells), "x": cells}
+    text = pa.table({name: pa.array(c, type=pa.string()) for name, c in columns.items()})
+    fast = conform_table(text, schema)
+    if fast is not None:
+        slow = _conformed(schema, columns)
+        assert slow is not None
+        assert fast.equals(slow, check_metadata=True)
 
 
 def _frame_with_missing_values() -> pd.DataFrame:
