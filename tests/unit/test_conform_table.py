@@ -214,7 +214,7 @@ def test_conform_table_reads_edge_numbers_as_conform_or_leaves_them(
 ) -> None:
     schema = DatasetSchema.of("e", [FieldSpec("e", FieldType.STRING, FieldRole.ENTITY),
                                     FieldSpec("x", kind, FieldRole.MEASURE)])
-    columns = {"e": ["A"] * len(cells), "x": cells}
+    columns: dict[str, list[str | None]] = {"e": ["A"] * len(cells), "x": cells}
     text = pa.table({name: pa.array(c, type=pa.string()) for name, c in columns.items()})
     fast = conform_table(text, schema)
     if fast is not None:
