@@ -4,7 +4,13 @@ Chinese enterprise systems export CSV in UTF-8 (often with Excel's byte-order ma
 GB18030 is a superset of GBK, so a GBK file is read as GB18030. The encoding is decided by
 strict incremental decoding of the whole file in blocks (UTF-8 first, then GB18030), each pass
 stopping at the first block that does not decode: a large binary file is refused after its
-first block, and no file is ever held in memory whole (pandas then parses it as a stream).
+first block.
+
+Arrow's multi-threaded reader then parses the file (a GB18030 one from its UTF-8 text, held in
+memory, as the parsed table is) and ``conform_table`` checks it on each column's distinct
+values. A file that either finds fault with is read again by pandas, as a stream, and
+``conform`` refuses it row by row (or types what ``conform_table`` left to it), so a refusal
+is the same whichever reader met the fault first.
 
 The delimiter is one of ``,`` ``;`` tab ``|``: the one whose split of the header row names the
 most declared fields (ties, and headers naming none, go to the comma).
