@@ -294,16 +294,17 @@ def row_hashes(table: pa.Table, keys: Sequence[str]) -> list[np.ndarray]:
     of the frame conform makes of ``table``'s data (the hashes the atoms of earlier versions
     were named by), column by column: a column's hash is computed once per distinct value and
     taken for its rows."""
-    with ThreadPoolExecutor(THREADS) as pool:  # Arrow's kernels run outside the GIL
-        columns = list(pool.map(_hash_inputs, table.columns))
-    out = []
-    for key in keys:
-        hashes = [pd.util.hash_pandas_object(values, index=False, hash_key=key).to_numpy()
-                  if rows is None else
-                  pd.util.hash_pandas_object(values, index=False, hash_key=key).to_numpy()[rows]
-                  for values, rows in columns]
-        out.append(_combine(hashes, table.num_rows))
-    return out
+
+    def hashed(column: pa.ChunkedArray) -> list[np.ndarray]:
+        values, rows = _hash_inputs(column)
+        once = [pd.util.hash_pandas_object(values, index=False, hash_key=key).to_numpy()
+                for key in keys]
+        return once if rows is None else [h[rows] for h in once]
+
+    # Arrow's kernels and numpy's gathers run outside the GIL.
+    with ThreadPoolExecutor(THREADS) as pool:
+        columns = list(pool.map(hashed, table.columns))
+    return [_combine([c[k] for c in columns], table.num_rows) for k in range(len(keys))]
 
 
 def _combine(hashes: list[np.ndarray], rows: int) -> np.ndarray:
