@@ -47,7 +47,7 @@ from broker.store.keys import (
 )
 from broker.store.org_keys import FileOrgKeyring
 from broker.store.uow import SqlUnitOfWorkFactory
-from connectors.delimited import read_csv
+from connectors.delimited import read_csv_table
 from connectors.engine import DuckDBEngine
 from connectors.excel import read_xlsx
 from connectors.parquet import read_parquet
@@ -120,7 +120,7 @@ def build_container(settings: Settings) -> Container:
         orgs=OrgService(uow, guard, clock, keyring),
         datasets=DatasetService(
             uow, guard, storage,
-            {"csv": read_csv, "xlsx": read_xlsx, "parquet": read_parquet}, clock,
+            {"csv": read_csv_table, "xlsx": read_xlsx, "parquet": read_parquet}, clock,
             sql_reader=read_sql, sql_sources=settings.sql_sources),
         contracts=ContractService(uow, guard, clock, keyring, _purposes(settings)),
         queries=QueryService(uow, guard, policies, storage, query_engine, clock,

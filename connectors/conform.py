@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import os
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from broker.domain.datasets import HIERARCHY_CODES, DatasetSchema, FieldSpec, FieldType
 from broker.domain.errors import BadDataset
@@ -270,3 +274,143 @@ def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     if problems:
         raise BadDataset("Some values do not match the declared field types.", problems)
     return pd.DataFrame(out)
+
+
+#: Threads that conform columns at once.
+THREADS = min(4, os.cpu_count() or 1)
+
+#: Text that ``pd.to_numeric`` and Arrow's cast read as the same double (checked in the tests):
+#: optional minus, digits, optional fraction, optional exponent. Anything else (spaces, a plus
+#: sign, "inf", thousands separators) is left to ``conform``, which types or refuses it.
+_PLAIN_NUMBER = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]{1,3})?$"
+#: Integers both read exactly: up to 18 digits, or 15 when the column has missing cells (pandas
+#: then reads the column as doubles, which hold 15 digits exactly).
+_PLAIN_INTEGER = r"^-?[0-9]{1,18}$"
+_PLAIN_INTEGER_WITH_MISSING = r"^-?[0-9]{1,15}$"
+
+#: The Arrow type of each field type in a conformed table (what ``pa.Table.from_pandas`` makes
+#: of conform's frame), and one value of conform's pandas type, for the pandas metadata.
+_ARROW_TYPES = {
+    FieldType.STRING: pa.large_string(),
+    FieldType.INTEGER: pa.int64(),
+    FieldType.NUMBER: pa.float64(),
+    FieldType.DATE: pa.date32(),
+    FieldType.BOOLEAN: pa.bool_(),
+}
+_SAMPLES: dict[FieldType, Callable[[], Any]] = {
+    FieldType.STRING: lambda: pd.array(["x"], dtype="string"),
+    FieldType.INTEGER: lambda: pd.array([1], dtype="Int64"),
+    FieldType.NUMBER: lambda: np.array([1.0]),
+    FieldType.DATE: lambda: np.array([dt.date(2000, 1, 1)], dtype=object),
+    FieldType.BOOLEAN: lambda: pd.array([True], dtype="boolean"),
+}
+
+
+def table_schema(schema: DatasetSchema) -> pa.Schema:
+    """The Arrow schema of a conformed table, with the pandas metadata that
+    ``pa.Table.from_pandas`` gives conform's frame (so both store and read back alike)."""
+    sample = pd.DataFrame({spec.name: _SAMPLES[spec.type]() for spec in schema.fields})
+    return pa.Schema.from_pandas(sample, preserve_index=False)
+
+
+def frame_of(table: pa.Table) -> pd.DataFrame:
+    """A conformed table as the frame ``conform`` makes of the same data."""
+    kinds = {pa.large_string(): pd.StringDtype(), pa.string(): pd.StringDtype(),
+             pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+    frame: pd.DataFrame = table.to_pandas(types_mapper=kinds.get)
+    return frame
+
+
+def conform_table(table: pa.Table, schema: DatasetSchema) -> pa.Table | None:
+    """``conform`` for a table of text (missing cells null), column by column and on each
+    column's distinct values: the conformed table when every check passes, else ``None``.
+
+    Only data that passes every check of ``conform`` in the same way is conformed here (the
+    text-to-type rules are ``conform``'s own, run on the distinct values, or Arrow casts
+    limited to text both read alike); on ``None`` the caller runs ``conform``, which says
+    what is wrong, or types what was left to it.
+    """
+    header = table.column_names
+    if (len(set(header)) != len(header) or set(header) != set(schema.names)
+            or table.num_rows == 0
+            or any(spec.format is not None and spec.format not in FORMATS
+                   for spec in schema.fields)):
+        return None
+    if not all(pa.types.is_string(c.type) or pa.types.is_large_string(c.type)
+               for c in table.columns):
+        return None
+
+    def typed(spec: FieldSpec) -> pa.ChunkedArray | None:
+        try:
+            return _conform_array(table.column(spec.name), spec, schema)
+        except (pa.ArrowException, ValueError, TypeError):  # never shown: it quotes values
+            return None
+
+    with ThreadPoolExecutor(THREADS) as pool:  # Arrow's kernels run outside the GIL
+        columns = list(pool.map(typed, schema.fields))
+    if any(c is None for c in columns):
+        return None
+    return pa.Table.from_arrays(columns, schema=table_schema(schema))
+
+
+def _all(mask: pa.ChunkedArray) -> bool:
+    """Whether every present value of a boolean array is true (none present: true)."""
+    return bool(pc.all(mask, min_count=0).as_py() is not False)
+
+
+def _conform_array(array: pa.ChunkedArray, spec: FieldSpec, schema: DatasetSchema
+                   ) -> pa.ChunkedArray | None:
+    if spec.type is not FieldType.STRING and (
+            spec.format is not None or spec.codes is not None or spec.hierarchy is not None
+            or (spec.name == schema.entity_field and array.null_count)
+            # conform types a date column without a date as timestamps
+            or (spec.type is FieldType.DATE and array.null_count == len(array))):
+        return None  # left to conform (a schema refuses most of these)
+    if spec.type is FieldType.NUMBER:
+        if not _all(pc.match_substring_regex(array, _PLAIN_NUMBER)):
+            return None
+        numbers = pc.cast(array, pa.float64())
+        floats = numbers.to_numpy()  # missing as NaN
+        if np.isinf(floats).any() or (np.signbit(floats) & (floats == 0)).any():
+            return None  # refused by conform; or a negative zero, which pandas may read as 0
+        return numbers
+    if spec.type is FieldType.INTEGER:
+        pattern = _PLAIN_INTEGER_WITH_MISSING if array.null_count else _PLAIN_INTEGER
+        if not _all(pc.match_substring_regex(array, pattern)):
+            return None
+        return pc.cast(array, pa.int64())
+    # The rest are checked and typed on their distinct values, by conform's own rules.
+    distinct = pc.unique(array).drop_null()
+    raw = pd.Series(distinct.to_pylist(), dtype="str")
+    values, bad = _CONVERTERS[spec.type](raw)
+    if bad.any():
+        return None
+    if spec.name == schema.entity_field and (array.null_count or (
+            spec.type is FieldType.STRING and (values.fillna("").str.strip() == "").any())):
+        return None
+    outside = _outside_codes(values, spec)
+    if outside is not None and outside.any():
+        return None
+    if spec.type is FieldType.STRING:
+        if _is_uscc_field_by_distinct(array, raw, spec, schema) and invalid_usccs(raw).any():
+            return None
+        return pc.cast(array, pa.large_string())
+    typed = pa.array(values.tolist(), type=_ARROW_TYPES[spec.type])  # no value is missing
+    return pc.take(typed, pc.index_in(array, value_set=distinct))
+
+
+def _is_uscc_field_by_distinct(array: pa.ChunkedArray, raw: pd.Series[Any], spec: FieldSpec,
+                               schema: DatasetSchema) -> bool:
+    """``_is_uscc_field`` for a column and its distinct values ``raw``: rows are counted only
+    when some distinct values have the USCC shape and some do not."""
+    if spec.format is not None:
+        return spec.format == "uscc"
+    present = len(array) - int(array.null_count)
+    if spec.name != schema.entity_field or present == 0:
+        return False
+    shaped = _has_uscc_shape(raw).to_numpy()
+    if shaped.all() or not shaped.any():
+        return bool(shaped.any())
+    indices = pc.index_in(array, value_set=pa.array(raw.tolist(), type=array.type))
+    counts = np.bincount(indices.drop_null().to_numpy(), minlength=len(raw))
+    return int(counts[shaped].sum()) * 2 > present

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +35,8 @@ SEALED = ".enc"  # a sealed Parquet file: <name>.parquet.enc
 KEY_FILE = ".key"  # its wrapped data key beside it: <name>.parquet.key
 _ENTITIES = "entities.parquet" + SEALED
 _ATOMS = "atoms.parquet" + SEALED
+#: Threads that work on a version's columns at once.
+THREADS = min(4, os.cpu_count() or 1)
 #: Two keys for pandas' row hash: 128 bits name a row's content within its enterprise.
 _ROW_HASH_KEYS = ("broker-atom-key1", "broker-atom-key2")
 
@@ -54,8 +59,8 @@ class ParquetStorage:
         self._index_lock = threading.Lock()
         self._dates: dict[tuple[str, tuple[str, ...]], dict[str, tuple[dt.date, ...]]] = {}
 
-    def write(self, dataset_id: str, version: int, frame: pd.DataFrame, entity_field: str
-              ) -> str:
+    def write(self, dataset_id: str, version: int, frame: pd.DataFrame | pa.Table,
+              entity_field: str) -> str:
         """Store ``frame`` as ``dataset_id`` version ``version``; returns its location.
 
         Each row also gets its enterprise's dense index in the column ``#entity`` (no field
@@ -67,20 +72,29 @@ class ParquetStorage:
         if not _ID.fullmatch(dataset_id):
             raise ValueError("dataset id is not a safe path component")
         location = f"{dataset_id}/v{int(version)}.parquet{SEALED}"
-        index = self._index_entities(dataset_id, frame[entity_field])
-        entities = frame[entity_field].map(index)
-        atoms = self._index_atoms(dataset_id, frame, entities)
-        table = (pa.Table.from_pandas(frame, preserve_index=False)
-                 .append_column(ENTITY_INDEX_COLUMN, pa.array(entities, type=pa.uint32()))
-                 .append_column(ATOM_COLUMN, pa.array(atoms, type=pa.int64())))
+        if isinstance(frame, pd.DataFrame):
+            frame = pa.Table.from_pandas(frame, preserve_index=False)
         path = self.resolve(location)
-        data_key = new_data_key()
-        try:
-            self.keyring.write_key_file(_key_file(path), data_key, location)
-            self._write_sealed(table, path, data_key, location)
-        except BaseException:
-            _key_file(path).unlink(missing_ok=True)
-            raise
+        with ThreadPoolExecutor(1) as pool:
+            hashes = pool.submit(row_hashes, frame, _ROW_HASH_KEYS)
+            entities = self._entities(dataset_id, frame.column(entity_field))
+            atoms, index_written = self._index_atoms(dataset_id, hashes.result(), entities,
+                                                     pool)
+            table = (frame
+                     .append_column(ENTITY_INDEX_COLUMN, pa.array(entities, type=pa.uint32()))
+                     .append_column(ATOM_COLUMN, pa.array(atoms, type=pa.int64())))
+            data_key = new_data_key()
+            try:
+                self.keyring.write_key_file(_key_file(path), data_key, location)
+                # Atoms are distinct: no dictionary, which Parquet would try and give up on.
+                self._write_sealed(table, path, data_key, location,
+                                   dictionary=[c for c in table.column_names
+                                               if c != ATOM_COLUMN])
+            except BaseException:
+                _key_file(path).unlink(missing_ok=True)
+                raise
+            finally:
+                index_written.result()
         return location
 
     def read(self, location: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -117,6 +131,17 @@ class ParquetStorage:
             raise DatasetUnreadable("A stored dataset version failed decryption or its "
                                     "integrity check; nothing was computed.") from None
 
+    def _entities(self, dataset_id: str, column: pa.ChunkedArray) -> np.ndarray:
+        """Each row's enterprise index (new enterprises numbered on in the entity index)."""
+        values = pc.unique(column)
+        distinct = pd.Series(values.to_pylist(), dtype=_HASHED_DTYPES.get(column.type))
+        index = self._index_entities(dataset_id, distinct)
+        positions = pd.Index(index.index).get_indexer(distinct)
+        if (positions < 0).any():
+            raise ValueError("an entity is missing from the entity index")
+        rows = pc.index_in(column, value_set=values).to_numpy()
+        return np.asarray(index.to_numpy(dtype="uint32")[positions][rows])
+
     def _index_entities(self, dataset_id: str, entities: pd.Series) -> pd.Series:
         path = self.entity_index(dataset_id)
         location = f"{dataset_id}/{_ENTITIES}"
@@ -139,51 +164,51 @@ class ParquetStorage:
                                    data_key, location)
         return pd.Series(merged["i"].to_numpy(), index=merged["e"])
 
-    def _index_atoms(self, dataset_id: str, frame: pd.DataFrame, entities: pd.Series
-                     ) -> pd.Series:
+    def _index_atoms(self, dataset_id: str, hashes: Sequence[np.ndarray],
+                     entities: np.ndarray, pool: ThreadPoolExecutor
+                     ) -> tuple[np.ndarray, Future[None]]:
         """Each row's atom: a row whose enterprise and values an earlier version already held
         keeps that row's atom; identical rows of one enterprise are told apart by their order.
 
         The atom index (sealed beside the versions, like the entity index) keeps, per atom, its
-        enterprise, a 128-bit hash of its values and its occurrence: never a value.
+        enterprise, a 128-bit hash of its values (``hashes``: ``row_hashes``) and its
+        occurrence: never a value. Its new state is written on ``pool`` while the caller
+        writes the version; the index lock is held until it is written (a plain lock may be
+        released by the thread that writes), so that no other version is numbered against
+        the index it replaces.
         """
-        keys = pd.DataFrame({
-            "e": entities.to_numpy(dtype="uint32"),
-            "h1": pd.util.hash_pandas_object(frame, index=False,
-                                             hash_key=_ROW_HASH_KEYS[0]).to_numpy(),
-            "h2": pd.util.hash_pandas_object(frame, index=False,
-                                             hash_key=_ROW_HASH_KEYS[1]).to_numpy(),
-        })
-        keys["o"] = keys.groupby(["e", "h1", "h2"]).cumcount().astype("uint32")
+        keys = pd.DataFrame({"e": entities.astype("uint32"), "h1": hashes[0], "h2": hashes[1]})
+        keys["o"] = _occurrences(keys)
         path = self.resolve(f"{dataset_id}/{_ATOMS}")
         location = f"{dataset_id}/{_ATOMS}"
-        with self._index_lock:
+        self._index_lock.acquire()
+        try:
             if path.exists():
                 data_key, plain = self._open(path, location)
                 known = pq.read_table(pa.BufferReader(plain)).to_pandas()
             else:
                 known, data_key = None, new_data_key()
                 self.keyring.write_key_file(_key_file(path), data_key, location)
-            merged = keys.merge(known, on=["e", "h1", "h2", "o"], how="left") if known is not None \
-                else keys.assign(a=pd.Series(pd.NA, index=keys.index, dtype="UInt32"))
-            fresh = merged["a"].isna()
-            if fresh.any():
-                start = (known.groupby("e")["a"].max() + 1) if known is not None else None
-                added = merged.loc[fresh, ["e", "h1", "h2", "o"]].copy()
-                first = (added["e"].map(start).fillna(0) if start is not None
-                         else pd.Series(0, index=added.index))
-                added["a"] = (first + added.groupby("e").cumcount()).astype("uint32")
-                if int(added["a"].max()) >> ATOM_OWNER_SHIFT:
-                    raise PayloadTooLarge("An enterprise has more rows over all versions than "
-                                          "the release audit can tell apart.")
-                merged.loc[fresh, "a"] = added["a"]
-                table = pd.concat([known, added], ignore_index=True) if known is not None \
-                    else added
-                self._write_sealed(pa.Table.from_pandas(table, preserve_index=False), path,
-                                   data_key, location)
-        local = merged["a"].astype("int64").to_numpy()
-        return pd.Series(keys["e"].to_numpy(dtype="int64") << ATOM_OWNER_SHIFT | local,
-                         index=frame.index)
+            local, table = _number_atoms(keys, known)
+        except BaseException:
+            self._index_lock.release()
+            raise
+        if table is None:
+            self._index_lock.release()
+            written: Future[None] = Future()
+            written.set_result(None)
+        else:
+            written = pool.submit(self._write_index_and_release, table, path, data_key,
+                                  location)
+        return np.asarray(keys["e"].to_numpy(dtype="int64") << ATOM_OWNER_SHIFT | local), written
+
+    def _write_index_and_release(self, table: pa.Table, path: Path, data_key: bytes,
+                                 location: str) -> None:
+        try:
+            # Hashes are random: no dictionary, which Parquet would try and give up on.
+            self._write_sealed(table, path, data_key, location, dictionary=["e", "o", "a"])
+        finally:
+            self._index_lock.release()
 
     def drop_indexes(self, dataset_id: str) -> None:
         """Delete the entity and atom indexes of a dataset whose first version did not
@@ -225,9 +250,9 @@ class ParquetStorage:
             yield path, sealed.relative_to(self.root).as_posix()
 
     def _write_sealed(self, table: pa.Table, target: Path, data_key: bytes,
-                      location: str) -> None:
+                      location: str, dictionary: bool | list[str] = True) -> None:
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, use_dictionary=dictionary)
         try:
             blob = seal(data_key, memoryview(sink.getvalue()).cast("B"), location)
         except TooLarge:
@@ -255,6 +280,118 @@ class ParquetStorage:
         if not path.is_relative_to(self.root):
             raise ValueError("location escapes the storage root")
         return path
+
+
+#: pandas' dtype of each stored type in conform's frame, whose row hashes name atoms.
+_HASHED_DTYPES: dict[pa.DataType, str] = {
+    pa.large_string(): "string", pa.string(): "string", pa.int64(): "Int64",
+    pa.bool_(): "boolean", pa.date32(): "object",
+}
+
+
+def row_hashes(table: pa.Table, keys: Sequence[str]) -> list[np.ndarray]:
+    """``pd.util.hash_pandas_object(frame, index=False, hash_key=key)`` for each of ``keys``,
+    of the frame conform makes of ``table``'s data (the hashes the atoms of earlier versions
+    were named by), column by column: a column's hash is computed once per distinct value and
+    taken for its rows."""
+
+    def hashed(column: pa.ChunkedArray) -> list[np.ndarray]:
+        values, rows = _hash_inputs(column)
+        once = [pd.util.hash_pandas_object(values, index=False, hash_key=key).to_numpy()
+                for key in keys]
+        return once if rows is None else [h[rows] for h in once]
+
+    # Arrow's kernels and numpy's gathers run outside the GIL.
+    with ThreadPoolExecutor(THREADS) as pool:
+        columns = list(pool.map(hashed, table.columns))
+    return [_combine([c[k] for c in columns], table.num_rows) for k in range(len(keys))]
+
+
+def _combine(hashes: list[np.ndarray], rows: int) -> np.ndarray:
+    """pandas.core.util.hashing.combine_hash_arrays, as hash_pandas_object combines columns."""
+    mult = np.uint64(1000003)
+    out = np.zeros(rows, dtype=np.uint64) + np.uint64(0x345678)
+    for i, column in enumerate(hashes):
+        inverse = len(hashes) - i
+        out ^= column
+        out *= mult
+        mult += np.uint64(82520 + inverse + inverse)
+    out += np.uint64(97531)
+    return out
+
+
+def _hash_inputs(column: pa.ChunkedArray) -> tuple[pd.Series, np.ndarray | None]:
+    """What to hash for a column: its values in conform's pandas dtype, or its distinct
+    values (and null) with each row's position among them."""
+    if pa.types.is_floating(column.type):
+        return pd.Series(column.to_numpy()), None
+    dtype = _HASHED_DTYPES.get(column.type)
+    if dtype is None:  # not a type conform makes: the rows as pandas converts them
+        return pd.Series(column.to_pandas()), None
+    distinct = pc.unique(column).drop_null()
+    rows = pc.index_in(column, value_set=distinct).fill_null(len(distinct)).to_numpy()
+    return pd.Series([*distinct.to_pylist(), None], dtype=dtype), rows
+
+
+def _number_atoms(keys: pd.DataFrame, known: pd.DataFrame | None
+                  ) -> tuple[np.ndarray, pa.Table | None]:
+    """Each row's atom number within its enterprise (``keys``: e, h1, h2, o), and the atom
+    index to store (None when no row is new): a row ``known`` holds keeps its number, new
+    ones are numbered on after their enterprise's last."""
+    if known is None:  # every row is a new atom, numbered per enterprise in order
+        local = _ranks(keys["e"].to_numpy())
+        _check_atoms(local)
+        return local, pa.Table.from_pandas(keys.assign(a=local.astype("uint32")),
+                                           preserve_index=False)
+    merged = keys.merge(known, on=["e", "h1", "h2", "o"], how="left")
+    fresh = merged["a"].isna()
+    table = None
+    if fresh.any():
+        start = known.groupby("e")["a"].max() + 1
+        added = merged.loc[fresh, ["e", "h1", "h2", "o"]].copy()
+        added["a"] = (added["e"].map(start).fillna(0)
+                      + _ranks(added["e"].to_numpy())).astype("uint32")
+        _check_atoms(added["a"].to_numpy())
+        merged.loc[fresh, "a"] = added["a"]
+        table = pa.Table.from_pandas(pd.concat([known, added], ignore_index=True),
+                                     preserve_index=False)
+    return merged["a"].astype("int64").to_numpy(), table
+
+
+def _check_atoms(local: np.ndarray) -> None:
+    if len(local) and int(local.max()) >> ATOM_OWNER_SHIFT:
+        raise PayloadTooLarge("An enterprise has more rows over all versions than the release "
+                              "audit can tell apart.")
+
+
+def _ranks(groups: np.ndarray) -> np.ndarray:
+    """Each row's place among the rows of its group so far (``groupby(...).cumcount()``)."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(groups)])
+    ranks = np.empty(len(groups), dtype=np.int64)
+    ranks[order] = np.arange(len(groups)) - np.repeat(starts, sizes)
+    return ranks
+
+
+def _occurrences(keys: pd.DataFrame) -> np.ndarray:
+    """Each row's occurrence among the earlier rows of the same enterprise and hashes (the
+    cumcount over ``e``, ``h1``, ``h2``), counted only where ``h1`` repeats: rows sharing
+    the top 22 bits of ``h1`` with another are the candidates, sorted to find the repeats."""
+    h1 = keys["h1"].to_numpy()
+    occurrences = np.zeros(len(h1), dtype=np.uint32)
+    buckets = (h1 >> np.uint64(42)).astype(np.intp)
+    candidates = np.flatnonzero(np.bincount(buckets, minlength=1 << 22)[buckets] > 1)
+    if not len(candidates):
+        return occurrences
+    shared = h1[candidates]
+    ordered = np.sort(shared)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(repeated):
+        rows = candidates[np.isin(shared, repeated)]
+        occurrences[rows] = keys.iloc[rows].groupby(["e", "h1", "h2"]).cumcount().to_numpy()
+    return occurrences
 
 
 def _key_file(sealed: Path) -> Path:

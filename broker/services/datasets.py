@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +30,9 @@ from broker.domain.slices import SLICE_NAME, Consent, Slice
 from broker.services.guard import Guard
 from contracts.model import Contract, ContractStatus
 
-#: A reader turns an uploaded file into a typed frame that matches the schema, or raises.
-Reader = Callable[[Path, DatasetSchema], pd.DataFrame]
+#: A reader turns an uploaded file into a typed frame (or the Arrow table of one) that matches
+#: the schema, or raises.
+Reader = Callable[[Path, DatasetSchema], pd.DataFrame | pa.Table]
 
 
 class SqlReader(Protocol):
@@ -285,7 +287,8 @@ class DatasetService:
                            version=dataset.version)
         return dataset
 
-    def _load(self, data: DataSource, schema: DatasetSchema) -> tuple[pd.DataFrame, str]:
+    def _load(self, data: DataSource, schema: DatasetSchema
+              ) -> tuple[pd.DataFrame | pa.Table, str]:
         """The conformed frame and its content hash (of the file's bytes, or of a SQL
         snapshot's Arrow IPC stream)."""
         if isinstance(data, FileData):
@@ -293,7 +296,9 @@ class DatasetService:
             if reader is None:
                 raise BadDataset("Unsupported file format; use one of: "
                                  f"{', '.join(self.formats())}.")
-            return reader(data.path, schema), _sha256(data.path)
+            with ThreadPoolExecutor(1) as pool:  # hashlib hashes outside the GIL
+                sha256 = pool.submit(_sha256, data.path)
+                return reader(data.path, schema), sha256.result()
         url = self.sql_sources.get(data.source)
         if url is None or self.sql_reader is None:
             raise InvalidInput("No SQL source of this name is configured.",
