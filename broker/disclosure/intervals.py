@@ -302,13 +302,13 @@ class _Partition:
     def count(self) -> int:
         return len(self.sizes)
 
-    def refine(self, atoms: BitMap64) -> tuple[np.ndarray, np.ndarray, int]:
-        """Split classes so that ``atoms`` is a union of classes: the form's classes, the
-        class each new class was split from, and how many new classes (first, after the
-        split ones) hold only atoms no earlier form covered."""
+    def refine(self, atoms: BitMap64) -> tuple[np.ndarray, int]:
+        """Split classes so that ``atoms`` is a union of classes: the class each new class
+        was split from, and how many new classes (numbered before the split ones) hold only
+        atoms no earlier form covered."""
         values = np.frombuffer(atoms.to_array(), dtype=np.uint64)
         if not len(values):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0
+            return np.zeros(0, dtype=np.int64), 0
         fresh = 0
         where = np.searchsorted(self.atoms, values)
         known = where < len(self.atoms)
@@ -337,7 +337,7 @@ class _Partition:
             self.sizes[parents] -= counts[part]
             self.sizes = np.append(self.sizes, counts[part])
             self.split_at = np.append(self.split_at, np.full(len(parents), -1))
-        return np.unique(self.classes[where]), parents, fresh
+        return parents, fresh
 
     def support(self, atoms: BitMap64) -> np.ndarray:
         """The classes of ``atoms``, every one of which some refinement has seen."""
@@ -412,11 +412,9 @@ class _Live:
     def columns(self) -> int:
         return self.partition.count
 
-    def classes(self, atoms: BitMap64) -> np.ndarray:
-        """The classes ``atoms`` covers, splitting classes (and adding columns) as needed."""
-        support, parents, fresh = self.partition.refine(atoms)
-        self._grow(parents, fresh)
-        return support
+    def refine(self, atoms: BitMap64) -> None:
+        """Make ``atoms`` a union of classes, adding a column for every new class."""
+        self._grow(*self.partition.refine(atoms))
 
     def supports(self, forms: Sequence[BitMap64]) -> list[np.ndarray]:
         """The classes of each of ``forms``, once every one of them has split the classes it
@@ -434,7 +432,7 @@ class _Live:
 
         for atoms in forms:
             if current(atoms) is None:
-                self.classes(atoms)
+                self.refine(atoms)
         out = []
         fresh: dict[int, tuple[BitMap64, int, np.ndarray]] = {}
         for atoms in forms:
@@ -473,7 +471,7 @@ class _Live:
                                                scaled, scaled))
         if new:
             for b in new:  # every split first: a row takes its classes once they are final
-                self.classes(b.atoms)
+                self.refine(b.atoms)
             supports = [self.partition.support(b.atoms) for b in new]
             starts = np.concatenate([[0], np.cumsum([len(s) for s in supports])[:-1]])
             index = np.concatenate(supports).astype(np.int32)

@@ -19,24 +19,21 @@ what it reached. The data directory is removed at the end.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import duckdb
-import httpx
 
-from broker.api.auth import mint_token
-from broker.app import create_app
-from broker.cli.serving import serve_in_thread
 from broker.demo.county import generate_county
-from broker.demo.story import Broker, set_up
-from broker.settings import Settings
-from broker.store.keys import jwt_secret
-from tests.bench.http import KWH, body, draw_queries, duckdb_seconds, timing_steps
+from tests.bench.http import (
+    Served,
+    body,
+    draw_queries,
+    duckdb_seconds,
+    served_county,
+    timing_steps,
+)
 
 
 def main() -> None:
@@ -52,79 +49,50 @@ def main() -> None:
     county = generate_county(enterprises=args.enterprises)
     months = sorted(str(m) for m in county.monthly["month"].unique())
     shapes = draw_queries(args.releases + args.window * len(args.at), months, args.seed)
-    workdir = Path(tempfile.mkdtemp(prefix="broker-history-bench-"))
-    try:
-        _run(workdir, county, shapes, args)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with served_county(county, timeout=300) as served:
+        _run(served, county.monthly.shape[0], shapes, args)
 
 
-def _run(workdir: Path, county: Any, shapes: list[dict[str, Any]],
+def _run(served: Served, rows: int, shapes: list[dict[str, Any]],
          args: argparse.Namespace) -> None:
-    settings = Settings(data_dir=workdir)
-    app = create_app(settings)
     deadline = time.perf_counter() + args.max_minutes * 60
-    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=300) as client:
-        secret = jwt_secret(settings)
+    con = duckdb.connect(":memory:", config={"threads": 2})
+    con.register("grid_arrow", served.rows())
+    con.execute("CREATE TABLE grid AS SELECT * FROM grid_arrow")  # in memory only
+    con.unregister("grid_arrow")
 
-        def mint(sub: str, org: str, roles: list[str]) -> str:
-            return mint_token(key=secret, issuer=settings.jwt_issuer,
-                              audience=settings.jwt_audience, sub=sub, org=org, roles=roles)
+    def ask(q: dict[str, Any]) -> tuple[float, int]:
+        t = time.perf_counter()
+        response = served.client.post("/v1/queries/aggregate",
+                                      json=body(served.contract, q), headers=served.headers)
+        response.raise_for_status()
+        spent = time.perf_counter() - t
+        return spent, sum(c.get("reason") == "linked" for c in response.json()["cells"])
 
-        broker = Broker(client, mint)
-        story = set_up(broker, county)
-        dataset = story.datasets["electricity"]["id"]
-        terms = {"dataset_id": dataset, "consumer_org": "economic-bureau",
-                 "purposes": ["energy-planning"],
-                 "fields": {"town": "clear", "industry": "clear", "month": "clear",
-                            KWH: "aggregate"},
-                 "k_min": 5, "max_queries_per_day": 1_000_000,
-                 "valid_until": "2100-01-01T00:00:00Z"}
-        contract = broker.call("grid", "POST", "/v1/contracts", expect=201,
-                               json=terms).json()["id"]
-        broker.call("econ", "POST", f"/v1/contracts/{contract}/accept", expect=200)
-        headers = {"Authorization": f"Bearer {broker.tokens['econ']}"}
-        container = app.state.container
-        with container.datasets.uow() as uow:
-            location = uow.datasets.version_path(dataset, 1)
-        con = duckdb.connect(":memory:", config={"threads": 2})
-        con.register("grid_arrow", container.datasets.storage.read(location))
-        con.execute("CREATE TABLE grid AS SELECT * FROM grid_arrow")  # in memory only
-        con.unregister("grid_arrow")
-
-        def ask(q: dict[str, Any]) -> tuple[float, int]:
-            t = time.perf_counter()
-            response = client.post("/v1/queries/aggregate", json=body(contract, q),
-                                   headers=headers)
-            response.raise_for_status()
-            spent = time.perf_counter() - t
-            return spent, sum(c.get("reason") == "linked" for c in response.json()["cells"])
-
-        print(f"# {county.monthly.shape[0]:,} rows; one client; distinct varied queries; "
-              f"windows of {args.window}")
-        print(f"{'history':>8} {'broker p50 ms':>14} {'audit p50 ms':>13} {'DuckDB p50 ms':>14}"
-              f" {'ratio':>7} {'linked':>7} {'elapsed s':>10}")
-        started, sent, position = time.perf_counter(), 0, 0
-        for size in sorted(args.at):
-            while sent < size and time.perf_counter() < deadline:
-                ask(shapes[position])
-                sent, position = sent + 1, position + 1
-            if sent < size:
-                print(f"# stopped after {args.max_minutes:g} minutes at {sent:,} releases")
-                break
-            window = shapes[position:position + args.window]
-            position += len(window)
-            with timing_steps() as spent:
-                timed = [ask(q) for q in window]
-            sent += len(window)
-            broker_p50 = statistics.median(t for t, _ in timed)
-            raw_p50 = statistics.median(duckdb_seconds(con, q) for q in window)
-            audit_p50 = statistics.median(spent["link"] or [0.0])
-            print(f"{size:>8,} {broker_p50 * 1e3:>14.1f} {audit_p50 * 1e3:>13.1f}"
-                  f" {raw_p50 * 1e3:>14.2f} {broker_p50 / raw_p50:>6.1f}x"
-                  f" {sum(n for _, n in timed):>7} {time.perf_counter() - started:>10.0f}",
-                  flush=True)
-        con.close()
+    print(f"# {rows:,} rows; one client; distinct varied queries; windows of {args.window}")
+    print(f"{'history':>8} {'broker p50 ms':>14} {'audit p50 ms':>13} {'DuckDB p50 ms':>14}"
+          f" {'ratio':>7} {'linked':>7} {'elapsed s':>10}")
+    started, sent, position = time.perf_counter(), 0, 0
+    for size in sorted(args.at):
+        while sent < size and time.perf_counter() < deadline:
+            ask(shapes[position])
+            sent, position = sent + 1, position + 1
+        if sent < size:
+            print(f"# stopped after {args.max_minutes:g} minutes at {sent:,} releases")
+            break
+        window = shapes[position:position + args.window]
+        position += len(window)
+        with timing_steps() as spent:
+            timed = [ask(q) for q in window]
+        sent += len(window)
+        broker_p50 = statistics.median(t for t, _ in timed)
+        raw_p50 = statistics.median(duckdb_seconds(con, q) for q in window)
+        audit_p50 = statistics.median(spent["link"] or [0.0])
+        print(f"{size:>8,} {broker_p50 * 1e3:>14.1f} {audit_p50 * 1e3:>13.1f}"
+              f" {raw_p50 * 1e3:>14.2f} {broker_p50 / raw_p50:>6.1f}x"
+              f" {sum(n for _, n in timed):>7} {time.perf_counter() - started:>10.0f}",
+              flush=True)
+    con.close()
 
 
 if __name__ == "__main__":

@@ -180,15 +180,27 @@ class Phase:
         return len(self.latencies) / self.wall
 
 
-def run_phase(county: County, shapes: list[dict[str, Any]], warm_up: list[dict[str, Any]],
-              in_flight: int, max_seconds: float) -> tuple[Phase, pa.Table]:
-    """A fresh broker, the warm-up queries, then ``shapes`` with ``in_flight`` clients; the
-    figures and the electricity rows decrypted from the store."""
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The demo county served on loopback, with the economic bureau's contract on it."""
+
+    base: str
+    client: httpx.Client
+    contract: str
+    headers: dict[str, str]
+    rows: Callable[[], pa.Table]  # the electricity rows, decrypted in memory only
+
+
+@contextmanager
+def served_county(county: County, *, timeout: float = 120) -> Iterator[Served]:
+    """A fresh broker on a throw-away data directory (removed at the end) with ``county``
+    loaded through the API and the bureau's contract on its electricity offered and accepted."""
     workdir = Path(tempfile.mkdtemp(prefix="broker-http-bench-"))
     try:
         settings = Settings(data_dir=workdir)
         app = create_app(settings)
-        with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=120) as client:
+        with serve_in_thread(app) as base, httpx.Client(base_url=base,
+                                                        timeout=timeout) as client:
             secret = jwt_secret(settings)
 
             def mint(sub: str, org: str, roles: list[str]) -> str:
@@ -207,22 +219,33 @@ def run_phase(county: County, shapes: list[dict[str, Any]], warm_up: list[dict[s
             contract = broker.call("grid", "POST", "/v1/contracts", expect=201,
                                    json=terms).json()["id"]
             broker.call("econ", "POST", f"/v1/contracts/{contract}/accept", expect=200)
-            headers = {"Authorization": f"Bearer {broker.tokens['econ']}"}
-            for q in warm_up:
-                client.post("/v1/queries/aggregate", json=body(contract, q),
-                            headers=headers).raise_for_status()
-            with timing_steps() as spent:
-                sent = _send(base, headers, [body(contract, q) for q in shapes], in_flight,
-                             max_seconds)
-            phase = replace(sent, commit=statistics.fmean(spent["commit"]),
-                            link=statistics.fmean(spent["link"] or [0.0]))
             container = app.state.container
-            with container.datasets.uow() as uow:
-                location = uow.datasets.version_path(dataset, 1)
-            rows = container.datasets.storage.read(location)  # decrypted, in memory only
-        return phase, rows
+
+            def rows() -> pa.Table:
+                with container.datasets.uow() as uow:
+                    location = uow.datasets.version_path(dataset, 1)
+                return container.datasets.storage.read(location)
+
+            yield Served(base, client, contract,
+                         {"Authorization": f"Bearer {broker.tokens['econ']}"}, rows)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_phase(county: County, shapes: list[dict[str, Any]], warm_up: list[dict[str, Any]],
+              in_flight: int, max_seconds: float) -> tuple[Phase, pa.Table]:
+    """A fresh broker, the warm-up queries, then ``shapes`` with ``in_flight`` clients; the
+    figures and the electricity rows decrypted from the store."""
+    with served_county(county) as served:
+        for q in warm_up:
+            served.client.post("/v1/queries/aggregate", json=body(served.contract, q),
+                               headers=served.headers).raise_for_status()
+        with timing_steps() as spent:
+            sent = _send(served.base, served.headers,
+                         [body(served.contract, q) for q in shapes], in_flight, max_seconds)
+        phase = replace(sent, commit=statistics.fmean(spent["commit"]),
+                        link=statistics.fmean(spent["link"] or [0.0]))
+        return phase, served.rows()
 
 
 def _send(base: str, headers: dict[str, str], bodies: list[dict[str, Any]], in_flight: int,
