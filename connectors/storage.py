@@ -35,6 +35,8 @@ SEALED = ".enc"  # a sealed Parquet file: <name>.parquet.enc
 KEY_FILE = ".key"  # its wrapped data key beside it: <name>.parquet.key
 _ENTITIES = "entities.parquet" + SEALED
 _ATOMS = "atoms.parquet" + SEALED
+#: The county entity register at the root: every enterprise any dataset holds, by entity value.
+_REGISTER = "register.parquet" + SEALED
 #: Threads that work on a version's columns at once.
 THREADS = min(4, os.cpu_count() or 1)
 #: Two keys for pandas' row hash: 128 bits name a row's content within its enterprise.
@@ -63,10 +65,11 @@ class ParquetStorage:
               entity_field: str) -> str:
         """Store ``frame`` as ``dataset_id`` version ``version``; returns its location.
 
-        Each row also gets its enterprise's dense index in the column ``#entity`` (no field
-        name can contain '#'): the engine groups by that integer, and the differencing guard
-        keeps released populations as bitmaps of it. An enterprise keeps its index for the life
-        of the dataset (the entity index beside the versions); new ones are numbered on. And
+        Each row also gets its enterprise's index in the column ``#entity`` (no field name can
+        contain '#'): the engine groups and joins by that integer, and the differencing guard
+        keeps released populations as bitmaps of it. The index is the enterprise's number in
+        the county entity register, the same in every dataset (see ``_register``), and kept
+        for good; the dataset's entity index beside its versions maps its values to it. And
         each row gets its atom in ``#atom`` (see ``ATOM_COLUMN``), kept in the atom index.
         """
         if not _ID.fullmatch(dataset_id):
@@ -155,14 +158,51 @@ class ParquetStorage:
             fresh = pd.Series(entities.dropna().unique())
             if known is not None:
                 fresh = fresh[~fresh.isin(known["e"])]
-            start = 0 if known is None else int(known["i"].max()) + 1
             added = pd.DataFrame({"e": fresh.sort_values(ignore_index=True)})
-            added["i"] = pd.Series(range(start, start + len(added)), dtype="uint32")
+            added["i"] = pd.Series(self._register(added["e"]), dtype="uint32")
             merged = added if known is None else pd.concat([known, added], ignore_index=True)
             if not added.empty:
                 self._write_sealed(pa.Table.from_pandas(merged, preserve_index=False), path,
                                    data_key, location)
         return pd.Series(merged["i"].to_numpy(), index=merged["e"])
+
+    def _register(self, entities: pd.Series) -> np.ndarray:
+        """The county numbers of ``entities``, those new to the county numbered on (call with
+        the index lock held).
+
+        One register for every dataset, so that an enterprise has the same index in each: the
+        engine joins providers' data on it, and k, dominance and the release audit count the
+        same enterprise once across sources. It is keyed by the entity value's text (an
+        integer code and the same digits as text are one enterprise) and sealed like the
+        indexes; it holds identifiers only, and keeps them (an upload that is undone leaves
+        its enterprises registered, which tells nothing about any figure).
+        """
+        keys = entities.astype(str).to_numpy(dtype=object)
+        if not len(keys):
+            return np.zeros(0, dtype=np.uint32)
+        path = self.resolve(_REGISTER)
+        if path.exists():
+            data_key, plain = self._open(path, _REGISTER)
+            known = pq.read_table(pa.BufferReader(plain)).to_pandas()
+        else:
+            known, data_key = None, new_data_key()
+            self.keyring.write_key_file(_key_file(path), data_key, _REGISTER)
+        numbers = pd.Series(
+            known["c"].to_numpy(), index=known["e"].to_numpy(dtype=object)
+        ) if known is not None else pd.Series([], dtype="uint32")
+        fresh = pd.unique(keys[~pd.Index(keys).isin(numbers.index)])
+        if len(fresh):
+            start = int(numbers.max()) + 1 if len(numbers) else 0
+            if start + len(fresh) > 1 << 32:
+                raise PayloadTooLarge("The county entity register is full.")
+            added = pd.Series(np.arange(start, start + len(fresh), dtype=np.uint32),
+                              index=fresh)
+            numbers = pd.concat([numbers, added])
+            self._write_sealed(pa.table({"e": pa.array(numbers.index.to_numpy(dtype=object),
+                                                       pa.string()),
+                                         "c": pa.array(numbers.to_numpy(), pa.uint32())}),
+                               path, data_key, _REGISTER)
+        return np.asarray(numbers.loc[keys].to_numpy(dtype=np.uint32))
 
     def _index_atoms(self, dataset_id: str, hashes: Sequence[np.ndarray],
                      entities: np.ndarray, pool: ThreadPoolExecutor

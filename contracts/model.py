@@ -108,6 +108,9 @@ class Terms:
     max_queries_per_day: int
     #: How many days the consumer may keep a released result.
     result_retention_days: int = 30
+    #: Whether the provider lets the consumer join this data with other providers' data by
+    #: enterprise inside the broker (cross-source queries); never by default.
+    linkable: bool = False
 
     def __post_init__(self) -> None:
         # A value object: a read-only copy, so no holder of the terms can change them.

@@ -30,7 +30,9 @@ How the terms map:
 - Constraints (IM 2.5.3) say when and why the use is allowed: ``purpose`` ``isAnyOf`` the purpose
   IRIs; ``dateTime`` ``gteq`` valid_from and ``lt`` valid_until as ``xsd:dateTime`` (the window is
   half open, as in ``Contract.status_at``); ``count`` ``lteq`` max_queries_per_day with ``unit``
-  ``broker:perDay``. The unit (IM 2.5.1: "the unit used for the value of the rightOperand") carries
+  ``broker:perDay``; ``broker:entityLinking`` ``eq`` the ``linkable`` term (``xsd:boolean``):
+  whether the use may join the data with other providers' by enterprise. The unit (IM 2.5.1:
+  "the unit used for the value of the rightOperand") carries
   the daily period. ``timeInterval`` is "a recurring period of time before the next execution of
   the action", so and-ing it with ``count`` would allow one query a day; scoping ``count`` by an
   ``andSequence`` would bend an operand meant for ordering; ``elapsedTime`` bounds how long a use
@@ -188,6 +190,11 @@ def broker_profile(*, base_iri: str) -> dict[str, Any]:
              "With isPartOf and a set of broker:FieldGrant it is satisfied when every disclosed "
              "field has a grant whose form covers the form used: each form covers itself, clear "
              "also covers generalize and aggregate, generalize also covers aggregate."),
+        term("entityLinking", ["LeftOperand", individual], "Linking by entity",
+             "Whether the use may join the target with other providers' data on the entity "
+             "(the same enterprise across datasets) inside the broker, each source reduced to "
+             "one value per enterprise and cell, the joined cells held to every disclosure "
+             "control. Right operand: xsd:boolean; false forbids cross-source use."),
         term("DominanceRule", [cls], "Dominance rule",
              "A right operand giving the n, k and optional p of a dominance rule.",
              **{"rdfs:subClassOf": {"@id": "odrl:RightOperand"}}),
@@ -253,6 +260,8 @@ def _permission(
              "rightOperand": _datetime(terms.valid_until, "valid_until")},
             {"leftOperand": "count", "operator": "lteq",
              "rightOperand": terms.max_queries_per_day, "unit": {"@id": "broker:perDay"}},
+            {"leftOperand": "broker:entityLinking", "operator": "eq",
+             "rightOperand": {"@value": terms.linkable, "@type": "xsd:boolean"}},
         ],
         "duty": [
             {"action": "broker:log",

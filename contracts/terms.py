@@ -32,7 +32,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    model_serializer,
 )
 
 from broker.domain.names import FIELD_NAME, ORG_ID
@@ -104,7 +106,20 @@ class ContractTerms(_Strict):
     result_retention_days: int = Field(
         ge=0, le=3650, strict=True,
         description="Days the consumer may keep a released result before deleting it")
+    linkable: bool = Field(
+        default=False, strict=True,
+        description="Whether the consumer may join this dataset with other providers' data by "
+                    "enterprise inside the broker; absent means false")
     offered_at: AwareDatetime
+
+    @model_serializer(mode="wrap")
+    def _unlinkable_unsaid(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A term at its default is left out, so documents signed before the term existed
+        # keep their bytes (and their signatures verify); a granted link is always said.
+        document: dict[str, Any] = handler(self)
+        if not self.linkable:
+            document.pop("linkable", None)
+        return document
 
     def canonical(self) -> bytes:
         """The bytes both parties sign: RFC 8785 canonical JSON of the document."""

@@ -97,6 +97,7 @@ class ContractRow(SQLModel, table=True):
     dataset_version: int | None = None
     slice_id: str | None = Field(default=None, foreign_key="slices.id", max_length=36)
     result_retention_days: int
+    linkable: bool = False
     provider_signature: str | None = Field(default=None, max_length=128)
     consumer_signature: str | None = Field(default=None, max_length=128)
 

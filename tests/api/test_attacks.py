@@ -604,8 +604,8 @@ def test_sql_and_paths_in_dataset_metadata_are_rejected_and_nothing_is_stored(
     names = [d["name"] for d in world.client.get("/v1/datasets", headers=auth(world.grid)).json()]
     assert names == ["energy"]
     parquet = sorted(p.name for p in settings.datasets_dir.rglob("*.parquet.enc"))
-    assert parquet == ["atoms.parquet.enc", "entities.parquet.enc",
-                       "v1.parquet.enc"]  # the first dataset's only
+    assert parquet == ["atoms.parquet.enc", "entities.parquet.enc", "register.parquet.enc",
+                       "v1.parquet.enc"]  # the first dataset's and the county register
 
 
 def test_sql_in_org_ids_names_and_contract_terms_is_inert(world: World) -> None:
@@ -922,8 +922,8 @@ def test_a_failed_upload_or_offer_leaves_nothing_half_stored(
     assert len(c.get("/v1/contracts", headers=auth(world.auditor)).json()) == 1
     parquet = sorted(p.name for p in settings.datasets_dir.rglob("*") if p.is_file())
     assert parquet == ["atoms.parquet.enc", "atoms.parquet.key", "entities.parquet.enc",
-                       "entities.parquet.key", "v1.parquet.enc",
-                       "v1.parquet.key"]  # the first dataset's only
+                       "entities.parquet.key", "register.parquet.enc", "register.parquet.key",
+                       "v1.parquet.enc", "v1.parquet.key"]  # the first dataset's, the register
     if settings.uploads_dir.exists():
         assert list(settings.uploads_dir.iterdir()) == []
     # Name is free again after the refused upload.

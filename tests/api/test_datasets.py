@@ -26,7 +26,9 @@ def _stored_files(settings: Settings) -> list[Path]:
     root = settings.data_dir
     files = [p for p in root.rglob("*") if p.is_file()
              and (p.name.endswith((".parquet.enc", ".parquet.key")) or p.suffix == ".upload")]
-    # A dataset's entity and atom indexes live beside its versions, never without one.
+    # A dataset's entity and atom indexes live beside its versions, never without one; the
+    # county entity register (identifiers only, kept for good) is not a dataset's.
+    files = [p for p in files if not p.name.startswith("register.")]
     indexes = [p for p in files if p.name.startswith(("entities.", "atoms."))]
     assert all(any(q.parent == p.parent for q in files if q.name.startswith("v"))
                for p in indexes)

@@ -308,11 +308,11 @@ def test_rotation_rewraps_every_data_key_and_never_touches_the_data(
     data = _sealed(settings)
     old = MasterKey(settings.master_key_path.read_bytes())
     files = _key_files(settings)
-    assert len(files) == 4  # v1, the entity index, the atom index, the release cache
+    assert len(files) == 5  # v1, the entity and atom indexes, the register, the release cache
 
     result = _rotate(settings)
     assert result.exit_code == 0, result.output
-    assert "4 key file(s) re-wrapped, 0 already under the new key, 4 in all" in result.output
+    assert "5 key file(s) re-wrapped, 0 already under the new key, 5 in all" in result.output
     assert _sealed(settings) == data
     new = MasterKey(settings.master_key_path.read_bytes())
     assert new.id != old.id
@@ -358,7 +358,7 @@ def test_an_interrupted_rotation_leaves_everything_readable_and_a_rerun_finishes
     result = _rotate(settings)
     assert result.exit_code == 0, result.output
     assert "finished an interrupted rotation" in result.output
-    assert "3 key file(s) re-wrapped, 1 already under the new key, 4 in all" in result.output
+    assert "4 key file(s) re-wrapped, 1 already under the new key, 5 in all" in result.output
     assert not pending.exists()
     assert _sealed(settings) == data
     for path, context in _key_files(settings).items():

@@ -164,6 +164,18 @@ def test_the_signed_document_carries_every_term() -> None:
     assert document.dominance.model_dump() == record["dominance"]
 
 
+def test_linkable_is_signed_when_granted_and_unsaid_otherwise() -> None:
+    unlinked, linked = _contract(), _contract(linkable=True)
+    assert "linkable" not in json.loads(unlinked.document().canonical())
+    assert json.loads(linked.document().canonical())["linkable"] is True
+    # A document made before the term existed has the same bytes, so old signatures hold.
+    before = json.loads(unlinked.document().canonical())
+    assert ContractTerms.model_validate(before).canonical() == unlinked.document().canonical()
+    key, public = _key()
+    signature = base64.b64encode(key.sign(unlinked.document().canonical())).decode()
+    assert not verify(public, linked.document().canonical(), signature)
+
+
 def test_lifecycle_state_is_not_part_of_the_signed_terms() -> None:
     contract = _contract()
     moved = contract.moved("accept", T0 + timedelta(days=1))

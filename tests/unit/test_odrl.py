@@ -11,6 +11,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,8 @@ def test_agreement_has_the_odrl_shape_of_permission_constraints_and_duties() -> 
     assert set(refinements) == {VOCAB + "cellEntities", VOCAB + "cellConcentration",
                                 VOCAB + "fieldDisclosure"}
     constraints = _by_left_operand(permission[ODRL + "constraint"])
-    assert set(constraints) == {ODRL + "purpose", ODRL + "dateTime", ODRL + "count"}
+    assert set(constraints) == {ODRL + "purpose", ODRL + "dateTime", ODRL + "count",
+                                VOCAB + "entityLinking"}
     assert [d[ODRL + "action"] for d in permission[ODRL + "duty"]] == [
         [{"@id": VOCAB + "log"}], [{"@id": ODRL + "delete"}]]
 
@@ -268,6 +270,17 @@ def test_quota_is_a_count_per_day_and_purposes_any_of_their_iris() -> None:
     assert _operator(purpose) == ODRL + "isAnyOf"
     assert purpose[ODRL + "rightOperand"] == [{"@id": f"{BASE}/purposes/energy-planning"},
                                               {"@id": f"{BASE}/purposes/industrial-policy"}]
+
+
+@pytest.mark.parametrize("linkable", [False, True])
+def test_linking_by_entity_is_a_boolean_constraint_said_either_way(linkable: bool) -> None:
+    contract = _contract()
+    contract = replace(contract, terms=replace(contract.terms, linkable=linkable))
+    expanded, _ = _expand(to_odrl(contract, base_iri=BASE))
+    [linking] = _by_left_operand(_permission(expanded)[ODRL + "constraint"])[
+        VOCAB + "entityLinking"]
+    assert _operator(linking) == ODRL + "eq"
+    assert linking[ODRL + "rightOperand"] == [{"@type": XSD + "boolean", "@value": linkable}]
 
 
 def test_disclosure_controls_refine_the_use() -> None:

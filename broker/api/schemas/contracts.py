@@ -57,6 +57,9 @@ class ContractIn(In):
                                   "consented slice of the dataset")
     result_retention_days: int = Field(default=30, ge=0, le=3650, strict=True,
                                        description="Days the consumer may keep a result")
+    linkable: bool = Field(default=False, strict=True,
+                           description="Let the consumer join this data with other "
+                                       "providers' data by enterprise (cross-source queries)")
 
     def to_domain(self) -> Terms:
         """The offered terms (every field but ``consumer_org``, to whom they are offered)."""
@@ -108,6 +111,7 @@ class ContractOut(BaseModel):
     dataset_version: int | None
     slice_id: str | None
     result_retention_days: int
+    linkable: bool
     terms_sha256: str = Field(description="SHA-256 of the canonical terms both parties sign")
     signatures: dict[Literal["provider", "consumer"], SignatureOut]
 
