@@ -40,6 +40,8 @@ class AuditEvent:
     query_fp: str | None = None
     fields: tuple[str, ...] | None = None
     disclosure: dict[str, Any] | None = field(default=None)
+    #: A cross-source query's sources: ``{alias, dataset_id, version, contract_id}`` each.
+    sources: tuple[dict[str, Any], ...] | None = None
 
 
 def format_ts(ts: datetime) -> str:
@@ -48,19 +50,24 @@ def format_ts(ts: datetime) -> str:
 
 
 def build_entry(event: AuditEvent, *, seq: int, ts: datetime, prev_hash: str) -> dict[str, Any]:
-    """The full entry object for ``event`` at position ``seq``."""
+    """The full entry object for ``event`` at position ``seq``; a cross-source query's
+    resource also names its ``sources`` (absent otherwise, so other entries keep their
+    shape)."""
+    resource: dict[str, Any] = {
+        "dataset_id": event.dataset_id,
+        "version": event.version,
+        "contract_id": event.contract_id,
+        "fields": list(event.fields) if event.fields is not None else None,
+    }
+    if event.sources is not None:
+        resource["sources"] = [dict(source) for source in event.sources]
     return {
         "v": ENTRY_VERSION,
         "seq": seq,
         "ts": format_ts(ts),
         "actor": event.actor,
         "action": event.action,
-        "resource": {
-            "dataset_id": event.dataset_id,
-            "version": event.version,
-            "contract_id": event.contract_id,
-            "fields": list(event.fields) if event.fields is not None else None,
-        },
+        "resource": resource,
         "purpose": event.purpose,
         "request_id": event.request_id,
         "query_fp": event.query_fp,

@@ -31,7 +31,7 @@ Two checks, in this order:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pyroaring import BitMap64
@@ -198,6 +198,52 @@ def link(
             if more - forced:
                 forced |= more
                 break
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePart:
+    """One source of a cross-source table as its own dataset's history sees it: the table's
+    fields it holds (qualified name -> the dataset's own name) and the quantities it keeps."""
+
+    history: History
+    fields: Mapping[str, str]
+    quantities: tuple[str, ...]
+
+
+def link_sources(table: CellTable, parts: Sequence[SourcePart], released: Sequence[Outcome],
+                 levels: Mapping[str, np.ndarray], *, remainder: bool = False,
+                 passes: int = 4) -> tuple[list[Outcome], list[list[Form]], bool]:
+    """The release audit of a cross-source table against each source dataset's history.
+
+    A joined cell's sum of one source's field is a sum over that dataset's rows (its atoms),
+    and its count a form over enterprises numbered as in every dataset (the county
+    register); so each source's quantities are audited in that dataset's history, under the
+    dataset's own field names, where they meet every single-source release of it. A cell
+    one source withholds is withheld for all; when a later source withholds more, every
+    source is audited again on the final outcome, so no history records a form of a cell
+    that is not published (after ``passes``, the forms of cells withheld later stay
+    recorded: the history then believes more is published, which only withholds more).
+    Returns the outcome, each part's forms to record, and whether the remainder may go.
+    """
+    marks = [part.history.mark() for part in parts]
+    current, pooled = list(released), remainder
+    for attempt in range(passes):
+        start, start_pooled = current, pooled
+        forms: list[list[Form]] = []
+        for part in parts:
+            view = replace(table, fields={own: table.fields[name]
+                                          for name, own in part.fields.items()})
+            own_levels = {own: levels[name] for name, own in part.fields.items()
+                          if name in levels}
+            linked = link(view, part.quantities, current, part.history, own_levels,
+                          remainder=pooled)
+            current, pooled = linked.released, pooled and linked.remainder
+            forms.append(linked.forms)
+        if (current == start and pooled == start_pooled) or attempt + 1 == passes:
+            return current, forms, pooled
+        for part, mark in zip(parts, marks, strict=True):
+            part.history.rollback(mark)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],

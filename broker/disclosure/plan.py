@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from broker.disclosure.levels import Generalisation, generalisation, generalise_gbt4754
@@ -31,7 +32,16 @@ from broker.domain.datasets import (
     FieldType,
 )
 from broker.domain.errors import InvalidInput
-from broker.domain.queries import AggregateSpec, Dimension, Filter, FilterOp, Measure, MeasureFn
+from broker.domain.queries import (
+    AggregateSpec,
+    Dimension,
+    Filter,
+    FilterOp,
+    JoinedSpec,
+    Measure,
+    MeasureFn,
+    split_qualified,
+)
 
 MAX_DIMENSIONS = 4
 MAX_MEASURES = 16
@@ -77,7 +87,7 @@ class CellPlan:
     figures: tuple[bool, ...] = ()  # per dimension: are its keys numbers or dates?
 
 
-def _check_measure(m: Measure, schema: DatasetSchema) -> None:
+def _check_measure(m: Measure, lookup: Callable[[str], FieldSpec]) -> None:
     if m.fn is MeasureFn.COUNT:
         if m.fields:
             raise InvalidInput("count takes no field: it counts distinct enterprises.")
@@ -88,7 +98,7 @@ def _check_measure(m: Measure, schema: DatasetSchema) -> None:
     elif m.field is None or m.numerator is not None or m.denominator is not None:
         raise InvalidInput(f"{m.fn.value} needs exactly one field.")
     for name in m.fields:
-        if not schema.field(name).type.is_numeric:
+        if not lookup(name).type.is_numeric:
             raise InvalidInput("Measures need numeric fields.", fields=[name])
 
 
@@ -199,7 +209,163 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
                                   for d in spec.group_by))
 
 
-def _check_shape(spec: AggregateSpec, top: int) -> None:
+def source_relation(alias: str) -> str:
+    """The relation the engine sees for one source of a cross-source query."""
+    return f"{SOURCE}_{alias}"
+
+
+@contextmanager
+def _qualified(alias: str) -> Iterator[None]:
+    """Errors about a source's fields name them as the query does: ``alias.field``."""
+    try:
+        yield
+    except InvalidInput as exc:
+        named = exc.extensions.get("fields")
+        if named:
+            exc.extensions["fields"] = [f"{alias}.{f}" for f in named]
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """One source of a joined plan: its dimensions and fields by their global positions."""
+
+    alias: str
+    dims: tuple[int, ...]
+    fields: tuple[int, ...]
+    sql: str  # the base rows: keys, entity, atom and values, filtered
+    params: tuple[Any, ...]
+
+
+def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: int = 2
+                ) -> CellPlan:
+    """Validate a cross-source query against its sources' schemas (by alias) and compile it
+    to a cell-table plan over the sources joined by enterprise.
+
+    Each source is first reduced to one row per (its own keys, enterprise), summing its rows
+    in scope, so one enterprise's many rows in one source never multiply its rows in
+    another. For every margin, each source is rolled up over its own dimensions only and the
+    sources are inner-joined on the enterprise (its index in the county register): an
+    enterprise counts in a cell when it is in every source there. The cell stage is the
+    single-source plan's. Fields are named ``alias.field``; each source's relation is
+    ``source_relation(alias)``.
+    """
+    if set(schemas) != set(spec.aliases):
+        raise InvalidInput("Every source needs its dataset.")
+    _check_shape(spec, top)
+
+    def owner(name: str) -> tuple[str, str]:
+        try:
+            alias, field = split_qualified(name)
+        except ValueError:
+            alias, field = "", ""
+        if alias not in schemas:
+            raise InvalidInput("Fields of a cross-source query are named alias.field, with "
+                               "the alias of one of its sources.", fields=[name])
+        return alias, field
+
+    gens: list[Generalisation] = []
+    keysets: list[tuple[Any, ...] | None] = []
+    figures: list[bool] = []
+    for dim in spec.group_by:
+        alias, field = owner(dim.field)
+        schema = schemas[alias]
+        local = replace(dim, field=field)
+        own_filters = [replace(f, field=owner(f.field)[1]) for f in spec.filters
+                       if owner(f.field)[0] == alias]
+        with _qualified(alias):
+            gen = _generalisation(local, schema)
+            fspec = schema.field(field)
+        gens.append(gen)
+        keysets.append(_keyset(local, fspec, gen, own_filters))
+        figures.append(fspec.type not in (FieldType.STRING, FieldType.BOOLEAN)
+                       and dim.bins is None and dim.level in (None, "day"))
+    names = [m.name for m in spec.measures]
+    if len(set(names)) != len(names):
+        raise InvalidInput("Measure names must be distinct; use 'as' to rename.")
+
+    def lookup(name: str) -> FieldSpec:
+        alias, field = owner(name)
+        with _qualified(alias):
+            return schemas[alias].field(field)
+
+    for m in spec.measures:
+        _check_measure(m, lookup)
+    fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
+    for f in spec.filters:
+        owner(f.field)
+    sources = []
+    for alias in spec.aliases:
+        dims = tuple(k for k, d in enumerate(spec.group_by) if owner(d.field)[0] == alias)
+        own = tuple(j for j, f in enumerate(fields) if owner(f)[0] == alias)
+        filters = [replace(f, field=owner(f.field)[1]) for f in spec.filters
+                   if owner(f.field)[0] == alias]
+        with _qualified(alias):
+            where, where_params = _where(filters, schemas[alias])
+        base = ", ".join([
+            *(f"{gens[k].sql} AS {quote(f'g#{k}')}" for k in dims),
+            f"{quote(ENTITY_INDEX_COLUMN)} AS {quote('i#')}",
+            f"{quote(ATOM_COLUMN)} AS {quote('a#')}",
+            *(f"{quote(owner(fields[j])[1])} AS {quote(f'v#{j}')}" for j in own),
+        ])
+        sources.append(_Source(
+            alias, dims, own, f"SELECT {base} FROM {source_relation(alias)}{where}",  # noqa: S608
+            tuple(p for k in dims for p in gens[k].params) + tuple(where_params)))
+    return CellPlan(sql=_joined_sql(sources, len(gens), len(fields), top),
+                    params=tuple(p for src in sources for p in src.params),
+                    dimensions=spec.dimensions, keysets=tuple(keysets),
+                    measures=spec.measures, fields=fields, top=top, periods=(),
+                    figures=tuple(figures))
+
+
+def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int) -> str:
+    """Per source its base rows, its (keys, enterprise) rows and its own lattice; per margin
+    the sources' nodes joined on the enterprise; then the cell stage."""
+    g = [quote(f"g#{k}") for k in range(dims)]
+    s = [quote(f"s#{j}") for j in range(nfields)]
+    n = [quote(f"n#{j}") for j in range(nfields)]
+    atoms = [quote(f"l#{j}") for j in range(nfields)]
+    i, a = quote("i#"), quote("a#")
+    ctes: list[str] = []
+    universes: list[int] = []
+    for t, src in enumerate(sources):
+        v = {j: quote(f"v#{j}") for j in src.fields}
+        keys = [g[k] for k in src.dims]
+        ent = ", ".join([
+            *keys, i,
+            *(f"SUM({v[j]}) AS {s[j]}, COUNT({v[j]}) AS {n[j]}" for j in src.fields),
+            *(f"list({a}) FILTER (WHERE {v[j]} IS NOT NULL) AS {atoms[j]}"
+              for j in src.fields),
+        ])
+        ordinals = ", ".join(str(k) for k in range(1, len(keys) + 2))
+        ctes.append(f"b{t} AS ({src.sql})")
+        ctes.append(f"e{t} AS MATERIALIZED (SELECT {ent} FROM b{t} GROUP BY {ordinals})")  # noqa: S608
+        universe = sum(1 << k for k in src.dims)
+        universes.append(universe)
+        nodes, _ = _lattice(g, [s[j] for j in src.fields], [n[j] for j in src.fields], i,
+                            universe=universe, prefix=f"r{t}_", top=f"e{t}")
+        ctes += nodes
+    full = (1 << dims) - 1
+    _, branches = _lattice(g, s, n, i)
+    for mask, _, _ in branches:
+        parts = []
+        for t in range(len(sources)):
+            own = mask & universes[t]
+            parts.append(f"e{t}" if own == universes[t] else f"r{t}_{own}")
+        picked = [f"t{next(t for t, src in enumerate(sources) if k in src.dims)}.{g[k]}"
+                  for k in range(dims) if mask >> k & 1]
+        for t, src in enumerate(sources):
+            picked += [f"t{t}.{s[j]}, t{t}.{n[j]}" for j in src.fields]
+            if mask == full:
+                picked += [f"t{t}.{atoms[j]}" for j in src.fields]
+        joined = " JOIN ".join(f"{rel} AS t{t}" + (f" USING ({i})" if t else "")
+                               for t, rel in enumerate(parts))
+        ctes.append(f"j{mask} AS (SELECT {', '.join([*picked, i])} FROM {joined})")  # noqa: S608
+    return ("WITH " + ", ".join(ctes) + " "
+            + _cell_stage(g, s, n, i, atoms, top, branches, lambda mask: f"j{mask}"))
+
+
+def _check_shape(spec: AggregateSpec | JoinedSpec, top: int) -> None:
     """The limits on how many dimensions, measures and filters a query has."""
     dims = spec.dimensions
     if len(dims) > MAX_DIMENSIONS:
@@ -232,7 +398,7 @@ def _check_measures(spec: AggregateSpec, schema: DatasetSchema) -> None:
     if len(set(names)) != len(names):
         raise InvalidInput("Measure names must be distinct; use 'as' to rename.")
     for m in spec.measures:
-        _check_measure(m, schema)
+        _check_measure(m, schema.field)
 
 
 def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: str,
@@ -263,13 +429,28 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
     ])
     ordinals = ", ".join(str(k) for k in range(1, len(gens) + 2))
     nodes, branches = _lattice(g, s, n, i)
+    full = (1 << len(g)) - 1
+    return (
+        f"WITH base AS (SELECT {base} FROM {SOURCE}{where}), "  # noqa: S608
+        f"ent AS MATERIALIZED (SELECT {ent} FROM base GROUP BY {ordinals})"
+        + "".join(f", {node}" for node in nodes)
+        + " " + _cell_stage(g, s, n, i, atoms, top, branches,
+                            lambda mask: "ent" if mask == full else f"r{mask}")
+    )
+
+
+def _cell_stage(g: Sequence[str], s: Sequence[str], n: Sequence[str], i: str,
+                atoms: Sequence[str], top: int, branches: Sequence[tuple[int, int, list[str]]],
+                relation: Callable[[int], str]) -> str:
+    """One row per cell (table cell or margin), each margin grouped by its own dimensions
+    only, from the per-enterprise relation of its kept-dimension mask: the enterprises and
+    their indices, and per field what disclosure control needs."""
     per_field = "".join(
         f", SUM({sc}) AS s{j}, SUM({nc}) AS n{j}, COUNT(*) FILTER (WHERE {nc} > 0) AS c{j}"
         f", SUM(abs({sc})) AS a{j}, max(abs({sc}), {int(top)}) AS t{j}"
         f", list({i}) FILTER (WHERE {nc} = 0) AS x{j}"
         for j, (sc, nc) in enumerate(zip(s, n, strict=True))
     )
-    # One row per cell: each margin is grouped by its own dimensions only.
     full = (1 << len(g)) - 1
     cells = []
     for mask, summed, kept in branches:
@@ -283,17 +464,13 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
                        for j, lc in enumerate(atoms))
         cells.append(
             f"SELECT {outer}, COUNT(*) AS entities, list({i}) AS members{per_field}{rows} "  # noqa: S608
-            f"FROM {'ent' if mask == full else f'r{mask}'}{group}"
+            f"FROM {relation(mask)}{group}"
         )
-    return (
-        f"WITH base AS (SELECT {base} FROM {SOURCE}{where}), "  # noqa: S608
-        f"ent AS MATERIALIZED (SELECT {ent} FROM base GROUP BY {ordinals})"
-        + "".join(f", {node}" for node in nodes)
-        + " " + " UNION ALL ".join(cells)
-    )
+    return " UNION ALL ".join(cells)
 
 
-def _lattice(g: list[str], s: list[str], n: list[str], i: str
+def _lattice(g: list[str], s: Sequence[str], n: Sequence[str], i: str, *,
+             universe: int | None = None, prefix: str = "r", top: str = "ent"
              ) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
     """Every margin per enterprise, as CTEs, and per margin (kept-dimension mask, GROUPING()
     bitmask, kept key columns).
@@ -301,23 +478,35 @@ def _lattice(g: list[str], s: list[str], n: list[str], i: str
     Each set of kept dimensions is aggregated from the smallest already computed set that has
     one more dimension (sums, minima and maxima compose), not from the full table as GROUPING
     SETS would: a lattice that reads the big (cell, enterprise) table once per dimension
-    instead of once per margin.
+    instead of once per margin. ``universe`` (a mask over ``g``, all of it by default) limits
+    the lattice to one source's dimensions; its nodes are ``{prefix}{mask}``, and the node of
+    the whole universe is ``top``.
     """
     partial_sums = "".join(f", SUM({sc}) AS {sc}, SUM({nc}) AS {nc}"
                            for sc, nc in zip(s, n, strict=True))
     nodes: list[str] = []
     branches: list[tuple[int, int, list[str]]] = []
     dims = len(g)
-    full = (1 << dims) - 1
-    for mask in sorted(range(full + 1), key=lambda m: -m.bit_count()):
+    full = (1 << dims) - 1 if universe is None else universe
+    for mask in sorted(sorted(_submasks(full)), key=lambda m: -m.bit_count()):
         kept = [g[k] for k in range(dims) if mask >> k & 1]
         if mask != full:
-            missing = next(k for k in range(dims) if not mask >> k & 1)
+            missing = next(k for k in range(dims) if full >> k & 1 and not mask >> k & 1)
             parent = mask | 1 << missing
-            source = "ent" if parent == full else f"r{parent}"
+            source = top if parent == full else f"{prefix}{parent}"
             keys = ", ".join([*kept, i])
-            nodes.append(f"r{mask} AS MATERIALIZED (SELECT {keys}{partial_sums} "  # noqa: S608
+            nodes.append(f"{prefix}{mask} AS MATERIALIZED (SELECT {keys}{partial_sums} "  # noqa: S608
                          f"FROM {source} GROUP BY {keys})")
         summed = sum(1 << (dims - 1 - k) for k in range(dims) if not mask >> k & 1)
         branches.append((mask, summed, kept))
     return nodes, branches
+
+
+def _submasks(mask: int) -> list[int]:
+    """Every mask whose bits are a subset of ``mask``'s."""
+    out, sub = [], mask
+    while True:
+        out.append(sub)
+        if sub == 0:
+            return out
+        sub = (sub - 1) & mask

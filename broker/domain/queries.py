@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -110,6 +111,94 @@ class AggregateSpec:
         uses += [{"field": flt.field, "use": FieldUse.FILTER.value} for flt in self.filters]
         unique = {(u["field"], u["use"]): u for u in uses}
         return [unique[key] for key in sorted(unique)]
+
+    def canonical(self) -> dict[str, Any]:
+        """A JSON-able form whose RFC 8785 bytes identify the query."""
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical spec: what the audit log keeps instead of the query."""
+        return hashlib.sha256(rfc8785.dumps(self.canonical())).hexdigest()
+
+
+#: An alias names one source of a cross-source query; its fields are named ``alias.field``.
+SOURCE_ALIAS = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+MIN_SOURCES, MAX_SOURCES = 2, 4
+
+
+def split_qualified(name: str) -> tuple[str, str]:
+    """``alias.field`` -> (alias, field); InvalidInput-free: the caller says what is wrong
+    (ValueError when ``name`` is not qualified)."""
+    alias, dot, field = name.partition(".")
+    if not dot or not SOURCE_ALIAS.fullmatch(alias) or not field:
+        raise ValueError(name)
+    return alias, field
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedSpec:
+    """A cross-source aggregate: several contracts' datasets joined by enterprise.
+
+    Fields are named ``alias.field`` everywhere (group_by, measures, filters, cell keys).
+    Each source is reduced to one value per enterprise and cell, then the sources are joined
+    on the enterprise; only enterprises present in every source count.
+    """
+
+    sources: tuple[tuple[str, str], ...]  # (alias, contract_id), sorted by alias
+    purpose: str
+    group_by: tuple[Dimension, ...]
+    measures: tuple[Measure, ...]
+    filters: tuple[Filter, ...] = ()
+    totals: bool = False
+    remainder: bool = False
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The source aliases, sorted."""
+        return tuple(alias for alias, _ in self.sources)
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        """The grouped (qualified) field names, in order."""
+        return tuple(d.field for d in self.group_by)
+
+    def contract_of(self, alias: str) -> str:
+        """The contract id the alias names."""
+        return dict(self.sources)[alias]
+
+    def part(self, alias: str) -> AggregateSpec:
+        """The query as it reads one source, its fields unqualified: that source's
+        dimensions and filters, and each measure restricted to the fields it reads there
+        (a source whose fields no measure reads contributes its enterprises, as a count)."""
+        def own(name: str | None) -> str | None:
+            if name is None:
+                return None
+            where, field = split_qualified(name)
+            return field if where == alias else None
+
+        measures = []
+        for m in self.measures:
+            if m.fn is MeasureFn.COUNT:
+                measures.append(Measure(MeasureFn.COUNT))
+                continue
+            mine = Measure(m.fn, own(m.field), own(m.numerator), own(m.denominator))
+            if mine.fields:
+                measures.append(mine)
+        if not measures:
+            measures.append(Measure(MeasureFn.COUNT))
+        return AggregateSpec(
+            contract_id=self.contract_of(alias), purpose=self.purpose,
+            group_by=tuple(Dimension(f, d.level, d.bins) for d in self.group_by
+                           if (f := own(d.field)) is not None),
+            measures=tuple(dict.fromkeys(measures)),
+            filters=tuple(Filter(f, flt.op, flt.value) for flt in self.filters
+                          if (f := own(flt.field)) is not None),
+        )
+
+    def field_uses(self) -> list[dict[str, str]]:
+        """Every (qualified field, use) pair the query makes."""
+        return AggregateSpec(contract_id="", purpose=self.purpose, group_by=self.group_by,
+                             measures=self.measures, filters=self.filters).field_uses()
 
     def canonical(self) -> dict[str, Any]:
         """A JSON-able form whose RFC 8785 bytes identify the query."""

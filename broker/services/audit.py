@@ -94,10 +94,12 @@ class Access:
     reasons: tuple[str, ...]
     disclosure: dict[str, Any] | None
     leaf_hash: str
+    #: A cross-source query's sources, each with its provider (``provider_org``).
+    sources: tuple[dict[str, Any], ...] | None = None
 
     @classmethod
-    def of(cls, item: AuditItem) -> Access:
-        """The access an entry records."""
+    def of(cls, item: AuditItem, owners: Mapping[str, str] | None = None) -> Access:
+        """The access an entry records; ``owners`` names the provider of each dataset."""
         entry = item.entry
         actor = entry.get("actor") or {}
         resource = entry.get("resource") or {}
@@ -117,7 +119,20 @@ class Access:
             reasons=tuple(decision["reasons"]),
             disclosure=entry.get("disclosure"),
             leaf_hash=item.leaf_hash,
+            sources=tuple({**source, "provider_org": (owners or {}).get(source.get("dataset_id"))}
+                          for source in resource["sources"])
+            if isinstance(resource.get("sources"), list) else None,
         )
+
+
+def source_datasets(entry: Mapping[str, Any]) -> list[str]:
+    """The datasets an entry is about: its dataset, or a cross-source query's sources'."""
+    resource = entry.get("resource") or {}
+    named = [resource.get("dataset_id")]
+    if isinstance(resource.get("sources"), list):
+        named += [source.get("dataset_id") for source in resource["sources"]
+                  if isinstance(source, dict)]
+    return [d for d in named if isinstance(d, str)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +182,11 @@ class AuditService:
         """The providers' view: entries about datasets (their own, unless an auditor asks),
         each as who, when, purpose, contract, fields and decision."""
         page = self.entries(ctx, replace(query, about_datasets=True))
-        return Page(tuple(Access.of(e) for e in page.items), page.next_cursor)
+        named = {d for item in page.items for d in source_datasets(item.entry)}
+        with self.uow(read_only=True) as uow:
+            owners = {d: dataset.owner_org for d in named
+                      if (dataset := uow.datasets.get(d)) is not None}
+        return Page(tuple(Access.of(e, owners) for e in page.items), page.next_cursor)
 
     # -- checkpoints and proofs --------------------------------------------------------------
 
@@ -198,9 +217,11 @@ class AuditService:
             found = uow.audit.entry(seq)
             owner = None
             if found is not None:
-                dataset_id = (found[0].get("resource") or {}).get("dataset_id")
-                dataset = uow.datasets.get(dataset_id) if dataset_id else None
-                owner = dataset.owner_org if dataset else None
+                # A cross-source entry is about every source's data: any of their providers.
+                owners = [dataset.owner_org for d in source_datasets(found[0])
+                          if (dataset := uow.datasets.get(d)) is not None]
+                owner = (ctx.principal.org if ctx.principal.org in owners
+                         else next(iter(owners), None))
         resource = {"kind": "audit-entry", "owner_org": owner,
                     "actor_org": (found[0].get("actor") or {}).get("org") if found else None}
         with self.uow() as uow:

@@ -33,7 +33,14 @@ from broker.domain.ports import (
     UnitOfWorkFactory,
 )
 from broker.domain.principals import RequestContext
-from broker.domain.queries import AggregateSpec, Cell, CellStatus, Release, SuppressionReason
+from broker.domain.queries import (
+    AggregateSpec,
+    Cell,
+    CellStatus,
+    JoinedSpec,
+    Release,
+    SuppressionReason,
+)
 from broker.domain.slices import Slice
 from broker.policy.decisions import FlowDecision, Policies, Verdict
 from broker.policy.inputs import FlowRequest
@@ -445,14 +452,14 @@ class QueryService:
 
 
 def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex,
-             spec: AggregateSpec, opaque: frozenset[str]) -> _Protected:
+             spec: AggregateSpec | JoinedSpec, opaque: frozenset[str]) -> _Protected:
     protected = protect(table, plan, rules, ledger=ledger, margins=spec.totals,
                         remainder=spec.remainder, opaque=opaque)
     answer = _answer(table, plan, spec, protected.released, protected.remainder)
     return _Protected(answer, protected.ledger, protected)
 
 
-def _answer(table: CellTable, plan: CellPlan, spec: AggregateSpec,
+def _answer(table: CellTable, plan: CellPlan, spec: AggregateSpec | JoinedSpec,
             released: Sequence[tuple[Index, SuppressionReason | None]],
             pooled: Pooled | None) -> Answer:
     """The cells and the remainder row as released: values only where nothing withholds."""

@@ -130,12 +130,20 @@ class LinkCache:
     def audit(self, dataset_id: str) -> Iterator[LinkAudit]:
         """The dataset's history for one release, held until its transaction ends: what the
         release changed stays if it committed (``committed``), and is undone otherwise."""
+        with self.audit_many([dataset_id]) as handles:
+            yield handles[dataset_id]
+
+    @contextmanager
+    def audit_many(self, dataset_ids: Iterable[str]) -> Iterator[dict[str, LinkAudit]]:
+        """Several datasets' histories for one release (a cross-source query), held together
+        until its transaction ends, each kept or undone as ``audit`` does."""
         with self._lock:
-            handle = LinkAudit(self, dataset_id)
+            handles = {d: LinkAudit(self, d) for d in sorted(set(dataset_ids))}
             try:
-                yield handle
+                yield handles
             finally:
-                handle.close()
+                for handle in handles.values():
+                    handle.close()
 
     def _refresh(self, uow: UnitOfWork, dataset_id: str, sealer: Sealer) -> History:
         history = self._histories.setdefault(dataset_id, History())

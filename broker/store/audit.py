@@ -17,6 +17,8 @@ from broker.domain.errors import Unavailable
 from broker.domain.ports import AuditQuery, Clock, StoredCheckpoint
 from broker.domain.queries import Receipt
 from broker.store.tables import (
+    SOURCE_CONTRACT_COLUMNS,
+    SOURCE_DATASET_COLUMNS,
     AuditCheckpointRow,
     AuditEntryRow,
     AuditHeadRow,
@@ -112,7 +114,8 @@ class SqlAuditLog:
     def count_released(self, contract_id: str, action: str, since: str) -> int:
         """How many allowed ``action`` entries a contract has had since ``since`` (ISO ts)."""
         stmt = select(func.count()).where(
-            AuditEntryRow.contract_id == contract_id,
+            or_(col(AuditEntryRow.contract_id) == contract_id,
+                *(_ENTRIES.c[name] == contract_id for name in SOURCE_CONTRACT_COLUMNS)),
             AuditEntryRow.action == action,
             col(AuditEntryRow.allowed).is_(True),
             col(AuditEntryRow.ts) >= since,
@@ -128,11 +131,17 @@ class SqlAuditLog:
         if query.org is not None:
             stmt = stmt.where(AuditEntryRow.actor_org == query.org)
         if query.dataset_ids is not None:
-            stmt = stmt.where(col(AuditEntryRow.dataset_id).in_(list(query.dataset_ids)))
+            ids = list(query.dataset_ids)
+            stmt = stmt.where(or_(col(AuditEntryRow.dataset_id).in_(ids),
+                                  *(_ENTRIES.c[name].in_(ids)
+                                    for name in SOURCE_DATASET_COLUMNS)))
         if query.about_datasets:
-            stmt = stmt.where(col(AuditEntryRow.dataset_id).is_not(None))
+            stmt = stmt.where(or_(col(AuditEntryRow.dataset_id).is_not(None),
+                                  _ENTRIES.c[SOURCE_DATASET_COLUMNS[0]].is_not(None)))
         if query.contract_id is not None:
-            stmt = stmt.where(AuditEntryRow.contract_id == query.contract_id)
+            stmt = stmt.where(or_(col(AuditEntryRow.contract_id) == query.contract_id,
+                                  *(_ENTRIES.c[name] == query.contract_id
+                                    for name in SOURCE_CONTRACT_COLUMNS)))
         if query.action is not None:
             stmt = stmt.where(AuditEntryRow.action == query.action)
         if query.since is not None:

@@ -135,7 +135,8 @@ class EntryField(ColumnElement[Any]):
 
 @compiles(EntryField, "sqlite")
 def _entry_field_sqlite(element: EntryField, _compiler: Any, **_kw: Any) -> str:
-    return f"json_extract(body, '$.{'.'.join(element.path)}')"
+    path = "".join(f"[{step}]" if step.isdigit() else f".{step}" for step in element.path)
+    return f"json_extract(body, '${path}')"
 
 
 @compiles(EntryField, "postgresql")
@@ -171,6 +172,21 @@ class AuditEntryRow(SQLModel, table=True):
     dataset_id: str | None = _generated("resource", "dataset_id")
     contract_id: str | None = _generated("resource", "contract_id")
     allowed: bool | None = _generated("decision", "allowed", boolean=True)
+    # A cross-source query's sources (at most MAX_SOURCES), so that each provider's view and
+    # each contract's quota find it.
+    source0_dataset_id: str | None = _generated("resource", "sources", "0", "dataset_id")
+    source0_contract_id: str | None = _generated("resource", "sources", "0", "contract_id")
+    source1_dataset_id: str | None = _generated("resource", "sources", "1", "dataset_id")
+    source1_contract_id: str | None = _generated("resource", "sources", "1", "contract_id")
+    source2_dataset_id: str | None = _generated("resource", "sources", "2", "dataset_id")
+    source2_contract_id: str | None = _generated("resource", "sources", "2", "contract_id")
+    source3_dataset_id: str | None = _generated("resource", "sources", "3", "dataset_id")
+    source3_contract_id: str | None = _generated("resource", "sources", "3", "contract_id")
+
+
+#: The generated columns naming each source of a cross-source entry.
+SOURCE_DATASET_COLUMNS = tuple(f"source{n}_dataset_id" for n in range(4))
+SOURCE_CONTRACT_COLUMNS = tuple(f"source{n}_contract_id" for n in range(4))
 
 
 class AuditNodeRow(SQLModel, table=True):

@@ -7,17 +7,24 @@ from fastapi import APIRouter
 from broker.api.deps import ContextDep, QueryServiceDep
 from broker.api.routes.common import AUTHENTICATED
 from broker.api.schemas.queries import AggregateIn, AggregateOut, ExplainOut
+from broker.services.joins import JoinedQueries
 
 router = APIRouter(tags=["queries"], responses=AUTHENTICATED)
 
 
 @router.post("/v1/queries/aggregate")
 def run_aggregate(body: AggregateIn, ctx: ContextDep, queries: QueryServiceDep) -> AggregateOut:
-    """Run an aggregate query under an active usage contract; only safe cells carry values."""
+    """Run an aggregate query under an active usage contract, or across several providers'
+    contracts joined by enterprise (``sources``); only safe cells carry values."""
+    if body.joined:
+        return AggregateOut.from_domain(JoinedQueries(queries).aggregate(ctx, body.to_joined()))
     return AggregateOut.from_domain(queries.aggregate(ctx, body.to_domain()))
 
 
 @router.post("/v1/policy/explain")
 def explain_query(body: AggregateIn, ctx: ContextDep, queries: QueryServiceDep) -> ExplainOut:
-    """Dry run: the per-field verdicts and reasons a query would get; nothing is released."""
+    """Dry run: the per-field verdicts and reasons a query would get (per alias.field across
+    sources); nothing is released."""
+    if body.joined:
+        return ExplainOut.from_domain(JoinedQueries(queries).explain(ctx, body.to_joined()))
     return ExplainOut.from_domain(queries.explain(ctx, body.to_domain()))

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
+    Field,
 )
 
 from audit.proofs import ConsistencyProof, InclusionProof
@@ -175,6 +176,9 @@ class AccessOut(BaseModel):
     reasons: list[str]
     disclosure: dict[str, Any] | None
     leaf_hash: str
+    sources: list[dict[str, Any]] | None = Field(
+        default=None, description="A cross-source query's sources: alias, provider_org, "
+                                  "dataset_id, version and contract_id each")
 
     @classmethod
     def from_domain(cls, access: Access) -> AccessOut:
@@ -187,6 +191,7 @@ class AccessOut(BaseModel):
             fields=list(access.fields) if access.fields is not None else None,
             allowed=access.allowed, reasons=list(access.reasons),
             disclosure=access.disclosure, leaf_hash=access.leaf_hash,
+            sources=[dict(s) for s in access.sources] if access.sources is not None else None,
         )
 
 

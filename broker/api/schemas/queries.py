@@ -9,35 +9,46 @@ from pydantic import (
     BaseModel,
     Field,
     StringConstraints,
+    model_validator,
 )
 
 from broker.api.schemas.common import (
-    FieldName,
     Flag,
     In,
     Scalar,
     Slug,
     Uuid,
 )
+from broker.domain.names import FIELD_NAME
 from broker.domain.queries import (
+    MAX_SOURCES,
+    MIN_SOURCES,
+    SOURCE_ALIAS,
     AggregateSpec,
     Dimension,
     Filter,
     FilterOp,
+    JoinedSpec,
     Measure,
     MeasureFn,
     Release,
 )
 from broker.services.queries import Explanation
 
+#: A field as a query names it: ``field``, or ``alias.field`` in a cross-source query.
+FieldRef = Annotated[str, StringConstraints(
+    pattern="^(?:" + SOURCE_ALIAS.pattern.strip("^$") + r"\.)?" + FIELD_NAME.pattern.strip("^$")
+    + "$")]
+Alias = Annotated[str, StringConstraints(pattern=SOURCE_ALIAS.pattern)]
+
 
 class MeasureIn(In):
     """A statistic: count (distinct enterprises), sum, mean or ratio of sums."""
 
     fn: MeasureFn
-    field: FieldName | None = None
-    numerator: FieldName | None = None
-    denominator: FieldName | None = None
+    field: FieldRef | None = None
+    numerator: FieldRef | None = None
+    denominator: FieldRef | None = None
     as_: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = Field(
         default=None, alias="as"
     )
@@ -50,7 +61,7 @@ class MeasureIn(In):
 class FilterIn(In):
     """A predicate in the closed grammar: eq, in (list), range ([low, high], inclusive)."""
 
-    field: FieldName
+    field: FieldRef
     op: FilterOp
     value: Scalar | Annotated[list[Scalar], Field(max_length=1000)]
 
@@ -63,7 +74,7 @@ class DimensionIn(In):
     """A group-by field at a coarser level (month, quarter, year; GB/T 4754 group, division,
     section) or cut into numeric bins."""
 
-    field: FieldName
+    field: FieldRef
     level: Literal["day", "month", "quarter", "year", "class", "group", "division",
                    "section"] | None = None
     bins: Annotated[list[Annotated[float, Field(strict=True, allow_inf_nan=False)]],
@@ -76,28 +87,69 @@ class DimensionIn(In):
 
 
 class AggregateIn(In):
-    """An aggregate query under a contract."""
+    """An aggregate query under a contract (``contract_id``), or across sources joined by
+    enterprise (``sources``: alias -> contract id, 2 to 4; fields then named
+    ``alias.field``)."""
 
-    contract_id: Uuid
+    contract_id: Uuid | None = None
+    sources: Annotated[dict[Alias, Uuid], Field(min_length=MIN_SOURCES,
+                                                max_length=MAX_SOURCES)] | None = Field(
+        default=None, description="A cross-source query: alias -> contract id (2 to 4), "
+                                  "instead of contract_id; fields are named alias.field")
     purpose: Slug
-    group_by: Annotated[list[FieldName | DimensionIn], Field(max_length=4)] = []
+    group_by: Annotated[list[FieldRef | DimensionIn], Field(max_length=4)] = []
     measures: Annotated[list[MeasureIn], Field(min_length=1, max_length=16)]
     filters: Annotated[list[FilterIn], Field(max_length=16)] = []
     totals: Flag = False
     remainder: Flag = False
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> AggregateIn:
+        if (self.contract_id is None) == (self.sources is None):
+            raise ValueError("Give either contract_id or sources (a cross-source query).")
+        for name in self._field_names():
+            alias, dot, _ = name.partition(".")
+            if self.sources is None and dot:
+                raise ValueError(f"Field {name!r}: only a cross-source query (sources) names "
+                                 "fields alias.field.")
+            if self.sources is not None and (not dot or alias not in self.sources):
+                raise ValueError(f"Field {name!r}: a cross-source query names each field "
+                                 "alias.field, with one of its sources' aliases.")
+        return self
+
+    def _field_names(self) -> list[str]:
+        names = [d if isinstance(d, str) else d.field for d in self.group_by]
+        names += [f for m in self.measures for f in (m.field, m.numerator, m.denominator)
+                  if f is not None]
+        return names + [f.field for f in self.filters]
+
+    def _parts(self) -> dict[str, Any]:
+        return {
+            "purpose": self.purpose,
+            "group_by": tuple(Dimension(d) if isinstance(d, str) else d.to_domain()
+                              for d in self.group_by),
+            "measures": tuple(m.to_domain() for m in self.measures),
+            "filters": tuple(f.to_domain() for f in self.filters),
+            "totals": self.totals,
+            "remainder": self.remainder,
+        }
+
+    @property
+    def joined(self) -> bool:
+        """Whether this is a cross-source query."""
+        return self.sources is not None
+
     def to_domain(self) -> AggregateSpec:
-        """Domain form."""
-        return AggregateSpec(
-            contract_id=self.contract_id,
-            purpose=self.purpose,
-            group_by=tuple(Dimension(d) if isinstance(d, str) else d.to_domain()
-                           for d in self.group_by),
-            measures=tuple(m.to_domain() for m in self.measures),
-            filters=tuple(f.to_domain() for f in self.filters),
-            totals=self.totals,
-            remainder=self.remainder,
-        )
+        """Domain form of a single-source query."""
+        if self.contract_id is None:
+            raise ValueError("a cross-source query has no single contract")
+        return AggregateSpec(contract_id=self.contract_id, **self._parts())
+
+    def to_joined(self) -> JoinedSpec:
+        """Domain form of a cross-source query (sources sorted by alias)."""
+        if self.sources is None:
+            raise ValueError("a single-source query has no sources")
+        return JoinedSpec(sources=tuple(sorted(self.sources.items())), **self._parts())
 
 
 class CellOut(BaseModel):

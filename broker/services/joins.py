@@ -1,0 +1,381 @@
+"""Use case: cross-source aggregates, several providers' data joined by enterprise inside the
+broker, released through the same disclosure control and release audit as any query."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+
+from audit.entry import AuditEvent
+from broker.disclosure.cells import ENTITIES, CellTable, read_table
+from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.linking import SourcePart, link_sources
+from broker.disclosure.plan import CellPlan, plan_joined, source_relation
+from broker.domain.datasets import Dataset
+from broker.domain.disclosure import Rules
+from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
+from broker.domain.ledger import Form
+from broker.domain.ports import UnitOfWork
+from broker.domain.principals import RequestContext
+from broker.domain.queries import (
+    Cell,
+    Filter,
+    JoinedSpec,
+    MeasureFn,
+    Release,
+    SuppressionReason,
+    split_qualified,
+)
+from broker.domain.slices import Slice
+from broker.policy.decisions import FlowDecision, Verdict
+from broker.policy.inputs import FlowRequest
+from broker.services.contracts import contract_resource
+from broker.services.queries import (
+    AGGREGATE,
+    EXPLAIN,
+    Explanation,
+    Prediction,
+    QueryService,
+    _against_contract,
+    _answer,
+    _day_start,
+    _protect,
+    _Protected,
+    _stricter,
+    _unusable,
+)
+from broker.services.releases import Answer, LinkAudit, result_digest, sealed_form
+from contracts.model import Contract
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """One source as decided: the contract the alias names (None when the caller may not see
+    it), its dataset, and the flow decision on the part of the query that reads it.
+    ``target`` is the named contract's dataset even when the caller may not see it, so that
+    the provider's audit view shows the attempt."""
+
+    alias: str
+    contract_id: str
+    contract: Contract | None
+    dataset: Dataset | None
+    target: tuple[str, int] | None
+    decision: FlowDecision
+    consented: Slice | None = None
+
+    def usable(self) -> tuple[Contract, Dataset]:
+        """The contract and dataset of an allowed source; fail closed without either."""
+        if self.contract is None or self.dataset is None:
+            raise PolicyDenied(("no-active-contract",))
+        return self.contract, self.dataset
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """Every source's decision and the one decision they make together."""
+
+    sources: tuple[_Source, ...]
+    decision: FlowDecision
+
+    def planned(self, spec: JoinedSpec) -> JoinedSpec:
+        """The query as it runs: each source's consented slice added to its filters."""
+        extra = tuple(Filter(f"{s.alias}.{flt.field}", flt.op, flt.value)
+                      for s in self.sources if s.consented is not None
+                      for flt in s.consented.predicate)
+        return replace(spec, filters=(*spec.filters, *extra)) if extra else spec
+
+    def datasets(self) -> dict[str, Dataset]:
+        """Each alias's dataset (allowed decisions only)."""
+        return {s.alias: s.usable()[1] for s in self.sources}
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    """The joined cell table, protected, with the thresholds it ran with."""
+
+    rules: Rules
+    plan: CellPlan
+    table: CellTable
+    protected: _Protected
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedQueries:
+    """Cross-source aggregates through the query service's stores, policies and engine.
+
+    The decision is one over every source: each contract must be the caller's, in force, for
+    the purpose, signed as it stands, and grant ``linkable``; each source's fields pass its
+    own contract's verdicts; the strictest thresholds of the contracts apply. Like any query
+    it is decided again under the audit head lock, audited whatever its outcome, and its
+    cells pass the release audit of every source's dataset.
+    """
+
+    queries: QueryService
+
+    def aggregate(self, ctx: RequestContext, spec: JoinedSpec) -> Release:
+        """Decide, compute, audit against every source's history, append the entry, commit;
+        only then return."""
+        q = self.queries
+        with q.uow() as uow:
+            decided = self._decide(uow, ctx, spec, AGGREGATE)
+        computed = self._computed_or_recorded(ctx, spec, decided)
+        nonce = secrets.token_hex(16)
+        datasets = decided.datasets()
+        with q.uow() as uow, q.links.audit_many(d.id for d in datasets.values()) as handles:
+            uow.audit.lock()
+            decided = self._decide(uow, ctx, spec, AGGREGATE)
+            parts = self._parts(uow, computed, datasets, handles)
+            answer, forms = _audited(computed, spec, parts)
+            cells = self._pseudonymized(spec, decided, answer.cells)
+            release = Release(
+                query_id=ctx.request_id, cells=cells, k=computed.rules.k_min,
+                policy_revision=decided.decision.revision,
+                field_verdicts=decided.decision.fields, result_nonce=nonce,
+                remainder=answer.remainder)
+            receipt = uow.audit.append(replace(
+                self._event(ctx, spec, decided, AGGREGATE),
+                disclosure={"k": computed.rules.k_min,
+                            "cells_published": release.cells_published,
+                            "cells_suppressed": release.cells_suppressed,
+                            "result_digest": result_digest(nonce, cells, answer.remainder)}))
+            for alias, dataset in datasets.items():
+                handles[dataset.id].recorded(uow.releases.add_forms(
+                    dataset.id, [sealed_form(q.sealer, dataset.id, f) for f in forms[alias]],
+                    receipt.seq))
+            uow.commit()
+            for handle in handles.values():
+                handle.committed()
+        return replace(release, receipt=receipt)
+
+    def explain(self, ctx: RequestContext, spec: JoinedSpec) -> Explanation:
+        """The decision the query would get, per ``alias.field``, and when allowed how its
+        cells would come out now; nothing released, the dry run audited."""
+        q = self.queries
+        with q.uow() as uow:
+            q.guard.require(uow, ctx, EXPLAIN, {"kind": "query"},
+                            contract_id=spec.sources[0][1])
+            decided = self._decide(uow, ctx, spec, EXPLAIN, refuse=False)
+            event = self._event(ctx, spec, decided, EXPLAIN)
+            if decided.decision.allow:
+                try:
+                    plan_joined(decided.planned(spec),
+                                {a: d.schema for a, d in decided.datasets().items()})
+                except BrokerError as exc:
+                    uow.audit.append(replace(event, allowed=False, reasons=(exc.slug,)))
+                    uow.commit()
+                    raise
+            uow.audit.append(event)
+            uow.commit()
+        decision = decided.decision
+        if not decision.allow:
+            return Explanation(decision)
+        computed = self._compute(spec, decided)
+        datasets = decided.datasets()
+        with q.uow(read_only=True) as uow, \
+                q.links.audit_many(d.id for d in datasets.values()) as handles:
+            answer, _ = _audited(computed, spec, self._parts(uow, computed, datasets, handles))
+        return Explanation(decision, Prediction.of(answer))
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def _decide(self, uow: UnitOfWork, ctx: RequestContext, spec: JoinedSpec, action: str,
+                *, refuse: bool = True) -> _Decided:
+        """Every source's flow decision and their combination; a denial (when ``refuse``) or
+        an unavailable policy engine is audited."""
+        q = self.queries
+        try:
+            sources = tuple(self._source(uow, ctx, spec, alias) for alias in spec.aliases)
+        except Unavailable:
+            unknown = _Decided(tuple(_Source(a, c, None, None, _target(uow, c),
+                                             FlowDecision(False, (), q.policies.revision))
+                                     for a, c in spec.sources),
+                               FlowDecision(False, ("policy-engine-unavailable",),
+                                            q.policies.revision))
+            _deny(uow, self._event(ctx, spec, unknown, action), unknown.decision.reasons)
+            raise
+        decided = _Decided(sources, _combined(sources, q.policies.revision))
+        if refuse and not decided.decision.allow:
+            _deny(uow, self._event(ctx, spec, decided, action), decided.decision.reasons)
+            raise PolicyDenied(decided.decision.reasons,
+                               fields=decided.decision.field_reasons)
+        return decided
+
+    def _source(self, uow: UnitOfWork, ctx: RequestContext, spec: JoinedSpec,
+                alias: str) -> _Source:
+        q = self.queries
+        contract_id = spec.contract_of(alias)
+        part = spec.part(alias)
+        contract = uow.contracts.get(contract_id)
+        target = _target(uow, contract_id)
+        if contract is not None and not q.guard.decide(
+                uow, ctx, "contract.read", contract_resource(contract)).allow:
+            contract = None  # another organisation's contract is treated as absent
+        dataset = (uow.datasets.get(contract.terms.dataset_id, contract.terms.dataset_version)
+                   if contract else None)
+        now = q.clock()
+        usage = (uow.audit.count_released(contract.id, AGGREGATE, _day_start(now))
+                 if contract is not None else 0)
+        request = FlowRequest(
+            ctx.principal, registered=uow.orgs.get(ctx.principal.org) is not None, now=now,
+            queries_today=usage, contract=contract, dataset=dataset, spec=part)
+        decision = _against_contract(q.policies.flow_at(request), contract, dataset, part)
+        consented = None
+        if decision.allow and contract is not None:
+            consented = uow.slices.get(contract.terms.slice_id) if contract.terms.slice_id \
+                else None
+            refusal = _unusable(uow, contract, consented)
+            if refusal is None and not contract.terms.linkable:
+                refusal = "contract-not-linkable"
+            if refusal is not None:
+                decision = replace(decision, allow=False, reasons=(refusal,), rules=None)
+        return _Source(alias, contract_id, contract, dataset, target, decision, consented)
+
+    def _event(self, ctx: RequestContext, spec: JoinedSpec, decided: _Decided,
+               action: str) -> AuditEvent:
+        """The audit entry: who, which sources (each source's dataset, version and contract,
+        the dataset named even when the caller may not see the contract), decided how."""
+        return AuditEvent(
+            actor=ctx.principal.as_actor(), action=action, request_id=ctx.request_id,
+            allowed=decided.decision.allow, reasons=decided.decision.reasons,
+            policy_revision=decided.decision.revision, purpose=spec.purpose,
+            query_fp=spec.fingerprint(),
+            fields=tuple(sorted({use["field"] for use in spec.field_uses()})),
+            sources=tuple({"alias": s.alias,
+                           "dataset_id": s.target[0] if s.target else None,
+                           "version": s.target[1] if s.target else None,
+                           "contract_id": s.contract_id if s.target else None}
+                          for s in decided.sources))
+
+    # -- computing ---------------------------------------------------------------------------
+
+    def _computed_or_recorded(self, ctx: RequestContext, spec: JoinedSpec,
+                              decided: _Decided) -> _Computed:
+        """The protected joined table; a failure after the policy allowed is audited."""
+        q = self.queries
+        try:
+            return self._compute(spec, decided)
+        except BrokerError as exc:
+            reason = exc.slug
+            failure: BaseException = exc
+        except Exception as exc:
+            reason, failure = "engine-failed", exc
+        with q.uow() as uow:
+            _deny(uow, self._event(ctx, spec, decided, AGGREGATE), (reason,))
+        raise failure
+
+    def _compute(self, spec: JoinedSpec, decided: _Decided) -> _Computed:
+        """Plan, run the join on the engine over the decrypted versions, and protect the
+        cell table (k, dominance, complementary suppression) under the strictest rules."""
+        q = self.queries
+        rules = _strictest([_stricter(s.decision.rules, s.usable()[0])
+                            for s in decided.sources])
+        datasets = decided.datasets()
+        planned = decided.planned(spec)
+        plan = plan_joined(planned, {a: d.schema for a, d in datasets.items()},
+                           top=rules.top)
+        with q.uow(read_only=True) as uow:
+            locations = {a: uow.datasets.version_path(d.id, d.version)
+                         for a, d in datasets.items()}
+        relations = {source_relation(a): q.storage.scan(loc)  # decrypted in memory only
+                     for a, loc in locations.items()}
+        table = read_table(plan, q.engine.run(relations, plan.sql, plan.params))
+        opaque = frozenset(f for f, v in decided.decision.fields.items()
+                           if v is Verdict.PSEUDONYMIZE)
+        # The release audit, not the differencing ledger, relates a joined cell to every
+        # single-source release of the same data.
+        protected = _protect(table, plan, rules, LedgerIndex(), planned, opaque)
+        return _Computed(rules, plan, table, protected)
+
+    def _parts(self, uow: UnitOfWork, computed: _Computed, datasets: dict[str, Dataset],
+               handles: dict[str, LinkAudit]) -> dict[str, SourcePart]:
+        """Each source's share of the table and its dataset's history, brought up to date."""
+        q = self.queries
+        counted = any(m.fn is MeasureFn.COUNT for m in computed.plan.measures)
+        parts = {}
+        for alias, dataset in datasets.items():
+            names = {f: split_qualified(f)[1] for f in computed.plan.fields
+                     if split_qualified(f)[0] == alias}
+            quantities = (ENTITIES,) * counted + tuple(f"f:{own}" for own in names.values())
+            handle = handles[dataset.id]
+            history = handle.load(uow, quantities, q.sealer)
+            parts[alias] = SourcePart(history, names, quantities)
+        return parts
+
+    def _pseudonymized(self, spec: JoinedSpec, decided: _Decided,
+                       cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
+        """Keys of dimensions a source's contract lets out pseudonymized, under that
+        contract's key; the cells then ordered by their released keys."""
+        out = cells
+        for alias, contract_id in spec.sources:
+            hidden = {d.field: d for d in spec.group_by
+                      if split_qualified(d.field)[0] == alias
+                      and decided.decision.fields.get(d.field) is Verdict.PSEUDONYMIZE}
+            if hidden:
+                out = self.queries.pseudonyms.cells(contract_id, out, hidden)
+        if out is cells:
+            return cells
+        return tuple(sorted(out, key=lambda c: (len(c.key), sorted(
+            (k, str(v)) for k, v in c.key.items()))))
+
+
+def _audited(computed: _Computed, spec: JoinedSpec, parts: dict[str, SourcePart]
+             ) -> tuple[Answer, dict[str, list[Form]]]:
+    """The answer after the release audit of every source, and each source's forms."""
+    outcome = computed.protected.outcome
+    pooled = outcome.remainder
+    asked = spec.remainder and pooled is not None and pooled[1] is None
+    aliases = sorted(parts)
+    released, forms, remainder = link_sources(
+        computed.table, [parts[a] for a in aliases], outcome.released, outcome.levels,
+        remainder=asked)
+    if asked and not remainder:
+        pooled = (None, SuppressionReason.LINKED)
+    answer = _answer(computed.table, computed.plan, spec, released, pooled)
+    return answer, dict(zip(aliases, forms, strict=True))
+
+
+def _combined(sources: tuple[_Source, ...], revision: str) -> FlowDecision:
+    """One decision over every source: allowed only if each is and the sources are distinct
+    datasets; verdicts and reasons per ``alias.field``; the strictest k; the least quota."""
+    reasons = sorted({r for s in sources for r in s.decision.reasons})
+    allow = all(s.decision.allow for s in sources)
+    if allow and len({s.dataset.id for s in sources if s.dataset}) != len(sources):
+        allow, reasons = False, ["sources-not-distinct"]
+    rules = None
+    if allow:
+        rules = _strictest([s.decision.rules for s in sources if s.decision.rules])
+    return FlowDecision(
+        allow=allow, reasons=() if allow else tuple(reasons), revision=revision,
+        fields={f"{s.alias}.{f}": v for s in sources for f, v in s.decision.fields.items()},
+        field_reasons={f"{s.alias}.{f}": r for s in sources
+                       for f, r in s.decision.field_reasons.items()},
+        k=max(s.decision.k for s in sources),
+        quota_remaining=min(s.decision.quota_remaining for s in sources),
+        rules=rules)
+
+
+def _strictest(rules: list[Rules]) -> Rules:
+    """The strictest of several contracts' thresholds: each rule at its strictest."""
+    if not rules:
+        raise Unavailable("The policy set no disclosure rules; nothing was released.")
+    return Rules(
+        k_min=max(r.k_min for r in rules),
+        dominance_n=max(r.dominance_n for r in rules),
+        dominance_k=min(r.dominance_k for r in rules),
+        p_percent=max(r.p_percent for r in rules),
+        protection_percent=max(r.protection_percent for r in rules),
+    )
+
+
+def _target(uow: UnitOfWork, contract_id: str) -> tuple[str, int] | None:
+    requested = uow.contracts.get(contract_id)
+    named = (uow.datasets.get(requested.terms.dataset_id, requested.terms.dataset_version)
+             if requested else None)
+    return (named.id, named.version) if named else None
+
+
+def _deny(uow: UnitOfWork, event: AuditEvent, reasons: tuple[str, ...]) -> None:
+    uow.rollback()
+    uow.audit.append(replace(event, allowed=False, reasons=reasons))
+    uow.commit()
+
