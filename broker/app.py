@@ -22,7 +22,16 @@ from broker.api.middleware import (
     RequestMetrics,
     UnexpectedErrorMiddleware,
 )
-from broker.api.routes import audit, contracts, datasets, health, orgs, queries, slices
+from broker.api.routes import (
+    audit,
+    contracts,
+    datasets,
+    health,
+    indicators,
+    orgs,
+    queries,
+    slices,
+)
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
 from broker.policy.bundle import PolicySources
@@ -34,6 +43,7 @@ from broker.services.checkpoints import Checkpointer, DirectorySink, make_sinks
 from broker.services.contracts import ContractService
 from broker.services.datasets import DatasetService
 from broker.services.guard import Guard
+from broker.services.indicators import IndicatorService
 from broker.services.orgs import OrgService
 from broker.services.queries import QueryService
 from broker.settings import Settings
@@ -74,6 +84,7 @@ class Container:
     policies: Policies
     tokens: TokenVerifier
     orgs: OrgService
+    indicators: IndicatorService
     datasets: DatasetService
     contracts: ContractService
     queries: QueryService
@@ -118,6 +129,7 @@ def build_container(settings: Settings) -> Container:
             leeway=settings.jwt_leeway_seconds,
         ),
         orgs=OrgService(uow, guard, clock, keyring),
+        indicators=IndicatorService(uow, guard, clock),
         datasets=DatasetService(
             uow, guard, storage,
             {"csv": read_csv_table, "xlsx": read_xlsx, "parquet": read_parquet}, clock,
@@ -165,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = RequestMetrics()
     problems.install(app)
-    for module in (orgs, datasets, slices, contracts, queries, audit, health):
+    for module in (orgs, datasets, slices, contracts, queries, indicators, audit, health):
         app.include_router(module.router)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: nothing re-raises past it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

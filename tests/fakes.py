@@ -29,6 +29,7 @@ from audit.entry import GENESIS_HASH, AuditEvent, build_entry, encode, format_ts
 from audit.verify import Chunk, Head
 from broker.domain.datasets import Dataset, DatasetVersion
 from broker.domain.errors import Conflict, NotFound, Unavailable
+from broker.domain.indicators import Indicator
 from broker.domain.ledger import Form, FormEntry, LedgerEntry
 from broker.domain.organisations import Organisation
 from broker.domain.ports import AuditQuery, Clock, PolicyEngine, StoredCheckpoint
@@ -101,6 +102,7 @@ class StoreState:
     orgs: dict[str, Organisation] = field(default_factory=dict)
     datasets: dict[str, StoredDataset] = field(default_factory=dict)
     slices: dict[str, Slice] = field(default_factory=dict)
+    indicators: dict[str, Indicator] = field(default_factory=dict)
     contracts: dict[str, Contract] = field(default_factory=dict)
     entries: list[StoredEntry] = field(default_factory=list)
     nodes: dict[merkle.Node, bytes] = field(default_factory=dict)
@@ -119,6 +121,7 @@ class StoreState:
         """A snapshot of this state."""
         return StoreState(
             orgs=dict(self.orgs), datasets=dict(self.datasets), slices=dict(self.slices),
+            indicators=dict(self.indicators),
             contracts=dict(self.contracts), entries=list(self.entries), nodes=dict(self.nodes),
             tree=self.tree.copy(), head_hash=self.head_hash, checkpoints=dict(self.checkpoints),
             released=list(self.released), answers=dict(self.answers), forms=list(self.forms),
@@ -276,6 +279,28 @@ class FakeSliceRepository:
         return sorted(found, key=lambda s: (s.created_at, s.id))
 
 
+class FakeIndicatorRepository:
+    """The indicator catalogue in memory."""
+
+    def __init__(self, working: Working) -> None:
+        self.working = working
+
+    def add(self, indicator: Indicator) -> None:
+        """Insert a new indicator; its id must be free."""
+        indicators = self.working.writable().indicators
+        if indicator.id in indicators:
+            raise Conflict("An indicator with this id already exists.")
+        indicators[indicator.id] = indicator
+
+    def get(self, indicator_id: str) -> Indicator | None:
+        """The indicator with this id, if any."""
+        return self.working.state.indicators.get(indicator_id)
+
+    def all(self) -> list[Indicator]:
+        """The catalogue by id."""
+        return [self.working.state.indicators[i] for i in sorted(self.working.state.indicators)]
+
+
 class FakeContractRepository(_FakeTable[Contract], table="contracts", noun="contract"):
     """Usage contracts in memory."""
 
@@ -314,11 +339,14 @@ class FakeAuditLog:
         state.head_hash = digest
         return Receipt(seq=seq, leaf_hash=digest)
 
-    def count_released(self, contract_id: str, action: str, since: str) -> int:
-        """How many allowed ``action`` entries a contract has had since ``since`` (ISO ts)."""
+    def count_released(self, contract_id: str, actions: tuple[str, ...], since: str) -> int:
+        """How many allowed entries of ``actions`` a contract has had since ``since`` (ISO
+        ts), as its source or as one of a cross-source query's."""
         return sum(
             1 for e in (s.entry for s in self.working.state.entries)
-            if e["resource"]["contract_id"] == contract_id and e["action"] == action
+            if contract_id in [e["resource"]["contract_id"],
+                               *(src["contract_id"] for src in e["resource"].get("sources", ()))]
+            and e["action"] in actions
             and e["decision"]["allowed"] is True and e["ts"] >= since
         )
 
@@ -489,6 +517,7 @@ class FakeUnitOfWork:
         self.audit = FakeAuditLog(self.working, factory.clock)
         self.releases = FakeReleaseLedger(self.working)
         self.slices = FakeSliceRepository(self.working)
+        self.indicators = FakeIndicatorRepository(self.working)
 
     def __enter__(self) -> Self:
         if not self.read_only:

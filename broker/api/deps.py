@@ -19,6 +19,7 @@ from broker.domain.principals import Principal, RequestContext
 from broker.services.audit import AuditService
 from broker.services.contracts import ContractService
 from broker.services.datasets import DatasetService
+from broker.services.indicators import IndicatorService
 from broker.services.orgs import OrgService
 from broker.services.queries import QueryService
 from broker.settings import Settings
@@ -67,14 +68,19 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def get_context(request: Request, principal: PrincipalDep) -> RequestContext:
-    """The caller and the server-assigned request id."""
-    return RequestContext(principal=principal, request_id=request.state.request_id)
+    """The caller and the server-assigned request id (kept on the request, so that a query
+    whose body the schema refuses is still audited as the caller's)."""
+    ctx = RequestContext(principal=principal, request_id=request.state.request_id)
+    request.state.context = ctx
+    return ctx
 
 
 ContextDep = Annotated[RequestContext, Depends(get_context)]
 
 
 OrgServiceDep = Annotated[OrgService, Depends(_from_container("orgs", OrgService))]
+IndicatorServiceDep = Annotated[IndicatorService,
+                                Depends(_from_container("indicators", IndicatorService))]
 DatasetServiceDep = Annotated[DatasetService, Depends(_from_container("datasets", DatasetService))]
 ContractServiceDep = Annotated[ContractService,
                                Depends(_from_container("contracts", ContractService))]

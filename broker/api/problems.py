@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -87,8 +88,24 @@ def _on_broker_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, status_of(exc), exc.slug, exc.title, exc.detail, exc.extensions)
 
 
+log = logging.getLogger(__name__)
+
+#: The query routes whose refused bodies are audited, with the action each records.
+AUDITED_QUERIES = {"/v1/queries/aggregate": "query.aggregate",
+                   "/v1/queries/crosscheck": "query.crosscheck",
+                   "/v1/policy/explain": "policy.explain"}
+
+
 def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101
+    action = AUDITED_QUERIES.get(request.url.path)
+    ctx = getattr(request.state, "context", None)
+    if action is not None and ctx is not None and request.method == "POST":
+        # An authenticated caller's malformed query is a refused query: on the record.
+        try:
+            request.app.state.container.queries.record_invalid(ctx, action)
+        except Exception:  # the refusal stands; the store's failure is logged
+            log.exception("could not audit a refused query")
     # Only where and what: pydantic's "input" and "ctx" would echo the submitted values.
     issues = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}

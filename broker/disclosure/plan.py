@@ -25,6 +25,7 @@ from typing import Any
 from broker.disclosure.levels import Generalisation, generalisation, generalise_gbt4754
 from broker.domain.datasets import (
     ATOM_COLUMN,
+    ATOM_OWNER_SHIFT,
     ENTITY_INDEX_COLUMN,
     DatasetSchema,
     FieldRole,
@@ -235,6 +236,14 @@ class _Source:
     fields: tuple[int, ...]
     sql: str  # the base rows: keys, entity, atom and values, filtered
     params: tuple[Any, ...]
+    #: Sums kept per enterprise for a comparison, not released: positions in ``_AUX``.
+    aux: tuple[int, ...] = ()
+
+
+#: The per-enterprise sums a cross-check compares: the authoritative one, the checked one.
+_AUX = ("left", "right")
+#: The table fields a cross-check releases (internal names: '#' is in no field name).
+DISAGREE, ABS_DIFF = "#disagree", "#abs_diff"
 
 
 def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: int = 2
@@ -289,15 +298,34 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
         with _qualified(alias):
             return schemas[alias].field(field)
 
-    for m in spec.measures:
-        _check_measure(m, lookup)
-    fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
+    compare = spec.compare
+    measures = spec.measures
+    aux: dict[int, tuple[str, str]] = {}
+    if compare is None:
+        for m in spec.measures:
+            _check_measure(m, lookup)
+        fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
+    else:
+        for position, name in enumerate((compare.left, compare.right)):
+            if not lookup(name).type.is_numeric:
+                raise InvalidInput("A cross-check compares numeric fields.", fields=[name])
+            aux[position] = owner(name)
+        if aux[0][0] == aux[1][0]:
+            raise InvalidInput("A cross-check compares fields of two different sources.",
+                               fields=[compare.left, compare.right])
+        if not (math.isfinite(compare.tolerance_pct) and 0 <= compare.tolerance_pct <= 100):
+            raise InvalidInput("tolerance_pct is a percentage from 0 to 100.")
+        fields = (DISAGREE, ABS_DIFF)
+        measures = (Measure(MeasureFn.COUNT, alias="compared"),
+                    Measure(MeasureFn.SUM, DISAGREE, alias="disagree"),
+                    Measure(MeasureFn.SUM, ABS_DIFF, alias="abs_diff_sum"))
     for f in spec.filters:
         owner(f.field)
     sources = []
     for alias in spec.aliases:
         dims = tuple(k for k, d in enumerate(spec.group_by) if owner(d.field)[0] == alias)
-        own = tuple(j for j, f in enumerate(fields) if owner(f)[0] == alias)
+        own = tuple(j for j, f in enumerate(fields) if compare is None and owner(f)[0] == alias)
+        kept = tuple(p for p, (a, _) in aux.items() if a == alias)
         filters = [replace(f, field=owner(f.field)[1]) for f in spec.filters
                    if owner(f.field)[0] == alias]
         with _qualified(alias):
@@ -307,20 +335,38 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
             f"{quote(ENTITY_INDEX_COLUMN)} AS {quote('i#')}",
             f"{quote(ATOM_COLUMN)} AS {quote('a#')}",
             *(f"{quote(owner(fields[j])[1])} AS {quote(f'v#{j}')}" for j in own),
+            *(f"{quote(aux[p][1])} AS {quote(f'w#{p}')}" for p in kept),
         ])
         sources.append(_Source(
             alias, dims, own, f"SELECT {base} FROM {source_relation(alias)}{where}",  # noqa: S608
-            tuple(p for k in dims for p in gens[k].params) + tuple(where_params)))
-    return CellPlan(sql=_joined_sql(sources, len(gens), len(fields), top),
+            tuple(p for k in dims for p in gens[k].params) + tuple(where_params), kept))
+    derived = None
+    if compare is not None:
+        at = {p: next(t for t, src in enumerate(sources) if p in src.aux) for p in aux}
+        left, right = (f"t{at[p]}.{quote(f'h#{p}')}" for p in (0, 1))
+        # The tolerance is a checked float, written as a literal (no text from a request).
+        tolerance = repr(float(compare.tolerance_pct))
+        derived = {
+            0: f"CASE WHEN {left} IS NULL OR {right} IS NULL OR abs({left} - {right}) > "
+               f"{tolerance} / 100.0 * abs({left}) THEN 1 ELSE 0 END",
+            1: f"abs(coalesce({left}, 0) - coalesce({right}, 0))",
+        }
+    return CellPlan(sql=_joined_sql(sources, len(gens), len(fields), top, derived),
                     params=tuple(p for src in sources for p in src.params),
                     dimensions=spec.dimensions, keysets=tuple(keysets),
-                    measures=spec.measures, fields=fields, top=top, periods=(),
+                    measures=measures, fields=fields, top=top, periods=(),
                     figures=tuple(figures))
 
 
-def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int) -> str:
+def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
+                derived: Mapping[int, str] | None = None) -> str:
     """Per source its base rows, its (keys, enterprise) rows and its own lattice; per margin
-    the sources' nodes joined on the enterprise; then the cell stage."""
+    the sources' nodes joined on the enterprise; then the cell stage.
+
+    ``derived`` (a cross-check) gives each table field as an expression over the joined
+    enterprise's kept sums (``h#``) instead of a source's column: one unknown per
+    enterprise, so its rows for the release audit are the enterprise itself; the first
+    (a count of enterprises) carries no largest contributions."""
     g = [quote(f"g#{k}") for k in range(dims)]
     s = [quote(f"s#{j}") for j in range(nfields)]
     n = [quote(f"n#{j}") for j in range(nfields)]
@@ -328,21 +374,26 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int) -
     i, a = quote("i#"), quote("a#")
     ctes: list[str] = []
     universes: list[int] = []
+    h = [quote(f"h#{p}") for p in range(len(_AUX))]
+    hn = [quote(f"hn#{p}") for p in range(len(_AUX))]
     for t, src in enumerate(sources):
         v = {j: quote(f"v#{j}") for j in src.fields}
+        w = {p: quote(f"w#{p}") for p in src.aux}
         keys = [g[k] for k in src.dims]
         ent = ", ".join([
             *keys, i,
             *(f"SUM({v[j]}) AS {s[j]}, COUNT({v[j]}) AS {n[j]}" for j in src.fields),
             *(f"list({a}) FILTER (WHERE {v[j]} IS NOT NULL) AS {atoms[j]}"
               for j in src.fields),
+            *(f"SUM({w[p]}) AS {h[p]}, COUNT({w[p]}) AS {hn[p]}" for p in src.aux),
         ])
         ordinals = ", ".join(str(k) for k in range(1, len(keys) + 2))
         ctes.append(f"b{t} AS ({src.sql})")
         ctes.append(f"e{t} AS MATERIALIZED (SELECT {ent} FROM b{t} GROUP BY {ordinals})")  # noqa: S608
         universe = sum(1 << k for k in src.dims)
         universes.append(universe)
-        nodes, _ = _lattice(g, [s[j] for j in src.fields], [n[j] for j in src.fields], i,
+        nodes, _ = _lattice(g, [s[j] for j in src.fields] + [h[p] for p in src.aux],
+                            [n[j] for j in src.fields] + [hn[p] for p in src.aux], i,
                             universe=universe, prefix=f"r{t}_", top=f"e{t}")
         ctes += nodes
     full = (1 << dims) - 1
@@ -358,11 +409,16 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int) -
             picked += [f"t{t}.{s[j]}, t{t}.{n[j]}" for j in src.fields]
             if mask == full:
                 picked += [f"t{t}.{atoms[j]}" for j in src.fields]
+        for j, expression in (derived or {}).items():
+            picked.append(f"{expression} AS {s[j]}, 1 AS {n[j]}")
+            if mask == full:
+                picked.append(f"[CAST({i} AS BIGINT) << {ATOM_OWNER_SHIFT}] AS {atoms[j]}")
         joined = " JOIN ".join(f"{rel} AS t{t}" + (f" USING ({i})" if t else "")
                                for t, rel in enumerate(parts))
         ctes.append(f"j{mask} AS (SELECT {', '.join([*picked, i])} FROM {joined})")  # noqa: S608
     return ("WITH " + ", ".join(ctes) + " "
-            + _cell_stage(g, s, n, i, atoms, top, branches, lambda mask: f"j{mask}"))
+            + _cell_stage(g, s, n, i, atoms, top, branches, lambda mask: f"j{mask}",
+                          frozenset({0}) if derived else frozenset()))
 
 
 def _check_shape(spec: AggregateSpec | JoinedSpec, top: int) -> None:
@@ -441,14 +497,19 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
 
 def _cell_stage(g: Sequence[str], s: Sequence[str], n: Sequence[str], i: str,
                 atoms: Sequence[str], top: int, branches: Sequence[tuple[int, int, list[str]]],
-                relation: Callable[[int], str]) -> str:
+                relation: Callable[[int], str], untopped: frozenset[int] = frozenset()
+                ) -> str:
     """One row per cell (table cell or margin), each margin grouped by its own dimensions
     only, from the per-enterprise relation of its kept-dimension mask: the enterprises and
-    their indices, and per field what disclosure control needs."""
+    their indices, and per field what disclosure control needs. Fields in ``untopped``
+    (counts of enterprises with some property, not magnitudes) carry no largest
+    contributions, so the dominance rules do not apply to them."""
     per_field = "".join(
         f", SUM({sc}) AS s{j}, SUM({nc}) AS n{j}, COUNT(*) FILTER (WHERE {nc} > 0) AS c{j}"
-        f", SUM(abs({sc})) AS a{j}, max(abs({sc}), {int(top)}) AS t{j}"
-        f", list({i}) FILTER (WHERE {nc} = 0) AS x{j}"
+        f", SUM(abs({sc})) AS a{j}, "
+        + (f"CAST([] AS DOUBLE[]) AS t{j}" if j in untopped
+           else f"max(abs({sc}), {int(top)}) AS t{j}")
+        + f", list({i}) FILTER (WHERE {nc} = 0) AS x{j}"
         for j, (sc, nc) in enumerate(zip(s, n, strict=True))
     )
     full = (1 << len(g)) - 1

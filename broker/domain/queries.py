@@ -136,6 +136,20 @@ def split_qualified(name: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Comparison:
+    """An indicator's two sources compared per enterprise: ``left`` is authoritative."""
+
+    left: str
+    right: str
+    tolerance_pct: float
+    indicator: str | None = None
+
+
+#: The values of a cross-check cell.
+CROSSCHECK_VALUES = ("compared", "disagree", "abs_diff_sum")
+
+
+@dataclass(frozen=True, slots=True)
 class JoinedSpec:
     """A cross-source aggregate: several contracts' datasets joined by enterprise.
 
@@ -151,6 +165,10 @@ class JoinedSpec:
     filters: tuple[Filter, ...] = ()
     totals: bool = False
     remainder: bool = False
+    #: A cross-check instead of measures: the authoritative field, the field checked against
+    #: it, and the tolerance in percent of the authoritative value (``measures`` then name
+    #: the sums each source's policy judges).
+    compare: Comparison | None = None
 
     @property
     def aliases(self) -> tuple[str, ...]:

@@ -10,17 +10,31 @@ from audit.entry import AuditEvent
 from broker.disclosure.cells import ENTITIES, CellTable, read_table
 from broker.disclosure.differencing import LedgerIndex
 from broker.disclosure.linking import SourcePart, link_sources
-from broker.disclosure.plan import CellPlan, plan_joined, source_relation
+from broker.disclosure.plan import (
+    ABS_DIFF,
+    DISAGREE,
+    CellPlan,
+    plan_joined,
+    source_relation,
+)
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
-from broker.domain.errors import BrokerError, PolicyDenied, Unavailable
+from broker.domain.errors import (
+    BrokerError,
+    InvalidInput,
+    NotFound,
+    PolicyDenied,
+    Unavailable,
+)
 from broker.domain.ledger import Form
 from broker.domain.ports import UnitOfWork
 from broker.domain.principals import RequestContext
 from broker.domain.queries import (
     Cell,
+    Comparison,
     Filter,
     JoinedSpec,
+    Measure,
     MeasureFn,
     Release,
     SuppressionReason,
@@ -32,7 +46,9 @@ from broker.policy.inputs import FlowRequest
 from broker.services.contracts import contract_resource
 from broker.services.queries import (
     AGGREGATE,
+    CROSSCHECK,
     EXPLAIN,
+    QUOTA_ACTIONS,
     Explanation,
     Prediction,
     QueryService,
@@ -115,16 +131,64 @@ class JoinedQueries:
     def aggregate(self, ctx: RequestContext, spec: JoinedSpec) -> Release:
         """Decide, compute, audit against every source's history, append the entry, commit;
         only then return."""
+        return self._release(ctx, spec, AGGREGATE)
+
+    def crosscheck(self, ctx: RequestContext, spec: JoinedSpec,
+                   indicator: str | None = None) -> Release:
+        """Compare two sources of one figure per cell: the enterprises compared, those whose
+        values differ by more than the tolerance (in percent of the authoritative, left,
+        value; an enterprise with no value on a side disagrees) and the sum of absolute
+        differences; under every rule an aggregate is held to, and never which enterprise.
+
+        With ``indicator``, the left field is the indicator's source and the right one of
+        its checks, found among the sources' datasets (``spec.compare`` then only carries
+        the tolerance).
+        """
+        if indicator is not None:
+            spec = self._resolved(ctx, spec, indicator)
+        return self._release(ctx, spec, CROSSCHECK)
+
+    def _resolved(self, ctx: RequestContext, spec: JoinedSpec, indicator_id: str
+                  ) -> JoinedSpec:
+        """The cross-check of an indicator: which source holds its authoritative field and
+        which a check. A source the caller may not see resolves to nothing, and the
+        decision then refuses the query as any other."""
+        q = self.queries
+        tolerance = spec.compare.tolerance_pct if spec.compare else 0.0
+        with q.uow(read_only=True) as uow:
+            found = uow.indicators.get(indicator_id)
+            datasets = {}
+            for alias, contract_id in spec.sources:
+                contract = uow.contracts.get(contract_id)
+                if contract is not None and q.guard.decide(
+                        uow, ctx, "contract.read", contract_resource(contract)).allow:
+                    datasets[alias] = contract.terms.dataset_id
+        if found is None:
+            raise NotFound("There is no such indicator.")
+        if len(datasets) < len(spec.sources):
+            return replace(spec, measures=(Measure(MeasureFn.COUNT),), compare=None)
+        left = [a for a, d in datasets.items() if d == found.source.dataset_id]
+        checks = {c.dataset_id: c.field for c in found.checks}
+        right = [a for a, d in datasets.items() if d in checks]
+        if len(left) != 1 or len(right) != 1:
+            raise InvalidInput("The sources must be the indicator's source and one of its "
+                               "checks.", fields=["sources"])
+        lhs = f"{left[0]}.{found.source.field}"
+        rhs = f"{right[0]}.{checks[datasets[right[0]]]}"
+        return replace(spec, measures=(Measure(MeasureFn.SUM, lhs), Measure(MeasureFn.SUM, rhs)),
+                       compare=Comparison(lhs, rhs, tolerance, indicator_id))
+
+    def _release(self, ctx: RequestContext, spec: JoinedSpec, action: str) -> Release:
         q = self.queries
         with q.uow() as uow:
-            decided = self._decide(uow, ctx, spec, AGGREGATE)
-        computed = self._computed_or_recorded(ctx, spec, decided)
+            decided = self._decide(uow, ctx, spec, action)
+        computed = self._computed_or_recorded(ctx, spec, decided, action)
         nonce = secrets.token_hex(16)
         datasets = decided.datasets()
         with q.uow() as uow, q.links.audit_many(d.id for d in datasets.values()) as handles:
             uow.audit.lock()
-            decided = self._decide(uow, ctx, spec, AGGREGATE)
-            parts = self._parts(uow, computed, datasets, handles)
+            decided = self._decide(uow, ctx, spec, action)
+            parts = self._parts(uow, spec, computed, datasets, handles)
             answer, forms = _audited(computed, spec, parts)
             cells = self._pseudonymized(spec, decided, answer.cells)
             release = Release(
@@ -133,7 +197,7 @@ class JoinedQueries:
                 field_verdicts=decided.decision.fields, result_nonce=nonce,
                 remainder=answer.remainder)
             receipt = uow.audit.append(replace(
-                self._event(ctx, spec, decided, AGGREGATE),
+                self._event(ctx, spec, decided, action),
                 disclosure={"k": computed.rules.k_min,
                             "cells_published": release.cells_published,
                             "cells_suppressed": release.cells_suppressed,
@@ -173,7 +237,8 @@ class JoinedQueries:
         datasets = decided.datasets()
         with q.uow(read_only=True) as uow, \
                 q.links.audit_many(d.id for d in datasets.values()) as handles:
-            answer, _ = _audited(computed, spec, self._parts(uow, computed, datasets, handles))
+            answer, _ = _audited(computed, spec, self._parts(uow, spec, computed, datasets,
+                                                             handles))
         return Explanation(decision, Prediction.of(answer))
 
     # -- deciding ----------------------------------------------------------------------------
@@ -213,7 +278,7 @@ class JoinedQueries:
         dataset = (uow.datasets.get(contract.terms.dataset_id, contract.terms.dataset_version)
                    if contract else None)
         now = q.clock()
-        usage = (uow.audit.count_released(contract.id, AGGREGATE, _day_start(now))
+        usage = (uow.audit.count_released(contract.id, QUOTA_ACTIONS, _day_start(now))
                  if contract is not None else 0)
         request = FlowRequest(
             ctx.principal, registered=uow.orgs.get(ctx.principal.org) is not None, now=now,
@@ -249,7 +314,7 @@ class JoinedQueries:
     # -- computing ---------------------------------------------------------------------------
 
     def _computed_or_recorded(self, ctx: RequestContext, spec: JoinedSpec,
-                              decided: _Decided) -> _Computed:
+                              decided: _Decided, action: str) -> _Computed:
         """The protected joined table; a failure after the policy allowed is audited."""
         q = self.queries
         try:
@@ -260,7 +325,7 @@ class JoinedQueries:
         except Exception as exc:
             reason, failure = "engine-failed", exc
         with q.uow() as uow:
-            _deny(uow, self._event(ctx, spec, decided, AGGREGATE), (reason,))
+            _deny(uow, self._event(ctx, spec, decided, action), (reason,))
         raise failure
 
     def _compute(self, spec: JoinedSpec, decided: _Decided) -> _Computed:
@@ -284,21 +349,33 @@ class JoinedQueries:
         # The release audit, not the differencing ledger, relates a joined cell to every
         # single-source release of the same data.
         protected = _protect(table, plan, rules, LedgerIndex(), planned, opaque)
+        if spec.compare is not None:
+            protected = _unanimous_withheld(table, protected)
         return _Computed(rules, plan, table, protected)
 
-    def _parts(self, uow: UnitOfWork, computed: _Computed, datasets: dict[str, Dataset],
-               handles: dict[str, LinkAudit]) -> dict[str, SourcePart]:
+    def _parts(self, uow: UnitOfWork, spec: JoinedSpec, computed: _Computed,
+               datasets: dict[str, Dataset], handles: dict[str, LinkAudit]
+               ) -> dict[str, SourcePart]:
         """Each source's share of the table and its dataset's history, brought up to date."""
         q = self.queries
         counted = any(m.fn is MeasureFn.COUNT for m in computed.plan.measures)
+        names = {alias: {f: split_qualified(f)[1] for f in computed.plan.fields
+                         if spec.compare is None and split_qualified(f)[0] == alias}
+                 for alias in datasets}
+        if spec.compare is not None:
+            # A cross-check's figures are one unknown per enterprise of a pair of fields:
+            # kept in the authoritative dataset's history, one quantity per pair (and per
+            # tolerance for the count of those who disagree).
+            left, own = split_qualified(spec.compare.left)
+            right, checked = split_qualified(spec.compare.right)
+            pair = f"#check:{datasets[right].id}:{own}:{checked}"
+            names[left] = {DISAGREE: f"{pair}:disagree@{spec.compare.tolerance_pct!r}",
+                           ABS_DIFF: f"{pair}:abs"}
         parts = {}
         for alias, dataset in datasets.items():
-            names = {f: split_qualified(f)[1] for f in computed.plan.fields
-                     if split_qualified(f)[0] == alias}
-            quantities = (ENTITIES,) * counted + tuple(f"f:{own}" for own in names.values())
-            handle = handles[dataset.id]
-            history = handle.load(uow, quantities, q.sealer)
-            parts[alias] = SourcePart(history, names, quantities)
+            quantities = (ENTITIES,) * counted + tuple(f"f:{o}" for o in names[alias].values())
+            history = handles[dataset.id].load(uow, quantities, q.sealer)
+            parts[alias] = SourcePart(history, names[alias], quantities)
         return parts
 
     def _pseudonymized(self, spec: JoinedSpec, decided: _Decided,
@@ -316,6 +393,22 @@ class JoinedQueries:
             return cells
         return tuple(sorted(out, key=lambda c: (len(c.key), sorted(
             (k, str(v)) for k, v in c.key.items()))))
+
+
+def _unanimous_withheld(table: CellTable, protected: _Protected) -> _Protected:
+    """A cross-check cell where every compared enterprise disagrees would tell of each of
+    them that it disagrees (attribute disclosure without identification): withheld as
+    dominated (the disagreeing enterprises make up the whole cell), and so protected by the
+    release audit like any dominated cell."""
+    disagree = table.fields[DISAGREE].total
+    released = tuple(
+        (index, SuppressionReason.DOMINANCE
+         if reason is None and table.entities[index] > 0
+         and disagree[index] >= table.entities[index] else reason)
+        for index, reason in protected.outcome.released)
+    if released == protected.outcome.released:
+        return protected
+    return replace(protected, outcome=replace(protected.outcome, released=released))
 
 
 def _audited(computed: _Computed, spec: JoinedSpec, parts: dict[str, SourcePart]

@@ -58,7 +58,10 @@ from broker.services.releases import (
 from contracts.model import Contract, FieldForm
 
 AGGREGATE = "query.aggregate"
+CROSSCHECK = "query.crosscheck"
 EXPLAIN = "policy.explain"
+#: The actions a contract's daily quota counts.
+QUOTA_ACTIONS = (AGGREGATE, CROSSCHECK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +298,16 @@ class QueryService:
                                  computation.opaque)
         return protected.answer, protected
 
+    def record_invalid(self, ctx: RequestContext, action: str) -> None:
+        """A query the API schema refused, on the record as the caller's refused ``action``
+        (nothing of its body: it did not parse)."""
+        with self.uow() as uow:
+            uow.audit.append(AuditEvent(
+                actor=ctx.principal.as_actor(), action=action, request_id=ctx.request_id,
+                allowed=False, reasons=("invalid-input",),
+                policy_revision=self.policies.revision))
+            uow.commit()
+
     def explain(self, ctx: RequestContext, spec: AggregateSpec) -> Explanation:
         """The decision a query would get and, when allowed, how its cells would come out if
         it ran now; nothing released, nothing recorded but the dry run's audit entry."""
@@ -394,7 +407,7 @@ class QueryService:
         now = self.clock()
         usage = 0
         if contract is not None:
-            usage = uow.audit.count_released(contract.id, AGGREGATE, _day_start(now))
+            usage = uow.audit.count_released(contract.id, QUOTA_ACTIONS, _day_start(now))
         request = FlowRequest(
             ctx.principal, registered=uow.orgs.get(ctx.principal.org) is not None, now=now,
             queries_today=usage, contract=contract, dataset=dataset, spec=spec)

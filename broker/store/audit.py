@@ -111,12 +111,13 @@ class SqlAuditLog:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def count_released(self, contract_id: str, action: str, since: str) -> int:
-        """How many allowed ``action`` entries a contract has had since ``since`` (ISO ts)."""
+    def count_released(self, contract_id: str, actions: tuple[str, ...], since: str) -> int:
+        """How many allowed entries of ``actions`` a contract has had since ``since`` (ISO ts),
+        as its source or as one of a cross-source query's."""
         stmt = select(func.count()).where(
             or_(col(AuditEntryRow.contract_id) == contract_id,
                 *(_ENTRIES.c[name] == contract_id for name in SOURCE_CONTRACT_COLUMNS)),
-            AuditEntryRow.action == action,
+            col(AuditEntryRow.action).in_(actions),
             col(AuditEntryRow.allowed).is_(True),
             col(AuditEntryRow.ts) >= since,
         )

@@ -24,6 +24,7 @@ from broker.domain.datasets import (
     Sensitivity,
 )
 from broker.domain.errors import Conflict, NotFound
+from broker.domain.indicators import FieldOf, Indicator
 from broker.domain.ledger import Form, FormEntry, LedgerEntry
 from broker.domain.organisations import Organisation, OrgKind
 from broker.domain.slices import Consent, Slice
@@ -31,6 +32,7 @@ from broker.store.tables import (
     ContractRow,
     DatasetRow,
     DatasetVersionRow,
+    IndicatorRow,
     OrgRow,
     ReleaseCacheRow,
     ReleasedSetRow,
@@ -346,6 +348,39 @@ class SqlSliceRepository(_SqlRepository[SliceRow, Slice]):
             name=row.name, fields=tuple(row.fields),
             predicate=Slice.predicate_from_json(row.predicate),
             consent=Consent.from_json(row.consent), created_at=aware(row.created_at))
+
+
+class SqlIndicatorRepository(_SqlRepository[IndicatorRow, Indicator]):
+    """The indicator catalogue in SQL."""
+
+    row_type = IndicatorRow
+    order_by = (IndicatorRow.id,)
+
+    def add(self, indicator: Indicator) -> None:
+        """Insert a new indicator; its id must be free."""
+        if self.session.get(IndicatorRow, indicator.id) is not None:
+            raise Conflict("An indicator with this id already exists.")
+        self.session.add(IndicatorRow(
+            id=indicator.id, name=indicator.name, unit=indicator.unit,
+            definition=indicator.definition,
+            source={"dataset_id": indicator.source.dataset_id, "field": indicator.source.field},
+            checks=[{"dataset_id": c.dataset_id, "field": c.field} for c in indicator.checks],
+            created_at=indicator.created_at))
+        self.session.flush()
+
+    def get(self, indicator_id: str) -> Indicator | None:
+        """The indicator with this id, if any."""
+        return self._by_key(indicator_id)
+
+    def all(self) -> list[Indicator]:
+        """The catalogue by id."""
+        return self._listed()
+
+    def _to_domain(self, row: IndicatorRow) -> Indicator:
+        return Indicator(
+            id=row.id, name=row.name, unit=row.unit, definition=row.definition,
+            source=FieldOf(**row.source), checks=tuple(FieldOf(**c) for c in row.checks),
+            created_at=aware(row.created_at))
 
 
 _RELEASED_SETS = cast(Table, ReleasedSetRow.__table__)  # type: ignore[attr-defined]

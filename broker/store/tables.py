@@ -117,6 +117,20 @@ class SliceRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+class IndicatorRow(SQLModel, table=True):
+    """An indicator of the catalogue: its authoritative field and the fields that check it."""
+
+    __tablename__ = "indicators"
+
+    id: str = Field(primary_key=True, max_length=63)
+    name: str = Field(max_length=200)
+    unit: str = Field(max_length=50)
+    definition: str = Field(sa_column=Column(Text, nullable=False))
+    source: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    checks: list[dict[str, str]] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 class EntryField(ColumnElement[Any]):
     """A value read out of the entry's JSON body, as the database computes it.
 

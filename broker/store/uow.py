@@ -16,6 +16,7 @@ from broker.store.db import read_only as read_only_engine
 from broker.store.repositories import (
     SqlContractRepository,
     SqlDatasetRepository,
+    SqlIndicatorRepository,
     SqlOrgRepository,
     SqlReleaseLedger,
     SqlSliceRepository,
@@ -46,6 +47,7 @@ class SqlUnitOfWork:
     audit: SqlAuditLog
     releases: SqlReleaseLedger
     slices: SqlSliceRepository
+    indicators: SqlIndicatorRepository
 
     def __init__(self, engine: Engine, clock: Clock, *, read_only: bool = False) -> None:
         self.engine = read_only_engine(engine) if read_only else engine
@@ -67,6 +69,7 @@ class SqlUnitOfWork:
         self.audit = SqlAuditLog(self.session, self.clock)
         self.releases = SqlReleaseLedger(self.session)
         self.slices = SqlSliceRepository(self.session)
+        self.indicators = SqlIndicatorRepository(self.session)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -270,3 +270,135 @@ def test_explain_gives_verdicts_per_alias_field_and_the_strictest_k(county: Coun
     assert body["fields"] == {"g.town": "clear", "l.mu": "aggregate"}
     assert body["disclosure"]["k_min"] == 7
     assert body["predicted"]["published"] >= 1
+
+
+SELF_META = {"name": "self-reported", "entity_field": "uscc", "fields": [
+    {"name": "uscc", "type": "string", "role": "entity"},
+    {"name": "kwh_reported", "type": "number", "role": "measure"}]}
+#: Firms whose self-reported electricity is 30% above the grid's.
+MISREPORTING = {"F01", "F04", "F09"}
+
+
+def _self_reported() -> pd.DataFrame:
+    """The firms' own yearly figures: within 3-6% of the grid's (meters and rounding), 30%
+    above it for the misreporting firms; F00 reports nothing."""
+    grid = _grid().groupby("uscc").kwh.sum()
+    rng = np.random.default_rng(9)
+    return pd.DataFrame([{"uscc": f, "kwh_reported": round(float(v) * (
+        1.3 if f in MISREPORTING else 1 + rng.choice([-1, 1]) * rng.uniform(0.03, 0.06)), 2)}
+                         for f, v in grid.items() if f != "F00"])
+
+
+@pytest.fixture
+def checked(county: County) -> County:
+    """The county with enterprises' self-reported electricity and the indicator."""
+    county.tokens["assoc"] = county.tokens["grid"]
+    r = upload(county.client, county.tokens["grid"], _self_reported(), SELF_META)
+    assert r.status_code == 201, r.text
+    county.datasets["self"] = r.json()["id"]
+    county.tokens["self"] = county.tokens["grid"]
+    county.contracts["self"] = county.contract("self", {"kwh_reported": "aggregate"})
+    r = county.client.post("/v1/indicators", headers=auth(county.admin), json={
+        "id": "electricity-use", "name": "用电量", "unit": "kWh",
+        "definition": "Electricity consumed in the year",
+        "source": {"dataset_id": county.datasets["grid"], "field": "kwh"},
+        "checks": [{"dataset_id": county.datasets["self"], "field": "kwh_reported"}]})
+    assert r.status_code == 201, r.text
+    return county
+
+
+def _crosscheck(county: County, **body: Any) -> Any:
+    payload = {"sources": {"g": county.contracts["grid"], "s": county.contracts["self"]},
+               "purpose": "industrial-policy", "indicator": "electricity-use",
+               "tolerance_pct": 10, **body}
+    return county.client.post("/v1/queries/crosscheck", headers=auth(county.econ),
+                              json=payload)
+
+
+def test_the_indicator_catalogue_is_kept_by_the_operator(checked: County) -> None:
+    c = checked.client
+    listed = c.get("/v1/indicators", headers=auth(checked.econ)).json()
+    assert [i["id"] for i in listed] == ["electricity-use"]
+    assert listed[0]["source"] == {"dataset_id": checked.datasets["grid"], "field": "kwh"}
+    body = {"id": "land", "name": "land", "unit": "mu", "definition": "d",
+            "source": {"dataset_id": checked.datasets["nrb"], "field": "mu"},
+            "checks": [{"dataset_id": checked.datasets["grid"], "field": "kwh"}]}
+    assert_problem(c.post("/v1/indicators", headers=auth(checked.econ), json=body),
+                   403, "policy-denied")
+    again = {**body, "id": "electricity-use"}
+    assert_problem(c.post("/v1/indicators", headers=auth(checked.admin), json=again),
+                   409, "conflict")
+    for bad in ({**body, "source": {"dataset_id": checked.datasets["nrb"], "field": "uscc"}},
+                {**body, "checks": [{"dataset_id": "00000000-0000-4000-8000-000000000009",
+                                     "field": "kwh"}]},
+                {**body, "checks": [{"dataset_id": checked.datasets["nrb"], "field": "mu"}]},
+                {**body, "id": "Bad Id"}):
+        r = c.post("/v1/indicators", headers=auth(checked.admin), json=bad)
+        assert_problem(r, 422, "invalid-input")
+    assert [i["id"] for i in c.get("/v1/indicators", headers=auth(checked.econ)).json()] == [
+        "electricity-use"]
+
+
+def test_a_cross_check_counts_disagreement_per_town_and_names_no_enterprise(
+        checked: County) -> None:
+    r = _crosscheck(checked, group_by=["g.town"], totals=True)
+    cells = _cells(r)
+    grid = _grid().groupby("uscc").agg(kwh=("kwh", "sum"), town=("town", "first"))
+    reported = _self_reported().set_index("uscc").kwh_reported
+    for town in "AB":
+        firms = [f for f in reported.index if grid.loc[f, "town"] == town]
+        cell = cells[repr([("g.town", town)])]
+        values = cell["values"]
+        assert cell["status"] == "published", cell
+        assert values["compared"] == len(firms)
+        assert values["disagree"] == len(MISREPORTING & set(firms))
+        diff = sum(abs(grid.loc[f, "kwh"] - reported[f]) for f in firms)
+        assert math.isclose(values["abs_diff_sum"], diff)
+        assert set(cell["key"]) == {"g.town"}
+    assert not any(f in r.text for f in FIRMS)
+    entry = checked.client.get(f"/v1/audit/entries/{r.json()['receipt']['seq']}/proof",
+                               headers=auth(checked.auditor))
+    assert entry.status_code == 200
+    last = checked.client.get("/v1/audit/entries", headers=auth(checked.auditor),
+                              params={"action": "query.crosscheck"}).json()["entries"][-1]
+    assert {s["alias"] for s in last["entry"]["resource"]["sources"]} == {"g", "s"}
+
+
+def test_a_cross_check_of_two_named_fields_needs_no_indicator(checked: County) -> None:
+    r = _crosscheck(checked, indicator=None, left="g.kwh", right="s.kwh_reported",
+                    group_by=["g.town"])
+    by_indicator = _crosscheck(checked, group_by=["g.town"])
+    assert [c["values"] for c in r.json()["cells"]] == [
+        c["values"] for c in by_indicator.json()["cells"]]
+
+
+def test_a_cell_where_every_enterprise_disagrees_is_withheld(checked: County) -> None:
+    r = _crosscheck(checked, tolerance_pct=0, group_by=["g.town"],
+                    filters=[{"field": "g.month", "op": "in", "value": [1, 2, 3]}])
+    for cell in r.json()["cells"]:
+        # with three months against a whole year, every firm disagrees
+        assert cell["status"] == "suppressed", cell
+        assert cell["values"] is None
+
+
+def test_a_cross_check_whose_sources_hold_no_indicator_pair_is_refused(
+        checked: County) -> None:
+    r = _crosscheck(checked, sources={"g": checked.contracts["grid"],
+                                      "t": checked.contracts["tax"]})
+    assert_problem(r, 422, "invalid-input")
+    r = _crosscheck(checked, indicator="no-such-indicator")
+    assert_problem(r, 404, "not-found")
+
+
+def test_a_malformed_cross_source_query_is_audited_as_refused(county: County) -> None:
+    before = county.client.get("/v1/audit/entries", headers=auth(county.auditor),
+                               params={"action": "query.aggregate"}).json()["entries"]
+    r = county.query(group_by=["zz.town"])
+    assert_problem(r, 422, "invalid-input")
+    after = county.client.get("/v1/audit/entries", headers=auth(county.auditor),
+                              params={"action": "query.aggregate"}).json()["entries"]
+    assert len(after) == len(before) + 1
+    last = after[-1]["entry"]
+    assert last["decision"]["allowed"] is False
+    assert last["decision"]["reasons"] == ["invalid-input"]
+    assert last["actor"]["org"] == "econ"

@@ -116,5 +116,5 @@ def test_count_released_counts_allowed_entries_of_a_contract_since_a_time(
                                      request_id="r", allowed=True, contract_id="c-2"))
         unit.commit()
     with uow(read_only=True) as unit:
-        assert unit.audit.count_released("c-1", "query.aggregate", format_ts(since)) == 1
-        assert unit.audit.count_released("c-1", "query.aggregate", "0") == 2
+        assert unit.audit.count_released("c-1", ("query.aggregate",), format_ts(since)) == 1
+        assert unit.audit.count_released("c-1", ("query.aggregate",), "0") == 2

@@ -17,7 +17,15 @@ from broker.disclosure.cells import CellTable, read_table
 from broker.disclosure.plan import CellPlan, plan_joined, source_relation
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.errors import InvalidInput
-from broker.domain.queries import Dimension, Filter, FilterOp, JoinedSpec, Measure, MeasureFn
+from broker.domain.queries import (
+    Comparison,
+    Dimension,
+    Filter,
+    FilterOp,
+    JoinedSpec,
+    Measure,
+    MeasureFn,
+)
 from connectors.crypto import Keyring, create_master_key
 from connectors.engine import DuckDBEngine
 from connectors.storage import ParquetStorage
@@ -182,3 +190,36 @@ def test_bad_fields_are_refused_by_their_qualified_name(change: dict[str, object
     with pytest.raises(InvalidInput) as caught:
         plan_joined(spec, {"g": GRID, "t": TAX})
     assert caught.value.extensions.get("fields") == [named]
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_cross_check_counts_disagreeing_enterprises_and_sums_their_differences(
+        tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    frames = data.draw(st.composite(_frames)())
+    del frames["l"]
+    dims = data.draw(st.sampled_from([["g.town"], ["t.industry"], []]))
+    tolerance = data.draw(st.sampled_from([0.0, 10.0, 50.0]))
+    spec = JoinedSpec(sources=(("g", "c1"), ("t", "c2")), purpose="p",
+                      group_by=tuple(Dimension(d) for d in dims),
+                      measures=(Measure(MeasureFn.SUM, "g.kwh"), Measure(MeasureFn.SUM, "t.tax")),
+                      compare=Comparison("g.kwh", "t.tax", tolerance))
+    plan, table = _run(tmp_path_factory.mktemp("x"), frames, spec)
+    grid, tax = frames["g"], frames["t"]
+    for index in np.ndindex(*table.shape):
+        if not table.entities[index]:
+            continue
+        key = table.key(index)
+        g = grid if "g.town" not in key else grid[grid.town == key["g.town"]]
+        t = tax if "t.industry" not in key else tax[tax.industry == key["t.industry"]]
+        left, right = g.groupby("uscc").kwh.sum(), t.groupby("code").tax.sum()
+        firms = sorted(set(left.index) & set(right.index))
+        diffs = [abs(left[f] - right[f]) for f in firms]
+        values = table.values(index, plan)
+        assert values["compared"] == len(firms)
+        assert values["disagree"] == sum(
+            d > tolerance / 100 * abs(left[f]) for d, f in zip(diffs, firms, strict=True))
+        assert math.isclose(float(values["abs_diff_sum"] or 0.0), sum(diffs), abs_tol=1e-9)
+    # the disagreement count carries no largest contributions: no dominance on a count
+    assert not table.fields["#disagree"].top.any()

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from broker.api.deps import ContextDep, QueryServiceDep
 from broker.api.routes.common import AUTHENTICATED
-from broker.api.schemas.queries import AggregateIn, AggregateOut, ExplainOut
+from broker.api.schemas.queries import AggregateIn, AggregateOut, CrosscheckIn, ExplainOut
 from broker.services.joins import JoinedQueries
 
 router = APIRouter(tags=["queries"], responses=AUTHENTICATED)
@@ -28,3 +28,13 @@ def explain_query(body: AggregateIn, ctx: ContextDep, queries: QueryServiceDep) 
     if body.joined:
         return ExplainOut.from_domain(JoinedQueries(queries).explain(ctx, body.to_joined()))
     return ExplainOut.from_domain(queries.explain(ctx, body.to_domain()))
+
+
+@router.post("/v1/queries/crosscheck")
+def run_crosscheck(body: CrosscheckIn, ctx: ContextDep, queries: QueryServiceDep
+                   ) -> AggregateOut:
+    """Cross-check one figure between two providers, joined by enterprise: per cell the
+    enterprises compared, how many disagree beyond the tolerance, and the sum of absolute
+    differences; held to every disclosure rule, never naming an enterprise."""
+    return AggregateOut.from_domain(JoinedQueries(queries).crosscheck(
+        ctx, body.to_joined(), body.indicator))

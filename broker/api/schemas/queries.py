@@ -19,12 +19,14 @@ from broker.api.schemas.common import (
     Slug,
     Uuid,
 )
+from broker.domain.indicators import INDICATOR_ID
 from broker.domain.names import FIELD_NAME
 from broker.domain.queries import (
     MAX_SOURCES,
     MIN_SOURCES,
     SOURCE_ALIAS,
     AggregateSpec,
+    Comparison,
     Dimension,
     Filter,
     FilterOp,
@@ -150,6 +152,54 @@ class AggregateIn(In):
         if self.sources is None:
             raise ValueError("a single-source query has no sources")
         return JoinedSpec(sources=tuple(sorted(self.sources.items())), **self._parts())
+
+
+class CrosscheckIn(In):
+    """A cross-check of one figure between two sources joined by enterprise: an indicator of
+    the catalogue, or two fields (``left`` is authoritative)."""
+
+    sources: Annotated[dict[Alias, Uuid], Field(min_length=2, max_length=2)]
+    purpose: Slug
+    indicator: Annotated[str, StringConstraints(pattern=INDICATOR_ID.pattern)] | None = None
+    left: FieldRef | None = None
+    right: FieldRef | None = None
+    tolerance_pct: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = Field(
+        default=5.0, description="An enterprise disagrees when its values differ by more "
+                                 "than this percentage of the authoritative (left) value")
+    group_by: Annotated[list[FieldRef | DimensionIn], Field(max_length=4)] = []
+    filters: Annotated[list[FilterIn], Field(max_length=16)] = []
+    totals: Flag = False
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> CrosscheckIn:
+        if (self.indicator is None) == (self.left is None or self.right is None) or (
+                self.indicator is not None and (self.left or self.right)):
+            raise ValueError("Give either indicator or both left and right.")
+        names = [d if isinstance(d, str) else d.field for d in self.group_by]
+        names += [f.field for f in self.filters]
+        names += [f for f in (self.left, self.right) if f is not None]
+        for name in names:
+            alias, dot, _ = name.partition(".")
+            if not dot or alias not in self.sources:
+                raise ValueError(f"Field {name!r}: a cross-check names each field "
+                                 "alias.field, with one of its sources' aliases.")
+        return self
+
+    def to_joined(self) -> JoinedSpec:
+        """Domain form: the comparison's fields as the sums each source's policy judges."""
+        compare = None
+        measures: tuple[Measure, ...] = (Measure(MeasureFn.COUNT),)
+        if self.left is not None and self.right is not None:
+            compare = Comparison(self.left, self.right, self.tolerance_pct)
+            measures = (Measure(MeasureFn.SUM, self.left), Measure(MeasureFn.SUM, self.right))
+        else:
+            compare = Comparison("", "", self.tolerance_pct)
+        return JoinedSpec(
+            sources=tuple(sorted(self.sources.items())), purpose=self.purpose,
+            group_by=tuple(Dimension(d) if isinstance(d, str) else d.to_domain()
+                           for d in self.group_by),
+            measures=measures, filters=tuple(f.to_domain() for f in self.filters),
+            totals=self.totals, compare=compare)
 
 
 class CellOut(BaseModel):
