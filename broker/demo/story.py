@@ -21,6 +21,8 @@ from broker.demo.county import (
     Slice,
     generate_county,
     grid_slice,
+    land_slice,
+    self_reported_slice,
     tax_slice,
 )
 
@@ -29,6 +31,8 @@ ACTORS: dict[str, tuple[str, str, list[str]]] = {
     "operator": ("ops@broker", "broker-operator", ["admin"]),
     "grid": ("data-officer@grid", "grid-company", ["provider"]),
     "tax": ("data-officer@tax", "tax-bureau", ["provider"]),
+    "land": ("data-officer@nrb", "natural-resources-bureau", ["provider"]),
+    "reports": ("data-officer@reports", "enterprise-reports", ["provider"]),
     "econ": ("analyst@econ", "economic-bureau", ["consumer"]),
     "env": ("analyst@env", "environment-bureau", ["consumer"]),
     "auditor": ("inspector@audit", "audit-office", ["auditor"]),
@@ -38,6 +42,10 @@ ORGS: list[dict[str, Any]] = [
     {"id": "grid-company", "name": "County Power Supply Company", "kind": "enterprise",
      "uscc": "91330481MA2B3C4D14"},
     {"id": "tax-bureau", "name": "County Tax Bureau", "kind": "department"},
+    {"id": "natural-resources-bureau", "name": "Natural Resources and Planning Bureau",
+     "kind": "department"},
+    {"id": "enterprise-reports", "name": "Enterprise Self-Reporting Platform",
+     "kind": "enterprise"},
     {"id": "economic-bureau", "name": "Economic and Information Bureau (industry brain)",
      "kind": "department"},
     {"id": "environment-bureau", "name": "Ecology and Environment Bureau", "kind": "department"},
@@ -71,6 +79,7 @@ class StoryResult:
     contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
     queries: dict[str, dict[str, Any]] = field(default_factory=dict)
     explanations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    indicators: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[Step] = field(default_factory=list)
     provider_view: list[dict[str, Any]] = field(default_factory=list)
     audit_entries: list[dict[str, Any]] = field(default_factory=list)
@@ -126,6 +135,8 @@ def set_up(broker: Broker, county: County | None = None) -> StoryResult:
     result.orgs = broker.call("operator", "GET", "/v1/orgs", expect=200).json()
     result.datasets["electricity"] = _upload(broker, "grid", grid_slice(county))
     result.datasets["tax"] = _upload(broker, "tax", tax_slice(county))
+    result.datasets["land"] = _upload(broker, "land", land_slice(county))
+    result.datasets["reports"] = _upload(broker, "reports", self_reported_slice(county))
     now = datetime.now(UTC)
     window = {"valid_from": (now - timedelta(minutes=1)).isoformat(),
               "valid_until": (now + timedelta(days=365)).isoformat()}
@@ -138,6 +149,8 @@ def set_up(broker: Broker, county: County | None = None) -> StoryResult:
                        "electricity_kwh": "aggregate"},
             "k_min": 5,
             "max_queries_per_day": 200,
+            # The grid company lets the bureau join its data with others' by enterprise.
+            "linkable": True,
             **window,
         }),
         "tax": ("tax", {
@@ -152,13 +165,76 @@ def set_up(broker: Broker, county: County | None = None) -> StoryResult:
             "max_queries_per_day": 50,
             **window,
         }),
+        "land": ("land", {
+            "dataset_id": result.datasets["land"]["id"],
+            "consumer_org": "economic-bureau",
+            "purposes": ["industrial-policy", "land-efficiency"],
+            "fields": {"land_mu": "aggregate"},
+            "k_min": 5, "max_queries_per_day": 50, "linkable": True,
+            **window,
+        }),
+        "reports": ("reports", {
+            "dataset_id": result.datasets["reports"]["id"],
+            "consumer_org": "economic-bureau",
+            "purposes": ["industrial-policy", "energy-planning"],
+            "fields": {"reported_kwh": "aggregate"},
+            "k_min": 5, "max_queries_per_day": 50, "linkable": True,
+            **window,
+        }),
     }
     for name, (provider, terms) in offers.items():
-        offered = broker.call(provider, "POST", "/v1/contracts", expect=201, json=terms).json()
-        result.contracts[name] = broker.call(
-            "econ", "POST", f"/v1/contracts/{offered['id']}/accept", expect=200
-        ).json()
+        result.contracts[name] = _agreed(broker, provider, terms)
+    # One data item, one authoritative source, checked by another (一数一源、多元校核).
+    result.indicators = [broker.call("operator", "POST", "/v1/indicators", expect=201, json={
+        "id": "electricity-use", "name": "用电量 (electricity use)", "unit": "kWh",
+        "definition": "Electricity an enterprise consumed in the year",
+        "source": {"dataset_id": result.datasets["electricity"]["id"],
+                   "field": "electricity_kwh"},
+        "checks": [{"dataset_id": result.datasets["reports"]["id"], "field": "reported_kwh"}],
+    }).json()]
     return result
+
+
+def _agreed(broker: Broker, provider: str, terms: dict[str, Any]) -> dict[str, Any]:
+    """A contract the provider offers and the economic bureau accepts."""
+    offered = broker.call(provider, "POST", "/v1/contracts", expect=201, json=terms).json()
+    accepted: dict[str, Any] = broker.call(
+        "econ", "POST", f"/v1/contracts/{offered['id']}/accept", expect=200).json()
+    return accepted
+
+
+def _across_sources(broker: Broker, result: StoryResult) -> None:
+    """Questions across providers: output and tax per mu of land (亩均论英雄), refused while
+    the tax bureau's contract does not let its data be joined and answered once it does; and
+    the grid's electricity cross-checked against the enterprises' own reports."""
+    tax, land = result.contracts["tax"], result.contracts["land"]
+    per_mu = {
+        "sources": {"t": tax["id"], "l": land["id"]}, "purpose": "industrial-policy",
+        "group_by": ["t.town"], "totals": True,
+        "measures": [{"fn": "count"},
+                     {"fn": "ratio", "numerator": "t.output_value", "denominator": "l.land_mu",
+                      "as": "output_per_mu"},
+                     {"fn": "ratio", "numerator": "t.tax_paid", "denominator": "l.land_mu",
+                      "as": "tax_per_mu"}],
+    }
+    response = broker.call("econ", "POST", "/v1/queries/aggregate", expect=403, json=per_mu)
+    result.refusals.append(Step("econ", "joining tax data with land under a contract that is "
+                                "not linkable", response.status_code, response.json()))
+    # The tax bureau offers amended terms that grant linking; the bureau accepts them.
+    amended = {k: tax[k] for k in ("dataset_id", "consumer_org", "purposes", "fields", "k_min",
+                                   "max_queries_per_day", "valid_from", "valid_until")}
+    amended["dominance"] = tax["dominance"]
+    result.contracts["tax (linkable)"] = _agreed(broker, "tax", {**amended, "linkable": True})
+    per_mu["sources"] = {"t": result.contracts["tax (linkable)"]["id"], "l": land["id"]}
+    result.queries["output and tax per mu of land by town (tax x land)"] = broker.call(
+        "econ", "POST", "/v1/queries/aggregate", expect=200, json=per_mu).json()
+    result.queries["electricity: grid meters cross-checked against enterprises' reports"] = (
+        broker.call("econ", "POST", "/v1/queries/crosscheck", expect=200, json={
+            "sources": {"g": result.contracts["electricity"]["id"],
+                        "r": result.contracts["reports"]["id"]},
+            "purpose": "industrial-policy", "indicator": "electricity-use",
+            "tolerance_pct": 5, "group_by": ["g.industry"], "totals": True,
+        }).json())
 
 
 def run_story(broker: Broker, county: County | None = None) -> StoryResult:
@@ -216,6 +292,7 @@ def run_story(broker: Broker, county: County | None = None) -> StoryResult:
     for actor, what, body in attempts:
         response = broker.call(actor, "POST", "/v1/queries/aggregate", expect=403, json=body)
         result.refusals.append(Step(actor, what, response.status_code, response.json()))
+    _across_sources(broker, result)
 
     broker.call("grid", "POST", f"/v1/contracts/{grid}/revoke", expect=200)
     response = broker.call("econ", "POST", "/v1/queries/aggregate", expect=403, json={

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from broker.api.auth import mint_token
-from broker.demo.county import generate_county
+from broker.demo.county import generate_county, land_slice
 from broker.demo.story import Broker, run_story
 from broker.settings import Settings
 from tests.server import broker_server
@@ -59,7 +59,17 @@ def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:
     reasons = [set(step.body["reasons"]) for step in result.refusals]
     assert reasons == [{"no-active-contract"}, {"purpose-not-in-contract"},
                        {"entity-field-not-usable", "field-not-in-contract"},
-                       {"generalization-required"}, {"contract-not-active"}]
+                       {"generalization-required"}, {"contract-not-linkable"},
+                       {"contract-not-active"}]
+    # Across providers: joined by enterprise, only firms in both sources count.
+    per_mu = result.queries["output and tax per mu of land by town (tax x land)"]
+    total = next(c for c in per_mu["cells"] if c["key"] == {})
+    both = len(set(county.enterprises["uscc"]) & set(land_slice(county).frame["uscc"]))
+    assert total["values"]["count"] == both < len(county.enterprises)
+    check = result.queries["electricity: grid meters cross-checked against enterprises' reports"]
+    assert {"compared", "disagree", "abs_diff_sum"} <= set(
+        next(c for c in check["cells"] if c["status"] == "published")["values"])
+    assert not any(uscc in str(check) for uscc in county.enterprises["uscc"][:200])
     (dry,) = result.explanations.values()
     assert dry["allow"] is True
     assert dry["fields"] == {"industry": "generalize", "month": "generalize",
