@@ -206,7 +206,9 @@ class Atoms:
                 if row is None:
                     return BitMap64()
                 start, end = self._offsets[row], self._offsets[row + 1]
-                made = BitMap64(self._values[start:end].tolist())
+                atoms = array.array("Q")  # from the buffer: no Python integer per atom
+                atoms.frombytes(self._values[start:end].tobytes())
+                made = BitMap64(atoms)
             self._made[index] = made
         return self._made[index]
 
