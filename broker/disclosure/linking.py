@@ -135,16 +135,18 @@ def link(
     levels: Mapping[str, np.ndarray],
     *,
     remainder: bool = False,
+    budget: Budget | None = None,
 ) -> Linked:
     """The released cells with those that would disclose withheld as ``linked``, and the
     forms to record; ``history`` is changed in place (roll it back to undo).
 
     ``levels`` are the protection levels of the table's sensitive cells per field;
-    ``remainder`` asks whether the withheld table cells pooled may be published too.
+    ``remainder`` asks whether the withheld table cells pooled may be published too;
+    ``budget`` is the release's (one of its own by default).
     """
     history.ensure(quantities)
     table_values = _Values(table)
-    budget = Budget()
+    budget = budget if budget is not None else Budget()
     forms = _protect(table, quantities, released, history, levels, table_values, budget)
     candidates = [i for i, (_, reason) in enumerate(released) if reason is None]
     everything = {*candidates, len(released)}  # the remainder's place is len(released)
@@ -227,6 +229,7 @@ def link_sources(table: CellTable, parts: Sequence[SourcePart], released: Sequen
     """
     marks = [part.history.mark() for part in parts]
     current, pooled = list(released), remainder
+    budget = Budget()  # one for the whole release: past it, every source withholds what is new
     for attempt in range(passes):
         start, start_pooled = current, pooled
         forms: list[list[Form]] = []
@@ -236,7 +239,7 @@ def link_sources(table: CellTable, parts: Sequence[SourcePart], released: Sequen
             own_levels = {own: levels[name] for name, own in part.fields.items()
                           if name in levels}
             linked = link(view, part.quantities, current, part.history, own_levels,
-                          remainder=pooled)
+                          remainder=pooled, budget=budget)
             current, pooled = linked.released, pooled and linked.remainder
             forms.append(linked.forms)
         if (current == start and pooled == start_pooled) or attempt + 1 == passes:
