@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap64
 
 from broker.disclosure.cells import CellTable, read_table
+from broker.disclosure.linking import History, SourcePart, link_sources
 from broker.disclosure.plan import CellPlan, plan_joined, source_relation
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.errors import InvalidInput
@@ -25,6 +27,7 @@ from broker.domain.queries import (
     JoinedSpec,
     Measure,
     MeasureFn,
+    SuppressionReason,
 )
 from connectors.crypto import Keyring, create_master_key
 from connectors.engine import DuckDBEngine
@@ -223,3 +226,28 @@ def test_a_cross_check_counts_disagreeing_enterprises_and_sums_their_differences
         assert math.isclose(float(values["abs_diff_sum"] or 0.0), sum(diffs), abs_tol=1e-9)
     # the disagreement count carries no largest contributions: no dominance on a count
     assert not table.fields["#disagree"].top.any()
+
+
+def test_a_cell_one_source_withholds_leaves_no_form_in_any_history(tmp_path: Path) -> None:
+    grid = pd.DataFrame({"uscc": [f"F{i}" for i in range(6)] * 2, "town": ["A"] * 12,
+                         "month": [1] * 6 + [2] * 6, "kwh": [float(i) for i in range(12)]})
+    tax = pd.DataFrame({"code": [f"F{i}" for i in range(6)], "industry": "x",
+                        "tax": [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]})
+    spec = JoinedSpec(sources=(("g", "c1"), ("t", "c2")), purpose="p",
+                      group_by=(Dimension("g.town"),),
+                      measures=(Measure(MeasureFn.SUM, "g.kwh"), Measure(MeasureFn.SUM, "t.tax")))
+    _, table = _run(tmp_path, {"g": grid, "t": tax}, spec)
+    [cell] = list(table.cells(margins=False))
+    t_atoms = table.fields["t.tax"].atoms.get(table, cell)
+    g_atoms = table.fields["g.kwh"].atoms.get(table, cell)
+    grid_history, tax_history = History(), History()
+    # The tax bureau's own total of five of the six firms is already published: the joined
+    # cell's tax would give the sixth firm's tax away.
+    tax_history.ensure(["f:tax"]).exact["f:tax"].add(BitMap64(list(t_atoms)[1:]))
+    parts = [SourcePart(grid_history, {"g.kwh": "kwh"}, ("f:kwh",)),
+             SourcePart(tax_history, {"t.tax": "tax"}, ("f:tax",))]
+    released, forms, _ = link_sources(table, parts, [(cell, None)], {})
+    assert released == [(cell, SuppressionReason.LINKED)]
+    assert forms == [[], []]
+    # and the grid's history holds nothing of the cell: it was audited again on the outcome
+    assert grid_history.exact["f:kwh"].known(g_atoms) is False
