@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, select
 
 from audit.entry import GENESIS_HASH
@@ -49,8 +51,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        reading = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+        statement = ("BEGIN" if connection.get_execution_options().get(READ_ONLY, False)
+                     else "BEGIN IMMEDIATE")
+        try:  # straight to the driver: every unit of work starts here
+            connection.connection.driver_connection.execute(statement)
+        except sqlite3.Error as exc:  # busy past the timeout, I/O error: as SQLAlchemy says it
+            raise OperationalError(statement, None, exc) from exc
 
 
 READ_ONLY = "broker_read_only"
