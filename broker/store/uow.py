@@ -98,12 +98,11 @@ class SqlUnitOfWork:
             self._writer.release()  # type: ignore[union-attr]
 
     def __enter__(self) -> Self:
-        self._hold_writer()
         session = _UnitSession(self.engine, expire_on_commit=False)
         session.unit = self
         self.session = session
         try:
-            # begin now (on SQLite: take the write lock)
+            # begin now: the writer lock (see _relock), then on SQLite its write lock
             self._syncer = self.session.connection().info.get(SYNCER)
         except OperationalError as exc:
             self._close()

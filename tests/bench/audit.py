@@ -8,7 +8,8 @@ head row, write the entry and the Merkle nodes it completes, move the head, comm
 only once the commit is on disk. On SQLite that is a group commit (WAL, synchronous=NORMAL,
 then one fsync of the WAL covering every commit written by then; see
 ``broker.store.group_commit``); the fsyncs per append show how many commits shared one.
-Writers are threads of one process (1, then ``--writers``), then 4 processes. The raw figures
+Writers are threads of one process sharing its engine, as the server's request threads do
+(1, then ``--writers``), then 4 processes with an engine each. The raw figures
 are sqlite3 committing one bare row per transaction (WAL, synchronous=FULL, BEGIN IMMEDIATE)
 on the same disk, from 1 and from ``--writers`` threads with a connection each.
 
@@ -38,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from audit import merkle
@@ -66,32 +68,42 @@ def _event(writer: int, i: int) -> AuditEvent:
     )
 
 
-def _writer(url: str, writer: int, count: int, start: float) -> None:
-    engine = make_engine(url)
+def _writer(url: str, writer: int, count: int, start: float, engine: Engine | None = None
+            ) -> None:
+    """Append ``count`` entries, one unit of work each, on ``engine`` (the process's own one,
+    shared by its threads as the server's request threads share it) or a new one."""
+    own = engine is None
+    engine = make_engine(url) if engine is None else engine
     while time.time() < start:
         time.sleep(0.001)
     for i in range(count):
         with SqlUnitOfWork(engine, _clock) as uow:
             uow.audit.append(_event(writer, i))
             uow.commit()
-    engine.dispose()
+    if own:
+        engine.dispose()
 
 
 def _appends(url: str, writers: int, per_writer: int, *, processes: bool = False) -> float:
     """Appends per second of ``writers`` threads (or processes) appending ``per_writer`` each,
     all starting at once."""
     spawn: Callable[..., threading.Thread | BaseProcess]
+    engine = None
     if processes:
         spawn = multiprocessing.get_context("spawn").Process
         start = time.time() + 3.0  # every process imported and connected before the clock starts
     else:
-        spawn, start = threading.Thread, time.time() + 0.2
-    workers = [spawn(target=_writer, args=(url, w, per_writer, start)) for w in range(writers)]
+        spawn, start, engine = threading.Thread, time.time() + 0.2, make_engine(url)
+    workers = [spawn(target=_writer, args=(url, w, per_writer, start, engine))
+               for w in range(writers)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return writers * per_writer / (time.time() - start)
+    rate = writers * per_writer / (time.time() - start)
+    if engine is not None:
+        engine.dispose()
+    return rate
 
 
 def _body() -> str:
