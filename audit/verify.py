@@ -14,16 +14,25 @@ signed checkpoint, and names the first fault it meets:
 - ``bad-checkpoint``: a checkpoint that is malformed or not signed by the key.
 
 Entries are checked a chunk at a time with C-level hashing (``map`` over ``hashlib``); only a
-chunk that fails a check is walked entry by entry, to name the fault exactly.
+chunk that fails a check is walked entry by entry, to name the fault exactly. A deep
+verification of a large log has its entries' hashes, checks and re-encodings computed in
+worker processes, a few pieces ahead, while this process walks the chunks in order: every
+result, the first bad entry and its reason included, is the one the serial pass gives.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import itertools
 import json
+import multiprocessing
+import os
 import re
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -73,6 +82,13 @@ class Chunk:
     seqs: list[int] | None = None
     leaf_hashes: list[str] | None = None
     prev_hashes: list[str] | None = None
+
+    def part(self, start: int, stop: int) -> Chunk:
+        """Entries ``start`` to ``stop`` (list indices) of this chunk."""
+        return Chunk(self.bodies[start:stop],
+                     None if self.seqs is None else self.seqs[start:stop],
+                     None if self.leaf_hashes is None else self.leaf_hashes[start:stop],
+                     None if self.prev_hashes is None else self.prev_hashes[start:stop])
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,28 +182,18 @@ class _Walk:
 
     # -- fast path ---------------------------------------------------------------------------
 
-    def chunk(self, chunk: Chunk, rest: Iterator[Chunk], head: Head | None) -> None:
+    def chunk(self, chunk: Chunk, rest: Iterator[Chunk], head: Head | None,
+              checked: _Checked | None = None) -> None:
+        """Verify the next chunk; ``checked`` is its :func:`_check_chunk` result if a worker
+        computed it already."""
         bodies = chunk.bodies
         start = self.frontier.size
-        n = len(bodies)
-        leaves = list(map(_digest, map(_sha256, map(_LEAF, bodies))))
-        hexes = list(map(binascii.hexlify, leaves))
-        links = [binascii.hexlify(self.last), *hexes[:-1]]
-        # C-level checks over the whole chunk: each body names its predecessor's leaf hash and
-        # its own position; any miss sends the chunk to the walk below, which reads each entry.
-        ok = (
-            all(map(bytes.__contains__, bodies, map(_PREV_AT.__mod__, links)))
-            and all(map(bytes.__contains__, bodies,
-                        map(_SEQ_AT.__mod__, range(start + 1, start + 1 + n))))
-            and (chunk.seqs is None or chunk.seqs == list(range(start + 1, start + 1 + n)))
-            and (chunk.leaf_hashes is None
-                 or list(map(str.encode, chunk.leaf_hashes)) == hexes)
-            and (chunk.prev_hashes is None
-                 or list(map(str.encode, chunk.prev_hashes)) == links)
-        )
+        if checked is None:
+            checked = _check_chunk(chunk, start, self.last)
+        ok, leaves, deep_faults = checked
         if not ok or self.deep:
             try:
-                self._walk(chunk, leaves, rest, head)
+                self._walk(chunk, leaves, rest, head, deep_faults)
             except _Found:
                 self._grow(leaves[:self.walked])  # the entries before the fault did verify
                 raise
@@ -225,7 +231,7 @@ class _Walk:
     # -- slow path: walk entry by entry to name the fault --------------------------------------
 
     def _walk(self, chunk: Chunk, leaves: list[bytes], rest: Iterator[Chunk],
-              head: Head | None) -> None:
+              head: Head | None, deep_faults: dict[int, str] | None = None) -> None:
         start = self.frontier.size
         last = self.last
         for i, body in enumerate(chunk.bodies):
@@ -257,7 +263,7 @@ class _Walk:
                 raise _Found(Fault.BAD_ENTRY, position, "prev-hash-column-mismatch",
                              f"entry {position}'s stored prev_hash differs from its body's")
             if self.deep:
-                reason = deep_check(body)
+                reason = deep_check(body) if deep_faults is None else deep_faults.get(i)
                 if reason is not None:
                     raise _Found(Fault.BAD_ENTRY, position, reason,
                                  f"entry {position} is not a canonical entry")
@@ -289,6 +295,136 @@ class _Walk:
         return _Found(Fault.BAD_ENTRY, bad, "prev-hash-mismatch",
                       f"entry {position} does not chain to entry {position - 1}; "
                       f"entry {bad}'s bytes were changed")
+
+
+#: (the fast checks passed, every leaf hash, the deep faults by index within the chunk or None)
+_Checked = tuple[bool, list[bytes], dict[int, str] | None]
+
+
+def _check_chunk(chunk: Chunk, start: int, last: bytes) -> _Checked:
+    """Leaf hashes and the C-level checks of one chunk whose first entry is ``start + 1`` and
+    whose predecessor's leaf hash is ``last`` (the deep check is left to the walk)."""
+    leaves = list(map(_digest, map(_sha256, map(_LEAF, chunk.bodies))))
+    return _checks(chunk, leaves, start, last), leaves, None
+
+
+def _checks(chunk: Chunk, leaves: list[bytes], start: int, last: bytes) -> bool:
+    """Each body names its predecessor's leaf hash and its own position, and the stored
+    columns agree; any miss sends the chunk to the walk, which reads each entry."""
+    bodies = chunk.bodies
+    n = len(bodies)
+    hexes = list(map(binascii.hexlify, leaves))
+    links = [binascii.hexlify(last), *hexes[:-1]]
+    return (
+        all(map(bytes.__contains__, bodies, map(_PREV_AT.__mod__, links)))
+        and all(map(bytes.__contains__, bodies,
+                    map(_SEQ_AT.__mod__, range(start + 1, start + 1 + n))))
+        and (chunk.seqs is None or chunk.seqs == list(range(start + 1, start + 1 + n)))
+        and (chunk.leaf_hashes is None
+             or list(map(str.encode, chunk.leaf_hashes)) == hexes)
+        and (chunk.prev_hashes is None
+             or list(map(str.encode, chunk.prev_hashes)) == links)
+    )
+
+
+def _check_piece(piece: Chunk, start: int, last: bytes
+                 ) -> tuple[bool, bytes, dict[int, str]]:
+    """:func:`_check_chunk` with ``deep`` in a worker process: the leaves (travelling back as
+    one string) and every entry's canonical-form check, by index within the piece."""
+    leaves = list(map(_digest, map(_sha256, map(_LEAF, piece.bodies))))
+    faults = {i: reason for i, reason in enumerate(map(deep_check, piece.bodies))
+              if reason is not None}
+    return _checks(piece, leaves, start, last), b"".join(leaves), faults
+
+
+#: Deep verification (each entry re-encoded, about 30 times the cost of hashing it) runs in
+#: worker processes once a chunk holds this many entries; below that, starting them costs more
+#: than it saves. The fast pass stays in this process: handing an entry to another process
+#: (copying its bytes there) costs as much as hashing and checking it here (tests/bench/audit.py).
+PARALLEL_MIN_ENTRIES = 16384
+_PIECE = 4096  # entries per task
+_AHEAD = 4  # tasks queued per worker
+
+_pool: ProcessPoolExecutor | None = None
+_pool_guard = threading.Lock()
+
+
+def _workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _executor() -> ProcessPoolExecutor:
+    """The verifier's worker processes, started on first use and kept for later runs.
+
+    ``forkserver`` (``spawn`` where there is none): forking a threaded server is unsafe.
+    """
+    global _pool
+    with _pool_guard:
+        if _pool is None:
+            method = ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                      else "spawn")
+            _pool = ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context(method))
+        return _pool
+
+
+_PieceResult = Future[tuple[bool, bytes, dict[int, str]]]
+
+
+def _run_parallel(walk: _Walk, upcoming: Iterator[Chunk], head: Head | None) -> None:
+    """Feed every chunk to ``walk`` in order, its checks computed by the workers ahead.
+
+    A chunk is cut into pieces; a piece's checks need only its start position and its
+    predecessor's leaf hash (the hash of the entry before it), both known before anything
+    before it is verified. The pieces' results are joined back into their chunk's (the fast
+    checks are per entry, so all pieces passing is the chunk passing), and the walk takes the
+    chunks in order exactly as in one process: if one fails, the walk stops there and nothing
+    computed ahead is used.
+    """
+    pool = _executor()
+    queued: deque[tuple[Chunk, list[_PieceResult]]] = deque()
+    position, last = walk.frontier.size, walk.last
+    tasks = 0
+
+    def submit() -> bool:
+        nonlocal position, last, tasks
+        for chunk in upcoming:
+            if not chunk.bodies:
+                continue
+            futures = []
+            for at in range(0, len(chunk.bodies), _PIECE):
+                piece = chunk.part(at, at + _PIECE)
+                futures.append(pool.submit(_check_piece, piece, position, last))
+                position += len(piece.bodies)
+                last = _digest(_sha256(_LEAF(piece.bodies[-1])))
+            queued.append((chunk, futures))
+            tasks += len(futures)
+            return True
+        return False
+
+    try:
+        while tasks < _AHEAD * _workers() and submit():
+            pass
+        while queued:
+            chunk, futures = queued.popleft()
+            tasks -= len(futures)
+            ok, leaves, faults = True, list[bytes](), dict[int, str]()
+            for n, future in enumerate(futures):
+                piece_ok, piece_leaves, piece_faults = future.result()
+                ok = ok and piece_ok
+                leaves += _split(piece_leaves)
+                faults |= {n * _PIECE + i: reason for i, reason in piece_faults.items()}
+            while tasks < _AHEAD * _workers() and submit():
+                pass
+            rest = itertools.chain([c for c, _ in queued], upcoming)
+            walk.chunk(chunk, rest, head, (ok, leaves, faults))
+    finally:
+        for _, futures in queued:
+            for future in futures:
+                future.cancel()
+
+
+def _split(leaves: bytes) -> list[bytes]:
+    return [leaves[i:i + 32] for i in range(0, len(leaves), 32)]
 
 
 def _extend(frontier: merkle.Frontier, leaves: Sequence[bytes]) -> None:
@@ -362,12 +498,14 @@ def verify_log(
     head: Head | None = None,
     deep: bool = False,
     nodes: Iterable[tuple[int, int, str]] | None = None,
+    parallel: bool = True,
 ) -> Verification:
     """Check every entry in order against each other and against the signed checkpoints.
 
     ``checkpoints`` must already be signature-checked (see :func:`open_checkpoints`). ``nodes``
     are a store's perfect-subtree hashes (level >= 1) ordered by level and index: proofs are
-    built from them, so each must be the hash the entries give.
+    built from them, so each must be the hash the entries give. ``parallel=False`` keeps all
+    the work in this process (the result is the same).
     """
     by_size: dict[int, SignedCheckpoint] = {}
     for signed in checkpoints:
@@ -386,8 +524,12 @@ def verify_log(
     stream = iter(chunks)
     try:
         for chunk in stream:
-            if chunk.bodies:
-                walk.chunk(chunk, stream, head)
+            if not chunk.bodies:
+                continue
+            if deep and parallel and len(chunk.bodies) >= PARALLEL_MIN_ENTRIES:
+                _run_parallel(walk, itertools.chain([chunk], stream), head)
+                break
+            walk.chunk(chunk, stream, head)
         _finish(walk, head)
         if nodes is not None and walk.leaves is not None:
             _check_nodes(walk.leaves, nodes)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 from typing import Self
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session
 
 from broker.domain.errors import Unavailable
 from broker.domain.ports import Clock
 from broker.store.audit import SqlAuditLog
 from broker.store.db import read_only as read_only_engine
+from broker.store.group_commit import SYNCER, WalSyncer
 from broker.store.repositories import (
     SqlContractRepository,
     SqlDatasetRepository,
@@ -37,8 +39,30 @@ def _writer_lock(engine: Engine) -> threading.Lock | None:
         return _WRITERS.setdefault(id(engine.pool), threading.Lock())
 
 
+class _UnitSession(Session):
+    """A unit of work's session: a transaction begun after a commit takes the writer lock."""
+
+    unit: SqlUnitOfWork
+
+
+@event.listens_for(_UnitSession, "after_transaction_create")
+def _relock(session: _UnitSession, transaction: SessionTransaction) -> None:
+    # Fires before the new transaction takes a connection (and so before BEGIN IMMEDIATE).
+    if transaction.parent is None:
+        session.unit._begin()
+
+
 class SqlUnitOfWork:
-    """A transaction; leaving the block without ``commit`` rolls everything back."""
+    """A transaction; leaving the block without ``commit`` rolls everything back.
+
+    On a SQLite file, ``commit`` is a group commit (see ``broker.store.group_commit``): it
+    commits, hands the writer lock to the next writer at once, and returns only when an fsync
+    of the write-ahead log that began after its commit has completed. A unit that goes on after
+    a commit takes the writer lock again with its next transaction. A unit that read after its
+    last commit (every read-only unit) waits, when it is left without an error, until every
+    commit made in this process so far is durable, so it never answers from a commit that
+    could still be lost.
+    """
 
     session: Session
     orgs: SqlOrgRepository
@@ -53,16 +77,41 @@ class SqlUnitOfWork:
         self.engine = read_only_engine(engine) if read_only else engine
         self.clock = clock
         self._writer = None if read_only else _writer_lock(engine)
+        self._holding = False
+        self._syncer: WalSyncer | None = None
+        self._read_since_commit = False
+
+    def _begin(self) -> None:
+        """A transaction is starting: hold the writer lock (a writer) and note it may read."""
+        self._read_since_commit = True
+        self._hold_writer()
+
+    def _hold_writer(self) -> None:
+        """Take this process's SQLite writer lock unless this unit holds it already."""
+        if self._writer is None or self._holding:
+            return
+        if not self._writer.acquire(timeout=WRITER_WAIT_SECONDS):
+            raise Unavailable("The store is busy; nothing was released.")
+        self._holding = True
+
+    def _release_writer(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._writer.release()  # type: ignore[union-attr]
 
     def __enter__(self) -> Self:
-        if self._writer is not None and not self._writer.acquire(timeout=WRITER_WAIT_SECONDS):
-            raise Unavailable("The store is busy; nothing was released.")
-        self.session = Session(self.engine, expire_on_commit=False)
+        session = _UnitSession(self.engine, expire_on_commit=False)
+        session.unit = self
+        self.session = session
         try:
-            self.session.connection()  # begin now (on SQLite: take the write lock)
+            # begin now: the writer lock (see _relock), then on SQLite its write lock
+            self._syncer = self.session.connection().info.get(SYNCER)
         except OperationalError as exc:
             self._close()
             raise Unavailable("The store is unavailable; nothing was released.") from exc
+        except BaseException:
+            self._close()
+            raise
         self.orgs = SqlOrgRepository(self.session)
         self.datasets = SqlDatasetRepository(self.session)
         self.contracts = SqlContractRepository(self.session)
@@ -73,13 +122,18 @@ class SqlUnitOfWork:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.session.rollback()
-        self._close()
+        try:
+            self.session.rollback()
+        finally:
+            self._close()
+        if exc[0] is None and self._read_since_commit and self._syncer is not None:
+            self._syncer.settle()  # it may answer from what it read: from durable commits only
 
     def _close(self) -> None:
-        self.session.close()
-        if self._writer is not None:
-            self._writer.release()
+        try:
+            self.session.close()
+        finally:
+            self._release_writer()
 
     def rollback(self) -> None:
         """Discard everything staged in this unit; it can go on with a fresh transaction."""
@@ -87,10 +141,19 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         """Make everything done in this unit durable; a store failure is Unavailable (503)."""
+        syncer = self._syncer
+        ticket = syncer.committing() if syncer is not None else 0
         try:
             self.session.commit()
         except OperationalError as exc:
             raise Unavailable("The store could not commit; nothing was released.") from exc
+        finally:
+            if syncer is not None:
+                syncer.committed(ticket)
+        self._read_since_commit = False
+        self._release_writer()  # the next writer's transaction runs while we wait for the disk
+        if syncer is not None:
+            syncer.wait(ticket)
 
 
 class SqlUnitOfWorkFactory:
