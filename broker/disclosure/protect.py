@@ -8,6 +8,7 @@ earlier release is protected against this table's margins like any other.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,9 +168,6 @@ def protect(
         grand = tuple(len(d) for d in table.domains)
         pooled = _remainder(table, plan, rules, withheld, ledger,
                             grand_withheld=bool(pattern.suppressed[grand]))
-        if pooled[1] is None:
-            entries += [(ledger_key(table, grand, m), _union(table, withheld, m))
-                        for m in measures]
     levels = {name: level for name, level in _protection(table, rules, sensitive).items()
               if name != ENTITIES}
     return Protected(tuple(reasons), tuple(entries), pattern.unprotectable, pooled, levels)
@@ -279,6 +277,27 @@ def _ledger_entries(table: CellTable, measures: tuple[str, ...], sensitive: _Sen
 
 def _union(table: CellTable, cells: list[Index], measure: str) -> BitMap:
     return BitMap.union(BitMap(), *(measure_members(table, ix, measure) for ix in cells))
+
+
+def repool(table: CellTable, plan: CellPlan, rules: Rules,
+           released: Sequence[tuple[Index, SuppressionReason | None]], ledger: LedgerIndex
+           ) -> tuple[Pooled, list[tuple[str, BitMap]]]:
+    """The remainder row once every cell's outcome is final (after the release audit, which
+    may withhold more than protection did): every table cell not published, pooled and held
+    to every rule again, and what the differencing ledger keeps of it when published.
+
+    The row must pool exactly the cells that are not published: pooled over fewer, the grand
+    total less the published cells less the row would give back the cells left out.
+    """
+    published = {index for index, reason in released if reason is None}
+    grand = tuple(len(d) for d in table.domains)
+    withheld = [ix for ix in np.ndindex(*table.shape)
+                if not table.is_margin(ix) and ix not in published]
+    grand_withheld = any(index == grand and reason is not None for index, reason in released)
+    pooled = _remainder(table, plan, rules, withheld, ledger, grand_withheld=grand_withheld)
+    entries = ([(ledger_key(table, grand, m), _union(table, withheld, m))
+                for m in measure_keys(plan)] if pooled[1] is None else [])
+    return pooled, entries
 
 
 def _remainder(

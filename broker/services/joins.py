@@ -17,6 +17,7 @@ from broker.disclosure.plan import (
     plan_joined,
     source_relation,
 )
+from broker.disclosure.protect import repool
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
 from broker.domain.errors import (
@@ -423,6 +424,9 @@ def _audited(computed: _Computed, spec: JoinedSpec, parts: dict[str, SourcePart]
         remainder=asked)
     if asked and not remainder:
         pooled = (None, SuppressionReason.LINKED)
+    elif asked:  # pooled again over every cell the audit left unpublished
+        pooled, _ = repool(computed.table, computed.plan, computed.rules, released,
+                           LedgerIndex())
     answer = _answer(computed.table, computed.plan, spec, released, pooled)
     return answer, dict(zip(aliases, forms, strict=True))
 

@@ -16,7 +16,7 @@ from broker.disclosure.cells import CellTable, Index, measure_keys, read_table
 from broker.disclosure.differencing import LedgerIndex
 from broker.disclosure.linking import History, link
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
-from broker.disclosure.protect import Pooled, Protected, protect
+from broker.disclosure.protect import Pooled, Protected, protect, repool
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.disclosure.scopes import Scopes
 from broker.domain.datasets import Dataset
@@ -239,11 +239,13 @@ class QueryService:
             self._decide(uow, ctx, spec, AGGREGATE)
             answer, protected = self._settled_answer(uow, spec, dataset, computation)
             forms: list[Form] = []
+            pooled_entries: list[tuple[str, BitMap]] = []
             if protected is not None and computation.fresh is not None:
                 fresh = computation.fresh
-                answer, forms = _linked(fresh.table, fresh.plan, spec, protected,
-                                        systems.load(uow, measure_keys(fresh.plan),
-                                                     self.sealer))
+                answer, forms, pooled_entries = _linked(
+                    fresh.table, fresh.plan, spec, protected,
+                    systems.load(uow, measure_keys(fresh.plan), self.sealer),
+                    rules, self.ledgers.refresh(uow, dataset.id))
             # The stored answer keeps the keys in clear (inside the broker); each consumer's
             # copy gets its own contract's pseudonyms.
             released = _pseudonymized(self.pseudonyms, spec, decision, answer.cells)
@@ -268,7 +270,8 @@ class QueryService:
                 )
             )
             if protected is not None:
-                uow.releases.add(dataset.id, protected.ledger_entries, receipt.seq)
+                uow.releases.add(dataset.id, (*protected.ledger_entries, *pooled_entries),
+                                 receipt.seq)
                 systems.recorded(uow.releases.add_forms(
                     dataset.id, [sealed_form(self.sealer, dataset.id, f) for f in forms],
                     receipt.seq))
@@ -346,8 +349,9 @@ class QueryService:
         if fresh is None:  # unreachable: either an earlier answer or a fresh one exists
             raise Unavailable("No answer was computed.")
         with self.uow(read_only=True) as uow, self.links.audit(dataset.id) as systems:
-            answer, _ = _linked(fresh.table, fresh.plan, spec, fresh.protected,
-                                systems.load(uow, measure_keys(fresh.plan), self.sealer))
+            answer, _, _ = _linked(fresh.table, fresh.plan, spec, fresh.protected,
+                                   systems.load(uow, measure_keys(fresh.plan), self.sealer),
+                                   computation.rules, fresh.ledger)
         return Prediction.of(answer)
 
     def _run(self, plan: CellPlan, dataset: Dataset, spec: AggregateSpec
@@ -493,16 +497,22 @@ def _answer(table: CellTable, plan: CellPlan, spec: AggregateSpec | JoinedSpec,
 
 
 def _linked(table: CellTable, plan: CellPlan, spec: AggregateSpec, protected: _Protected,
-            history: History) -> tuple[Answer, list[Form]]:
+            history: History, rules: Rules, ledger: LedgerIndex
+            ) -> tuple[Answer, list[Form], list[tuple[str, BitMap]]]:
     """The answer after the release audit against everything published from the dataset:
-    cells that would disclose withheld as ``linked``, and the forms to record."""
+    cells that would disclose withheld as ``linked``, the forms to record, and what the
+    differencing ledger keeps of the remainder row (pooled again over every cell the audit
+    left unpublished)."""
     pooled = protected.outcome.remainder
     asked = spec.remainder and pooled is not None and pooled[1] is None
     linked = link(table, measure_keys(plan), protected.outcome.released, history,
                   protected.outcome.levels, remainder=asked)
+    entries: list[tuple[str, BitMap]] = []
     if asked and not linked.remainder:
         pooled = (None, SuppressionReason.LINKED)
-    return _answer(table, plan, spec, linked.released, pooled), linked.forms
+    elif asked:
+        pooled, entries = repool(table, plan, rules, linked.released, ledger)
+    return _answer(table, plan, spec, linked.released, pooled), linked.forms, entries
 
 
 def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: FlowDecision,
