@@ -599,7 +599,8 @@ def test_a_malformed_alias_is_invalid_input(county: County, alias: str) -> None:
 
 
 INJECTIONS = ["kwh; drop table x", "kwh\" or 1=1 --", "kwh)", "*", "kwh/*", "uscc",
-              "t.tax", "Kwh", "\uff4b\uff57\uff48", "kwh\u200b", "g", "a.b.c", "month'"]
+              "t.tax", "Kwh", "\uff4b\uff57\uff48", "kwh\u200b", "g", "a.b.c", "month'",
+              "tax", "industry", "code", "mu"]  # the last: other sources' fields
 
 
 @pytest.mark.parametrize("name", INJECTIONS)
@@ -871,3 +872,58 @@ def test_counts_of_three_sources_and_their_join_do_not_isolate_a_firm(
     attack.ask("econ", {"l": "nrb"}, measures=[count()])
     attack.ask("env", GTL, group_by=["t.industry"] if grouped else [], measures=[count()])
     attack.assert_no_leak()
+
+
+@pytest.mark.parametrize("strict", ["grid", "nrb"])
+def test_the_strictest_k_of_either_side_applies(county: County, strict: str) -> None:
+    """k=8 on one side only: every published joined cell counts at least 8 firms."""
+    ids = {ds: county.contract(ds, k_min=8) if ds == strict else county.contracts["econ"][ds]
+           for ds in ("grid", "nrb")}
+    r = county.post("econ", {"sources": {"g": ids["grid"], "l": ids["nrb"]},
+                             "group_by": ["g.town"], "totals": True, "remainder": True,
+                             "measures": [count(), total("l.mu"), total("g.kwh")]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["k"] == 8
+    for cell in [*body["cells"], body.get("remainder") or {"values": None}]:
+        if cell["values"] is not None:
+            assert cell["values"]["count"] >= 8, cell
+
+
+def test_a_firm_dominating_one_source_withholds_the_joined_cell(county: County) -> None:
+    """A fifth provider's figure of one firm dwarfs the rest of its town: the joined cell is
+    dominated in that source's measure, though grid's kwh of the same firms is not."""
+    big = "F10"
+    frame = pd.DataFrame([{"uscc": f, "sales": float(1_000_000 if f == big else 100 + i)}
+                          for i, f in enumerate(FIRMS)])
+    meta = {"name": "sales", "entity_field": "uscc", "fields": [
+        {"name": "uscc", "type": "string", "role": "entity"},
+        {"name": "sales", "type": "number", "role": "measure"}]}
+    r = upload(county.client, county.tokens["water"], frame, meta)
+    assert r.status_code == 201, r.text
+    county.datasets["water"] = r.json()["id"]
+    cid = county.contract("water", {"sales": "aggregate"})
+    r = county.post("econ", {"sources": {"g": county.contracts["econ"]["grid"], "w": cid},
+                             "group_by": ["g.town"], "totals": True,
+                             "measures": [count(), total("w.sales"), total("g.kwh")]})
+    assert r.status_code == 200, r.text
+    cells = _by_key(r.json(), "g.town")
+    assert cells[TOWN[big]]["values"] is None, cells[TOWN[big]]
+    assert cells["*"]["values"] is None or cells["*"]["values"]["count"] >= 3
+    if cells["*"]["values"] is not None:  # the total is dominated by the same firm
+        assert cells["*"]["values"].get("sum_w.sales") is None, cells["*"]
+
+
+@pytest.mark.parametrize("who", ["grid", "tax", "auditor", "admin"])
+def test_no_one_but_the_consumer_runs_its_join(county: County, who: str) -> None:
+    """A provider of a source (or an auditor, or the operator) with the consumer's contract
+    ids gets nothing."""
+    token = {"auditor": county.auditor, "admin": county.admin}.get(who) or county.tokens[who]
+    c = county.contracts["econ"]
+    r = county.client.post("/v1/queries/aggregate", headers=auth(token), json={
+        "sources": {"g": c["grid"], "t": c["tax"]}, "purpose": "industrial-policy",
+        "group_by": ["g.town"], "measures": [count(), total("t.tax")]})
+    assert r.status_code in (401, 403), r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "cells" not in r.json()
+    _no_row_values(r.text)
