@@ -927,3 +927,80 @@ def test_no_one_but_the_consumer_runs_its_join(county: County, who: str) -> None
     assert r.headers["content-type"].startswith("application/problem+json")
     assert "cells" not in r.json()
     _no_row_values(r.text)
+
+
+@pytest.mark.parametrize("consumers", [("econ", "econ"), ("econ", "env")])
+def test_a_small_joined_cell_is_not_the_margin_less_cells_known_from_one_source(
+        county: County, consumers: tuple[str, str]) -> None:
+    """The small town joined with tax has two firms (withheld, min-entities) and its
+    complementary partner may be a town no firm of which is missing from tax: that town's
+    single-source cell then equals its joined one, and the joined total less every other
+    town gives the small town's two firms (no remainder asked)."""
+    c = county.contracts
+    first, second = consumers
+    single = county.post(first, {"contract_id": c[first]["grid"], "group_by": ["town"],
+                                 "measures": [total("kwh")]})
+    assert single.status_code == 200, single.text
+    joined = county.post(second, {"sources": {"g": c[second]["grid"], "t": c[second]["tax"]},
+                                  "group_by": ["g.town"], "totals": True,
+                                  "measures": [total("g.kwh")]})
+    assert joined.status_code == 200, joined.text
+    alone, both = _by_key(single.json(), "town"), _by_key(joined.json(), "g.town")
+    untaxed = {NO_TAX, *SMALL_UNTAXED}
+    same = {t for t in alone if all(TOWN[f] != t for f in untaxed)}  # joined == alone
+    if both["*"]["values"] is None:
+        return
+    known = 0.0
+    for town, cell in both.items():
+        if town in ("*", SMALL_TOWN):
+            continue
+        if cell["values"] is not None:
+            known += cell["values"]["sum_g.kwh"]
+        elif town in same and alone[town]["values"] is not None:
+            known += alone[town]["values"]["sum_kwh"]
+        else:
+            return  # a town neither published nor known: nothing exact
+    derived = both["*"]["values"]["sum_g.kwh"] - known
+    frame = grid_frame()
+    taxed = set(tax_frame().code)
+    truth = float(frame.loc[(frame.town == SMALL_TOWN) & frame.uscc.isin(taxed), "kwh"].sum())
+    assert not math.isclose(derived, truth), (
+        f"the small town's joined kwh {truth:g} (two firms) = joined total less "
+        f"{[(t, c['reason']) for t, c in both.items()]} with single-source cells")
+
+
+@pytest.mark.parametrize("town", ["N", "E", "W"])
+def test_a_complementary_cell_already_known_from_one_source_protects_nothing(
+        county: County, town: str) -> None:
+    """One big town's kwh alone first (no firm of N, E, W is missing from tax, so its joined
+    cell is the same number); then grid joined with tax by town with the total. If that town
+    is the small town's complementary partner, the small town's two firms are the total less
+    the other towns, unless the release audit withholds more."""
+    c = county.contracts
+    single = county.post("econ", {"contract_id": c["econ"]["grid"],
+                                  "filters": [{"field": "town", "op": "eq", "value": town}],
+                                  "measures": [total("kwh")]})
+    assert single.status_code == 200, single.text
+    [cell] = single.json()["cells"]
+    joined = county.post("env", {"sources": {"g": c["env"]["grid"], "t": c["env"]["tax"]},
+                                 "group_by": ["g.town"], "totals": True,
+                                 "measures": [total("g.kwh")]})
+    assert joined.status_code == 200, joined.text
+    both = _by_key(joined.json(), "g.town")
+    if both["*"]["values"] is None or cell["values"] is None:
+        return  # the total (or the town alone) withheld: nothing exact
+    known = 0.0
+    for name, out in both.items():
+        if name in ("*", SMALL_TOWN):
+            continue
+        if out["values"] is not None:
+            known += out["values"]["sum_g.kwh"]
+        elif name == town:
+            known += cell["values"]["sum_kwh"]
+        else:
+            return  # nothing exact
+    derived = both["*"]["values"]["sum_g.kwh"] - known
+    frame = grid_frame()
+    taxed = set(tax_frame().code)
+    truth = float(frame.loc[(frame.town == SMALL_TOWN) & frame.uscc.isin(taxed), "kwh"].sum())
+    assert not math.isclose(derived, truth), [(t, o["reason"]) for t, o in both.items()]
