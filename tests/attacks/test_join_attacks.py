@@ -1060,3 +1060,55 @@ def test_a_firm_dropped_or_moved_in_a_new_version_is_not_isolated_by_a_join(
     assert not math.isclose(old[name] - new["sum_g.kwh"], truth), (
         f"{mover}'s kwh {truth:g} = town {town} on version 1 ({old[name]:g}) less on "
         f"version 2 ({new['sum_g.kwh']:g})")
+
+
+# ---------------------------------------------------------------------- pseudonyms
+
+
+def _pseudo_grid(county: County, consumer: str = "econ") -> str:
+    """A copy of grid (every contract on it pseudonymizes town), and a contract on it."""
+    if "gridp" not in county.datasets:
+        meta = {**META["grid"], "name": "grid-monthly-copy"}
+        r = upload(county.client, county.tokens["grid"], grid_frame(), meta)
+        assert r.status_code == 201, r.text
+        county.datasets["gridp"] = r.json()["id"]
+        county.tokens["gridp"] = county.tokens["grid"]
+    return county.contract("gridp", {"town": "pseudonymize", "kwh": "aggregate"},
+                           consumer=consumer)
+
+
+def test_a_pseudonymized_field_of_one_source_is_not_filtered_through_a_join(
+        county: County) -> None:
+    pseudo = _pseudo_grid(county)
+    tax = county.contracts["econ"]["tax"]
+    seq = _last_seq(county)
+    for flt in ({"field": "g.town", "op": "eq", "value": "N"},
+                {"field": "g.town", "op": "in", "value": ["N", "S"]}):
+        r = county.post("econ", {"sources": {"g": pseudo, "t": tax}, "group_by": ["g.town"],
+                                 "filters": [flt], "measures": [count()]})
+        assert r.status_code == 403, r.text
+        assert "cells" not in r.json()
+    r = county.post("econ", {"sources": {"g": pseudo, "t": tax},
+                             "measures": [total("g.town")]})
+    assert r.status_code in (403, 422), r.text
+    assert not _released_since(county, seq)
+
+
+def test_a_pseudonym_of_a_small_joined_cell_is_not_shown(county: County) -> None:
+    """The small town joined with tax has two firms: under a pseudonym its key would count
+    it (the number of keys), so it must not be shown at all; nor may the pseudonyms of the
+    join be the single-source ones of another consumer."""
+    pseudo = _pseudo_grid(county)
+    tax = county.contracts["econ"]["tax"]
+    r = county.post("econ", {"sources": {"g": pseudo, "t": tax}, "group_by": ["g.town"],
+                             "measures": [count(), total("t.tax")]})
+    assert r.status_code == 200, r.text
+    keys = [c["key"]["g.town"] for c in r.json()["cells"] if "g.town" in c["key"]]
+    assert all(str(k).startswith("ps_") for k in keys), keys
+    assert len(keys) == 4, r.json()["cells"]  # N, S, E, W; the small town not shown
+    assert not set("NSEWQ") & set(keys)
+    env = _pseudo_grid(county, "env")
+    r2 = county.post("env", {"contract_id": env, "group_by": ["town"],
+                             "measures": [count()]})
+    assert r2.status_code == 200, r2.text
+    assert not {c["key"].get("town") for c in r2.json()["cells"]} & set(keys)
