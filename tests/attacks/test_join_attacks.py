@@ -1112,3 +1112,31 @@ def test_a_pseudonym_of_a_small_joined_cell_is_not_shown(county: County) -> None
                              "measures": [count()]})
     assert r2.status_code == 200, r2.text
     assert not {c["key"].get("town") for c in r2.json()["cells"]} & set(keys)
+
+
+def test_a_pseudonymized_dimension_is_not_linked_back_by_a_clear_one_of_another_source(
+        county: County) -> None:
+    """Found by this suite (a key, not a figure): gridp lets town out only pseudonymized;
+    grid (another dataset, the same towns) in clear. Grouped by both, the cells of the
+    cross table come back keyed (pseudonym, town) with their reasons: the empty
+    combinations ``min-entities``, the one real cell of each pseudonym ``complementary``
+    (or published), so each pseudonym is read as its town, undoing the pseudonyms the
+    gridp contract promised. (The per-dataset rule "pseudonymized or in clear, never both"
+    does not see two datasets holding the same attribute.)"""
+    pseudo = _pseudo_grid(county)
+    r = county.post("econ", {"sources": {"p": pseudo, "g": county.contracts["econ"]["grid"]},
+                             "group_by": ["p.town", "g.town"],
+                             "measures": [count()]})
+    if r.status_code == 403:
+        return  # refused: safe
+    assert r.status_code == 200, r.text
+    # A cell published, or withheld for another reason than being small, holds k firms or
+    # more: a pseudonym with one such town among the clear ones is that town.
+    pairs: dict[str, set[str]] = {}
+    for cell in r.json()["cells"]:
+        key = cell["key"]
+        if "p.town" in key and "g.town" in key and cell.get("reason") != "min-entities":
+            pairs.setdefault(str(key["p.town"]), set()).add(str(key["g.town"]))
+    linked = {p: next(iter(t)) for p, t in pairs.items() if len(t) == 1}
+    assert not linked, ("pseudonym -> town read off the published keys and reasons: "
+                        f"{linked}")
