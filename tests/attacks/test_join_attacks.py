@@ -14,6 +14,22 @@ every published figure as a linear form over each dataset's rows (one unknown pe
 enterprise count over the county register, shared by every dataset), and the exact oracle of
 :mod:`tests.attacks.oracle` decides whether any firm's figure is derivable. Each test fails
 if its attack succeeds.
+
+Found by this suite (the tests fail until fixed):
+
+* the remainder row is the pool of the cells withheld *before* the release audit; a cell the
+  audit then withholds as ``linked`` is the margin less the published cells less the
+  remainder (test_a_linked_cell_is_not_the_margin_less_the_rest_and_the_remainder,
+  test_the_small_towns_joined_cell_through_the_margin; single source too:
+  test_remainder_single_source.py);
+* counts of distinct enterprises are forms over one register shared by every dataset, but
+  each is audited only in its own dataset's history: single counts of three sources and
+  their three-way join count one firm alone
+  (test_counts_of_three_sources_and_their_join_do_not_isolate_a_firm[False], and the
+  campaign's ``all`` case);
+* a pseudonymized dimension grouped with the same attribute in clear from another dataset
+  is read off the cross table's keys and reasons
+  (test_a_pseudonymized_dimension_is_not_linked_back_by_a_clear_one_of_another_source).
 """
 
 from __future__ import annotations
