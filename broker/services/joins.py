@@ -31,7 +31,6 @@ from broker.domain.ledger import Form
 from broker.domain.ports import UnitOfWork
 from broker.domain.principals import RequestContext
 from broker.domain.queries import (
-    Cell,
     Comparison,
     Filter,
     JoinedSpec,
@@ -61,7 +60,7 @@ from broker.services.queries import (
     _stricter,
     _unusable,
 )
-from broker.services.releases import Answer, LinkAudit, result_digest, sealed_form
+from broker.services.releases import Answer, LinkAudit, result_digest
 from contracts.model import Contract
 
 
@@ -191,7 +190,7 @@ class JoinedQueries:
             decided = self._decide(uow, ctx, spec, action)
             parts = self._parts(uow, spec, computed, datasets, handles)
             answer, forms = _audited(computed, spec, parts)
-            cells = self._pseudonymized(spec, decided, answer.cells)
+            cells = answer.cells  # no pseudonymized key: a join refuses them
             release = Release(
                 query_id=ctx.request_id, cells=cells, k=computed.rules.k_min,
                 policy_revision=decided.decision.revision,
@@ -204,9 +203,7 @@ class JoinedQueries:
                             "cells_suppressed": release.cells_suppressed,
                             "result_digest": result_digest(nonce, cells, answer.remainder)}))
             for alias, dataset in datasets.items():
-                handles[dataset.id].recorded(uow.releases.add_forms(
-                    dataset.id, [sealed_form(q.sealer, dataset.id, f) for f in forms[alias]],
-                    receipt.seq))
+                handles[dataset.id].record(uow, forms[alias], receipt.seq, q.sealer)
             uow.commit()
             for handle in handles.values():
                 handle.committed()
@@ -292,6 +289,11 @@ class JoinedQueries:
             refusal = _unusable(uow, contract, consented)
             if refusal is None and not contract.terms.linkable:
                 refusal = "contract-not-linkable"
+            if refusal is None and any(decision.fields.get(d.field) is Verdict.PSEUDONYMIZE
+                                       for d in part.group_by):
+                # Grouped beside another source's attributes, a pseudonym's cells line up
+                # with keys in clear (the same town in another dataset): never in a join.
+                refusal = "pseudonym-not-joinable"
             if refusal is not None:
                 decision = replace(decision, allow=False, reasons=(refusal,), rules=None)
         return _Source(alias, contract_id, contract, dataset, target, decision, consented)
@@ -378,22 +380,6 @@ class JoinedQueries:
             history = handles[dataset.id].load(uow, quantities, q.sealer)
             parts[alias] = SourcePart(history, names[alias], quantities)
         return parts
-
-    def _pseudonymized(self, spec: JoinedSpec, decided: _Decided,
-                       cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
-        """Keys of dimensions a source's contract lets out pseudonymized, under that
-        contract's key; the cells then ordered by their released keys."""
-        out = cells
-        for alias, contract_id in spec.sources:
-            hidden = {d.field: d for d in spec.group_by
-                      if split_qualified(d.field)[0] == alias
-                      and decided.decision.fields.get(d.field) is Verdict.PSEUDONYMIZE}
-            if hidden:
-                out = self.queries.pseudonyms.cells(contract_id, out, hidden)
-        if out is cells:
-            return cells
-        return tuple(sorted(out, key=lambda c: (len(c.key), sorted(
-            (k, str(v)) for k, v in c.key.items()))))
 
 
 def _unanimous_withheld(table: CellTable, protected: _Protected) -> _Protected:

@@ -53,7 +53,6 @@ from broker.services.releases import (
     ReleaseCache,
     computation_fingerprint,
     result_digest,
-    sealed_form,
 )
 from contracts.model import Contract, FieldForm
 
@@ -272,9 +271,7 @@ class QueryService:
             if protected is not None:
                 uow.releases.add(dataset.id, (*protected.ledger_entries, *pooled_entries),
                                  receipt.seq)
-                systems.recorded(uow.releases.add_forms(
-                    dataset.id, [sealed_form(self.sealer, dataset.id, f) for f in forms],
-                    receipt.seq))
+                systems.record(uow, forms, receipt.seq, self.sealer)
                 self.answers.keep(uow, dataset.id, computation.fingerprint, answer,
                                   receipt.seq)
             uow.commit()

@@ -19,7 +19,9 @@ from typing import Any
 
 import rfc8785
 
+from broker.disclosure.cells import ENTITIES
 from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.linked import LinkedSystem
 from broker.disclosure.linking import History
 from broker.domain.datasets import Dataset
 from broker.domain.disclosure import Rules
@@ -111,10 +113,20 @@ class LedgerCache:
             return index.snapshot()
 
 
+#: Where the release ledger keeps the forms every dataset shares: counts of enterprises.
+COUNTY = "#county"
+
+
 class LinkCache:
     """This process's copy of each dataset's release-audit history (the exact system of
     every quantity and the interval system of every sum), brought up to date from the
     release ledger by id.
+
+    Counts of enterprises are one system for the whole county: an enterprise has one index
+    in every dataset (the county entity register) and its presence is the same unknown in
+    each, so a count of one provider's firms, a count of another's and a count of firms in
+    both are audited together (their forms are kept under ``COUNTY``). Sums stay per dataset:
+    their unknowns are that dataset's rows.
 
     Forms are only recorded under the audit head lock, so they commit in id order; the
     systems are changed only under that lock too (``audit``), and any change that does not
@@ -123,8 +135,12 @@ class LinkCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._histories: dict[str, History] = {}
+        self._counts = LinkedSystem()
+        self._histories: dict[str, History] = {COUNTY: self._new_history()}
         self._last: dict[str, int] = {}
+
+    def _new_history(self) -> History:
+        return History(exact={ENTITIES: self._counts})
 
     @contextmanager
     def audit(self, dataset_id: str) -> Iterator[LinkAudit]:
@@ -146,7 +162,13 @@ class LinkCache:
                     handle.close()
 
     def _refresh(self, uow: UnitOfWork, dataset_id: str, sealer: Sealer) -> History:
-        history = self._histories.setdefault(dataset_id, History())
+        self._replay(uow, COUNTY, sealer)
+        return self._replay(uow, dataset_id, sealer)
+
+    def _replay(self, uow: UnitOfWork, dataset_id: str, sealer: Sealer) -> History:
+        history = self._histories.get(dataset_id)
+        if history is None:
+            history = self._histories[dataset_id] = self._new_history()
         last = self._last.get(dataset_id, 0)
         for entry in uow.releases.forms_since(dataset_id, last):
             history.replay(opened_form(sealer, dataset_id, entry))
@@ -191,6 +213,7 @@ class LinkAudit:
         self._history: History | None = None
         self._marks: dict[str, int] = {}
         self._recorded: int | None = None
+        self._counts_recorded: int | None = None
         self._done = False
 
     def load(self, uow: UnitOfWork, quantities: Iterable[str], sealer: Sealer) -> History:
@@ -200,9 +223,19 @@ class LinkAudit:
         self._history, self._marks = history, history.mark()
         return history
 
-    def recorded(self, last_id: int) -> None:
-        """The ledger's last form id once this release's forms are written."""
-        self._recorded = last_id
+    def record(self, uow: UnitOfWork, forms: Iterable[Form], audit_seq: int,
+               sealer: Sealer) -> None:
+        """Write this release's forms to the ledger (numbers sealed): counts of enterprises
+        to the county's, the rest to the dataset's."""
+        forms = list(forms)
+        own = [f for f in forms if f.quantity != ENTITIES]
+        counts = [f for f in forms if f.quantity == ENTITIES]
+        self._recorded = uow.releases.add_forms(
+            self._dataset_id, [sealed_form(sealer, self._dataset_id, f) for f in own],
+            audit_seq)
+        if counts:
+            self._counts_recorded = uow.releases.add_forms(
+                COUNTY, [sealed_form(sealer, COUNTY, f) for f in counts], audit_seq)
 
     def committed(self) -> None:
         """The release committed: its changes stay."""
@@ -211,6 +244,8 @@ class LinkAudit:
             self._history.commit()
         if self._recorded is not None:
             self._cache._last[self._dataset_id] = self._recorded
+        if self._counts_recorded is not None:
+            self._cache._last[COUNTY] = self._counts_recorded
 
     def close(self) -> None:
         """Undo what an uncommitted release changed."""
