@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import datetime as dt
 import itertools
+import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -285,6 +286,21 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
             if gid == 0:
                 stats.atoms.place(index, r)
     return table
+
+
+def set_source_scopes(table: CellTable, scopes: Mapping[str, Scopes]) -> None:
+    """A joined table's cell scopes: each source's own (its date fields' span in the cell),
+    as one JSON object by alias, so that the differencing guard compares a joined cell with
+    each source's releases of the same period (see ``SourcesLedger``)."""
+    if not scopes:
+        return
+    for index in np.ndindex(*table.shape):
+        key = [None if i == len(dom) else _json_scalar(dom[i])
+               for dom, i in zip(table.domains, index, strict=True)]
+        own = {alias: scope for alias, found in sorted(scopes.items())
+               if (scope := found.of_cell(key))}
+        if own:
+            table.scopes[index] = json.dumps(own, sort_keys=True)
 
 
 def _float(value: Any) -> float:

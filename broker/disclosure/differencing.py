@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pyroaring import BitMap
 
@@ -30,6 +32,57 @@ from broker.domain.ledger import LedgerEntry
 
 #: Ledger key prefix of withheld cells.
 WITHHELD = "withheld|"
+
+
+class Ledger(Protocol):
+    """What protection asks of the released populations: an exact set, a near one."""
+
+    def contains(self, measure: str, members: BitMap) -> bool: ...
+    def conflicts(self, measure: str, members: BitMap, k: int) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesLedger:
+    """The ledgers of a cross-source query's datasets seen as one, under the joined table's
+    keys: a measure ``f:alias.field`` is that source's ``f:field``, the count is every
+    source's count, and a cell's scope is a JSON object of each source's own scope (see
+    ``joined_scopes``). A joined population is compared with every population each source
+    released of the same measure and period, single-source or joined, by any consumer."""
+
+    ledgers: Mapping[str, LedgerIndex]
+    #: Each field of the joined table: (alias, the name its source's ledger knows it by).
+    fields: Mapping[str, tuple[str, str]]
+
+    def own(self, key: str) -> list[tuple[str, str]]:
+        """(alias, key in that source's ledger) for a joined table's ledger key."""
+        withheld = key.startswith(WITHHELD)
+        measure, _, scope = key.removeprefix(WITHHELD).partition("@")
+        scopes: dict[str, str] = json.loads(scope) if scope else {}
+        if measure.startswith("f:"):
+            alias, name = self.fields[measure[2:]]
+            targets = [(alias, f"f:{name}")]
+        else:
+            targets = [(alias, measure) for alias in sorted(self.ledgers)]
+        prefix = WITHHELD if withheld else ""
+        return [(alias, prefix + (f"{m}@{scopes[alias]}" if scopes.get(alias) else m))
+                for alias, m in targets]
+
+    def contains(self, measure: str, members: BitMap) -> bool:
+        """Whether some source released (or withheld) exactly this population."""
+        return any(self.ledgers[a].contains(key, members) for a, key in self.own(measure))
+
+    def conflicts(self, measure: str, members: BitMap, k: int) -> bool:
+        """Whether some source released a population within 1..k-1 of this one."""
+        return any(self.ledgers[a].conflicts(key, members, k) for a, key in self.own(measure))
+
+    def entries(self, entries: Iterable[tuple[str, BitMap]]
+                ) -> dict[str, list[tuple[str, BitMap]]]:
+        """A joined release's ledger entries, per source under its own keys."""
+        out: dict[str, list[tuple[str, BitMap]]] = {a: [] for a in self.ledgers}
+        for key, members in entries:
+            for alias, own in self.own(key):
+                out[alias].append((own, members))
+        return out
 
 
 @dataclass(slots=True)

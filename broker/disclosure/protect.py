@@ -24,7 +24,7 @@ from broker.disclosure.cells import (
     measure_values,
 )
 from broker.disclosure.complementary import Pattern, Quantity, suppress_complementary
-from broker.disclosure.differencing import WITHHELD, LedgerIndex
+from broker.disclosure.differencing import WITHHELD, Ledger
 from broker.disclosure.plan import CellPlan
 from broker.disclosure.primary import (
     below_frequency,
@@ -138,7 +138,7 @@ def protect(
     plan: CellPlan,
     rules: Rules,
     *,
-    ledger: LedgerIndex,
+    ledger: Ledger,
     margins: bool,
     remainder: bool = False,
     opaque: frozenset[str] = frozenset(),
@@ -174,7 +174,7 @@ def protect(
 
 
 def _sensitive(table: CellTable, rules: Rules, hidden: np.ndarray, released: list[Index],
-               ledger: LedgerIndex, measures: tuple[str, ...]) -> _Sensitive:
+               ledger: Ledger, measures: tuple[str, ...]) -> _Sensitive:
     """The primary rules, then the differencing guard on the released cells they pass."""
     small = below_frequency(table, rules) | hidden
     dominance, p_percent = dominance_excess(table, rules), p_percent_excess(table, rules)
@@ -194,7 +194,7 @@ def _sensitive(table: CellTable, rules: Rules, hidden: np.ndarray, released: lis
     return _Sensitive(small, dominated, differencing, excess)
 
 
-def _earlier_outcomes(table: CellTable, sensitive: _Sensitive, ledger: LedgerIndex,
+def _earlier_outcomes(table: CellTable, sensitive: _Sensitive, ledger: Ledger,
                       measures: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Cells an earlier release withheld, and cells it published, by their populations.
 
@@ -217,7 +217,7 @@ def _earlier_outcomes(table: CellTable, sensitive: _Sensitive, ledger: LedgerInd
     return withheld_before, published_before
 
 
-def _complements(table: CellTable, rules: Rules, sensitive: _Sensitive, ledger: LedgerIndex,
+def _complements(table: CellTable, rules: Rules, sensitive: _Sensitive, ledger: Ledger,
                  measures: tuple[str, ...]) -> Pattern:
     """The suppression pattern: the sensitive cells, those withheld before, and complements
     enough that the table's margins pin none of them inside its protection interval."""
@@ -280,7 +280,7 @@ def _union(table: CellTable, cells: list[Index], measure: str) -> BitMap:
 
 
 def repool(table: CellTable, plan: CellPlan, rules: Rules,
-           released: Sequence[tuple[Index, SuppressionReason | None]], ledger: LedgerIndex
+           released: Sequence[tuple[Index, SuppressionReason | None]], ledger: Ledger
            ) -> tuple[Pooled, list[tuple[str, BitMap]]]:
     """The remainder row once every cell's outcome is final (after the release audit, which
     may withhold more than protection did): every table cell not published, pooled and held
@@ -305,7 +305,7 @@ def _remainder(
     plan: CellPlan,
     rules: Rules,
     withheld: list[Index],
-    ledger: LedgerIndex,
+    ledger: Ledger,
     *,
     grand_withheld: bool,
 ) -> Pooled:

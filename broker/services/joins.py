@@ -6,9 +6,11 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 
+from pyroaring import BitMap
+
 from audit.entry import AuditEvent
-from broker.disclosure.cells import ENTITIES, CellTable, read_table
-from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.cells import ENTITIES, CellTable, read_table, set_source_scopes
+from broker.disclosure.differencing import SourcesLedger
 from broker.disclosure.linking import SourcePart, link_sources
 from broker.disclosure.plan import (
     ABS_DIFF,
@@ -18,7 +20,8 @@ from broker.disclosure.plan import (
     source_relation,
 )
 from broker.disclosure.protect import repool
-from broker.domain.datasets import Dataset
+from broker.disclosure.scopes import Scopes
+from broker.domain.datasets import Dataset, FieldType
 from broker.domain.disclosure import Rules
 from broker.domain.errors import (
     BrokerError,
@@ -32,6 +35,7 @@ from broker.domain.ports import UnitOfWork
 from broker.domain.principals import RequestContext
 from broker.domain.queries import (
     Comparison,
+    Dimension,
     Filter,
     JoinedSpec,
     Measure,
@@ -107,12 +111,15 @@ class _Decided:
 
 @dataclass(frozen=True, slots=True)
 class _Computed:
-    """The joined cell table, protected, with the thresholds it ran with."""
+    """The joined cell table, protected against the sources' ledgers as read before the scan
+    (``ledger``), with the thresholds and the query it ran with."""
 
     rules: Rules
     plan: CellPlan
     table: CellTable
     protected: _Protected
+    planned: JoinedSpec
+    ledger: SourcesLedger
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +195,15 @@ class JoinedQueries:
         with q.uow() as uow, q.links.audit_many(d.id for d in datasets.values()) as handles:
             uow.audit.lock()
             decided = self._decide(uow, ctx, spec, action)
+            # Protected again if a source's ledger grew since the scan (another release).
+            ledger = self._ledger(uow, spec, computed.plan, datasets)
+            protected = computed.protected
+            if any(ledger.ledgers[a].last_id != computed.ledger.ledgers[a].last_id
+                   for a in datasets):
+                protected = _protected(computed.table, computed.plan, computed.rules, ledger,
+                                       computed.planned)
             parts = self._parts(uow, spec, computed, datasets, handles)
-            answer, forms = _audited(computed, spec, parts)
+            answer, forms, entries = _audited(computed, protected, ledger, spec, parts)
             cells = answer.cells  # no pseudonymized key: a join refuses them
             release = Release(
                 query_id=ctx.request_id, cells=cells, k=computed.rules.k_min,
@@ -204,6 +218,7 @@ class JoinedQueries:
                             "result_digest": result_digest(nonce, cells, answer.remainder)}))
             for alias, dataset in datasets.items():
                 handles[dataset.id].record(uow, forms[alias], receipt.seq, q.sealer)
+                uow.releases.add(dataset.id, entries[alias], receipt.seq)
             uow.commit()
             for handle in handles.values():
                 handle.committed()
@@ -235,8 +250,8 @@ class JoinedQueries:
         datasets = decided.datasets()
         with q.uow(read_only=True) as uow, \
                 q.links.audit_many(d.id for d in datasets.values()) as handles:
-            answer, _ = _audited(computed, spec, self._parts(uow, spec, computed, datasets,
-                                                             handles))
+            answer, _, _ = _audited(computed, computed.protected, computed.ledger, spec,
+                                    self._parts(uow, spec, computed, datasets, handles))
         return Explanation(decision, Prediction.of(answer))
 
     # -- deciding ----------------------------------------------------------------------------
@@ -347,14 +362,35 @@ class JoinedQueries:
         relations = {source_relation(a): q.storage.scan(loc)  # decrypted in memory only
                      for a, loc in locations.items()}
         table = read_table(plan, q.engine.run(relations, plan.sql, plan.params))
-        opaque = frozenset(f for f, v in decided.decision.fields.items()
-                           if v is Verdict.PSEUDONYMIZE)
-        # The release audit, not the differencing ledger, relates a joined cell to every
-        # single-source release of the same data.
-        protected = _protect(table, plan, rules, LedgerIndex(), planned, opaque)
-        if spec.compare is not None:
-            protected = _unanimous_withheld(table, protected)
-        return _Computed(rules, plan, table, protected)
+        set_source_scopes(table, self._scopes(planned, datasets, locations))
+        with q.uow(read_only=True) as uow:
+            ledger = self._ledger(uow, spec, plan, datasets)
+        return _Computed(rules, plan, table, _protected(table, plan, rules, ledger, planned),
+                         planned, ledger)
+
+    def _ledger(self, uow: UnitOfWork, spec: JoinedSpec, plan: CellPlan,
+                datasets: dict[str, Dataset]) -> SourcesLedger:
+        """Every source's differencing ledger as it stands, seen as one under the joined
+        table's keys."""
+        return SourcesLedger({a: self.queries.ledgers.refresh(uow, d.id)
+                              for a, d in datasets.items()},
+                             _owners(spec, plan, datasets))
+
+    def _scopes(self, planned: JoinedSpec, datasets: dict[str, Dataset],
+                locations: dict[str, str]) -> dict[str, Scopes]:
+        """Per source with date fields, how to compute a cell's period in its rows."""
+        out = {}
+        for alias, dataset in datasets.items():
+            periods = tuple(f.name for f in dataset.schema.fields if f.type is FieldType.DATE)
+            if not periods:
+                continue
+            dims = [Dimension(own, d.level, d.bins) if where == alias else Dimension("#other")
+                    for d in planned.group_by for where, own in [split_qualified(d.field)]]
+            filters = [Filter(own, f.op, f.value) for f in planned.filters
+                       for where, own in [split_qualified(f.field)] if where == alias]
+            out[alias] = Scopes.of(self.queries.storage.dates(locations[alias], periods),
+                                   dims, filters)
+        return out
 
     def _parts(self, uow: UnitOfWork, spec: JoinedSpec, computed: _Computed,
                datasets: dict[str, Dataset], handles: dict[str, LinkAudit]
@@ -362,24 +398,40 @@ class JoinedQueries:
         """Each source's share of the table and its dataset's history, brought up to date."""
         q = self.queries
         counted = any(m.fn is MeasureFn.COUNT for m in computed.plan.measures)
-        names = {alias: {f: split_qualified(f)[1] for f in computed.plan.fields
-                         if spec.compare is None and split_qualified(f)[0] == alias}
-                 for alias in datasets}
-        if spec.compare is not None:
-            # A cross-check's figures are one unknown per enterprise of a pair of fields:
-            # kept in the authoritative dataset's history, one quantity per pair (and per
-            # tolerance for the count of those who disagree).
-            left, own = split_qualified(spec.compare.left)
-            right, checked = split_qualified(spec.compare.right)
-            pair = f"#check:{datasets[right].id}:{own}:{checked}"
-            names[left] = {DISAGREE: f"{pair}:disagree@{spec.compare.tolerance_pct!r}",
-                           ABS_DIFF: f"{pair}:abs"}
+        names: dict[str, dict[str, str]] = {alias: {} for alias in datasets}
+        for name, (alias, own) in _owners(spec, computed.plan, datasets).items():
+            names[alias][name] = own
         parts = {}
         for alias, dataset in datasets.items():
             quantities = (ENTITIES,) * counted + tuple(f"f:{o}" for o in names[alias].values())
             history = handles[dataset.id].load(uow, quantities, q.sealer)
             parts[alias] = SourcePart(history, names[alias], quantities)
         return parts
+
+
+def _owners(spec: JoinedSpec, plan: CellPlan, datasets: dict[str, Dataset]
+            ) -> dict[str, tuple[str, str]]:
+    """Each field of the joined table: the alias of its source and the name that source's
+    history and ledger know it by. A cross-check's figures are one unknown per enterprise of
+    a pair of fields: kept by the authoritative source, one quantity per pair (and per
+    tolerance for the count of those who disagree)."""
+    if spec.compare is None:
+        return {f: split_qualified(f) for f in plan.fields}
+    left, own = split_qualified(spec.compare.left)
+    right, checked = split_qualified(spec.compare.right)
+    pair = f"#check:{datasets[right].id}:{own}:{checked}"
+    return {DISAGREE: (left, f"{pair}:disagree@{spec.compare.tolerance_pct!r}"),
+            ABS_DIFF: (left, f"{pair}:abs")}
+
+
+def _protected(table: CellTable, plan: CellPlan, rules: Rules, ledger: SourcesLedger,
+               planned: JoinedSpec) -> _Protected:
+    """Primary rules, the differencing guard against every source's ledger, complementary
+    suppression; for a cross-check, unanimous disagreement withheld too."""
+    protected = _protect(table, plan, rules, ledger, planned, frozenset())
+    if planned.compare is not None:
+        protected = _unanimous_withheld(table, protected)
+    return protected
 
 
 def _unanimous_withheld(table: CellTable, protected: _Protected) -> _Protected:
@@ -398,23 +450,27 @@ def _unanimous_withheld(table: CellTable, protected: _Protected) -> _Protected:
     return replace(protected, outcome=replace(protected.outcome, released=released))
 
 
-def _audited(computed: _Computed, spec: JoinedSpec, parts: dict[str, SourcePart]
-             ) -> tuple[Answer, dict[str, list[Form]]]:
-    """The answer after the release audit of every source, and each source's forms."""
-    outcome = computed.protected.outcome
+def _audited(computed: _Computed, protected: _Protected, ledger: SourcesLedger,
+             spec: JoinedSpec, parts: dict[str, SourcePart]
+             ) -> tuple[Answer, dict[str, list[Form]], dict[str, list[tuple[str, BitMap]]]]:
+    """The answer after the release audit of every source; each source's forms, and its
+    differencing ledger's entries (the remainder pooled again over every unpublished cell)."""
+    outcome = protected.outcome
     pooled = outcome.remainder
     asked = spec.remainder and pooled is not None and pooled[1] is None
     aliases = sorted(parts)
     released, forms, remainder = link_sources(
         computed.table, [parts[a] for a in aliases], outcome.released, outcome.levels,
         remainder=asked)
+    pooled_entries: list[tuple[str, BitMap]] = []
     if asked and not remainder:
         pooled = (None, SuppressionReason.LINKED)
-    elif asked:  # pooled again over every cell the audit left unpublished
-        pooled, _ = repool(computed.table, computed.plan, computed.rules, released,
-                           LedgerIndex())
+    elif asked:
+        pooled, pooled_entries = repool(computed.table, computed.plan, computed.rules,
+                                        released, ledger)
     answer = _answer(computed.table, computed.plan, spec, released, pooled)
-    return answer, dict(zip(aliases, forms, strict=True))
+    entries = ledger.entries([*protected.ledger_entries, *pooled_entries])
+    return answer, dict(zip(aliases, forms, strict=True)), entries
 
 
 def _combined(sources: tuple[_Source, ...], revision: str) -> FlowDecision:

@@ -13,7 +13,7 @@ from pyroaring import BitMap
 
 from audit.entry import AuditEvent, format_ts
 from broker.disclosure.cells import CellTable, Index, measure_keys, read_table
-from broker.disclosure.differencing import LedgerIndex
+from broker.disclosure.differencing import Ledger, LedgerIndex
 from broker.disclosure.linking import History, link
 from broker.disclosure.plan import SOURCE, CellPlan, plan_aggregate
 from broker.disclosure.protect import Pooled, Protected, protect, repool
@@ -465,7 +465,7 @@ class QueryService:
             self._deny(uow, ctx, spec, decided, action, (reason,))
 
 
-def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: LedgerIndex,
+def _protect(table: CellTable, plan: CellPlan, rules: Rules, ledger: Ledger,
              spec: AggregateSpec | JoinedSpec, opaque: frozenset[str]) -> _Protected:
     protected = protect(table, plan, rules, ledger=ledger, margins=spec.totals,
                         remainder=spec.remainder, opaque=opaque)
@@ -494,7 +494,7 @@ def _answer(table: CellTable, plan: CellPlan, spec: AggregateSpec | JoinedSpec,
 
 
 def _linked(table: CellTable, plan: CellPlan, spec: AggregateSpec, protected: _Protected,
-            history: History, rules: Rules, ledger: LedgerIndex
+            history: History, rules: Rules, ledger: Ledger
             ) -> tuple[Answer, list[Form], list[tuple[str, BitMap]]]:
     """The answer after the release audit against everything published from the dataset:
     cells that would disclose withheld as ``linked``, the forms to record, and what the
