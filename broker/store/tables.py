@@ -159,10 +159,10 @@ def _entry_field_postgresql(element: EntryField, _compiler: Any, **_kw: Any) -> 
     return f"({value})::boolean" if element.boolean else value
 
 
-def _generated(*path: str, boolean: bool = False) -> Any:
+def _generated(*path: str, boolean: bool = False, index: bool = True) -> Any:
     kind: Any = Boolean() if boolean else Text()
     return Field(default=None, sa_column=Column(
-        kind, Computed(EntryField(*path, boolean=boolean), persisted=True), index=True))
+        kind, Computed(EntryField(*path, boolean=boolean), persisted=True), index=index))
 
 
 class AuditEntryRow(SQLModel, table=True):
@@ -185,7 +185,9 @@ class AuditEntryRow(SQLModel, table=True):
     actor_org: str | None = _generated("actor", "org")
     dataset_id: str | None = _generated("resource", "dataset_id")
     contract_id: str | None = _generated("resource", "contract_id")
-    allowed: bool | None = _generated("decision", "allowed", boolean=True)
+    # Not indexed: nearly every entry is allowed, and an index on it lured SQLite's planner
+    # away from the contract's index (a contract's daily count scanned every allowed entry).
+    allowed: bool | None = _generated("decision", "allowed", boolean=True, index=False)
     # A cross-source query's sources (at most MAX_SOURCES), so that each provider's view and
     # each contract's quota find it.
     source0_dataset_id: str | None = _generated("resource", "sources", "0", "dataset_id")
