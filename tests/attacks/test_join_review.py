@@ -43,7 +43,7 @@ class Pair:
         admin = mint("operator", "admin")
         self.econ = mint("econ", "consumer")
         self.auditor = mint("audit-office", "auditor")
-        providers = {org: mint(org, "provider") for org in ("grid", "assoc")}
+        self.providers = providers = {org: mint(org, "provider") for org in ("grid", "assoc")}
         for org, kind in [("grid", "enterprise"), ("assoc", "department"),
                           ("econ", "department"), ("audit-office", "auditor")]:
             r = client.post("/v1/orgs", headers=auth(admin),
@@ -210,3 +210,25 @@ def test_a_month_against_the_year_gives_the_sign_and_a_firms_report(pair: Pair) 
                    - y["values"]["sum_s.kwh_reported"])
         assert derived != pytest.approx(REPORTED["F00"]), (
             f"F00's own report {derived} from a cross-check and two joined sums")
+
+
+def test_a_refused_join_whose_first_alias_names_no_contract_is_seen_by_the_other_provider(
+        pair: Pair) -> None:
+    """The providers' view keeps an entry when ``dataset_id`` or ``source0_dataset_id`` is
+    set: a join whose alphabetically first alias names an unknown contract has no dataset at
+    source 0, so the meter's provider never sees the attempt on its contract (while the same
+    attempt with the unknown contract's alias sorting after "g" does show)."""
+    seen = []
+    unknown = "00000000-0000-4000-8000-00000000beef"
+    for other in ("z", "a"):  # the unknown contract's alias sorts after "g", then before
+        r = pair.client.post("/v1/queries/aggregate", headers=auth(pair.econ), json={
+            "sources": {"g": pair.contracts["grid"], other: unknown},
+            "purpose": "industrial-policy", "measures": [{"fn": "count"}]})
+        assert r.status_code == 403, r.text
+        entries = pair.client.get("/v1/audit/entries", headers=auth(pair.auditor),
+                                  params={"action": "query.aggregate"}).json()["entries"]
+        seq = entries[-1]["entry"]["seq"]
+        page = pair.client.get("/v1/audit/accesses", headers=auth(pair.providers["grid"]),
+                               params={"limit": 500}).json()
+        seen.append(seq in {a["seq"] for a in page["accesses"]})
+    assert seen == [True, True], seen
