@@ -232,3 +232,21 @@ def test_a_refused_join_whose_first_alias_names_no_contract_is_seen_by_the_other
                                params={"limit": 500}).json()
         seen.append(seq in {a["seq"] for a in page["accesses"]})
     assert seen == [True, True], seen
+
+
+def test_a_cross_check_refused_while_resolving_its_indicator_is_audited(pair: Pair) -> None:
+    """Every query is audited whatever its outcome (and a malformed body is, see
+    ``AUDITED_QUERIES``); but ``JoinedQueries._resolved`` raises NotFound / InvalidInput
+    before any entry is written, so probing the indicator catalogue against contracts
+    leaves no trace."""
+    def crosschecks() -> int:
+        r = pair.client.get("/v1/audit/entries", headers=auth(pair.auditor),
+                            params={"action": "query.crosscheck", "limit": 500})
+        return len(r.json()["entries"])
+
+    before = crosschecks()
+    r = pair.client.post("/v1/queries/crosscheck", headers=auth(pair.econ), json={
+        "sources": {"g": pair.contracts["grid"], "s": pair.contracts["assoc"]},
+        "purpose": "industrial-policy", "indicator": "no-such-indicator"})
+    assert r.status_code == 404, r.text
+    assert crosschecks() == before + 1, "the refused cross-check is not on the record"
