@@ -44,3 +44,23 @@ def test_two_workers_registering_at_once_never_share_a_number(tmp_path: Path) ->
     number_a = _indices(a, located, "uscc")["A-ONLY"]
     number_b = _indices(b, written["b"], "code")["B-ONLY"]
     assert number_a != number_b, "two enterprises share one county number"
+
+
+def test_datasets_stored_before_the_register_keep_distinct_numbers(tmp_path: Path) -> None:
+    """A datasets directory from the release before the register: each dataset's entity
+    index numbered its own enterprises 0, 1, ... (as the current code does for the first
+    dataset of an empty register; the register file is then removed to stand for that older
+    directory). Nothing carries those numbers into the register, which starts again at 0: a
+    new dataset's enterprises, and an old dataset's new enterprises in a later version, get
+    numbers its old enterprises already hold, so joins, k and the county-wide count system
+    take different enterprises for one."""
+    create_master_key(tmp_path / "master.key")
+    storage = ParquetStorage(tmp_path / "datasets", Keyring(tmp_path / "master.key"))
+    old = storage.write("d-old", 1, pa.table({"uscc": ["A", "B"], "x": [1.0, 2.0]}), "uscc")
+    for name in ("register.parquet.enc", "register.parquet.key"):
+        (storage.root / name).unlink()
+    new = storage.write("d-new", 1, pa.table({"code": ["C"], "y": [3.0]}), "code")
+    later = storage.write("d-old", 2, pa.table({"uscc": ["A", "D"], "x": [1.0, 4.0]}), "uscc")
+    numbers = {**_indices(storage, old, "uscc"), **_indices(storage, new, "code"),
+               **_indices(storage, later, "uscc")}
+    assert len(set(numbers.values())) == len(numbers), numbers
