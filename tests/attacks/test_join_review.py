@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Mint, auth, upload
+from tests.conftest import Mint, auth, csv_bytes, upload
 
 #: F is the target; P, Q, R three groups of five firms.
 GROUPS = {"F": ["F00"], "P": [f"P{i}" for i in range(5)], "Q": [f"Q{i}" for i in range(5)],
@@ -250,3 +250,42 @@ def test_a_cross_check_refused_while_resolving_its_indicator_is_audited(pair: Pa
         "purpose": "industrial-policy", "indicator": "no-such-indicator"})
     assert r.status_code == 404, r.text
     assert crosschecks() == before + 1, "the refused cross-check is not on the record"
+
+
+def test_the_audit_entry_names_the_version_the_join_was_computed_on(
+        client: TestClient, mint: Mint) -> None:
+    """A contract that follows the latest version: a new version stored while the join is
+    computed. The service computes on the version of the first decision, then decides again
+    under the lock and writes the entry from that second decision: the receipt names a
+    version whose data the answer never read (the single-source service writes its entry
+    from the decision it computed with)."""
+    pair = Pair(client, mint)
+    storage = client.app.state.container.queries.storage  # type: ignore[attr-defined]
+    original = storage.scan
+    calls: list[str] = []
+
+    def scan_then_new_version(location: str) -> Any:
+        if not calls:
+            calls.append(location)
+            own = pd.DataFrame([{"uscc": f, "kwh_reported": 1.0} for f in FIRMS])
+            r = client.post(f"/v1/datasets/{pair.datasets['assoc']}/versions",
+                            headers=auth(pair.providers["assoc"]),
+                            files={"file": ("v2.csv", csv_bytes(own), "text/csv")})
+            assert r.status_code == 201, r.text
+        return original(location)
+
+    storage.scan = scan_then_new_version
+    try:
+        r = pair.client.post("/v1/queries/aggregate", headers=auth(pair.econ), json={
+            "sources": {"g": pair.contracts["grid"], "s": pair.contracts["assoc"]},
+            "purpose": "industrial-policy",
+            "measures": [{"fn": "sum", "field": "s.kwh_reported"}]})
+    finally:
+        storage.scan = original
+    assert r.status_code == 200, r.text
+    [cell] = r.json()["cells"]
+    assert cell["values"]["sum_s.kwh_reported"] == pytest.approx(sum(REPORTED.values()))
+    entries = pair.client.get("/v1/audit/entries", headers=auth(pair.auditor),
+                              params={"action": "query.aggregate"}).json()["entries"]
+    sources = {s["alias"]: s for s in entries[-1]["entry"]["resource"]["sources"]}
+    assert sources["s"]["version"] == 1, "the entry names version 2; the answer read 1"
