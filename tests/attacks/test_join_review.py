@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -289,3 +290,30 @@ def test_the_audit_entry_names_the_version_the_join_was_computed_on(
                               params={"action": "query.aggregate"}).json()["entries"]
     sources = {s["alias"]: s for s in entries[-1]["entry"]["resource"]["sources"]}
     assert sources["s"]["version"] == 1, "the entry names version 2; the answer read 1"
+
+
+def test_a_tolerance_sweep_does_not_read_off_each_firms_discrepancy(pair: Pair) -> None:
+    """``disagree`` at each tolerance is a quantity of its own (``...:disagree@<t>``), so
+    nothing relates the answers at different tolerances: sweeping ``tolerance_pct`` over one
+    published five-firm cell reads off every firm's relative discrepancy |meter - report| /
+    meter, to the step of the sweep (the cell's distribution, exactly, with no identity). A
+    firm known to be the cell's only outlier, or one cell's unanimity at another tolerance,
+    then needs no further query."""
+    truth = sorted(abs(METER[f] - REPORTED[f]) / METER[f] * 100 for f in GROUPS["P"])
+    # from the top down: a cell of P withheld first (unanimous at a low tolerance) would
+    # protect P's abs_diff_sum and withhold every later cell of P as linked
+    steps = [round(4.0 + 0.01 * i, 2) for i in range(70)]
+    counts = []
+    for t in reversed(steps):
+        cell = pair.crosscheck("g", "P", t)
+        # withheld as "dominance" below the smallest discrepancy: all five disagree (the
+        # reason itself says so when no firm's difference dominates)
+        counts.append(cell["values"]["disagree"] if cell["status"] == "published"
+                      else 5 if cell["reason"] == "dominance" else math.nan)
+    counts.reverse()
+    assert not any(math.isnan(c) for c in counts), counts
+    read = sorted(t for t, before, after in zip(steps[1:], counts, counts[1:], strict=False)
+                  for _ in range(int(before - after)))
+    assert len(read) != len(truth) or any(
+        abs(r - x) > 0.05 for r, x in zip(read, truth, strict=True)), (
+        f"each firm's discrepancy in % read off one cell: {read} (truth {truth})")
