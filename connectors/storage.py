@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +182,16 @@ class ParquetStorage:
         keys = entities.astype(str).to_numpy(dtype=object)
         if not len(keys):
             return np.zeros(0, dtype=np.uint32)
+        with _file_lock(self.root / ".register.lock"):  # other broker processes too
+            return self._number(keys)
+
+    def _number(self, keys: np.ndarray) -> np.ndarray:
         path = self.resolve(_REGISTER)
+        if not path.exists() and any(self.root.glob(f"*/{_ENTITIES}")):
+            # Datasets numbered before the register (or a register lost): numbering again
+            # from 0 would give their enterprises' numbers to others. Fail closed.
+            raise DatasetUnreadable("The county entity register is missing while datasets "
+                                    "are stored; nothing was stored.")
         if path.exists():
             data_key, plain = self._open(path, _REGISTER)
             known = pq.read_table(pa.BufferReader(plain)).to_pandas()
@@ -432,6 +443,19 @@ def _occurrences(keys: pd.DataFrame) -> np.ndarray:
         rows = candidates[np.isin(shared, repeated)]
         occurrences[rows] = keys.iloc[rows].groupby(["e", "h1", "h2"]).cumcount().to_numpy()
     return occurrences
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing) held by this process for the block:
+    broker processes sharing a data directory take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _key_file(sealed: Path) -> Path:

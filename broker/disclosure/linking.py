@@ -136,18 +136,21 @@ def link(
     *,
     remainder: bool = False,
     budget: Budget | None = None,
+    sensitive: frozenset[SuppressionReason] = frozenset(),
 ) -> Linked:
     """The released cells with those that would disclose withheld as ``linked``, and the
     forms to record; ``history`` is changed in place (roll it back to undo).
 
     ``levels`` are the protection levels of the table's sensitive cells per field;
     ``remainder`` asks whether the withheld table cells pooled may be published too;
-    ``budget`` is the release's (one of its own by default).
+    ``budget`` is the release's (one of its own by default); cells withheld for a reason in
+    ``sensitive`` are protected like small and dominated ones.
     """
     history.ensure(quantities)
     table_values = _Values(table)
     budget = budget if budget is not None else Budget()
-    forms = _protect(table, quantities, released, history, levels, table_values, budget)
+    forms = _protect(table, quantities, released, history, levels, table_values, budget,
+                     _SENSITIVE | sensitive)
     candidates = [i for i, (_, reason) in enumerate(released) if reason is None]
     everything = {*candidates, len(released)}  # the remainder's place is len(released)
     forced: set[int] = set()
@@ -238,8 +241,12 @@ def link_sources(table: CellTable, parts: Sequence[SourcePart], released: Sequen
                                           for name, own in part.fields.items()})
             own_levels = {own: levels[name] for name, own in part.fields.items()
                           if name in levels}
+            # Cells a source's ledger withheld are protected too: a joined cell withheld for
+            # differencing after protection (a cross-check's sub-populations) has no
+            # complements of its own.
             linked = link(view, part.quantities, current, part.history, own_levels,
-                          remainder=pooled, budget=budget)
+                          remainder=pooled, budget=budget,
+                          sensitive=frozenset({SuppressionReason.DIFFERENCING}))
             current, pooled = linked.released, pooled and linked.remainder
             forms.append(linked.forms)
         if (current == start and pooled == start_pooled) or attempt + 1 == passes:
@@ -251,7 +258,8 @@ def link_sources(table: CellTable, parts: Sequence[SourcePart], released: Sequen
 
 def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Outcome],
              history: History, levels: Mapping[str, np.ndarray], values: _Values,
-             budget: Budget) -> list[Form]:
+             budget: Budget, sensitive: frozenset[SuppressionReason] = _SENSITIVE
+             ) -> list[Form]:
     """Register the table's sensitive cells as protected forms, exact and interval; a
     protection interval that earlier releases already narrow is kept as it now stands
     (unless the budget runs out first: then every interval is kept whole, which can only
@@ -259,7 +267,7 @@ def _protect(table: CellTable, quantities: Sequence[str], released: Sequence[Out
     forms: list[Form] = []
     pending: list[tuple[str, int]] = []
     for index, reason in released:
-        if reason not in _SENSITIVE:
+        if reason not in sensitive:
             continue
         for q, atoms in cell_forms(table, index, quantities).items():
             if not atoms or not history.exact[q].protect(atoms):

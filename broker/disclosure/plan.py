@@ -315,7 +315,9 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
                                fields=[compare.left, compare.right])
         if not (math.isfinite(compare.tolerance_pct) and 0 <= compare.tolerance_pct <= 100):
             raise InvalidInput("tolerance_pct is a percentage from 0 to 100.")
-        fields = (DISAGREE, ABS_DIFF)
+        # The two fields compared are fields of the table too: not released as values, but held
+        # to dominance and audited as if their sums were, since the figures derive from them.
+        fields = (DISAGREE, ABS_DIFF, compare.left, compare.right)
         measures = (Measure(MeasureFn.COUNT, alias="compared"),
                     Measure(MeasureFn.SUM, DISAGREE, alias="disagree"),
                     Measure(MeasureFn.SUM, ABS_DIFF, alias="abs_diff_sum"))
@@ -324,7 +326,8 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
     sources = []
     for alias in spec.aliases:
         dims = tuple(k for k, d in enumerate(spec.group_by) if owner(d.field)[0] == alias)
-        own = tuple(j for j, f in enumerate(fields) if compare is None and owner(f)[0] == alias)
+        own = tuple(j for j, f in enumerate(fields)
+                    if not f.startswith("#") and owner(f)[0] == alias)
         kept = tuple(p for p, (a, _) in aux.items() if a == alias)
         filters = [replace(f, field=owner(f.field)[1]) for f in spec.filters
                    if owner(f.field)[0] == alias]
@@ -346,11 +349,12 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
         left, right = (f"t{at[p]}.{quote(f'h#{p}')}" for p in (0, 1))
         # The tolerance is a checked float, written as a literal (no text from a request).
         tolerance = repr(float(compare.tolerance_pct))
-        derived = {
-            0: f"CASE WHEN {left} IS NULL OR {right} IS NULL OR abs({left} - {right}) > "
-               f"{tolerance} / 100.0 * abs({left}) THEN 1 ELSE 0 END",
-            1: f"abs(coalesce({left}, 0) - coalesce({right}, 0))",
-        }
+        disagrees = (f"CASE WHEN {left} IS NULL OR {right} IS NULL OR abs({left} - {right}) > "
+                     f"{tolerance} / 100.0 * abs({left}) THEN 1 ELSE 0 END")
+        # (per-enterprise value, its "has a value" count): the disagreeing enterprises are the
+        # contributors of the first, so the cell knows who they are (never released).
+        derived = {0: (disagrees, disagrees),
+                   1: (f"abs(coalesce({left}, 0) - coalesce({right}, 0))", "1")}
     return CellPlan(sql=_joined_sql(sources, len(gens), len(fields), top, derived),
                     params=tuple(p for src in sources for p in src.params),
                     dimensions=spec.dimensions, keysets=tuple(keysets),
@@ -359,7 +363,7 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
 
 
 def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
-                derived: Mapping[int, str] | None = None) -> str:
+                derived: Mapping[int, tuple[str, str]] | None = None) -> str:
     """Per source its base rows, its (keys, enterprise) rows and its own lattice; per margin
     the sources' nodes joined on the enterprise; then the cell stage.
 
@@ -409,8 +413,8 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
             picked += [f"t{t}.{s[j]}, t{t}.{n[j]}" for j in src.fields]
             if mask == full:
                 picked += [f"t{t}.{atoms[j]}" for j in src.fields]
-        for j, expression in (derived or {}).items():
-            picked.append(f"{expression} AS {s[j]}, 1 AS {n[j]}")
+        for j, (expression, valued) in (derived or {}).items():
+            picked.append(f"{expression} AS {s[j]}, {valued} AS {n[j]}")
             if mask == full:
                 picked.append(f"[CAST({i} AS BIGINT) << {ATOM_OWNER_SHIFT}] AS {atoms[j]}")
         joined = " JOIN ".join(f"{rel} AS t{t}" + (f" USING ({i})" if t else "")

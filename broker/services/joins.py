@@ -9,7 +9,14 @@ from dataclasses import dataclass, replace
 from pyroaring import BitMap
 
 from audit.entry import AuditEvent
-from broker.disclosure.cells import ENTITIES, CellTable, read_table, set_source_scopes
+from broker.disclosure.cells import (
+    ENTITIES,
+    CellTable,
+    ledger_key,
+    measure_members,
+    read_table,
+    set_source_scopes,
+)
 from broker.disclosure.differencing import SourcesLedger
 from broker.disclosure.linking import SourcePart, link_sources
 from broker.disclosure.plan import (
@@ -400,7 +407,8 @@ class JoinedQueries:
         counted = any(m.fn is MeasureFn.COUNT for m in computed.plan.measures)
         names: dict[str, dict[str, str]] = {alias: {} for alias in datasets}
         for name, (alias, own) in _owners(spec, computed.plan, datasets).items():
-            names[alias][name] = own
+            if name in computed.table.fields:
+                names[alias][name] = own
         parts = {}
         for alias, dataset in datasets.items():
             quantities = (ENTITIES,) * counted + tuple(f"f:{o}" for o in names[alias].values())
@@ -421,33 +429,57 @@ def _owners(spec: JoinedSpec, plan: CellPlan, datasets: dict[str, Dataset]
     right, checked = split_qualified(spec.compare.right)
     pair = f"#check:{datasets[right].id}:{own}:{checked}"
     return {DISAGREE: (left, f"{pair}:disagree@{spec.compare.tolerance_pct!r}"),
-            ABS_DIFF: (left, f"{pair}:abs")}
+            ABS_DIFF: (left, f"{pair}:abs"),
+            # the sub-populations, in the ledger only, whatever the tolerance
+            DISAGREEING[2:]: (left, f"{pair}:disagreeing"),
+            AGREEING[2:]: (left, f"{pair}:agreeing"),
+            spec.compare.left: (left, own), spec.compare.right: (right, checked)}
 
 
 def _protected(table: CellTable, plan: CellPlan, rules: Rules, ledger: SourcesLedger,
                planned: JoinedSpec) -> _Protected:
     """Primary rules, the differencing guard against every source's ledger, complementary
-    suppression; for a cross-check, unanimous disagreement withheld too."""
+    suppression; for a cross-check, its two sub-populations held to the same rules."""
     protected = _protect(table, plan, rules, ledger, planned, frozenset())
     if planned.compare is not None:
-        protected = _unanimous_withheld(table, protected)
+        protected = _subgroups_withheld(table, protected, ledger, rules.k_min)
     return protected
 
 
-def _unanimous_withheld(table: CellTable, protected: _Protected) -> _Protected:
-    """A cross-check cell where every compared enterprise disagrees would tell of each of
-    them that it disagrees (attribute disclosure without identification): withheld as
-    dominated (the disagreeing enterprises make up the whole cell), and so protected by the
-    release audit like any dominated cell."""
-    disagree = table.fields[DISAGREE].total
-    released = tuple(
-        (index, SuppressionReason.DOMINANCE
-         if reason is None and table.entities[index] > 0
-         and disagree[index] >= table.entities[index] else reason)
-        for index, reason in protected.outcome.released)
-    if released == protected.outcome.released:
-        return protected
-    return replace(protected, outcome=replace(protected.outcome, released=released))
+#: The ledger measures of a cross-check's two sub-populations (see ``_subgroups_withheld``).
+DISAGREEING, AGREEING = f"f:{DISAGREE}-set", f"f:{DISAGREE}-agreeing-set"
+
+
+def _subgroups_withheld(table: CellTable, protected: _Protected, ledger: SourcesLedger,
+                        k: int) -> _Protected:
+    """A cross-check cell splits its enterprises into those that disagree and those that
+    agree: each is a population whose attribute the cell tells, so each is held to the rules
+    of a cell. Fewer than k in either (every firm disagreeing, or one firm alone) is
+    withheld as ``min-entities``. Either set within 1..k-1 enterprises of one released
+    before for the same pair of fields at any tolerance (a sweep of tolerances, nested
+    sets), or the very same set beside other compared firms (so that the firms added all
+    disagree, or all agree), is withheld as ``differencing``; the sets of published cells
+    enter the ledger. So is a cell published: never which firm, nor a group's unanimity."""
+    released = []
+    entries: list[tuple[str, BitMap]] = []
+    for index, reason in protected.outcome.released:
+        if reason is None:
+            members = table.members.get(index)
+            disagreeing = measure_members(table, index, f"f:{DISAGREE}")
+            sets = [(ledger_key(table, index, DISAGREEING), disagreeing),
+                    (ledger_key(table, index, AGREEING), members - disagreeing)]
+            repeat = ledger.contains(ledger_key(table, index, ENTITIES), members)
+            if any(len(found) < k for _, found in sets):
+                reason = SuppressionReason.MIN_ENTITIES
+            elif any(ledger.conflicts(key, found, k)
+                     or (ledger.contains(key, found) and not repeat) for key, found in sets):
+                reason = SuppressionReason.DIFFERENCING
+            else:
+                entries += sets
+        released.append((index, reason))
+    outcome = replace(protected.outcome, released=tuple(released))
+    return replace(protected, outcome=outcome,
+                   ledger_entries=(*protected.ledger_entries, *entries))
 
 
 def _audited(computed: _Computed, protected: _Protected, ledger: SourcesLedger,

@@ -275,8 +275,9 @@ def test_explain_gives_verdicts_per_alias_field_and_the_strictest_k(county: Coun
 SELF_META = {"name": "self-reported", "entity_field": "uscc", "fields": [
     {"name": "uscc", "type": "string", "role": "entity"},
     {"name": "kwh_reported", "type": "number", "role": "measure"}]}
-#: Firms whose self-reported electricity is 30% above the grid's.
-MISREPORTING = {"F01", "F04", "F09"}
+#: Firms whose self-reported electricity is 30% above the grid's: four in each town (a
+#: cross-check cell publishes only when at least k firms disagree and k agree).
+MISREPORTING = {"F01", "F03", "F05", "F07", "F02", "F04", "F06", "F08"}
 
 
 def _self_reported() -> pd.DataFrame:
@@ -373,6 +374,7 @@ def test_a_cross_check_of_two_named_fields_needs_no_indicator(checked: County) -
 
 
 def test_a_cell_where_every_enterprise_disagrees_is_withheld(checked: County) -> None:
+    # (its agreeing firms, none, are fewer than k)
     r = _crosscheck(checked, tolerance_pct=0, group_by=["g.town"],
                     filters=[{"field": "g.month", "op": "in", "value": [1, 2, 3]}])
     for cell in r.json()["cells"]:

@@ -46,7 +46,7 @@ def test_a_taken_name_is_refused_and_the_second_upload_is_not_kept(
     with uow(read_only=True) as unit:
         assert [d.id for d in unit.datasets.all()] == [first.id]
     assert sorted(p.name for p in storage.root.iterdir()) == sorted([
-        first.id, "register.parquet.enc", "register.parquet.key"])
+        first.id, ".register.lock", "register.parquet.enc", "register.parquet.key"])
     assert len(uow.audit_entries()) == entries
 
 
