@@ -159,7 +159,18 @@ class JoinedQueries:
         the tolerance).
         """
         if indicator is not None:
-            spec = self._resolved(ctx, spec, indicator)
+            try:
+                spec = self._resolved(ctx, spec, indicator)
+            except BrokerError as exc:  # an indicator probed against contracts: on the record
+                with self.queries.uow() as uow:
+                    unknown = _Decided(tuple(_Source(a, c, None, None, _target(uow, c),
+                                                     FlowDecision(False, (),
+                                                                  self.queries.policies.revision))
+                                             for a, c in spec.sources),
+                                       FlowDecision(False, (exc.slug,),
+                                                    self.queries.policies.revision))
+                    _deny(uow, self._event(ctx, spec, unknown, CROSSCHECK), (exc.slug,))
+                raise
         return self._release(ctx, spec, CROSSCHECK)
 
     def _resolved(self, ctx: RequestContext, spec: JoinedSpec, indicator_id: str
@@ -201,7 +212,13 @@ class JoinedQueries:
         datasets = decided.datasets()
         with q.uow() as uow, q.links.audit_many(d.id for d in datasets.values()) as handles:
             uow.audit.lock()
-            decided = self._decide(uow, ctx, spec, action)
+            again = self._decide(uow, ctx, spec, action)
+            # The entry names what the answer was computed on (the first decision's datasets
+            # and versions); the second only has to allow it, and with the same datasets.
+            if [s.dataset.id if s.dataset else None for s in again.sources] != [
+                    s.dataset.id if s.dataset else None for s in decided.sources]:
+                raise Unavailable("A source changed while the query ran; nothing was "
+                                  "released.")
             # Protected again if a source's ledger grew since the scan (another release).
             ledger = self._ledger(uow, spec, computed.plan, datasets)
             protected = computed.protected
@@ -214,7 +231,7 @@ class JoinedQueries:
             cells = answer.cells  # no pseudonymized key: a join refuses them
             release = Release(
                 query_id=ctx.request_id, cells=cells, k=computed.rules.k_min,
-                policy_revision=decided.decision.revision,
+                policy_revision=again.decision.revision,
                 field_verdicts=decided.decision.fields, result_nonce=nonce,
                 remainder=answer.remainder)
             receipt = uow.audit.append(replace(

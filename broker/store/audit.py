@@ -140,7 +140,8 @@ class SqlAuditLog:
                                     for name in SOURCE_DATASET_COLUMNS)))
         if query.about_datasets:
             stmt = stmt.where(or_(col(AuditEntryRow.dataset_id).is_not(None),
-                                  _ENTRIES.c[SOURCE_DATASET_COLUMNS[0]].is_not(None)))
+                                  *(_ENTRIES.c[name].is_not(None)
+                                    for name in SOURCE_DATASET_COLUMNS)))
         if query.contract_id is not None:
             stmt = stmt.where(or_(col(AuditEntryRow.contract_id) == query.contract_id,
                                   *(_ENTRIES.c[name] == query.contract_id
