@@ -67,8 +67,12 @@ def test_the_story_over_real_http(server: tuple[str, Settings, Path]) -> None:
     both = len(set(county.enterprises["uscc"]) & set(land_slice(county).frame["uscc"]))
     assert total["values"]["count"] == both < len(county.enterprises)
     check = result.queries["electricity: grid meters cross-checked against enterprises' reports"]
-    assert {"compared", "disagree", "abs_diff_sum"} <= set(
-        next(c for c in check["cells"] if c["status"] == "published")["values"])
+    for cell in check["cells"]:  # (800 firms: few disagree per industry, so most withheld)
+        if cell["status"] == "published":
+            assert set(cell["values"]) == {"compared", "disagree", "abs_diff_sum"}
+            assert cell["values"]["disagree"] >= 5
+        else:
+            assert cell["values"] is None
     assert not any(uscc in str(check) for uscc in county.enterprises["uscc"][:200])
     (dry,) = result.explanations.values()
     assert dry["allow"] is True
