@@ -16,6 +16,7 @@ from sqlalchemy import (
     LargeBinary,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
@@ -174,6 +175,13 @@ class AuditEntryRow(SQLModel, table=True):
     """
 
     __tablename__ = "audit_entries"
+    # The source columns are set only on cross-source entries: partial indexes, so that
+    # every other append writes no index entry for them.
+    __table_args__ = tuple(
+        Index(f"ix_audit_entries_source{n}_{kind}_id", f"source{n}_{kind}_id",
+              sqlite_where=text(f"source{n}_{kind}_id IS NOT NULL"),
+              postgresql_where=text(f"source{n}_{kind}_id IS NOT NULL"))
+        for n in range(4) for kind in ("dataset", "contract"))
 
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     body: str = Field(sa_column=Column(Text, nullable=False))
@@ -189,15 +197,23 @@ class AuditEntryRow(SQLModel, table=True):
     # away from the contract's index (a contract's daily count scanned every allowed entry).
     allowed: bool | None = _generated("decision", "allowed", boolean=True, index=False)
     # A cross-source query's sources (at most MAX_SOURCES), so that each provider's view and
-    # each contract's quota find it.
-    source0_dataset_id: str | None = _generated("resource", "sources", "0", "dataset_id")
-    source0_contract_id: str | None = _generated("resource", "sources", "0", "contract_id")
-    source1_dataset_id: str | None = _generated("resource", "sources", "1", "dataset_id")
-    source1_contract_id: str | None = _generated("resource", "sources", "1", "contract_id")
-    source2_dataset_id: str | None = _generated("resource", "sources", "2", "dataset_id")
-    source2_contract_id: str | None = _generated("resource", "sources", "2", "contract_id")
-    source3_dataset_id: str | None = _generated("resource", "sources", "3", "dataset_id")
-    source3_contract_id: str | None = _generated("resource", "sources", "3", "contract_id")
+    # each contract's quota find it (partial indexes, see __table_args__).
+    source0_dataset_id: str | None = _generated("resource", "sources", "0", "dataset_id",
+                                                   index=False)
+    source0_contract_id: str | None = _generated("resource", "sources", "0", "contract_id",
+                                                   index=False)
+    source1_dataset_id: str | None = _generated("resource", "sources", "1", "dataset_id",
+                                                   index=False)
+    source1_contract_id: str | None = _generated("resource", "sources", "1", "contract_id",
+                                                   index=False)
+    source2_dataset_id: str | None = _generated("resource", "sources", "2", "dataset_id",
+                                                   index=False)
+    source2_contract_id: str | None = _generated("resource", "sources", "2", "contract_id",
+                                                   index=False)
+    source3_dataset_id: str | None = _generated("resource", "sources", "3", "dataset_id",
+                                                   index=False)
+    source3_contract_id: str | None = _generated("resource", "sources", "3", "contract_id",
+                                                   index=False)
 
 
 #: The generated columns naming each source of a cross-source entry.
