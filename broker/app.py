@@ -127,6 +127,7 @@ def build_container(settings: Settings) -> Container:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway_seconds,
+            max_ttl=settings.jwt_max_ttl_seconds,
         ),
         orgs=OrgService(uow, guard, clock, keyring),
         indicators=IndicatorService(uow, guard, clock),

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     jwt_audience: str = "broker"
     jwt_algorithms: list[Literal["HS256", "HS384", "HS512"]] = ["HS256"]
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    #: The longest a token may live (``exp - iat``); a longer one is refused.
+    jwt_max_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
     policy_engine: Literal["embedded", "opa"] = "embedded"
     policy_dir: Path = POLICY_DIR
     policy_timeout_seconds: float = Field(default=2.0, gt=0, le=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
@@ -26,12 +27,14 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         leeway: int = 30,
+        max_ttl: int = 86_400,
     ) -> None:
         self.key = key
         self.algorithms = list(algorithms)
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self.max_ttl = max_ttl
 
     def verify(self, token: str) -> Principal:
         """The principal a valid token names; Unauthenticated for anything else."""
@@ -51,6 +54,7 @@ class TokenVerifier:
             raise Unauthenticated("The bearer token has expired.") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated("The bearer token is not valid.") from exc
+        self._check_lifetime(claims.get("iat"), claims.get("exp"))
         sub, org, roles = claims.get("sub"), claims.get("org"), claims.get("roles")
         if not isinstance(sub, str) or not 0 < len(sub) <= 256:
             raise Unauthenticated("The token's 'sub' claim is not valid.")
@@ -63,6 +67,31 @@ class TokenVerifier:
         except ValueError as exc:
             raise Unauthenticated("The token's 'roles' claim names an unknown role.") from exc
         return Principal(iss=self.issuer, sub=sub, org=org, roles=parsed)
+
+
+    def _check_lifetime(self, iat: object, exp: object) -> None:
+        """``iat`` and ``exp`` are JSON numbers (not strings), ``iat`` not in the future, and
+        the token lives at most ``max_ttl`` seconds: a token for a hundred years, or with an
+        ``exp`` of 1e300, is refused however well it is signed."""
+        issued, expires = _seconds(iat), _seconds(exp)
+        if issued is None or expires is None:
+            raise Unauthenticated("The token's 'iat' and 'exp' claims must be numbers.")
+        if issued > time.time() + self.leeway:
+            raise Unauthenticated("The token was issued in the future.")
+        if expires - issued > self.max_ttl:
+            raise Unauthenticated(f"The token lives longer than {self.max_ttl} seconds.")
+
+
+def _seconds(value: object) -> float | None:
+    """A NumericDate claim as seconds, or None unless it is a JSON number of a sane size (a
+    400-digit integer would not even convert to a float)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return float(value) if abs(value) < 2**53 else None
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
 
 
 def mint_token(

@@ -27,10 +27,15 @@ def token(
     sub: Annotated[str, typer.Option(help="Subject (user) the token names")],
     org: Annotated[str, typer.Option(help="Organisation id")],
     role: Annotated[list[str], typer.Option(help="provider|consumer|auditor|admin; repeatable")],
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds", min=1, max=7 * 86400)] = 3600,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds, at most "
+                                     "BROKER_JWT_MAX_TTL_SECONDS", min=1)] = 3600,
 ) -> None:
     """Mint a dev token (HS256, the broker's secret) and print it alone on stdout."""
     settings = Settings()
+    if ttl > settings.jwt_max_ttl_seconds:
+        raise typer.BadParameter(f"at most {settings.jwt_max_ttl_seconds} seconds "
+                                 "(BROKER_JWT_MAX_TTL_SECONDS), or the broker refuses it",
+                                 param_hint="--ttl")
     try:
         value = minter(settings, ttl)(sub, org, role)
     except ValueError as exc:

@@ -32,6 +32,15 @@ def test_missing_token_is_401_problem_with_bearer_challenge(client: TestClient) 
         {"roles": []},
         {"org": "Not An Org!"},
         {"sub": None},
+        # lifetimes (issue 18): longer than BROKER_JWT_MAX_TTL_SECONDS, absurd, or not numbers
+        {"exp": int(time.time()) + 100 * 365 * 86400},
+        {"exp": 1e300},
+        {"exp": 10**400},
+        {"exp": str(int(time.time()) + 300)},
+        {"iat": str(int(time.time()))},
+        {"iat": int(time.time()) + 3600, "exp": int(time.time()) + 7200},  # issued later
+        {"iat": None},
+        {"exp": True},
     ],
 )
 def test_token_with_bad_claims_is_401(client: TestClient, settings: Settings,
@@ -81,3 +90,16 @@ def test_openapi_declares_bearer_auth_and_401(client: TestClient) -> None:
     assert "401" in aggregate["responses"]
     assert "403" in aggregate["responses"]
     assert aggregate["security"]
+
+
+def test_a_token_up_to_the_maximum_lifetime_is_accepted(client: TestClient,
+                                                        settings: Settings) -> None:
+    now = int(time.time())
+    for exp in (now + settings.jwt_max_ttl_seconds, float(now + 60)):
+        token = jwt.encode(token_claims(settings, iat=now, exp=exp), SECRET, algorithm="HS256")
+        assert client.get("/v1/datasets", headers=auth(token)).status_code == 200
+    token = jwt.encode(token_claims(settings, iat=now, exp=now + settings.jwt_max_ttl_seconds
+                                    + 1), SECRET, algorithm="HS256")
+    body = assert_problem(client.get("/v1/datasets", headers=auth(token)), 401,
+                          "unauthenticated")
+    assert "longer than" in body["detail"]

@@ -39,6 +39,11 @@ def test_token_prints_the_token_alone_and_it_is_valid(
     assert claims["exp"] - claims["iat"] == 60
     bad = runner.invoke(app, ["token", "--sub", "a", "--org", "econ", "--role", "root"])
     assert bad.exit_code != 0
+    # longer than BROKER_JWT_MAX_TTL_SECONDS (default a day): refused, not minted
+    long = runner.invoke(app, ["token", "--sub", "a", "--org", "econ", "--role", "consumer",
+                               "--ttl", "86401"])
+    assert long.exit_code != 0
+    assert long.stdout.strip() == ""
 
 
 def _env(settings: Settings) -> dict[str, str]:
