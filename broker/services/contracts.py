@@ -115,6 +115,12 @@ class ContractService:
                                version=dataset.version)
             self._check_terms(uow, terms, consumer_org, dataset.version,
                               dataset.schema.has_field)
+            entity_form = terms.fields.get(dataset.schema.entity_field)
+            if entity_form is not None and entity_form is not FieldForm.PSEUDONYMIZE:
+                # Every query groups and counts by the entity, never releases it: terms that
+                # let it out otherwise would be signed and then refuse every query.
+                raise InvalidInput("The entity field can be offered only pseudonymized.",
+                                   fields=[dataset.schema.entity_field])
             contract = Contract(
                 id=str(uuid.uuid4()),
                 provider_org=dataset.owner_org,

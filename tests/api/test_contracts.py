@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from broker.api.schemas.contracts import ContractIn, ContractOut
 from contracts.model import Terms
 from tests.conftest import World, assert_problem, auth, contract_terms
@@ -112,3 +114,18 @@ def test_expired_offer_cannot_be_accepted(world: World) -> None:
     assert offered["status"] == "expired"
     r = world.client.post(f"/v1/contracts/{offered['id']}/accept", headers=auth(world.econ))
     assert_problem(r, 409, "conflict")
+
+
+@pytest.mark.parametrize("form", ["clear", "generalize", "aggregate"])
+def test_the_entity_field_is_offered_only_pseudonymized(world: World, form: str) -> None:
+    # Issue 18, finding 5: terms letting the entity out in clear were signed by both parties
+    # although every query under them is then denied.
+    before = len(world.client.get("/v1/contracts", headers=auth(world.grid)).json())
+    r = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
+        world.dataset["id"], fields={"town": "clear", "uscc": form}))
+    body = assert_problem(r, 422, "invalid-input")
+    assert body["fields"] == ["uscc"]
+    assert len(world.client.get("/v1/contracts", headers=auth(world.grid)).json()) == before
+    ok = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
+        world.dataset["id"], fields={"town": "clear", "uscc": "pseudonymize"}))
+    assert ok.status_code == 201, ok.text
