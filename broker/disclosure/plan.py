@@ -236,12 +236,7 @@ class _Source:
     fields: tuple[int, ...]
     sql: str  # the base rows: keys, entity, atom and values, filtered
     params: tuple[Any, ...]
-    #: Sums kept per enterprise for a comparison, not released: positions in ``_AUX``.
-    aux: tuple[int, ...] = ()
 
-
-#: The per-enterprise sums a cross-check compares: the authoritative one, the checked one.
-_AUX = ("left", "right")
 #: The table fields a cross-check releases (internal names: '#' is in no field name).
 DISAGREE, ABS_DIFF = "#disagree", "#abs_diff"
 
@@ -300,17 +295,15 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
 
     compare = spec.compare
     measures = spec.measures
-    aux: dict[int, tuple[str, str]] = {}
     if compare is None:
         for m in spec.measures:
             _check_measure(m, lookup)
         fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
     else:
-        for position, name in enumerate((compare.left, compare.right)):
+        for name in (compare.left, compare.right):
             if not lookup(name).type.is_numeric:
                 raise InvalidInput("A cross-check compares numeric fields.", fields=[name])
-            aux[position] = owner(name)
-        if aux[0][0] == aux[1][0]:
+        if owner(compare.left)[0] == owner(compare.right)[0]:
             raise InvalidInput("A cross-check compares fields of two different sources.",
                                fields=[compare.left, compare.right])
         if not (math.isfinite(compare.tolerance_pct) and 0 <= compare.tolerance_pct <= 100):
@@ -328,7 +321,6 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
         dims = tuple(k for k, d in enumerate(spec.group_by) if owner(d.field)[0] == alias)
         own = tuple(j for j, f in enumerate(fields)
                     if not f.startswith("#") and owner(f)[0] == alias)
-        kept = tuple(p for p, (a, _) in aux.items() if a == alias)
         filters = [replace(f, field=owner(f.field)[1]) for f in spec.filters
                    if owner(f.field)[0] == alias]
         with _qualified(alias):
@@ -338,15 +330,15 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
             f"{quote(ENTITY_INDEX_COLUMN)} AS {quote('i#')}",
             f"{quote(ATOM_COLUMN)} AS {quote('a#')}",
             *(f"{quote(owner(fields[j])[1])} AS {quote(f'v#{j}')}" for j in own),
-            *(f"{quote(aux[p][1])} AS {quote(f'w#{p}')}" for p in kept),
         ])
         sources.append(_Source(
             alias, dims, own, f"SELECT {base} FROM {source_relation(alias)}{where}",  # noqa: S608
-            tuple(p for k in dims for p in gens[k].params) + tuple(where_params), kept))
+            tuple(p for k in dims for p in gens[k].params) + tuple(where_params)))
     derived = None
     if compare is not None:
-        at = {p: next(t for t, src in enumerate(sources) if p in src.aux) for p in aux}
-        left, right = (f"t{at[p]}.{quote(f'h#{p}')}" for p in (0, 1))
+        # the joined enterprise's sums of the two fields compared (fields 2 and 3)
+        left, right = (f"t{next(t for t, src in enumerate(sources) if j in src.fields)}."
+                       f"{quote(f's#{j}')}" for j in (2, 3))
         # The tolerance is a checked float, written as a literal (no text from a request).
         tolerance = repr(float(compare.tolerance_pct))
         disagrees = (f"CASE WHEN {left} IS NULL OR {right} IS NULL OR abs({left} - {right}) > "
@@ -367,8 +359,9 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
     """Per source its base rows, its (keys, enterprise) rows and its own lattice; per margin
     the sources' nodes joined on the enterprise; then the cell stage.
 
-    ``derived`` (a cross-check) gives each table field as an expression over the joined
-    enterprise's kept sums (``h#``) instead of a source's column: one unknown per
+    ``derived`` (a cross-check) gives table fields by position as an expression over the
+    joined enterprise's sums of other fields (the two compared) instead of a source's
+    column, with its "has a value" count: one unknown per
     enterprise, so its rows for the release audit are the enterprise itself; the first
     (a count of enterprises) carries no largest contributions."""
     g = [quote(f"g#{k}") for k in range(dims)]
@@ -378,26 +371,21 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
     i, a = quote("i#"), quote("a#")
     ctes: list[str] = []
     universes: list[int] = []
-    h = [quote(f"h#{p}") for p in range(len(_AUX))]
-    hn = [quote(f"hn#{p}") for p in range(len(_AUX))]
     for t, src in enumerate(sources):
         v = {j: quote(f"v#{j}") for j in src.fields}
-        w = {p: quote(f"w#{p}") for p in src.aux}
         keys = [g[k] for k in src.dims]
         ent = ", ".join([
             *keys, i,
             *(f"SUM({v[j]}) AS {s[j]}, COUNT({v[j]}) AS {n[j]}" for j in src.fields),
             *(f"list({a}) FILTER (WHERE {v[j]} IS NOT NULL) AS {atoms[j]}"
               for j in src.fields),
-            *(f"SUM({w[p]}) AS {h[p]}, COUNT({w[p]}) AS {hn[p]}" for p in src.aux),
         ])
         ordinals = ", ".join(str(k) for k in range(1, len(keys) + 2))
         ctes.append(f"b{t} AS ({src.sql})")
         ctes.append(f"e{t} AS MATERIALIZED (SELECT {ent} FROM b{t} GROUP BY {ordinals})")  # noqa: S608
         universe = sum(1 << k for k in src.dims)
         universes.append(universe)
-        nodes, _ = _lattice(g, [s[j] for j in src.fields] + [h[p] for p in src.aux],
-                            [n[j] for j in src.fields] + [hn[p] for p in src.aux], i,
+        nodes, _ = _lattice(g, [s[j] for j in src.fields], [n[j] for j in src.fields], i,
                             universe=universe, prefix=f"r{t}_", top=f"e{t}")
         ctes += nodes
     full = (1 << dims) - 1

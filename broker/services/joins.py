@@ -70,6 +70,8 @@ from broker.services.queries import (
     _Protected,
     _stricter,
     _unusable,
+    named_target,
+    record_denial,
 )
 from broker.services.releases import Answer, LinkAudit, result_digest
 from contracts.model import Contract
@@ -163,13 +165,7 @@ class JoinedQueries:
                 spec = self._resolved(ctx, spec, indicator)
             except BrokerError as exc:  # an indicator probed against contracts: on the record
                 with self.queries.uow() as uow:
-                    unknown = _Decided(tuple(_Source(a, c, None, None, _target(uow, c),
-                                                     FlowDecision(False, (),
-                                                                  self.queries.policies.revision))
-                                             for a, c in spec.sources),
-                                       FlowDecision(False, (exc.slug,),
-                                                    self.queries.policies.revision))
-                    _deny(uow, self._event(ctx, spec, unknown, CROSSCHECK), (exc.slug,))
+                    self._refuse_undecided(uow, ctx, spec, CROSSCHECK, exc.slug)
                 raise
         return self._release(ctx, spec, CROSSCHECK)
 
@@ -288,19 +284,25 @@ class JoinedQueries:
         try:
             sources = tuple(self._source(uow, ctx, spec, alias) for alias in spec.aliases)
         except Unavailable:
-            unknown = _Decided(tuple(_Source(a, c, None, None, _target(uow, c),
-                                             FlowDecision(False, (), q.policies.revision))
-                                     for a, c in spec.sources),
-                               FlowDecision(False, ("policy-engine-unavailable",),
-                                            q.policies.revision))
-            _deny(uow, self._event(ctx, spec, unknown, action), unknown.decision.reasons)
+            self._refuse_undecided(uow, ctx, spec, action, "policy-engine-unavailable")
             raise
         decided = _Decided(sources, _combined(sources, q.policies.revision))
         if refuse and not decided.decision.allow:
-            _deny(uow, self._event(ctx, spec, decided, action), decided.decision.reasons)
+            record_denial(uow, self._event(ctx, spec, decided, action), decided.decision.reasons)
             raise PolicyDenied(decided.decision.reasons,
                                fields=decided.decision.field_reasons)
         return decided
+
+    def _refuse_undecided(self, uow: UnitOfWork, ctx: RequestContext, spec: JoinedSpec,
+                          action: str, reason: str) -> None:
+        """A query refused before any decision was taken: on the record, each source named
+        by the dataset of the contract its alias names."""
+        revision = self.queries.policies.revision
+        unknown = _Decided(tuple(_Source(a, c, None, None, named_target(uow, c),
+                                         FlowDecision(False, (), revision))
+                                 for a, c in spec.sources),
+                           FlowDecision(False, (reason,), revision))
+        record_denial(uow, self._event(ctx, spec, unknown, action), (reason,))
 
     def _source(self, uow: UnitOfWork, ctx: RequestContext, spec: JoinedSpec,
                 alias: str) -> _Source:
@@ -308,7 +310,7 @@ class JoinedQueries:
         contract_id = spec.contract_of(alias)
         part = spec.part(alias)
         contract = uow.contracts.get(contract_id)
-        target = _target(uow, contract_id)
+        target = named_target(uow, contract_id)
         if contract is not None and not q.guard.decide(
                 uow, ctx, "contract.read", contract_resource(contract)).allow:
             contract = None  # another organisation's contract is treated as absent
@@ -367,7 +369,7 @@ class JoinedQueries:
         except Exception as exc:
             reason, failure = "engine-failed", exc
         with q.uow() as uow:
-            _deny(uow, self._event(ctx, spec, decided, action), (reason,))
+            record_denial(uow, self._event(ctx, spec, decided, action), (reason,))
         raise failure
 
     def _compute(self, spec: JoinedSpec, decided: _Decided) -> _Computed:
@@ -554,16 +556,4 @@ def _strictest(rules: list[Rules]) -> Rules:
         protection_percent=max(r.protection_percent for r in rules),
     )
 
-
-def _target(uow: UnitOfWork, contract_id: str) -> tuple[str, int] | None:
-    requested = uow.contracts.get(contract_id)
-    named = (uow.datasets.get(requested.terms.dataset_id, requested.terms.dataset_version)
-             if requested else None)
-    return (named.id, named.version) if named else None
-
-
-def _deny(uow: UnitOfWork, event: AuditEvent, reasons: tuple[str, ...]) -> None:
-    uow.rollback()
-    uow.audit.append(replace(event, allowed=False, reasons=reasons))
-    uow.commit()
 

@@ -386,10 +386,7 @@ class QueryService:
 
     @staticmethod
     def _target(uow: UnitOfWork, spec: AggregateSpec) -> tuple[str, int] | None:
-        requested = uow.contracts.get(spec.contract_id)
-        named = (uow.datasets.get(requested.terms.dataset_id, requested.terms.dataset_version)
-                 if requested else None)
-        return (named.id, named.version) if named else None
+        return named_target(uow, spec.contract_id)
 
     def _evaluate(
         self,
@@ -451,10 +448,7 @@ class QueryService:
         action: str,
         reasons: tuple[str, ...],
     ) -> None:
-        uow.rollback()
-        event = self._event(ctx, spec, decided, action)
-        uow.audit.append(replace(event, allowed=False, reasons=reasons))
-        uow.commit()
+        record_denial(uow, self._event(ctx, spec, decided, action), reasons)
 
     def _record_failure(
         self, ctx: RequestContext, spec: AggregateSpec, decided: _Decided, action: str,
@@ -523,6 +517,22 @@ def _pseudonymized(pseudonyms: Pseudonymizer, spec: AggregateSpec, decision: Flo
     out = pseudonyms.cells(spec.contract_id, cells, hidden)
     return tuple(sorted(out, key=lambda c: (len(c.key), sorted((k, str(v))
                                                                 for k, v in c.key.items()))))
+
+
+def named_target(uow: UnitOfWork, contract_id: str) -> tuple[str, int] | None:
+    """The dataset (id, version) of the contract a request names, whoever may see it: the
+    provider's audit view then shows attempts on its contracts."""
+    requested = uow.contracts.get(contract_id)
+    named = (uow.datasets.get(requested.terms.dataset_id, requested.terms.dataset_version)
+             if requested else None)
+    return (named.id, named.version) if named else None
+
+
+def record_denial(uow: UnitOfWork, event: AuditEvent, reasons: tuple[str, ...]) -> None:
+    """Whatever the unit staged undone, the refusal appended and committed."""
+    uow.rollback()
+    uow.audit.append(replace(event, allowed=False, reasons=reasons))
+    uow.commit()
 
 
 def _stricter(rules: Rules | None, contract: Contract) -> Rules:

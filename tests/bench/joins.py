@@ -33,55 +33,30 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
-import pyarrow.dataset as ds
 
 from broker.app import build_container
 from broker.demo.county import County, generate_county, grid_slice, tax_slice
 from broker.disclosure.plan import source_relation
 from broker.domain.datasets import Dataset, DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.organisations import OrgKind
-from broker.domain.ports import QueryEngine
-from broker.domain.principals import Principal, RequestContext, Role
+from broker.domain.principals import Role
 from broker.domain.queries import Dimension, JoinedSpec, Measure, MeasureFn
 from broker.services.joins import JoinedQueries
 from broker.settings import Settings
 from connectors.crypto import open_sealed
 from connectors.storage import KEY_FILE, ParquetStorage
 from contracts.model import Dominance, FieldForm, Terms
+from tests.bench.aggregate import RecordingEngine, _ctx
 
 MONTHS = 120
 PURPOSE = "industrial-policy"
-
-
-def _ctx(org: str, role: Role) -> RequestContext:
-    return RequestContext(Principal("bench", f"u@{org}", org, frozenset({role})), "bench")
-
-
-@dataclass
-class RecordingEngine:
-    """The broker's engine, keeping each statement it runs and the time it took."""
-
-    inner: QueryEngine
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-
-    def run(self, relations: Mapping[str, pa.Table | ds.Dataset], sql: str,
-            params: Sequence[Any]) -> pa.Table:
-        """Run through the real engine; keep the statement and its time."""
-        t = time.perf_counter()
-        try:
-            return self.inner.run(relations, sql, params)
-        finally:
-            self.seconds.append(time.perf_counter() - t)
-            self.statements.append((sql, tuple(params)))
 
 
 def _emissions(county: County) -> tuple[Any, dict[str, Any]]:
