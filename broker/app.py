@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from broker import __version__
 from broker.api import problems
 from broker.api.auth import TokenVerifier
+from broker.api.limits import PrincipalLimits, PrincipalMiddleware
 from broker.api.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
@@ -129,7 +130,7 @@ def build_container(settings: Settings) -> Container:
             leeway=settings.jwt_leeway_seconds,
             max_ttl=settings.jwt_max_ttl_seconds,
         ),
-        orgs=OrgService(uow, guard, clock, keyring),
+        orgs=OrgService(uow, guard, clock, keyring, operator_org=settings.operator_org),
         indicators=IndicatorService(uow, guard, clock),
         datasets=DatasetService(
             uow, guard, storage,
@@ -180,7 +181,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for module in (orgs, datasets, slices, contracts, queries, indicators, audit, health):
         app.include_router(module.router)
-    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: nothing re-raises past it
+    app.add_middleware(PrincipalMiddleware, refused=app.state.metrics.limited,
+                       limits=PrincipalLimits(settings.rate_limit,
+                                              settings.max_concurrent_per_principal))
+    app.add_middleware(UnexpectedErrorMiddleware)  # nothing re-raises past it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, body_limit=settings.max_body_bytes,
                        upload_limit=settings.max_upload_bytes)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies import POLICY_DIR
@@ -25,6 +26,15 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     #: The longest a token may live (``exp - iat``); a longer one is refused.
     jwt_max_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    #: The operator organisation: the only one whose tokens may hold ``admin``. It exists
+    #: from the start, without registration, and no organisation may be registered under it.
+    operator_org: str = Field(default="broker-ops", pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    #: Requests one principal (token ``iss`` + ``sub``) may make, in the notation of the
+    #: ``limits`` library (``120/minute``, ``10/second;600/hour``); over it, a 429 problem with
+    #: ``Retry-After``. Empty: no rate limit.
+    rate_limit: str = "600/minute"
+    #: Requests one principal may have in flight at once; over it, a 429 problem.
+    max_concurrent_per_principal: int = Field(default=8, ge=1, le=1024)
     policy_engine: Literal["embedded", "opa"] = "embedded"
     policy_dir: Path = POLICY_DIR
     policy_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
@@ -56,6 +66,16 @@ class Settings(BaseSettings):
     checkpoint_sinks: list[Literal["dir", "stdout", "syslog"]] = ["dir"]
     checkpoint_every_entries: int = Field(default=1000, ge=1)
     checkpoint_every_seconds: float = Field(default=60.0, gt=0, le=86_400)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"rate_limit: not a rate such as '120/minute': {exc}") from exc
+        return value
 
     @model_validator(mode="after")
     def _opa_needs_url(self) -> Settings:

@@ -131,7 +131,7 @@ class World:
     def __init__(self, client: TestClient, mint: Mint) -> None:
         self.client = client
         self._uploads = 0
-        self.admin = mint("operator", "admin")
+        self.admin = mint("broker-ops", "admin")
         self.grid = mint("grid", "provider")
         self.other_provider = mint("water", "provider")
         self.econ = mint("econ", "consumer")

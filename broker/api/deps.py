@@ -41,7 +41,7 @@ def _from_container(name: str, kind: type[T]) -> Callable[[Request], T]:
     return get
 
 
-def _readiness(request: Request) -> Callable[[], str]:
+async def _readiness(request: Request) -> Callable[[], str]:
     ready: Callable[[], str] = request.app.state.container.ready
     return ready
 
@@ -55,30 +55,41 @@ bearer = HTTPBearer(auto_error=False, description="JWT issued by the broker or t
 
 
 def get_principal(
+    request: Request,
     tokens: TokensDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The authenticated caller; 401 problem when the token is missing or invalid."""
+    """The authenticated caller; 401 problem when the token is missing or invalid. The
+    token was verified by ``broker.api.limits.PrincipalMiddleware`` when it ran."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("A bearer token is required.")
+    error = getattr(request.state, "auth_error", None)
+    if error is not None:
+        raise error
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal):
+        return principal
     return tokens.verify(credentials.credentials)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_context(request: Request, principal: PrincipalDep) -> RequestContext:
+OrgServiceDep = Annotated[OrgService, Depends(_from_container("orgs", OrgService))]
+
+
+def get_context(request: Request, principal: PrincipalDep, orgs: OrgServiceDep) -> RequestContext:
     """The caller and the server-assigned request id (kept on the request, so that a query
-    whose body the schema refuses is still audited as the caller's)."""
+    whose body the schema refuses is still audited as the caller's), once its roles are
+    known to fit its organisation (an audited 403 otherwise)."""
     ctx = RequestContext(principal=principal, request_id=request.state.request_id)
+    orgs.admit(ctx)
     request.state.context = ctx
     return ctx
 
 
 ContextDep = Annotated[RequestContext, Depends(get_context)]
 
-
-OrgServiceDep = Annotated[OrgService, Depends(_from_container("orgs", OrgService))]
 IndicatorServiceDep = Annotated[IndicatorService,
                                 Depends(_from_container("indicators", IndicatorService))]
 DatasetServiceDep = Annotated[DatasetService, Depends(_from_container("datasets", DatasetService))]

@@ -68,7 +68,7 @@ class UnexpectedErrorMiddleware(HttpMiddleware):
             log.error("unhandled %s in request %s\n%s", type(exc).__name__, request_id,
                       "".join(traceback.format_tb(exc.__traceback__)))
             if not started:
-                await _send_problem(scope, send, 500, "internal-error", "Internal error",
+                await send_problem(scope, send, 500, "internal-error", "Internal error",
                                     "The broker failed to handle the request; nothing was "
                                     "released.")
 
@@ -85,6 +85,10 @@ class RequestMetrics:
         self.latency = Histogram(
             "broker_request_seconds", "HTTP request latency", ["method", "route"],
             registry=self.registry,
+        )
+        self.limited = Counter(
+            "broker_requests_limited_total", "Requests refused by the per-principal limits",
+            ["reason"], registry=self.registry,
         )
 
     def watch_policy_cache(self, cache: CachedPolicyEngine) -> None:
@@ -175,12 +179,13 @@ class BodyLimitMiddleware(HttpMiddleware):
 
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
-    await _send_problem(scope, send, 413, "payload-too-large", "Payload too large",
+    await send_problem(scope, send, 413, "payload-too-large", "Payload too large",
                         f"The request body is larger than {limit} bytes.")
 
 
-async def _send_problem(
-    scope: Scope, send: Send, status: int, slug: str, title: str, detail: str
+async def send_problem(
+    scope: Scope, send: Send, status: int, slug: str, title: str, detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """A problem response sent at the ASGI level (outside FastAPI's handlers)."""
     body = json.dumps({
@@ -193,7 +198,7 @@ async def _send_problem(
     }).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", PROBLEM_JSON.encode()),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or ())]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -28,7 +28,7 @@ from broker.demo.county import (
 
 #: (sub, org, roles) of the people in the story.
 ACTORS: dict[str, tuple[str, str, list[str]]] = {
-    "operator": ("ops@broker", "broker-operator", ["admin"]),
+    "operator": ("ops@broker", "broker-ops", ["admin"]),
     "grid": ("data-officer@grid", "grid-company", ["provider"]),
     "tax": ("data-officer@tax", "tax-bureau", ["provider"]),
     "land": ("data-officer@nrb", "natural-resources-bureau", ["provider"]),

@@ -277,6 +277,11 @@ class AuditService:
         self._record(ctx, "audit.verify")
         return result
 
+    def record_refusal(self, ctx: RequestContext, action: str, reasons: tuple[str, ...]) -> None:
+        """Put a refusal made before any use case ran (a rate limit) on the record."""
+        with self.uow() as uow:
+            self.guard.deny(uow, ctx, action, reasons)
+
     def _record(self, ctx: RequestContext, action: str) -> None:
         with self.uow() as uow:
             self.guard.record(uow, ctx, action)

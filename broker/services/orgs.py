@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from broker.domain.errors import Conflict, InvalidInput
+from broker.domain.errors import Conflict, InvalidInput, PolicyDenied
 from broker.domain.names import ORG_ID
 from broker.domain.organisations import Organisation, OrgKind
 from broker.domain.ports import Clock, OrgKeyring, UnitOfWorkFactory
-from broker.domain.principals import RequestContext
+from broker.domain.principals import RequestContext, misfit_roles
 from broker.services.guard import Guard
 from contracts.terms import BadKey, encode_public_key, parse_public_key
 
@@ -23,6 +23,45 @@ class OrgService:
     #: Where the broker keeps keys for organisations registered without one (embedded demo);
     #: None in production, where every organisation brings its own public key.
     keyring: OrgKeyring | None = None
+    #: The operator organisation (``BROKER_OPERATOR_ORG``): the only home of ``admin``.
+    operator_org: str = "broker-ops"
+    #: Kinds of registered organisations, read once each: an organisation's kind never
+    #: changes and organisations are never removed, so a cached kind is never stale.
+    _kinds: dict[str, OrgKind] = field(default_factory=dict, repr=False)
+
+    def admit(self, ctx: RequestContext) -> None:
+        """Refuse a token whose roles do not fit its organisation (DESIGN.md section 8):
+        the refusal is audited and committed, then raised as a 403 with the reason
+        ``role-not-allowed-for-org``. A signed token is not enough: an enterprise's token
+        claiming ``auditor``, or an unregistered organisation's claiming ``admin``, acts
+        for nobody."""
+        p = ctx.principal
+        operator = p.org == self.operator_org
+        kind = None if operator else self._kind(p.org)
+        misfits = misfit_roles(p.roles, kind, operator=operator)
+        if not misfits:
+            return
+        reasons = ("role-not-allowed-for-org",) + (
+            ("org-not-registered",) if kind is None and not operator else ())
+        with self.uow() as uow:
+            self.guard.deny(uow, ctx, "token.admit", reasons)
+        held = ("the operator organisation" if operator else "an unregistered organisation"
+                if kind is None else f"an organisation of kind '{kind}'")
+        raise PolicyDenied(reasons, detail=(
+            f"The token's role(s) {', '.join(misfits)} may not act for {held}; nothing was "
+            "done. Consumers act for departments, providers for enterprises or departments, "
+            "auditors for auditing bodies, and admin only for the operator organisation."))
+
+    def _kind(self, org_id: str) -> OrgKind | None:
+        """The registered kind of ``org_id``, None if it is not registered."""
+        kind = self._kinds.get(org_id)
+        if kind is None:
+            with self.uow(read_only=True) as uow:
+                org = uow.orgs.get(org_id)
+            if org is None:
+                return None
+            kind = self._kinds.setdefault(org_id, org.kind)
+        return kind
 
     def register(
         self,
@@ -50,6 +89,9 @@ class OrgService:
             self.guard.require(uow, ctx, "org.register", {})
             if not ORG_ID.fullmatch(org_id):
                 raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
+            if org_id == self.operator_org:
+                raise Conflict("This id is the operator organisation's, which exists without "
+                               "registration.")
             if uow.orgs.get(org_id) is not None:
                 raise Conflict("An organisation with this id is already registered.")
             if public_key is None and self.keyring is not None:

@@ -275,7 +275,7 @@ def test_the_provider_cannot_query_its_own_contract_even_with_a_consumer_role(
 ) -> None:
     both = mint("grid", "provider", "consumer")
     r = world.query(token=both)
-    assert "consumer-not-party" in assert_problem(r, 403, "policy-denied")["reasons"]
+    assert "role-not-allowed-for-org" in assert_problem(r, 403, "policy-denied")["reasons"]
 
 
 def test_an_auditor_gets_no_cells_from_query_or_explain_and_no_rows_anywhere(
@@ -322,15 +322,16 @@ def test_a_foreign_provider_cannot_read_anothers_audit_trail_by_filtering_for_it
 
 def test_an_unregistered_consumer_or_provider_gets_nothing(world: World, mint: Mint) -> None:
     ghost_consumer, ghost_provider = mint("ghost", "consumer"), mint("ghost", "provider")
-    assert world.client.get("/v1/datasets", headers=auth(ghost_consumer)).json() == []
-    assert world.client.get("/v1/contracts", headers=auth(ghost_consumer)).json() == []
+    for path in ("/v1/datasets", "/v1/contracts"):
+        r = world.client.get(path, headers=auth(ghost_consumer))
+        assert "org-not-registered" in assert_problem(r, 403, "policy-denied")["reasons"]
     r = world.query(token=ghost_consumer)
     assert "org-not-registered" in assert_problem(r, 403, "policy-denied")["reasons"]
     r = world.client.post("/v1/contracts", headers=auth(ghost_provider),
                           json=contract_terms(world.dataset["id"], consumer_org="ghost"))
     assert r.status_code in (403, 404)
     r = world.client.get("/v1/audit/entries", headers=auth(ghost_provider))
-    assert assert_problem(r, 403, "policy-denied")["reasons"] == ["org-not-registered"]
+    assert "org-not-registered" in assert_problem(r, 403, "policy-denied")["reasons"]
 
 
 # --------------------------------------------------------------------------- 2. privacy

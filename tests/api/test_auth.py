@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.settings import Settings
-from tests.conftest import SECRET, Mint, assert_problem, auth, token_claims
+from tests.conftest import SECRET, Mint, World, assert_problem, auth, token_claims
 
 
 def test_missing_token_is_401_problem_with_bearer_challenge(client: TestClient) -> None:
@@ -76,8 +76,8 @@ def test_garbage_and_huge_tokens_are_401(client: TestClient) -> None:
     assert_problem(r, 401, "unauthenticated")
 
 
-def test_wrong_role_is_403_problem_with_reasons(client: TestClient, mint: Mint) -> None:
-    r = client.post("/v1/orgs", headers=auth(mint("econ", "consumer")),
+def test_wrong_role_is_403_problem_with_reasons(world: World, mint: Mint) -> None:
+    r = world.client.post("/v1/orgs", headers=auth(mint("econ", "consumer")),
                     json={"id": "x1", "name": "X", "kind": "enterprise"})
     body = assert_problem(r, 403, "policy-denied")
     assert body["reasons"] == ["role-not-permitted"]
@@ -92,8 +92,9 @@ def test_openapi_declares_bearer_auth_and_401(client: TestClient) -> None:
     assert aggregate["security"]
 
 
-def test_a_token_up_to_the_maximum_lifetime_is_accepted(client: TestClient,
+def test_a_token_up_to_the_maximum_lifetime_is_accepted(world: World,
                                                         settings: Settings) -> None:
+    client = world.client
     now = int(time.time())
     for exp in (now + settings.jwt_max_ttl_seconds, float(now + 60)):
         token = jwt.encode(token_claims(settings, iat=now, exp=exp), SECRET, algorithm="HS256")

@@ -142,7 +142,7 @@ def test_only_providers_of_registered_orgs_upload(world: World, mint: Mint) -> N
     r = upload(world.client, world.econ, ENERGY, {**ENERGY_META, "name": "e2"})
     assert assert_problem(r, 403, "policy-denied")["reasons"] == ["role-not-permitted"]
     r = upload(world.client, mint("ghost-org", "provider"), ENERGY, {**ENERGY_META, "name": "e2"})
-    assert assert_problem(r, 403, "policy-denied")["reasons"] == ["org-not-registered"]
+    assert "org-not-registered" in assert_problem(r, 403, "policy-denied")["reasons"]
 
 
 def test_catalogue_visibility(world: World, mint: Mint) -> None:
@@ -161,7 +161,7 @@ def test_catalogue_visibility(world: World, mint: Mint) -> None:
 def test_upload_of_the_county_slice_round_trips_types(client: TestClient, mint: Mint) -> None:
     from broker.demo.county import generate_county, grid_slice
 
-    admin, grid = mint("operator", "admin"), mint("grid-company", "provider")
+    admin, grid = mint("broker-ops", "admin"), mint("grid-company", "provider")
     client.post("/v1/orgs", headers=auth(admin),
                 json={"id": "grid-company", "name": "Grid", "kind": "enterprise"})
     data = grid_slice(generate_county(enterprises=200))

@@ -107,7 +107,8 @@ def _answer(c: TestClient, grid: str, econ: str, did: str) -> list[dict[str, Any
 def test_every_source_answers_like_the_utf8_csv(client_with_sources: TestClient,
                                                  mint: Mint) -> None:
     c = client_with_sources
-    admin, grid, econ = mint("op", "admin"), mint("grid", "provider"), mint("econ", "consumer")
+    admin, grid = mint("broker-ops", "admin"), mint("grid", "provider")
+    econ = mint("econ", "consumer")
     for org, kind in (("grid", "enterprise"), ("econ", "department")):
         assert c.post("/v1/orgs", headers=auth(admin),
                       json={"id": org, "name": org, "kind": kind}).status_code == 201
@@ -140,7 +141,7 @@ def test_every_source_answers_like_the_utf8_csv(client_with_sources: TestClient,
 def test_sql_sources_are_named_by_the_operator_never_by_url(client_with_sources: TestClient,
                                                             mint: Mint, tmp_path: Path) -> None:
     c = client_with_sources
-    admin, grid = mint("op", "admin"), mint("grid", "provider")
+    admin, grid = mint("broker-ops", "admin"), mint("grid", "provider")
     c.post("/v1/orgs", headers=auth(admin), json={"id": "grid", "name": "g",
                                                  "kind": "enterprise"})
     own_db = f"sqlite:///{tmp_path / 'var' / 'broker.db'}"

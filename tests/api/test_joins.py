@@ -59,7 +59,7 @@ class County:
 
     def __init__(self, client: TestClient, mint: Mint) -> None:
         self.client = client
-        self.admin = mint("operator", "admin")
+        self.admin = mint("broker-ops", "admin")
         self.tokens = {org: mint(org, "provider") for org in ("grid", "tax", "nrb")}
         self.econ = mint("econ", "consumer")
         self.env = mint("env", "consumer")

@@ -45,4 +45,4 @@ def test_the_directory_is_for_the_operator_and_registered_orgs(world: World, min
     assert ids == sorted(["grid", "water", "econ", "env", "audit-office"])
     assert len(world.client.get("/v1/orgs", headers=auth(world.admin)).json()) == 5
     r = world.client.get("/v1/orgs", headers=auth(mint("ghost", "consumer")))
-    assert assert_problem(r, 403, "policy-denied")["reasons"] == ["org-not-registered"]
+    assert "org-not-registered" in assert_problem(r, 403, "policy-denied")["reasons"]

@@ -94,7 +94,7 @@ class Providers:
 @pytest.fixture
 def providers(client: TestClient, settings: Settings, mint: Mint) -> Providers:
     """The grid and water companies, registered; a consumer token for econ."""
-    admin = mint("operator", "admin")
+    admin = mint("broker-ops", "admin")
     for org in ("grid", "water", "econ"):
         r = client.post("/v1/orgs", headers=auth(admin), json={
             "id": org, "name": org.title(), "kind": "department" if org == "econ" else

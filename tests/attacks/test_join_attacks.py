@@ -141,7 +141,7 @@ class County:
 
     def __init__(self, client: TestClient, mint: Mint) -> None:
         self.client = client
-        self.admin = mint("operator", "admin")
+        self.admin = mint("broker-ops", "admin")
         self.tokens = {org: mint(org, "provider") for org in ("grid", "tax", "nrb", "mee",
                                                                "water")}
         self.consumers = {"econ": mint("econ", "consumer"), "env": mint("env", "consumer")}

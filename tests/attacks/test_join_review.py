@@ -42,7 +42,7 @@ class Pair:
                  reported: dict[str, float] | None = None) -> None:
         self.client = client
         reported = reported or REPORTED
-        admin = mint("operator", "admin")
+        admin = mint("broker-ops", "admin")
         self.econ = mint("econ", "consumer")
         self.auditor = mint("audit-office", "auditor")
         self.providers = providers = {org: mint(org, "provider") for org in ("grid", "assoc")}

@@ -113,7 +113,7 @@ def _timed(name: str, spent: dict[str, list[float]]) -> None:
 def prepare(workdir: Path, rows: int) -> dict[str, str]:
     """Generate the county with about ``rows`` monthly rows and register it; ids for the run."""
     container = build_container(Settings(data_dir=workdir))
-    admin, grid, econ = (_ctx("operator", Role.ADMIN), _ctx("grid", Role.PROVIDER),
+    admin, grid, econ = (_ctx("broker-ops", Role.ADMIN), _ctx("grid", Role.PROVIDER),
                          _ctx("econ", Role.CONSUMER))
     container.orgs.register(admin, org_id="grid", name="Grid", kind=OrgKind.ENTERPRISE)
     container.orgs.register(admin, org_id="econ", name="Econ", kind=OrgKind.DEPARTMENT)

@@ -189,15 +189,23 @@ class Served:
     contract: str
     headers: dict[str, str]
     rows: Callable[[], pa.Table]  # the electricity rows, decrypted in memory only
+    mint: Callable[[str, str, list[str]], str]  # (sub, org, roles) -> a token
 
 
 @contextmanager
-def served_county(county: County, *, timeout: float = 120) -> Iterator[Served]:
+def served_county(county: County, *, timeout: float = 120,
+                  **overrides: Any) -> Iterator[Served]:
     """A fresh broker on a throw-away data directory (removed at the end) with ``county``
-    loaded through the API and the bureau's contract on its electricity offered and accepted."""
+    loaded through the API and the bureau's contract on its electricity offered and accepted.
+
+    The per-principal limits are off unless ``overrides`` (settings) set them: every client
+    here is the same principal, and these benchmarks measure the query path, not the limiter
+    (``tests.bench.limits`` does)."""
     workdir = Path(tempfile.mkdtemp(prefix="broker-http-bench-"))
     try:
-        settings = Settings(data_dir=workdir)
+        settings = Settings(data_dir=workdir, **{"rate_limit": "",
+                                                 "max_concurrent_per_principal": 1024,
+                                                 **overrides})
         app = create_app(settings)
         with serve_in_thread(app) as base, httpx.Client(base_url=base,
                                                         timeout=timeout) as client:
@@ -227,7 +235,7 @@ def served_county(county: County, *, timeout: float = 120) -> Iterator[Served]:
                 return container.datasets.storage.read(location)
 
             yield Served(base, client, contract,
-                         {"Authorization": f"Bearer {broker.tokens['econ']}"}, rows)
+                         {"Authorization": f"Bearer {broker.tokens['econ']}"}, rows, mint)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -71,7 +71,7 @@ def _emissions(county: County) -> tuple[Any, dict[str, Any]]:
 def prepare(workdir: Path, rows: int) -> dict[str, Any]:
     """Three sealed datasets of about ``rows`` rows each, three linkable contracts."""
     container = build_container(Settings(data_dir=workdir))
-    admin = _ctx("operator", Role.ADMIN)
+    admin = _ctx("broker-ops", Role.ADMIN)
     for org, kind in [("grid", OrgKind.ENTERPRISE), ("tax", OrgKind.DEPARTMENT),
                       ("env", OrgKind.DEPARTMENT), ("econ", OrgKind.DEPARTMENT)]:
         container.orgs.register(admin, org_id=org, name=org, kind=kind)

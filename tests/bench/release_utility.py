@@ -122,7 +122,7 @@ def dataset_contract(container: Container, frame: pd.DataFrame, *, month: FieldF
 
 def registered(container: Container) -> None:
     """The grid company and the economic bureau, registered."""
-    admin = _ctx("operator", Role.ADMIN)
+    admin = _ctx("broker-ops", Role.ADMIN)
     container.orgs.register(admin, org_id="grid", name="Grid", kind=OrgKind.ENTERPRISE)
     container.orgs.register(admin, org_id="econ", name="Econ", kind=OrgKind.DEPARTMENT)
 

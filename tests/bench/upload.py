@@ -80,7 +80,7 @@ def main() -> None:
                             codes=tuple(f["codes"]) if "codes" in f else None)
                   for f in meta["fields"]]
         container = build_container(Settings(data_dir=tmp / "data"))
-        admin, grid = _ctx("operator", Role.ADMIN), _ctx("grid", Role.PROVIDER)
+        admin, grid = _ctx("broker-ops", Role.ADMIN), _ctx("grid", Role.PROVIDER)
         container.orgs.register(admin, org_id="grid", name="Grid", kind=OrgKind.ENTERPRISE)
         duck, broker = [], []
         for i in range(args.repeat):

@@ -75,7 +75,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     with broker_server(tmp_path, env) as base:
         server = Server(base, settings, tmp_path, "")
         server.grid = server.mint("grid", "provider")
-        r = httpx.post(f"{base}/v1/orgs", headers=auth(server.mint("operator", "admin")),
+        r = httpx.post(f"{base}/v1/orgs", headers=auth(server.mint("broker-ops", "admin")),
                        json={"id": "grid", "name": "Grid", "kind": "enterprise"}, timeout=30)
         assert r.status_code == 201, r.text
         yield server

@@ -19,11 +19,12 @@ ATTEMPTS = 24
 
 
 def test_concurrent_queries_never_exceed_the_daily_quota(settings: Settings) -> None:
-    def token(org: str, role: str) -> str:
+    def token(org: str, role: str, sub: str | None = None) -> str:
         return mint_token(key=SECRET, issuer=settings.jwt_issuer,
-                          audience=settings.jwt_audience, sub=f"u@{org}", org=org, roles=[role])
+                          audience=settings.jwt_audience, sub=sub or f"u@{org}", org=org,
+                          roles=[role])
 
-    admin, grid, econ = token("operator", "admin"), token("grid", "provider"), token(
+    admin, grid, econ = token("broker-ops", "admin"), token("grid", "provider"), token(
         "econ", "consumer")
     with serve_in_thread(create_app(settings)) as base, httpx.Client(base_url=base,
                                                                      timeout=60) as client:
@@ -44,9 +45,13 @@ def test_concurrent_queries_never_exceed_the_daily_quota(settings: Settings) -> 
         reasons: list[str] = []
         lock = threading.Lock()
 
-        def ask() -> None:
+        def ask(analyst: int) -> None:
+            # Each attempt is an analyst of its own: the quota is the contract's, whoever asks
+            # (one principal would meet its own in-flight cap first).
+            own_token = token("econ", "consumer", sub=f"analyst-{analyst}@econ")
             with httpx.Client(base_url=base, timeout=60) as own:
-                r = own.post("/v1/queries/aggregate", headers={"Authorization": f"Bearer {econ}"},
+                r = own.post("/v1/queries/aggregate",
+                             headers={"Authorization": f"Bearer {own_token}"},
                              json={"contract_id": contract["id"], "purpose": "energy-planning",
                                    "group_by": ["town"], "measures": [{"fn": "count"}]})
             with lock:
@@ -54,7 +59,7 @@ def test_concurrent_queries_never_exceed_the_daily_quota(settings: Settings) -> 
                 if r.status_code == 403:
                     reasons.extend(r.json()["reasons"])
 
-        threads = [threading.Thread(target=ask) for _ in range(ATTEMPTS)]
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(ATTEMPTS)]
         for t in threads:
             t.start()
         for t in threads:

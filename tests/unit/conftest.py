@@ -193,7 +193,7 @@ class County:
         self.datasets = datasets
         self.contracts = contracts
         self.files = files
-        self.admin = caller("operator", Role.ADMIN)
+        self.admin = caller("broker-ops", Role.ADMIN)
         self.grid = caller("grid", Role.PROVIDER)
         self.water = caller("water", Role.PROVIDER)
         self.econ = caller("econ", Role.CONSUMER)

@@ -16,12 +16,18 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "The object's state does not allow this",
         413: "Body or file over the limit",
         422: "Invalid input",
+        429: "Over the caller's rate limit or in-flight cap; retry after `Retry-After` seconds",
         503: "A dependency failed; nothing was released",
     }
-    return {
+    declared: dict[int | str, dict[str, Any]] = {
         s: {"model": ProblemOut, "description": text[s], "content": {PROBLEM_JSON: {}}}
         for s in statuses
     }
+    if 429 in declared:
+        declared[429]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before trying again",
+            "schema": {"type": "integer", "minimum": 1}}}
+    return declared
 
 
-AUTHENTICATED = problems(401, 403, 422, 503)
+AUTHENTICATED = problems(401, 403, 422, 429, 503)
