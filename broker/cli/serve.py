@@ -25,6 +25,9 @@ def serve(
     from broker.app import create_app
 
     settings = Settings()
+    if demo and settings.oidc_issuer:
+        raise typer.BadParameter("the demo mints dev tokens, which are refused while "
+                                 "BROKER_OIDC_ISSUER is set", param_hint="--demo")
     if demo:
         threading.Thread(target=_welcome, args=(settings, host, port), daemon=True).start()
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
