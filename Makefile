@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install serve demo test lint unit bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/oidc/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# The OPA Go engine (decision cases, Rego unit tests); see DESIGN.md section 4.
 	$(BIN)/python -m pip install --quiet --ignore-requires-python "opa-golib-python-bindings==0.4.4"
+	# The OIDC provider the tests run on loopback (Node 20.19+); see tests/oidc_provider.py.
+	npm ci --prefix tests/oidc
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,4 +39,4 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/oidc/node_modules

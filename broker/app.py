@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from broker import __version__
 from broker.api import problems
-from broker.api.auth import TokenVerifier
+from broker.api.auth import BearerVerifier, TokenVerifier
 from broker.api.limits import PrincipalLimits, PrincipalMiddleware
 from broker.api.middleware import (
     BodyLimitMiddleware,
@@ -23,6 +23,7 @@ from broker.api.middleware import (
     RequestMetrics,
     UnexpectedErrorMiddleware,
 )
+from broker.api.oidc import OidcVerifier
 from broker.api.routes import (
     audit,
     contracts,
@@ -83,7 +84,7 @@ class Container:
     engine: Engine
     query_engine: DuckDBEngine
     policies: Policies
-    tokens: TokenVerifier
+    tokens: BearerVerifier
     orgs: OrgService
     indicators: IndicatorService
     datasets: DatasetService
@@ -122,14 +123,7 @@ def build_container(settings: Settings) -> Container:
         engine=engine,
         query_engine=query_engine,
         policies=policies,
-        tokens=TokenVerifier(
-            key=jwt_secret(settings),
-            algorithms=settings.jwt_algorithms,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            leeway=settings.jwt_leeway_seconds,
-            max_ttl=settings.jwt_max_ttl_seconds,
-        ),
+        tokens=make_token_verifier(settings),
         orgs=OrgService(uow, guard, clock, keyring, operator_org=settings.operator_org),
         indicators=IndicatorService(uow, guard, clock),
         datasets=DatasetService(
@@ -143,6 +137,25 @@ def build_container(settings: Settings) -> Container:
         audit=AuditService(uow, guard, checkpointer, signer.verifier,
                            DirectorySink(settings.checkpoints_path).notes),
         checkpointer=checkpointer,
+    )
+
+
+def make_token_verifier(settings: Settings) -> BearerVerifier:
+    """The OIDC provider's verifier when ``BROKER_OIDC_ISSUER`` is set (the dev secret is then
+    neither read nor made, so no HS256 token passes); else the dev HS256 one.
+
+    The provider is not contacted here: its discovery document and keys are fetched with the
+    first token, so the broker starts (and answers /healthz) while the provider is down, and
+    such a token gets a 503 problem until it is back."""
+    if settings.oidc_issuer:
+        return OidcVerifier.from_settings(settings)
+    return TokenVerifier(
+        key=jwt_secret(settings),
+        algorithms=settings.jwt_algorithms,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway=settings.jwt_leeway_seconds,
+        max_ttl=settings.jwt_max_ttl_seconds,
     )
 
 
@@ -170,6 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             container.query_engine.close()
             close_policy_engine(container.policies.engine)
             container.engine.dispose()
+            if isinstance(container.tokens, OidcVerifier):
+                container.tokens.close()
 
     app = FastAPI(
         title="Data-sharing broker",

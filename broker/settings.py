@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -35,6 +36,17 @@ class Settings(BaseSettings):
     rate_limit: str = "600/minute"
     #: Requests one principal may have in flight at once; over it, a 429 problem.
     max_concurrent_per_principal: int = Field(default=8, ge=1, le=1024)
+    #: The OIDC provider whose tokens the broker accepts (DESIGN.md section 8); with it set,
+    #: the dev HS256 secret is refused. ``https``, or ``http`` on loopback only.
+    oidc_issuer: str | None = Field(default=None, max_length=500)
+    #: The audience every OIDC token must name; required with ``oidc_issuer``.
+    oidc_audience: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Where the roles are in the token: a dotted path (Keycloak: ``realm_access.roles``).
+    oidc_roles_claim: str = Field(default="roles", pattern=r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+    #: Where the organisation id is in the token: a dotted path.
+    oidc_org_claim: str = Field(default="org", pattern=r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+    #: How long the provider's keys are used before they are fetched again.
+    oidc_jwks_cache_seconds: int = Field(default=300, ge=1, le=86_400)
     policy_engine: Literal["embedded", "opa"] = "embedded"
     policy_dir: Path = POLICY_DIR
     policy_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
@@ -83,6 +95,18 @@ class Settings(BaseSettings):
             raise ValueError("BROKER_POLICY_ENGINE=opa needs BROKER_OPA_URL")
         return self
 
+    @model_validator(mode="after")
+    def _oidc_is_pinned(self) -> Settings:
+        if self.oidc_issuer is None:
+            return self
+        problem = issuer_url_problem(self.oidc_issuer)
+        if problem:
+            raise ValueError(f"BROKER_OIDC_ISSUER: {problem}")
+        if not self.oidc_audience:
+            raise ValueError("BROKER_OIDC_ISSUER needs BROKER_OIDC_AUDIENCE (the audience is "
+                             "pinned)")
+        return self
+
     @property
     def db_url(self) -> str:
         """The database URL: the configured one, or SQLite in the data directory."""
@@ -117,3 +141,24 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Scratch space for uploads being checked."""
         return self.data_dir / "uploads"
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def issuer_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name an OIDC issuer (or its key set), or None: it must be ``https``,
+    or ``http`` on loopback only (a test provider), with a host and no query or fragment. Keys
+    fetched over plain HTTP from another host could be swapped by anyone on the path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("https", "http") or not host:
+        return "an http(s) URL with a host is needed"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "no query, fragment or credentials may be part of it"
+    if parts.scheme == "http" and host.lower() not in LOOPBACK_HOSTS:
+        return "http is accepted on loopback only (127.0.0.1, ::1, localhost); use https"
+    return None

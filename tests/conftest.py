@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from broker.api.auth import mint_token
 from broker.app import create_app
 from broker.settings import Settings
+from tests.oidc_provider import oidc_provider, other_oidc_provider  # noqa: F401  (fixtures)
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 # No timed assertions: Hypothesis's per-example deadline would make results depend on load.

@@ -1,10 +1,15 @@
-"""Bearer tokens: verification of incoming JWTs and minting of dev tokens."""
+"""Bearer tokens: verification of incoming JWTs and minting of dev tokens.
+
+Two verifiers answer ``verify(token) -> Principal``: ``TokenVerifier`` here, for the dev HS256
+secret of the embedded mode, and ``broker.api.oidc.OidcVerifier`` for an OIDC provider's
+tokens. The lifetime and claim rules below are shared by both.
+"""
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import jwt
 
@@ -14,6 +19,14 @@ from broker.domain.principals import Principal, Role
 
 MAX_TOKEN_BYTES = 8192
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
+
+
+@runtime_checkable
+class BearerVerifier(Protocol):
+    """Turns a bearer token into the principal it names, or raises Unauthenticated (or
+    Unavailable when a dependency of the check, such as the OIDC provider, cannot answer)."""
+
+    def verify(self, token: str) -> Principal: ...
 
 
 class TokenVerifier:
@@ -54,12 +67,8 @@ class TokenVerifier:
             raise Unauthenticated("The bearer token has expired.") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated("The bearer token is not valid.") from exc
-        self._check_lifetime(claims.get("iat"), claims.get("exp"))
-        sub, org, roles = claims.get("sub"), claims.get("org"), claims.get("roles")
-        if not isinstance(sub, str) or not 0 < len(sub) <= 256:
-            raise Unauthenticated("The token's 'sub' claim is not valid.")
-        if not isinstance(org, str) or not ORG_ID.fullmatch(org):
-            raise Unauthenticated("The token's 'org' claim is not valid.")
+        check_lifetime(claims, leeway=self.leeway, max_ttl=self.max_ttl)
+        sub, org, roles = subject_of(claims), org_of(claims.get("org")), claims.get("roles")
         if not isinstance(roles, list) or not roles:
             raise Unauthenticated("The token's 'roles' claim must be a non-empty list.")
         try:
@@ -69,27 +78,39 @@ class TokenVerifier:
         return Principal(iss=self.issuer, sub=sub, org=org, roles=parsed)
 
 
-    def _check_lifetime(self, iat: object, exp: object) -> None:
-        """``iat`` and ``exp`` are JSON numbers (not strings), ``iat`` not in the future, and
-        the token lives at most ``max_ttl`` seconds: a token for a hundred years, or with an
-        ``exp`` of 1e300, is refused however well it is signed."""
-        issued, expires = _seconds(iat), _seconds(exp)
-        if issued is None or expires is None:
-            raise Unauthenticated("The token's 'iat' and 'exp' claims must be numbers.")
-        if issued > time.time() + self.leeway:
-            raise Unauthenticated("The token was issued in the future.")
-        if expires - issued > self.max_ttl:
-            raise Unauthenticated(f"The token lives longer than {self.max_ttl} seconds.")
+def check_lifetime(claims: Mapping[str, Any], *, leeway: int, max_ttl: int) -> None:
+    """``iat`` and ``exp`` are integer JSON numbers (RFC 7519 allows fractions; the broker
+    does not, so a value never depends on float rounding), ``iat`` not in the future, and the
+    token lives at most ``max_ttl`` seconds: a token for a hundred years, or with an ``exp`` of
+    1e300, is refused however well it is signed."""
+    issued, expires = _seconds(claims.get("iat")), _seconds(claims.get("exp"))
+    if issued is None or expires is None:
+        raise Unauthenticated("The token's 'iat' and 'exp' claims must be integers.")
+    if issued > time.time() + leeway:
+        raise Unauthenticated("The token was issued in the future.")
+    if expires - issued > max_ttl:
+        raise Unauthenticated(f"The token lives longer than {max_ttl} seconds.")
 
 
-def _seconds(value: object) -> float | None:
-    """A NumericDate claim as seconds, or None unless it is a JSON number of a sane size (a
-    400-digit integer would not even convert to a float)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return float(value) if abs(value) < 2**53 else None
-    if isinstance(value, float) and math.isfinite(value):
+def subject_of(claims: Mapping[str, Any]) -> str:
+    """The token's ``sub``: a string of 1 to 256 characters."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not 0 < len(sub) <= 256:
+        raise Unauthenticated("The token's 'sub' claim is not valid.")
+    return sub
+
+
+def org_of(value: object) -> str:
+    """The organisation id a token names, checked against the broker's id pattern."""
+    if not isinstance(value, str) or not ORG_ID.fullmatch(value):
+        raise Unauthenticated("The token's 'org' claim is not valid.")
+    return value
+
+
+def _seconds(value: object) -> int | None:
+    """A NumericDate claim as whole seconds, or None unless it is an integer JSON number of a
+    sane size (not a float, not a bool, not a 400-digit integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
         return value
     return None
 

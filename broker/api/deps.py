@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from broker.api.auth import TokenVerifier
+from broker.api.auth import BearerVerifier
 from broker.api.uploads import UploadRules
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
@@ -41,13 +41,21 @@ def _from_container(name: str, kind: type[T]) -> Callable[[Request], T]:
     return get
 
 
+def _tokens(request: Request) -> BearerVerifier:
+    """The container's token verifier: the dev HS256 one, or the OIDC one."""
+    found = request.app.state.container.tokens
+    if not isinstance(found, BearerVerifier):
+        raise TypeError("container.tokens is not a BearerVerifier")
+    return found
+
+
 async def _readiness(request: Request) -> Callable[[], str]:
     ready: Callable[[], str] = request.app.state.container.ready
     return ready
 
 
 SettingsDep = Annotated[Settings, Depends(_from_container("settings", Settings))]
-TokensDep = Annotated[TokenVerifier, Depends(_from_container("tokens", TokenVerifier))]
+TokensDep = Annotated[BearerVerifier, Depends(_tokens)]
 #: Raises unless the database answers and the policy engine decides; returns the revision.
 ReadinessDep = Annotated[Callable[[], str], Depends(_readiness)]
 

@@ -30,19 +30,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.api.middleware import HttpMiddleware, send_problem
 from broker.domain.errors import BrokerError
-from broker.domain.principals import Principal, RequestContext
+from broker.domain.principals import RequestContext
 
 #: Threads for token verification, apart from the route handlers' pool.
 AUTH_THREADS = 8
 #: Operations endpoints: never limited, never authenticated.
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-class Verifier(Protocol):
-    """What checks a bearer token (``broker.api.auth`` or an OIDC verifier)."""
-
-    def verify(self, token: str) -> Principal:
-        """The principal a valid token names; raises BrokerError otherwise."""
 
 
 class RefusalRecorder(Protocol):

@@ -29,8 +29,10 @@ def demo(
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     workdir = Path(tempfile.mkdtemp(prefix="broker-demo-"))
-    # frequent checkpoints, so that the tampering shown at the end is pinned to a few entries
-    settings = Settings(data_dir=data_dir or workdir, checkpoint_every_seconds=0.2)
+    # frequent checkpoints, so that the tampering shown at the end is pinned to a few entries;
+    # embedded tokens even where BROKER_OIDC_ISSUER is set: the story mints its own actors'
+    settings = Settings(data_dir=data_dir or workdir, checkpoint_every_seconds=0.2,
+                        oidc_issuer=None)
     try:
         with serve_in_thread(create_app(settings)) as base, httpx.Client(
             base_url=base, timeout=120

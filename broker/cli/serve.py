@@ -9,11 +9,14 @@ from typing import Annotated
 import httpx
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 
 from broker.cli.token import minter
 from broker.demo.story import ACTORS, Broker, set_up
 from broker.settings import Settings
+
+EXIT_BAD_SETTINGS = 2
 
 
 def serve(
@@ -24,7 +27,15 @@ def serve(
     """Run the broker's HTTP API."""
     from broker.app import create_app
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # refused at start, said plainly (not a traceback)
+        for error in exc.errors():
+            typer.echo(f"error: {error['msg']}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from exc
+    if demo and settings.oidc_issuer:
+        raise typer.BadParameter("the demo mints dev tokens, which are refused while "
+                                 "BROKER_OIDC_ISSUER is set", param_hint="--demo")
     if demo:
         threading.Thread(target=_welcome, args=(settings, host, port), daemon=True).start()
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

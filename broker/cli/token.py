@@ -1,4 +1,4 @@
-"""``broker token``: mint a dev token with the broker's HS256 secret."""
+"""``broker token``: mint a dev token with the broker's HS256 secret (embedded mode only)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,20 @@ from broker.settings import Settings
 from broker.store.keys import jwt_secret
 
 
+class DevTokensRefused(ValueError):
+    """Dev tokens are refused: the broker takes its tokens from an OIDC provider."""
+
+
+EXIT_REFUSED = 1
+
+
 def minter(settings: Settings, ttl: int = 3600) -> Mint:
-    """A function that mints dev tokens of ``ttl`` seconds for this broker."""
+    """A function that mints dev tokens of ``ttl`` seconds for this broker; DevTokensRefused
+    when OIDC is configured (the broker would refuse them, and the secret must not be made)."""
+    if settings.oidc_issuer:
+        raise DevTokensRefused(
+            "BROKER_OIDC_ISSUER is set, so the broker accepts only that provider's tokens and "
+            "refuses dev (HS256) tokens; get a token from the provider instead")
     secret = jwt_secret(settings)
 
     def mint(sub: str, org: str, roles: list[str]) -> str:
@@ -30,14 +42,20 @@ def token(
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds, at most "
                                      "BROKER_JWT_MAX_TTL_SECONDS", min=1)] = 3600,
 ) -> None:
-    """Mint a dev token (HS256, the broker's secret) and print it alone on stdout."""
+    """Mint a dev token (HS256, the broker's secret) and print it alone on stdout; refused
+    when BROKER_OIDC_ISSUER is set."""
     settings = Settings()
+    try:
+        mint = minter(settings, ttl)
+    except DevTokensRefused as exc:
+        typer.echo(f"error: {exc} ({settings.oidc_issuer}).", err=True)
+        raise typer.Exit(EXIT_REFUSED) from exc
     if ttl > settings.jwt_max_ttl_seconds:
         raise typer.BadParameter(f"at most {settings.jwt_max_ttl_seconds} seconds "
                                  "(BROKER_JWT_MAX_TTL_SECONDS), or the broker refuses it",
                                  param_hint="--ttl")
     try:
-        value = minter(settings, ttl)(sub, org, role)
+        value = mint(sub, org, role)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     print(value)

@@ -41,6 +41,10 @@ def test_missing_token_is_401_problem_with_bearer_challenge(client: TestClient) 
         {"iat": int(time.time()) + 3600, "exp": int(time.time()) + 7200},  # issued later
         {"iat": None},
         {"exp": True},
+        # NumericDates are integers: fractions are refused (issue 18)
+        {"exp": float(int(time.time()) + 300)},
+        {"exp": int(time.time()) + 300.5},
+        {"iat": float(int(time.time()))},
     ],
 )
 def test_token_with_bad_claims_is_401(client: TestClient, settings: Settings,
@@ -96,7 +100,7 @@ def test_a_token_up_to_the_maximum_lifetime_is_accepted(world: World,
                                                         settings: Settings) -> None:
     client = world.client
     now = int(time.time())
-    for exp in (now + settings.jwt_max_ttl_seconds, float(now + 60)):
+    for exp in (now + settings.jwt_max_ttl_seconds, now + 60):
         token = jwt.encode(token_claims(settings, iat=now, exp=exp), SECRET, algorithm="HS256")
         assert client.get("/v1/datasets", headers=auth(token)).status_code == 200
     token = jwt.encode(token_claims(settings, iat=now, exp=now + settings.jwt_max_ttl_seconds

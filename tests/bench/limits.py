@@ -129,8 +129,9 @@ def main() -> None:
     county = generate_county()
     print(f"2. One client, {args.requests} contract listings, limits off then on")
     results = {}
-    for name, overrides in (("off", {}), ("on", {"rate_limit": "1000000/minute",
-                                                 "max_concurrent_per_principal": 8})):
+    modes: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("off", {}), ("on", {"rate_limit": "1000000/minute", "max_concurrent_per_principal": 8}))
+    for name, overrides in modes:
         with served_county(county, **overrides) as served:
             cheap_latencies(served, 20)  # warm-up
             results[name] = cheap_latencies(served, args.requests)
