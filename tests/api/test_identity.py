@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import Counter
 from pydantic import SecretStr
 
+from broker.api.deps import _readiness
 from broker.api.limits import PrincipalLimits, PrincipalMiddleware
+from broker.api.routes import health
 from broker.app import create_app
 from broker.domain.organisations import OrgKind
 from broker.domain.principals import Principal, Role, misfit_roles
@@ -271,3 +274,40 @@ def test_health_and_readiness_answer_with_every_worker_thread_taken(settings: Se
                         limiter.release_on_behalf_of(borrower)
 
     anyio.run(run)
+
+
+def test_a_busy_broker_stays_ready_and_a_hung_one_does_not(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(settings)
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def probe() -> str:
+        calls.append("probe")
+        if len(calls) > 1:
+            gate.wait(10)  # the database is slow to hand out a connection
+        return "rev-1"
+
+    async def readiness() -> Any:
+        return probe
+
+    app.dependency_overrides[_readiness] = readiness
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                first = await client.get("/readyz")
+                assert first.json() == {"status": "ready", "policy_revision": "rev-1"}
+                with anyio.fail_after(3):  # answered from the last probe, not waited for
+                    slow = await client.get("/readyz")
+                assert slow.json() == {"status": "ready", "policy_revision": "rev-1"}
+                monkeypatch.setattr(health, "READY_GRACE", 0.0)  # now it has hung too long
+                with anyio.fail_after(3):
+                    hung = await client.get("/readyz")
+                assert_problem(hung, 503, "unavailable")
+                gate.set()
+
+    anyio.run(run)
+    assert len(calls) == 2  # requests during a probe share it

@@ -4,13 +4,15 @@ Run: .venv/bin/python -m tests.bench.limits [--requests 300] [--load-seconds 20]
 
 Three figures, each measured in this run against its own baseline:
 
-1. The limiter alone: ``PrincipalLimits.acquire`` + ``release`` per request, for one busy
-   principal and for 10,000 principals in turn, as calls per second (the rate it sustains on
-   one core) and microseconds per call.
-2. Its cost over HTTP: one client sends the same cheap authenticated request (the contracts
-   list: token, admission, policy decision, a database read) to a broker with the limits off
-   and then to one with them on (a rate it never reaches and a cap it never hits, so every
-   request does the limiter's full work); p50 and p99 of each and the p50 difference.
+1. The limiter alone: ``PrincipalLimits.acquire`` + ``release`` per admitted request at the
+   default rate (600/minute) over 10,000 principals in turn, and per refused request of a
+   principal at its limit, as requests per second (what it sustains on one core) and
+   microseconds per request.
+2. Its cost over HTTP: two brokers serve the same county, one with the limits off and one with
+   them on (a rate it never reaches and a cap it never hits, so every request does the
+   limiter's full work); one client sends the same cheap authenticated request (the contracts
+   list: token, admission, policy decision, a database read) to each in turn, so both see
+   the same machine load; p50 and p99 of each and the p50 difference.
 3. ``/healthz`` and ``/readyz`` while ``--clients`` analysts (each a principal of its own)
    keep aggregate queries in flight for ``--load-seconds``: p50, p99 and max latency of probes
    sent every 50 ms, against the same probes with no load.
@@ -35,9 +37,10 @@ from broker.demo.county import generate_county
 from tests.bench.http import Served, _percentile, body, draw_queries, served_county
 
 
-def limiter_rate(calls: int, principals: int) -> float:
-    """Seconds per acquire + release over ``calls`` calls spread over ``principals`` keys."""
-    limits = PrincipalLimits("1000000/minute;10000000/hour", 8)
+def admitted_rate(calls: int, principals: int) -> float:
+    """Seconds per acquire + release at the default rate, ``calls`` spread over
+    ``principals`` keys (each stays under its limit)."""
+    limits = PrincipalLimits("600/minute", 8)
     keys = [f"https://idp.example\nuser-{i}" for i in range(principals)]
     t = time.perf_counter()
     for i in range(calls):
@@ -48,14 +51,24 @@ def limiter_rate(calls: int, principals: int) -> float:
     return (time.perf_counter() - t) / calls
 
 
-def cheap_latencies(served: Served, requests: int) -> list[float]:
-    """Latencies of ``requests`` sequential contract listings by the bureau."""
-    out = []
-    for _ in range(requests):
-        t = time.perf_counter()
-        served.client.get("/v1/contracts", headers=served.headers).raise_for_status()
-        out.append(time.perf_counter() - t)
-    return out
+def refused_rate(calls: int) -> float:
+    """Seconds per refused acquire of one principal at its limit."""
+    limits = PrincipalLimits("600/minute", 8)
+    for _ in range(600):
+        limits.acquire("busy")
+        limits.release("busy")
+    t = time.perf_counter()
+    for _ in range(calls):
+        if limits.acquire("busy") is None:
+            raise RuntimeError("the limit did not hold")
+    return (time.perf_counter() - t) / calls
+
+
+def cheap_latency(served: Served) -> float:
+    """Seconds for one contract listing by the bureau."""
+    t = time.perf_counter()
+    served.client.get("/v1/contracts", headers=served.headers).raise_for_status()
+    return time.perf_counter() - t
 
 
 def probe(base: str, seconds: float, path: str) -> list[float]:
@@ -120,24 +133,30 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
 
-    print("1. The limiter alone (acquire + release, moving window, one core)")
-    for principals in (1, 10_000):
-        per = limiter_rate(200_000, principals)
-        print(f"   {principals:>6} principal(s): {per * 1e6:6.2f} us per request, "
-              f"{1 / per:,.0f} requests/s")
+    print("1. The limiter alone (moving window, 600/minute, one core)")
+    per = admitted_rate(200_000, 10_000)
+    print(f"   admitted (10,000 principals): {per * 1e6:6.2f} us per request, "
+          f"{1 / per:,.0f} requests/s")
+    per = refused_rate(50_000)
+    print(f"   refused (one at its limit)  : {per * 1e6:6.2f} us per request, "
+          f"{1 / per:,.0f} requests/s")
 
     county = generate_county()
-    print(f"2. One client, {args.requests} contract listings, limits off then on")
-    results = {}
-    modes: tuple[tuple[str, dict[str, Any]], ...] = (
-        ("off", {}), ("on", {"rate_limit": "1000000/minute", "max_concurrent_per_principal": 8}))
-    for name, overrides in modes:
-        with served_county(county, **overrides) as served:
-            cheap_latencies(served, 20)  # warm-up
-            results[name] = cheap_latencies(served, args.requests)
+    print(f"2. One client, {args.requests} contract listings to each broker, taking turns")
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    on: dict[str, Any] = {"rate_limit": "1000000/minute", "max_concurrent_per_principal": 8}
+    with served_county(county) as off_served, served_county(county, **on) as on_served:
+        pair = {"off": off_served, "on": on_served}
+        for i in range(args.requests + 20):
+            for name in (("off", "on") if i % 2 else ("on", "off")):
+                took = cheap_latency(pair[name])
+                if i >= 20:  # after the warm-up
+                    results[name].append(took)
+    for name in ("off", "on"):
         print(f"   limits {name:3}: {_ms(results[name])}")
     delta = statistics.median(results["on"]) - statistics.median(results["off"])
-    print(f"   p50 added by the limits: {delta * 1e3:+.3f} ms")
+    print(f"   p50 added by the limits: {delta * 1e3:+.3f} ms "
+          f"(ratio {statistics.median(results['on']) / statistics.median(results['off']):.3f}x)")
 
     print(f"3. /healthz and /readyz, idle and under {args.clients} concurrent aggregates")
     with served_county(county) as served:

@@ -1,14 +1,20 @@
 """Liveness, readiness and metrics (no authentication).
 
 All three are answered on the event loop, never in the route handlers' thread pool, so a
-flood of slow requests cannot keep an orchestrator from learning that the broker is alive.
-Readiness probes the database and the policy engine on a thread of their own, one probe at a
-time, and answers 503 if the probe does not finish within ``READY_TIMEOUT`` seconds.
+flood of slow requests cannot keep an orchestrator from learning how the broker is.
+
+Readiness probes the database and the policy engine on a thread of its own, one probe at a
+time, and waits at most ``READY_TIMEOUT`` seconds for it. A busy broker is still ready: when
+the probe is slower than that (it queues for a database connection behind the requests in
+flight), the answer is the last finished probe's, if that one is at most ``READY_GRACE``
+seconds old. A failed probe, or none finished for that long (a dependency that hangs), is a
+503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,22 +27,38 @@ from broker.api.problems import problem
 
 router = APIRouter(tags=["operations"])
 
-#: Seconds a readiness probe may take before the broker is reported not ready.
+#: Seconds a readiness request waits for its probe.
 READY_TIMEOUT = 0.8
+#: Seconds a finished probe's answer stands for one that has not finished yet.
+READY_GRACE = 10.0
 _PROBES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")
 
 
 class _Probe:
-    """The probe under way in one app, shared by every readiness request that arrives while
-    it runs (so a slow database does not pile up probes)."""
+    """The probes of one app: the one under way, shared by every readiness request that
+    arrives while it runs (so a slow database does not pile up probes), and the last one
+    that finished."""
 
     def __init__(self) -> None:
         self.running: asyncio.Future[str] | None = None
+        self.last: tuple[float, str | None] | None = None  # (when, revision or None: failed)
 
     def start(self, ready: Callable[[], str]) -> asyncio.Future[str]:
+        """The probe under way, started now if none is."""
         if self.running is None or self.running.done():
             self.running = asyncio.get_running_loop().run_in_executor(_PROBES, ready)
+            self.running.add_done_callback(self._finished)
         return self.running
+
+    def _finished(self, future: asyncio.Future[str]) -> None:
+        ok = not future.cancelled() and future.exception() is None
+        self.last = (time.monotonic(), future.result() if ok else None)
+
+    def recent(self) -> str | None:
+        """The revision of the last probe if it succeeded within the grace period."""
+        if self.last is None or time.monotonic() - self.last[0] > READY_GRACE:
+            return None
+        return self.last[1]
 
 
 @router.get("/healthz")
@@ -51,13 +73,16 @@ async def readyz(request: Request, ready: ReadinessDep) -> dict[str, str] | JSON
     state = request.app.state
     if not isinstance(getattr(state, "ready_probe", None), _Probe):
         state.ready_probe = _Probe()
+    probe: _Probe = state.ready_probe
     try:
-        revision = await asyncio.wait_for(asyncio.shield(state.ready_probe.start(ready)),
-                                          READY_TIMEOUT)
+        revision = await asyncio.wait_for(asyncio.shield(probe.start(ready)), READY_TIMEOUT)
     except TimeoutError:
+        recent = probe.recent()
+        if recent is not None:
+            return {"status": "ready", "policy_revision": recent}
         return problem(request, 503, "unavailable", "Service unavailable",
-                       f"The broker did not answer its readiness probe within "
-                       f"{READY_TIMEOUT} s.")
+                       f"The broker's readiness probe failed or has not finished within "
+                       f"{READY_GRACE:g} s.")
     except Exception:
         return problem(request, 503, "unavailable", "Service unavailable",
                        "The broker is not ready.")
