@@ -24,6 +24,10 @@ from broker.policy.cache import CachedPolicyEngine
 
 log = logging.getLogger("broker.api")
 
+#: Methods that get a metrics label of their own; any other is counted as ``OTHER``, or a
+#: client inventing methods would add label series without end.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class HttpMiddleware(ABC):
     """A pure ASGI middleware that handles HTTP requests and passes every other scope
@@ -225,5 +229,6 @@ class MetricsMiddleware(HttpMiddleware):
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = Request(scope).method
+            method = method if method in KNOWN_METHODS else "OTHER"  # the client picks it
             self.metrics.requests.labels(method, template, str(status["code"])).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

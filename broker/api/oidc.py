@@ -278,7 +278,7 @@ def _header(token: str) -> dict[str, Any]:
     head = token.split(".", 1)[0]
     try:
         header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # a header of 3,000 '[' recurses
         raise Unauthenticated("The bearer token is not valid.") from exc
     if not isinstance(header, dict):
         raise Unauthenticated("The bearer token is not valid.")

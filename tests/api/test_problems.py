@@ -56,6 +56,14 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert "broker_requests_total" in client.get("/metrics").text
 
 
+def test_invented_methods_share_one_metrics_label(client: TestClient) -> None:
+    for i in range(3):
+        assert_problem(client.request(f"INVENTED{i}", "/healthz"), 405, "method-not-allowed")
+    text = client.get("/metrics").text
+    assert "INVENTED" not in text
+    assert 'method="OTHER",route="/healthz",status="405"} 3.0' in text
+
+
 def test_every_response_carries_a_request_id(client: TestClient) -> None:
     r = client.get("/healthz")
     assert len(r.headers["x-request-id"]) == 36

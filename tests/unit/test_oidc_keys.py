@@ -95,6 +95,16 @@ def test_an_hmac_token_naming_a_symmetric_key_of_the_set_is_refused() -> None:
     assert provider.served == 0  # refused before any fetch
 
 
+def test_a_deeply_nested_header_is_refused_as_invalid_not_an_internal_error() -> None:
+    provider = Provider({"keys": [public_jwk(ED, "EdDSA", kid="ed")]})
+    verifier = OidcVerifier(issuer=ISSUER, audience="broker",
+                            http=httpx.Client(transport=httpx.MockTransport(provider)))
+    head = jwt.utils.base64url_encode(b"[" * 3000 + b"]" * 3000).decode()
+    with pytest.raises(Unauthenticated, match="not valid"):
+        verifier.verify(f"{head}.e30.c2ln")
+    assert provider.served == 0
+
+
 def test_concurrent_requests_with_a_new_kid_cause_one_fetch() -> None:
     provider = Provider({"keys": [public_jwk(ED, "EdDSA", kid="ed")]}, delay=0.2)
     verifier = OidcVerifier(issuer=ISSUER, audience="broker",
