@@ -34,6 +34,7 @@ from broker.api.routes import (
     queries,
     slices,
 )
+from broker.api.routes.health import ReadyProbe
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
 from broker.policy.bundle import PolicySources
@@ -172,13 +173,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container = build_container(settings)
+        container.orgs.check_operator()
         app.state.container = container
+        app.state.ready_probe = ReadyProbe()
         if isinstance(container.policies.engine, CachedPolicyEngine):
             app.state.metrics.watch_policy_cache(container.policies.engine)
         container.checkpointer.start()
         try:
             yield
         finally:
+            app.state.ready_probe.close()
             container.checkpointer.stop()
             container.query_engine.close()
             close_policy_engine(container.policies.engine)
@@ -198,7 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(PrincipalMiddleware, refused=app.state.metrics.limited,
                        limits=PrincipalLimits(settings.rate_limit,
-                                              settings.max_concurrent_per_principal))
+                                              settings.max_concurrent_per_principal,
+                                              settings.max_concurrent_per_org))
     app.add_middleware(UnexpectedErrorMiddleware)  # nothing re-raises past it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, body_limit=settings.max_body_bytes,

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     rate_limit: str = "600/minute"
     #: Requests one principal may have in flight at once; over it, a 429 problem.
     max_concurrent_per_principal: int = Field(default=8, ge=1, le=1024)
+    #: Requests the principals of one organisation may have in flight at once (the route
+    #: handlers' pool has 40 threads: keep this well under it).
+    max_concurrent_per_org: int = Field(default=16, ge=1, le=4096)
     #: The OIDC provider whose tokens the broker accepts (DESIGN.md section 8); with it set,
     #: the dev HS256 secret is refused. ``https``, or ``http`` on loopback only.
     oidc_issuer: str | None = Field(default=None, max_length=500)

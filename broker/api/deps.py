@@ -12,7 +12,6 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from broker.api.auth import BearerVerifier
 from broker.api.uploads import UploadRules
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
@@ -41,21 +40,12 @@ def _from_container(name: str, kind: type[T]) -> Callable[[Request], T]:
     return get
 
 
-def _tokens(request: Request) -> BearerVerifier:
-    """The container's token verifier: the dev HS256 one, or the OIDC one."""
-    found = request.app.state.container.tokens
-    if not isinstance(found, BearerVerifier):
-        raise TypeError("container.tokens is not a BearerVerifier")
-    return found
-
-
 async def _readiness(request: Request) -> Callable[[], str]:
     ready: Callable[[], str] = request.app.state.container.ready
     return ready
 
 
 SettingsDep = Annotated[Settings, Depends(_from_container("settings", Settings))]
-TokensDep = Annotated[BearerVerifier, Depends(_tokens)]
 #: Raises unless the database answers and the policy engine decides; returns the revision.
 ReadinessDep = Annotated[Callable[[], str], Depends(_readiness)]
 
@@ -64,20 +54,16 @@ bearer = HTTPBearer(auto_error=False, description="JWT issued by the broker or t
 
 def get_principal(
     request: Request,
-    tokens: TokensDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The authenticated caller; 401 problem when the token is missing or invalid. The
     token was verified by ``broker.api.limits.PrincipalMiddleware`` when it ran."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("A bearer token is required.")
-    error = getattr(request.state, "auth_error", None)
-    if error is not None:
-        raise error
     principal = getattr(request.state, "principal", None)
-    if isinstance(principal, Principal):
-        return principal
-    return tokens.verify(credentials.credentials)
+    if not isinstance(principal, Principal):  # the middleware did not vouch for it: refuse
+        raise Unauthenticated("The bearer token was not verified.")
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

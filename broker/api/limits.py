@@ -1,17 +1,23 @@
 """Who is asking, before any worker thread is spent on it: bearer tokens verified at the ASGI
-level, then a per-principal rate limit and a cap on requests in flight.
+level, then per-principal limits.
 
 A principal is a token's ``iss`` and ``sub`` (DESIGN.md section 8). Over the rate limit
-(``BROKER_RATE_LIMIT``) or the cap (``BROKER_MAX_CONCURRENT_PER_PRINCIPAL``) a request is a 429
-problem with ``Retry-After`` and never reaches a route, so a flood from one principal (denied
-requests included, each of which would write an audit entry) cannot take the worker threads
-from everyone else. The first refusal of each principal in each window is audited; the rest
-are counted in the metrics, so a flood is on the record without flooding the record.
+(``BROKER_RATE_LIMIT``), with ``BROKER_MAX_CONCURRENT_PER_PRINCIPAL`` of its requests already in
+flight, or with ``BROKER_MAX_CONCURRENT_PER_ORG`` of its organisation's, a request is a 429
+problem with ``Retry-After`` and never reaches a route, so a flood from one principal or one
+organisation (denied requests included, each of which would write an audit entry) cannot take
+the worker threads from everyone else. The first refusal of each principal in each window is
+audited; the rest are counted in the metrics, so a flood is on the record without flooding the
+record.
 
 The token is verified off the event loop, on threads of its own (an OIDC verifier may fetch
-keys), so that health checks and other principals' requests are never queued behind it. The
-verified principal, or the reason the token is not valid, rides on the request's state for
-``broker.api.deps.get_principal``: a token is verified once per request.
+keys), so that health checks and other principals' requests are never queued behind it. A
+token that does not verify is answered here (401, or 503 when the identity provider cannot be
+reached) without reaching a route, and counts against the rate of the client's address; past
+that rate, the address's requests without a valid token are 429 (a valid token from the same
+address, behind the same proxy, is still served).
+The verified principal rides on the request's state for ``broker.api.deps.get_principal``: a
+token is verified once per request.
 """
 
 from __future__ import annotations
@@ -19,35 +25,32 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.middleware import HttpMiddleware, send_problem
-from broker.domain.errors import BrokerError
-from broker.domain.principals import RequestContext
+from broker.api.problems import status_of
+from broker.domain.errors import BrokerError, Unauthenticated
+from broker.domain.ports import RefusalRecorder
+from broker.domain.principals import Principal, RequestContext
 
 #: Threads for token verification, apart from the route handlers' pool.
 AUTH_THREADS = 8
+#: Threads for the audit entries of refusals, apart from both.
+AUDIT_THREADS = 2
 #: Operations endpoints: never limited, never authenticated.
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-class RefusalRecorder(Protocol):
-    """Where a refusal goes on the audit record."""
-
-    def record_refusal(self, ctx: RequestContext, action: str, reasons: tuple[str, ...]) -> None:
-        """Append and commit a denied entry for ``ctx``."""
-
-
 @dataclass(slots=True)
 class PrincipalLimits:
-    """The rate limit and the in-flight cap, per principal, in this process.
+    """The rate limit and the in-flight caps (per principal and per organisation), in this
+    process.
 
     Counted in memory: with several worker processes each enforces the limit on its own share
     of the traffic.
@@ -55,6 +58,7 @@ class PrincipalLimits:
 
     rate: str
     max_concurrent: int
+    max_concurrent_org: int = 1024
     _items: list[RateLimitItem] = field(init=False)
     _limiter: MovingWindowRateLimiter = field(init=False)
     _in_flight: dict[str, int] = field(default_factory=dict, init=False)
@@ -64,28 +68,43 @@ class PrincipalLimits:
         self._items = parse_many(self.rate) if self.rate.strip() else []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
-    def acquire(self, key: str) -> tuple[str, int] | None:
-        """Take a slot for one request of ``key``; None if taken, else the reason and the
-        seconds to wait. A refused request takes no slot (it does not count against the
-        rate either, so waiting as told always works)."""
-        if self._in_flight.get(key, 0) >= self.max_concurrent:
+    def acquire(self, key: str, org: str = "") -> tuple[str, int] | None:
+        """Take a slot for one request of principal ``key`` of organisation ``org``; None if
+        taken, else the reason and the seconds to wait. A refused request takes no slot (it
+        does not count against the rate either, so waiting as told always works)."""
+        org_key = f"org\n{org}"
+        if (self._in_flight.get(key, 0) >= self.max_concurrent
+                or self._in_flight.get(org_key, 0) >= self.max_concurrent_org):
             return "too-many-concurrent-requests", 1
+        refused = self.over_rate(key)
+        if refused is not None:
+            return refused
+        self.count(key)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        self._in_flight[org_key] = self._in_flight.get(org_key, 0) + 1
+        return None
+
+    def release(self, key: str, org: str = "") -> None:
+        """Give back the slot ``acquire`` took."""
+        for held in (key, f"org\n{org}"):
+            left = self._in_flight.get(held, 0) - 1
+            if left > 0:
+                self._in_flight[held] = left
+            else:
+                self._in_flight.pop(held, None)
+
+    def over_rate(self, key: str) -> tuple[str, int] | None:
+        """("rate-limited", seconds to wait) if ``key`` is at its rate, else None."""
         for item in self._items:
             if not self._limiter.test(item, key):
                 reset = self._limiter.get_window_stats(item, key).reset_time
                 return "rate-limited", max(1, math.ceil(reset - time.time()))
-        for item in self._items:
-            self._limiter.hit(item, key)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
         return None
 
-    def release(self, key: str) -> None:
-        """Give back the slot ``acquire`` took."""
-        left = self._in_flight.get(key, 0) - 1
-        if left > 0:
-            self._in_flight[key] = left
-        else:
-            self._in_flight.pop(key, None)
+    def count(self, key: str) -> None:
+        """Count one request of ``key`` against its rate."""
+        for item in self._items:
+            self._limiter.hit(item, key)
 
     def should_audit(self, key: str) -> bool:
         """Whether this refusal of ``key`` is its first in the longest window (the others are
@@ -109,42 +128,87 @@ class PrincipalMiddleware(HttpMiddleware):
         self.limits = limits
         self.refused = refused
         self._auth = anyio.CapacityLimiter(AUTH_THREADS)
+        self._audit = anyio.CapacityLimiter(AUDIT_THREADS)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Verify, count, pass on; or answer 429 at once."""
-        token = None if scope.get("path") in EXEMPT else _bearer(scope)
+        """Verify, count, pass on; or answer 401, 429 or 503 at once."""
         container = getattr(scope["app"].state, "container", None)
-        if token is None or container is None:
+        if scope.get("path") in EXEMPT or container is None:
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
+        address = f"addr\n{(scope.get('client') or ('-',))[0]}"
+        token = _bearer(scope)
+        if token is None:  # the route answers 401 (or serves a public page)
+            await self._without_token(scope, receive, send, address)
+            return
         try:
             principal = await anyio.to_thread.run_sync(container.tokens.verify, token,
                                                        limiter=self._auth)
-        except BrokerError as exc:
-            state["auth_error"] = exc  # the route answers it, as a 401 problem
-            await self.app(scope, receive, send)
+        except Exception as exc:  # whatever went wrong, the caller is not authenticated
+            over = self.limits.over_rate(address)
+            if over is not None:
+                await self._too_many(scope, send, over, None, None)
+                return
+            self.limits.count(address)
+            error = exc if isinstance(exc, BrokerError) else Unauthenticated(
+                "The bearer token is not valid.")
+            await _send_error(scope, send, error)
             return
+        state = scope.setdefault("state", {})
         state["principal"] = principal
         key = f"{principal.iss}\n{principal.sub}"
-        refusal = self.limits.acquire(key)
-        if refusal is None:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.limits.release(key)
+        refusal = self.limits.acquire(key, principal.org)
+        if refusal is not None:
+            await self._too_many(scope, send, refusal, principal, container)
             return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limits.release(key, principal.org)
+
+    async def _without_token(self, scope: Scope, receive: Receive, send: Send,
+                             address: str) -> None:
+        """A request with no bearer token: limited by its address once its 401s pass the
+        rate."""
+        over = self.limits.over_rate(address)
+        if over is not None:
+            await self._too_many(scope, send, over, None, None)
+            return
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.limits.count(address)
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+    async def _too_many(self, scope: Scope, send: Send, refusal: tuple[str, int],
+                        principal: Principal | None, container: object) -> None:
+        """The 429, and for a principal's first refusal in the window, its audit entry."""
         reason, wait = refusal
         self.refused.labels(reason).inc()
-        if self.limits.should_audit(key):
-            ctx = RequestContext(principal=principal, request_id=state.get("request_id", "-"))
-            await anyio.to_thread.run_sync(container.audit.record_refusal, ctx, "request.limit",
-                                           (reason,), limiter=self._auth)
-        detail = ("Too many requests in flight for this principal." if reason.startswith("too")
-                  else "This principal has made more requests than the rate limit allows.")
+        recorder = getattr(container, "audit", None)
+        if (principal is not None and isinstance(recorder, RefusalRecorder)
+                and self.limits.should_audit(f"{principal.iss}\n{principal.sub}")):
+            ctx = RequestContext(principal=principal,
+                                 request_id=scope.get("state", {}).get("request_id", "-"))
+            await anyio.to_thread.run_sync(recorder.record_refusal, ctx, "request.limit",
+                                           (reason,), limiter=self._audit)
+        who = "this principal" if principal is not None else "this address without a valid token"
+        detail = (f"Too many requests in flight for {who} or its organisation."
+                  if reason.startswith("too")
+                  else f"More requests from {who} than the rate limit allows.")
         await send_problem(scope, send, 429, reason, "Too many requests",
                            f"{detail} Try again in {wait} s; nothing was done.",
                            headers=[(b"retry-after", str(wait).encode())])
+
+
+async def _send_error(scope: Scope, send: Send, error: BrokerError) -> None:
+    """A token that did not verify, answered as the routes answer it."""
+    status = status_of(error)
+    headers = [(b"www-authenticate", b'Bearer realm="broker"')] if status == 401 else []
+    await send_problem(scope, send, status, error.slug, error.title, error.detail,
+                       headers=headers)
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -54,6 +55,8 @@ KEY_ALGORITHMS: Mapping[tuple[str, str | None], str] = {
     ("OKP", "Ed25519"): "EdDSA",
 }
 ALLOWED_ALGORITHMS = frozenset(KEY_ALGORITHMS.values())
+#: JOSE ``typ`` headers of access tokens (RFC 9068; plain ``JWT`` as most providers send).
+ACCESS_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 #: A discovery document or key set larger than this is refused (real ones are a few KiB).
 MAX_DOCUMENT_BYTES = 512 * 1024
 WELL_KNOWN = "/.well-known/openid-configuration"
@@ -153,7 +156,7 @@ class JwksCache:
             if self._jwks_uri is None:
                 self._jwks_uri = self._discover()
             keys = signing_keys(self._get_json(self._jwks_uri))
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             self._jwks_uri = None  # discover again next time: the provider may have moved it
             self._failure = _describe(exc)
             raise Unavailable(f"The identity provider is unavailable: {self._failure}.") from exc
@@ -167,6 +170,8 @@ class JwksCache:
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or issuer_url_problem(jwks_uri):
             raise ValueError("its discovery document has no usable jwks_uri")
+        if urlsplit(jwks_uri).scheme != urlsplit(self.issuer).scheme:
+            raise ValueError("its jwks_uri is not on the issuer's scheme")
         return jwks_uri
 
     def _get_json(self, url: str) -> Any:
@@ -234,6 +239,9 @@ class OidcVerifier:
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALLOWED_ALGORITHMS:
             raise Unauthenticated("The bearer token's algorithm is not accepted.")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCESS_TYPES):
+            raise Unauthenticated("The bearer token is not an access token ('typ').")
         if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise Unauthenticated("The bearer token names no key ('kid').")
         key = self.keys.key(kid)
@@ -252,6 +260,10 @@ class OidcVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthenticated("The bearer token is not valid.") from exc
         check_lifetime(claims, leeway=self.leeway, max_ttl=self.max_ttl)
+        kind = claims.get("typ")  # Keycloak's own: "Bearer" for access tokens, "ID", "Refresh"
+        if kind is not None and (not isinstance(kind, str) or kind.lower() != "bearer"):
+            raise Unauthenticated("The bearer token is not an access token (an ID or refresh "
+                                  "token cannot call the API).")
         sub, org = subject_of(claims), org_of(_claim(claims, self.org_path))
         return Principal(iss=self.issuer, sub=sub, org=org,
                          roles=self._roles(_claim(claims, self.roles_path)))

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from pyroaring import BitMap
 
@@ -21,6 +21,7 @@ from broker.domain.datasets import Dataset, DatasetVersion
 from broker.domain.indicators import Indicator
 from broker.domain.ledger import Form, FormEntry, LedgerEntry
 from broker.domain.organisations import Organisation
+from broker.domain.principals import RequestContext
 from broker.domain.queries import Receipt
 from broker.domain.slices import Slice
 from contracts.model import Contract
@@ -56,6 +57,14 @@ class StoredCheckpoint:
     root: str
     ts: str
     note: str
+
+
+@runtime_checkable
+class RefusalRecorder(Protocol):
+    """Where a refusal made before any use case ran (a rate limit) goes on the record."""
+
+    def record_refusal(self, ctx: RequestContext, action: str, reasons: tuple[str, ...]) -> None:
+        """Append and commit a denied entry for ``ctx``."""
 
 
 class OrgRepository(Protocol):

@@ -27,7 +27,17 @@ class OrgService:
     operator_org: str = "broker-ops"
     #: Kinds of registered organisations, read once each: an organisation's kind never
     #: changes and organisations are never removed, so a cached kind is never stale.
-    _kinds: dict[str, OrgKind] = field(default_factory=dict, repr=False)
+    _kinds: dict[str, OrgKind] = field(default_factory=dict, repr=False, init=False)
+
+    def check_operator(self) -> None:
+        """Refuse to start when the operator organisation's id is a registered organisation's
+        (a database from before the setting changed): its members' roles would not mean what
+        its registration says."""
+        with self.uow(read_only=True) as uow:
+            if uow.orgs.get(self.operator_org) is not None:
+                raise RuntimeError(
+                    f"BROKER_OPERATOR_ORG is '{self.operator_org}', which is a registered "
+                    "organisation here; choose another id for the operator.")
 
     def admit(self, ctx: RequestContext) -> None:
         """Refuse a token whose roles do not fit its organisation (DESIGN.md section 8):

@@ -165,10 +165,30 @@ def test_rate_limit_setting_is_checked_at_load(tmp_path: Path) -> None:
         Settings(data_dir=tmp_path, rate_limit="lots per fortnight")
 
 
-def test_an_invalid_token_is_still_a_401_not_a_429(limited: TestClient) -> None:
-    for _ in range(8):
-        assert_problem(limited.get("/v1/orgs", headers=auth("not.a.token")), 401,
-                       "unauthenticated")
+def test_invalid_tokens_are_401_until_their_address_passes_the_rate(
+    limited: TestClient, mint: Mint
+) -> None:
+    for i in range(5):
+        r = limited.get("/v1/orgs", headers=auth(f"not.a.token{i}"))
+        assert_problem(r, 401, "unauthenticated")
+        assert r.headers["www-authenticate"] == 'Bearer realm="broker"'
+    for path in ("/v1/orgs", "/v1/datasets"):
+        r = limited.get(path, headers=auth("not.a.token"))
+        assert_problem(r, 429, "rate-limited")
+        assert int(r.headers["retry-after"]) >= 1
+        assert_problem(limited.get(path), 429, "rate-limited")  # no token: same address
+    # A valid token from the same address (the same proxy) is still served.
+    assert limited.get("/v1/orgs", headers=auth(mint("broker-ops", "admin"))).status_code == 200
+    assert limited.get("/healthz").status_code == 200
+
+
+def test_a_verifier_that_breaks_is_a_401_not_a_500(client: TestClient) -> None:
+    class Broken:
+        def verify(self, token: str) -> Principal:
+            raise RecursionError(token[:3])
+
+    object.__setattr__(client.app.state.container, "tokens", Broken())  # type: ignore[attr-defined]
+    assert_problem(client.get("/v1/orgs", headers=auth("x.y.z")), 401, "unauthenticated")
 
 
 # -- the in-flight cap, driven through the real middleware -------------------------------------
@@ -188,7 +208,7 @@ class _Audit:
 
     def record_refusal(self, ctx: Any, action: str, reasons: tuple[str, ...]) -> None:
         self.recorded.append((action, reasons))
-        assert ctx.principal.sub == "alice"
+        assert ctx.principal.sub in {"alice", "carol"}
 
 
 def test_a_principal_gets_at_most_its_cap_in_flight_and_others_are_unaffected() -> None:
@@ -207,7 +227,7 @@ def test_a_principal_gets_at_most_its_cap_in_flight_and_others_are_unaffected() 
 
     from prometheus_client import CollectorRegistry
     refused = Counter("limited", "x", ["reason"], registry=CollectorRegistry())
-    middleware = PrincipalMiddleware(slow_app, limits=PrincipalLimits("", 2), refused=refused)
+    middleware = PrincipalMiddleware(slow_app, limits=PrincipalLimits("", 2, 3), refused=refused)
 
     async def call(sub: str) -> tuple[int, dict[str, str]]:
         sent: list[dict[str, Any]] = []
@@ -237,15 +257,19 @@ def test_a_principal_gets_at_most_its_cap_in_flight_and_others_are_unaffected() 
             third = await call("alice")
             assert third[0] == 429
             assert third[1]["retry-after"] == "1"
-            tg.start_soon(one, "bob")
+            tg.start_soon(one, "bob")  # the organisation's third slot
             await anyio.sleep(0.2)
+            fourth = await call("carol")  # same organisation: its cap of 3 is reached
+            assert fourth[0] == 429
             release.set()
         return results
 
     results = anyio.run(run)
     assert sorted(status for status, _ in results) == [200, 200, 200]
+    assert anyio.run(call, "alice")[0] == 200  # the slots came back
     audit = App.state.container.audit
-    assert audit.recorded == [("request.limit", ("too-many-concurrent-requests",))]
+    assert audit.recorded == [("request.limit", ("too-many-concurrent-requests",)),
+                              ("request.limit", ("too-many-concurrent-requests",))]
 
 
 # -- health outside the worker pool ------------------------------------------------------------

@@ -447,3 +447,27 @@ def test_broker_token_refuses_to_mint_when_oidc_is_configured(tmp_path: Path) ->
     assert result.stdout.strip() == ""
     assert "BROKER_OIDC_ISSUER is set" in result.stderr
     assert not (tmp_path / "var" / "keys" / "jwt-secret").exists()
+
+
+# --- only access tokens -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "claims"), [
+    ({"typ": "JWT"}, {}), ({"typ": "at+jwt"}, {}), ({}, {"typ": "Bearer"})])
+def test_access_tokens_are_accepted(
+        oidc_client: TestClient, oidc_provider: OidcProvider, header: dict[str, Any],
+        claims: dict[str, Any]) -> None:
+    token = oidc_provider.token(kid="rs256-1", header=header,
+                                claims=claims_of(oidc_provider, **claims))
+    assert oidc_client.get(ROUTE, headers=auth(token)).status_code == 200
+
+
+@pytest.mark.parametrize(("header", "claims"), [
+    ({}, {"typ": "ID"}), ({}, {"typ": "Refresh"}), ({}, {"typ": 1}),
+    ({"typ": "dpop+jwt"}, {}), ({"typ": "secevent+jwt"}, {}), ({"typ": ["JWT"]}, {})])
+def test_id_refresh_and_other_tokens_are_401(
+        oidc_client: TestClient, oidc_provider: OidcProvider, header: dict[str, Any],
+        claims: dict[str, Any]) -> None:
+    token = oidc_provider.token(kid="rs256-1", header=header,
+                                claims=claims_of(oidc_provider, **claims))
+    assert_problem(oidc_client.get(ROUTE, headers=auth(token)), 401, "unauthenticated")

@@ -31,22 +31,26 @@ router = APIRouter(tags=["operations"])
 READY_TIMEOUT = 0.8
 #: Seconds a finished probe's answer stands for one that has not finished yet.
 READY_GRACE = 10.0
-_PROBES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")
 
 
-class _Probe:
-    """The probes of one app: the one under way, shared by every readiness request that
-    arrives while it runs (so a slow database does not pile up probes), and the last one
-    that finished."""
+class ReadyProbe:
+    """The probes of one app, on a thread of their own: the one under way, shared by every
+    readiness request that arrives while it runs (so a slow database does not pile up
+    probes), and the last one that finished. Made and closed in the app's lifespan."""
 
     def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")
         self.running: asyncio.Future[str] | None = None
         self.last: tuple[float, str | None] | None = None  # (when, revision or None: failed)
+
+    def close(self) -> None:
+        """Stop the probe thread (a probe under way finishes on its own)."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     def start(self, ready: Callable[[], str]) -> asyncio.Future[str]:
         """The probe under way, started now if none is."""
         if self.running is None or self.running.done():
-            self.running = asyncio.get_running_loop().run_in_executor(_PROBES, ready)
+            self.running = asyncio.get_running_loop().run_in_executor(self._thread, ready)
             self.running.add_done_callback(self._finished)
         return self.running
 
@@ -70,10 +74,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=None)
 async def readyz(request: Request, ready: ReadinessDep) -> dict[str, str] | JSONResponse:
     """The database answers and the policy engine decides, on the expected revision."""
-    state = request.app.state
-    if not isinstance(getattr(state, "ready_probe", None), _Probe):
-        state.ready_probe = _Probe()
-    probe: _Probe = state.ready_probe
+    probe: ReadyProbe = request.app.state.ready_probe
     try:
         revision = await asyncio.wait_for(asyncio.shield(probe.start(ready)), READY_TIMEOUT)
     except TimeoutError:
