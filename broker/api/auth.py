@@ -53,21 +53,9 @@ class TokenVerifier:
         """The principal a valid token names; Unauthenticated for anything else."""
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("The bearer token is too large.")
-        try:
-            claims = jwt.decode(
-                token,
-                self.key,
-                algorithms=self.algorithms,
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=self.leeway,
-                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthenticated("The bearer token has expired.") from exc
-        except jwt.PyJWTError as exc:
-            raise Unauthenticated("The bearer token is not valid.") from exc
-        check_lifetime(claims, leeway=self.leeway, max_ttl=self.max_ttl)
+        claims = decode_claims(token, self.key, algorithms=self.algorithms,
+                               audience=self.audience, issuer=self.issuer, leeway=self.leeway,
+                               max_ttl=self.max_ttl)
         sub, org, roles = subject_of(claims), org_of(claims.get("org")), claims.get("roles")
         if not isinstance(roles, list) or not roles:
             raise Unauthenticated("The token's 'roles' claim must be a non-empty list.")
@@ -76,6 +64,23 @@ class TokenVerifier:
         except ValueError as exc:
             raise Unauthenticated("The token's 'roles' claim names an unknown role.") from exc
         return Principal(iss=self.issuer, sub=sub, org=org, roles=parsed)
+
+
+def decode_claims(token: str, key: Any, *, algorithms: list[str], audience: str, issuer: str,
+                  leeway: int, max_ttl: int) -> dict[str, Any]:
+    """The claims of ``token`` once its signature (``algorithms`` only), issuer, audience,
+    required claims and lifetime check out; Unauthenticated otherwise."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=algorithms, audience=audience, issuer=issuer, leeway=leeway,
+            options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("The bearer token has expired.") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated("The bearer token is not valid.") from exc
+    check_lifetime(claims, leeway=leeway, max_ttl=max_ttl)
+    return claims
 
 
 def check_lifetime(claims: Mapping[str, Any], *, leeway: int, max_ttl: int) -> None:
