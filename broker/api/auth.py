@@ -91,6 +91,8 @@ def check_lifetime(claims: Mapping[str, Any], *, leeway: int, max_ttl: int) -> N
     issued, expires = _seconds(claims.get("iat")), _seconds(claims.get("exp"))
     if issued is None or expires is None:
         raise Unauthenticated("The token's 'iat' and 'exp' claims must be integers.")
+    if "nbf" in claims and _seconds(claims["nbf"]) is None:
+        raise Unauthenticated("The token's 'nbf' claim must be an integer.")
     if issued > time.time() + leeway:
         raise Unauthenticated("The token was issued in the future.")
     if expires - issued > max_ttl:

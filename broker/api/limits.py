@@ -45,6 +45,11 @@ AUTH_THREADS = 8
 AUDIT_THREADS = 2
 #: Operations endpoints: never limited, never authenticated.
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Methods whose requests carry a body: none of the broker's routes takes one without a token.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The most values (counted by their separators) a JSON body may hold: FastAPI parses it on
+#: the event loop, and a megabyte of ``[[],[],...]`` takes a tenth of a second to parse.
+MAX_JSON_VALUES = 50_000
 
 
 @dataclass(slots=True)
@@ -138,6 +143,16 @@ class PrincipalMiddleware(HttpMiddleware):
             return
         address = f"addr\n{(scope.get('client') or ('-',))[0]}"
         token = _bearer(scope)
+        if token is None and scope.get("method") in BODY_METHODS:
+            # Every route that takes a body needs a token: refuse before reading (parsing a
+            # crafted JSON body holds the event loop for a tenth of a second per megabyte).
+            over = self.limits.over_rate(address)
+            if over is not None:
+                await self._too_many(scope, send, over, None, None)
+                return
+            self.limits.count(address)
+            await _send_error(scope, send, Unauthenticated("A bearer token is required."))
+            return
         if token is None:  # the route answers 401 (or serves a public page)
             await self._without_token(scope, receive, send, address)
             return
@@ -162,9 +177,40 @@ class PrincipalMiddleware(HttpMiddleware):
             await self._too_many(scope, send, refusal, principal, container)
             return
         try:
-            await self.app(scope, receive, send)
+            if _is_json(scope):
+                await self._json_within_bounds(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
         finally:
             self.limits.release(key, principal.org)
+
+    async def _json_within_bounds(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read a JSON body (the body limit, outside, bounds it), refuse it with 413 if it
+        holds more than ``MAX_JSON_VALUES`` values, else hand it on."""
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        values = body.count(b",") + body.count(b"[") + body.count(b"{")
+        if values > MAX_JSON_VALUES:
+            await send_problem(scope, send, 413, "payload-too-large", "Payload too large",
+                               f"The JSON body holds more than {MAX_JSON_VALUES} values.")
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _without_token(self, scope: Scope, receive: Receive, send: Send,
                              address: str) -> None:
@@ -209,6 +255,18 @@ async def _send_error(scope: Scope, send: Send, error: BrokerError) -> None:
     headers = [(b"www-authenticate", b'Bearer realm="broker"')] if status == 401 else []
     await send_problem(scope, send, status, error.slug, error.title, error.detail,
                        headers=headers)
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether FastAPI would parse the body as JSON: it says so (``application/json`` or
+    ``+json``), or it names no type at all."""
+    if scope.get("method") not in BODY_METHODS:
+        return False
+    for name, value in scope.get("headers") or ():
+        if name == b"content-type":
+            kind: bytes = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or kind.endswith(b"+json")
+    return True
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -71,6 +71,10 @@ def cheap_latency(served: Served) -> float:
     return time.perf_counter() - t
 
 
+#: Why probes failed: "path status: detail" -> how many times.
+failures: dict[str, int] = {}
+
+
 def probe(base: str, seconds: float, path: str) -> list[float]:
     """Latencies of ``path`` sent every 50 ms for ``seconds``, each on a fresh connection
     (as an orchestrator's probe comes)."""
@@ -82,6 +86,8 @@ def probe(base: str, seconds: float, path: str) -> list[float]:
         out.append(time.perf_counter() - t)
         if r.status_code != 200:
             out[-1] = float("inf")  # a failed probe counts as never answered
+            failures[f"{path} {r.status_code}: {r.json().get('detail', '')}"] = failures.get(
+                f"{path} {r.status_code}: {r.json().get('detail', '')}", 0) + 1
         time.sleep(0.05)
     return out
 
@@ -159,7 +165,7 @@ def main() -> None:
           f"(ratio {statistics.median(results['on']) / statistics.median(results['off']):.3f}x)")
 
     print(f"3. /healthz and /readyz, idle and under {args.clients} concurrent aggregates")
-    with served_county(county) as served:
+    with served_county(county, max_concurrent_per_org=args.clients) as served:
         idle = probe(served.base, 3, "/healthz")
         idle_ready = probe(served.base, 3, "/readyz")
         loaded = loaded_probes(served, args.clients, args.load_seconds)
@@ -171,6 +177,8 @@ def main() -> None:
           f"{_percentile(loaded['healthz'], 0.99) / _percentile(idle, 0.99):.1f}x, readyz "
           f"{_percentile(loaded['readyz'], 0.99) / _percentile(idle_ready, 0.99):.1f}x")
     print(f"   load: {loaded['answered']} aggregates answered, statuses {loaded['statuses']}")
+    for why, times in failures.items():
+        print(f"   failed probes: {times} x {why}")
 
 
 if __name__ == "__main__":
