@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -368,8 +369,8 @@ def test_health_answers_promptly_under_a_flood_of_many_principals(tmp_path: Path
         for org, kind in [("grid", "enterprise"), ("audit-office", "auditor")]:
             httpx.post(f"{base}/v1/orgs", headers=auth(admin), timeout=10,
                        json={"id": org, "name": org, "kind": kind})
-        tokens = [_mint_for(s, "grid", "auditor", sub=f"flood{i}") for i in range(24)]
-        tokens += [_mint_for(s, "audit-office", "auditor", sub=f"v{i}") for i in range(8)]
+        tokens = [_mint_for(s, "grid", "auditor", sub=f"flood{i}") for i in range(16)]
+        tokens += [_mint_for(s, "audit-office", "auditor", sub=f"v{i}") for i in range(4)]
         stop = threading.Event()
 
         def flood(token: str) -> int:
@@ -383,12 +384,12 @@ def test_health_answers_promptly_under_a_flood_of_many_principals(tmp_path: Path
                     n += 1
             return n
 
-        with ThreadPoolExecutor(max_workers=len(tokens) * 3) as pool:
-            futures = [pool.submit(flood, t) for t in tokens for _ in range(3)]
-            time.sleep(2)
+        with ThreadPoolExecutor(max_workers=len(tokens) * 2) as pool:
+            futures = [pool.submit(flood, t) for t in tokens for _ in range(2)]
+            time.sleep(1)
             health, ready = [], []
             with httpx.Client(timeout=10) as h:
-                for _ in range(20):
+                for _ in range(8):
                     t0 = time.monotonic()
                     assert h.get(f"{base}/healthz").status_code == 200
                     health.append(time.monotonic() - t0)
@@ -405,6 +406,66 @@ def test_health_answers_promptly_under_a_flood_of_many_principals(tmp_path: Path
         sys.stderr.write(f"TIMINGS {TIMINGS}\n")
         assert max(health) < 5, health
         assert max(ready) < 5, ready
+
+
+#: A process of threads POSTing, without any token, a 1 MB JSON body that is costly to parse
+#: (``[[],[],...]``, about 0.1 s of json.loads) or cheap to parse (one long string).
+_JSON_FLOOD = r"""
+import sys, threading, httpx
+base, kind, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if kind == "costly":
+    body = ("[" + ",".join(["[]"] * 340000) + "]").encode()
+    body = body[:1000 * 1024].rsplit(b",", 1)[0] + b"]"
+else:
+    body = b'"' + b"a" * 1000000 + b'"'
+def run():
+    with httpx.Client(timeout=60) as h:
+        while True:
+            try:
+                h.post(base + "/v1/queries/aggregate", content=body,
+                       headers={"Content-Type": "application/json"})
+            except httpx.HTTPError:
+                pass
+threads = [threading.Thread(target=run, daemon=True) for _ in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_health_answers_promptly_under_an_anonymous_flood_of_costly_json(
+        tmp_path: Path) -> None:
+    """HOLE: FastAPI parses a JSON body (``await request.json()``, a synchronous json.loads)
+    on the event loop before any dependency runs, so before the token is even looked at. A
+    request with no token has no principal, so neither the rate limit nor the in-flight cap
+    applies, and 1 MB of ``[[],[],...]`` costs about 0.1 s of the event loop each. With 32
+    anonymous senders (4 processes of 8 threads) /healthz took up to 2.7-8.6 s (median ~1 s);
+    with the same flood of cheap-to-parse 1 MB strings it stays under 0.4 s. Issue 18 asks for
+    health 'within 1 s under any load' and that a flood 'cannot starve others'."""
+    env = _server_env(tmp_path)
+    with broker_server(tmp_path, env) as base:
+        procs = [subprocess.Popen([sys.executable, "-c", _JSON_FLOOD, base, "costly", "8"])
+                 for _ in range(4)]
+        try:
+            time.sleep(1.5)
+            health = []
+            with httpx.Client(timeout=30) as h:
+                for _ in range(8):
+                    t0 = time.monotonic()
+                    assert h.get(f"{base}/healthz").status_code == 200
+                    health.append(time.monotonic() - t0)
+                    if health[-1] > 1:
+                        break  # already a failure: do not keep the module waiting
+                    time.sleep(0.1)
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+    TIMINGS["healthz-anon-json-flood-max-s"] = max(health)
+    sys.stderr.write(f"TIMINGS {TIMINGS} {sorted(health)}\n")
+    # the issue's own bound; the same flood of cheap 1 MB strings keeps /healthz under 0.4 s
+    assert max(health) < 1, sorted(health)
 
 
 # --- token lifetime -----------------------------------------------------------------------
