@@ -50,7 +50,7 @@ from broker.services.indicators import IndicatorService
 from broker.services.orgs import OrgService
 from broker.services.queries import QueryService
 from broker.settings import Settings
-from broker.store.db import create_schema, make_engine
+from broker.store.db import create_schema, make_engine, read_only
 from broker.store.keys import (
     checkpoint_signer,
     jwt_secret,
@@ -95,8 +95,10 @@ class Container:
     checkpointer: Checkpointer
 
     def ready(self) -> str:
-        """The database answers and the policy engine decides; the policy revision."""
-        with self.engine.connect() as conn:
+        """The database answers and the policy engine decides; the policy revision. The
+        database is read as readers read it (a snapshot, not a writer's lock, which a busy
+        broker's releases queue for)."""
+        with read_only(self.engine).connect() as conn:
             conn.execute(text("SELECT 1"))
         return self.policies.probe()
 
