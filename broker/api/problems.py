@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -37,6 +37,27 @@ HTTP_SLUGS = {
 }
 
 
+#: The most items any list in a problem holds (field errors, dataset problems, names, ...). A
+#: request can be made to have as many faults as it has parts; the document answering it stays
+#: small, and ``omitted`` says how many items of each capped list were left out.
+PROBLEM_LIST_LIMIT = 100
+
+
+def cap_lists(extensions: dict[str, Any]) -> dict[str, Any]:
+    """``extensions`` with every list cut to ``PROBLEM_LIST_LIMIT`` items and, when any was
+    cut, ``omitted``: list name -> how many items were left out."""
+    capped: dict[str, Any] = {}
+    omitted: dict[str, int] = {}
+    for key, value in extensions.items():
+        if isinstance(value, list | tuple) and len(value) > PROBLEM_LIST_LIMIT:
+            omitted[key] = len(value) - PROBLEM_LIST_LIMIT
+            value = list(value[:PROBLEM_LIST_LIMIT])
+        capped[key] = value
+    if omitted:
+        capped["omitted"] = omitted
+    return capped
+
+
 class ProblemOut(BaseModel):
     """An RFC 9457 problem; ``type`` is a stable slug, extensions follow per problem."""
 
@@ -49,6 +70,9 @@ class ProblemOut(BaseModel):
     instance: str | None = None
     request_id: str | None = None
     reasons: list[str] | None = None
+    omitted: dict[str, int] | None = Field(
+        default=None, description="Per list member: how many items were left out of it (every "
+        f"list holds at most {PROBLEM_LIST_LIMIT}).")
 
 
 def problem(
@@ -60,8 +84,8 @@ def problem(
     extensions: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """Render one problem response."""
-    body: dict[str, Any] = {**(extensions or {})}  # the RFC 9457 members below always win
+    """Render one problem response; lists in ``extensions`` are capped (``cap_lists``)."""
+    body = cap_lists(extensions or {})  # the RFC 9457 members below always win
     body |= {
         "type": slug,
         "title": title,
