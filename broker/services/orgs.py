@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.domain.confusables import check_new_name
+from broker.domain.datasets import fold_name
 from broker.domain.errors import Conflict, InvalidInput
 from broker.domain.names import ORG_ID
 from broker.domain.organisations import Organisation, OrgKind
@@ -52,6 +54,9 @@ class OrgService:
                 raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
             if uow.orgs.get(org_id) is not None:
                 raise Conflict("An organisation with this id is already registered.")
+            # Members and auditors tell organisations apart by name: no two may look alike.
+            check_new_name(name, [o.name for o in uow.orgs.all()], "Organisation",
+                           key=fold_name)
             if public_key is None and self.keyring is not None:
                 public_key = self.keyring.create(org_id)
             org = Organisation(
