@@ -122,6 +122,11 @@ AUDITED_QUERIES = {"/v1/queries/aggregate": "query.aggregate",
 
 def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101
+    documented = _documented_methods(request)
+    if documented is not None and request.method not in documented:
+        # GET /v1/datasets/import reaches GET /v1/datasets/{dataset_id} and fails there as no
+        # valid id; but the path is another operation's, which does not take the method.
+        return _on_http_error(request, StarletteHTTPException(405, "Method Not Allowed"))
     action = AUDITED_QUERIES.get(request.url.path)
     ctx = getattr(request.state, "context", None)
     if action is not None and ctx is not None and request.method == "POST":
@@ -143,17 +148,39 @@ HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
-    return ", ".join(
+    """Every method some route serves at this path (Starlette names only the first route's).
+
+    A path the API names literally (``/v1/datasets/import``) is that path's alone: a route
+    with a parameter in its place (``GET /v1/datasets/{dataset_id}``) matches it too, but only
+    to refuse it as no valid id, so its methods are not advertised there."""
+    methods = [
         method
         for method in HTTP_METHODS
         if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
                for route in request.app.router.routes)
-    )
+    ]
+    documented = _documented_methods(request)
+    if documented is not None:
+        methods = [m for m in methods if m in documented]
+    return ", ".join(methods)
+
+
+def _documented_methods(request: Request) -> set[str] | None:
+    """The methods the API documents at this very path when an operation names it literally
+    (not through a parameter), else None."""
+    documented = request.app.openapi().get("paths", {}).get(request.url.path)
+    if documented is None:
+        return None
+    return {m.upper() for m in documented} | ({"HEAD"} if "get" in documented else set())
 
 
 def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    if exc.status_code == 400:
+        # FastAPI's one 400: a body it could not parse (not UTF-8, or not JSON at all). It is
+        # invalid input like any other, and answered as the 422 every operation declares.
+        return problem(request, 422, "invalid-input", "Invalid input",
+                       "The request body is not JSON in UTF-8.")
     slug, title = HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
