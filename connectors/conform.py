@@ -36,6 +36,12 @@ from broker.domain.uscc import ALPHABET
 #: How many row numbers a problem lists per column; the count says how many there are in all.
 MAX_ROWS_LISTED = 5
 
+#: The most columns a file may have. A dataset declares at most 200 fields and every column must
+#: be declared, so a wider file is refused on its header, before its rows are parsed: a 600 KB
+#: file of 100,000 one-letter columns would otherwise be parsed whole and answered with one
+#: problem per column.
+MAX_COLUMNS = 2000
+
 #: Formats a string field may declare; values of a declared format are checked one by one.
 FORMATS = frozenset({"uscc"})
 
@@ -197,6 +203,15 @@ def _is_uscc_field(values: pd.Series[Any], spec: FieldSpec, schema: DatasetSchem
     return present > 0 and int(_has_uscc_shape(values).sum()) * 2 > present
 
 
+def check_width(columns: int) -> None:
+    """Refuse a file of more than ``MAX_COLUMNS`` columns before anything else is read."""
+    if columns > MAX_COLUMNS:
+        raise BadDataset(
+            f"The file has more than {MAX_COLUMNS} columns; it is refused on its header "
+            "(every column must be a declared field).",
+            [{"column": None, "issue": "too-many-columns", "limit": MAX_COLUMNS}])
+
+
 def _header_problems(header: list[str], schema: DatasetSchema) -> list[dict[str, Any]]:
     declared = set(schema.names)
     problems: list[dict[str, Any]] = [
@@ -218,6 +233,7 @@ def _header_problems(header: list[str], schema: DatasetSchema) -> list[dict[str,
 
 def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     """Typed copy of ``raw`` (all columns strings, missing as NA) in declared column order."""
+    check_width(len(raw.columns))
     header = [str(c) for c in raw.columns]
     declared = set(schema.names)
     if not declared & set(header):

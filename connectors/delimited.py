@@ -33,7 +33,7 @@ import pyarrow.csv as pa_csv
 
 from broker.domain.datasets import DatasetSchema
 from broker.domain.errors import BadDataset
-from connectors.conform import conform, conform_table, frame_of
+from connectors.conform import check_width, conform, conform_table, frame_of
 
 _LINE = re.compile(r"line (\d+)")
 
@@ -139,13 +139,43 @@ def read_csv_table(path: Path, schema: DatasetSchema) -> pa.Table:
     with _text(path, encoding) as fh:
         head = fh.read(HEADER_SPAN)
     delimiter = choose_delimiter(head, schema)
-    table = _parse_arrow(path if utf8 is None else utf8, delimiter, _header(head, delimiter),
-                         quoted=_has_quote(path) if utf8 is None else _has_quote(utf8))
+    names = header_cells(head, delimiter)
+    quoted = _has_quote(path) if utf8 is None else _has_quote(utf8)
+    if quoted:
+        check_quoting(path, encoding, delimiter)
+    table = _parse_arrow(path if utf8 is None else utf8, delimiter, names, quoted=quoted)
     conformed = conform_table(table, schema) if table is not None else None
     if conformed is not None:
         return conformed
     return pa.Table.from_pandas(_read_pandas(path, encoding, delimiter, schema),
                                 preserve_index=False)
+
+
+#: ``csv.Error`` messages (the csv module's own words, never a cell) and the issue each is.
+_QUOTING_ISSUES = (("unexpected end of data", "unterminated-quote"),
+                   ("expected after", "text-after-quote"),
+                   ("field larger than field limit", "cell-too-long"))
+
+
+def check_quoting(path: Path, encoding: str, delimiter: str) -> None:
+    """Refuse a file whose quoting is broken: a quoted cell that is never closed (the rest of
+    the file would be one cell, or the last row silently cut short), or one followed by more
+    text before the next delimiter or line end.
+
+    Arrow and pandas both take such files in some cases and read them differently, so the
+    file is first read by the csv module in strict mode. The row named is the data row (1
+    after the header) where the faulty record begins; 0 is the header.
+    """
+    records = 0
+    with _text(path, encoding) as fh:
+        try:
+            for _ in csv.reader(fh, delimiter=delimiter, strict=True):
+                records += 1
+        except csv.Error as exc:
+            issue = next((issue for text, issue in _QUOTING_ISSUES if text in str(exc)),
+                         "malformed-csv")
+            raise BadDataset("The file is not well-formed CSV: its quoting is broken.",
+                             [{"column": None, "issue": issue, "rows": [records]}]) from exc
 
 
 def _gb18030_as_utf8(path: Path) -> pa.Buffer | None:
@@ -194,11 +224,25 @@ def _parse_arrow(source: Path | pa.Buffer, delimiter: str, names: list[str], *, 
         return None
 
 
-def _header(head: str, delimiter: str) -> list[str]:
+def header_cells(head: str, delimiter: str) -> list[str]:
+    """The header row's cells as the csv module reads them from ``head`` (the file's first
+    ``HEADER_SPAN`` characters), refusing a file that is too wide before it is parsed.
+
+    A header of more than ``MAX_COLUMNS`` cells is refused, and so is one that does not end
+    within ``head``: declared names are short (at most 200 of at most 63 characters), so a
+    longer first row is not a header, and its width could not be told without reading on.
+    """
+    lines = io.StringIO(head)
     try:
-        return next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+        cells = next(csv.reader(lines, delimiter=delimiter), [])
     except csv.Error:
-        return []
+        cells = []
+    check_width(len(cells))
+    ended = head[:lines.tell()].endswith(("\n", "\r"))
+    if len(head) >= HEADER_SPAN and not ended:
+        raise BadDataset(f"The header row is longer than {HEADER_SPAN} characters.",
+                         [{"column": None, "issue": "header-too-long", "limit": HEADER_SPAN}])
+    return cells
 
 
 def _read_pandas(path: Path, encoding: str, delimiter: str, schema: DatasetSchema

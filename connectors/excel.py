@@ -32,7 +32,7 @@ from openpyxl.utils.exceptions import InvalidFileException
 
 from broker.domain.datasets import DatasetSchema
 from broker.domain.errors import BadDataset
-from connectors.conform import conform, numbered_problem, render_cell, text_frame
+from connectors.conform import check_width, conform, numbered_problem, render_cell, text_frame
 
 #: Parts a workbook has at most; real ones have tens.
 MAX_MEMBERS = 10_000
@@ -98,6 +98,7 @@ def _read_open(fh: BinaryIO, schema: DatasetSchema) -> pd.DataFrame:
         header = [_header_text(c.value) for c in next(rows, ())]
         while header and not header[-1]:
             header.pop()
+        check_width(len(header))
         if not header:
             raise BadDataset("The worksheet is empty.", [{"column": None, "issue": "empty"}])
         width = len(header)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from broker.domain.datasets import DatasetSchema
 from broker.domain.errors import BadDataset
-from connectors.conform import conform, render_cell, text_frame
+from connectors.conform import check_width, conform, render_cell, text_frame
 
 MAGIC = b"PAR1"
 #: Bytes the column chunks may expand to, and decoded text may take.
@@ -132,6 +132,7 @@ def read_parquet(path: Path, schema: DatasetSchema) -> pd.DataFrame:
     check_file(path)
     try:
         arrow = pq.read_schema(path)
+        check_width(len(arrow))
         text = [f.name for f in arrow if _is_text(f.type)]
         file = pq.ParquetFile(path, read_dictionary=text)
     except (pa.ArrowException, OSError, ValueError) as exc:

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from broker.api.auth import mint_token
 from broker.app import create_app
+from broker.services import contracts as contract_service
 from broker.settings import Settings
 from tests.oidc_provider import oidc_provider, other_oidc_provider  # noqa: F401  (fixtures)
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
@@ -109,6 +110,11 @@ def upload(client: TestClient, token: str, frame: pd.DataFrame, meta: dict[str, 
     )
 
 
+#: What the world's contract lets out. The identifier ``name`` goes pseudonymized: offers refuse
+#: an identifier in clear (issue 18); ``legacy_world`` has a contract stored before that.
+WORLD_FIELDS: dict[str, str] = {"town": "clear", "kwh": "aggregate", "name": "pseudonymize"}
+
+
 def contract_terms(dataset_id: str, **overrides: Any) -> dict[str, Any]:
     """Contract terms for the energy dataset offered to ``econ``."""
     now = datetime.now(UTC)
@@ -116,7 +122,7 @@ def contract_terms(dataset_id: str, **overrides: Any) -> dict[str, Any]:
         "dataset_id": dataset_id,
         "consumer_org": "econ",
         "purposes": ["energy-planning"],
-        "fields": {"town": "clear", "kwh": "aggregate", "name": "clear"},
+        "fields": WORLD_FIELDS,
         "k_min": 3,
         "valid_from": (now - timedelta(minutes=5)).isoformat(),
         "valid_until": (now + timedelta(days=30)).isoformat(),
@@ -129,7 +135,8 @@ def contract_terms(dataset_id: str, **overrides: Any) -> dict[str, Any]:
 class World:
     """Organisations, the energy dataset and an active contract, with tokens for each actor."""
 
-    def __init__(self, client: TestClient, mint: Mint) -> None:
+    def __init__(self, client: TestClient, mint: Mint,
+                 fields: dict[str, str] | None = None) -> None:
         self.client = client
         self._uploads = 0
         self.admin = mint("broker-ops", "admin")
@@ -147,8 +154,9 @@ class World:
         r = upload(client, self.grid, ENERGY, ENERGY_META)
         assert r.status_code == 201, r.text
         self.dataset = r.json()
+        self.fields = fields or WORLD_FIELDS
         r = client.post("/v1/contracts", headers=auth(self.grid),
-                        json=contract_terms(self.dataset["id"]))
+                        json=contract_terms(self.dataset["id"], fields=self.fields))
         assert r.status_code == 201, r.text
         self.contract = r.json()
         r = client.post(f"/v1/contracts/{self.contract['id']}/accept", headers=auth(self.econ))
@@ -158,7 +166,8 @@ class World:
         """Offer ``terms`` on ``dataset_id`` as grid to ``consumer`` (econ or env), have it
         accepted; the active contract's id."""
         r = self.client.post("/v1/contracts", headers=auth(self.grid),
-                             json=contract_terms(dataset_id, consumer_org=consumer, **terms))
+                             json=contract_terms(dataset_id, consumer_org=consumer,
+                                                 **{"fields": self.fields, **terms}))
         assert r.status_code == 201, r.text
         cid: str = r.json()["id"]
         token = self.econ if consumer == "econ" else self.env
@@ -199,6 +208,15 @@ class World:
 def world(client: TestClient, mint: Mint) -> World:
     """A broker with orgs, one dataset and one active contract."""
     return World(client, mint)
+
+
+@pytest.fixture
+def legacy_world(client: TestClient, mint: Mint, monkeypatch: pytest.MonkeyPatch) -> World:
+    """The world as an earlier release could have stored it: its contract (and any offered in
+    the test) may let the identifier ``name`` out in clear, which offers refuse since issue
+    18. Such contracts stay in force, so the policy must still deny every use of it."""
+    monkeypatch.setattr(contract_service, "_check_forms", lambda *_: None)
+    return World(client, mint, fields={**WORLD_FIELDS, "name": "clear"})
 
 
 #: Released cells as (key, values, reason) triples.

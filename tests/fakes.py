@@ -590,8 +590,9 @@ def contract_terms(dataset_id: str, *, starts: datetime, **terms: Any) -> Terms:
     """
     values: dict[str, Any] = {
         "purposes": ("energy-planning",),
+        # The identifier goes pseudonymized: offers refuse it in clear (issue 18).
         "fields": {"town": FieldForm.CLEAR, "kwh": FieldForm.AGGREGATE,
-                   "name": FieldForm.CLEAR},
+                   "name": FieldForm.PSEUDONYMIZE},
         "k_min": 3,
         "dominance": Dominance(),
         "valid_from": starts,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -37,6 +37,27 @@ HTTP_SLUGS = {
 }
 
 
+#: The most items any list in a problem holds (field errors, dataset problems, names, ...). A
+#: request can be made to have as many faults as it has parts; the document answering it stays
+#: small, and ``omitted`` says how many items of each capped list were left out.
+PROBLEM_LIST_LIMIT = 100
+
+
+def cap_lists(extensions: dict[str, Any]) -> dict[str, Any]:
+    """``extensions`` with every list cut to ``PROBLEM_LIST_LIMIT`` items and, when any was
+    cut, ``omitted``: list name -> how many items were left out."""
+    capped: dict[str, Any] = {}
+    omitted: dict[str, int] = {}
+    for key, value in extensions.items():
+        if isinstance(value, list | tuple) and len(value) > PROBLEM_LIST_LIMIT:
+            omitted[key] = len(value) - PROBLEM_LIST_LIMIT
+            value = list(value[:PROBLEM_LIST_LIMIT])
+        capped[key] = value
+    if omitted:
+        capped["omitted"] = omitted
+    return capped
+
+
 class ProblemOut(BaseModel):
     """An RFC 9457 problem; ``type`` is a stable slug, extensions follow per problem."""
 
@@ -49,6 +70,9 @@ class ProblemOut(BaseModel):
     instance: str | None = None
     request_id: str | None = None
     reasons: list[str] | None = None
+    omitted: dict[str, int] | None = Field(
+        default=None, description="Per list member: how many items were left out of it (every "
+        f"list holds at most {PROBLEM_LIST_LIMIT}).")
 
 
 def problem(
@@ -60,8 +84,8 @@ def problem(
     extensions: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """Render one problem response."""
-    body: dict[str, Any] = {**(extensions or {})}  # the RFC 9457 members below always win
+    """Render one problem response; lists in ``extensions`` are capped (``cap_lists``)."""
+    body = cap_lists(extensions or {})  # the RFC 9457 members below always win
     body |= {
         "type": slug,
         "title": title,
@@ -98,6 +122,11 @@ AUDITED_QUERIES = {"/v1/queries/aggregate": "query.aggregate",
 
 def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101
+    documented = _documented_methods(request)
+    if documented is not None and request.method not in documented:
+        # GET /v1/datasets/import reaches GET /v1/datasets/{dataset_id} and fails there as no
+        # valid id; but the path is another operation's, which does not take the method.
+        return _on_http_error(request, StarletteHTTPException(405, "Method Not Allowed"))
     action = AUDITED_QUERIES.get(request.url.path)
     ctx = getattr(request.state, "context", None)
     if action is not None and ctx is not None and request.method == "POST":
@@ -119,17 +148,39 @@ HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
-    return ", ".join(
+    """Every method some route serves at this path (Starlette names only the first route's).
+
+    A path the API names literally (``/v1/datasets/import``) is that path's alone: a route
+    with a parameter in its place (``GET /v1/datasets/{dataset_id}``) matches it too, but only
+    to refuse it as no valid id, so its methods are not advertised there."""
+    methods = [
         method
         for method in HTTP_METHODS
         if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
                for route in request.app.router.routes)
-    )
+    ]
+    documented = _documented_methods(request)
+    if documented is not None:
+        methods = [m for m in methods if m in documented]
+    return ", ".join(methods)
+
+
+def _documented_methods(request: Request) -> set[str] | None:
+    """The methods the API documents at this very path when an operation names it literally
+    (not through a parameter), else None."""
+    documented = request.app.openapi().get("paths", {}).get(request.url.path)
+    if documented is None:
+        return None
+    return {m.upper() for m in documented} | ({"HEAD"} if "get" in documented else set())
 
 
 def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    if exc.status_code == 400:
+        # FastAPI's one 400: a body it could not parse (not UTF-8, or not JSON at all). It is
+        # invalid input like any other, and answered as the 422 every operation declares.
+        return problem(request, 422, "invalid-input", "Invalid input",
+                       "The request body is not JSON in UTF-8.")
     slug, title = HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
     headers = dict(exc.headers or {})
     if exc.status_code == 405:

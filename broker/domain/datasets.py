@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from broker.domain.confusables import check_names
 from broker.domain.errors import InvalidInput
 from broker.domain.names import FIELD_NAME
 
@@ -125,6 +126,7 @@ class DatasetSchema:
         if clashes:
             raise InvalidInput("Field names must differ by more than letter case or Unicode "
                                "form.", fields=clashes)
+        check_names(names, "Field", key=fold_name, member="fields")
         entities = [f.name for f in fields if f.role is FieldRole.ENTITY]
         if entities != [entity_field]:
             raise InvalidInput(

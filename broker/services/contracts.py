@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from broker.domain.datasets import DatasetSchema, FieldRole
 from broker.domain.errors import BadSignature, Conflict, InvalidInput
 from broker.domain.ports import Clock, OrgKeyring, UnitOfWork, UnitOfWorkFactory
 from broker.domain.principals import RequestContext
@@ -42,6 +43,25 @@ def _linkable_forms(terms: Terms, contracts: Sequence[Contract]) -> list[str]:
             if FieldForm.PSEUDONYMIZE in pair and pair & _VALUES:
                 clash.add(name)
     return sorted(clash)
+
+
+def _check_forms(terms: Terms, schema: DatasetSchema) -> None:
+    """Refuse terms that offer the entity field other than pseudonymized, or an identifier in
+    clear: both parties would sign them and the policy would then deny every query that uses
+    the field (``entity-field-not-usable``, ``identifier-never-in-clear``)."""
+    entity_form = terms.fields.get(schema.entity_field)
+    if entity_form is not None and entity_form is not FieldForm.PSEUDONYMIZE:
+        # Every query groups and counts by the entity, never releases it.
+        raise InvalidInput("The entity field can be offered only pseudonymized.",
+                           fields=[schema.entity_field],
+                           reasons=["entity-field-pseudonymized-only"])
+    identifiers = sorted(name for name, form in terms.fields.items()
+                         if form is FieldForm.CLEAR and schema.has_field(name)
+                         and schema.field(name).role is FieldRole.IDENTIFIER)
+    if identifiers:
+        raise InvalidInput("Identifier fields are never offered in clear; offer them "
+                           "pseudonymized, or leave them out.",
+                           fields=identifiers, reasons=["identifier-never-in-clear"])
 
 
 def contract_resource(contract: Contract) -> dict[str, Any]:
@@ -115,12 +135,7 @@ class ContractService:
                                version=dataset.version)
             self._check_terms(uow, terms, consumer_org, dataset.version,
                               dataset.schema.has_field)
-            entity_form = terms.fields.get(dataset.schema.entity_field)
-            if entity_form is not None and entity_form is not FieldForm.PSEUDONYMIZE:
-                # Every query groups and counts by the entity, never releases it: terms that
-                # let it out otherwise would be signed and then refuse every query.
-                raise InvalidInput("The entity field can be offered only pseudonymized.",
-                                   fields=[dataset.schema.entity_field])
+            _check_forms(terms, dataset.schema)
             contract = Contract(
                 id=str(uuid.uuid4()),
                 provider_org=dataset.owner_org,

@@ -15,12 +15,14 @@ import pandas as pd
 import pyarrow as pa
 
 from broker.disclosure.plan import plan_aggregate
+from broker.domain.confusables import check_new_name
 from broker.domain.datasets import (
     DATASET_NAME,
     Dataset,
     DatasetSchema,
     DatasetVersion,
     FieldSpec,
+    fold_name,
 )
 from broker.domain.errors import BadDataset, Conflict, InvalidInput
 from broker.domain.ports import Clock, DatasetStorage, UnitOfWork, UnitOfWorkFactory
@@ -165,6 +167,9 @@ class DatasetService:
             with self.uow() as uow:
                 if uow.datasets.find(ctx.principal.org, name) is not None:
                     raise Conflict("You already have a dataset with this name.")
+                check_new_name(name, [d.name for d in uow.datasets.all()
+                                      if d.owner_org == ctx.principal.org],
+                               "Dataset", key=fold_name)
                 uow.datasets.add(dataset, path=location)
                 self.guard.record(
                     uow, ctx, "dataset.register", dataset_id=dataset.id, version=dataset.version

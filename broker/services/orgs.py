@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from broker.domain.confusables import check_new_name
+from broker.domain.datasets import fold_name
 from broker.domain.errors import Conflict, InvalidInput, PolicyDenied
 from broker.domain.names import ORG_ID
 from broker.domain.organisations import Organisation, OrgKind
@@ -104,6 +106,9 @@ class OrgService:
                                "registration.")
             if uow.orgs.get(org_id) is not None:
                 raise Conflict("An organisation with this id is already registered.")
+            # Members and auditors tell organisations apart by name: no two may look alike.
+            check_new_name(name, [o.name for o in uow.orgs.all()], "Organisation",
+                           key=fold_name)
             if public_key is None and self.keyring is not None:
                 public_key = self.keyring.create(org_id)
             org = Organisation(

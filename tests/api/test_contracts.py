@@ -129,3 +129,30 @@ def test_the_entity_field_is_offered_only_pseudonymized(world: World, form: str)
     ok = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
         world.dataset["id"], fields={"town": "clear", "uscc": "pseudonymize"}))
     assert ok.status_code == 201, ok.text
+
+
+# ----------------------------------------- forms every query would refuse (issue 18)
+
+
+def test_an_identifier_in_clear_is_refused_at_offer(world: World) -> None:
+    r = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
+        world.energy_copy(), fields={"town": "clear", "name": "clear", "kwh": "aggregate"}))
+    body = assert_problem(r, 422, "invalid-input")
+    assert body["fields"] == ["name"]
+    assert body["reasons"] == ["identifier-never-in-clear"]
+    assert "pseudonymized" in body["detail"]
+
+
+def test_the_entity_field_in_clear_is_refused_at_offer(world: World) -> None:
+    r = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
+        world.energy_copy(), fields={"uscc": "clear", "kwh": "aggregate"}))
+    body = assert_problem(r, 422, "invalid-input")
+    assert body["fields"] == ["uscc"]
+    assert body["reasons"] == ["entity-field-pseudonymized-only"]
+
+
+def test_identifiers_and_the_entity_may_be_offered_pseudonymized(world: World) -> None:
+    r = world.client.post("/v1/contracts", headers=auth(world.grid), json=contract_terms(
+        world.energy_copy(), fields={"uscc": "pseudonymize", "name": "pseudonymize",
+                                     "kwh": "aggregate"}))
+    assert r.status_code == 201, r.text

@@ -36,7 +36,8 @@ def _entries(world: World, **params: Any) -> list[dict[str, Any]]:
 
 
 def test_each_denial_of_the_issue_has_its_reason_over_http_and_on_the_record(
-        world: World) -> None:
+        legacy_world: World) -> None:
+    world = legacy_world
     denied: dict[str, list[str]] = {}
     # An identifier in clear (the world's contract lists `name` as clear).
     r = world.query(group_by=["name"])
@@ -175,7 +176,8 @@ def test_a_pseudonymized_field_cannot_be_filtered_on(world: World) -> None:
 
 
 def test_explain_gives_verdicts_k_quota_and_thresholds_and_releases_nothing(
-        world: World) -> None:
+        legacy_world: World) -> None:
+    world = legacy_world
     cid = world.contract_for(world.energy_copy(), max_queries_per_day=7,
                     fields={"town": "pseudonymize", "kwh": "aggregate", "name": "clear"},
                     dominance={"n": 3, "k": 70})

@@ -79,7 +79,8 @@ IDENTIFIER_SPELLINGS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("body", IDENTIFIER_SPELLINGS)
 def test_an_identifier_never_flows_whatever_the_spelling_of_its_use(
-        world: World, body: dict[str, Any]) -> None:
+        legacy_world: World, body: dict[str, Any]) -> None:
+    world = legacy_world
     r = world.query(**body)
     assert _refused(r), r.text
     assert "Firm" not in r.text
@@ -104,7 +105,8 @@ def test_lookalike_field_names_are_never_the_field(world: World, name: str) -> N
             assert r.json()["reasons"] == ["field-not-in-contract"]
 
 
-def test_duplicate_keys_are_judged_and_run_as_the_same_last_value(world: World) -> None:
+def test_duplicate_keys_are_judged_and_run_as_the_same_last_value(legacy_world: World) -> None:
+    world = legacy_world
     cid, q = world.contract["id"], '"purpose":"energy-planning","measures":[{"fn":"count"}]'
     r = _raw(world, f'{{"contract_id":"{cid}",{q},"group_by":[{{"field":"town","field":"name"}}]}}')
     assert r.json()["reasons"] == ["identifier-never-in-clear"]

@@ -94,7 +94,8 @@ def test_unknown_contract_looks_like_anothers(world: World) -> None:
     assert assert_problem(r, 403, "policy-denied")["reasons"] == ["no-active-contract"]
 
 
-def test_identifier_entity_and_unlisted_fields_are_denied(world: World) -> None:
+def test_identifier_entity_and_unlisted_fields_are_denied(legacy_world: World) -> None:
+    world = legacy_world
     r = world.query(group_by=["name"])
     body = assert_problem(r, 403, "policy-denied")
     assert body["reasons"] == ["identifier-never-in-clear"]
@@ -157,7 +158,8 @@ def test_only_consumers_explain(world: World) -> None:
         assert assert_problem(r, 403, "policy-denied")["reasons"] == ["role-not-permitted"]
 
 
-def test_explain_is_a_dry_run_that_is_audited(world: World, settings: Settings) -> None:
+def test_explain_is_a_dry_run_that_is_audited(legacy_world: World, settings: Settings) -> None:
+    world = legacy_world
     before = len(_audit(settings))
     r = world.client.post("/v1/policy/explain", headers=auth(world.econ), json={
         "contract_id": world.contract["id"], "purpose": "energy-planning",

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from audit.entry import format_ts
 from broker.api.deps import AuditServiceDep, ContextDep
-from broker.api.routes.common import AUTHENTICATED, problems
+from broker.api.routes.common import AUTHENTICATED, problems, refuse_unknown_query
 from broker.api.schemas.audit import (
     AccessPageOut,
     AuditPageOut,
@@ -20,10 +20,12 @@ from broker.api.schemas.audit import (
     KeyOut,
     VerifyOut,
 )
+from broker.api.schemas.common import DateTimeText
 from broker.domain.errors import InvalidInput
 from broker.domain.ports import AuditQuery
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED)
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED,
+                   dependencies=[Depends(refuse_unknown_query)])
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -46,8 +48,8 @@ def _query(
     action: Annotated[str | None, Query(pattern=r"^[a-z]+\.[a-z_]+$")] = None,
     allowed: bool | None = None,
     decision: Literal["allow", "deny"] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: DateTimeText | None = None,
+    until: DateTimeText | None = None,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditQuery:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
 from broker.api.problems import PROBLEM_JSON, ProblemOut
+from broker.domain.errors import InvalidInput
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -31,3 +36,27 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 AUTHENTICATED = problems(401, 403, 422, 429, 503)
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters an operation takes, its dependencies' included."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """Refuse query parameters the operation does not declare (a router dependency).
+
+    A filter misspelt (``?dataset=`` for ``?dataset_id=``) would otherwise be ignored and the
+    answer silently cover more than was asked for. The names are the client's text and are
+    not echoed."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    declared = _query_names(route.dependant)
+    unknown = set(request.query_params) - declared
+    if unknown:
+        raise InvalidInput(f"The request has {len(unknown)} query parameter(s) this operation "
+                           "does not take.")

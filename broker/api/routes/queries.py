@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from broker.api.deps import ContextDep, QueryServiceDep
-from broker.api.routes.common import AUTHENTICATED
+from broker.api.routes.common import AUTHENTICATED, problems
 from broker.api.schemas.queries import AggregateIn, AggregateOut, CrosscheckIn, ExplainOut
 from broker.services.joins import JoinedQueries
 
@@ -30,7 +30,7 @@ def explain_query(body: AggregateIn, ctx: ContextDep, queries: QueryServiceDep) 
     return ExplainOut.from_domain(queries.explain(ctx, body.to_domain()))
 
 
-@router.post("/v1/queries/crosscheck")
+@router.post("/v1/queries/crosscheck", responses=problems(404))
 def run_crosscheck(body: CrosscheckIn, ctx: ContextDep, queries: QueryServiceDep
                    ) -> AggregateOut:
     """Cross-check one figure between two providers, joined by enterprise: per cell the

@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from broker.api.schemas.common import (
+    ClosedKeys,
     FieldName,
     In,
     OrgId,
@@ -41,7 +42,8 @@ class ContractIn(In):
     dataset_id: Uuid
     consumer_org: OrgId
     purposes: Annotated[list[Slug], Field(min_length=1, max_length=20)]
-    fields: Annotated[dict[FieldName, FieldForm], Field(min_length=1, max_length=200)]
+    fields: Annotated[dict[FieldName, FieldForm], ClosedKeys(),
+                      Field(min_length=1, max_length=200)]
     k_min: int = Field(default=5, ge=2, le=10_000, strict=True)
     dominance: DominanceIn = Field(default_factory=DominanceIn)
     # Whole seconds by default: the policy compares windows in whole seconds, rounded inwards,

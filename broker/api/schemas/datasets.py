@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
@@ -110,6 +111,15 @@ SqlQuery = Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
 
 class SqlSourceIn(In):
     """Where a SQL import reads from: a configured source and exactly one table or query."""
+
+    # Exactly one of the two, as the schema states it: a client's validator refuses both or
+    # neither before the request is sent.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["table"], "properties": {"table": {"type": "string"},
+                                               "query": {"type": "null"}}},
+        {"required": ["query"], "properties": {"query": {"type": "string"},
+                                               "table": {"type": "null"}}},
+    ]})
 
     name: SourceName = Field(description="A source the operator configured (BROKER_SQL_SOURCES)")
     table: TableName | None = Field(default=None, description="A table (or schema.table)")

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from broker.api.schemas.common import (
+    ClosedKeys,
     Flag,
     In,
     Scalar,
@@ -94,8 +95,8 @@ class AggregateIn(In):
     ``alias.field``)."""
 
     contract_id: Uuid | None = None
-    sources: Annotated[dict[Alias, Uuid], Field(min_length=MIN_SOURCES,
-                                                max_length=MAX_SOURCES)] | None = Field(
+    sources: Annotated[dict[Alias, Uuid], ClosedKeys(),
+                       Field(min_length=MIN_SOURCES, max_length=MAX_SOURCES)] | None = Field(
         default=None, description="A cross-source query: alias -> contract id (2 to 4), "
                                   "instead of contract_id; fields are named alias.field")
     purpose: Slug
@@ -158,7 +159,7 @@ class CrosscheckIn(In):
     """A cross-check of one figure between two sources joined by enterprise: an indicator of
     the catalogue, or two fields (``left`` is authoritative)."""
 
-    sources: Annotated[dict[Alias, Uuid], Field(min_length=2, max_length=2)]
+    sources: Annotated[dict[Alias, Uuid], ClosedKeys(), Field(min_length=2, max_length=2)]
     purpose: Slug
     indicator: Annotated[str, StringConstraints(pattern=INDICATOR_ID.pattern)] | None = None
     left: FieldRef | None = None
