@@ -6,15 +6,21 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install serve demo test lint unit bench clean
 
-$(STAMP): pyproject.toml tests/oidc/package-lock.json
+OIDC   := tests/oidc/node_modules/.package-lock.json
+
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# The OPA Go engine (decision cases, Rego unit tests); see DESIGN.md section 4.
 	$(BIN)/python -m pip install --quiet --ignore-requires-python "opa-golib-python-bindings==0.4.4"
-	# The OIDC provider the tests run on loopback (Node 20.19+); see tests/oidc_provider.py.
-	npm ci --prefix tests/oidc
 	touch $(STAMP)
+
+# The OIDC provider the tests run on loopback (Node 20.19+); see tests/oidc_provider.py. Only
+# the tests need it: serve and demo run without Node.
+$(OIDC): tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc
+	touch $(OIDC)
 
 install: $(STAMP)
 
@@ -27,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/broker demo
 
 ## Lint, type-check and run the full test suite.
-test: $(STAMP) lint
+test: $(STAMP) $(OIDC) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
