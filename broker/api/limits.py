@@ -31,6 +31,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.middleware import HttpMiddleware, send_problem
@@ -143,9 +144,10 @@ class PrincipalMiddleware(HttpMiddleware):
             return
         address = f"addr\n{(scope.get('client') or ('-',))[0]}"
         token = _bearer(scope)
-        if token is None and scope.get("method") in BODY_METHODS:
+        if token is None and scope.get("method") in BODY_METHODS and _routed(scope):
             # Every route that takes a body needs a token: refuse before reading (parsing a
             # crafted JSON body holds the event loop for a tenth of a second per megabyte).
+            # A path or method no route serves is left to the router's 404 or 405.
             over = self.limits.over_rate(address)
             if over is not None:
                 await self._too_many(scope, send, over, None, None)
@@ -255,6 +257,11 @@ async def _send_error(scope: Scope, send: Send, error: BrokerError) -> None:
     headers = [(b"www-authenticate", b'Bearer realm="broker"')] if status == 401 else []
     await send_problem(scope, send, status, error.slug, error.title, error.detail,
                        headers=headers)
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route serves this path and method."""
+    return any(route.matches(scope)[0] is Match.FULL for route in scope["app"].router.routes)
 
 
 def _is_json(scope: Scope) -> bool:

@@ -335,3 +335,21 @@ def test_a_busy_broker_stays_ready_and_a_hung_one_does_not(
 
     anyio.run(run)
     assert len(calls) == 2  # requests during a probe share it
+
+
+def test_bodies_without_a_token_are_never_read_and_json_is_bounded(world: World) -> None:
+    c = world.client
+    crafted = b"[" + b"[]," * 60_000 + b"[]]"
+    r = c.post("/v1/queries/aggregate", content=crafted,
+               headers={"content-type": "application/json"})
+    assert_problem(r, 401, "unauthenticated")
+    assert_problem(c.post("/v1/no-such-route", content=b"{}"), 404, "not-found")
+    assert_problem(c.delete("/v1/orgs"), 405, "method-not-allowed")
+    r = c.post("/v1/queries/aggregate", content=crafted,
+               headers={**auth(world.econ), "content-type": "application/json"})
+    assert "50000 values" in assert_problem(r, 413, "payload-too-large")["detail"]
+    # No content type: FastAPI would parse it as JSON, so it is bounded the same way.
+    r = c.post("/v1/queries/aggregate", content=crafted, headers=auth(world.econ))
+    assert_problem(r, 413, "payload-too-large")
+    # Under the bound the body reaches the route as sent.
+    assert world.query(group_by=["town"]).status_code == 200

@@ -26,6 +26,9 @@ def test_concurrent_queries_never_exceed_the_daily_quota(settings: Settings) -> 
 
     admin, grid, econ = token("broker-ops", "admin"), token("grid", "provider"), token(
         "econ", "consumer")
+    # Every attempt in flight at once: the organisation's in-flight cap must not be what stops
+    # them, the quota must.
+    settings = settings.model_copy(update={"max_concurrent_per_org": 2 * ATTEMPTS})
     with serve_in_thread(create_app(settings)) as base, httpx.Client(base_url=base,
                                                                      timeout=60) as client:
         for org in ("grid", "econ"):
