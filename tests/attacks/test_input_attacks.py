@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,11 +20,15 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import Workbook
+from pydantic import SecretStr
 
 from broker.api.limits import MAX_JSON_VALUES
+from broker.app import create_app
+from broker.settings import Settings
 from tests.conftest import (
     ENERGY,
     ENERGY_META,
+    SECRET,
     Mint,
     World,
     assert_problem,
@@ -741,3 +746,31 @@ def test_unknown_query_parameters_on_post(world: World) -> None:
     r = lenient(world.client).post("/v1/queries/aggregate?bogus=1", headers=auth(world.econ),
                                    json=body)
     assert r.status_code == 422, r.text[:200]
+
+
+def test_nul_on_postgres_no_5xx(tmp_path: Path, postgres_url: str, mint: Mint) -> None:
+    """HOLE when failing: a NUL (the JSON escape \\u0000) in free text on PostgreSQL, which
+    cannot store one in text or JSONB, is a 500: an organisation's name, an audit filter, a
+    query's filter value, a contract's purpose text. Each must be a 4xx."""
+    settings = Settings(data_dir=tmp_path / "pg", jwt_secret=SecretStr(SECRET),
+                        database_url=postgres_url)
+    failures = []
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        world = World(client, mint)
+        json_headers = {"content-type": "application/json"}
+        body = json.dumps({"id": "nul-org", "name": "Grid\u0000Co", "kind": "enterprise"})
+        r = client.post("/v1/orgs", headers={**auth(world.admin), **json_headers},
+                        content=body.encode())
+        if not 400 <= r.status_code < 500:
+            failures.append(("org name", r.status_code))
+        r = client.get("/v1/audit/entries", headers=auth(world.auditor),
+                       params={"actor": "a\u0000b"})
+        if r.status_code >= 500:
+            failures.append(("audit actor", r.status_code))
+        r = world.query(filters=[{"field": "town", "op": "eq", "value": "A\u0000"}])
+        if r.status_code >= 500:
+            failures.append(("query filter value", r.status_code))
+        r = world.query(purpose="energy\u0000planning")
+        if r.status_code >= 500:
+            failures.append(("query purpose", r.status_code))
+    assert failures == []
