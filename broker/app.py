@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
 
 from broker import __version__
@@ -34,6 +34,7 @@ from broker.api.routes import (
     queries,
     slices,
 )
+from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
@@ -197,6 +198,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A filter misspelt would otherwise be ignored and the answer cover more than asked.
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.metrics = RequestMetrics()
     problems.install(app)

@@ -33,7 +33,13 @@ import pyarrow.csv as pa_csv
 
 from broker.domain.datasets import DatasetSchema
 from broker.domain.errors import BadDataset
-from connectors.conform import check_width, conform, conform_table, frame_of
+from connectors.conform import (
+    MAX_ROWS_LISTED,
+    check_width,
+    conform,
+    conform_table,
+    frame_of,
+)
 
 _LINE = re.compile(r"line (\d+)")
 
@@ -147,8 +153,33 @@ def read_csv_table(path: Path, schema: DatasetSchema) -> pa.Table:
     conformed = conform_table(table, schema) if table is not None else None
     if conformed is not None:
         return conformed
-    return pa.Table.from_pandas(_read_pandas(path, encoding, delimiter, schema),
-                                preserve_index=False)
+    frame = _read_pandas(path, encoding, delimiter, schema)  # refuses it if its values are bad
+    check_row_widths(path, encoding, delimiter, len(names))
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def check_row_widths(path: Path, encoding: str, delimiter: str, width: int) -> None:
+    """Refuse rows with fewer or more cells than the header (blank lines aside): pandas would
+    pad a short row with empty cells, so a last row cut short would be stored as if whole.
+    The rows named are data rows (1 after the header), the first ``MAX_ROWS_LISTED``."""
+    bad: list[int] = []
+    count = 0
+    with _text(path, encoding) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            next(reader, None)  # the header
+            for row, cells in enumerate(reader, start=1):
+                if cells and len(cells) != width:
+                    count += 1
+                    if len(bad) < MAX_ROWS_LISTED:
+                        bad.append(row)
+        except csv.Error as exc:  # a cell over the csv module's limit (never quoted here)
+            raise BadDataset("A cell of the file is too long.",
+                             [{"column": None, "issue": "cell-too-long"}]) from exc
+    if count:
+        raise BadDataset(
+            f"{count} row(s) of the file do not have the header's {width} cells.",
+            [{"column": None, "issue": "wrong-cell-count", "rows": bad, "count": count}])
 
 
 #: ``csv.Error`` messages (the csv module's own words, never a cell) and the issue each is.

@@ -23,8 +23,10 @@ token is verified once per request.
 from __future__ import annotations
 
 import bisect
+import email.message
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -71,6 +73,7 @@ class PrincipalLimits:
     rate: str
     max_concurrent: int
     max_concurrent_org: int = 1024
+    clock: Callable[[], float] = time.monotonic
     #: (amount, seconds) of each window of the rate.
     _windows: list[tuple[int, int]] = field(init=False)
     _times: dict[str, list[float]] = field(default_factory=dict, init=False)
@@ -112,7 +115,7 @@ class PrincipalLimits:
         times = self._times.get(key)
         if not times:
             return None
-        now = time.monotonic()
+        now = self.clock()
         for amount, seconds in self._windows:
             inside = len(times) - bisect.bisect_right(times, now - seconds)
             if inside >= amount:  # the amount-th newest leaves the window first
@@ -123,7 +126,7 @@ class PrincipalLimits:
         """Count one request of ``key`` against its rate."""
         if not self._windows:
             return
-        now = time.monotonic()
+        now = self.clock()
         longest = max(seconds for _, seconds in self._windows)
         times = self._times.setdefault(key, [])
         times.append(now)
@@ -138,7 +141,7 @@ class PrincipalLimits:
         """Whether this refusal of ``key`` is its first in the longest window (the others are
         counted, not audited)."""
         window = max((seconds for _, seconds in self._windows), default=60)
-        now = time.monotonic()
+        now = self.clock()
         if now - self._audited.get(key, -math.inf) < window:
             return False
         self._audited[key] = now
@@ -163,6 +166,10 @@ class PrincipalMiddleware(HttpMiddleware):
         container = getattr(scope["app"].state, "container", None)
         if scope.get("path") in EXEMPT or container is None:
             await self.app(scope, receive, send)
+            return
+        if b"%00" in scope.get("query_string", b""):
+            await send_problem(scope, send, 422, "invalid-input", "Invalid input",
+                               "The query string holds a NUL character (%00).")
             return
         address = f"addr\n{(scope.get('client') or ('-',))[0]}"
         token = _bearer(scope)
@@ -224,6 +231,10 @@ class PrincipalMiddleware(HttpMiddleware):
         if values > MAX_JSON_VALUES:
             await send_problem(scope, send, 413, "payload-too-large", "Payload too large",
                                f"The JSON body holds more than {MAX_JSON_VALUES} values.")
+            return
+        if b"\\u0000" in body:  # JSON's only spelling of NUL, which no text column stores
+            await send_problem(scope, send, 422, "invalid-input", "Invalid input",
+                               "The JSON body holds a NUL character (\\u0000).")
             return
         delivered = False
 
@@ -291,11 +302,15 @@ def _is_json(scope: Scope) -> bool:
     ``+json``), or it names no type at all."""
     if scope.get("method") not in BODY_METHODS:
         return False
-    for name, value in scope.get("headers") or ():
-        if name == b"content-type":
-            kind: bytes = value.split(b";", 1)[0].strip().lower()
-            return kind == b"application/json" or kind.endswith(b"+json")
-    return True
+    value = next((v.decode("latin-1") for name, v in scope.get("headers") or ()
+                  if name == b"content-type"), "")
+    if not value:
+        return True
+    message = email.message.Message()  # read as FastAPI reads it, control characters and all
+    message["content-type"] = value
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json"))
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -90,25 +90,81 @@ def is_mixed_script(name: str) -> bool:
     return len(scripts) > 1 and not any(scripts <= allowed for allowed in _ALLOWED_SETS)
 
 
+#: Letters that render as nothing (UTS #31 default-ignorable, though Unicode calls them Lo).
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5")
+#: Categories of characters that do not show: controls, formats (zero-width, bidi overrides,
+#: tags), private use, unassigned, line and paragraph separators.
+_UNSEEN = frozenset({"Cc", "Cf", "Co", "Cn", "Zl", "Zp"})
+
+
+def _invisible(c: str) -> bool:
+    code = ord(c)
+    return (c in _FILLERS or unicodedata.category(c) in _UNSEEN
+            or 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF  # variation selectors
+            or 0x180B <= code <= 0x180F)
+
+
+def looks(name: str, key: Callable[[str], str] = str) -> frozenset[str]:
+    """What ``name`` looks like: the skeletons of it, of its ``key`` (a case fold, say) and of
+    the ``key`` of its skeleton. Two names look alike when these sets meet: ``TAXI`` and its
+    Greek capitals by their own skeletons (a fold would make the Greek small letters, which do
+    not look like ``taxi``), ``Town`` and ``town`` by their folds, ``TOWN`` and ``town`` with a
+    Cyrillic o by one's fold and the other's skeleton."""
+    own = skeleton(name)
+    return frozenset({own, skeleton(key(name)), skeleton(key(own))})
+
+
 def confusable_with(name: str, others: Iterable[str], key: Callable[[str], str] = str
                     ) -> list[str]:
-    """The names of ``others`` that differ from ``name`` but whose ``key`` has the skeleton
-    of ``name``'s."""
-    mine = skeleton(key(name))
-    return sorted({o for o in others if o != name and skeleton(key(o)) == mine})
+    """The names of ``others`` that are ``name`` or look like it."""
+    mine = looks(name, key)
+    return sorted({o for o in others if o == name or looks(o, key) & mine})
 
 
 def confusable_groups_by(names: Iterable[str], key: Callable[[str], str] = str
                          ) -> list[list[str]]:
-    """The groups of two or more distinct ``names`` whose ``key`` (e.g. a case fold) has the
-    same skeleton, each sorted."""
-    by_skeleton: dict[str, set[str]] = {}
-    for name in names:
-        by_skeleton.setdefault(skeleton(key(name)), set()).add(name)
-    return sorted(sorted(group) for group in by_skeleton.values() if len(group) > 1)
+    """The groups of two or more distinct ``names`` that look alike (``looks``), each
+    sorted: names joined through any shared look are one group."""
+    parent: dict[str, str] = {}
+
+    def root(n: str) -> str:
+        while parent.setdefault(n, n) != n:
+            n = parent[n]
+        return n
+
+    first_with: dict[str, str] = {}
+    for name in sorted(set(names)):
+        for look in looks(name, key):
+            a, b = root(first_with.setdefault(look, name)), root(name)
+            if a != b:
+                parent[b] = a
+    groups: dict[str, list[str]] = {}
+    for name in sorted(set(names)):
+        groups.setdefault(root(name), []).append(name)
+    return sorted(g for g in groups.values() if len(g) > 1)
+
+
+def _check_visible(names: Iterable[str], what: str, member: str = "names") -> None:
+    """Refuse names holding characters that do not show, or spaces at either end or two in a
+    row: two names that differ only there look the same."""
+    hidden = sorted(n for n in names if any(_invisible(c) for c in n))
+    if hidden:
+        raise InvalidInput(
+            f"{what} names may not hold invisible characters (zero-width, direction or "
+            f"filler characters): {', '.join(ascii(n) for n in hidden)}.",
+            **{member: hidden}, reasons=["invisible-characters"])
+    spaced = sorted(n for n in names
+                    if " ".join(unicodedata.normalize("NFKC", n).split()) != n.strip()
+                    or n != n.strip())
+    if spaced:
+        raise InvalidInput(
+            f"{what} names may not start or end with a space nor hold two spaces in a row: "
+            f"{', '.join(ascii(n) for n in spaced)}.",
+            **{member: spaced}, reasons=["irregular-spaces"])
 
 
 def _check_script(names: Iterable[str], what: str, member: str = "names") -> None:
+    _check_visible(names, what, member)
     mixed = sorted(n for n in names if is_mixed_script(n))
     if mixed:
         raise InvalidInput(

@@ -9,10 +9,8 @@ from broker.api.limits import PrincipalLimits
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    monkeypatch.setattr(limits_module.time, "monotonic", lambda: now[0])
-    return now
+def clock() -> list[float]:
+    return [1000.0]
 
 
 def _admit(limits: PrincipalLimits, key: str = "alice") -> tuple[str, int] | None:
@@ -23,7 +21,7 @@ def _admit(limits: PrincipalLimits, key: str = "alice") -> tuple[str, int] | Non
 
 
 def test_every_window_of_the_rate_holds_and_says_when_to_retry(clock: list[float]) -> None:
-    limits = PrincipalLimits("3/second;5/minute", 100)
+    limits = PrincipalLimits("3/second;5/minute", 100, clock=lambda: clock[0])
     assert [_admit(limits) for _ in range(3)] == [None, None, None]
     assert _admit(limits) == ("rate-limited", 1)
     assert _admit(limits, "bob") is None  # another principal has its own window
@@ -41,7 +39,7 @@ def test_every_window_of_the_rate_holds_and_says_when_to_retry(clock: list[float
 
 
 def test_refused_requests_do_not_count(clock: list[float]) -> None:
-    limits = PrincipalLimits("2/minute", 100)
+    limits = PrincipalLimits("2/minute", 100, clock=lambda: clock[0])
     assert [_admit(limits) for _ in range(2)] == [None, None]
     for _ in range(50):
         assert _admit(limits) is not None
@@ -65,7 +63,7 @@ def test_in_flight_caps_per_principal_and_per_organisation() -> None:
 def test_idle_principals_are_forgotten(clock: list[float], monkeypatch: pytest.MonkeyPatch
                                        ) -> None:
     monkeypatch.setattr(limits_module, "SWEEP_EVERY", 10)
-    limits = PrincipalLimits("100/minute", 8)
+    limits = PrincipalLimits("100/minute", 8, clock=lambda: clock[0])
     for i in range(9):
         _admit(limits, f"user-{i}")
     clock[0] += 61

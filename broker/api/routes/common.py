@@ -46,7 +46,7 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def refuse_unknown_query(request: Request) -> None:
+async def refuse_unknown_query(request: Request) -> None:
     """Refuse query parameters the operation does not declare (a router dependency).
 
     A filter misspelt (``?dataset=`` for ``?dataset_id=``) would otherwise be ignored and the
