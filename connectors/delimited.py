@@ -154,20 +154,20 @@ def read_csv_table(path: Path, schema: DatasetSchema) -> pa.Table:
     if conformed is not None:
         return conformed
     frame = _read_pandas(path, encoding, delimiter, schema)  # refuses it if its values are bad
-    check_row_widths(path, encoding, delimiter, len(names))
+    check_row_widths(path, encoding, delimiter)
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def check_row_widths(path: Path, encoding: str, delimiter: str, width: int) -> None:
+def check_row_widths(path: Path, encoding: str, delimiter: str) -> None:
     """Refuse rows with fewer or more cells than the header (blank lines aside): pandas would
     pad a short row with empty cells, so a last row cut short would be stored as if whole.
     The rows named are data rows (1 after the header), the first ``MAX_ROWS_LISTED``."""
     bad: list[int] = []
-    count = 0
+    count = width = 0
     with _text(path, encoding) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         try:
-            next(reader, None)  # the header
+            width = len(next(reader, []))  # the header's cells
             for row, cells in enumerate(reader, start=1):
                 if cells and len(cells) != width:
                     count += 1

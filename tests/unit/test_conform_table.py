@@ -18,7 +18,12 @@ from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldTyp
 from broker.domain.errors import BadDataset
 from broker.domain.uscc import make_uscc
 from connectors.conform import conform, conform_table, frame_of, text_frame
-from connectors.delimited import _read_pandas, detect_encoding, read_csv_table
+from connectors.delimited import (
+    _read_pandas,
+    check_row_widths,
+    detect_encoding,
+    read_csv_table,
+)
 from connectors.storage import _occurrences, row_hashes
 
 USCCS = [make_uscc("330481", f"{i:08d}") for i in range(1, 6)]
@@ -193,8 +198,9 @@ def test_the_arrow_csv_path_reads_as_the_pandas_path(text: str, encoding: str,
         encoding = detect_encoding(path)
         head = path.read_text(encoding).lstrip("\ufeff")
         delimiter = ";" if ";" in head.split("\n")[0] else ","
-        return pa.Table.from_pandas(_read_pandas(path, encoding, delimiter, schema),
-                                    preserve_index=False)
+        frame = _read_pandas(path, encoding, delimiter, schema)
+        check_row_widths(path, encoding, delimiter)  # where pandas pads short rows
+        return pa.Table.from_pandas(frame, preserve_index=False)
 
     fast, reference = outcome(lambda: read_csv_table(path, schema)), outcome(slow)
     if isinstance(reference, pa.Table):

@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from broker.api.deps import get_principal
 from broker.api.problems import PROBLEM_JSON, ProblemOut
 from broker.domain.errors import InvalidInput
 
@@ -46,6 +47,12 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
+def _needs_token(dependant: Dependant) -> bool:
+    """Whether an operation authenticates its caller (depends on ``get_principal``)."""
+    return dependant.call is get_principal or any(_needs_token(sub)
+                                                   for sub in dependant.dependencies)
+
+
 async def refuse_unknown_query(request: Request) -> None:
     """Refuse query parameters the operation does not declare (a router dependency).
 
@@ -55,6 +62,8 @@ async def refuse_unknown_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
+    if getattr(request.state, "principal", None) is None and _needs_token(route.dependant):
+        return  # the caller is not authenticated: the operation answers 401 first
     declared = _query_names(route.dependant)
     unknown = set(request.query_params) - declared
     if unknown:
