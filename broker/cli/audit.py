@@ -160,13 +160,21 @@ def audit_export(
     ``--allow-unsigned-tail``.
     """
     from broker.cli.audit_offline import Exported, UnsignedTail, export_database
+    from broker.domain.errors import Unavailable
 
     settings = Settings()
     console = Console(stderr=True, soft_wrap=True)
     url = db or settings.db_url
     can_sign = settings.checkpoint_key_path.exists()
     if can_sign:
-        _sign_checkpoint(settings, url, to_stdout=output is None)
+        try:
+            _sign_checkpoint(settings, url, to_stdout=output is None)
+        except Unavailable as exc:
+            if not allow_unsigned_tail:
+                raise _fail(console, f"{exc} The export would end unproven; pass "
+                            "--allow-unsigned-tail to write it so anyway") from exc
+            console.print(f"[yellow]not signed: {exc}[/]")
+            can_sign = False
     local = settings.checkpoint_key_path.with_suffix(".pub")
     vkey = ""
     if local.exists():
@@ -203,7 +211,8 @@ def audit_export(
 def _sign_checkpoint(settings: Settings, url: str, *, to_stdout: bool = False) -> str | None:
     """Sign a checkpoint of the log at ``url`` as the server does (same key, same sinks), unless
     its size is signed already; the note, or None for an empty log. ``to_stdout``: stdout
-    carries something else, so a ``stdout`` sink writes to stderr instead."""
+    carries something else, so a ``stdout`` sink writes to stderr instead. Unavailable if the
+    key cannot be read or the log does not extend its signed checkpoints."""
     from broker.domain.errors import Unavailable
     from broker.domain.ports import utc_now
     from broker.services.checkpoints import Checkpointer, StreamSink, make_sinks
@@ -214,16 +223,19 @@ def _sign_checkpoint(settings: Settings, url: str, *, to_stdout: bool = False) -
     sinks = make_sinks(settings.checkpoint_sinks, settings.checkpoints_path)
     if to_stdout:
         sinks = [StreamSink(sys.stderr) if isinstance(s, StreamSink) else s for s in sinks]
+    try:
+        signer = checkpoint_signer(settings)
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"The checkpoint key {settings.checkpoint_key_path} cannot be used: "
+                          f"{exc}.") from exc
     engine = make_engine(url)
     try:
         create_schema(engine)
         checkpointer = Checkpointer(
-            SqlUnitOfWorkFactory(engine, utc_now), checkpoint_signer(settings), sinks,
+            SqlUnitOfWorkFactory(engine, utc_now), signer, sinks,
             every_entries=settings.checkpoint_every_entries,
             every_seconds=settings.checkpoint_every_seconds)
         stored = checkpointer.checkpoint()
-    except Unavailable as exc:
-        raise _fail(Console(stderr=True), str(exc)) from exc
     finally:
         engine.dispose()
     return None if stored is None else stored.note
@@ -307,8 +319,13 @@ def audit_check(
 @audit_app.command("checkpoint")
 def audit_checkpoint() -> None:
     """Sign a checkpoint of the log now (the server also does every N entries or T seconds)."""
+    from broker.domain.errors import Unavailable
+
     settings = Settings()
-    note = _sign_checkpoint(settings, settings.db_url)
+    try:
+        note = _sign_checkpoint(settings, settings.db_url)
+    except Unavailable as exc:
+        raise _fail(Console(stderr=True), str(exc)) from exc
     if note is None:
         Console().print("the log is empty: nothing to sign")
         return

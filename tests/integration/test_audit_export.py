@@ -356,3 +356,22 @@ def test_exports_while_the_log_grows_are_consistent_prefixes(
     assert not errors
     assert sizes == sorted(sizes)
     assert sizes[-1] > sizes[0]
+
+
+def test_an_unusable_signing_key_refuses_the_export_rather_than_leave_it_unproven(
+    log: Log, tmp_path: Path
+) -> None:
+    log.append(3)
+    log.sign()
+    log.append(2)
+    key = log.settings.checkpoint_key_path
+    key.write_bytes(b"not a key")
+    path = tmp_path / "audit.jsonl"
+    refused = log.export(path)
+    assert refused.exit_code == 1
+    assert f"The checkpoint key {key} cannot be used" in refused.output
+    assert not path.exists()
+    unproven = log.export(path, "--allow-unsigned-tail")
+    assert unproven.exit_code == 0, unproven.output
+    assert "the last 2 (4..5)" in unproven.stderr
+    assert log.verify(path, "--allow-unsigned-tail")[1]["unproven"] == 2
