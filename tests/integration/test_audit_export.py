@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner, Result
 
 from audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
 from audit.entry import AuditEvent
+from broker.api.auth import mint_token
 from broker.cli import app
 from broker.services.checkpoints import Checkpointer, make_sinks
 from broker.settings import Settings
 from broker.store.db import create_schema, make_engine
 from broker.store.keys import checkpoint_signer
 from broker.store.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from tests.conftest import SECRET, auth
+from tests.server import broker_server
 
 runner = CliRunner()
 
@@ -375,3 +380,53 @@ def test_an_unusable_signing_key_refuses_the_export_rather_than_leave_it_unprove
     assert unproven.exit_code == 0, unproven.output
     assert "the last 2 (4..5)" in unproven.stderr
     assert log.verify(path, "--allow-unsigned-tail")[1]["unproven"] == 2
+
+
+@pytest.mark.e2e
+def test_exports_while_a_real_server_appends_are_consistent_prefixes(tmp_path: Path) -> None:
+    """``broker serve`` audits refused requests from two threads (each a ``token.admit``
+    entry) and signs checkpoints on its own cadence while ``broker audit export`` runs on the
+    same SQLite file: every export verifies, ends at a checkpoint over its size, and the server
+    is not disturbed."""
+    settings = Settings(data_dir=tmp_path / "var")
+    env = {"BROKER_DATA_DIR": str(settings.data_dir), "BROKER_JWT_SECRET": SECRET,
+           "BROKER_RATE_LIMIT": "100000/minute", "BROKER_CHECKPOINT_EVERY_ENTRIES": "13",
+           "BROKER_CHECKPOINT_EVERY_SECONDS": "0.2"}
+    token = mint_token(key=SECRET, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                       sub="x@grid", org="grid", roles=("admin",))  # not the operator: refused
+    with broker_server(tmp_path, env) as base:
+        key = httpx.get(f"{base}/v1/audit/key", timeout=30).json()["vkey"]
+        vkey = tmp_path / "log.vkey"
+        vkey.write_text(key + "\n", encoding="utf-8")
+        log = Log(settings, env, vkey)
+        stop = threading.Event()
+        statuses: list[int] = []
+
+        def load() -> None:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                while not stop.is_set():
+                    statuses.append(client.get("/v1/datasets", headers=auth(token)).status_code)
+
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        sizes = []
+        try:
+            while len(statuses) < 20:
+                time.sleep(0.05)
+            for n in range(4):
+                path = tmp_path / f"served-{n}.jsonl"
+                result = log.export(path)
+                assert result.exit_code == 0, result.output
+                lines = Lines.read(path)
+                assert lines.sizes()[-1] == len(lines.entries)
+                code, report = log.verify(path)
+                assert (code, report["valid"], report["unproven"]) == (0, True, 0), report
+                sizes.append(len(lines.entries))
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert set(statuses) == {403}
+    assert sizes == sorted(sizes)
+    assert sizes[-1] > sizes[0]
