@@ -11,7 +11,9 @@ signed checkpoint, and names the first fault it meets:
 - ``rollback``: the log is shorter than a signed checkpoint (or the head) says it was;
 - ``fork``: the log is self-consistent but its tree is not the one a signed checkpoint
   commits to (a rewrite with every hash recomputed), or two signed checkpoints disagree;
-- ``bad-checkpoint``: a checkpoint that is malformed or not signed by the key.
+- ``bad-checkpoint``: a checkpoint that is malformed or not signed by the key;
+- ``unsigned-tail``: (exports only, see :func:`require_signed_tail`) entries after the last
+  signed checkpoint, which nothing proves: a cut after them would not be seen.
 
 Entries are checked a chunk at a time with C-level hashing (``map`` over ``hashlib``); only a
 chunk that fails a check is walked entry by entry, to name the fault exactly. A deep
@@ -33,7 +35,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -61,6 +63,7 @@ class Fault(StrEnum):
     ROLLBACK = "rollback"
     FORK = "fork"
     BAD_CHECKPOINT = "bad-checkpoint"
+    UNSIGNED_TAIL = "unsigned-tail"
 
 
 #: Exit codes of ``broker audit verify``: 0 valid, 1 could not read, 2 usage, then one per fault.
@@ -71,6 +74,7 @@ EXIT_CODES: dict[Fault, int] = {
     Fault.ROLLBACK: 6,
     Fault.FORK: 7,
     Fault.BAD_CHECKPOINT: 8,
+    Fault.UNSIGNED_TAIL: 9,
 }
 
 
@@ -113,6 +117,7 @@ class Verification:
     detail: str | None = None
     checkpoints: int = 0
     latest_checkpoint: int | None = None
+    unproven: int = 0  # entries after the latest signed checkpoint (when valid)
 
     @property
     def exit_code(self) -> int:
@@ -127,6 +132,7 @@ class Verification:
             "root": self.root,
             "checkpoints_checked": self.checkpoints,
             "latest_checkpoint": self.latest_checkpoint,
+            "unproven": self.unproven,
         }
         if not self.valid:
             out |= {"kind": str(self.fault), "first_bad_seq": self.first_bad_seq,
@@ -537,7 +543,27 @@ def verify_log(
         return Verification(False, walk.frontier.size, walk.frontier.root().hex(), found.fault,
                             found.seq, found.reason, found.detail, walk.checked, latest)
     return Verification(True, walk.frontier.size, walk.frontier.root().hex(),
-                        checkpoints=walk.checked, latest_checkpoint=latest)
+                        checkpoints=walk.checked, latest_checkpoint=latest,
+                        unproven=walk.frontier.size - walk.good_size)
+
+
+def require_signed_tail(result: Verification) -> Verification:
+    """``result``, or the fault ``unsigned-tail`` if entries follow its last signed checkpoint.
+
+    A stored log always has such a tail (checkpoints are signed every N entries or T seconds)
+    and its head row counts it. An export has no head: entries after its last checkpoint are
+    bound by nothing the key signed, so an export whose tail was cut off would look whole. An
+    export is therefore held to end at a signed checkpoint.
+    """
+    if not result.valid or result.unproven == 0:
+        return result
+    first = result.size - result.unproven + 1
+    return replace(
+        result, valid=False, fault=Fault.UNSIGNED_TAIL, first_bad_seq=first,
+        reason="unsigned-tail",
+        detail=f"entries {first}..{result.size} ({result.unproven}) are after the last signed "
+               f"checkpoint ({result.latest_checkpoint or 0} entries): no signature covers "
+               "them, so a cut among them could not be seen")
 
 
 def verify_with_notes(

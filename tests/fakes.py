@@ -364,9 +364,9 @@ class FakeAuditLog:
                 return stored.entry, stored.leaf_hash
         return None
 
-    def chunks(self, size: int = 65536) -> Iterator[Chunk]:
-        """Every stored entry in seq order, in chunks."""
-        entries = list(self.working.state.entries)
+    def chunks(self, size: int = 65536, *, through: int | None = None) -> Iterator[Chunk]:
+        """Every stored entry (up to seq ``through``) in seq order, in chunks."""
+        entries = [s for s in self.working.state.entries if through is None or s.seq <= through]
         for start in range(0, len(entries), size):
             part = entries[start:start + size]
             yield Chunk([s.body for s in part], [s.seq for s in part],

@@ -66,7 +66,9 @@ def _notes_in(directory: Path) -> list[tuple[str, str]]:
     return DirectorySink(directory).notes()
 
 
-def _report(result: Verification, console: Console, as_json: bool) -> None:
+def _report(result: Verification, console: Console, as_json: bool, *, tail: bool = False
+            ) -> None:
+    """Print the verdict; ``tail``: say so when entries follow the last signed checkpoint."""
     if as_json:
         sys.stdout.write(json.dumps(result.as_json()) + "\n")
     elif result.valid:
@@ -78,6 +80,11 @@ def _report(result: Verification, console: Console, as_json: bool) -> None:
         where = f" at entry {result.first_bad_seq}" if result.first_bad_seq else ""
         console.print(f"[red]BROKEN: {result.fault}{where}[/] ({result.reason}): {result.detail}")
         console.print(f"  {result.size} entries verified before it")
+    if result.valid and tail and result.unproven:  # on stderr with --json
+        first = result.size - result.unproven + 1
+        console.print(f"[yellow]UNPROVEN: {result.unproven} entries ({first}..{result.size}) "
+                      "are after the last signed checkpoint; nothing shows whether entries "
+                      "after them were cut off[/]")
     if not result.valid:
         raise typer.Exit(result.exit_code)
 
@@ -98,14 +105,18 @@ def audit_verify(
              "settings' database: the configured one)")] = None,
     deep: Annotated[bool, typer.Option(
         help="Also re-encode every entry as RFC 8785 and check its shape (slower)")] = False,
+    allow_unsigned_tail: Annotated[bool, typer.Option(
+        help="Accept an export whose last entries no signed checkpoint covers (and say how "
+             "many are unproven)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
 ) -> None:
     """Recompute every leaf, the chain and the root at every signed checkpoint.
 
     Exit 0 if valid; otherwise 3 bad entry, 4 gap, 5 reorder, 6 rollback (truncation), 7 fork
-    (rewrite), 8 bad checkpoint; 1 if the input or key could not be read.
+    (rewrite), 8 bad checkpoint, 9 unsigned tail (an export whose last entries no signed
+    checkpoint covers, unless --allow-unsigned-tail); 1 if the input or key could not be read.
     """
-    from audit.verify import export_chunks, export_notes, verify_with_notes
+    from audit.verify import export_chunks, export_notes, require_signed_tail, verify_with_notes
     from broker.cli.audit_offline import verify_database
 
     console = Console(stderr=as_json, soft_wrap=True)
@@ -122,35 +133,112 @@ def audit_verify(
                 notes = [*trusted_notes, *outside, *export_notes(fh)]
             with open(export, "rb") as fh:
                 result = verify_with_notes(export_chunks(fh), notes, verifier, deep=deep)
+            if not allow_unsigned_tail:
+                result = require_signed_tail(result)
         else:
             result = verify_database(db or settings.db_url, verifier, outside=outside,
                                      trusted=trusted_notes, deep=deep)
     except (OSError, CheckpointError) as exc:
         raise _fail(console, str(exc)) from exc
-    _report(result, console, as_json)
+    _report(result, console, as_json, tail=export is not None)
 
 
 @audit_app.command("export")
 def audit_export(
     db: DbOption = None,
     output: Annotated[Path | None, typer.Option(help="File to write (default: stdout)")] = None,
+    allow_unsigned_tail: Annotated[bool, typer.Option(
+        help="Without the signing key, export the entries after the last signed checkpoint "
+             "anyway (unproven: verifying needs --allow-unsigned-tail)")] = False,
 ) -> None:
     """Write the log for offline verification: a header line, every signed checkpoint as
-    ``{"checkpoint": note}``, then every entry's canonical JSON, one per line."""
-    from broker.cli.audit_offline import export_database
+    ``{"checkpoint": note}``, then every entry's canonical JSON, one per line.
+
+    The last checkpoint covers every exported entry: if none covers the log's end, one is
+    signed first (with the checkpoint key, copied to the checkpoint sinks like any other);
+    entries appended meanwhile are left out. Without the key the export is refused, unless
+    ``--allow-unsigned-tail``.
+    """
+    from broker.cli.audit_offline import Exported, UnsignedTail, export_database
+    from broker.domain.errors import Unavailable
 
     settings = Settings()
+    console = Console(stderr=True, soft_wrap=True)
+    url = db or settings.db_url
+    can_sign = settings.checkpoint_key_path.exists()
+    if can_sign:
+        try:
+            _sign_checkpoint(settings, url, to_stdout=output is None)
+        except Unavailable as exc:
+            if not allow_unsigned_tail:
+                raise _fail(console, f"{exc} The export would end unproven; pass "
+                            "--allow-unsigned-tail to write it so anyway") from exc
+            console.print(f"[yellow]not signed: {exc}[/]")
+            can_sign = False
     local = settings.checkpoint_key_path.with_suffix(".pub")
     vkey = ""
     if local.exists():
         vkey = NoteVerifier.from_text(local.read_text(encoding="utf-8"), settings.audit_origin).vkey
+    exported = Exported()
+    lines = export_database(url, settings.audit_origin, vkey, into=exported,
+                            tail="omit" if can_sign else
+                            "include" if allow_unsigned_tail else "refuse")
+    try:
+        first = next(lines)
+    except UnsignedTail as exc:
+        raise _fail(console, f"{exc}, and this process cannot sign one: the checkpoint key "
+                    f"{settings.checkpoint_key_path} is not here. Run broker audit checkpoint "
+                    "where the key is, then export again; or pass --allow-unsigned-tail to "
+                    "export them unproven") from exc
     out = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     try:
-        for line in export_database(db or settings.db_url, settings.audit_origin, vkey):
+        out.write(first + b"\n")
+        for line in lines:
             out.write(line + b"\n")
     finally:
         if output:
             out.close()
+    unproven = exported.size - exported.signed
+    if unproven:
+        console.print(f"[yellow]exported {exported.size} entries; the last {unproven} "
+                      f"({exported.signed + 1}..{exported.size}) are after the last signed "
+                      "checkpoint and unproven[/]")
+    else:
+        console.print(f"exported {exported.size} entries, ending at the signed checkpoint "
+                      f"of size {exported.signed}")
+
+
+def _sign_checkpoint(settings: Settings, url: str, *, to_stdout: bool = False) -> str | None:
+    """Sign a checkpoint of the log at ``url`` as the server does (same key, same sinks), unless
+    its size is signed already; the note, or None for an empty log. ``to_stdout``: stdout
+    carries something else, so a ``stdout`` sink writes to stderr instead. Unavailable if the
+    key cannot be read or the log does not extend its signed checkpoints."""
+    from broker.domain.errors import Unavailable
+    from broker.domain.ports import utc_now
+    from broker.services.checkpoints import Checkpointer, StreamSink, make_sinks
+    from broker.store.db import create_schema, make_engine
+    from broker.store.keys import checkpoint_signer
+    from broker.store.uow import SqlUnitOfWorkFactory
+
+    sinks = make_sinks(settings.checkpoint_sinks, settings.checkpoints_path)
+    if to_stdout:
+        sinks = [StreamSink(sys.stderr) if isinstance(s, StreamSink) else s for s in sinks]
+    try:
+        signer = checkpoint_signer(settings)
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"The checkpoint key {settings.checkpoint_key_path} cannot be used: "
+                          f"{exc}.") from exc
+    engine = make_engine(url)
+    try:
+        create_schema(engine)
+        checkpointer = Checkpointer(
+            SqlUnitOfWorkFactory(engine, utc_now), signer, sinks,
+            every_entries=settings.checkpoint_every_entries,
+            every_seconds=settings.checkpoint_every_seconds)
+        stored = checkpointer.checkpoint()
+    finally:
+        engine.dispose()
+    return None if stored is None else stored.note
 
 
 def _print_proof(prove: Callable[[str], InclusionProof | ConsistencyProof], db: str | None,
@@ -232,30 +320,16 @@ def audit_check(
 def audit_checkpoint() -> None:
     """Sign a checkpoint of the log now (the server also does every N entries or T seconds)."""
     from broker.domain.errors import Unavailable
-    from broker.domain.ports import utc_now
-    from broker.services.checkpoints import Checkpointer, make_sinks
-    from broker.store.db import create_schema, make_engine
-    from broker.store.keys import checkpoint_signer
-    from broker.store.uow import SqlUnitOfWorkFactory
 
     settings = Settings()
-    engine = make_engine(settings.db_url)
     try:
-        create_schema(engine)
-        checkpointer = Checkpointer(
-            SqlUnitOfWorkFactory(engine, utc_now), checkpoint_signer(settings),
-            make_sinks(settings.checkpoint_sinks, settings.checkpoints_path),
-            every_entries=settings.checkpoint_every_entries,
-            every_seconds=settings.checkpoint_every_seconds)
-        stored = checkpointer.checkpoint()
+        note = _sign_checkpoint(settings, settings.db_url)
     except Unavailable as exc:
         raise _fail(Console(stderr=True), str(exc)) from exc
-    finally:
-        engine.dispose()
-    if stored is None:
+    if note is None:
         Console().print("the log is empty: nothing to sign")
         return
-    sys.stdout.write(stored.note)
+    sys.stdout.write(note)
 
 
 @audit_app.command("key")

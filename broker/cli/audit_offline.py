@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
 
 from audit.checkpoint import NoteVerifier
 from audit.proofs import ConsistencyProof, InclusionProof, prove_consistency, prove_inclusion
@@ -32,14 +34,50 @@ def verify_database(url: str, verifier: NoteVerifier, *, outside: Sequence[tuple
         return verify_store(uow, verifier, list(outside), trusted=trusted, deep=deep)
 
 
-def export_database(url: str, origin: str, vkey: str) -> Iterator[bytes]:
+class UnsignedTail(LookupError):
+    """The log has entries no signed checkpoint covers, and the export may not leave them
+    unproven."""
+
+    def __init__(self, signed: int, size: int) -> None:
+        super().__init__(f"entries {signed + 1}..{size} ({size - signed}) are after the last "
+                         f"signed checkpoint ({signed} entries)")
+        self.signed = signed
+        self.size = size
+
+
+@dataclass
+class Exported:
+    """What an export holds: ``size`` entries, the last ``size - signed`` of them unproven."""
+
+    size: int = 0
+    signed: int = 0
+
+
+def export_database(url: str, origin: str, vkey: str, *,
+                    tail: Literal["refuse", "omit", "include"] = "refuse",
+                    into: Exported | None = None) -> Iterator[bytes]:
     """An export, read from one snapshot: a header line, every signed checkpoint, then every
-    entry's canonical bytes, one per line."""
+    entry's canonical bytes, one per line.
+
+    Entries after the snapshot's latest signed checkpoint are the tail: ``omit`` leaves them
+    out (the export is the prefix that checkpoint signs: sign one first and entries appended
+    meanwhile are all that is left out), ``include`` writes them unproven, ``refuse`` raises
+    :class:`UnsignedTail` before anything is yielded. ``into`` is told what was exported.
+    """
     with reading(url) as uow:
+        size = uow.audit.head().size
+        latest = uow.audit.latest_checkpoint()
+        signed = min(latest.size if latest else 0, size)
+        if size > signed and tail == "refuse":
+            raise UnsignedTail(signed, size)
+        through = size if tail == "include" else signed
+        if into is not None:
+            into.size, into.signed = through, signed
         yield export_header(origin, vkey)
         for stored in uow.audit.checkpoints():
-            yield export_checkpoint_line(stored.note)
-        for chunk in uow.audit.chunks():
+            if stored.size <= through:
+                yield export_checkpoint_line(stored.note)
+        for chunk in uow.audit.chunks(through=through):
             yield from chunk.bodies
 
 

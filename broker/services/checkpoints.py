@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, CheckpointError, NoteSigner
@@ -100,12 +100,16 @@ class DirectorySink:
 
 
 class StreamSink:
-    """One JSON line per checkpoint on stdout (for a log shipper)."""
+    """One JSON line per checkpoint on stdout (for a log shipper), or on ``stream``."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
 
     def publish(self, size: int, note: str) -> None:
         """Print ``{"audit_checkpoint": note, "size": size}``."""
-        sys.stdout.write(json.dumps({"audit_checkpoint": note, "size": size}) + "\n")
-        sys.stdout.flush()
+        stream = self.stream or sys.stdout
+        stream.write(json.dumps({"audit_checkpoint": note, "size": size}) + "\n")
+        stream.flush()
 
 
 class SyslogSink:

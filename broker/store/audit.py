@@ -164,12 +164,14 @@ class SqlAuditLog:
             AuditEntryRow.seq == seq)).first()
         return (json.loads(row[0]), row[1]) if row else None
 
-    def chunks(self, size: int = 65536) -> Iterator[Chunk]:
-        """Every stored entry in seq order, in chunks, read straight from the driver."""
+    def chunks(self, size: int = 65536, *, through: int | None = None) -> Iterator[Chunk]:
+        """Every stored entry (up to seq ``through``) in seq order, in chunks, read straight
+        from the driver."""
+        stmt = select(_ENTRIES.c.seq, _ENTRIES.c.body, _ENTRIES.c.leaf_hash, _ENTRIES.c.prev_hash)
+        if through is not None:
+            stmt = stmt.where(_ENTRIES.c.seq <= through)
         result = self._conn.execution_options(stream_results=True, yield_per=size).execute(
-            select(_ENTRIES.c.seq, _ENTRIES.c.body, _ENTRIES.c.leaf_hash, _ENTRIES.c.prev_hash)
-            .order_by(_ENTRIES.c.seq)
-        )
+            stmt.order_by(_ENTRIES.c.seq))
         for rows in result.partitions(size):
             seqs, bodies, leaves, prevs = zip(*rows, strict=True)
             yield Chunk(list(map(str.encode, bodies)), list(seqs), list(leaves), list(prevs))

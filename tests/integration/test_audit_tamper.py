@@ -37,7 +37,8 @@ from tests.conftest import SECRET, World, assert_problem, auth
 
 runner = CliRunner()
 
-EXIT = {"bad-entry": 3, "gap": 4, "reorder": 5, "rollback": 6, "fork": 7, "bad-checkpoint": 8}
+EXIT = {"bad-entry": 3, "gap": 4, "reorder": 5, "rollback": 6, "fork": 7, "bad-checkpoint": 8,
+        "unsigned-tail": 9}
 GENESIS = "0" * 64
 
 T = TypeVar("T")
@@ -803,10 +804,16 @@ def test_an_export_rewritten_and_rehashed_is_a_fork(log: Log, export: Export) ->
     assert_fault(outcome, "fork", victim)
     assert outcome[1]["reason"] == "checkpoint-root-mismatch"
 
-    # with the checkpoint lines it contradicts removed, only the outside copies tell
+    # with the checkpoint lines it contradicts removed, the rewritten entries are an unsigned
+    # tail: refused, and accepted only as unproven when told to; the outside copies tell
     notes = [n for n in export.notes if int(json.loads(n)["checkpoint"].split("\n")[1]) < victim]
     export.write(entries, notes)
-    assert_valid(_verify_export(log, export, "--deep"), log.size())
+    signed = export.sizes(notes)[-1]
+    outcome = _verify_export(log, export, "--deep")
+    assert_fault(outcome, "unsigned-tail", signed + 1)
+    code, report = _verify_export(log, export, "--deep", "--allow-unsigned-tail")
+    assert_valid((code, report), log.size())
+    assert report["unproven"] == log.size() - signed
     assert_fault(_verify_export(log, export, "--checkpoints", str(log.outside)), "fork", victim)
 
 
