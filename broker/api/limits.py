@@ -177,12 +177,8 @@ class PrincipalMiddleware(HttpMiddleware):
             # Every route that takes a body needs a token: refuse before reading (parsing a
             # crafted JSON body holds the event loop for a tenth of a second per megabyte).
             # A path or method no route serves is left to the router's 404 or 405.
-            over = self.limits.over_rate(address)
-            if over is not None:
-                await self._too_many(scope, send, over, None, None)
-                return
-            self.limits.count(address)
-            await _send_error(scope, send, Unauthenticated("A bearer token is required."))
+            await self._unauthenticated(scope, send, address,
+                                        Unauthenticated("A bearer token is required."))
             return
         if token is None:  # the route answers 401 (or serves a public page)
             await self._without_token(scope, receive, send, address)
@@ -191,14 +187,8 @@ class PrincipalMiddleware(HttpMiddleware):
             principal = await anyio.to_thread.run_sync(container.tokens.verify, token,
                                                        limiter=self._auth)
         except Exception as exc:  # whatever went wrong, the caller is not authenticated
-            over = self.limits.over_rate(address)
-            if over is not None:
-                await self._too_many(scope, send, over, None, None)
-                return
-            self.limits.count(address)
-            error = exc if isinstance(exc, BrokerError) else Unauthenticated(
-                "The bearer token is not valid.")
-            await _send_error(scope, send, error)
+            await self._unauthenticated(scope, send, address, exc if isinstance(
+                exc, BrokerError) else Unauthenticated("The bearer token is not valid."))
             return
         state = scope.setdefault("state", {})
         state["principal"] = principal
@@ -214,6 +204,17 @@ class PrincipalMiddleware(HttpMiddleware):
                 await self.app(scope, receive, send)
         finally:
             self.limits.release(key, principal.org)
+
+    async def _unauthenticated(self, scope: Scope, send: Send, address: str,
+                               error: BrokerError) -> None:
+        """Answer ``error`` (401, or 503 when the identity provider is down), counted against
+        the client's address; a 429 once the address is past the rate."""
+        over = self.limits.over_rate(address)
+        if over is not None:
+            await self._too_many(scope, send, over, None, None)
+            return
+        self.limits.count(address)
+        await _send_error(scope, send, error)
 
     async def _json_within_bounds(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read a JSON body (the body limit, outside, bounds it), refuse it with 413 if it
