@@ -59,6 +59,7 @@ from broker.store.keys import (
     pseudonym_secret,
     release_sealer,
 )
+from broker.store.leases import SIGNER, lease_for
 from broker.store.org_keys import FileOrgKeyring
 from broker.store.uow import SqlUnitOfWorkFactory
 from connectors.delimited import read_csv_table
@@ -120,6 +121,7 @@ def build_container(settings: Settings) -> Container:
         uow, signer, make_sinks(settings.checkpoint_sinks, settings.checkpoints_path),
         every_entries=settings.checkpoint_every_entries,
         every_seconds=settings.checkpoint_every_seconds,
+        lease=lease_for(engine, SIGNER),  # one periodic signer among several workers
     )
     query_engine = DuckDBEngine(settings.engine_threads)
     return Container(

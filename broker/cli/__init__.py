@@ -7,6 +7,7 @@ import typer
 from broker.cli.audit import audit_app
 from broker.cli.contracts import contracts_app
 from broker.cli.datasets import datasets_app
+from broker.cli.db import db_app
 from broker.cli.demo import demo
 from broker.cli.keys import keys_app
 from broker.cli.policy import policy_app
@@ -21,6 +22,7 @@ app.command()(demo)
 app.add_typer(audit_app, name="audit")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 

@@ -228,9 +228,14 @@ def _sign_checkpoint(settings: Settings, url: str, *, to_stdout: bool = False) -
     except (OSError, ValueError) as exc:
         raise Unavailable(f"The checkpoint key {settings.checkpoint_key_path} cannot be used: "
                           f"{exc}.") from exc
+    from broker.store.schema import SchemaMismatch
+
     engine = make_engine(url)
     try:
-        create_schema(engine)
+        try:
+            create_schema(engine)
+        except SchemaMismatch as exc:  # said as any other reason not to sign
+            raise Unavailable(str(exc)) from exc
         checkpointer = Checkpointer(
             SqlUnitOfWorkFactory(engine, utc_now), signer, sinks,
             every_entries=settings.checkpoint_every_entries,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from typing import Annotated
@@ -17,16 +19,21 @@ from broker.demo.story import ACTORS, Broker, set_up
 from broker.settings import Settings
 
 EXIT_BAD_SETTINGS = 2
+EXIT_SCHEMA = 3  # the database is not at the code's schema revision
 
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     demo: Annotated[bool, typer.Option(help="Load the demo county into an empty broker")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Worker processes (more than one needs PostgreSQL)")] = 1,
 ) -> None:
-    """Run the broker's HTTP API."""
-    from broker.app import create_app
+    """Run the broker's HTTP API.
 
+    Exit 2 on bad settings, 3 when the database is behind (or ahead of) the code: run
+    ``broker db upgrade`` first. An empty database is given the schema.
+    """
     try:
         settings = Settings()
     except ValidationError as exc:  # refused at start, said plainly (not a traceback)
@@ -36,9 +43,40 @@ def serve(
     if demo and settings.oidc_issuer:
         raise typer.BadParameter("the demo mints dev tokens, which are refused while "
                                  "BROKER_OIDC_ISSUER is set", param_hint="--demo")
+    if workers > 1 and not settings.db_url.startswith("postgresql"):
+        raise typer.BadParameter(
+            "several workers share one database: set BROKER_DATABASE_URL to PostgreSQL "
+            "(the embedded SQLite database serves one process)", param_hint="--workers")
+    _prepare_schema(settings)
     if demo:
         threading.Thread(target=_welcome, args=(settings, host, port), daemon=True).start()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    if workers == 1:
+        from broker.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    # Each worker builds its own app from the same environment (settings were checked
+    # above); the metrics of all of them are collected in one directory.
+    with tempfile.TemporaryDirectory(prefix="broker-metrics-") as metrics:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics)
+        uvicorn.run("broker.app:create_app", factory=True, workers=workers, host=host,
+                    port=port, log_level="info")
+
+
+def _prepare_schema(settings: Settings) -> None:
+    """Give an empty database the schema once, before any worker starts; refuse (exit 3) a
+    database that is not at the code's revision, naming the command that upgrades it."""
+    from broker.store.db import create_schema, make_engine
+    from broker.store.schema import SchemaMismatch
+
+    engine = make_engine(settings.db_url)
+    try:
+        create_schema(engine)
+    except SchemaMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_SCHEMA) from exc
+    finally:
+        engine.dispose()
 
 
 def _welcome(settings: Settings, host: str, port: int) -> None:

@@ -177,6 +177,18 @@ class UnitOfWork(Protocol):
     def rollback(self) -> None: ...
 
 
+class Lease(Protocol):
+    """The right of one process among several to do a job (see ``broker.store.leases``)."""
+
+    def held(self) -> bool:
+        """Whether this process holds it now (taking it if free)."""
+        ...
+
+    def release(self) -> None:
+        """Give it up."""
+        ...
+
+
 class UnitOfWorkFactory(Protocol):
     """Opens a new unit of work; a ``read_only`` one reads a snapshot and blocks no writer."""
 

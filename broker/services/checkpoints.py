@@ -25,7 +25,7 @@ from typing import Protocol, TextIO
 from audit import merkle
 from audit.checkpoint import Checkpoint, CheckpointError, NoteSigner
 from broker.domain.errors import Unavailable
-from broker.domain.ports import StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
+from broker.domain.ports import Lease, StoredCheckpoint, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,29 @@ class SyslogSink:
         syslog.syslog(syslog.LOG_NOTICE, json.dumps({"audit_checkpoint": note, "size": size}))
 
 
+class _Always:
+    def held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
 class Checkpointer:
-    """Signs and publishes checkpoints; ``start`` runs the periodic thread."""
+    """Signs and publishes checkpoints; ``start`` runs the periodic thread.
+
+    With several broker processes on one database, only the holder of ``lease`` signs
+    periodically (any process still signs on demand, when a proof or an export needs a
+    checkpoint: signing the same tree twice gives the same note, stored once).
+    """
 
     def __init__(self, uow: UnitOfWorkFactory, signer: NoteSigner, sinks: list[CheckpointSink],
-                 *, every_entries: int, every_seconds: float) -> None:
+                 *, every_entries: int, every_seconds: float, lease: Lease | None = None
+                 ) -> None:
         self.uow = uow
+        self.lease: Lease = lease or _Always()
+        #: Whether this process is the periodic signer (as of the last round).
+        self.leader = False
         self.signer = signer
         self.sinks = sinks
         self.every_entries = every_entries
@@ -227,7 +244,11 @@ class Checkpointer:
         poll = min(0.5, self.every_seconds)
         while not self._stop.wait(poll):
             try:
-                if self.due():
+                leader = self.lease.held()
+                if leader and not self.leader:  # took over: count the interval from now
+                    self._last_signed = time.monotonic()
+                self.leader = leader
+                if leader and self.due():
                     self.checkpoint()
                     self._last_signed = time.monotonic()
             except Exception as exc:  # keep running; the next round tries again
@@ -243,6 +264,9 @@ class Checkpointer:
             self.checkpoint()
         except Exception as exc:
             log.error("final checkpoint failed: %s", type(exc).__name__)
+        finally:
+            self.leader = False
+            self.lease.release()
 
 
 def make_sinks(kinds: Sequence[str], directory: Path) -> list[CheckpointSink]:

@@ -6,14 +6,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel, select
 
-from audit.entry import GENESIS_HASH
 from broker.store.group_commit import SYNCER, syncer_for
-from broker.store.tables import AuditHeadRow
+from broker.store.schema import prepare
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -82,77 +80,11 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-APPEND_ONLY = ("audit_entries", "audit_nodes", "audit_checkpoints")
-
-_SQLITE_TRIGGERS = [
-    *(f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}
-        BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""
-      for table in APPEND_ONLY for op in ("UPDATE", "DELETE")),
-    """CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
-        BEGIN SELECT RAISE(ABORT, 'the audit head cannot be deleted'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_head_forward BEFORE UPDATE ON audit_head
-        WHEN NEW.size < OLD.size OR NEW.id != OLD.id
-        BEGIN SELECT RAISE(ABORT, 'the audit head only moves forward'); END""",
-]
-
-# Run through the driver with parameters, so a literal % is written %%.
-_POSTGRESQL_TRIGGERS = [
-    """CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION '%% is append-only', TG_TABLE_NAME; END $$""",
-    """CREATE OR REPLACE FUNCTION audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-          IF TG_OP <> 'UPDATE' OR NEW.size < OLD.size OR NEW.id <> OLD.id THEN
-            RAISE EXCEPTION 'the audit head only moves forward';
-          END IF;
-          RETURN NEW;
-        END $$""",
-    *(f"""CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
-        FOR EACH ROW EXECUTE FUNCTION audit_append_only()""" for table in APPEND_ONLY),
-    *(f"""CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
-        FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()"""
-      for table in (*APPEND_ONLY, "audit_head")),
-    """CREATE OR REPLACE TRIGGER audit_head_forward BEFORE UPDATE OR DELETE ON audit_head
-        FOR EACH ROW EXECUTE FUNCTION audit_head_forward()""",
-]
-
-
-class SchemaOutdated(RuntimeError):
-    """The database was made by an older broker, without columns this one needs."""
-
-
-#: A column each schema change added, with what it brought; a database without it is older.
-_MARKERS = (
-    ("audit_head", "frontier", "the audit Merkle tree"),
-    ("contracts", "provider_signature", "signed contracts and consented slices"),
-)
-
-
-def _check_schema(engine: Engine) -> None:
-    inspector = inspect(engine)
-    tables = set(inspector.get_table_names())
-    for table, column, feature in _MARKERS:
-        if table in tables and column not in {c["name"] for c in inspector.get_columns(table)}:
-            raise SchemaOutdated(
-                f"{engine.url.render_as_string(hide_password=True)} was created by an older "
-                f"broker without {feature}; export its audit log, then start on a new "
-                "database (for the embedded default: move ./var aside)."
-            )
-
-
 def create_schema(engine: Engine) -> None:
-    """Create missing tables, the append-only triggers and the audit head row."""
-    _check_schema(engine)
-    SQLModel.metadata.create_all(engine)
-    triggers = _POSTGRESQL_TRIGGERS if engine.dialect.name == "postgresql" else _SQLITE_TRIGGERS
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(6962)")  # one creator at a time
-        for ddl in triggers:
-            conn.exec_driver_sql(ddl)
-    with Session(engine) as session:
-        if session.exec(select(AuditHeadRow).where(AuditHeadRow.id == 1)).first() is None:
-            session.add(AuditHeadRow(id=1, size=0, head_hash=GENESIS_HASH, frontier=""))
-            session.commit()
+    """At start: an empty database gets the whole schema (the migrations, with the append-only
+    triggers and the audit head row); any other must already be at the code's revision
+    (``broker.store.schema.SchemaMismatch`` otherwise, naming ``broker db upgrade``)."""
+    prepare(engine)
     flush(engine)
 
 

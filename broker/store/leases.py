@@ -1,0 +1,84 @@
+"""Leases: one process of several does a job (the periodic checkpoint signer).
+
+On PostgreSQL a lease is a session advisory lock held on a connection of its own: the server
+releases it the moment that connection ends (the worker exited, crashed or lost the network),
+and another worker's next try takes it over. SQLite serves one process, which always holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from sqlalchemy import Connection, Engine, NullPool, create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
+
+#: The advisory lock key of the checkpoint signer's lease.
+SIGNER = 6963
+
+
+class LocalLease:
+    """The only process: it always holds the lease."""
+
+    def held(self) -> bool:
+        """Always."""
+        return True
+
+    def release(self) -> None:
+        """Nothing to release."""
+
+
+class AdvisoryLease:
+    """A PostgreSQL session advisory lock on a dedicated connection (not from the pool)."""
+
+    def __init__(self, engine: Engine, key: int) -> None:
+        self._engine = create_engine(engine.url, poolclass=NullPool)
+        self._key = key
+        self._conn: Connection | None = None
+
+    def held(self) -> bool:
+        """Whether this process holds the lease now, taking it if it is free. A held lease is
+        checked alive (its connection still answers) every time."""
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                return True
+            except DBAPIError:
+                log.warning("lost the lease %d (its connection ended)", self._key)
+                self._drop()
+        try:
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except DBAPIError:
+            return False
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                               {"key": self._key}).scalar()
+        except DBAPIError:
+            got = False
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        log.info("process %d took the lease %d", os.getpid(), self._key)
+        return True
+
+    def release(self) -> None:
+        """Give the lease up (closing its connection releases the lock)."""
+        self._drop()
+        self._engine.dispose()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(DBAPIError):
+                conn.close()
+
+
+def lease_for(engine: Engine, key: int) -> LocalLease | AdvisoryLease:
+    """The lease ``key`` on ``engine``'s database."""
+    if engine.dialect.name == "postgresql":
+        return AdvisoryLease(engine, key)
+    return LocalLease()

@@ -1,0 +1,185 @@
+"""The database schema's version: Alembic migrations, applied by ``broker db upgrade``.
+
+The server applies migrations itself only to an empty database (a new broker). A database
+that holds anything is upgraded by the operator, on purpose, with ``broker db upgrade``
+(taking a backup first): the server refuses to start on one that is behind the code, or ahead
+of it, with a message naming what to do. A database made by release 0.1.0 (the last without
+migrations) has no ``alembic_version`` table; ``upgrade`` recognises its schema exactly (tables,
+columns and the append-only triggers) and stamps it at the baseline before going on, and
+refuses anything else.
+
+Migrations run inside one transaction (SQLite and PostgreSQL both have transactional DDL), so
+an upgrade is applied whole or not at all. On PostgreSQL they hold an advisory lock, so
+workers and a migration job starting together apply them once.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+#: The revision that is release 0.1.0's schema, as that release's own code created it.
+BASELINE = "0001"
+_LOCK = 6962  # the advisory lock every schema change takes on PostgreSQL
+
+
+class SchemaMismatch(RuntimeError):
+    """The database is not at the code's schema; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database stands against the code."""
+
+    current: str | None  # its revision; None when unversioned (empty, or 0.1.0)
+    head: str
+    empty: bool
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+def head() -> str:
+    """The revision this code expects."""
+    heads = _scripts().get_heads()
+    if len(heads) != 1:  # a packaging mistake: refuse rather than guess
+        raise SchemaMismatch(f"the migrations have {len(heads)} heads: {', '.join(heads)}")
+    return heads[0]
+
+
+def _tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names()) - {"alembic_version"}
+
+
+def state(engine: Engine) -> SchemaState:
+    """Read the database's revision (without changing anything)."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        empty = not _tables(connection)
+    return SchemaState(current=current, head=head(), empty=empty)
+
+
+def _describe(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def check(engine: Engine) -> None:
+    """Refuse (``SchemaMismatch``) unless the database is at the code's revision."""
+    found = state(engine)
+    if found.at_head:
+        return
+    where = _describe(engine)
+    if found.current is None:
+        raise SchemaMismatch(
+            f"{where} was made by an earlier broker (release 0.1.0 or older) and has not been "
+            "upgraded: back it up (broker backup), then run `broker db upgrade`.")
+    known = {script.revision for script in _scripts().walk_revisions()}
+    if found.current not in known:
+        raise SchemaMismatch(
+            f"{where} is at schema revision {found.current}, which this broker does not know: "
+            "it was upgraded by a newer broker. Run that release (or newer) instead.")
+    raise SchemaMismatch(
+        f"{where} is at schema revision {found.current}, behind this broker's {found.head}: "
+        "back it up (broker backup), then run `broker db upgrade`.")
+
+
+def prepare(engine: Engine) -> None:
+    """At start: give an empty database the whole schema, and refuse any other database that
+    is not at the code's revision (``SchemaMismatch``)."""
+    if state(engine).empty:
+        upgrade(engine, only_if_empty=True)
+    check(engine)
+
+
+def upgrade(engine: Engine, *, only_if_empty: bool = False) -> tuple[str | None, str]:
+    """Apply every migration the database lacks, in one transaction; (from, to) revisions.
+
+    An unversioned database that holds tables must be exactly release 0.1.0's schema: it is
+    stamped at the baseline, then upgraded. With ``only_if_empty``, a database that gained
+    tables meanwhile (another process created them) is left to ``check``.
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+        current = MigrationContext.configure(connection).get_current_revision()
+        tables = _tables(connection)
+        if only_if_empty and (current is not None or tables):
+            return current, current or ""
+        config = _config(connection)
+        if current is None and tables:
+            _check_baseline(connection)
+            command.stamp(config, BASELINE)
+        command.upgrade(config, "head")
+        after = MigrationContext.configure(connection).get_current_revision()
+    return current, after or ""
+
+
+@dataclass(frozen=True)
+class _Shape:
+    columns: dict[str, frozenset[str]]
+    triggers: frozenset[str]
+
+
+def _shape(connection: Connection) -> _Shape:
+    inspector = inspect(connection)
+    columns = {t: frozenset(c["name"] for c in inspector.get_columns(t))
+               for t in _tables(connection)}
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(text(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))
+    else:
+        rows = connection.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'"))
+    return _Shape(columns, frozenset(r[0] for r in rows))
+
+
+@functools.cache
+def _baseline(dialect: str) -> _Shape:
+    """Release 0.1.0's schema as the baseline revision makes it (in a scratch SQLite
+    database; triggers are named alike on both kinds, and the table set is the same)."""
+    scratch = create_engine("sqlite://")
+    with scratch.begin() as connection:
+        command.upgrade(_config(connection), BASELINE)
+        shape = _shape(connection)
+    scratch.dispose()
+    if dialect == "postgresql":  # PostgreSQL's triggers are named for what they refuse
+        names = {"audit_entries", "audit_nodes", "audit_checkpoints"}
+        triggers = {f"{t}_append_only" for t in names} | {
+            f"{t}_no_truncate" for t in (*names, "audit_head")} | {"audit_head_forward"}
+        return _Shape(shape.columns, frozenset(triggers))
+    return shape
+
+
+def _check_baseline(connection: Connection) -> None:
+    """Refuse an unversioned database that is not exactly release 0.1.0's schema."""
+    found, want = _shape(connection), _baseline(connection.dialect.name)
+    problems = [f"table {t} is missing" for t in sorted(set(want.columns) - set(found.columns))]
+    problems += [f"table {t} lacks {', '.join(sorted(want.columns[t] - found.columns[t]))}"
+                 for t in sorted(set(want.columns) & set(found.columns))
+                 if want.columns[t] - found.columns[t]]
+    problems += [f"trigger {t} is missing" for t in sorted(want.triggers - found.triggers)]
+    if problems:
+        raise SchemaMismatch(
+            f"{_describe(connection.engine)} has no schema version and is not release 0.1.0's "
+            f"schema ({'; '.join(problems[:5])}): it was made by an older broker, which no "
+            "migration starts from. Export its audit log (broker audit export), then start on "
+            "a new database.")
