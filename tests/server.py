@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,18 +16,20 @@ from broker.cli.serving import free_port
 
 
 @contextmanager
-def broker_server(tmp_path: Path, env: Mapping[str, str], *, unset: tuple[str, ...] = ()
-                  ) -> Iterator[str]:
-    """Start the broker with ``env`` added to this process's environment (less ``unset``);
-    yield its base URL once it is ready (its log is ``tmp_path/server.log``); stop it on exit."""
+def broker_server(tmp_path: Path, env: Mapping[str, str], *, unset: tuple[str, ...] = (),
+                  args: Sequence[str] = (), log_name: str = "server.log",
+                  cwd: Path | None = None) -> Iterator[str]:
+    """Start the broker with ``env`` added to this process's environment (less ``unset``) and
+    ``args`` added to ``broker serve``; yield its base URL once it is ready (its log is
+    ``tmp_path/log_name``); stop it (SIGTERM, a graceful shutdown) on exit."""
     port = free_port()
-    log_path = tmp_path / "server.log"
+    log_path = tmp_path / log_name
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port",
-             str(port)],
+             str(port), *args],
             env={k: v for k, v in {**os.environ, **env}.items() if k not in unset},
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, cwd=cwd, stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
         try:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Computed,
     DateTime,
     Index,
+    Integer,
     LargeBinary,
     Text,
     UniqueConstraint,
@@ -21,6 +22,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlmodel import Field, SQLModel
+
+#: A 64-bit integer column that stays SQLite's INTEGER (64-bit already, and the only type that
+#: makes a primary key the auto-numbered rowid).
+WIDE = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class OrgRow(SQLModel, table=True):
@@ -60,7 +65,7 @@ class DatasetVersionRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     dataset_id: str = Field(foreign_key="datasets.id", index=True, max_length=36)
     version: int
-    rows: int
+    rows: int = Field(sa_column=Column(WIDE, nullable=False))
     sha256: str = Field(max_length=64)
     location: str = Field(max_length=512)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -265,12 +270,12 @@ class ReleasedSetRow(SQLModel, table=True):
     __tablename__ = "released_sets"
     __table_args__ = (Index("ix_released_sets_dataset_id_id", "dataset_id", "id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(WIDE, primary_key=True))
     dataset_id: str = Field(max_length=36)
     measure: str = Field(max_length=1024)
     size: int
     members: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    audit_seq: int
+    audit_seq: int = Field(sa_column=Column(WIDE, nullable=False))
 
 
 class ReleaseFormRow(SQLModel, table=True):
@@ -281,14 +286,14 @@ class ReleaseFormRow(SQLModel, table=True):
     __tablename__ = "release_forms"
     __table_args__ = (Index("ix_release_forms_dataset_id_id", "dataset_id", "id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(WIDE, primary_key=True))
     dataset_id: str = Field(max_length=36)
     quantity: str = Field(max_length=1024)
     kind: str = Field(max_length=16)
     atoms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     #: A sum's value or protection interval, sealed (``Sealer``), bound to dataset and atoms.
     numbers: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    audit_seq: int
+    audit_seq: int = Field(sa_column=Column(WIDE, nullable=False))
 
 
 class ReleaseCacheRow(SQLModel, table=True):
@@ -299,4 +304,4 @@ class ReleaseCacheRow(SQLModel, table=True):
     dataset_id: str = Field(primary_key=True, max_length=36)
     fingerprint: str = Field(primary_key=True, max_length=64)
     body: str = Field(sa_column=Column(Text, nullable=False))
-    audit_seq: int
+    audit_seq: int = Field(sa_column=Column(WIDE, nullable=False))
