@@ -220,14 +220,17 @@ def _rate(n: int, fn: object) -> float:
     return n / elapsed
 
 
-def _load_db(url: str, bodies: list[bytes], leaves: list[bytes]) -> None:
-    """Write a log straight into the tables (entries, nodes, head), as appends would leave it."""
+def _load_db(url: str, bodies: list[bytes], leaves: list[bytes], *, schema: bool = True
+             ) -> None:
+    """Write a log straight into the tables (entries, nodes, head), as appends would leave it
+    (into a new database, or with ``schema=False`` into the tables already there)."""
     from sqlalchemy import insert, update
 
     from broker.store.tables import AuditEntryRow, AuditHeadRow, AuditNodeRow
 
     engine = make_engine(url)
-    create_schema(engine)
+    if schema:
+        create_schema(engine)
     frontier = merkle.Frontier()
     nodes: list[dict[str, object]] = []
     rows = []
