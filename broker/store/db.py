@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,16 @@ def make_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, connect_args=server_connect_args(url))
+
+
+def server_connect_args(url: str) -> dict[str, Any]:
+    """Connection arguments for a database server: each connection says which broker process
+    holds it (``application_name``, seen in ``pg_stat_activity``), so an operator can tell the
+    workers' connections apart; an explicit one in the URL wins."""
+    if make_url(url).get_backend_name() == "postgresql" and "application_name" not in url:
+        return {"application_name": f"broker-{os.getpid()}"}
+    return {}
 
 
 def create_schema(engine: Engine) -> None:

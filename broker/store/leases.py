@@ -14,6 +14,8 @@ import os
 from sqlalchemy import Connection, Engine, NullPool, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from broker.store.db import server_connect_args
+
 log = logging.getLogger(__name__)
 
 #: The advisory lock key of the checkpoint signer's lease.
@@ -35,7 +37,9 @@ class AdvisoryLease:
     """A PostgreSQL session advisory lock on a dedicated connection (not from the pool)."""
 
     def __init__(self, engine: Engine, key: int) -> None:
-        self._engine = create_engine(engine.url, poolclass=NullPool)
+        url = engine.url.render_as_string(hide_password=False)
+        self._engine = create_engine(url, poolclass=NullPool,
+                                     connect_args=server_connect_args(url))
         self._key = key
         self._conn: Connection | None = None
 

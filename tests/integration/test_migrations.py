@@ -7,6 +7,7 @@ unversioned release 0.1.0 database but refuses anything else, changing nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def engine(url: str) -> Engine:
+def engine(url: str) -> Iterator[Engine]:
     engine = make_engine(url)
-    yield engine  # type: ignore[misc]
+    yield engine
     engine.dispose()
 
 
@@ -75,7 +76,7 @@ def test_migrated_audit_tables_are_append_only(engine: Engine, statement: str) -
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO audit_entries (seq, body, leaf_hash, prev_hash) "
                           "VALUES (1, '{}', 'a', 'b')"))
-    with pytest.raises(DBAPIError, match="append-only|audit head"), engine.begin() as conn:
+    with pytest.raises(DBAPIError, match=r"append-only|audit head"), engine.begin() as conn:
         conn.execute(text(statement))
 
 
@@ -95,7 +96,8 @@ def test_unversioned_release_database_is_refused_then_upgraded(engine: Engine, u
     assert _revision(engine) == schema.head()
     create_schema(engine)  # the server now starts
     again = runner.invoke(cli, ["db", "upgrade"])
-    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert again.exit_code == 0
+    assert "nothing to do" in again.output
     assert runner.invoke(cli, ["db", "status"]).exit_code == 0
 
 
@@ -110,7 +112,8 @@ def test_database_behind_is_refused_naming_the_command(engine: Engine) -> None:
     assert (before, after) == (schema.BASELINE, schema.head())
     if engine.dialect.name == "postgresql":  # the ledger ids were widened
         columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("release_forms")}
-        assert str(columns["id"]) == "BIGINT" and str(columns["audit_seq"]) == "BIGINT"
+        assert str(columns["id"]) == "BIGINT"
+        assert str(columns["audit_seq"]) == "BIGINT"
 
 
 def test_database_ahead_is_refused(engine: Engine) -> None:
