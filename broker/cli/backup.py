@@ -65,8 +65,8 @@ def restore(
         metavar="DIR", exists=True, file_okay=False, help="A backup made by broker backup")],
     keys: KeysOption = None,
     without_key: Annotated[bool, typer.Option(
-        help="Restore even though the master key is not at hand (the datasets stay "
-             "unreadable until it is put in place)")] = False,
+        "--without-key", help="Restore even though the master key is not at hand (the "
+        "datasets stay unreadable until it is put in place)")] = False,
 ) -> None:
     """Restore a backup into an empty data directory and an empty database, then verify the
     restored audit log against the backup's checkpoints.

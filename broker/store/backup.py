@@ -22,6 +22,8 @@ files it cannot open. Nothing is ever decrypted here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -38,6 +40,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import psycopg
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from sqlalchemy.engine import URL, make_url
 
 from audit import merkle
@@ -203,7 +211,8 @@ def make_backup(settings: Settings, target: Path, keys: Path | None = None) -> M
         staging.mkdir(mode=0o700)
         with _no_rotation(keyring):
             manifest = _fill(settings, kind, staging, key_staging)
-        _write_manifest(staging, manifest.as_json())
+        _write_manifest(staging, sign_manifest(manifest.as_json(),
+                                               settings.checkpoint_key_path))
         if key_staging is not None and keys is not None:
             os.replace(key_staging, keys)
             fsync_dir(keys.parent)
@@ -362,9 +371,79 @@ def _snapshot_postgresql(url: str, out: Path) -> Snapshot:
 # -- checking and restoring ----------------------------------------------------------------
 
 
-def read_manifest(directory: Path) -> Manifest:
-    """The manifest of the backup in ``directory``."""
-    return Manifest.from_json(_load_json(directory / MANIFEST))
+def read_manifest(directory: Path, anchor: Ed25519PublicKey | None = None) -> Manifest:
+    """The manifest of the backup in ``directory``, its signature checked: against
+    ``anchor`` (the public half of the checkpoint key in a key copy), which must have signed
+    it; else against the public key the backup holds, which catches accidents only."""
+    doc = _load_json(directory / MANIFEST)
+    if anchor is None:
+        if isinstance(doc, dict) and "signature" in doc:
+            try:
+                anchor = _public_key(directory / CHECKPOINT_PUBKEY)
+            except (OSError, ValueError):
+                raise BackupMismatch("the manifest is signed and the backup has no public "
+                                     "key to check it with") from None
+        _check_signature(doc, anchor, required=False)
+    else:
+        _check_signature(doc, anchor, required=True)
+    return Manifest.from_json(doc)
+
+
+def sign_manifest(doc: dict[str, Any], key_path: Path) -> dict[str, Any]:
+    """``doc`` with an Ed25519 signature by the checkpoint key (when it is here) over its
+    canonical JSON: whoever holds that key's public half can tell the manifest, and so every
+    file it lists, was written by this broker and not changed since."""
+    if not key_path.is_file():
+        return doc
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BackupError(f"{key_path} does not hold an Ed25519 private key")
+    public = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                           serialization.PublicFormat.Raw)
+    return {**doc, "signature": {"alg": "Ed25519",
+                                 "public_key": base64.b64encode(public).decode(),
+                                 "value": base64.b64encode(key.sign(_signed_bytes(doc)))
+                                 .decode()}}
+
+
+def _signed_bytes(doc: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _check_signature(doc: Any, anchor: Ed25519PublicKey | None, *, required: bool) -> None:
+    signature = doc.get("signature") if isinstance(doc, dict) else None
+    if signature is None:
+        if required:
+            raise BackupMismatch("the manifest is not signed, and the key copy holds the "
+                                 "checkpoint key that signs every backup it is given to")
+        return
+    if anchor is None:
+        raise BackupMismatch("the manifest's signature cannot be checked")
+    try:
+        anchor.verify(base64.b64decode(signature["value"], validate=True),
+                      _signed_bytes(doc))
+    except (InvalidSignature, KeyError, TypeError, ValueError, binascii.Error):
+        raise BackupMismatch("the manifest's signature does not verify under the checkpoint "
+                             "key") from None
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _public_key(path: Path) -> Ed25519PublicKey:
+    """The Ed25519 public key of a PEM file holding the private or the public key."""
+    data = path.read_bytes()
+    if b"PRIVATE KEY" in data:
+        private = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError("not an Ed25519 key")
+        return private.public_key()
+    public = serialization.load_pem_public_key(data)
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 key")
+    return public
 
 
 def check_files(directory: Path, listed: list[FileEntry]) -> None:
@@ -412,9 +491,18 @@ def restore_backup(settings: Settings, source: Path, keys: Path | None = None, *
                    without_key: bool = False) -> Restored:
     """Restore the backup in ``source`` (and the secrets in ``keys``) into the empty data
     directory and database of ``settings``; every file is checked first."""
-    manifest = read_manifest(source)
-    check_files(source, manifest.files)
     secrets = read_keys(keys) if keys is not None else []
+    anchor = None
+    if keys is not None and any(f.path == "checkpoint-ed25519.pem" for f in secrets):
+        try:
+            anchor = _public_key(keys / "checkpoint-ed25519.pem")
+        except ValueError:
+            raise BackupMismatch("the key copy's checkpoint key is not an Ed25519 key") from None
+    manifest = read_manifest(source, anchor)
+    check_files(source, manifest.files)
+    if anchor is not None and (source / CHECKPOINT_PUBKEY).is_file() and (
+            _raw(_public_key(source / CHECKPOINT_PUBKEY)) != _raw(anchor)):
+        raise BackupMismatch("the backup's checkpoint public key is not the key copy's")
     kind = database_kind(settings.db_url)
     if kind != manifest.database:
         raise BackupRefused(f"the backup holds a {manifest.database} database and the "
@@ -690,7 +778,7 @@ def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BackupError(f"{path} is missing: not a whole backup") from None
+        raise BackupError(f"{path} is missing: not a whole backup (or key copy)") from None
     except (OSError, ValueError) as exc:
         raise BackupError(f"{path} is not readable: {type(exc).__name__}") from None
 

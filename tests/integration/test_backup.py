@@ -3,6 +3,7 @@ restores to a broker that answers the same, on SQLite and PostgreSQL; and every 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -366,3 +367,23 @@ def test_a_backup_without_keys_holds_no_secret_and_its_key_files_are_wrapped(
     assert not names & {"master.key", "jwt-secret", "pseudonym-secret",
                         "checkpoint-ed25519.pem"}
     assert os.stat(plain / MANIFEST).st_mode & 0o077 == 0
+
+
+def test_a_manifest_rewritten_to_match_a_changed_file_fails_its_signature(made: Made) -> None:
+    """The checkpoint key signs the manifest: with the key copy at hand, a backup changed
+    together with its manifest is refused; the signature is dropped to no avail."""
+    version = next(made.backup.glob("datasets/*/v1.parquet.enc"))
+    _flip(version, 1000)
+    path = made.backup / MANIFEST
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    name = version.relative_to(made.backup).as_posix()
+    entry = next(f for f in doc["files"] if f["path"] == name)
+    entry["sha256"] = hashlib.sha256(version.read_bytes()).hexdigest()
+    for signed in (True, False):
+        if not signed:
+            del doc["signature"]
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        result = cli(made.target, "restore", str(made.backup), "--keys", str(made.keys))
+        assert result.exit_code == MISMATCH, result.output
+        assert "signature" in result.output or "not signed" in result.output
+        assert not Path(made.target["BROKER_DATA_DIR"]).exists()
