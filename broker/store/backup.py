@@ -52,7 +52,7 @@ from audit import merkle
 from broker import __version__
 from broker.settings import Settings
 from broker.store.keys import release_cache_key_path
-from connectors.crypto import Keyring, SealError, fsync_dir, wrapping_key_id
+from connectors.crypto import Keyring, MasterKey, SealError, fsync_dir, wrapping_key_id
 from connectors.storage import KEY_FILE, SEALED
 
 FORMAT = "broker-backup/1"
@@ -183,8 +183,6 @@ def _key_ids(paths: list[Path]) -> set[str]:
 
 
 def _master_id(secret: bytes) -> str:
-    from connectors.crypto import MasterKey
-
     return MasterKey(secret).id
 
 
@@ -207,6 +205,7 @@ def make_backup(settings: Settings, target: Path, keys: Path | None = None) -> M
     staging = _staging(target)
     key_staging = _staging(keys) if keys is not None else None
     keyring = Keyring(settings.master_key_path)
+    keys_placed = False
     try:
         staging.mkdir(mode=0o700)
         with _no_rotation(keyring):
@@ -215,6 +214,7 @@ def make_backup(settings: Settings, target: Path, keys: Path | None = None) -> M
                                                settings.checkpoint_key_path))
         if key_staging is not None and keys is not None:
             os.replace(key_staging, keys)
+            keys_placed = True
             fsync_dir(keys.parent)
         os.replace(staging, target)
         fsync_dir(target.parent)
@@ -222,6 +222,8 @@ def make_backup(settings: Settings, target: Path, keys: Path | None = None) -> M
         shutil.rmtree(staging, ignore_errors=True)
         if key_staging is not None:
             shutil.rmtree(key_staging, ignore_errors=True)
+        if keys_placed and keys is not None:  # no secrets without the backup they open
+            shutil.rmtree(keys, ignore_errors=True)
         raise
     return manifest
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from broker.demo.story import Broker, StoryResult, set_up
 from broker.settings import Settings
 from broker.store.backup import MANIFEST
 from broker.store.keys import jwt_secret
-from connectors.crypto import Keyring
+from connectors.crypto import Keyring, MasterKey, wrap_key, write_atomic
 from connectors.storage import ParquetStorage
 from tests.postgres import PostgresServer
 from tests.server import broker_server
@@ -387,3 +388,32 @@ def test_a_manifest_rewritten_to_match_a_changed_file_fails_its_signature(made: 
         assert result.exit_code == MISMATCH, result.output
         assert "signature" in result.output or "not signed" in result.output
         assert not Path(made.target["BROKER_DATA_DIR"]).exists()
+
+
+def test_a_backup_in_the_middle_of_a_key_rotation_restores_readable(
+    tmp_path: Path, made: Made
+) -> None:
+    """An interrupted rotation leaves key files under the old and the new master key: the
+    key copy holds both, and every restored version opens."""
+    settings = Settings(data_dir=Path(made.env["BROKER_DATA_DIR"]))
+    keyring = Keyring(settings.master_key_path)
+    write_atomic(keyring.next_path, secrets.token_bytes(32))
+    storage = ParquetStorage(settings.datasets_dir, keyring)
+    path, context = next(iter(storage.key_files()))
+    data_key = keyring.read_key_file(path, context)
+    write_atomic(path, wrap_key(MasterKey(keyring.next_path.read_bytes()), data_key, context))
+    backup, keys = tmp_path / "mid-backup", tmp_path / "mid-keys"
+    result = cli(made.env, "backup", str(backup), "--keys", str(keys))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((backup / MANIFEST).read_text(encoding="utf-8"))
+    assert len(manifest["master_key_ids"]) == 2
+    assert (keys / "master.key.next").is_file()
+    restored = cli(made.target, "restore", str(backup), "--keys", str(keys))
+    assert restored.exit_code == 0, restored.output
+    target = Settings(data_dir=Path(made.target["BROKER_DATA_DIR"]))
+    opened = ParquetStorage(target.datasets_dir, Keyring(target.master_key_path))
+    versions = list(target.datasets_dir.glob("*/v1.parquet.enc"))
+    assert len(versions) == 4
+    for version in versions:
+        location = version.relative_to(target.datasets_dir).as_posix()
+        assert opened.read(location).num_rows > 0
