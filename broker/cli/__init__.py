@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from broker.cli.audit import audit_app
+from broker.cli.backup import backup, restore
 from broker.cli.contracts import contracts_app
 from broker.cli.datasets import datasets_app
 from broker.cli.db import db_app
@@ -19,6 +20,8 @@ app = typer.Typer(help="Privacy-preserving data-sharing broker.", no_args_is_hel
 app.command()(token)
 app.command()(serve)
 app.command()(demo)
+app.command()(backup)
+app.command()(restore)
 app.add_typer(audit_app, name="audit")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(datasets_app, name="datasets")
