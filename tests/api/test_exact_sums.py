@@ -1,0 +1,138 @@
+"""Identical data answers identically, bit for bit: the same rows as UTF-8 CSV, GBK CSV or
+Parquet, in any row order, give the same cells, values, statuses and reasons (issue 19).
+
+The values are chosen to expose float non-associativity: many 0.1s and 0.01s beside values of
+a million and more, so that a sum taken in another order differs in its last digits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from broker.domain.uscc import make_uscc
+from tests.conftest import Mint, auth, contract_terms
+
+TOWNS = ["许村镇", "长安镇", "周王庙镇"]
+
+
+def _rows() -> pd.DataFrame:
+    """36 enterprises, 12 per town, one to eight rows each, of mixed magnitudes."""
+    rng = np.random.default_rng(19)
+    firms = [make_uscc("330481", f"{n:08d}") for n in range(1, 37)]
+    kwh_values = [0.1, 0.2, 0.3, 0.01, 1234567.89, 98765.43, 7.77, 18978516.12, 0.07]
+    out_values = [0.1, 1e-7, 1234567.891234, 3.3333333, 100000000.1, 0.3, 2.5e-3, 7e12]
+    rows: dict[str, list[Any]] = {"统一社会信用代码": [], "乡镇": [], "用电量": [], "产值": [],
+                                  "员工": []}
+    for n, firm in enumerate(firms):
+        for _ in range(int(rng.integers(1, 9))):
+            rows["统一社会信用代码"].append(firm)
+            rows["乡镇"].append(TOWNS[n % 3])
+            rows["用电量"].append(float(rng.choice(kwh_values)))
+            rows["产值"].append(float(rng.choice(out_values)))
+            rows["员工"].append(int(rng.integers(1, 10**15)))
+    return pd.DataFrame(rows)
+
+
+DATA = _rows()
+
+
+def _meta(name: str, *, scaled: bool) -> dict[str, Any]:
+    kwh: dict[str, Any] = {"name": "用电量", "type": "number", "role": "measure",
+                           "sensitivity": "L2"}
+    if scaled:
+        kwh["scale"] = 2
+    return {"name": name, "entity_field": "统一社会信用代码", "fields": [
+        {"name": "统一社会信用代码", "type": "string", "role": "entity", "sensitivity": "L2"},
+        {"name": "乡镇", "type": "string", "role": "dimension"},
+        kwh,
+        {"name": "产值", "type": "number", "role": "measure"},
+        {"name": "员工", "type": "integer", "role": "measure"},
+    ]}
+
+
+QUERIES: list[dict[str, Any]] = [
+    {"purpose": "energy-planning", "group_by": ["乡镇"], "totals": True,
+     "measures": [{"fn": "count"}, {"fn": "sum", "field": "用电量"},
+                  {"fn": "mean", "field": "用电量"}, {"fn": "sum", "field": "产值"},
+                  {"fn": "mean", "field": "产值"}, {"fn": "sum", "field": "员工"},
+                  {"fn": "mean", "field": "员工"},
+                  {"fn": "ratio", "numerator": "产值", "denominator": "用电量"}]},
+    {"purpose": "energy-planning", "group_by": [], "totals": True,
+     "measures": [{"fn": "sum", "field": "用电量"}, {"fn": "sum", "field": "产值"}]},
+]
+
+
+def _uploads(frame: pd.DataFrame) -> dict[str, bytes]:
+    shuffled = [frame.sample(frac=1, random_state=seed).reset_index(drop=True)
+                for seed in (1, 2, 3)]
+    parquet = io.BytesIO()
+    shuffled[2].to_parquet(parquet, index=False)
+    return {
+        "utf8.csv": frame.to_csv(index=False).encode("utf-8"),
+        "gbk.csv": frame.to_csv(index=False, sep=";").encode("gbk"),
+        "data.parquet": (lambda b: b.getvalue())(_parquet(frame)),
+        "shuffled-1.csv": shuffled[0].to_csv(index=False).encode("utf-8"),
+        "shuffled-2-gbk.csv": shuffled[1].to_csv(index=False, sep=";").encode("gbk"),
+        "shuffled.parquet": parquet.getvalue(),
+    }
+
+
+def _parquet(frame: pd.DataFrame) -> io.BytesIO:
+    out = io.BytesIO()
+    frame.to_parquet(out, index=False)
+    return out
+
+
+def _answers(c: TestClient, mint: Mint, *, scaled: bool) -> dict[str, list[Any]]:
+    admin, grid = mint("broker-ops", "admin"), mint("grid", "provider")
+    econ = mint("econ", "consumer")
+    for org, kind in (("grid", "enterprise"), ("econ", "department")):
+        c.post("/v1/orgs", headers=auth(admin), json={"id": org, "name": org, "kind": kind})
+    answers: dict[str, list[Any]] = {}
+    for i, (name, content) in enumerate(_uploads(DATA).items()):
+        r = c.post("/v1/datasets", headers=auth(grid), files={"file": (name, content)},
+                   data={"meta": json.dumps(_meta(f"energy-{i}", scaled=scaled))})
+        assert r.status_code == 201, (name, r.text)
+        r = c.post("/v1/contracts", headers=auth(grid), json=contract_terms(
+            r.json()["id"], fields={"乡镇": "clear", "用电量": "aggregate", "产值": "aggregate",
+                                    "员工": "aggregate"}))
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        assert c.post(f"/v1/contracts/{cid}/accept", headers=auth(econ)).status_code == 200
+        answers[name] = []
+        for query in QUERIES:
+            r = c.post("/v1/queries/aggregate", headers=auth(econ),
+                       json={"contract_id": cid, **query})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            # the JSON text itself: values compared bit for bit, as a client reads them
+            answers[name].append(json.dumps([body["cells"], body["suppressed"]],
+                                            ensure_ascii=False))
+    return answers
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["undeclared-scale", "scale-2"])
+def test_same_rows_in_any_format_and_order_answer_bit_for_bit_alike(
+        client: TestClient, mint: Mint, scaled: bool) -> None:
+    answers = _answers(client, mint, scaled=scaled)
+    expected = answers["utf8.csv"]
+    first = json.loads(expected[0])[0]
+    assert any(cell["status"] == "published" for cell in first)
+    for name, got in answers.items():
+        assert got == expected, name
+
+
+def test_a_declared_scale_publishes_the_exact_decimal_sum(client: TestClient,
+                                                          mint: Mint) -> None:
+    answers = _answers(client, mint, scaled=True)
+    cells = json.loads(answers["utf8.csv"][1])[0]
+    (total,) = [c for c in cells if c["status"] == "published"]
+    exact = sum(DATA["用电量"].map(lambda v: round(v * 100)).tolist()) / 100
+    assert total["values"]["sum_用电量"] == exact
