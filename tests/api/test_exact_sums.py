@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from broker.app import create_app
 from broker.domain.uscc import make_uscc
-from tests.conftest import Mint, auth, contract_terms
+from broker.settings import Settings
+from tests.conftest import SECRET, Mint, assert_problem, auth, contract_terms
 
 TOWNS = ["许村镇", "长安镇", "周王庙镇"]
 
@@ -136,3 +140,82 @@ def test_a_declared_scale_publishes_the_exact_decimal_sum(client: TestClient,
     (total,) = [c for c in cells if c["status"] == "published"]
     exact = sum(DATA["用电量"].map(lambda v: round(v * 100)).tolist()) / 100
     assert total["values"]["sum_用电量"] == exact
+
+
+def _orgs(c: TestClient, mint: Mint) -> str:
+    admin, grid = mint("broker-ops", "admin"), mint("grid", "provider")
+    c.post("/v1/orgs", headers=auth(admin), json={"id": "grid", "name": "g", "kind": "enterprise"})
+    return grid
+
+
+def test_a_declared_scale_is_shown_with_the_field(client: TestClient, mint: Mint) -> None:
+    grid = _orgs(client, mint)
+    r = client.post("/v1/datasets", headers=auth(grid),
+                    files={"file": ("d.csv", DATA.to_csv(index=False).encode())},
+                    data={"meta": json.dumps(_meta("energy", scaled=True))})
+    assert r.status_code == 201, r.text
+    fields = client.get(f"/v1/datasets/{r.json()['id']}", headers=auth(grid)).json()["fields"]
+    assert {f["name"]: f.get("scale") for f in fields}["用电量"] == 2
+
+
+@pytest.mark.parametrize("scale", [10, -1, "2", 1.5])
+def test_a_scale_outside_0_to_9_is_refused(client: TestClient, mint: Mint, scale: Any) -> None:
+    grid = _orgs(client, mint)
+    meta = _meta("energy", scaled=True)
+    meta["fields"][2]["scale"] = scale
+    r = client.post("/v1/datasets", headers=auth(grid),
+                    files={"file": ("d.csv", DATA.to_csv(index=False).encode())},
+                    data={"meta": json.dumps(meta)})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.parquet"])
+def test_values_the_scale_cannot_hold_refuse_the_upload_naming_column_and_count(
+        client: TestClient, mint: Mint, name: str) -> None:
+    grid = _orgs(client, mint)
+    frame = DATA.copy()
+    frame.loc[[3, 10, 11], "用电量"] = [0.125, 98765.4321, 7.001]
+    frame.loc[20, "用电量"] = 5e18
+    content = frame.to_csv(index=False).encode() if name.endswith(".csv") \
+        else _parquet(frame).getvalue()
+    r = client.post("/v1/datasets", headers=auth(grid), files={"file": (name, content)},
+                    data={"meta": json.dumps(_meta("energy", scaled=True))})
+    body = assert_problem(r, 422, "bad-dataset")
+    issues = {p["issue"]: p for p in body["problems"]}
+    assert issues["too-many-decimals"] == {"column": "用电量", "issue": "too-many-decimals",
+                                           "rows": [4, 11, 12], "count": 3}
+    assert issues["too-large"]["count"] == 1
+    assert not any(v in r.text for v in ("0.125", "98765.4", "7.001", "5e+18", "50000000"))
+    assert client.get("/v1/datasets", headers=auth(grid)).json() == []
+
+
+def test_register_numbering_does_not_change_the_answer(client: TestClient, mint: Mint,
+                                                       tmp_path: Path) -> None:
+    """Another broker that met the enterprises in another order (its county register numbers
+    them otherwise, and every row's atom differs) answers alike."""
+    first = _answers(client, mint, scaled=True)["utf8.csv"]
+    settings = Settings(data_dir=tmp_path / "other", jwt_secret=SecretStr(SECRET))
+    reordered = DATA.sample(frac=1, random_state=7).reset_index(drop=True)
+    with TestClient(create_app(settings)) as other:
+        grid, econ = _orgs(other, mint), mint("econ", "consumer")
+        admin = mint("broker-ops", "admin")
+        other.post("/v1/orgs", headers=auth(admin),
+                   json={"id": "econ", "name": "econ", "kind": "department"})
+        r = other.post("/v1/datasets", headers=auth(grid),
+                       files={"file": ("r.csv", reordered.to_csv(index=False).encode())},
+                       data={"meta": json.dumps(_meta("energy", scaled=True))})
+        assert r.status_code == 201, r.text
+        r = other.post("/v1/contracts", headers=auth(grid), json=contract_terms(
+            r.json()["id"], fields={"乡镇": "clear", "用电量": "aggregate", "产值": "aggregate",
+                                    "员工": "aggregate"}))
+        cid = r.json()["id"]
+        assert other.post(f"/v1/contracts/{cid}/accept", headers=auth(econ)).status_code == 200
+        answers = []
+        for query in QUERIES:
+            r = other.post("/v1/queries/aggregate", headers=auth(econ),
+                           json={"contract_id": cid, **query})
+            assert r.status_code == 200, r.text
+            answers.append(json.dumps([r.json()["cells"], r.json()["suppressed"]],
+                                      ensure_ascii=False))
+    assert answers == first
