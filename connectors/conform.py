@@ -186,8 +186,7 @@ def scaled(raw: pd.Series[Any], scale: int) -> tuple[pd.Series[Any], dict[str, p
             issues[issue] |= present & raw.isin(texts)
     good = {t: v for t, (v, _) in checked.items() if v is not None}
     values = [good.get(t) if ok else None for t, ok in zip(raw, present, strict=True)]
-    return pd.Series(pd.array(values, dtype=pd.ArrowDtype(decimal_type(scale))),
-                     index=raw.index), issues
+    return pd.Series(values, dtype=pd.ArrowDtype(decimal_type(scale)), index=raw.index), issues
 
 
 def _date(raw: pd.Series[Any]) -> tuple[pd.Series[Any], pd.Series[bool]]:
@@ -387,7 +386,7 @@ _SAMPLES: dict[FieldType, Callable[[], Any]] = {
 
 def _sample(spec: FieldSpec) -> Any:
     if spec.type is FieldType.NUMBER and spec.scale is not None:
-        return pd.array([decimal.Decimal(1)], dtype=pd.ArrowDtype(decimal_type(spec.scale)))
+        return pd.Series([decimal.Decimal(1)], dtype=pd.ArrowDtype(decimal_type(spec.scale)))
     return _SAMPLES[spec.type]()
 
 

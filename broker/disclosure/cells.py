@@ -144,9 +144,10 @@ def published_sum(value: Total, scale: int | None) -> float | int:
     a double as it is (a negative zero made zero)."""
     if scale is not None:
         return _rounded(value, scale)
-    if ((isinstance(value, int) or (isinstance(value, Decimal) and value == value.to_integral()))
-            and abs(value) <= MAX_JSON_INTEGER):
-        return int(value)
+    if isinstance(value, Decimal) and value == value.to_integral():
+        value = int(value)
+    if isinstance(value, int) and abs(value) <= MAX_JSON_INTEGER:
+        return value
     return float(value) + 0.0
 
 

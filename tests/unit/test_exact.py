@@ -63,7 +63,7 @@ def _conform(cells: list[str | None], scale: int = 2) -> pd.DataFrame:
 
 
 def test_values_a_scale_cannot_hold_are_refused_by_column_issue_and_count_never_value() -> None:
-    cells = ["1.25", "0.125", "7.001", "1e18", "abc", "3", "98765.4321"]
+    cells: list[str | None] = ["1.25", "0.125", "7.001", "1e18", "abc", "3", "98765.4321"]
     with pytest.raises(BadDataset) as caught:
         _conform(cells)
     problems = caught.value.extensions["problems"]
