@@ -219,3 +219,51 @@ def test_register_numbering_does_not_change_the_answer(client: TestClient, mint:
             answers.append(json.dumps([r.json()["cells"], r.json()["suppressed"]],
                                       ensure_ascii=False))
     assert answers == first
+
+
+def test_a_scaled_field_serves_versions_bins_and_range_filters(client: TestClient,
+                                                              mint: Mint) -> None:
+    """A new version conforms to the same decimals; bins and ranges compare decimals with the
+    request's numbers."""
+    grid, econ = _orgs(client, mint), mint("econ", "consumer")
+    client.post("/v1/orgs", headers=auth(mint("broker-ops", "admin")),
+                json={"id": "econ", "name": "econ", "kind": "department"})
+    meta = _meta("energy", scaled=True)
+    meta["fields"].append({"name": "面积", "type": "number", "role": "dimension", "scale": 1,
+                           "bins": [0, 5, 10.5, 20]})
+    frame = DATA.assign(面积=[float(i % 40) / 2 for i in range(len(DATA))])
+    r = client.post("/v1/datasets", headers=auth(grid),
+                    files={"file": ("d.csv", frame.to_csv(index=False).encode())},
+                    data={"meta": json.dumps(meta)})
+    assert r.status_code == 201, r.text
+    did = r.json()["id"]
+    r = client.post("/v1/contracts", headers=auth(grid), json=contract_terms(did, fields={
+        "乡镇": "clear", "用电量": "aggregate", "产值": "aggregate", "员工": "aggregate",
+        "面积": "clear"}))
+    cid = r.json()["id"]
+    assert client.post(f"/v1/contracts/{cid}/accept", headers=auth(econ)).status_code == 200
+
+    def total(**body: Any) -> Any:
+        r = client.post("/v1/queries/aggregate", headers=auth(econ), json={
+            "contract_id": cid, "purpose": "energy-planning", "group_by": [], "totals": True,
+            "measures": [{"fn": "sum", "field": "用电量"}], **body})
+        assert r.status_code == 200, r.text
+        return r.json()["cells"]
+
+    exact = sum(round(v * 100) for v in DATA["用电量"]) / 100
+    assert total()[0]["values"]["sum_用电量"] == exact
+    ranged = total(filters=[{"field": "面积", "op": "range", "value": [0, 9.5]}])
+    in_range = frame["面积"] <= 9.5
+    assert ranged[0]["values"]["sum_用电量"] == \
+        sum(round(v * 100) for v in frame.loc[in_range, "用电量"]) / 100
+    r = client.post("/v1/queries/aggregate", headers=auth(econ), json={
+        "contract_id": cid, "purpose": "energy-planning", "totals": False,
+        "group_by": [{"field": "面积", "bins": [0, 10.5, 20]}],
+        "measures": [{"fn": "count"}]})
+    assert r.status_code == 200, r.text
+    assert [c["values"]["count"] for c in r.json()["cells"] if c["status"] == "published"]
+    doubled = frame.assign(用电量=frame["用电量"] * 2)
+    r = client.post(f"/v1/datasets/{did}/versions", headers=auth(grid),
+                    files={"file": ("v.parquet", _parquet(doubled).getvalue())})
+    assert r.status_code == 201, r.text
+    assert total()[0]["values"]["sum_用电量"] == round(2 * exact, 2)
