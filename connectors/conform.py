@@ -153,7 +153,7 @@ def decimal_type(scale: int) -> pa.Decimal128Type:
 def _scaled_value(text: str, quantum: decimal.Decimal) -> tuple[decimal.Decimal | None, str]:
     """One present value of a scaled number: (value, "") or (None, the issue)."""
     try:
-        value = _EXACT.create_decimal(text.strip())
+        value = decimal.Decimal(text.strip())  # exact, whatever its length
     except (decimal.InvalidOperation, ValueError):
         return None, "not-number"
     if not value.is_finite():

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 import numpy as np
@@ -128,10 +128,17 @@ class CellTable:
 MEAN_EXTRA_DIGITS = 2
 
 
+#: Decimal arithmetic wide enough for any sum of DECIMAL(38, s) (and any double, exactly:
+#: 767 significant digits at most) so that rounding happens only where asked for.
+_WIDE = Context(prec=800, rounding=ROUND_HALF_EVEN)
+
+
 def _rounded(value: Total, places: int) -> float:
     """``value`` rounded half to even to ``places`` decimals, computed on its exact decimal
     value (a double's too), then the nearest double: the same sum gives the same bits."""
-    return float(Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN))
+    exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN,
+                                    context=_WIDE)
+    return float(exact) + 0.0  # a negative zero (-0.001 to two places) made zero
 
 
 #: The largest integer I-JSON (RFC 7493, and so the audit's RFC 8785 encoding) carries exactly.
@@ -156,11 +163,11 @@ def published_mean(value: Total, count: int, scale: int | None) -> float:
     rounded to scale + ``MEAN_EXTRA_DIGITS`` decimals; otherwise the double nearest the sum
     over the count (exact sums divided exactly, then rounded once)."""
     if scale is not None:
-        exact = Decimal(value) / Decimal(count)
+        exact = _WIDE.divide(Decimal(value), Decimal(count))
         return _rounded(exact, scale + MEAN_EXTRA_DIGITS)
     if isinstance(value, int):
         return value / count  # one correctly rounded division
-    return float(value) / count
+    return float(value) / count + 0.0  # a negative zero made zero
 
 
 def measure_values(
@@ -188,7 +195,7 @@ def measure_values(
                            if s is not None and n else None)
         elif m.numerator and m.denominator:
             num, den = total(m.numerator), total(m.denominator)
-            out[m.name] = float(num) / float(den) if num is not None and den else None
+            out[m.name] = float(num) / float(den) + 0.0 if num is not None and den else None
     return out
 
 

@@ -63,13 +63,14 @@ def _conform(cells: list[str | None], scale: int = 2) -> pd.DataFrame:
 
 
 def test_values_a_scale_cannot_hold_are_refused_by_column_issue_and_count_never_value() -> None:
-    cells: list[str | None] = ["1.25", "0.125", "7.001", "1e18", "abc", "3", "98765.4321"]
+    cells: list[str | None] = ["1.25", "0.125", "7.001", "1e18", "abc", "3", "98765.4321",
+                               "1." + "0" * 100 + "1"]
     with pytest.raises(BadDataset) as caught:
         _conform(cells)
     problems = caught.value.extensions["problems"]
     assert problems == [
         {"column": "x", "issue": "not-number", "rows": [5], "count": 1},
-        {"column": "x", "issue": "too-many-decimals", "rows": [2, 3, 7], "count": 3},
+        {"column": "x", "issue": "too-many-decimals", "rows": [2, 3, 7, 8], "count": 4},
         {"column": "x", "issue": "too-large", "rows": [4], "count": 1},
     ]
     said = str(caught.value) + repr(problems)
@@ -127,11 +128,15 @@ def test_sums_are_published_rounded_to_the_declared_scale() -> None:
     assert published_sum(Decimal("18978516.12"), 2) == 18978516.12
     assert repr(published_sum(Decimal("18978516.12"), 2)) == "18978516.12"
     assert published_sum(Decimal("2.675"), 2) == 2.68  # half to even on the exact value
-    assert published_sum(Decimal("-0.00"), 2) == 0.0
+    assert repr(published_sum(Decimal("-0.001"), 2)) == "0.0"
     assert published_sum(12, None) == 12
     assert isinstance(published_sum(12, None), int)
     assert published_sum(2**60 + 1, None) == float(2**60)  # beyond I-JSON: the nearest double
     assert repr(published_sum(-0.0, None)) == "0.0"
+    assert repr(published_mean(-0.0, 2, None)) == "0.0"
+    wide = Decimal("12345678901234567890123456789012.34")  # 34 digits: beyond the default 28
+    assert published_sum(wide, 2) == float(wide)
+    assert published_mean(wide, 2, 2) == float(wide / 2)
 
 
 def test_means_of_a_scaled_number_keep_two_more_decimals() -> None:
