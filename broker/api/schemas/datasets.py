@@ -80,7 +80,8 @@ class FieldOut(BaseModel):
     hierarchy: str | None = None
     codes: list[str] | None = None
     bins: list[float] | None = None
-    scale: int | None = None
+    scale: int | None = Field(default=None, description="Decimal places of a number field: its "
+                              "sums are exact and published rounded to them")
 
 
 class DatasetOut(BaseModel):
