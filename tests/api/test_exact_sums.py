@@ -1,5 +1,5 @@
-"""Identical data answers identically, bit for bit: the same rows as UTF-8 CSV, GBK CSV or
-Parquet, in any row order, give the same cells, values, statuses and reasons (issue 19).
+"""Identical data answers identically, bit for bit: the same rows as UTF-8 CSV, GBK CSV,
+Parquet or xlsx, in any row order, give the same cells, values, statuses and reasons (issue 19).
 
 The values are chosen to expose float non-associativity: many 0.1s and 0.01s beside values of
 a million and more, so that a sum taken in another order differs in its last digits.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openpyxl
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -85,7 +86,20 @@ def _uploads(frame: pd.DataFrame) -> dict[str, bytes]:
         "shuffled-1.csv": shuffled[0].to_csv(index=False).encode("utf-8"),
         "shuffled-2-gbk.csv": shuffled[1].to_csv(index=False, sep=";").encode("gbk"),
         "shuffled.parquet": parquet.getvalue(),
+        "book.xlsx": _xlsx(shuffled[0]),
     }
+
+
+def _xlsx(frame: pd.DataFrame) -> bytes:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(list(frame.columns))
+    for row in frame.itertuples(index=False):
+        sheet.append([v.item() if hasattr(v, "item") else v for v in row])
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
 
 
 def _parquet(frame: pd.DataFrame) -> io.BytesIO:
