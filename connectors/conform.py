@@ -29,7 +29,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from broker.domain.datasets import HIERARCHY_CODES, DatasetSchema, FieldSpec, FieldType
+from broker.domain.datasets import (
+    DECIMAL_PRECISION,
+    HIERARCHY_CODES,
+    MAX_INTEGER_DIGITS,
+    DatasetSchema,
+    FieldSpec,
+    FieldType,
+)
 from broker.domain.errors import BadDataset
 from broker.domain.uscc import ALPHABET
 
@@ -130,6 +137,56 @@ def _number(raw: pd.Series[Any]) -> tuple[pd.Series[Any], pd.Series[bool]]:
     numbers = pd.to_numeric(raw, errors="coerce").astype("float64")
     bad = (raw.notna() & numbers.isna()) | (numbers.notna() & ~np.isfinite(numbers))
     return numbers.where(~bad), bad
+
+
+#: Exact decimal arithmetic for checking scaled values: enough digits for any text a number
+#: column takes (a value beyond them is refused as too large before it is rounded).
+_EXACT = decimal.Context(prec=DECIMAL_PRECISION + 40, traps=[decimal.InvalidOperation])
+_LIMIT = decimal.Decimal(10) ** MAX_INTEGER_DIGITS
+
+
+def decimal_type(scale: int) -> pa.Decimal128Type:
+    """The Arrow type of a number declared with ``scale`` decimal places."""
+    return pa.decimal128(DECIMAL_PRECISION, scale)
+
+
+def _scaled_value(text: str, quantum: decimal.Decimal) -> tuple[decimal.Decimal | None, str]:
+    """One present value of a scaled number: (value, "") or (None, the issue)."""
+    try:
+        value = decimal.Decimal(text.strip())  # exact, whatever its length
+    except (decimal.InvalidOperation, ValueError):
+        return None, "not-number"
+    if not value.is_finite():
+        return None, "not-number"
+    if abs(value) >= _LIMIT:
+        return None, "too-large"
+    exact = value.quantize(quantum, context=_EXACT)
+    if exact != value:
+        return None, "too-many-decimals"
+    return exact + 0, ""  # + 0: a negative zero is zero
+
+
+def scaled(raw: pd.Series[Any], scale: int) -> tuple[pd.Series[Any], dict[str, pd.Series[bool]]]:
+    """A number column declared with ``scale`` decimal places, as exact decimals, and the rows
+    of each issue: ``not-number`` (as ``_number`` says), ``too-many-decimals`` (a value the
+    scale cannot hold without rounding) and ``too-large`` (18 digits or more before the point).
+
+    Values are checked on their distinct texts; none is ever rounded: a value the declared
+    scale cannot hold is refused rather than changed.
+    """
+    _, bad = _number(raw)
+    quantum = decimal.Decimal(1).scaleb(-scale)
+    present = raw.notna() & ~bad
+    checked = {text: _scaled_value(str(text), quantum) for text in raw[present].unique()}
+    issues = {"not-number": bad.copy(), "too-many-decimals": pd.Series(False, index=raw.index),
+              "too-large": pd.Series(False, index=raw.index)}
+    for issue in ("not-number", "too-many-decimals", "too-large"):
+        texts = [t for t, (_, found) in checked.items() if found == issue]
+        if texts:
+            issues[issue] |= present & raw.isin(texts)
+    good = {t: v for t, (v, _) in checked.items() if v is not None}
+    values = [good.get(t) if ok else None for t, ok in zip(raw, present, strict=True)]
+    return pd.Series(values, dtype=pd.ArrowDtype(decimal_type(scale)), index=raw.index), issues
 
 
 def _date(raw: pd.Series[Any]) -> tuple[pd.Series[Any], pd.Series[bool]]:
@@ -249,16 +306,21 @@ def conform(raw: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
     out: dict[str, pd.Series[Any]] = {}
     for spec in schema.fields:
         column = raw[spec.name].reset_index(drop=True)
-        values, bad = _CONVERTERS[spec.type](column)
-        if bad.any():
-            problems.append(
-                {
-                    "column": spec.name,
-                    "issue": f"not-{spec.type.value}",
-                    "rows": _rows(bad),
-                    "count": int(bad.sum()),
-                }
-            )
+        if spec.type is FieldType.NUMBER and spec.scale is not None:
+            values, issues = scaled(column, spec.scale)
+            problems += [rows_problem(spec.name, issue, rows)
+                         for issue, rows in issues.items() if rows.any()]
+        else:
+            values, bad = _CONVERTERS[spec.type](column)
+            if bad.any():
+                problems.append(
+                    {
+                        "column": spec.name,
+                        "issue": f"not-{spec.type.value}",
+                        "rows": _rows(bad),
+                        "count": int(bad.sum()),
+                    }
+                )
         if spec.name == schema.entity_field:
             empty = values.isna()
             if spec.type is FieldType.STRING:
@@ -322,18 +384,29 @@ _SAMPLES: dict[FieldType, Callable[[], Any]] = {
 }
 
 
+def _sample(spec: FieldSpec) -> Any:
+    if spec.type is FieldType.NUMBER and spec.scale is not None:
+        return pd.Series([decimal.Decimal(1)], dtype=pd.ArrowDtype(decimal_type(spec.scale)))
+    return _SAMPLES[spec.type]()
+
+
 def table_schema(schema: DatasetSchema) -> pa.Schema:
     """The Arrow schema of a conformed table, with the pandas metadata that
     ``pa.Table.from_pandas`` gives conform's frame (so both store and read back alike)."""
-    sample = pd.DataFrame({spec.name: _SAMPLES[spec.type]() for spec in schema.fields})
+    sample = pd.DataFrame({spec.name: _sample(spec) for spec in schema.fields})
     return pa.Schema.from_pandas(sample, preserve_index=False)
+
+
+def _pandas_type(kind: pa.DataType) -> Any:
+    if pa.types.is_decimal(kind):
+        return pd.ArrowDtype(kind)
+    return {pa.large_string(): pd.StringDtype(), pa.string(): pd.StringDtype(),
+            pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get(kind)
 
 
 def frame_of(table: pa.Table) -> pd.DataFrame:
     """A conformed table as the frame ``conform`` makes of the same data."""
-    kinds = {pa.large_string(): pd.StringDtype(), pa.string(): pd.StringDtype(),
-             pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-    frame: pd.DataFrame = table.to_pandas(types_mapper=kinds.get)
+    frame: pd.DataFrame = table.to_pandas(types_mapper=_pandas_type)
     return frame
 
 
@@ -382,6 +455,14 @@ def _conform_array(array: pa.ChunkedArray, spec: FieldSpec, schema: DatasetSchem
             # conform types a date column without a date as timestamps
             or (spec.type is FieldType.DATE and array.null_count == len(array))):
         return None  # left to conform (a schema refuses most of these)
+    if spec.type is FieldType.NUMBER and spec.scale is not None:
+        # Arrow's cast refuses a value the scale cannot hold (no rounding), and one too wide
+        if not _all(pc.match_substring_regex(array, _PLAIN_NUMBER)):
+            return None
+        exact = pc.cast(array, decimal_type(spec.scale))
+        if not _all(pc.less(pc.abs(exact), pa.scalar(_LIMIT, type=exact.type))):
+            return None  # refused by conform, which says so
+        return exact
     if spec.type is FieldType.NUMBER:
         if not _all(pc.match_substring_regex(array, _PLAIN_NUMBER)):
             return None

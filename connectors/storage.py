@@ -376,7 +376,7 @@ def _hash_inputs(column: pa.ChunkedArray) -> tuple[pd.Series, np.ndarray | None]
     values (and null) with each row's position among them."""
     if pa.types.is_floating(column.type):
         return pd.Series(column.to_numpy()), None
-    dtype = _HASHED_DTYPES.get(column.type)
+    dtype = "object" if pa.types.is_decimal(column.type) else _HASHED_DTYPES.get(column.type)
     if dtype is None:  # not a type conform makes: the rows as pandas converts them
         return pd.Series(column.to_pandas()), None
     distinct = pc.unique(column).drop_null()

@@ -120,9 +120,14 @@ class Slice:
     meta: dict[str, Any]
 
 
-def _field(name: str, type_: str, role: str, sensitivity: str = "L1") -> dict[str, Any]:
+def _field(name: str, type_: str, role: str, sensitivity: str = "L1", *,
+           scale: int | None = None) -> dict[str, Any]:
     field: dict[str, Any] = {"name": name, "type": type_, "role": role,
                              "sensitivity": sensitivity}
+    # Money in yuan to the fen, energy and land to the precision they are metered: declared,
+    # so that their sums are exact decimals, the same whatever file or order they came in.
+    if scale is not None:
+        field["scale"] = scale
     # The county's code lists: every town and every industry class of its economy is a key
     # of every table, so an empty cell looks like a suppressed one.
     if name == "town":
@@ -154,14 +159,14 @@ def _panel(county: County, provider: str, name: str, grade: str,
 def grid_slice(county: County) -> Slice:
     """The grid company's monthly electricity by enterprise."""
     return _panel(county, "grid-company", "electricity-2025", "L2",
-                  _field("electricity_kwh", "number", "measure", "L2"))
+                  _field("electricity_kwh", "number", "measure", "L2", scale=1))
 
 
 def tax_slice(county: County) -> Slice:
     """The tax bureau's monthly output value and tax paid by enterprise."""
     return _panel(county, "tax-bureau", "tax-2025", "L3",
-                  _field("output_value", "number", "sensitive", "L3"),
-                  _field("tax_paid", "number", "sensitive", "L3"))
+                  _field("output_value", "number", "sensitive", "L3", scale=2),
+                  _field("tax_paid", "number", "sensitive", "L3", scale=2))
 
 
 def register_slice(county: County) -> Slice:
@@ -175,7 +180,7 @@ def register_slice(county: County) -> Slice:
             _field("name", "string", "identifier", "L2"),
             _field("town", "string", "dimension"),
             _field("industry", "string", "dimension"),
-            _field("land_mu", "number", "measure"),
+            _field("land_mu", "number", "measure", scale=1),
             _field("employees", "integer", "measure"),
         ],
     })
@@ -192,7 +197,7 @@ def land_slice(county: County, *, seed: int = 7) -> Slice:
         "name": "land-register",
         "entity_field": "uscc",
         "fields": [_field("uscc", "string", "entity", "L2"),
-                   _field("land_mu", "number", "measure", "L2")],
+                   _field("land_mu", "number", "measure", "L2", scale=1)],
     })
 
 
@@ -216,5 +221,5 @@ def self_reported_slice(county: County, *, seed: int = 11) -> Slice:
         "name": "self-reported-electricity-2025",
         "entity_field": "uscc",
         "fields": [_field("uscc", "string", "entity", "L2"),
-                   _field("reported_kwh", "number", "measure", "L2")],
+                   _field("reported_kwh", "number", "measure", "L2", scale=0)],
     })

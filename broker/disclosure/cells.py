@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,9 @@ from broker.domain.queries import JsonScalar, MeasureFn
 MAX_GRID = 200_000
 
 Index = tuple[int, ...]
+
+#: A cell's sum of a field: exact (int, Decimal) or a double.
+Total = float | int | Decimal
 
 
 def _json_scalar(value: Any) -> JsonScalar:
@@ -61,6 +64,16 @@ class FieldStats:
     top: np.ndarray            # grid shape + (top,): largest absolute contributions, descending
     members: Members = field(default_factory=lambda: Members())
     atoms: Atoms = field(default_factory=lambda: Atoms())
+    #: The exact sums (int or Decimal, 0 where none) of a field summed exactly (an integer, a
+    #: number with a declared scale); ``total`` holds them as the nearest doubles.
+    exact: np.ndarray | None = None
+
+    def sum_at(self, index: Index) -> Total:
+        """The cell's sum: exact where the field sums exactly, else the double."""
+        if self.exact is not None:
+            value: Total = self.exact[index]
+            return value
+        return float(self.total[index])
 
 
 @dataclass(slots=True)
@@ -106,33 +119,83 @@ class CellTable:
         """The measure values of one cell, named as released."""
         return measure_values(
             plan, int(self.entities[index]),
-            {f: (float(s.total[index]), int(s.values[index]), int(s.contributors[index]))
+            {f: (s.sum_at(index), int(s.values[index]), int(s.contributors[index]))
              for f, s in self.fields.items()},
         )
 
 
+#: Decimal places a published mean of a number with a declared scale keeps beyond the scale.
+MEAN_EXTRA_DIGITS = 2
+
+
+#: Decimal arithmetic wide enough for any sum of DECIMAL(38, s) (and any double, exactly:
+#: 767 significant digits at most) so that rounding happens only where asked for.
+_WIDE = Context(prec=800, rounding=ROUND_HALF_EVEN)
+
+
+def _rounded(value: Total, places: int) -> float:
+    """``value`` rounded half to even to ``places`` decimals, computed on its exact decimal
+    value (a double's too), then the nearest double: the same sum gives the same bits."""
+    exact = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN,
+                                    context=_WIDE)
+    return float(exact) + 0.0  # a negative zero (-0.001 to two places) made zero
+
+
+#: The largest integer I-JSON (RFC 7493, and so the audit's RFC 8785 encoding) carries exactly.
+MAX_JSON_INTEGER = 2**53 - 1
+
+
+def published_sum(value: Total, scale: int | None) -> float | int:
+    """A sum as released: rounded to the field's declared ``scale``; an exact integer sum as
+    an integer (as the nearest double beyond 2**53, which JSON numbers cannot carry exactly);
+    a double as it is (a negative zero made zero)."""
+    if scale is not None:
+        return _rounded(value, scale)
+    if isinstance(value, Decimal) and value == value.to_integral():
+        value = int(value)
+    if isinstance(value, int) and abs(value) <= MAX_JSON_INTEGER:
+        return value
+    return float(value) + 0.0
+
+
+def published_mean(value: Total, count: int, scale: int | None) -> float:
+    """A mean as released: of a field with a declared scale, the exact sum over the count
+    rounded to scale + ``MEAN_EXTRA_DIGITS`` decimals; otherwise the double nearest the sum
+    over the count (exact sums divided exactly, then rounded once)."""
+    if scale is not None:
+        exact = _WIDE.divide(Decimal(value), Decimal(count))
+        return _rounded(exact, scale + MEAN_EXTRA_DIGITS)
+    if isinstance(value, int):
+        return value / count  # one correctly rounded division
+    return float(value) / count + 0.0  # a negative zero made zero
+
+
 def measure_values(
-    plan: CellPlan, entities: int, fields: Mapping[str, tuple[float, int, int]]
+    plan: CellPlan, entities: int, fields: Mapping[str, tuple[Total, int, int]]
 ) -> dict[str, float | int | None]:
     """Named measure values from a count of enterprises and, per field, (total, values,
-    contributors)."""
+    contributors): sums and means rounded as ``published_sum`` and ``published_mean`` say,
+    ratios the quotient of the two sums as doubles."""
 
-    def total(name: str) -> float | None:
+    def total(name: str) -> Total | None:
         value, _, contributors = fields[name]
-        return value if contributors and math.isfinite(value) else None
+        finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+        return value if contributors and finite else None
 
     out: dict[str, float | int | None] = {}
     for m in plan.measures:
         if m.fn is MeasureFn.COUNT:
             out[m.name] = entities
         elif m.fn is MeasureFn.SUM and m.field:
-            out[m.name] = total(m.field)
+            s = total(m.field)
+            out[m.name] = published_sum(s, plan.scale_of(m.field)) if s is not None else None
         elif m.fn is MeasureFn.MEAN and m.field:
             s, n = total(m.field), fields[m.field][1]
-            out[m.name] = s / n if s is not None and n else None
+            out[m.name] = (published_mean(s, n, plan.scale_of(m.field))
+                           if s is not None and n else None)
         elif m.numerator and m.denominator:
             num, den = total(m.numerator), total(m.denominator)
-            out[m.name] = num / den if num is not None and den else None
+            out[m.name] = float(num) / float(den) + 0.0 if num is not None and den else None
     return out
 
 
@@ -262,6 +325,8 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
     for j, name in enumerate(plan.fields):
         table.fields[name].members = lists[f"x{j}"]
         table.fields[name].atoms = atoms[f"y{j}"]
+        if plan.exact_scale(j) is not None:
+            table.fields[name].exact = np.full(shape, 0, dtype=object)
     for r in range(count):
         gid = gids[r]
         index = tuple(
@@ -277,6 +342,8 @@ def read_table(plan: CellPlan, result: pa.Table, scopes: Scopes | None = None) -
         for j, name in enumerate(plan.fields):
             stats = table.fields[name]
             stats.total[index] = _float(rows[f"s{j}"][r])
+            if stats.exact is not None:
+                stats.exact[index] = _exact(rows[f"s{j}"][r])
             stats.values[index] = rows[f"n{j}"][r] or 0
             stats.contributors[index] = rows[f"c{j}"][r]
             stats.abs_total[index] = _float(rows[f"a{j}"][r])
@@ -301,6 +368,16 @@ def set_source_scopes(table: CellTable, scopes: Mapping[str, Scopes]) -> None:
                if (scope := found.of_cell(key))}
         if own:
             table.scopes[index] = json.dumps(own, sort_keys=True)
+
+
+def _exact(value: Any) -> int | Decimal:
+    """An exact sum as the engine gives it (an int, or a Decimal; None: no value)."""
+    if value is None:
+        return 0
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral() and value.as_tuple().exponent == 0 \
+            else value
+    return int(value)
 
 
 def _float(value: Any) -> float:

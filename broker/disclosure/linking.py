@@ -30,6 +30,7 @@ Two checks, in this order:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -374,7 +375,7 @@ def _pooled(table: CellTable, quantities: Sequence[str], decided: Sequence[Outco
             out.append(form)
             continue
         name = form.quantity.removeprefix("f:")
-        total = float(sum(values.total(name, ix) for ix in withheld))
+        total = values.pooled(name, withheld)
         out.append(Form(form.quantity, form.kind, form.atoms, (total, total),
                         values.signed(name)))
     return out
@@ -444,6 +445,14 @@ class _Values:
 
     def total(self, name: str, index: Index) -> float:
         return float(np.nan_to_num(self._table.fields[name].total[index]))
+
+    def pooled(self, name: str, indices: Sequence[Index]) -> float:
+        """The sum of the field over ``indices``: exact sums added exactly, doubles by
+        ``math.fsum`` (correctly rounded), so it does not depend on the cells' order."""
+        stats = self._table.fields[name]
+        if stats.exact is not None:
+            return float(sum(stats.sum_at(ix) for ix in indices))
+        return math.fsum(float(np.nan_to_num(stats.total[ix])) for ix in indices)
 
     def signed(self, name: str) -> bool:
         if name not in self._signed:

@@ -26,6 +26,7 @@ from broker.disclosure.levels import Generalisation, generalisation, generalise_
 from broker.domain.datasets import (
     ATOM_COLUMN,
     ATOM_OWNER_SHIFT,
+    DECIMAL_PRECISION,
     ENTITY_INDEX_COLUMN,
     DatasetSchema,
     FieldRole,
@@ -86,6 +87,45 @@ class CellPlan:
     top: int
     periods: tuple[str, ...] = ()
     figures: tuple[bool, ...] = ()  # per dimension: are its keys numbers or dates?
+    #: Per field, the decimal places its sums are exact to (``FieldSpec.sum_scale``: 0 for an
+    #: integer, the declared scale of a number), None for a double summed in a fixed order.
+    exact: tuple[int | None, ...] = ()
+    #: Per field, the scale a number declares (published sums are rounded to it), else None.
+    scales: tuple[int | None, ...] = ()
+
+    def exact_scale(self, j: int) -> int | None:
+        """The exact scale of field ``j``'s sums (None: a double, or a plan without scales)."""
+        return self.exact[j] if j < len(self.exact) else None
+
+    def scale_of(self, name: str) -> int | None:
+        """The scale the field ``name`` declares, if any."""
+        for field, scale in zip(self.fields, self.scales, strict=False):
+            if field == name:
+                return scale
+        return None
+
+
+def sum_sql(expression: str, exact: bool) -> str:
+    """SQL summing ``expression`` so that the result depends only on the values summed, never
+    on their order (rows, files, DuckDB's parallel chunks).
+
+    Integers and declared-scale decimals sum exactly (DuckDB's SUM over BIGINT gives HUGEINT,
+    over DECIMAL(38, s) a DECIMAL(38, s), both exact and failing on overflow). Doubles are not
+    associative, so a plain SUM differs in its last digits from one order to another; they
+    are summed in ascending order with compensated (Kahan-Babuska) summation, ``fsum(x ORDER BY
+    x)``: the same values give the same bits, and more accurate ones than a naive sum.
+    """
+    if exact:
+        return f"SUM({expression})"
+    return f"fsum({expression} ORDER BY {expression})"
+
+
+def _value_sql(column: str, scale: int | None) -> str:
+    """A field's column as the plan sums it: a scaled number as DECIMAL(38, scale) (what its
+    versions store; a no-op then), anything else as stored."""
+    if scale is None:
+        return column
+    return f"CAST({column} AS DECIMAL({DECIMAL_PRECISION}, {int(scale)}))"
 
 
 def _check_measure(m: Measure, lookup: Callable[[str], FieldSpec]) -> None:
@@ -200,14 +240,17 @@ def plan_aggregate(spec: AggregateSpec, schema: DatasetSchema, *, top: int = 2) 
     )
     fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
     params = tuple(p for gen in gens for p in gen.params) + tuple(where_params)
-    return CellPlan(sql=_cells_sql(gens, fields, where, top), params=params,
+    exact = tuple(schema.field(f).sum_scale for f in fields)
+    scales = tuple(schema.field(f).scale for f in fields)
+    return CellPlan(sql=_cells_sql(gens, fields, where, top, exact, scales), params=params,
                     dimensions=spec.dimensions, keysets=keysets,
                     measures=spec.measures, fields=fields, top=top,
                     periods=tuple(f.name for f in schema.fields if f.type is FieldType.DATE),
                     figures=tuple(schema.field(d.field).type not in (FieldType.STRING,
                                                                       FieldType.BOOLEAN)
                                   and d.bins is None and d.level in (None, "day")
-                                  for d in spec.group_by))
+                                  for d in spec.group_by),
+                    exact=exact, scales=scales)
 
 
 def source_relation(alias: str) -> str:
@@ -299,6 +342,8 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
         for m in spec.measures:
             _check_measure(m, lookup)
         fields = tuple(dict.fromkeys(f for m in spec.measures for f in m.fields))
+        exact = tuple(lookup(f).sum_scale for f in fields)
+        scales = tuple(lookup(f).scale for f in fields)
     else:
         for name in (compare.left, compare.right):
             if not lookup(name).type.is_numeric:
@@ -314,6 +359,12 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
         measures = (Measure(MeasureFn.COUNT, alias="compared"),
                     Measure(MeasureFn.SUM, DISAGREE, alias="disagree"),
                     Measure(MeasureFn.SUM, ABS_DIFF, alias="abs_diff_sum"))
+        sides = (lookup(compare.left).sum_scale, lookup(compare.right).sum_scale)
+        # disagreements are counted (exact); the absolute differences are exact when both
+        # sides are (a DECIMAL of the larger scale), else doubles
+        differences = None if None in sides else max(s for s in sides if s is not None)
+        exact = (0, differences, *sides)
+        scales = (None, None, lookup(compare.left).scale, lookup(compare.right).scale)
     for f in spec.filters:
         owner(f.field)
     sources = []
@@ -329,7 +380,8 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
             *(f"{gens[k].sql} AS {quote(f'g#{k}')}" for k in dims),
             f"{quote(ENTITY_INDEX_COLUMN)} AS {quote('i#')}",
             f"{quote(ATOM_COLUMN)} AS {quote('a#')}",
-            *(f"{quote(owner(fields[j])[1])} AS {quote(f'v#{j}')}" for j in own),
+            *(f"{_value_sql(quote(owner(fields[j])[1]), scales[j])} AS {quote(f'v#{j}')}"
+              for j in own),
         ])
         sources.append(_Source(
             alias, dims, own, f"SELECT {base} FROM {source_relation(alias)}{where}",  # noqa: S608
@@ -347,15 +399,17 @@ def plan_joined(spec: JoinedSpec, schemas: Mapping[str, DatasetSchema], *, top: 
         # contributors of the first, so the cell knows who they are (never released).
         derived = {0: (disagrees, disagrees),
                    1: (f"abs(coalesce({left}, 0) - coalesce({right}, 0))", "1")}
-    return CellPlan(sql=_joined_sql(sources, len(gens), len(fields), top, derived),
+    return CellPlan(sql=_joined_sql(sources, len(gens), len(fields), top, derived,
+                                    exact=[e is not None for e in exact]),
                     params=tuple(p for src in sources for p in src.params),
                     dimensions=spec.dimensions, keysets=tuple(keysets),
                     measures=measures, fields=fields, top=top, periods=(),
-                    figures=tuple(figures))
+                    figures=tuple(figures), exact=exact, scales=scales)
 
 
 def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
-                derived: Mapping[int, tuple[str, str]] | None = None) -> str:
+                derived: Mapping[int, tuple[str, str]] | None = None, *,
+                exact: Sequence[bool]) -> str:
     """Per source its base rows, its (keys, enterprise) rows and its own lattice; per margin
     the sources' nodes joined on the enterprise; then the cell stage.
 
@@ -376,7 +430,8 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
         keys = [g[k] for k in src.dims]
         ent = ", ".join([
             *keys, i,
-            *(f"SUM({v[j]}) AS {s[j]}, COUNT({v[j]}) AS {n[j]}" for j in src.fields),
+            *(f"{sum_sql(v[j], exact[j])} AS {s[j]}, COUNT({v[j]}) AS {n[j]}"
+              for j in src.fields),
             *(f"list({a}) FILTER (WHERE {v[j]} IS NOT NULL) AS {atoms[j]}"
               for j in src.fields),
         ])
@@ -386,10 +441,11 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
         universe = sum(1 << k for k in src.dims)
         universes.append(universe)
         nodes, _ = _lattice(g, [s[j] for j in src.fields], [n[j] for j in src.fields], i,
+                            exact=[exact[j] for j in src.fields],
                             universe=universe, prefix=f"r{t}_", top=f"e{t}")
         ctes += nodes
     full = (1 << dims) - 1
-    _, branches = _lattice(g, s, n, i)
+    _, branches = _lattice(g, s, n, i, exact=exact)
     for mask, _, _ in branches:
         parts = []
         for t in range(len(sources)):
@@ -410,7 +466,7 @@ def _joined_sql(sources: Sequence[_Source], dims: int, nfields: int, top: int,
         ctes.append(f"j{mask} AS (SELECT {', '.join([*picked, i])} FROM {joined})")  # noqa: S608
     return ("WITH " + ", ".join(ctes) + " "
             + _cell_stage(g, s, n, i, atoms, top, branches, lambda mask: f"j{mask}",
-                          frozenset({0}) if derived else frozenset()))
+                          frozenset({0}) if derived else frozenset(), exact=exact))
 
 
 def _check_shape(spec: AggregateSpec | JoinedSpec, top: int) -> None:
@@ -450,7 +506,7 @@ def _check_measures(spec: AggregateSpec, schema: DatasetSchema) -> None:
 
 
 def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: str,
-               top: int) -> str:
+               top: int, exact: Sequence[int | None], scales: Sequence[int | None]) -> str:
     """The three stages as one statement: rows per (cell, enterprise), the lattice of
     margins per enterprise, and one row per cell with its contributor statistics."""
     # Internal aliases contain '#', which no field name can, so they never collide with a
@@ -467,38 +523,41 @@ def _cells_sql(gens: Sequence[Generalisation], fields: tuple[str, ...], where: s
         *(f"{gen.sql} AS {gc}" for gen, gc in zip(gens, g, strict=True)),
         f"{quote(ENTITY_INDEX_COLUMN)} AS {i}",
         f"{quote(ATOM_COLUMN)} AS {a}",
-        *(f"{quote(f)} AS {vc}" for f, vc in zip(fields, v, strict=True)),
+        *(f"{_value_sql(quote(f), scale)} AS {vc}"
+          for f, vc, scale in zip(fields, v, scales, strict=True)),
     ])
+    exacts = [e is not None for e in exact]
     ent = ", ".join([
-        *g, i, *(f"SUM({vc}) AS {sc}, COUNT({vc}) AS {nc}" for vc, sc, nc in zip(v, s, n,
-                                                                                strict=True)),
+        *g, i, *(f"{sum_sql(vc, e)} AS {sc}, COUNT({vc}) AS {nc}"
+                 for vc, sc, nc, e in zip(v, s, n, exacts, strict=True)),
         *(f"list({a}) FILTER (WHERE {vc} IS NOT NULL) AS {lc}"
           for vc, lc in zip(v, atoms, strict=True)),
     ])
     ordinals = ", ".join(str(k) for k in range(1, len(gens) + 2))
-    nodes, branches = _lattice(g, s, n, i)
+    nodes, branches = _lattice(g, s, n, i, exact=exacts)
     full = (1 << len(g)) - 1
     return (
         f"WITH base AS (SELECT {base} FROM {SOURCE}{where}), "  # noqa: S608
         f"ent AS MATERIALIZED (SELECT {ent} FROM base GROUP BY {ordinals})"
         + "".join(f", {node}" for node in nodes)
         + " " + _cell_stage(g, s, n, i, atoms, top, branches,
-                            lambda mask: "ent" if mask == full else f"r{mask}")
+                            lambda mask: "ent" if mask == full else f"r{mask}", exact=exacts)
     )
 
 
 def _cell_stage(g: Sequence[str], s: Sequence[str], n: Sequence[str], i: str,
                 atoms: Sequence[str], top: int, branches: Sequence[tuple[int, int, list[str]]],
-                relation: Callable[[int], str], untopped: frozenset[int] = frozenset()
-                ) -> str:
+                relation: Callable[[int], str], untopped: frozenset[int] = frozenset(), *,
+                exact: Sequence[bool]) -> str:
     """One row per cell (table cell or margin), each margin grouped by its own dimensions
     only, from the per-enterprise relation of its kept-dimension mask: the enterprises and
     their indices, and per field what disclosure control needs. Fields in ``untopped``
     (counts of enterprises with some property, not magnitudes) carry no largest
     contributions, so the dominance rules do not apply to them."""
     per_field = "".join(
-        f", SUM({sc}) AS s{j}, SUM({nc}) AS n{j}, COUNT(*) FILTER (WHERE {nc} > 0) AS c{j}"
-        f", SUM(abs({sc})) AS a{j}, "
+        f", {sum_sql(sc, exact[j])} AS s{j}, SUM({nc}) AS n{j}"
+        f", COUNT(*) FILTER (WHERE {nc} > 0) AS c{j}"
+        f", {sum_sql(f'abs({sc})', exact[j])} AS a{j}, "
         + (f"CAST([] AS DOUBLE[]) AS t{j}" if j in untopped
            else f"max(abs({sc}), {int(top)}) AS t{j}")
         + f", list({i}) FILTER (WHERE {nc} = 0) AS x{j}"
@@ -523,8 +582,8 @@ def _cell_stage(g: Sequence[str], s: Sequence[str], n: Sequence[str], i: str,
 
 
 def _lattice(g: list[str], s: Sequence[str], n: Sequence[str], i: str, *,
-             universe: int | None = None, prefix: str = "r", top: str = "ent"
-             ) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
+             exact: Sequence[bool], universe: int | None = None, prefix: str = "r",
+             top: str = "ent") -> tuple[list[str], list[tuple[int, int, list[str]]]]:
     """Every margin per enterprise, as CTEs, and per margin (kept-dimension mask, GROUPING()
     bitmask, kept key columns).
 
@@ -533,10 +592,11 @@ def _lattice(g: list[str], s: Sequence[str], n: Sequence[str], i: str, *,
     SETS would: a lattice that reads the big (cell, enterprise) table once per dimension
     instead of once per margin. ``universe`` (a mask over ``g``, all of it by default) limits
     the lattice to one source's dimensions; its nodes are ``{prefix}{mask}``, and the node of
-    the whole universe is ``top``.
+    the whole universe is ``top``. ``exact`` says per field whether its sums are exact
+    (``sum_sql``).
     """
-    partial_sums = "".join(f", SUM({sc}) AS {sc}, SUM({nc}) AS {nc}"
-                           for sc, nc in zip(s, n, strict=True))
+    partial_sums = "".join(f", {sum_sql(sc, e)} AS {sc}, SUM({nc}) AS {nc}"
+                           for sc, nc, e in zip(s, n, exact, strict=True))
     nodes: list[str] = []
     branches: list[tuple[int, int, list[str]]] = []
     dims = len(g)

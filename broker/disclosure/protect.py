@@ -7,6 +7,7 @@ earlier release is protected against this table's margins like any other.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from broker.disclosure.cells import (
     ENTITIES,
     CellTable,
     Index,
+    Total,
     ledger_key,
     measure_keys,
     measure_members,
@@ -320,12 +322,14 @@ def _remainder(
     if grand_withheld:
         return None, SuppressionReason.COMPLEMENTARY
     members = _union(table, withheld, ENTITIES)
-    stats: dict[str, tuple[float, int, int]] = {}
+    stats: dict[str, tuple[Total, int, int]] = {}
     k = len(members)
     for name, stats_of in table.fields.items():
         contributors = len(_union(table, withheld, f"f:{name}"))
         k = min(k, contributors)
-        total = float(sum(np.nan_to_num(stats_of.total[ix]) for ix in withheld))
+        # exact sums add exactly; doubles by math.fsum, correctly rounded: in any order the same
+        total: Total = (sum(stats_of.sum_at(ix) for ix in withheld) if stats_of.exact is not None
+                        else math.fsum(np.nan_to_num(stats_of.total[ix]) for ix in withheld))
         stats[name] = (total, int(sum(stats_of.values[ix] for ix in withheld)), contributors)
         abs_total = float(sum(stats_of.abs_total[ix] for ix in withheld))
         top_n = float(sum(stats_of.top[ix][: rules.dominance_n].sum() for ix in withheld))

@@ -75,6 +75,17 @@ class FieldSpec:
     bins: tuple[float, ...] | None = None
     #: A checked value format of a string field: ``"uscc"`` (GB 32100 check character).
     format: str | None = None
+    #: Decimal places of a number (0 to ``MAX_SCALE``): its values are held and summed as
+    #: exact decimals and published rounded to them (see ``sum_scale``).
+    scale: int | None = None
+
+    @property
+    def sum_scale(self) -> int | None:
+        """Decimal places a sum of this field is exact to: the declared scale of a number, 0
+        for an integer; None for a number without one (summed as a double, in a fixed order)."""
+        if self.type is FieldType.INTEGER:
+            return 0
+        return self.scale if self.type is FieldType.NUMBER else None
 
     def as_json(self) -> dict[str, Any]:
         """The declaration as stored and shown (optional keys only when set)."""
@@ -88,6 +99,8 @@ class FieldSpec:
             out["bins"] = list(self.bins)
         if self.format is not None:
             out["format"] = self.format
+        if self.scale is not None:
+            out["scale"] = self.scale
         return out
 
 
@@ -136,6 +149,7 @@ class DatasetSchema:
         for spec in fields:
             _check_codes(spec)
             _check_bin_grid(spec)
+            _check_scale(spec)
         return cls(entity_field=entity_field, fields=fields)
 
     @property
@@ -197,6 +211,25 @@ def _check_codes(spec: FieldSpec) -> None:
 
 
 MAX_BIN_EDGES = 32
+
+#: The most decimal places a number may declare. Scaled values are stored as DECIMAL(38, s)
+#: with at most ``MAX_INTEGER_DIGITS`` digits before the point, so that a sum over any
+#: number of rows a dataset can hold (10**11 and more) fits the 38 digits and stays exact.
+MAX_SCALE = 9
+MAX_INTEGER_DIGITS = 18
+DECIMAL_PRECISION = 38
+
+
+def _check_scale(spec: FieldSpec) -> None:
+    """A declared scale: on a number only, an integer from 0 to ``MAX_SCALE``."""
+    if spec.scale is None:
+        return
+    if spec.type is not FieldType.NUMBER:
+        raise InvalidInput("Only number fields declare a scale.", fields=[spec.name])
+    if (not isinstance(spec.scale, int) or isinstance(spec.scale, bool)
+            or not 0 <= spec.scale <= MAX_SCALE):
+        raise InvalidInput(f"scale takes an integer from 0 to {MAX_SCALE} (decimal places).",
+                           fields=[spec.name])
 
 
 def _check_bin_grid(spec: FieldSpec) -> None:

@@ -236,6 +236,7 @@ def _field_spec(data: dict[str, Any]) -> FieldSpec:
         codes=tuple(data["codes"]) if data.get("codes") is not None else None,
         bins=tuple(data["bins"]) if data.get("bins") is not None else None,
         format=data.get("format"),
+        scale=data.get("scale"),
     )
 
 

@@ -22,6 +22,7 @@ from broker.api.schemas.common import (
 from broker.api.schemas.queries import FilterIn
 from broker.domain.datasets import (
     DATASET_NAME,
+    MAX_SCALE,
     FieldRole,
     FieldSpec,
     FieldType,
@@ -47,13 +48,18 @@ class FieldIn(In):
     format: Literal["uscc"] | None = Field(
         default=None, description="A checked value format: 'uscc' requires every value to be "
         "a unified social credit code with a correct check character (GB 32100)")
+    scale: Annotated[int, Field(strict=True, ge=0, le=MAX_SCALE)] | None = Field(
+        default=None, description="Decimal places of a number field (0 to 9): its values are "
+        "held and summed as exact decimals, so every format and row order gives the same "
+        "sums; a value with more decimals, or more than 18 digits before the point, is "
+        "refused at upload; sums are published rounded to this scale, means to scale + 2")
 
     def to_domain(self) -> FieldSpec:
         """Domain form."""
         return FieldSpec(self.name, self.type, self.role, self.sensitivity, self.hierarchy,
                          tuple(self.codes) if self.codes is not None else None,
                          tuple(self.bins) if self.bins is not None else None,
-                         self.format)
+                         self.format, self.scale)
 
 
 class DatasetMetaIn(In):
@@ -74,6 +80,8 @@ class FieldOut(BaseModel):
     hierarchy: str | None = None
     codes: list[str] | None = None
     bins: list[float] | None = None
+    scale: int | None = Field(default=None, description="Decimal places of a number field: its "
+                              "sums are exact and published rounded to them")
 
 
 class DatasetOut(BaseModel):
