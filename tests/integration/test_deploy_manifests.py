@@ -437,7 +437,7 @@ BROKEN: dict[str, tuple[Callable[[list[Obj]], None], str]] = {
                                 "matches no pod"),
     "service on no port": (_set("Service/broker:spec.ports.0.targetPort", "web"),
                            "targetPort"),
-    "missing secret": (_set("Deployment/broker:spec.template.spec.volumes.2.secret."
+    "missing secret": (_set("Deployment/broker:spec.template.spec.volumes.3.secret."
                             "secretName", "broker-keyz"), "does not exist"),
     "missing claim": (_set("Deployment/broker:spec.template.spec.volumes.1."
                            "persistentVolumeClaim.claimName", "broker-data"),
@@ -616,6 +616,15 @@ def test_compose_refuses_to_start_without_the_database_password(
         interpolate(compose, env)
 
 
+def test_env_example_names_every_variable_compose_requires() -> None:
+    required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):\?",
+                              (DEPLOY / "compose.yaml").read_text(encoding="utf-8")))
+    listed = set(re.findall(r"^#? ?([A-Z_][A-Z0-9_]*)=", (DEPLOY / "env.example").read_text(
+        encoding="utf-8"), flags=re.MULTILINE))
+    assert required == set(COMPOSE_ENV)
+    assert required <= listed
+
+
 COMPOSE_BROKEN: dict[str, tuple[str, Any, str]] = {
     "no wait": ("broker.depends_on.migrate.condition", "service_started", "wait for the migr"),
     "bad condition": ("broker.depends_on.migrate.condition", "service_done", "schema"),
@@ -737,6 +746,17 @@ def test_a_broken_dockerfile_is_caught(case: str, dockerfile: str,
     assert old in dockerfile
     problems = dockerfile_problems(dockerfile.replace(old, new, 1), routes)
     assert any(expected in p for p in problems), problems
+
+
+def test_the_image_carries_pg_dump_for_the_database_of_compose(
+        dockerfile: str, compose: dict[str, Any]) -> None:
+    """broker backup runs pg_dump of the server's major version (or newer) in the container."""
+    major = re.match(r"postgres:(\d+)", compose["services"]["postgres"]["image"])
+    clients = re.findall(r"postgresql-client-(\d+)", "\n".join(
+        a for i, a in instructions(dockerfile) if i == "RUN"))
+    assert major is not None
+    assert clients
+    assert all(int(c) >= int(major[1]) for c in clients)
 
 
 def hadolint() -> str:
