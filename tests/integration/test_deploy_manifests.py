@@ -16,10 +16,12 @@ import base64
 import copy
 import importlib.resources
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from starlette.routing import Match
 from broker.app import create_app
 from broker.settings import Settings
 from tests.kustomize import Obj, containers, pod_spec, render
+from tests.server import broker_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -790,6 +793,44 @@ def test_the_image_carries_pg_dump_for_the_database_of_compose(
     assert major is not None
     assert clients
     assert all(int(c) >= int(major[1]) for c in clients)
+
+
+def healthcheck_command(dockerfile: str, port: int) -> list[str]:
+    """The image's HEALTHCHECK command (exec form), aimed at ``port`` instead of 8000."""
+    (health,) = [a for i, a in instructions(dockerfile) if i == "HEALTHCHECK"]
+    command: list[str] = json.loads(health[health.index("CMD") + 3:])
+    return [sys.executable if part == "python" else part.replace(":8000/", f":{port}/")
+            for part in command]
+
+
+@pytest.mark.e2e
+def test_the_healthcheck_passes_on_a_live_broker_and_fails_without_one(
+        tmp_path: Path, dockerfile: str) -> None:
+    env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_POLICY_ENGINE": "embedded"}
+    with broker_server(tmp_path, env) as base:
+        port = int(base.rsplit(":", 1)[1])
+        alive = subprocess.run(healthcheck_command(dockerfile, port), capture_output=True,
+                               timeout=30, check=False)
+    assert alive.returncode == 0, alive.stderr
+    gone = subprocess.run(healthcheck_command(dockerfile, port), capture_output=True,
+                          timeout=30, check=False)
+    assert gone.returncode != 0
+
+
+def test_the_bundle_command_of_the_manifests_writes_the_bundle_opa_serves(
+        tmp_path: Path, overlay: list[Obj], compose: dict[str, Any]) -> None:
+    opa = find(overlay, "Deployment", "broker-opa")["spec"]["template"]["spec"]
+    (init,) = opa["initContainers"]
+    commands = [init["command"], compose["services"]["bundle"]["command"]]
+    for command in commands:
+        target = Path(command[-1])
+        local = tmp_path / target.relative_to("/")
+        argv = [sys.executable, "-m", "broker", *command[1:-1], str(local)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "BROKER_DATA_DIR": str(tmp_path / "var")})
+        assert done.returncode == 0, done.stderr
+        with tarfile.open(local) as bundle:
+            assert ".manifest" in bundle.getnames()
 
 
 def hadolint() -> str:
