@@ -629,11 +629,12 @@ def compose_problems(doc: dict[str, Any]) -> list[str]:
         for port in service.get("ports", []):
             if not str(port).startswith("127.0.0.1:"):
                 problems.append(f"{name} publishes {port} beyond loopback")
-        for key, value in service.get("environment", {}).items():
-            raw = doc["services"][name].get("environment", {}).get(key, "")
-            if re.search(r"PASSWORD|SECRET|TOKEN", key) and "${" not in str(raw):
+        for key in service.get("environment", {}):
+            raw = str(doc["services"][name].get("environment", {}).get(key, ""))
+            secret = re.search(r"PASSWORD|SECRET|TOKEN", key) or (
+                key == "BROKER_DATABASE_URL" and "@" in raw)  # user:password@host
+            if secret and "${" not in raw.split("@")[0]:
                 problems.append(f"{name}: {key} is written into the file")
-            del value
     healthcheck = services["postgres"].get("healthcheck", {}).get("test", [])
     if "pg_isready" not in healthcheck:
         problems.append("PostgreSQL has no readiness check")
@@ -672,6 +673,9 @@ COMPOSE_BROKEN: dict[str, tuple[str, Any, str]] = {
                "not on PostgreSQL"),
     "password in the file": ("postgres.environment.POSTGRES_PASSWORD", "hunter2",
                              "written into the file"),
+    "password in the url": ("migrate.environment.BROKER_DATABASE_URL",
+                            "postgresql+psycopg://broker:hunter2@postgres:5432/broker",
+                            "written into the file"),
     "unknown key": ("broker.restarts", "always", "schema"),
 }
 
