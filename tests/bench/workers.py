@@ -95,6 +95,7 @@ def _load(base: str, contract: str, tokens: dict[str, str], settings: Settings,
         with httpx.Client(base_url=base, timeout=120) as http:
             while time.monotonic() < stop:
                 roll = rng.random()
+                request: tuple[str, str, str, dict[str, Any] | None]
                 if roll < 0.4 or (roll < 0.6 and not asked):
                     body = _query(contract, rng)
                     asked.append(body)
@@ -107,9 +108,9 @@ def _load(base: str, contract: str, tokens: dict[str, str], settings: Settings,
                     request = ("GET", "/v1/audit/entries?limit=50", auditor, None)
                 else:
                     request = ("GET", "/v1/datasets", token, None)
-                method, path, bearer, body = request
+                method, path, bearer, payload = request
                 started = time.perf_counter()
-                r = http.request(method, path, json=body,
+                r = http.request(method, path, json=payload,
                                  headers={"Authorization": f"Bearer {bearer}"})
                 elapsed = time.perf_counter() - started
                 with lock:
@@ -124,7 +125,7 @@ def _load(base: str, contract: str, tokens: dict[str, str], settings: Settings,
     return len(latencies), latencies, statuses
 
 
-def _raw_worker(queries: list[str], seconds: float, out: Any) -> None:
+def _raw_worker(queries: list[tuple[str, list[str]]], seconds: float, out: Any) -> None:
     import duckdb
     import pyarrow as pa
 
@@ -142,7 +143,7 @@ def _raw_worker(queries: list[str], seconds: float, out: Any) -> None:
 
 def _raw(processes: int, seconds: float) -> float:
     rng = random.Random(7)
-    queries = []
+    queries: list[tuple[str, list[str]]] = []
     for _ in range(50):
         towns = rng.sample(TOWNS, rng.randint(2, len(TOWNS)))
         group = rng.choice(["", "month", "industry"])
@@ -156,7 +157,7 @@ def _raw(processes: int, seconds: float) -> float:
              for _ in range(processes)]
     for p in procs:
         p.start()
-    total = sum(out.get(timeout=seconds + 120) for _ in procs)
+    total: int = sum(out.get(timeout=seconds + 120) for _ in procs)
     for p in procs:
         p.join()
     return total / seconds
