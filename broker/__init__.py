@@ -1,3 +1,3 @@
 """Privacy-preserving data-sharing broker."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
