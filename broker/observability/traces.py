@@ -1,0 +1,132 @@
+"""OpenTelemetry traces, exported over OTLP/HTTP when an endpoint is configured.
+
+``BROKER_OTLP_ENDPOINT`` (a collector's base URL, e.g. ``http://collector:4318``), else the
+standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (the full URL) or ``OTEL_EXPORTER_OTLP_ENDPOINT``
+(a base URL) names where spans go; with none of them set (or ``OTEL_SDK_DISABLED=true``) no
+SDK is started, nothing is instrumented and the engine's span is never made.
+
+What is traced: each HTTP request (FastAPI instrumentation; the operations endpoints left out),
+each SQL statement of the metadata store (SQLAlchemy instrumentation: statements are
+parameterised, so their text names no value; the audit append's statements run on the raw
+driver cursor and are not traced), and each run of the query engine (``broker.engine.run``:
+dataset id, engine and the result's row count). The query string is cut from the request
+span's URL attributes: filters name values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
+#: Requests that are not traced (probes and scrapes, many and uninteresting).
+UNTRACED = "/healthz,/readyz,/metrics"
+ENGINE_SPAN = "broker.engine.run"
+#: URL attributes a request span may carry, and which of them hold the query string.
+_QUERY_ATTRIBUTES = ("url.query", "http.target", "http.url", "url.full")
+
+_tracer: trace.Tracer | None = None  # set by start_tracing, for engine_span
+
+
+def traces_endpoint(configured: str | None,
+                    environ: Mapping[str, str] | None = None) -> str | None:
+    """Where spans go (an OTLP/HTTP traces URL), or None: tracing is off."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if configured:
+        return f"{configured.rstrip('/')}/v1/traces"
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return f"{env['OTEL_EXPORTER_OTLP_ENDPOINT'].rstrip('/')}/v1/traces"
+    return None
+
+
+class Tracing:
+    """The tracer provider of one running app, and what it instruments."""
+
+    def __init__(self, endpoint: str, *, service_version: str) -> None:
+        global _tracer  # the engine span's tracer is process-wide, like logging
+        self.provider = TracerProvider(resource=Resource.create(
+            {"service.name": os.environ.get("OTEL_SERVICE_NAME", "broker"),
+             "service.version": service_version}))
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        self._sql: SQLAlchemyInstrumentor | None = None
+        _tracer = self.provider.get_tracer("broker.engine")
+
+    def instrument_app(self, app: FastAPI) -> None:
+        """Trace the app's requests (before it starts serving)."""
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=self.provider, excluded_urls=UNTRACED,
+            exclude_spans=["receive", "send"], server_request_hook=_without_query)
+
+    def instrument_engine(self, engine: Engine) -> None:
+        """Trace the metadata store's statements."""
+        self._sql = SQLAlchemyInstrumentor()
+        self._sql.instrument(engine=engine, tracer_provider=self.provider,
+                             enable_commenter=False)
+
+    def shutdown(self) -> None:
+        """Stop tracing the store; send what is buffered and stop the exporter."""
+        global _tracer
+        if self._sql is not None:
+            self._sql.uninstrument()
+        _tracer = None
+        self.provider.shutdown()
+
+
+def start_tracing(configured: str | None, *, service_version: str) -> Tracing | None:
+    """Tracing for one app when an endpoint is configured, else None (nothing started)."""
+    endpoint = traces_endpoint(configured)
+    if endpoint is None:
+        return None
+    log.info("exporting traces over OTLP/HTTP")
+    return Tracing(endpoint, service_version=service_version)
+
+
+def _without_query(span: Any, _scope: Mapping[str, Any]) -> None:
+    """Overwrite the request span's URL attributes without the query string."""
+    if not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    for name in _QUERY_ATTRIBUTES:
+        value = attributes.get(name)
+        if value is None:
+            continue
+        if name == "url.query":
+            span.set_attribute(name, "")
+        else:
+            span.set_attribute(name, str(value).split("?", 1)[0])
+
+
+def _ignore(_rows: int) -> None:
+    """Nothing to record: tracing is off."""
+
+
+@contextmanager
+def engine_span(engine: str, dataset_id: str) -> Iterator[Callable[[int], None]]:
+    """A ``broker.engine.run`` span around one run of the query engine (none when tracing is
+    off); yields a function that records the result's row count. Only ids and counts: never
+    the SQL (its values are bound, but the plan is the consumer's query) or a value."""
+    tracer = _tracer
+    if tracer is None:
+        yield _ignore
+        return
+    with tracer.start_as_current_span(ENGINE_SPAN, attributes={
+            "broker.dataset.id": dataset_id, "broker.engine": engine}) as span:
+        yield lambda rows: span.set_attribute("broker.result.rows", rows)
