@@ -8,7 +8,8 @@ context follows the request into the route handlers' threads (anyio copies it).
 What a line may never carry: row values, tokens, bodies. The broker's own messages name only
 types, ids and counts; two more guards sit here, since third-party messages are not ours to
 word. An exception is rendered as its type and stack frames only (file, line, function), never
-its message or source text (a DuckDB, pandas or driver error can quote a value). Uvicorn's access line drops the query string.
+its message or source text (a DuckDB, pandas or driver error can quote a value). Uvicorn's
+access line drops the query string.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from broker.domain.queries import (
     SuppressionReason,
 )
 from broker.domain.slices import Slice
-from broker.observability.traces import engine_span
+from broker.observability.spans import engine_span
 from broker.policy.decisions import FlowDecision, Policies, Verdict
 from broker.policy.inputs import FlowRequest
 from broker.services.contracts import contract_resource, in_force_signatures
