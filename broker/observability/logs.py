@@ -68,6 +68,25 @@ class AccessLogFilter(logging.Filter):
         return True
 
 
+class TracebackTextFilter(logging.Filter):
+    """Uvicorn logs a failed start or stop as the text of the traceback itself (not as
+    ``exc_info``): that text is cut to its frame lines and each exception's type."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite; never drop."""
+        if isinstance(record.msg, str) and record.msg.startswith("Traceback (most recent"):
+            kept = []
+            for line in record.getMessage().splitlines():
+                if line.startswith(("Traceback", '  File "')):
+                    kept.append(line)
+                elif line and not line.startswith(" ") and ":" in line:
+                    kept.append(line.split(":", 1)[0])  # the type, not the message
+                elif line and not line.startswith(" ") and line.isidentifier():
+                    kept.append(line)
+            record.msg, record.args = "\n".join(kept), None
+        return True
+
+
 def frames(tb: TracebackType | None) -> str:
     """A traceback's frames as file, line and function: no source text, no locals."""
     return "".join(f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
@@ -126,6 +145,7 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
         "filters": {
             "request": {"()": f"{__name__}.RequestContextFilter"},
             "access": {"()": f"{__name__}.AccessLogFilter"},
+            "traceback": {"()": f"{__name__}.TracebackTextFilter"},
         },
         "formatters": {"broker": formatter},
         "handlers": {
@@ -139,7 +159,7 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {
             "uvicorn": {**quiet, "level": level.upper()},
-            "uvicorn.error": {**quiet, "level": level.upper()},
+            "uvicorn.error": {**quiet, "level": level.upper(), "filters": ["traceback"]},
             "uvicorn.access": {**quiet, "level": level.upper(), "filters": ["access"]},
         },
     }
