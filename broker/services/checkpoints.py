@@ -239,9 +239,9 @@ class Checkpointer:
         return time.monotonic() - self._last_signed >= self.every_seconds
 
     def lag(self) -> tuple[int, float | None] | None:
-        """As of the thread's last look (every half second at most): the entries no signed
-        checkpoint covers, and when the latest was signed (epoch seconds; None before the
-        first). None before the first look."""
+        """As of the thread's last look (every half second, in every process, the periodic
+        signer or not): the entries no signed checkpoint covers, and when the latest was
+        signed (epoch seconds; None before the first). None before the first look."""
         return self._lag
 
     def start(self) -> None:
@@ -258,7 +258,8 @@ class Checkpointer:
                 if leader and not self.leader:  # took over: count the interval from now
                     self._last_signed = time.monotonic()
                 self.leader = leader
-                if leader and self.due():
+                due = self.due()  # every process looks: the lag it reports (the metrics)
+                if leader and due:
                     self.checkpoint()
                     self._last_signed = time.monotonic()
             except Exception as exc:  # keep running; the next round tries again

@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.api.auth import mint_token
@@ -260,3 +261,47 @@ def test_two_processes_on_one_multiprocess_directory_report_the_sum(tmp_path: Pa
         assert found[("broker_audit_append_seconds_count", frozenset())] >= 4
     assert seen[0][("broker_audit_append_seconds_count", frozenset())] == seen[1][
         ("broker_audit_append_seconds_count", frozenset())]
+
+
+def test_every_worker_of_broker_serve_workers_reports_the_sum_of_all(
+        tmp_path: Path, postgres_url: str) -> None:
+    """``broker serve --workers 2`` on PostgreSQL: requests spread over fresh connections land
+    on both workers; every scrape, whichever worker answers it, counts all of them, and
+    carries the checkpoint lag."""
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET,
+           "BROKER_DATABASE_URL": postgres_url, "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    sent = 40
+    with broker_server(tmp_path, env, args=["--workers", "2"]) as base:
+
+        def unauthenticated() -> None:
+            for _ in range(sent // 8):
+                with httpx.Client(base_url=base, timeout=30) as fresh:
+                    assert fresh.get("/v1/datasets").status_code == 401
+
+        threads = [threading.Thread(target=unauthenticated) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        scrapes = []
+        for _ in range(10):
+            for _ in range(50):  # the checkpointer's first look may take half a second
+                found = _scrape(base)
+                if ("broker_audit_checkpoint_lag_entries", frozenset()) in found:
+                    break
+                threading.Event().wait(0.1)
+            scrapes.append(found)
+    per_worker = {
+        path.stem: sum(v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(path))
+                       if '"/v1/datasets"' in k and '"401"' in k)
+        for path in prom.glob("counter_*.db")}
+    served = [count for count in per_worker.values() if count]
+    assert len(served) == 2, per_worker  # both workers served some of the requests
+    assert sum(served) == sent
+    key = ("broker_requests_total", frozenset(
+        {("method", "GET"), ("route", "/v1/datasets"), ("status", "401")}))
+    assert [found[key] for found in scrapes] == [sent] * len(scrapes)
+    assert all(("broker_audit_checkpoint_lag_entries", frozenset()) in found
+               for found in scrapes)
