@@ -10,7 +10,10 @@ each SQL statement of the metadata store (SQLAlchemy instrumentation: statements
 parameterised, so their text names no value; the audit append's statements run on the raw
 driver cursor and are not traced), and each run of the query engine (``broker.engine.run``:
 dataset id, engine and the result's row count). The query string is cut from the request
-span's URL attributes: filters name values.
+span's URL attributes: filters name values. Before export, every span loses what an error
+may quote: a status description becomes the bare status, and an exception event keeps only
+``exception.type`` (its message and stack trace text can hold a value, as a PostgreSQL
+error's detail names the key it refused).
 """
 
 from __future__ import annotations
@@ -23,9 +26,16 @@ from typing import TYPE_CHECKING, Any
 from broker.observability import spans
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing starts (no cost when it is off)
+    from collections.abc import Sequence
+
     from fastapi import FastAPI
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from sqlalchemy import Engine
+
+#: What an exception event keeps.
+EXCEPTION_KEPT = frozenset({"exception.type", "exception.escaped"})
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,8 @@ class Tracing:
         self.provider = TracerProvider(resource=Resource.create(
             {"service.name": os.environ.get("OTEL_SERVICE_NAME", "broker"),
              "service.version": service_version}))
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        self.provider.add_span_processor(BatchSpanProcessor(
+            redacting(OTLPSpanExporter(endpoint=endpoint))))
         self._sql: SQLAlchemyInstrumentor | None = None
         spans.use(self.provider.get_tracer("broker.engine"))
 
@@ -90,6 +101,42 @@ class Tracing:
             self._sql.uninstrument()
         spans.use(None)
         self.provider.shutdown()
+
+
+def redacting(exporter: SpanExporter) -> SpanExporter:
+    """``exporter``, handed each span without error descriptions or exception messages."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Status
+
+    def scrubbed(span: ReadableSpan) -> ReadableSpan:
+        events = [
+            Event(e.name, {k: v for k, v in (e.attributes or {}).items()
+                           if k in EXCEPTION_KEPT}, e.timestamp)
+            if e.name == "exception" else e
+            for e in span.events]
+        return ReadableSpan(
+            name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+            attributes=span.attributes, events=events, links=span.links, kind=span.kind,
+            status=Status(span.status.status_code), start_time=span.start_time,
+            end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
+
+    class Redacting(SpanExporter):
+        """Scrubs, then exports."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            """Export the scrubbed spans."""
+            return exporter.export([scrubbed(span) for span in spans])
+
+        def shutdown(self) -> None:
+            """Shut the exporter down."""
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            """Flush the exporter."""
+            return exporter.force_flush(timeout_millis)
+
+    return Redacting()
 
 
 def start_tracing(configured: str | None, *, service_version: str) -> Tracing | None:

@@ -10,10 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 from broker.observability import spans
 from broker.observability.logs import REQUEST_ID, is_request_id, logging_config
-from broker.observability.traces import start_tracing, traces_endpoint
+from broker.observability.traces import redacting, start_tracing, traces_endpoint
 
 
 @pytest.fixture
@@ -97,3 +101,23 @@ def test_without_an_endpoint_nothing_is_started_and_no_span_is_made(
     with spans.engine_span("DuckDBEngine", "ds-1") as rows:
         assert not trace.get_current_span().get_span_context().is_valid
         rows(3)
+
+
+def test_exported_spans_lose_error_descriptions_and_exception_messages() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(redacting(exported)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("outer", attributes={"broker.dataset.id": "ds-1"}) as span:
+        span.record_exception(ValueError('Key (name)=(Secret Firm 4242) already exists'))
+        span.add_event("kept", {"n": 1})
+        span.set_status(Status(StatusCode.ERROR, "duplicate key Secret Firm 4242"))
+    provider.shutdown()
+    (got,) = exported.get_finished_spans()
+    assert got.status.status_code is StatusCode.ERROR
+    assert not got.status.description
+    assert [e.name for e in got.events] == ["exception", "kept"]
+    assert dict(got.events[0].attributes or {}) == {"exception.type": "ValueError",
+                                                    "exception.escaped": "False"}
+    assert dict(got.attributes or {}) == {"broker.dataset.id": "ds-1"}
+    assert "4242" not in got.to_json()
