@@ -214,6 +214,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own telemetry stays off, even when its environment switch asks for it: it
+        # would export exception messages (which can quote values) and a second request span.
+        # The broker's traces come from broker.observability.traces.
+        telemetry={"auto_configure": False, "tracing": False, "metrics": False, "logs": False,
+                   "operation_spans": False},
         # A filter misspelt would otherwise be ignored and the answer cover more than asked.
         dependencies=[Depends(refuse_unknown_query)],
     )
