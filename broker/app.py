@@ -38,6 +38,8 @@ from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
+from broker.observability.metrics import BrokerMetrics, CheckpointLag
+from broker.observability.traces import Tracing, start_tracing
 from broker.policy.bundle import PolicySources
 from broker.policy.cache import CachedPolicyEngine
 from broker.policy.decisions import Policies
@@ -105,12 +107,17 @@ class Container:
         return self.policies.probe()
 
 
-def build_container(settings: Settings) -> Container:
-    """Connect to the store, compile the policies, load keys and wire the services."""
+def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
+                    tracing: Tracing | None = None) -> Container:
+    """Connect to the store, compile the policies, load keys and wire the services; with
+    ``metrics``, every audit append is counted; with ``tracing``, the store's statements are
+    traced."""
     engine = make_engine(settings.db_url)
+    if tracing is not None:
+        tracing.instrument_engine(engine)
     create_schema(engine)
     clock = utc_now
-    uow = SqlUnitOfWorkFactory(engine, clock)
+    uow = SqlUnitOfWorkFactory(engine, clock, metrics.audit_appended if metrics else None)
     policies = Policies(make_policy_engine(settings))
     guard = Guard(policies)
     keyring = FileOrgKeyring(settings.keys_dir / "orgs") if settings.custodial_org_keys else None
@@ -175,14 +182,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings``; the store, policies and keys open in the lifespan."""
     settings = settings or Settings()
 
+    tracing = start_tracing(settings.otlp_endpoint, service_version=__version__)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        container = build_container(settings)
+        metrics: RequestMetrics = app.state.metrics
+        container = build_container(settings, metrics=metrics, tracing=tracing)
         container.orgs.check_operator()
         app.state.container = container
         app.state.ready_probe = ReadyProbe()
-        if isinstance(container.policies.engine, CachedPolicyEngine):
-            app.state.metrics.watch_policy_cache(container.policies.engine)
+        if (isinstance(container.policies.engine, CachedPolicyEngine)
+                and not metrics.multiprocess):
+            metrics.watch_policy_cache(container.policies.engine)
+        metrics.watch_checkpoints(lambda: _lag(container.checkpointer))
         container.checkpointer.start()
         try:
             yield
@@ -194,12 +206,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             container.engine.dispose()
             if isinstance(container.tokens, OidcVerifier):
                 container.tokens.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="Data-sharing broker",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own telemetry stays off, even when its environment switch asks for it: it
+        # would export exception messages (which can quote values) and a second request span.
+        # The broker's traces come from broker.observability.traces.
+        telemetry={"auto_configure": False, "tracing": False, "metrics": False, "logs": False,
+                   "operation_spans": False},
         # A filter misspelt would otherwise be ignored and the answer cover more than asked.
         dependencies=[Depends(refuse_unknown_query)],
     )
@@ -208,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (orgs, datasets, slices, contracts, queries, indicators, audit, health):
         app.include_router(module.router)
     app.add_middleware(PrincipalMiddleware, refused=app.state.metrics.limited,
+                       denied=app.state.metrics.denied,
                        limits=PrincipalLimits(settings.rate_limit,
                                               settings.max_concurrent_per_principal,
                                               settings.max_concurrent_per_org))
@@ -215,5 +235,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, body_limit=settings.max_body_bytes,
                        upload_limit=settings.max_upload_bytes)
+    if tracing is not None:  # the request span wraps every middleware
+        tracing.instrument_app(app)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _lag(checkpointer: Checkpointer) -> CheckpointLag | None:
+    """The checkpoint lag as the metrics show it."""
+    lag = checkpointer.lag()
+    return None if lag is None else CheckpointLag(*lag)

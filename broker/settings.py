@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     checkpoint_sinks: list[Literal["dir", "stdout", "syslog"]] = ["dir"]
     checkpoint_every_entries: int = Field(default=1000, ge=1)
     checkpoint_every_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    #: Log lines of ``broker serve``: ``json`` (one object per line, the default there) or
+    #: ``text``. Unset elsewhere, the broker leaves logging as its host configured it.
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: An OTLP/HTTP collector's base URL (``http://collector:4318``): traces are exported to
+    #: its ``/v1/traces``. Unset, the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` is read; with
+    #: neither, nothing is traced.
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]{1,200}$")
 
     @field_validator("rate_limit")
     @classmethod

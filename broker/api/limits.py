@@ -154,10 +154,12 @@ class PrincipalLimits:
 class PrincipalMiddleware(HttpMiddleware):
     """Verifies the bearer token once, then applies ``PrincipalLimits`` to its principal."""
 
-    def __init__(self, app: ASGIApp, *, limits: PrincipalLimits, refused: Counter) -> None:
+    def __init__(self, app: ASGIApp, *, limits: PrincipalLimits, refused: Counter,
+                 denied: Callable[[str], None] | None = None) -> None:
         super().__init__(app)
         self.limits = limits
         self.refused = refused
+        self.denied = denied  # every refusal, by reason (the metrics' denials)
         self._auth = anyio.CapacityLimiter(AUTH_THREADS)
         self._audit = anyio.CapacityLimiter(AUDIT_THREADS)
 
@@ -269,6 +271,8 @@ class PrincipalMiddleware(HttpMiddleware):
         """The 429, and for a principal's first refusal in the window, its audit entry."""
         reason, wait = refusal
         self.refused.labels(reason).inc()
+        if self.denied is not None:
+            self.denied(reason)
         recorder = getattr(container, "audit", None)
         if (principal is not None and isinstance(recorder, RefusalRecorder)
                 and self.limits.should_audit(f"{principal.iss}\n{principal.sub}")):

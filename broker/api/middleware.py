@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -20,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.api.problems import PROBLEM_JSON
 from broker.api.uploads import MULTIPART_OVERHEAD
 from broker.domain.errors import PayloadTooLarge
+from broker.observability.logs import REQUEST_ID, frames, is_request_id
+from broker.observability.metrics import BrokerMetrics
 from broker.policy.cache import CachedPolicyEngine
 
 log = logging.getLogger("broker.api")
@@ -70,18 +71,19 @@ class UnexpectedErrorMiddleware(HttpMiddleware):
         except Exception as exc:
             request_id = scope.get("state", {}).get("request_id", "-")
             log.error("unhandled %s in request %s\n%s", type(exc).__name__, request_id,
-                      "".join(traceback.format_tb(exc.__traceback__)))
+                      frames(exc.__traceback__))
             if not started:
                 await send_problem(scope, send, 500, "internal-error", "Internal error",
                                     "The broker failed to handle the request; nothing was "
                                     "released.")
 
 
-class RequestMetrics:
-    """Per-app Prometheus collectors (a registry per app keeps tests independent)."""
+class RequestMetrics(BrokerMetrics):
+    """Per-app Prometheus collectors (a registry per app keeps tests independent): HTTP
+    requests, limits, the policy cache, and the broker's own (``BrokerMetrics``)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.requests = Counter(
             "broker_requests_total", "HTTP requests", ["method", "route", "status"],
             registry=self.registry,
@@ -96,7 +98,8 @@ class RequestMetrics:
         )
 
     def watch_policy_cache(self, cache: CachedPolicyEngine) -> None:
-        """Export the decision cache's hits and misses."""
+        """Export the decision cache's hits and misses (read from this process's cache: with
+        several worker processes they are not exported, see ``broker.observability.metrics``)."""
         self.registry.register(_PolicyCacheCollector(cache))
 
 
@@ -118,19 +121,34 @@ class _PolicyCacheCollector(Collector):
 
 
 class RequestIdMiddleware(HttpMiddleware):
-    """Gives every request a server-side id (``X-Request-ID``) that audit entries carry."""
+    """Gives every request an id (``X-Request-ID``) that audit entries, problems and log lines
+    carry: the client's own if it sent a well-formed one (``is_request_id``: a proxy's or a
+    gateway's id, so one request can be followed across systems), else a fresh UUID."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Give the request a fresh id and name it in the response's headers."""
-        request_id = str(uuid.uuid4())
+        """Give the request its id, for its context (log lines) and the response's headers."""
+        request_id = _incoming_id(scope) or str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-ID`` if it sent exactly one and it is well formed."""
+    found = [v for name, v in scope.get("headers") or () if name == b"x-request-id"]
+    if len(found) != 1:
+        return None
+    value = found[0].decode("latin-1")
+    return value if is_request_id(value) else None
 
 
 class BodyLimitMiddleware(HttpMiddleware):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 import tempfile
 import threading
@@ -16,6 +17,7 @@ from rich.console import Console
 
 from broker.cli.token import minter
 from broker.demo.story import ACTORS, Broker, set_up
+from broker.observability.logs import logging_config
 from broker.settings import Settings
 
 EXIT_BAD_SETTINGS = 2
@@ -47,20 +49,25 @@ def serve(
         raise typer.BadParameter(
             "several workers share one database: set BROKER_DATABASE_URL to PostgreSQL "
             "(the embedded SQLite database serves one process)", param_hint="--workers")
+    # JSON lines unless BROKER_LOG_FORMAT=text; configured before anything logs (each worker
+    # process applies the same document, handed to uvicorn)
+    log_config = logging_config(settings.log_format or "json", settings.log_level)
+    logging.config.dictConfig(log_config)
     _prepare_schema(settings)
     if demo:
         threading.Thread(target=_welcome, args=(settings, host, port), daemon=True).start()
     if workers == 1:
         from broker.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level,
+                    log_config=log_config)
         return
     # Each worker builds its own app from the same environment (settings were checked
     # above); the metrics of all of them are collected in one directory.
     with tempfile.TemporaryDirectory(prefix="broker-metrics-") as metrics:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics)
         uvicorn.run("broker.app:create_app", factory=True, workers=workers, host=host,
-                    port=port, log_level="info")
+                    port=port, log_level=settings.log_level, log_config=log_config)
 
 
 def _prepare_schema(settings: Settings) -> None:

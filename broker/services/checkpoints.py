@@ -19,6 +19,7 @@ import syslog
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -153,6 +154,7 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._last_signed = time.monotonic()
         self.failures = 0
+        self._lag: tuple[int, float | None] | None = None
 
     def checkpoint(self) -> StoredCheckpoint | None:
         """Sign the tree as it is now (unless that size is signed already) and publish it."""
@@ -228,11 +230,19 @@ class Checkpointer:
             size = uow.audit.head().size
             latest = uow.audit.latest_checkpoint()
         covered = latest.size if latest else 0
+        self._lag = (max(0, size - covered),
+                     datetime.fromisoformat(latest.ts).timestamp() if latest else None)
         if size <= covered:
             return False
         if size - covered >= self.every_entries:
             return True
         return time.monotonic() - self._last_signed >= self.every_seconds
+
+    def lag(self) -> tuple[int, float | None] | None:
+        """As of the thread's last look (every half second, in every process, the periodic
+        signer or not): the entries no signed checkpoint covers, and when the latest was
+        signed (epoch seconds; None before the first). None before the first look."""
+        return self._lag
 
     def start(self) -> None:
         """Run the periodic checkpointer on a daemon thread."""
@@ -248,7 +258,8 @@ class Checkpointer:
                 if leader and not self.leader:  # took over: count the interval from now
                     self._last_signed = time.monotonic()
                 self.leader = leader
-                if leader and self.due():
+                due = self.due()  # every process looks: the lag it reports (the metrics)
+                if leader and due:
                     self.checkpoint()
                     self._last_signed = time.monotonic()
             except Exception as exc:  # keep running; the next round tries again

@@ -52,6 +52,7 @@ from broker.domain.queries import (
     split_qualified,
 )
 from broker.domain.slices import Slice
+from broker.observability.spans import engine_span
 from broker.policy.decisions import FlowDecision, Verdict
 from broker.policy.inputs import FlowRequest
 from broker.services.contracts import contract_resource
@@ -387,7 +388,11 @@ class JoinedQueries:
                          for a, d in datasets.items()}
         relations = {source_relation(a): q.storage.scan(loc)  # decrypted in memory only
                      for a, loc in locations.items()}
-        table = read_table(plan, q.engine.run(relations, plan.sql, plan.params))
+        with engine_span(type(q.engine).__name__,
+                         ",".join(sorted(d.id for d in datasets.values()))) as rows:
+            result = q.engine.run(relations, plan.sql, plan.params)
+            rows(result.num_rows)
+        table = read_table(plan, result)
         set_source_scopes(table, self._scopes(planned, datasets, locations))
         with q.uow(read_only=True) as uow:
             ledger = self._ledger(uow, spec, plan, datasets)

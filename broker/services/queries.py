@@ -42,6 +42,7 @@ from broker.domain.queries import (
     SuppressionReason,
 )
 from broker.domain.slices import Slice
+from broker.observability.spans import engine_span
 from broker.policy.decisions import FlowDecision, Policies, Verdict
 from broker.policy.inputs import FlowRequest
 from broker.services.contracts import contract_resource, in_force_signatures
@@ -360,7 +361,10 @@ class QueryService:
         scopes = Scopes.of(self.storage.dates(location, plan.periods), spec.group_by,
                            spec.filters)
         relations = {SOURCE: self.storage.scan(location)}  # decrypted in memory only
-        return self.engine.run(relations, plan.sql, plan.params), scopes
+        with engine_span(type(self.engine).__name__, dataset.id) as rows:
+            result = self.engine.run(relations, plan.sql, plan.params)
+            rows(result.num_rows)
+        return result, scopes
 
     def _decide(
         self,

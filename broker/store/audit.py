@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_
@@ -40,13 +41,18 @@ _QMARK = {
 }
 _SQL = {False: _QMARK, True: {k: v.replace("?", "%s") for k, v in _QMARK.items()}}
 
+#: Told of every entry appended, with the seconds the append took (the metrics).
+AppendObserver = Callable[[AuditEvent, float], None]
+
 
 class SqlAuditLog:
     """Append-only ledger in ``audit_entries``, serialised on the ``audit_head`` row."""
 
-    def __init__(self, session: Session, clock: Clock) -> None:
+    def __init__(self, session: Session, clock: Clock,
+                 observer: AppendObserver | None = None) -> None:
         self.session = session
         self.clock = clock
+        self.observer = observer
 
     @property
     def _conn(self) -> Connection:
@@ -59,13 +65,18 @@ class SqlAuditLog:
 
         The commit is the caller's: the entry is durable together with whatever the unit of work
         released, or not at all. On PostgreSQL the ``FOR UPDATE`` row lock serialises writers; on
-        SQLite the transaction already holds the write lock (``BEGIN IMMEDIATE``).
+        SQLite the transaction already holds the write lock (``BEGIN IMMEDIATE``). The observer
+        hears of appends that succeeded (the time spent waiting for the head lock included).
         """
+        start = time.perf_counter()
         try:
-            return self._append(event)
+            receipt = self._append(event)
         except (OperationalError, IntegrityError) as exc:
             # locked past the timeout, disk full, server gone, or a racing writer (backstop)
             raise Unavailable("The audit log could not be written; nothing was released.") from exc
+        if self.observer is not None:
+            self.observer(event, time.perf_counter() - start)
+        return receipt
 
     def lock(self) -> None:
         """Take the head lock now, so what follows sees every committed append."""

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from broker.domain.errors import Unavailable
 from broker.domain.ports import Clock
-from broker.store.audit import SqlAuditLog
+from broker.store.audit import AppendObserver, SqlAuditLog
 from broker.store.db import read_only as read_only_engine
 from broker.store.group_commit import SYNCER, WalSyncer
 from broker.store.repositories import (
@@ -73,9 +73,11 @@ class SqlUnitOfWork:
     slices: SqlSliceRepository
     indicators: SqlIndicatorRepository
 
-    def __init__(self, engine: Engine, clock: Clock, *, read_only: bool = False) -> None:
+    def __init__(self, engine: Engine, clock: Clock, *, read_only: bool = False,
+                 observer: AppendObserver | None = None) -> None:
         self.engine = read_only_engine(engine) if read_only else engine
         self.clock = clock
+        self.observer = observer
         self._writer = None if read_only else _writer_lock(engine)
         self._holding = False
         self._syncer: WalSyncer | None = None
@@ -115,7 +117,7 @@ class SqlUnitOfWork:
         self.orgs = SqlOrgRepository(self.session)
         self.datasets = SqlDatasetRepository(self.session)
         self.contracts = SqlContractRepository(self.session)
-        self.audit = SqlAuditLog(self.session, self.clock)
+        self.audit = SqlAuditLog(self.session, self.clock, self.observer)
         self.releases = SqlReleaseLedger(self.session)
         self.slices = SqlSliceRepository(self.session)
         self.indicators = SqlIndicatorRepository(self.session)
@@ -159,9 +161,12 @@ class SqlUnitOfWork:
 class SqlUnitOfWorkFactory:
     """Opens SQL units of work on one engine."""
 
-    def __init__(self, engine: Engine, clock: Clock) -> None:
+    def __init__(self, engine: Engine, clock: Clock,
+                 observer: AppendObserver | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.observer = observer  # told of every audit append (metrics)
 
     def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, self.clock, read_only=read_only)
+        return SqlUnitOfWork(self.engine, self.clock, read_only=read_only,
+                             observer=self.observer)

@@ -96,6 +96,6 @@ async def readyz(request: Request, ready: ReadinessDep) -> dict[str, str] | JSON
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
-    return Response(generate_latest(request.app.state.metrics.registry),
+    """Prometheus metrics (of every worker process when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
+    return Response(generate_latest(request.app.state.metrics.exposition()),
                     media_type=CONTENT_TYPE_LATEST)
