@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.api.problems import PROBLEM_JSON
 from broker.api.uploads import MULTIPART_OVERHEAD
 from broker.domain.errors import PayloadTooLarge
-from broker.observability.logs import REQUEST_ID, frames, is_request_id
+from broker.observability.logs import CLIENT_REQUEST_ID, REQUEST_ID, frames, is_request_id
 from broker.observability.metrics import BrokerMetrics
 from broker.policy.cache import CachedPolicyEngine
 
@@ -121,15 +121,18 @@ class _PolicyCacheCollector(Collector):
 
 
 class RequestIdMiddleware(HttpMiddleware):
-    """Gives every request an id (``X-Request-ID``) that audit entries, problems and log lines
-    carry: the client's own if it sent a well-formed one (``is_request_id``: a proxy's or a
-    gateway's id, so one request can be followed across systems), else a fresh UUID."""
+    """Gives every request a server-side id (``X-Request-ID``) that audit entries, answers,
+    problems and log lines carry. A client's own well-formed ``X-Request-ID`` (``is_request_id``:
+    a proxy's or a gateway's id) is written beside it on log lines (``client_request_id``), so
+    one request can be followed across systems; it never becomes the request's id, which a
+    client could otherwise make collide with another's in the audit log."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Give the request its id, for its context (log lines) and the response's headers."""
-        request_id = _incoming_id(scope) or str(uuid.uuid4())
+        request_id = str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
         token = REQUEST_ID.set(request_id)
+        client_token = CLIENT_REQUEST_ID.set(_incoming_id(scope))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -139,6 +142,7 @@ class RequestIdMiddleware(HttpMiddleware):
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            CLIENT_REQUEST_ID.reset(client_token)
             REQUEST_ID.reset(token)
 
 

@@ -26,8 +26,10 @@ from pythonjsonlogger.json import JsonFormatter
 
 LogFormat = Literal["json", "text"]
 
-#: The id of the request being handled in this context, if any.
+#: The id of the request being handled in this context, if any (the broker's own).
 REQUEST_ID: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
+#: The ``X-Request-ID`` the client (a gateway, a proxy) sent with it, if well formed.
+CLIENT_REQUEST_ID: ContextVar[str | None] = ContextVar("broker_client_request_id", default=None)
 
 #: An incoming ``X-Request-ID`` is kept only if it looks like this: bounded, and of characters
 #: that are safe in a header, a log line, a JSON document and an audit entry.
@@ -35,17 +37,20 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def is_request_id(value: str) -> bool:
-    """Whether a client's ``X-Request-ID`` may be kept as the request's id."""
+    """Whether a client's ``X-Request-ID`` may be written beside the request's own id."""
     return REQUEST_ID_PATTERN.fullmatch(value) is not None
 
 
 class RequestContextFilter(logging.Filter):
-    """Puts the request id (``-`` outside a request) and the recording span's trace id on
-    every record."""
+    """Puts the request id (``-`` outside a request), the client's own id for it when it sent
+    one, and the recording span's trace id on every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate; never drop."""
         record.request_id = REQUEST_ID.get() or "-"
+        client_id = CLIENT_REQUEST_ID.get()
+        if client_id is not None:
+            record.client_request_id = client_id
         record.__dict__.pop("color_message", None)  # uvicorn's copy of the message, in ANSI
         span = trace.get_current_span().get_span_context()
         if span.is_valid:

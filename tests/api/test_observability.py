@@ -37,13 +37,13 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     return found.get((name, frozenset(labels.items())))
 
 
-def test_a_well_formed_request_id_is_kept_and_named_in_header_and_problem(
-        client: TestClient) -> None:
+def test_a_client_request_id_never_becomes_the_request_id(client: TestClient) -> None:
     rid = "gw-7f3a.2026:abc_DEF"
     r = client.get("/v1/datasets", headers={"X-Request-ID": rid})
     body = assert_problem(r, 401, "unauthenticated")
-    assert r.headers["x-request-id"] == rid
-    assert body["request_id"] == rid
+    own = r.headers["x-request-id"]
+    assert str(uuid.UUID(own)) == own  # the broker's own id, fresh
+    assert body["request_id"] == own
 
 
 @pytest.mark.parametrize("sent", ["x" * 129, "has space", "new\nline", "<script>", "-lead",
@@ -102,7 +102,8 @@ def test_lines_logged_while_a_request_is_handled_name_its_id_and_no_exception_me
         r = client.get("/example", headers={"X-Request-ID": "trace-me-1"})
     assert_problem(r, 500, "internal-error")
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
-    ours = [line for line in lines if line["request_id"] == "trace-me-1"]
+    ours = [line for line in lines if line.get("client_request_id") == "trace-me-1"]
+    assert len({line["request_id"] for line in ours}) == 1  # one request, the broker's id
     assert [(line["logger"], line["message"]) for line in ours[:2]] == [
         ("broker.api.routes.example", "handling it"),
         ("broker.api.routes.example", "it failed")]
