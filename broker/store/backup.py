@@ -510,8 +510,8 @@ def restore_backup(settings: Settings, source: Path, keys: Path | None = None, *
         raise BackupRefused(f"the backup holds a {manifest.database} database and the "
                             f"configured one is {kind}; restore into a {manifest.database} "
                             "database")
-    plan = _restore_plan(settings, manifest, source, secrets, keys)
-    _check_empty_targets(settings, kind, plan)
+    plan = _check_empty_targets(settings, kind,
+                                _restore_plan(settings, manifest, source, secrets, keys))
     if keys is not None:
         masters = [keys / f.path for f in secrets if f.path.startswith("master.key")]
     else:
@@ -579,13 +579,20 @@ def _restore_plan(settings: Settings, manifest: Manifest, source: Path,
 
 
 def _check_empty_targets(settings: Settings, kind: DatabaseKind,
-                         plan: list[_Placement]) -> None:
+                         plan: list[_Placement]) -> list[_Placement]:
+    """Refuse unless every place a restore writes is free; the plan without the files that
+    are already in place with the very same bytes (keys mounted from a secret store outside
+    the data directory, such as the checkpoint key and its public half: nothing to write)."""
     data_dir = settings.data_dir.absolute()
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise BackupRefused(f"the data directory {data_dir} is not empty: a restore goes "
                             "into an empty one only (nothing was restored)")
+    todo = []
     for placement in plan:
-        if placement.target.exists():
+        if not placement.target.exists():
+            todo.append(placement)
+        elif not (placement.target.is_file()
+                  and _sha256(placement.target) == placement.sha256):
             raise BackupRefused(f"{placement.target} exists: a restore never overwrites "
                                 "(nothing was restored)")
     if kind == "postgresql":
@@ -600,6 +607,7 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
         if row is None or int(row[0]):
             raise BackupRefused("the configured PostgreSQL database is not empty: a restore "
                                 "goes into an empty one only (nothing was restored)")
+    return todo
 
 
 def _apply(settings: Settings, kind: DatabaseKind, source: Path,

@@ -417,3 +417,41 @@ def test_a_backup_in_the_middle_of_a_key_rotation_restores_readable(
     for version in versions:
         location = version.relative_to(target.datasets_dir).as_posix()
         assert opened.read(location).num_rows > 0
+
+
+def _mounted_secrets(made: Made, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The broker's keys as production mounts them, outside the data directory (a Secret at
+    /run/secrets/broker): master key, checkpoint key and its public half; the settings."""
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir()
+    for name in ("master.key", "checkpoint-ed25519.pem"):
+        (mounted / name).write_bytes((made.keys / name).read_bytes())
+    source = Path(made.env["BROKER_DATA_DIR"]) / "keys" / "checkpoint-ed25519.pub"
+    (mounted / "checkpoint-ed25519.pub").write_bytes(source.read_bytes())
+    return mounted, {**made.target,
+                     "BROKER_MASTER_KEY_FILE": str(mounted / "master.key"),
+                     "BROKER_CHECKPOINT_KEY_FILE": str(mounted / "checkpoint-ed25519.pem")}
+
+
+def test_a_restore_beside_keys_mounted_from_a_secret_store_uses_them(
+        made: Made, tmp_path: Path) -> None:
+    """The production layout (README, "Production"): the keys are mounted read-only outside
+    the data directory before anything runs. The backup's copy of the checkpoint public key
+    is the same file: a restore leaves it as it is instead of refusing."""
+    mounted, env = _mounted_secrets(made, tmp_path)
+    before = {p.name: p.read_bytes() for p in mounted.iterdir()}
+    result = cli(env, "restore", str(made.backup))
+    assert result.exit_code == 0, result.output
+    assert "audit log verified" in result.output
+    assert {p.name: p.read_bytes() for p in mounted.iterdir()} == before
+
+
+def test_a_restore_beside_a_different_mounted_public_key_is_refused(
+        made: Made, tmp_path: Path) -> None:
+    mounted, env = _mounted_secrets(made, tmp_path)
+    (mounted / "checkpoint-ed25519.pub").write_bytes(b"another key\n")
+    result = cli(env, "restore", str(made.backup))
+    assert result.exit_code == REFUSED, result.output
+    assert "exists: a restore never overwrites" in result.output
+    assert not Path(made.target["BROKER_DATA_DIR"]).exists()
+    assert (mounted / "checkpoint-ed25519.pub").read_bytes() == b"another key\n"
