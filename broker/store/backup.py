@@ -620,6 +620,7 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
     staging = _staging(data_dir)
     outside: list[tuple[Path, _Placement]] = []
     written: list[Path] = []
+    moved: list[Path] = []
     try:
         staging.mkdir(mode=0o700)
         for placement in plan:
@@ -632,14 +633,26 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
         if kind == "postgresql":
             _pg_restore(settings.db_url, source / DB_POSTGRESQL)
         if data_dir.exists():
-            data_dir.rmdir()  # empty, as checked
-        os.replace(staging, data_dir)
-        fsync_dir(data_dir.parent)
+            # Empty, as checked, and often a mount point (a container's volume), which can
+            # be neither removed nor renamed over: what the staging directory holds moves in.
+            for child in sorted(staging.iterdir()):
+                os.replace(child, data_dir / child.name)
+                moved.append(data_dir / child.name)
+            staging.rmdir()
+            fsync_dir(data_dir)
+        else:
+            os.replace(staging, data_dir)
+            fsync_dir(data_dir.parent)
         for target, placement in outside:
             _copy_checked(placement.origin / placement.name, target, placement)
             written.append(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for path in moved:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         for path in written:
             path.unlink(missing_ok=True)
         raise

@@ -455,3 +455,17 @@ def test_a_restore_beside_a_different_mounted_public_key_is_refused(
     assert "exists: a restore never overwrites" in result.output
     assert not Path(made.target["BROKER_DATA_DIR"]).exists()
     assert (mounted / "checkpoint-ed25519.pub").read_bytes() == b"another key\n"
+
+
+def test_a_restore_fills_an_existing_empty_data_directory_in_place(made: Made) -> None:
+    """A container's data directory is a mount point, which can be neither removed nor
+    renamed over: the restore moves its files into the directory that is there."""
+    target = Path(made.target["BROKER_DATA_DIR"])
+    target.mkdir()
+    inode = target.stat().st_ino
+    result = cli(made.target, "restore", str(made.backup), "--keys", str(made.keys))
+    assert result.exit_code == 0, result.output
+    assert "audit log verified" in result.output
+    assert target.stat().st_ino == inode
+    assert (target / "broker.db").is_file()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".b.")]
