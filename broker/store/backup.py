@@ -613,14 +613,17 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
 def _apply(settings: Settings, kind: DatabaseKind, source: Path,
            plan: list[_Placement]) -> None:
     """Copy into a staging directory beside the data directory (re-checking each file's
-    SHA-256 as it is copied), restore the database, then move the staging directory into
-    place and write what lives outside the data directory; undo all of it on failure."""
+    SHA-256 as it is copied), move it into place, write what lives outside the data
+    directory, and restore the PostgreSQL database last (``pg_restore --single-transaction``:
+    whole or not at all); undo every file on failure, so that "nothing was restored" holds
+    and the same restore can be run again."""
     data_dir = settings.data_dir.absolute()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging(data_dir)
     outside: list[tuple[Path, _Placement]] = []
     written: list[Path] = []
     moved: list[Path] = []
+    created = False
     try:
         staging.mkdir(mode=0o700)
         for placement in plan:
@@ -630,8 +633,6 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
                 _copy_checked(placement.origin / placement.name, dest, placement)
             else:
                 outside.append((target, placement))
-        if kind == "postgresql":
-            _pg_restore(settings.db_url, source / DB_POSTGRESQL)
         if data_dir.exists():
             # Empty, as checked, and often a mount point (a container's volume), which can
             # be neither removed nor renamed over: what the staging directory holds moves in.
@@ -642,12 +643,17 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
             fsync_dir(data_dir)
         else:
             os.replace(staging, data_dir)
+            created = True
             fsync_dir(data_dir.parent)
         for target, placement in outside:
             _copy_checked(placement.origin / placement.name, target, placement)
             written.append(target)
+        if kind == "postgresql":
+            _pg_restore(settings.db_url, source / DB_POSTGRESQL)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
         for path in moved:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -469,3 +469,35 @@ def test_a_restore_fills_an_existing_empty_data_directory_in_place(made: Made) -
     assert target.stat().st_ino == inode
     assert (target / "broker.db").is_file()
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".b.")]
+
+
+def test_a_restore_that_fails_writing_a_file_leaves_the_database_empty_to_try_again(
+        tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """The database is restored last: a restore that fails before it (here the checkpoint
+    directory cannot be made) has restored nothing, as it says, and can simply be rerun."""
+    source, target = (postgres_server.create_database("restore_src"),
+                      postgres_server.create_database("restore_dst"))
+    try:
+        settings = Settings(data_dir=tmp_path / "a", database_url=postgres_server.url(source))
+        with TestClient(create_app(settings)) as client:
+            set_up(Broker(client, minter(settings)), generate_county(enterprises=150))
+        env = {"BROKER_DATA_DIR": str(settings.data_dir),
+               "BROKER_DATABASE_URL": postgres_server.url(source)}
+        backup, keys = tmp_path / "backup", tmp_path / "keys"
+        assert cli(env, "backup", str(backup), "--keys", str(keys)).exit_code == 0
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("a file where the checkpoint directory would go")
+        into = {"BROKER_DATA_DIR": str(tmp_path / "b"),
+                "BROKER_DATABASE_URL": postgres_server.url(target)}
+        failed = cli({**into, "BROKER_CHECKPOINT_DIR": str(blocker / "checkpoints")},
+                     "restore", str(backup), "--keys", str(keys))
+        assert failed.exit_code == 1, failed.output
+        assert "nothing was restored" in failed.output
+        assert not (tmp_path / "b").exists()
+        again = cli({**into, "BROKER_CHECKPOINT_DIR": str(tmp_path / "checkpoints")},
+                    "restore", str(backup), "--keys", str(keys))
+        assert again.exit_code == 0, again.output
+        assert "audit log verified" in again.output
+    finally:
+        postgres_server.drop_database(source)
+        postgres_server.drop_database(target)
