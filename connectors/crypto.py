@@ -180,6 +180,33 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def create_exclusive(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` unless a file is there already; whether it was made.
+
+    ``data`` is written in full to a temporary file and then linked into place, which fails
+    if another process got there first: a reader never sees a partial file, and of several
+    processes starting together (workers, pods on one volume) the first one's file stands,
+    never replaced by a later one's (``write_atomic`` would replace it, leaving the first
+    process with a key that is no longer on disk).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def fsync_dir(directory: Path) -> None:
     """Make renames and unlinks in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -297,25 +324,12 @@ def _read_master(path: Path) -> MasterKey:
 def create_master_key(path: Path) -> None:
     """Write a new random master key to ``path`` (mode 0600) unless a file is there.
 
-    The key is written in full to a temporary file and then linked into place, which fails
-    if another process got there first: no reader ever sees a partial key, and two processes
-    starting together cannot each keep a different one.
+    No reader ever sees a partial key, and two processes starting together cannot each keep
+    a different one (``create_exclusive``).
     """
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(KEY_BYTES))
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    create_exclusive(path, secrets.token_bytes(KEY_BYTES))
 
 
 #: A key file to re-wrap and the context its data key is bound to.
@@ -396,8 +410,8 @@ class TextSealer:
         self.keyring = keyring
         self.key_file = key_file
         with keyring.writing() as master:  # no rotation between the check and the write
-            if not key_file.exists():
-                write_atomic(key_file, wrap_key(master, new_data_key(), self.PURPOSE))
+            if not key_file.exists():  # another process may make it first: its key stands
+                create_exclusive(key_file, wrap_key(master, new_data_key(), self.PURPOSE))
         self._key = keyring.read_key_file(key_file, self.PURPOSE)
 
     def seal(self, plaintext: str, *, context: str) -> str:

@@ -10,6 +10,8 @@ not stored again, and the same key signs the same tree identically (Ed25519 is d
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,7 +20,7 @@ import sys
 import syslog
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -50,8 +52,25 @@ class DirectorySink:
         A different note for a size already published is evidence of two histories: it is
         kept beside the first (``<size>.conflict-<digest>.checkpoint``), never in its place,
         so that verification reports the fork.
+
+        Several processes (workers, pods on one volume) publish here: each does so under an
+        exclusive ``flock`` of ``.lock``, or one signing a smaller tree could read ``latest``
+        before another moved it further, then move it back.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
+        with self._exclusive():
+            self._publish(size, note)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _publish(self, size: int, note: str) -> None:
         path = self.directory / f"{size:020d}.checkpoint"
         try:
             existing = path.read_text(encoding="utf-8")

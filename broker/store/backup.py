@@ -510,8 +510,8 @@ def restore_backup(settings: Settings, source: Path, keys: Path | None = None, *
         raise BackupRefused(f"the backup holds a {manifest.database} database and the "
                             f"configured one is {kind}; restore into a {manifest.database} "
                             "database")
-    plan = _restore_plan(settings, manifest, source, secrets, keys)
-    _check_empty_targets(settings, kind, plan)
+    plan = _check_empty_targets(settings, kind,
+                                _restore_plan(settings, manifest, source, secrets, keys))
     if keys is not None:
         masters = [keys / f.path for f in secrets if f.path.startswith("master.key")]
     else:
@@ -579,13 +579,20 @@ def _restore_plan(settings: Settings, manifest: Manifest, source: Path,
 
 
 def _check_empty_targets(settings: Settings, kind: DatabaseKind,
-                         plan: list[_Placement]) -> None:
+                         plan: list[_Placement]) -> list[_Placement]:
+    """Refuse unless every place a restore writes is free; the plan without the files that
+    are already in place with the very same bytes (keys mounted from a secret store outside
+    the data directory, such as the checkpoint key and its public half: nothing to write)."""
     data_dir = settings.data_dir.absolute()
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise BackupRefused(f"the data directory {data_dir} is not empty: a restore goes "
                             "into an empty one only (nothing was restored)")
+    todo = []
     for placement in plan:
-        if placement.target.exists():
+        if not placement.target.exists():
+            todo.append(placement)
+        elif not (placement.target.is_file()
+                  and _sha256(placement.target) == placement.sha256):
             raise BackupRefused(f"{placement.target} exists: a restore never overwrites "
                                 "(nothing was restored)")
     if kind == "postgresql":
@@ -600,18 +607,23 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
         if row is None or int(row[0]):
             raise BackupRefused("the configured PostgreSQL database is not empty: a restore "
                                 "goes into an empty one only (nothing was restored)")
+    return todo
 
 
 def _apply(settings: Settings, kind: DatabaseKind, source: Path,
            plan: list[_Placement]) -> None:
     """Copy into a staging directory beside the data directory (re-checking each file's
-    SHA-256 as it is copied), restore the database, then move the staging directory into
-    place and write what lives outside the data directory; undo all of it on failure."""
+    SHA-256 as it is copied), move it into place, write what lives outside the data
+    directory, and restore the PostgreSQL database last (``pg_restore --single-transaction``:
+    whole or not at all); undo every file on failure, so that "nothing was restored" holds
+    and the same restore can be run again."""
     data_dir = settings.data_dir.absolute()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging(data_dir)
     outside: list[tuple[Path, _Placement]] = []
     written: list[Path] = []
+    moved: list[Path] = []
+    created = False
     try:
         staging.mkdir(mode=0o700)
         for placement in plan:
@@ -621,17 +633,32 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
                 _copy_checked(placement.origin / placement.name, dest, placement)
             else:
                 outside.append((target, placement))
-        if kind == "postgresql":
-            _pg_restore(settings.db_url, source / DB_POSTGRESQL)
         if data_dir.exists():
-            data_dir.rmdir()  # empty, as checked
-        os.replace(staging, data_dir)
-        fsync_dir(data_dir.parent)
+            # Empty, as checked, and often a mount point (a container's volume), which can
+            # be neither removed nor renamed over: what the staging directory holds moves in.
+            for child in sorted(staging.iterdir()):
+                os.replace(child, data_dir / child.name)
+                moved.append(data_dir / child.name)
+            staging.rmdir()
+            fsync_dir(data_dir)
+        else:
+            os.replace(staging, data_dir)
+            created = True
+            fsync_dir(data_dir.parent)
         for target, placement in outside:
             _copy_checked(placement.origin / placement.name, target, placement)
             written.append(target)
+        if kind == "postgresql":
+            _pg_restore(settings.db_url, source / DB_POSTGRESQL)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        for path in moved:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         for path in written:
             path.unlink(missing_ok=True)
         raise

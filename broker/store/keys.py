@@ -3,8 +3,6 @@ the master key of encryption at rest."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 from pathlib import Path
 
@@ -13,20 +11,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.checkpoint import NoteSigner
 from broker.settings import Settings
-from connectors.crypto import Keyring, TextSealer, create_master_key
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600, failing if another process created it first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+from connectors.crypto import Keyring, TextSealer, create_exclusive, create_master_key
 
 
 def _load_or_create(path: Path, make: bytes) -> bytes:
-    with contextlib.suppress(FileExistsError):
-        _write_private(path, make)
+    """The file's bytes, creating it with ``make`` first if it does not exist (whole, mode
+    0600; of several processes starting together the first one's stands)."""
+    if not path.exists():
+        create_exclusive(path, make)
     return path.read_bytes()
 
 
@@ -38,7 +30,10 @@ def jwt_secret(settings: Settings) -> str:
             raise ValueError("BROKER_JWT_SECRET must be at least 32 characters")
         return value
     path = settings.keys_dir / "jwt-secret"
-    return _load_or_create(path, secrets.token_urlsafe(48).encode()).decode().strip()
+    value = _load_or_create(path, secrets.token_urlsafe(48).encode()).decode().strip()
+    if len(value) < 32:  # an empty or cut file must not become a guessable signing key
+        raise ValueError(f"{path} must hold at least 32 characters")
+    return value
 
 
 def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
@@ -57,7 +52,7 @@ def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     )
     pub_path = path.with_suffix(".pub")
     if not pub_path.exists():
-        pub_path.write_bytes(public)
+        create_exclusive(pub_path, public, mode=0o644)
     return key
 
 

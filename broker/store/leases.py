@@ -34,7 +34,12 @@ class LocalLease:
 
 
 class AdvisoryLease:
-    """A PostgreSQL session advisory lock on a dedicated connection (not from the pool)."""
+    """A PostgreSQL session advisory lock on a dedicated connection (not from the pool).
+
+    The connection stays open between tries whether or not the lock was had: a worker that
+    does not hold the lease asks again on it every round (twice a second) instead of opening a
+    new server session each time.
+    """
 
     def __init__(self, engine: Engine, key: int) -> None:
         url = engine.url.render_as_string(hide_password=False)
@@ -42,32 +47,38 @@ class AdvisoryLease:
                                      connect_args=server_connect_args(url))
         self._key = key
         self._conn: Connection | None = None
+        self._holding = False
 
     def held(self) -> bool:
         """Whether this process holds the lease now, taking it if it is free. A held lease is
         checked alive (its connection still answers) every time."""
         if self._conn is not None:
             try:
-                self._conn.execute(text("SELECT 1"))
-                return True
+                if self._holding:
+                    self._conn.execute(text("SELECT 1"))
+                    return True
+                return self._try(self._conn)
             except DBAPIError:
-                log.warning("lost the lease %d (its connection ended)", self._key)
+                if self._holding:
+                    log.warning("lost the lease %d (its connection ended)", self._key)
                 self._drop()
         try:
-            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError:
             return False
         try:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
-                               {"key": self._key}).scalar()
+            return self._try(self._conn)
         except DBAPIError:
-            got = False
-        if not got:
-            conn.close()
+            self._drop()
             return False
-        self._conn = conn
-        log.info("process %d took the lease %d", os.getpid(), self._key)
-        return True
+
+    def _try(self, conn: Connection) -> bool:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                                {"key": self._key}).scalar())
+        if got:
+            self._holding = True
+            log.info("process %d took the lease %d", os.getpid(), self._key)
+        return got
 
     def release(self) -> None:
         """Give the lease up (closing its connection releases the lock)."""
@@ -75,7 +86,7 @@ class AdvisoryLease:
         self._engine.dispose()
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._holding = self._conn, None, False
         if conn is not None:
             with contextlib.suppress(DBAPIError):
                 conn.close()

@@ -417,3 +417,87 @@ def test_a_backup_in_the_middle_of_a_key_rotation_restores_readable(
     for version in versions:
         location = version.relative_to(target.datasets_dir).as_posix()
         assert opened.read(location).num_rows > 0
+
+
+def _mounted_secrets(made: Made, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The broker's keys as production mounts them, outside the data directory (a Secret at
+    /run/secrets/broker): master key, checkpoint key and its public half; the settings."""
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir()
+    for name in ("master.key", "checkpoint-ed25519.pem"):
+        (mounted / name).write_bytes((made.keys / name).read_bytes())
+    source = Path(made.env["BROKER_DATA_DIR"]) / "keys" / "checkpoint-ed25519.pub"
+    (mounted / "checkpoint-ed25519.pub").write_bytes(source.read_bytes())
+    return mounted, {**made.target,
+                     "BROKER_MASTER_KEY_FILE": str(mounted / "master.key"),
+                     "BROKER_CHECKPOINT_KEY_FILE": str(mounted / "checkpoint-ed25519.pem")}
+
+
+def test_a_restore_beside_keys_mounted_from_a_secret_store_uses_them(
+        made: Made, tmp_path: Path) -> None:
+    """The production layout (README, "Production"): the keys are mounted read-only outside
+    the data directory before anything runs. The backup's copy of the checkpoint public key
+    is the same file: a restore leaves it as it is instead of refusing."""
+    mounted, env = _mounted_secrets(made, tmp_path)
+    before = {p.name: p.read_bytes() for p in mounted.iterdir()}
+    result = cli(env, "restore", str(made.backup))
+    assert result.exit_code == 0, result.output
+    assert "audit log verified" in result.output
+    assert {p.name: p.read_bytes() for p in mounted.iterdir()} == before
+
+
+def test_a_restore_beside_a_different_mounted_public_key_is_refused(
+        made: Made, tmp_path: Path) -> None:
+    mounted, env = _mounted_secrets(made, tmp_path)
+    (mounted / "checkpoint-ed25519.pub").write_bytes(b"another key\n")
+    result = cli(env, "restore", str(made.backup))
+    assert result.exit_code == REFUSED, result.output
+    assert "exists: a restore never overwrites" in result.output
+    assert not Path(made.target["BROKER_DATA_DIR"]).exists()
+    assert (mounted / "checkpoint-ed25519.pub").read_bytes() == b"another key\n"
+
+
+def test_a_restore_fills_an_existing_empty_data_directory_in_place(made: Made) -> None:
+    """A container's data directory is a mount point, which can be neither removed nor
+    renamed over: the restore moves its files into the directory that is there."""
+    target = Path(made.target["BROKER_DATA_DIR"])
+    target.mkdir()
+    inode = target.stat().st_ino
+    result = cli(made.target, "restore", str(made.backup), "--keys", str(made.keys))
+    assert result.exit_code == 0, result.output
+    assert "audit log verified" in result.output
+    assert target.stat().st_ino == inode
+    assert (target / "broker.db").is_file()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".b.")]
+
+
+def test_a_restore_that_fails_writing_a_file_leaves_the_database_empty_to_try_again(
+        tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """The database is restored last: a restore that fails before it (here the checkpoint
+    directory cannot be made) has restored nothing, as it says, and can simply be rerun."""
+    source, target = (postgres_server.create_database("restore_src"),
+                      postgres_server.create_database("restore_dst"))
+    try:
+        settings = Settings(data_dir=tmp_path / "a", database_url=postgres_server.url(source))
+        with TestClient(create_app(settings)) as client:
+            set_up(Broker(client, minter(settings)), generate_county(enterprises=150))
+        env = {"BROKER_DATA_DIR": str(settings.data_dir),
+               "BROKER_DATABASE_URL": postgres_server.url(source)}
+        backup, keys = tmp_path / "backup", tmp_path / "keys"
+        assert cli(env, "backup", str(backup), "--keys", str(keys)).exit_code == 0
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("a file where the checkpoint directory would go")
+        into = {"BROKER_DATA_DIR": str(tmp_path / "b"),
+                "BROKER_DATABASE_URL": postgres_server.url(target)}
+        failed = cli({**into, "BROKER_CHECKPOINT_DIR": str(blocker / "checkpoints")},
+                     "restore", str(backup), "--keys", str(keys))
+        assert failed.exit_code == 1, failed.output
+        assert "nothing was restored" in failed.output
+        assert not (tmp_path / "b").exists()
+        again = cli({**into, "BROKER_CHECKPOINT_DIR": str(tmp_path / "checkpoints")},
+                    "restore", str(backup), "--keys", str(keys))
+        assert again.exit_code == 0, again.output
+        assert "audit log verified" in again.output
+    finally:
+        postgres_server.drop_database(source)
+        postgres_server.drop_database(target)
