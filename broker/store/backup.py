@@ -582,9 +582,11 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
                          plan: list[_Placement]) -> list[_Placement]:
     """Refuse unless every place a restore writes is free; the plan without the files that
     are already in place with the very same bytes (keys mounted from a secret store outside
-    the data directory, such as the checkpoint key and its public half: nothing to write)."""
+    the data directory, such as the checkpoint key and its public half: nothing to write).
+    A fresh ext4 volume's ``lost+found`` does not make the data directory non-empty."""
     data_dir = settings.data_dir.absolute()
-    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+    if data_dir.exists() and (not data_dir.is_dir() or any(
+            child.name != "lost+found" for child in data_dir.iterdir())):
         raise BackupRefused(f"the data directory {data_dir} is not empty: a restore goes "
                             "into an empty one only (nothing was restored)")
     todo = []

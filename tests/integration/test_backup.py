@@ -320,6 +320,15 @@ def test_a_data_directory_in_use_is_refused(made: Made) -> None:
     assert (target / "broker.db").read_bytes() == b"someone's"
 
 
+def test_a_fresh_volume_with_only_lost_and_found_is_empty_enough(made: Made) -> None:
+    target = Path(made.target["BROKER_DATA_DIR"])
+    (target / "lost+found").mkdir(parents=True)
+    result = cli(made.target, "restore", str(made.backup), "--keys", str(made.keys))
+    assert result.exit_code == 0, result.output
+    assert (target / "lost+found").is_dir()
+    assert (target / "broker.db").is_file()
+
+
 def test_a_backup_into_a_directory_in_use_or_with_keys_inside_it_is_refused(
     made: Made, tmp_path: Path
 ) -> None:

@@ -168,3 +168,43 @@ def test_a_tracker_split_across_processes_is_caught(tmp_path: Path, env: dict[st
             r = client.post("/v1/queries/aggregate", headers=auth(token),
                             json=_total(contract, "B"))
             assert released(r) == [({}, None, "linked")], r.text
+
+
+def test_the_daily_quota_is_exact_across_two_processes(tmp_path: Path, env: dict[str, str],
+                                                        postgres_url: str, mint: Mint) -> None:
+    """Each analyst's requests alternate between two processes (routing known, unlike the
+    kernel's choice of worker): together they release exactly the quota."""
+    with ExitStack() as stack:
+        bases = [stack.enter_context(broker_server(tmp_path, env, log_name=f"p{n}.log"))
+                 for n in (1, 2)]
+        with httpx.Client(base_url=bases[0], timeout=60) as one:
+            world = World(one, mint)  # type: ignore[arg-type]
+            contract = world.contract_for(world.dataset["id"], max_queries_per_day=QUOTA)
+        served: Counter[tuple[int, int]] = Counter()
+        lock = threading.Lock()
+
+        def analyst(n: int) -> None:
+            token = mint("econ", "consumer", sub=f"analyst{n}@econ")
+            for i in range(6):
+                process = (n + i) % 2
+                with httpx.Client(base_url=bases[process], timeout=60) as own:
+                    r = own.post("/v1/queries/aggregate", headers=auth(token), json={
+                        "contract_id": contract, "purpose": "energy-planning",
+                        "group_by": [["town"], []][i % 2],
+                        "measures": [{"fn": "count"}, {"fn": "sum", "field": "kwh"}]})
+                with lock:
+                    served[(process, r.status_code)] += 1
+
+        threads = [threading.Thread(target=analyst, args=(n,)) for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(v for (_, status), v in served.items() if status == 200) == QUOTA, served
+    assert sum(v for (_, status), v in served.items() if status == 403) == 72 - QUOTA, served
+    assert served[(0, 200)] > 0, served  # both processes released
+    assert served[(1, 200)] > 0, served
+    assert _sql(postgres_url, """SELECT COUNT(*) FROM audit_entries
+                                 WHERE contract_id = :contract AND allowed
+                                 AND action = 'query.aggregate'""",
+                contract=contract)[0][0] == QUOTA
