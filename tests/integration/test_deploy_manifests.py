@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.routing import Match
 
+from broker import __version__
 from broker.app import create_app
 from broker.settings import Settings
 from tests.kustomize import Obj, containers, pod_spec, render
@@ -405,12 +406,20 @@ def test_the_broker_migration_and_opa_fit_the_code(rendered: list[Obj],
     assert broker_problems(rendered, routes) == []
 
 
+def test_the_images_are_tagged_with_the_release() -> None:
+    for path in ("deploy/k8s/base/kustomization.yaml",
+                 "deploy/k8s/overlays/example/kustomization.yaml"):
+        images = yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))["images"]
+        assert {image["newTag"] for image in images} == {__version__}, path
+    assert f"data-broker:{__version__}" in (ROOT / "deploy/compose.yaml").read_text()
+
+
 def test_the_overlay_changes_what_it_says(overlay: list[Obj]) -> None:
     deployment = find(overlay, "Deployment", "broker")
     assert deployment["spec"]["replicas"] == 3
     assert deployment["metadata"]["namespace"] == "data-broker"
     assert {c["image"] for o in overlay if (s := pod_spec(o)) for c in containers(s)
-            if "broker" in c["image"]} == {"registry.example.org/data-broker:0.1.0"}
+            if "broker" in c["image"]} == {f"registry.example.org/data-broker:{__version__}"}
     assert find(overlay, "PersistentVolumeClaim", "broker-checkpoints")["spec"][
         "storageClassName"] == "shared-rwx"
     assert find(overlay, "ConfigMap", "broker-config")["data"]["BROKER_DATA_DIR"] == "/data"
