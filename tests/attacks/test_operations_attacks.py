@@ -1,0 +1,543 @@
+"""Attacks on issue 19's operations features, by a hostile party and by a careless operator:
+migrations and the start-up schema check, backup and restore, exact numbers, and several
+workers on one PostgreSQL database.
+
+Every test runs the real components (``broker`` CLI in process or as a server process,
+SQLite files, the PostgreSQL of tests/postgres.py) and asserts the safe behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from alembic import command
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from typer.testing import CliRunner, Result
+
+from broker.api.auth import mint_token
+from broker.app import create_app
+from broker.cli import app
+from broker.cli.serving import free_port
+from broker.demo.county import generate_county
+from broker.demo.story import Broker, set_up
+from broker.settings import Settings
+from broker.store import schema
+from broker.store.backup import CHECKPOINT_PUBKEY, DB_SQLITE, MANIFEST, sign_manifest
+from broker.store.db import create_schema, make_engine
+from broker.store.keys import jwt_secret
+
+runner = CliRunner()
+
+
+def cli(env: dict[str, str], *args: str) -> Result:
+    """``broker ARGS`` in this process with ``env`` as the broker's settings."""
+    return runner.invoke(app, list(args), env={"BROKER_JWT_SECRET": None, **env})
+
+
+# -- migrations and the start-up check -----------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def engine(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def _as_release_0_1_0(engine: Engine) -> None:
+    """What release 0.1.0 left: the baseline's tables and triggers, no version table."""
+    with engine.begin() as conn:
+        command.upgrade(schema._config(conn), schema.BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
+
+
+#: Ways to take the audit log's protection away while keeping every trigger's name.
+SQLITE_TAMPERS = {
+    "dropped": ["DROP TRIGGER audit_entries_no_delete"],
+    "no-op with the same name": [
+        "DROP TRIGGER audit_entries_no_delete",
+        "CREATE TRIGGER audit_entries_no_delete BEFORE DELETE ON audit_entries "
+        "BEGIN SELECT 1; END"],
+    "never fires": [
+        "DROP TRIGGER audit_entries_no_update",
+        "CREATE TRIGGER audit_entries_no_update BEFORE UPDATE ON audit_entries WHEN 0 "
+        "BEGIN SELECT RAISE(ABORT, 'audit_entries is append-only'); END"],
+    "an extra trigger that drops new entries": [
+        "CREATE TRIGGER audit_entries_sink BEFORE INSERT ON audit_entries "
+        "BEGIN SELECT RAISE(IGNORE); END"],
+}
+POSTGRESQL_TAMPERS = {
+    "dropped": ["DROP TRIGGER audit_entries_append_only ON audit_entries"],
+    "no-op function with the same name": [
+        "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RETURN OLD; END $$"],
+    "disabled": ["ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_append_only"],
+    "never fires": [
+        "DROP TRIGGER audit_head_forward ON audit_head",
+        "CREATE TRIGGER audit_head_forward BEFORE UPDATE OR DELETE ON audit_head "
+        "FOR EACH ROW WHEN (false) EXECUTE FUNCTION audit_head_forward()"],
+    "an extra trigger that drops new entries": [
+        "CREATE FUNCTION sink() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; "
+        "END $$",
+        "CREATE TRIGGER audit_entries_sink BEFORE INSERT ON audit_entries "
+        "FOR EACH ROW EXECUTE FUNCTION sink()"],
+}
+
+
+def _tampers(engine: Engine) -> dict[str, list[str]]:
+    return POSTGRESQL_TAMPERS if engine.dialect.name == "postgresql" else SQLITE_TAMPERS
+
+
+#: (database kind, tamper) pairs, for the ``url`` fixture's indirect parameter.
+TAMPERS = [("sqlite", t) for t in SQLITE_TAMPERS] + [
+    ("postgresql", t) for t in POSTGRESQL_TAMPERS]
+
+
+def _tamper(engine: Engine, statements: list[str]) -> None:
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+def _serve_outcome(tmp_path: Path, env: dict[str, str]) -> tuple[int | None, str]:
+    """Start ``broker serve`` and return (its exit code, its output) once it exits, or (None,
+    output) once it answers /readyz (it started: then it is stopped)."""
+    port = free_port()
+    log_path = tmp_path / f"serve-{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(  # noqa: S603 (this interpreter, our arguments)
+            [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port",
+             str(port)], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        return None, log_path.read_text()
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            if proc.poll() is None:
+                raise AssertionError("broker serve neither started nor exited within 60 s")
+            return proc.returncode, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(("url", "tamper"), TAMPERS, indirect=["url"])
+def test_start_up_refuses_a_database_at_head_whose_audit_triggers_were_tampered(
+        engine: Engine, tamper: str) -> None:
+    """A database at the code's revision, with the append-only protection of the audit log
+    dropped, neutered under the same name, or undercut by an extra trigger: the start-up
+    check (what ``broker serve`` and the app run) refuses it."""
+    create_schema(engine)
+    _tamper(engine, _tampers(engine)[tamper])
+    with pytest.raises(schema.SchemaMismatch, match="trigger"):
+        create_schema(engine)
+
+
+def test_broker_serve_never_starts_on_a_database_without_its_audit_triggers(
+        tmp_path: Path) -> None:
+    """The real server process, on a SQLite database at head whose audit tables lost their
+    triggers: it exits (3, naming the problem) instead of serving."""
+    db = tmp_path / "broker.db"
+    engine = make_engine(f"sqlite:///{db}")
+    create_schema(engine)
+    _tamper(engine, [f"DROP TRIGGER {t}_no_{op}" for t in
+                     ("audit_entries", "audit_nodes", "audit_checkpoints")
+                     for op in ("update", "delete")])
+    engine.dispose()
+    code, output = _serve_outcome(tmp_path, {"BROKER_DATA_DIR": str(tmp_path / "data"),
+                                             "BROKER_DATABASE_URL": f"sqlite:///{db}"})
+    assert code == 3, output
+    assert "trigger" in output
+
+
+@pytest.mark.parametrize(("url", "tamper"), TAMPERS, indirect=["url"])
+def test_upgrade_refuses_an_unversioned_database_with_tampered_triggers(
+        engine: Engine, url: str, tamper: str) -> None:
+    """A database that looks like release 0.1.0's but whose append-only triggers were
+    replaced (same names): ``broker db upgrade`` must not stamp it as the baseline."""
+    _as_release_0_1_0(engine)
+    _tamper(engine, _tampers(engine)[tamper])
+    result = cli({"BROKER_DATABASE_URL": url}, "db", "upgrade")
+    assert result.exit_code == 4, result.output
+    with engine.connect() as conn:
+        assert "alembic_version" not in {r[0] for r in conn.execute(text(
+            "SELECT table_name FROM information_schema.tables") if engine.dialect.name ==
+            "postgresql" else text("SELECT name FROM sqlite_master WHERE type='table'"))}
+
+
+@pytest.mark.parametrize("revision", ["9999", "x');DROP TABLE audit_head;--",
+                                      "ffffffffffff"])
+def test_a_database_stamped_at_a_fake_revision_is_refused_and_left_alone(
+        engine: Engine, url: str, revision: str) -> None:
+    create_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    with pytest.raises(schema.SchemaMismatch, match="does not know"):
+        create_schema(engine)
+    result = cli({"BROKER_DATABASE_URL": url}, "db", "upgrade")
+    assert result.exit_code != 0, result.output
+    status = cli({"BROKER_DATABASE_URL": url}, "db", "status")
+    assert status.exit_code == 3, status.output
+    with engine.connect() as conn:  # nothing dropped, the fake revision kept for the operator
+        assert conn.execute(text("SELECT count(*) FROM audit_head")).scalar() == 1
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == revision
+
+
+def test_two_concurrent_upgrades_of_a_release_0_1_0_database_apply_once(
+        engine: Engine, url: str) -> None:
+    """Two ``broker db upgrade`` processes at once (a migration job and an operator): both
+    end well or one refuses cleanly; the database is at head with its triggers, once."""
+    _as_release_0_1_0(engine)
+    env = {**os.environ, "BROKER_DATABASE_URL": url, "BROKER_JWT_SECRET": "x" * 64}
+    procs = [subprocess.Popen([sys.executable, "-m", "broker", "db", "upgrade"],  # noqa: S603
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert 0 in codes, outputs
+    assert all(c == 0 or "locked" in o for c, o in zip(codes, outputs, strict=True)), outputs
+    create_schema(engine)  # the start-up check passes: head, and the triggers are whole
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM audit_head")).scalar() == 1
+
+
+def test_upgrade_of_a_read_only_database_file_fails_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """A careless operator runs ``broker db upgrade`` on a database file (and directory) it
+    cannot write: it fails, and the file is as it was, with no journal left beside it. (As
+    root, run without the capabilities that let root write read-only files.)"""
+    db = tmp_path / "ro" / "broker.db"
+    db.parent.mkdir()
+    engine = make_engine(f"sqlite:///{db}")
+    _as_release_0_1_0(engine)
+    engine.dispose()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    db.chmod(0o444)
+    db.parent.chmod(0o555)
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] \
+        if os.geteuid() == 0 else []
+    try:
+        done = subprocess.run(  # noqa: S603 (this interpreter, our arguments)
+            [*drop, sys.executable, "-m", "broker", "db", "upgrade"],
+            env={**os.environ, "BROKER_DATABASE_URL": f"sqlite:///{db}",
+                 "BROKER_DATA_DIR": str(db.parent)},
+            capture_output=True, text=True, timeout=120, check=False, cwd=db.parent)
+        assert done.returncode != 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+        assert sorted(p.name for p in db.parent.iterdir()) == ["broker.db"]
+    finally:
+        db.parent.chmod(0o700)
+        db.chmod(0o600)
+
+
+# -- backup and restore --------------------------------------------------------------------
+
+#: Exit codes of broker backup / broker restore (see their --help).
+FAILED, REFUSED, MISMATCH = 1, 10, 11
+
+
+def _minter(settings: Settings) -> Any:
+    secret = jwt_secret(settings)
+
+    def mint(sub: str, org: str, roles: list[str]) -> str:
+        return mint_token(key=secret, issuer=settings.jwt_issuer,
+                          audience=settings.jwt_audience, sub=sub, org=org, roles=roles)
+
+    return mint
+
+
+@dataclass(frozen=True)
+class Backups:
+    """Two backups of one broker (an earlier and a later one, with their key copy) and a
+    backup of another broker with its own key copy; the brokers' data directories."""
+
+    root: Path
+    earlier: Path
+    later: Path
+    keys: Path
+    other: Path
+    other_keys: Path
+    data: Path
+    uscc: list[str]
+
+
+@pytest.fixture(scope="module")
+def backups(tmp_path_factory: pytest.TempPathFactory) -> Backups:
+    root = tmp_path_factory.mktemp("backups")
+    settings = Settings(data_dir=root / "a", checkpoint_every_seconds=0.2)
+    county = generate_county(enterprises=120)
+    with TestClient(create_app(settings)) as client:
+        broker = Broker(client, _minter(settings))
+        result = set_up(broker, county)
+        time.sleep(0.5)  # a signed checkpoint covers the set-up
+        env = {"BROKER_DATA_DIR": str(settings.data_dir)}
+        made = cli(env, "backup", str(root / "earlier"))
+        assert made.exit_code == 0, made.output
+        for _ in range(3):  # the log grows past the earlier backup, and is signed again
+            broker.call("econ", "POST", "/v1/queries/aggregate", expect=200, json={
+                "contract_id": result.contracts["electricity"]["id"],
+                "purpose": "energy-planning", "group_by": ["town"],
+                "measures": [{"fn": "count"}]})
+        time.sleep(0.5)
+    made = cli(env, "backup", str(root / "later"), "--keys", str(root / "keys"))
+    assert made.exit_code == 0, made.output
+    other = Settings(data_dir=root / "o")
+    with TestClient(create_app(other)) as client:
+        set_up(Broker(client, _minter(other)), generate_county(enterprises=60))
+    made = cli({"BROKER_DATA_DIR": str(other.data_dir)}, "backup", str(root / "other"),
+               "--keys", str(root / "other-keys"))
+    assert made.exit_code == 0, made.output
+    return Backups(root, root / "earlier", root / "later", root / "keys", root / "other",
+                   root / "other-keys", settings.data_dir,
+                   [str(u) for u in county.enterprises["uscc"]])
+
+
+def _copy(source: Path, tmp_path: Path, name: str | None = None) -> Path:
+    target = tmp_path / (name or source.name)
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+def _manifest(backup: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((backup / MANIFEST).read_text(encoding="utf-8"))
+    return doc
+
+
+def _rewrite(backup: Path, doc: dict[str, Any], *, sign_with: Path | None = None) -> None:
+    """Write ``doc`` as the manifest: unsigned, or signed with the key at ``sign_with``."""
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    if sign_with is not None:
+        body = sign_manifest(body, sign_with)
+    (backup / MANIFEST).write_text(json.dumps(body), encoding="utf-8")
+
+
+def _refresh(backup: Path, doc: dict[str, Any], name: str) -> None:
+    """Make the manifest's entry of ``name`` match the file now there."""
+    data = (backup / name).read_bytes()
+    for entry in doc["files"]:
+        if entry["path"] == name:
+            entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+
+
+def _attacker_key(tmp_path: Path) -> Path:
+    """A checkpoint key of the attacker's own (PEM), with its public half beside it."""
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "attacker-ed25519.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.with_suffix(".pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def _nothing_restored(target: Path) -> None:
+    assert not target.exists(), sorted(p.name for p in target.rglob("*"))
+    assert not [p for p in target.parent.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("path", ["../outside", "datasets/../../outside", "/tmp/outside",
+                                  "checkpoints/..\\..\\outside", "datasets/./x",
+                                  "checkpoints//x", ""])
+def test_a_manifest_naming_a_path_outside_the_backup_is_refused(
+        backups: Backups, tmp_path: Path, path: str) -> None:
+    """Without a key copy the manifest's signature is optional: a crafted, unsigned one that
+    lists a path leaving the backup (or a non-canonical one) is refused before anything is
+    written, on either side of the backup directory."""
+    backup = _copy(backups.earlier, tmp_path)
+    doc = _manifest(backup)
+    doc["files"].append({"path": path, "size": 1, "sha256": "0" * 64})
+    _rewrite(backup, doc)
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backup), "--without-key")
+    assert result.exit_code in (FAILED, MISMATCH), result.output
+    assert "nothing was restored" in result.output
+    _nothing_restored(target)
+    assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("link", ["file", "directory"])
+def test_a_symlink_in_a_backup_is_refused(backups: Backups, tmp_path: Path,
+                                          link: str) -> None:
+    """A checkpoint replaced by a symlink to a file of the same bytes outside the backup, or
+    the checkpoints directory by a symlink to a copy of it: refused (a restore reads only
+    plain files of the backup)."""
+    backup = _copy(backups.later, tmp_path)
+    checkpoint = next((backup / "checkpoints").glob("*.checkpoint"))
+    if link == "file":
+        outside = tmp_path / "elsewhere"
+        outside.write_bytes(checkpoint.read_bytes())
+        checkpoint.unlink()
+        checkpoint.symlink_to(outside)
+    else:
+        shutil.move(backup / "checkpoints", tmp_path / "elsewhere")
+        (backup / "checkpoints").symlink_to(tmp_path / "elsewhere")
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backup), "--keys",
+                 str(backups.keys))
+    assert result.exit_code == MISMATCH, result.output
+    assert "not a plain file" in result.output
+    _nothing_restored(target)
+
+
+def test_a_backup_of_another_broker_is_refused_with_this_brokers_keys(
+        backups: Backups, tmp_path: Path) -> None:
+    """Backups swapped between two brokers: the key copy's checkpoint key did not sign the
+    other broker's manifest."""
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backups.other), "--keys",
+                 str(backups.keys))
+    assert result.exit_code == MISMATCH, result.output
+    assert "signature" in result.output
+    _nothing_restored(target)
+
+
+def _swap_database(backup: Path, source: Path) -> dict[str, Any]:
+    """Put ``source``'s database into ``backup`` and describe it in the manifest (whose
+    audit size and root are made the swapped database's too)."""
+    shutil.copyfile(source / DB_SQLITE, backup / DB_SQLITE)
+    doc = _manifest(backup)
+    _refresh(backup, doc, DB_SQLITE)
+    doc["audit"] = _manifest(source)["audit"]
+    return doc
+
+
+def test_a_rolled_back_database_resigned_with_another_key_is_refused_with_the_key_copy(
+        backups: Backups, tmp_path: Path) -> None:
+    """The earlier backup's database (a shorter audit log) put into the later backup, the
+    manifest re-signed with the attacker's key and the backup's public key replaced by its:
+    the key copy's checkpoint key is the anchor, so the restore is refused."""
+    backup = _copy(backups.later, tmp_path)
+    doc = _swap_database(backup, backups.earlier)
+    attacker = _attacker_key(tmp_path)
+    shutil.copyfile(attacker.with_suffix(".pub"), backup / CHECKPOINT_PUBKEY)
+    _refresh(backup, doc, CHECKPOINT_PUBKEY)
+    _rewrite(backup, doc, sign_with=attacker)
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backup), "--keys",
+                 str(backups.keys))
+    assert result.exit_code == MISMATCH, result.output
+    _nothing_restored(target)
+
+
+def test_a_rolled_back_database_with_its_signature_dropped_is_refused_without_keys(
+        backups: Backups, tmp_path: Path) -> None:
+    """The same rollback, its manifest simply left unsigned, restored without the key copy:
+    a backup that holds a checkpoint public key was made by a broker that signs every
+    manifest, so an unsigned one is a changed one. Refused, nothing restored."""
+    backup = _copy(backups.later, tmp_path)
+    doc = _swap_database(backup, backups.earlier)
+    _rewrite(backup, doc)
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backup), "--without-key")
+    assert result.exit_code == MISMATCH, result.output
+    _nothing_restored(target)
+
+
+def test_a_resigned_backup_is_refused_by_the_checkpoint_key_already_in_place(
+        backups: Backups, tmp_path: Path) -> None:
+    """An operator whose secrets live outside the data directory (BROKER_MASTER_KEY_FILE,
+    BROKER_CHECKPOINT_KEY_FILE) restores without a key copy: the checkpoint key in place is
+    the anchor, and a manifest re-signed by another key is refused."""
+    backup = _copy(backups.later, tmp_path)
+    doc = _swap_database(backup, backups.earlier)
+    attacker = _attacker_key(tmp_path)
+    shutil.copyfile(attacker.with_suffix(".pub"), backup / CHECKPOINT_PUBKEY)
+    _refresh(backup, doc, CHECKPOINT_PUBKEY)
+    _rewrite(backup, doc, sign_with=attacker)
+    secrets = tmp_path / "etc"
+    secrets.mkdir()
+    shutil.copyfile(backups.keys / "master.key", secrets / "master.key")
+    shutil.copyfile(backups.keys / "checkpoint-ed25519.pem", secrets / "checkpoint.pem")
+    target = tmp_path / "b"
+    env = {"BROKER_DATA_DIR": str(target),
+           "BROKER_MASTER_KEY_FILE": str(secrets / "master.key"),
+           "BROKER_CHECKPOINT_KEY_FILE": str(secrets / "checkpoint.pem")}
+    result = cli(env, "restore", str(backup))
+    assert result.exit_code == MISMATCH, result.output
+    _nothing_restored(target)
+    assert sorted(p.name for p in secrets.iterdir()) == ["checkpoint.pem", "master.key"]  # no .pub
+
+
+def test_a_restore_that_fails_half_way_leaves_nothing_behind(
+        backups: Backups, tmp_path: Path) -> None:
+    """A careless operator points the master key's place at a path that cannot be written
+    (below a file): the restore fails, says nothing was restored, and indeed leaves no
+    data directory, no staging directory and no key behind."""
+    blocker = tmp_path / "etc"
+    blocker.write_text("a file, not a directory")
+    target = tmp_path / "b"
+    env = {"BROKER_DATA_DIR": str(target),
+           "BROKER_MASTER_KEY_FILE": str(blocker / "keys" / "master.key")}
+    result = cli(env, "restore", str(backups.later), "--keys", str(backups.keys))
+    assert result.exit_code != 0, result.output
+    assert "nothing was restored" in result.output
+    _nothing_restored(target)
+    assert blocker.read_text() == "a file, not a directory"
+
+
+def test_a_backup_holds_no_secret_nor_row_value_and_the_keys_are_private(
+        backups: Backups) -> None:
+    """No master key, signing key, JWT or pseudonym secret, and no enterprise code in any
+    file of the backup (the database and checkpoints included); every file is 0600, and
+    the key copy is a directory of 0600 files only its owner can list."""
+    secrets = [p.read_bytes().strip() for p in backups.keys.rglob("*")
+               if p.is_file() and p.name != MANIFEST]
+    assert len(secrets) >= 4
+    needles = [u.encode() for u in backups.uscc]
+    for path in backups.later.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert not any(s in content for s in secrets), path
+            assert not any(n in content for n in needles), path
+            assert path.stat().st_mode & 0o077 == 0, path
+    assert backups.keys.stat().st_mode & 0o077 == 0
+    for path in backups.keys.rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_restored_secrets_are_private(backups: Backups, tmp_path: Path) -> None:
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backups.later), "--keys",
+                 str(backups.keys))
+    assert result.exit_code == 0, result.output
+    restored = Settings(data_dir=target)
+    assert target.stat().st_mode & 0o077 == 0
+    for path in (restored.master_key_path, restored.checkpoint_key_path,
+                 restored.keys_dir / "jwt-secret", restored.keys_dir / "pseudonym-secret"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
