@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pandas as pd
+import openpyxl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -41,11 +43,15 @@ from broker.cli import app
 from broker.cli.serving import free_port
 from broker.demo.county import generate_county
 from broker.demo.story import Broker, set_up
+from broker.domain.uscc import make_uscc
 from broker.settings import Settings
 from broker.store import schema
 from broker.store.backup import CHECKPOINT_PUBKEY, DB_SQLITE, MANIFEST, sign_manifest
 from broker.store.db import create_schema, make_engine
 from broker.store.keys import jwt_secret
+from connectors.crypto import Keyring
+from connectors.storage import ParquetStorage
+from tests.conftest import Mint, auth, contract_terms
 
 runner = CliRunner()
 
@@ -541,3 +547,206 @@ def test_restored_secrets_are_private(backups: Backups, tmp_path: Path) -> None:
     for path in (restored.master_key_path, restored.checkpoint_key_path,
                  restored.keys_dir / "jwt-secret", restored.keys_dir / "pseudonym-secret"):
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_backups_taken_while_the_master_key_rotates_all_restore_readable(
+        backups: Backups, tmp_path: Path) -> None:
+    """``broker keys rotate`` run again and again in another process while backups are
+    taken: every backup's key copy opens every data key it holds, after a restore."""
+    data = _copy(backups.data, tmp_path, "a")
+    env = {"BROKER_DATA_DIR": str(data)}
+    stop = threading.Event()
+    rotations: list[int] = []
+
+    def rotate() -> None:
+        while not stop.is_set():
+            done = subprocess.run(  # noqa: S603 (this interpreter, our arguments)
+                [sys.executable, "-m", "broker", "keys", "rotate"], env={**os.environ, **env},
+                capture_output=True, text=True, timeout=120, check=False)
+            rotations.append(done.returncode)
+
+    thread = threading.Thread(target=rotate)
+    thread.start()
+    made = []
+    try:
+        while len(made) < 3 or not rotations:
+            n = len(made)
+            result = cli(env, "backup", str(tmp_path / f"bk{n}"), "--keys",
+                         str(tmp_path / f"keys{n}"))
+            assert result.exit_code == 0, result.output
+            made.append(n)
+    finally:
+        stop.set()
+        thread.join()
+    assert rotations and set(rotations) == {0}, rotations
+    for n in made:
+        target = tmp_path / f"restored{n}"
+        result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(tmp_path / f"bk{n}"),
+                     "--keys", str(tmp_path / f"keys{n}"))
+        assert result.exit_code == 0, result.output
+        restored = Settings(data_dir=target)
+        storage = ParquetStorage(restored.datasets_dir, Keyring(restored.master_key_path))
+        versions = list(restored.datasets_dir.glob("*/v*.parquet.enc"))
+        assert versions
+        for version in versions:
+            assert storage.read(version.relative_to(restored.datasets_dir).as_posix()).num_rows
+
+
+# -- exact numbers -------------------------------------------------------------------------
+
+FIRMS = [make_uscc("330481", f"{n:08d}") for n in range(1, 13)]
+
+
+def _exact_meta(name: str, scale: int | None) -> dict[str, Any]:
+    value: dict[str, Any] = {"name": "v", "type": "number", "role": "measure"}
+    if scale is not None:
+        value["scale"] = scale
+    return {"name": name, "entity_field": "id", "fields": [
+        {"name": "id", "type": "string", "role": "entity", "sensitivity": "L2"},
+        {"name": "town", "type": "string", "role": "dimension"}, value,
+        {"name": "n", "type": "integer", "role": "measure"}]}
+
+
+class Provider:
+    """The grid company uploading to, and econ querying, the broker behind ``client``."""
+
+    def __init__(self, client: TestClient, mint: Mint) -> None:
+        self.client, self.uploads = client, 0
+        self.grid, self.econ = mint("grid", "provider"), mint("econ", "consumer")
+        admin = mint("broker-ops", "admin")
+        for org, kind in (("grid", "enterprise"), ("econ", "department")):
+            client.post("/v1/orgs", headers=auth(admin), json={"id": org, "name": org,
+                                                               "kind": kind})
+
+    def upload(self, name: str, content: bytes, scale: int | None) -> httpx.Response:
+        self.uploads += 1
+        return self.client.post(
+            "/v1/datasets", headers=auth(self.grid), files={"file": (name, content)},
+            data={"meta": json.dumps(_exact_meta(f"d{self.uploads}", scale))})
+
+    def total(self, dataset: str, measures: list[dict[str, Any]]) -> httpx.Response:
+        r = self.client.post("/v1/contracts", headers=auth(self.grid), json=contract_terms(
+            dataset, fields={"town": "clear", "v": "aggregate", "n": "aggregate"}))
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        r = self.client.post(f"/v1/contracts/{cid}/accept", headers=auth(self.econ))
+        assert r.status_code == 200, r.text
+        return self.client.post("/v1/queries/aggregate", headers=auth(self.econ), json={
+            "contract_id": cid, "purpose": "energy-planning", "group_by": ["town"],
+            "measures": measures})
+
+
+def _formats(texts: list[str], numbers: list[float]) -> dict[str, bytes]:
+    """The same column ``v`` as CSV text, Parquet strings, Parquet doubles and xlsx."""
+    csv = "id,town,v,n\n" + "".join(f"{f},a,{t},1\n" for f, t in zip(FIRMS, texts, strict=True))
+    out = {"x.csv": csv.encode()}
+    for name, column in (("s.parquet", pa.array(texts, pa.string())),
+                         ("f.parquet", pa.array(numbers, pa.float64()))):
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"id": FIRMS, "town": ["a"] * 12, "v": column,
+                                 "n": [1] * 12}), buffer)
+        out[name] = buffer.getvalue()
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["id", "town", "v", "n"])
+    for firm, number, text in zip(FIRMS, numbers, texts, strict=True):
+        sheet.append([firm, "a", number if math.isfinite(number) else text, 1])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    out["x.xlsx"] = buffer.getvalue()
+    return out
+
+
+EDGE_VALUES = {"NaN": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "-0": -0.0,
+               "1e2": 100.0, "0.125": 0.125, "1e18": 1e18, "12345678901234567": 1.2e16}
+
+
+@pytest.mark.parametrize("scale", [None, 2])
+def test_the_same_rows_in_any_format_get_the_same_status(client: TestClient, mint: Mint,
+                                                         scale: int | None) -> None:
+    """NaN, infinities, negative zero, an exponent, a value the scale cannot hold and ones
+    too large, as CSV text, Parquet strings, Parquet doubles and xlsx: the upload's status
+    and problems never depend on the format."""
+    provider = Provider(client, mint)
+    for text, number in EDGE_VALUES.items():
+        texts, numbers = [text] + ["1.5"] * 11, [number] + [1.5] * 11
+        outcomes = {}
+        for name, content in _formats(texts, numbers).items():
+            r = provider.upload(name, content, scale)
+            assert r.status_code in (201, 422), r.text
+            outcomes[name] = (r.status_code, sorted(
+                (p["issue"], p["count"]) for p in r.json().get("problems", [])))
+        assert len(set(map(str, outcomes.values()))) == 1, (text, outcomes)
+        if not math.isfinite(number):
+            assert outcomes["x.csv"][0] == 422, text
+
+
+def test_refused_values_appear_in_no_answer_log_or_audit_entry(
+        client: TestClient, mint: Mint, settings: Settings,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """Values refused as too-many-decimals, too-large or not-number (in a scaled field and
+    in an integer one): neither the problem answered, nor any log line, nor the audit log
+    names one of them."""
+    secret_values = ["31415.926535", "271828182845904523536.5", "16180339887e400",
+                     "1414213562373095048801"]
+    provider = Provider(client, mint)
+    caplog.set_level(logging.DEBUG)
+    for column, scale in (("v", 2), ("n", 2)):
+        rows = "".join(f"{f},a,{secret_values[k % 4] if column == 'v' else 1},"
+                       f"{secret_values[k % 4] if column == 'n' else 1}\n"
+                       for k, f in enumerate(FIRMS))
+        r = provider.upload("x.csv", ("id,town,v,n\n" + rows).encode(), scale)
+        assert r.status_code == 422, r.text
+        assert {p["column"] for p in r.json()["problems"]} == {column}
+        for value in secret_values:
+            assert value not in r.text
+    captured = capsys.readouterr()
+    logged = caplog.text + captured.out + captured.err
+    with sqlite3.connect(settings.data_dir / "broker.db") as conn:
+        audit = "\n".join(r[0] for r in conn.execute("SELECT body FROM audit_entries"))
+    assert "dataset" in audit  # the refusals were audited
+    for value in secret_values:
+        for digits in (value, value[:8]):
+            assert digits not in logged, digits
+            assert digits not in audit, digits
+
+
+def test_integer_sums_beyond_2_63_do_not_wrap(client: TestClient, mint: Mint) -> None:
+    """Twelve integers near 2^62 (their sum passes 2^63, where a 64-bit sum wraps negative):
+    the published sum is the double nearest the exact one; below 2^53 it is exact."""
+    provider = Provider(client, mint)
+    for values in ([2**62 + 2 * k + 1 for k in range(12)], [2**49 + 7 * k for k in range(12)]):
+        rows = "".join(f"{f},a,1,{v}\n" for f, v in zip(FIRMS, values, strict=True))
+        r = provider.upload("x.csv", ("id,town,v,n\n" + rows).encode(), None)
+        assert r.status_code == 201, r.text
+        answer = provider.total(r.json()["id"], [{"fn": "sum", "field": "n"}])
+        assert answer.status_code == 200, answer.text
+        (cell,) = answer.json()["cells"]
+        assert cell["status"] == "published"
+        published = cell["values"]["sum_n"]
+        if sum(values) < 2**53:
+            assert isinstance(published, int)
+            assert published == sum(values)
+        else:
+            assert published == float(sum(values))
+            assert published > 2**63
+
+
+def test_a_mean_rounded_on_publish_is_never_negative_zero(client: TestClient,
+                                                          mint: Mint) -> None:
+    """A scaled field's mean is rounded to scale + 2 decimals: -0.01 over 300 rows rounds to
+    zero, which must be published as 0, not -0.0 (a sign that betrays a negative sum)."""
+    provider = Provider(client, mint)
+    firms = [make_uscc("330481", f"{n:08d}") for n in range(1, 301)]
+    rows = "".join(f"{f},a,{'-0.01' if k == 0 else '0'},1\n" for k, f in enumerate(firms))
+    r = provider.upload("x.csv", ("id,town,v,n\n" + rows).encode(), 2)
+    assert r.status_code == 201, r.text
+    answer = provider.total(r.json()["id"], [{"fn": "mean", "field": "v"}])
+    assert answer.status_code == 200, answer.text
+    (cell,) = answer.json()["cells"]
+    assert cell["status"] == "published", answer.text
+    mean = cell["values"]["mean_v"]
+    assert mean == 0
+    assert math.copysign(1.0, mean) == 1.0, answer.text
+    assert '"mean_v":-0' not in answer.text.replace(" ", "")
