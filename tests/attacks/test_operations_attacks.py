@@ -735,11 +735,13 @@ def test_integer_sums_beyond_2_63_do_not_wrap(client: TestClient, mint: Mint) ->
 
 def test_a_mean_rounded_on_publish_is_never_negative_zero(client: TestClient,
                                                           mint: Mint) -> None:
-    """A scaled field's mean is rounded to scale + 2 decimals: -0.01 over 300 rows rounds to
-    zero, which must be published as 0, not -0.0 (a sign that betrays a negative sum)."""
+    """A scaled field's mean is rounded to scale + 2 decimals: -0.01 over 301 rows rounds to
+    zero, which must be published as 0, not -0.0 (a sign that betrays a negative sum). The
+    values are +-0.01, so no enterprise dominates."""
     provider = Provider(client, mint)
-    firms = [make_uscc("330481", f"{n:08d}") for n in range(1, 301)]
-    rows = "".join(f"{f},a,{'-0.01' if k == 0 else '0'},1\n" for k, f in enumerate(firms))
+    firms = [make_uscc("330481", f"{n:08d}") for n in range(1, 302)]
+    rows = "".join(f"{f},a,{'-0.01' if k % 2 == 0 else '0.01'},1\n"
+                   for k, f in enumerate(firms))
     r = provider.upload("x.csv", ("id,town,v,n\n" + rows).encode(), 2)
     assert r.status_code == 201, r.text
     answer = provider.total(r.json()["id"], [{"fn": "mean", "field": "v"}])
