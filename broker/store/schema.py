@@ -173,7 +173,10 @@ def _expected_triggers(dialect: str) -> frozenset[tuple[str, ...]]:
             found = _triggers(connection)
         scratch.dispose()
         return found
-    module = _scripts().get_revision(BASELINE).module  # type: ignore[union-attr]
+    script = _scripts().get_revision(BASELINE)
+    if script is None:  # a packaging mistake: refuse rather than guess
+        raise SchemaMismatch(f"the baseline migration {BASELINE} is missing")
+    module = script.module
     bodies = {}
     for ddl in module.POSTGRESQL_TRIGGERS[:2]:
         name = ddl.split("FUNCTION", 1)[1].split("(", 1)[0].strip()

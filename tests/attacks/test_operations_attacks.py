@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,11 @@ from broker.store import schema
 from broker.store.backup import CHECKPOINT_PUBKEY, DB_SQLITE, MANIFEST, sign_manifest
 from broker.store.db import create_schema, make_engine
 from broker.store.keys import jwt_secret
+from broker.store.leases import SIGNER
 from connectors.crypto import Keyring
 from connectors.storage import ParquetStorage
-from tests.conftest import Mint, auth, contract_terms
+from tests.conftest import SECRET, Mint, World, auth, contract_terms
+from tests.server import broker_server
 
 runner = CliRunner()
 
@@ -139,7 +142,7 @@ def _serve_outcome(tmp_path: Path, env: dict[str, str]) -> tuple[int | None, str
     port = free_port()
     log_path = tmp_path / f"serve-{port}.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen(  # noqa: S603 (this interpreter, our arguments)
+        proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port",
              str(port)], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -228,7 +231,7 @@ def test_two_concurrent_upgrades_of_a_release_0_1_0_database_apply_once(
     end well or one refuses cleanly; the database is at head with its triggers, once."""
     _as_release_0_1_0(engine)
     env = {**os.environ, "BROKER_DATABASE_URL": url, "BROKER_JWT_SECRET": "x" * 64}
-    procs = [subprocess.Popen([sys.executable, "-m", "broker", "db", "upgrade"],  # noqa: S603
+    procs = [subprocess.Popen([sys.executable, "-m", "broker", "db", "upgrade"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -257,7 +260,7 @@ def test_upgrade_of_a_read_only_database_file_fails_and_changes_nothing(
     drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] \
         if os.geteuid() == 0 else []
     try:
-        done = subprocess.run(  # noqa: S603 (this interpreter, our arguments)
+        done = subprocess.run(
             [*drop, sys.executable, "-m", "broker", "db", "upgrade"],
             env={**os.environ, "BROKER_DATABASE_URL": f"sqlite:///{db}",
                  "BROKER_DATA_DIR": str(db.parent)},
@@ -560,14 +563,14 @@ def test_backups_taken_while_the_master_key_rotates_all_restore_readable(
 
     def rotate() -> None:
         while not stop.is_set():
-            done = subprocess.run(  # noqa: S603 (this interpreter, our arguments)
+            done = subprocess.run(
                 [sys.executable, "-m", "broker", "keys", "rotate"], env={**os.environ, **env},
                 capture_output=True, text=True, timeout=120, check=False)
             rotations.append(done.returncode)
 
     thread = threading.Thread(target=rotate)
     thread.start()
-    made = []
+    made: list[int] = []
     try:
         while len(made) < 3 or not rotations:
             n = len(made)
@@ -578,7 +581,8 @@ def test_backups_taken_while_the_master_key_rotates_all_restore_readable(
     finally:
         stop.set()
         thread.join()
-    assert rotations and set(rotations) == {0}, rotations
+    assert rotations
+    assert set(rotations) == {0}, rotations
     for n in made:
         target = tmp_path / f"restored{n}"
         result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(tmp_path / f"bk{n}"),
@@ -620,9 +624,10 @@ class Provider:
 
     def upload(self, name: str, content: bytes, scale: int | None) -> httpx.Response:
         self.uploads += 1
-        return self.client.post(
+        r: httpx.Response = self.client.post(
             "/v1/datasets", headers=auth(self.grid), files={"file": (name, content)},
             data={"meta": json.dumps(_exact_meta(f"d{self.uploads}", scale))})
+        return r
 
     def total(self, dataset: str, measures: list[dict[str, Any]]) -> httpx.Response:
         r = self.client.post("/v1/contracts", headers=auth(self.grid), json=contract_terms(
@@ -631,9 +636,11 @@ class Provider:
         cid = r.json()["id"]
         r = self.client.post(f"/v1/contracts/{cid}/accept", headers=auth(self.econ))
         assert r.status_code == 200, r.text
-        return self.client.post("/v1/queries/aggregate", headers=auth(self.econ), json={
-            "contract_id": cid, "purpose": "energy-planning", "group_by": ["town"],
-            "measures": measures})
+        answer: httpx.Response = self.client.post(
+            "/v1/queries/aggregate", headers=auth(self.econ), json={
+                "contract_id": cid, "purpose": "energy-planning", "group_by": ["town"],
+                "measures": measures})
+        return answer
 
 
 def _formats(texts: list[str], numbers: list[float]) -> dict[str, bytes]:
@@ -650,8 +657,8 @@ def _formats(texts: list[str], numbers: list[float]) -> dict[str, bytes]:
     sheet = book.active
     assert sheet is not None
     sheet.append(["id", "town", "v", "n"])
-    for firm, number, text in zip(FIRMS, numbers, texts, strict=True):
-        sheet.append([firm, "a", number if math.isfinite(number) else text, 1])
+    for firm, number, written in zip(FIRMS, numbers, texts, strict=True):
+        sheet.append([firm, "a", number if math.isfinite(number) else written, 1])
     buffer = io.BytesIO()
     book.save(buffer)
     out["x.xlsx"] = buffer.getvalue()
@@ -669,17 +676,17 @@ def test_the_same_rows_in_any_format_get_the_same_status(client: TestClient, min
     too large, as CSV text, Parquet strings, Parquet doubles and xlsx: the upload's status
     and problems never depend on the format."""
     provider = Provider(client, mint)
-    for text, number in EDGE_VALUES.items():
-        texts, numbers = [text] + ["1.5"] * 11, [number] + [1.5] * 11
+    for value, number in EDGE_VALUES.items():
+        texts, numbers = [value] + ["1.5"] * 11, [number] + [1.5] * 11
         outcomes = {}
         for name, content in _formats(texts, numbers).items():
             r = provider.upload(name, content, scale)
             assert r.status_code in (201, 422), r.text
             outcomes[name] = (r.status_code, sorted(
                 (p["issue"], p["count"]) for p in r.json().get("problems", [])))
-        assert len(set(map(str, outcomes.values()))) == 1, (text, outcomes)
+        assert len(set(map(str, outcomes.values()))) == 1, (value, outcomes)
         if not math.isfinite(number):
-            assert outcomes["x.csv"][0] == 422, text
+            assert outcomes["x.csv"][0] == 422, value
 
 
 def test_refused_values_appear_in_no_answer_log_or_audit_entry(
@@ -752,3 +759,108 @@ def test_a_mean_rounded_on_publish_is_never_negative_zero(client: TestClient,
     assert mean == 0
     assert math.copysign(1.0, mean) == 1.0, answer.text
     assert '"mean_v":-0' not in answer.text.replace(" ", "")
+
+
+# -- several workers on one PostgreSQL database --------------------------------------------
+
+
+def test_workers_refused_on_sqlite(tmp_path: Path) -> None:
+    """A careless operator asks for two workers on the embedded SQLite database: refused
+    before anything starts (SQLite serves one process)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--workers", "2", "--port",
+         str(free_port())], env={**os.environ, "BROKER_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "PostgreSQL" in done.stdout + done.stderr
+    assert not (tmp_path / "data" / "broker.db").exists()
+
+
+def _pg(url: str, statement: str, **params: Any) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = list(conn.execute(text(statement), params))
+            conn.commit()
+        return rows
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.e2e
+def test_two_brokers_whose_signer_lease_keeps_being_cut_stay_exact_and_consistent(
+        tmp_path: Path, postgres_url: str, mint: Mint) -> None:
+    """Two ``broker serve`` processes on one database under concurrent load, while the
+    database keeps terminating whichever connection holds the checkpoint signer's lease (a
+    failover storm): the daily quota is exact across both, no release is counted twice, the
+    log is gapless, no conflicting checkpoint was ever signed, and the log verifies against
+    every checkpoint published."""
+    quota = 16
+    env = {"BROKER_DATA_DIR": str(tmp_path / "data"), "BROKER_JWT_SECRET": SECRET,
+           "BROKER_DATABASE_URL": postgres_url, "BROKER_CHECKPOINT_EVERY_SECONDS": "0.3"}
+    cut = threading.Event()
+    cuts: list[int] = []
+
+    def cutter() -> None:
+        while not cut.is_set():
+            cuts.extend(r[0] for r in _pg(postgres_url, """
+                SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.objid = :key AND l.granted""",
+                                          key=SIGNER) if r[0])
+            time.sleep(0.4)
+
+    with ExitStack() as stack:
+        bases = [stack.enter_context(broker_server(tmp_path, env, log_name=f"{n}.log"))
+                 for n in ("first", "second")]
+        one = stack.enter_context(httpx.Client(base_url=bases[0], timeout=60))
+        world = World(one, mint)  # type: ignore[arg-type]
+        contract = world.contract_for(world.dataset["id"], max_queries_per_day=quota)
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def analyst(n: int) -> None:
+            token = mint("econ", "consumer", sub=f"analyst{n}@econ")
+            for i in range(4):
+                with httpx.Client(base_url=bases[(n + i) % 2], timeout=60) as own:
+                    r = own.post("/v1/queries/aggregate", headers=auth(token), json={
+                        "contract_id": contract, "purpose": "energy-planning",
+                        "group_by": [["town"], []][i % 2], "measures": [{"fn": "count"}]})
+                with lock:
+                    statuses.append(r.status_code)
+
+        killer = threading.Thread(target=cutter)
+        killer.start()
+        threads = [threading.Thread(target=analyst, args=(n,)) for n in range(8)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            time.sleep(1.5)  # more lease cuts while the signers take over
+        finally:
+            cut.set()
+            killer.join()
+        assert cuts, "the lease was never held, so never cut"
+        assert sorted(statuses) == [200] * quota + [403] * (32 - quota), statuses
+        released_count = _pg(postgres_url, """
+            SELECT COUNT(*) FROM audit_entries WHERE contract_id = :contract
+            AND action = 'query.aggregate' AND allowed""", contract=contract)[0][0]
+        assert released_count == quota
+        count, low, high = _pg(postgres_url,
+                               "SELECT COUNT(*), MIN(seq), MAX(seq) FROM audit_entries")[0]
+        assert (low, high) == (1, count)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # a signer is back and covers the log
+            size = _pg(postgres_url, "SELECT size FROM audit_head")[0][0]
+            if _pg(postgres_url, "SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints"
+                   )[0][0] == size:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no signer covered the log after the lease cuts")
+    assert not list((tmp_path / "data" / "checkpoints").glob("*conflict*"))
+    verified = cli({k: v for k, v in env.items() if k != "BROKER_JWT_SECRET"},
+                   "audit", "verify", "--json")
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.stdout.strip().splitlines()[-1])
+    assert report["valid"] is True
