@@ -777,7 +777,7 @@ def test_workers_refused_on_sqlite(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "broker.db").exists()
 
 
-def _pg(url: str, statement: str, **params: Any) -> list[Any]:
+def _sql(url: str, statement: str, **params: Any) -> list[Any]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -789,22 +789,29 @@ def _pg(url: str, statement: str, **params: Any) -> list[Any]:
 
 
 @pytest.mark.e2e
-def test_two_brokers_whose_signer_lease_keeps_being_cut_stay_exact_and_consistent(
-        tmp_path: Path, postgres_url: str, mint: Mint) -> None:
-    """Two ``broker serve`` processes on one database under concurrent load, while the
-    database keeps terminating whichever connection holds the checkpoint signer's lease (a
-    failover storm): the daily quota is exact across both, no release is counted twice, the
-    log is gapless, no conflicting checkpoint was ever signed, and the log verifies against
-    every checkpoint published."""
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_two_brokers_on_one_database_stay_exact_and_sign_no_conflicting_checkpoint(
+        tmp_path: Path, request: pytest.FixtureRequest, mint: Mint, database: str) -> None:
+    """Two ``broker serve`` processes on one database under concurrent load. On PostgreSQL
+    the database keeps terminating whichever connection holds the checkpoint signer's lease
+    (a failover storm); on SQLite (a careless operator starting a second process on the
+    embedded database) each process holds its local lease, so both sign. Either way the
+    daily quota is exact across both, no release is counted twice, the log is gapless, no
+    conflicting checkpoint was ever signed, and the log verifies against every checkpoint
+    published."""
     quota = 16
     env = {"BROKER_DATA_DIR": str(tmp_path / "data"), "BROKER_JWT_SECRET": SECRET,
-           "BROKER_DATABASE_URL": postgres_url, "BROKER_CHECKPOINT_EVERY_SECONDS": "0.3"}
+           "BROKER_CHECKPOINT_EVERY_SECONDS": "0.3"}
+    if database == "postgresql":
+        env["BROKER_DATABASE_URL"] = database_url = str(request.getfixturevalue("postgres_url"))
+    else:
+        database_url = f"sqlite:///{tmp_path / 'data' / 'broker.db'}"
     cut = threading.Event()
     cuts: list[int] = []
 
     def cutter() -> None:
-        while not cut.is_set():
-            cuts.extend(r[0] for r in _pg(postgres_url, """
+        while database == "postgresql" and not cut.is_set():
+            cuts.extend(r[0] for r in _sql(database_url, """
                 SELECT pg_terminate_backend(l.pid) FROM pg_locks l
                 WHERE l.locktype = 'advisory' AND l.objid = :key AND l.granted""",
                                           key=SIGNER) if r[0])
@@ -841,19 +848,19 @@ def test_two_brokers_whose_signer_lease_keeps_being_cut_stay_exact_and_consisten
         finally:
             cut.set()
             killer.join()
-        assert cuts, "the lease was never held, so never cut"
+        assert cuts or database == "sqlite", "the lease was never held, so never cut"
         assert sorted(statuses) == [200] * quota + [403] * (32 - quota), statuses
-        released_count = _pg(postgres_url, """
+        released_count = _sql(database_url, """
             SELECT COUNT(*) FROM audit_entries WHERE contract_id = :contract
             AND action = 'query.aggregate' AND allowed""", contract=contract)[0][0]
         assert released_count == quota
-        count, low, high = _pg(postgres_url,
+        count, low, high = _sql(database_url,
                                "SELECT COUNT(*), MIN(seq), MAX(seq) FROM audit_entries")[0]
         assert (low, high) == (1, count)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # a signer is back and covers the log
-            size = _pg(postgres_url, "SELECT size FROM audit_head")[0][0]
-            if _pg(postgres_url, "SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints"
+            size = _sql(database_url, "SELECT size FROM audit_head")[0][0]
+            if _sql(database_url, "SELECT COALESCE(MAX(size), 0) FROM audit_checkpoints"
                    )[0][0] == size:
                 break
             time.sleep(0.2)
