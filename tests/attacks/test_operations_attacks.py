@@ -933,3 +933,33 @@ def test_exact_decimal_sums_do_not_let_a_tracker_through(client: TestClient,
     assert released(total("B")) == [({}, None, "linked")]
     ((_, alone, reason),) = released(total("C"))  # one enterprise: never its own figure
     assert alone is None, reason
+
+
+EXOTIC_TEXTS = ["1E+99999999999999999999", "1e-99999999999999999999", "-0E+5", "sNaN",
+                "Infinity", "0x10", "1_000", "١٢٣", "0." + "0" * 5000 + "1",
+                "1" + "0" * 40, "99999999999999999.99"]
+
+
+@pytest.mark.parametrize("scale", [None, 0, 2, 9])
+def test_exotic_number_texts_are_refused_or_taken_alike_as_csv_and_parquet(
+        client: TestClient, mint: Mint, scale: int | None) -> None:
+    """Exponents past any context's limit, signalling NaN, hexadecimal, underscores, Arabic
+    digits, 5000 decimals, 41 digits: as CSV text and as Parquet strings, each is taken or
+    refused alike (never a server error), and a refusal does not quote it."""
+    provider = Provider(client, mint)
+    for value in EXOTIC_TEXTS:
+        texts = [value] + ["1.5" if scale != 0 else "1"] * 11
+        csv = "id,town,v,n\n" + "".join(f"{f},a,{t},1\n" for f, t in zip(FIRMS, texts,
+                                                                         strict=True))
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"id": FIRMS, "town": ["a"] * 12,
+                                 "v": pa.array(texts, pa.string()), "n": [1] * 12}), buffer)
+        outcomes = []
+        for name, content in (("x.csv", csv.encode()), ("s.parquet", buffer.getvalue())):
+            r = provider.upload(name, content, scale)
+            assert r.status_code in (201, 422), (value[:40], r.text)
+            if r.status_code == 422:
+                assert value[:12] not in r.text.replace('"1.5"', "")
+            outcomes.append((r.status_code, sorted(
+                (p["issue"], p["count"]) for p in r.json().get("problems", []))))
+        assert outcomes[0] == outcomes[1], (value[:40], outcomes)
