@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -163,6 +164,18 @@ def _triggers(connection: Connection) -> frozenset[tuple[str, ...]]:
     return frozenset((str(r[0]), str(r[1]), _normal(str(r[2]))) for r in rows)
 
 
+def _baseline_module() -> Any:
+    script = _scripts().get_revision(BASELINE)
+    if script is None:  # a packaging mistake: refuse rather than guess
+        raise SchemaMismatch(f"the baseline migration {BASELINE} is missing")
+    return script.module
+
+
+def sqlite_trigger_ddl() -> list[str]:
+    """The statements that make SQLite's audit tables append-only (the baseline's)."""
+    return list(_baseline_module().SQLITE_TRIGGERS)
+
+
 @functools.cache
 def _expected_triggers(dialect: str) -> frozenset[tuple[str, ...]]:
     """The triggers the migrations make (the baseline's: no later revision changes them)."""
@@ -173,10 +186,7 @@ def _expected_triggers(dialect: str) -> frozenset[tuple[str, ...]]:
             found = _triggers(connection)
         scratch.dispose()
         return found
-    script = _scripts().get_revision(BASELINE)
-    if script is None:  # a packaging mistake: refuse rather than guess
-        raise SchemaMismatch(f"the baseline migration {BASELINE} is missing")
-    module = script.module
+    module = _baseline_module()
     bodies = {}
     for ddl in module.POSTGRESQL_TRIGGERS[:2]:
         name = ddl.split("FUNCTION", 1)[1].split("(", 1)[0].strip()
