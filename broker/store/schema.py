@@ -133,6 +133,7 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> tuple[str | None,
             _check_baseline(connection)
             command.stamp(config, BASELINE)
         command.upgrade(config, "head")
+        _check_triggers(connection)  # else the whole upgrade is rolled back
         after = MigrationContext.configure(connection).get_current_revision()
     return current, after or ""
 

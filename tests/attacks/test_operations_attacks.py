@@ -176,6 +176,18 @@ def test_start_up_refuses_a_database_at_head_whose_audit_triggers_were_tampered(
         create_schema(engine)
 
 
+def test_db_upgrade_of_a_current_database_with_a_dropped_trigger_is_refused(
+        engine: Engine, url: str) -> None:
+    """``broker db upgrade`` (the migration job) on a database at head whose audit trigger
+    was dropped: not "nothing to do" (exit 0, then every worker refusing to start), but a
+    refusal naming the trigger."""
+    create_schema(engine)
+    _tamper(engine, _tampers(engine)["dropped"])
+    result = cli({"BROKER_DATABASE_URL": url}, "db", "upgrade")
+    assert result.exit_code == 4, result.output
+    assert "trigger" in result.output
+
+
 def test_broker_serve_never_starts_on_a_database_without_its_audit_triggers(
         tmp_path: Path) -> None:
     """The real server process, on a SQLite database at head whose audit tables lost their
