@@ -599,6 +599,15 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
         if placement.target.exists():
             raise BackupRefused(f"{placement.target} exists: a restore never overwrites "
                                 "(nothing was restored)")
+        if placement.name == DB_SQLITE:
+            # a journal left by an earlier database at that path would be replayed into the
+            # restored one the first time it is opened
+            for suffix in ("-wal", "-shm", "-journal"):
+                stale = placement.target.with_name(placement.target.name + suffix)
+                if stale.exists():
+                    raise BackupRefused(f"{stale} exists, left by an earlier database: SQLite "
+                                        "would apply it to the restored one; remove it "
+                                        "(nothing was restored)")
     if kind == "postgresql":
         conninfo, _ = libpq(settings.db_url)
         try:

@@ -533,6 +533,33 @@ def test_a_restore_that_fails_half_way_leaves_nothing_behind(
     assert blocker.read_text() == "a file, not a directory"
 
 
+def test_a_stale_journal_where_the_database_goes_is_refused(backups: Backups,
+                                                          tmp_path: Path) -> None:
+    """A careless operator deletes a crashed broker's database file but not its write-ahead
+    log, then restores to the same path: SQLite would replay that stale log into the restored
+    database when it is first opened. Refused, nothing restored, the stale log untouched."""
+    db = tmp_path / "db" / "broker.db"
+    db.parent.mkdir()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE audit_entries (seq INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO audit_entries VALUES (1, 'from an earlier broker')")
+    wal = db.with_name("broker.db-wal")
+    stale = wal.read_bytes()
+    conn.close()
+    db.unlink()
+    wal.write_bytes(stale)  # as a crash leaves it
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target), "BROKER_DATABASE_URL": f"sqlite:///{db}"},
+                 "restore", str(backups.later), "--keys", str(backups.keys))
+    assert result.exit_code == REFUSED, result.output
+    assert "-wal" in result.output
+    _nothing_restored(target)
+    assert not db.exists()
+    assert wal.read_bytes() == stale
+
+
 def test_a_backup_holds_no_secret_nor_row_value_and_the_keys_are_private(
         backups: Backups) -> None:
     """No master key, signing key, JWT or pseudonym secret, and no enterprise code in any
