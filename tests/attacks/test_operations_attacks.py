@@ -52,7 +52,7 @@ from broker.store.backup import CHECKPOINT_PUBKEY, DB_SQLITE, MANIFEST, sign_man
 from broker.store.db import create_schema, make_engine
 from broker.store.keys import jwt_secret
 from broker.store.leases import SIGNER
-from connectors.crypto import Keyring
+from connectors.crypto import Keyring, SealError
 from connectors.storage import ParquetStorage
 from tests.conftest import SECRET, Mint, World, auth, contract_terms, released
 from tests.server import broker_server
@@ -558,6 +558,34 @@ def test_a_stale_journal_where_the_database_goes_is_refused(backups: Backups,
     _nothing_restored(target)
     assert not db.exists()
     assert wal.read_bytes() == stale
+
+
+def test_a_broker_restored_without_its_keys_makes_no_new_secret_at_start(
+        backups: Backups, tmp_path: Path) -> None:
+    """``restore --without-key``, then a careless start before the keys are put in place:
+    the start is refused and makes no secret of its own (no master key that opens nothing,
+    no checkpoint key its restored public key does not verify, no new pseudonym secret).
+    With the master and checkpoint keys put in place it starts, and its log verifies."""
+    target = tmp_path / "b"
+    result = cli({"BROKER_DATA_DIR": str(target)}, "restore", str(backups.later),
+                 "--without-key")
+    assert result.exit_code == 0, result.output
+    settings = Settings(data_dir=target)
+    before = sorted(p.name for p in settings.keys_dir.iterdir())
+    with pytest.raises(SealError, match="no new key was made"), \
+            TestClient(create_app(settings)):
+        pass
+    assert sorted(p.name for p in settings.keys_dir.iterdir()) == before
+    shutil.copyfile(backups.keys / "master.key", settings.master_key_path)
+    with pytest.raises(ValueError, match="without its private key"), \
+            TestClient(create_app(settings)):
+        pass
+    assert not settings.checkpoint_key_path.exists()
+    shutil.copyfile(backups.keys / "checkpoint-ed25519.pem", settings.checkpoint_key_path)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+    verified = cli({"BROKER_DATA_DIR": str(target)}, "audit", "verify")
+    assert verified.exit_code == 0, verified.output
 
 
 def test_a_backup_holds_no_secret_nor_row_value_and_the_keys_are_private(
