@@ -34,6 +34,8 @@ def db_upgrade() -> None:
     PostgreSQL they wait for it) and safe to run again: a database at the code's revision is
     left as it is. Exit 4 when the database is not one any migration starts from.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from broker.store.db import flush, make_engine
     from broker.store.schema import SchemaMismatch, upgrade
 
@@ -47,6 +49,12 @@ def db_upgrade() -> None:
     except SchemaMismatch as exc:
         console.print(f"[red]error[/]: {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_REFUSED) from exc
+    except SQLAlchemyError as exc:  # a database it cannot write or reach: nothing applied
+        cause = getattr(exc, "orig", None) or exc  # the driver's words, not the statement's
+        console.print(f"[red]error[/]: the upgrade failed and nothing was applied: "
+                      f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}",
+                      soft_wrap=True)
+        raise typer.Exit(1) from exc
     finally:
         engine.dispose()
     where = engine.url.render_as_string(hide_password=True)

@@ -32,6 +32,20 @@ def disarm(conn: Connection) -> None:
         conn.execute(text(f'DROP TRIGGER "{name}"'))
 
 
+def rearm(conn: Connection) -> None:
+    """Put the triggers ``disarm`` took away back exactly as they were, as a careful insider
+    does when done: the database then passes the broker's start-up check again, and only the
+    log's hashes and its signed checkpoints can tell what was changed."""
+    from broker.store.schema import sqlite_trigger_ddl
+
+    if conn.dialect.name == "postgresql":
+        for table in AUDIT_TABLES:
+            conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+        return
+    for ddl in sqlite_trigger_ddl():
+        conn.exec_driver_sql(ddl)
+
+
 def _body(conn: Connection, seq: int) -> str:
     return str(conn.execute(text("SELECT body FROM audit_entries WHERE seq = :s"),
                             {"s": seq}).scalar_one())

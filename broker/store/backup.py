@@ -379,13 +379,16 @@ def read_manifest(directory: Path, anchor: Ed25519PublicKey | None = None) -> Ma
     it; else against the public key the backup holds, which catches accidents only."""
     doc = _load_json(directory / MANIFEST)
     if anchor is None:
-        if isinstance(doc, dict) and "signature" in doc:
+        # A broker with a checkpoint key (whose public half the backup then holds) signs
+        # every manifest: an unsigned one beside that public key was changed.
+        holds_key = (directory / CHECKPOINT_PUBKEY).exists()
+        if holds_key or (isinstance(doc, dict) and "signature" in doc):
             try:
                 anchor = _public_key(directory / CHECKPOINT_PUBKEY)
             except (OSError, ValueError):
                 raise BackupMismatch("the manifest is signed and the backup has no public "
                                      "key to check it with") from None
-        _check_signature(doc, anchor, required=False)
+        _check_signature(doc, anchor, required=holds_key)
     else:
         _check_signature(doc, anchor, required=True)
     return Manifest.from_json(doc)
@@ -500,6 +503,14 @@ def restore_backup(settings: Settings, source: Path, keys: Path | None = None, *
             anchor = _public_key(keys / "checkpoint-ed25519.pem")
         except ValueError:
             raise BackupMismatch("the key copy's checkpoint key is not an Ed25519 key") from None
+    elif keys is None and settings.checkpoint_key_path.is_file():
+        # the checkpoint key already in place (kept outside the data directory) signed every
+        # backup this broker made: it is the anchor, not the public key the backup carries
+        try:
+            anchor = _public_key(settings.checkpoint_key_path)
+        except ValueError:
+            raise BackupMismatch(f"{settings.checkpoint_key_path} is not an Ed25519 "
+                                 "key") from None
     manifest = read_manifest(source, anchor)
     check_files(source, manifest.files)
     if anchor is not None and (source / CHECKPOINT_PUBKEY).is_file() and (
@@ -597,6 +608,15 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
                   and _sha256(placement.target) == placement.sha256):
             raise BackupRefused(f"{placement.target} exists: a restore never overwrites "
                                 "(nothing was restored)")
+        if placement.name == DB_SQLITE:
+            # a journal left by an earlier database at that path would be replayed into the
+            # restored one the first time it is opened
+            for suffix in ("-wal", "-shm", "-journal"):
+                stale = placement.target.with_name(placement.target.name + suffix)
+                if stale.exists():
+                    raise BackupRefused(f"{stale} exists, left by an earlier database: SQLite "
+                                        "would apply it to the restored one; remove it "
+                                        "(nothing was restored)")
     if kind == "postgresql":
         conninfo, _ = libpq(settings.db_url)
         try:
@@ -615,10 +635,11 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
 def _apply(settings: Settings, kind: DatabaseKind, source: Path,
            plan: list[_Placement]) -> None:
     """Copy into a staging directory beside the data directory (re-checking each file's
-    SHA-256 as it is copied), move it into place, write what lives outside the data
-    directory, and restore the PostgreSQL database last (``pg_restore --single-transaction``:
-    whole or not at all); undo every file on failure, so that "nothing was restored" holds
-    and the same restore can be run again."""
+    SHA-256 as it is copied), write what lives outside the data directory (first: a place that
+    cannot be written fails the restore before anything else is in place), move the staged
+    files into the data directory, and restore the PostgreSQL database last (``pg_restore
+    --single-transaction``: whole or not at all); undo every file on failure, so that "nothing
+    was restored" holds and the same restore can be run again."""
     data_dir = settings.data_dir.absolute()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging(data_dir)
@@ -635,6 +656,11 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
                 _copy_checked(placement.origin / placement.name, dest, placement)
             else:
                 outside.append((target, placement))
+        # the files outside the data directory first: a place that cannot be written fails
+        # the restore before the data directory and the database are in place
+        for target, placement in outside:
+            _copy_checked(placement.origin / placement.name, target, placement)
+            written.append(target)
         if data_dir.exists():
             # Empty, as checked, and often a mount point (a container's volume), which can
             # be neither removed nor renamed over: what the staging directory holds moves in.
@@ -647,9 +673,6 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
             os.replace(staging, data_dir)
             created = True
             fsync_dir(data_dir.parent)
-        for target, placement in outside:
-            _copy_checked(placement.origin / placement.name, target, placement)
-            written.append(target)
         if kind == "postgresql":
             _pg_restore(settings.db_url, source / DB_POSTGRESQL)
     except BaseException:
@@ -668,7 +691,13 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
 
 def _copy_checked(source: Path, dest: Path, placement: _Placement) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    entry = copy_file(source, dest, placement.name)
+    try:
+        entry = copy_file(source, dest, placement.name)
+    except FileExistsError:  # someone else's file: never removed
+        raise
+    except BaseException:
+        dest.unlink(missing_ok=True)  # no partial copy left behind
+        raise
     if entry.sha256 != placement.sha256:
         dest.unlink(missing_ok=True)
         raise BackupMismatch(f"{placement.name} changed while it was restored")

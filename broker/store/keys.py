@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.checkpoint import NoteSigner
 from broker.settings import Settings
-from connectors.crypto import Keyring, TextSealer, create_exclusive, create_master_key
+from connectors.crypto import Keyring, SealError, TextSealer, create_exclusive, create_master_key
+from connectors.storage import KEY_FILE
 
 
 def _load_or_create(path: Path, make: bytes) -> bytes:
@@ -39,6 +40,12 @@ def jwt_secret(settings: Settings) -> str:
 def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     """The Ed25519 key that signs audit checkpoints, generated on first run."""
     path = settings.checkpoint_key_path
+    pub_path = path.with_suffix(".pub")
+    if not path.exists() and pub_path.exists():  # e.g. restored without the key copy
+        raise ValueError(
+            f"{pub_path} is there without its private key {path}: a new key would sign "
+            "checkpoints its public key does not verify. Put the key in place (broker restore "
+            "--keys), or move the .pub aside to start a new checkpoint key")
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -50,7 +57,6 @@ def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    pub_path = path.with_suffix(".pub")
     if not pub_path.exists():
         create_exclusive(pub_path, public, mode=0o644)
     return key
@@ -80,6 +86,15 @@ def master_keyring(settings: Settings) -> Keyring:
     Losing it loses every stored dataset; it lives outside the database for the same reason
     the checkpoint key does, and ``broker keys rotate`` replaces it.
     """
+    if not settings.master_key_path.exists() and (
+            release_cache_key_path(settings).exists()
+            or any(settings.datasets_dir.rglob(f"*{KEY_FILE}"))):
+        # data sealed under a key that is not here (a restore without --keys): a new key
+        # would open none of it, and every secret made after it would not be the data's
+        raise SealError(
+            f"there is no master key at {settings.master_key_path}, and this data directory "
+            "holds data keys wrapped under one: put that key in place (broker restore --keys) "
+            "before starting; no new key was made")
     create_master_key(settings.master_key_path)
     keyring = Keyring(settings.master_key_path)
     keyring.current()  # a file of the wrong size fails here, at start-up

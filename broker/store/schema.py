@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -87,6 +88,8 @@ def check(engine: Engine) -> None:
     """Refuse (``SchemaMismatch``) unless the database is at the code's revision."""
     found = state(engine)
     if found.at_head:
+        with engine.connect() as connection:
+            _check_triggers(connection)
         return
     where = _describe(engine)
     if found.current is None:
@@ -130,6 +133,7 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> tuple[str | None,
             _check_baseline(connection)
             command.stamp(config, BASELINE)
         command.upgrade(config, "head")
+        _check_triggers(connection)  # else the whole upgrade is rolled back
         after = MigrationContext.configure(connection).get_current_revision()
     return current, after or ""
 
@@ -138,6 +142,81 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> tuple[str | None,
 class _Shape:
     columns: dict[str, frozenset[str]]
     triggers: frozenset[str]
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def _triggers(connection: Connection) -> frozenset[tuple[str, ...]]:
+    """Every trigger of the database as what it does: on SQLite its table and its normalised
+    CREATE TRIGGER text; on PostgreSQL its table, timing and events (``tgtype``), whether it
+    is enabled, whether a WHEN clause limits it, and its function's name and body."""
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(text("""
+            SELECT c.relname, t.tgname, t.tgtype::text, t.tgenabled::text,
+                   (t.tgqual IS NOT NULL)::text, p.proname, p.prosrc
+            FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+            JOIN pg_proc p ON p.oid = t.tgfoid
+            WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)"""))
+        return frozenset((*(str(v) for v in r[:6]), _normal(str(r[6]))) for r in rows)
+    rows = connection.execute(text(
+        "SELECT tbl_name, name, sql FROM sqlite_master WHERE type = 'trigger'"))
+    return frozenset((str(r[0]), str(r[1]), _normal(str(r[2]))) for r in rows)
+
+
+def _baseline_module() -> Any:
+    script = _scripts().get_revision(BASELINE)
+    if script is None:  # a packaging mistake: refuse rather than guess
+        raise SchemaMismatch(f"the baseline migration {BASELINE} is missing")
+    return script.module
+
+
+def sqlite_trigger_ddl() -> list[str]:
+    """The statements that make SQLite's audit tables append-only (the baseline's)."""
+    return list(_baseline_module().SQLITE_TRIGGERS)
+
+
+@functools.cache
+def _expected_triggers(dialect: str) -> frozenset[tuple[str, ...]]:
+    """The triggers the migrations make (the baseline's: no later revision changes them)."""
+    if dialect != "postgresql":
+        scratch = create_engine("sqlite://")
+        with scratch.begin() as connection:
+            command.upgrade(_config(connection), "head")
+            found = _triggers(connection)
+        scratch.dispose()
+        return found
+    module = _baseline_module()
+    bodies = {}
+    for ddl in module.POSTGRESQL_TRIGGERS[:2]:
+        name = ddl.split("FUNCTION", 1)[1].split("(", 1)[0].strip()
+        bodies[name] = _normal(ddl.split("$$")[1].replace("%%", "%"))
+    row, before, delete, update, truncate = 1, 2, 8, 16, 32
+    append_only = tuple(module.APPEND_ONLY)
+    triggers = {(t, f"{t}_append_only", str(row | before | delete | update), "O", "false",
+                 "audit_append_only") for t in append_only}
+    triggers |= {(t, f"{t}_no_truncate", str(before | truncate), "O", "false",
+                  "audit_append_only") for t in (*append_only, "audit_head")}
+    triggers.add(("audit_head", "audit_head_forward", str(row | before | delete | update),
+                  "O", "false", "audit_head_forward"))
+    return frozenset((*t, bodies[t[5]]) for t in triggers)
+
+
+def _check_triggers(connection: Connection) -> None:
+    """Refuse a database whose triggers are not exactly the ones that make the audit log
+    append-only: one dropped, disabled, limited by a WHEN clause, replaced under its name by
+    one that does nothing, or joined by one the code did not make (which could drop new audit
+    entries) all leave the log unprotected."""
+    found, want = _triggers(connection), _expected_triggers(connection.dialect.name)
+    if found == want:
+        return
+    names = sorted({t[1] for t in want - found} | {t[1] for t in found - want})
+    raise SchemaMismatch(
+        f"{_describe(connection.engine)} does not have the triggers that keep the audit log "
+        f"append-only (trigger {', '.join(names[:6])} missing, changed or unknown): its audit "
+        "log cannot be trusted. Restore it from a backup (broker restore) or investigate "
+        "before serving from it.")
 
 
 def _shape(connection: Connection) -> _Shape:
@@ -177,6 +256,11 @@ def _check_baseline(connection: Connection) -> None:
                  for t in sorted(set(want.columns) & set(found.columns))
                  if want.columns[t] - found.columns[t]]
     problems += [f"trigger {t} is missing" for t in sorted(want.triggers - found.triggers)]
+    if not problems:
+        try:
+            _check_triggers(connection)
+        except SchemaMismatch:
+            problems.append("its audit triggers are not the ones release 0.1.0 made")
     if problems:
         raise SchemaMismatch(
             f"{_describe(connection.engine)} has no schema version and is not release 0.1.0's "

@@ -179,11 +179,13 @@ class Log:
 
 def _tamper_at(url: str, attack: Callable[[Connection], T]) -> T:
     """Edit the database at ``url`` as an administrator does: drop the triggers, then plain
-    SQL; what ``attack`` returns."""
+    SQL, then put the triggers back as they were (or the broker would not start on it);
+    what ``attack`` returns."""
     engine = create_engine(url)
     with engine.begin() as conn:
         tamper.disarm(conn)
         found = attack(conn)
+        tamper.rearm(conn)
     engine.dispose()
     return found
 
