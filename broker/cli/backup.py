@@ -76,21 +76,27 @@ def restore(
     restore is refused: the sealed data cannot be read without it (--without-key overrides).
     Exit 0 restored and verified, 1 failed, 10 refused (data directory, database or a key
     file's place not empty; another kind of database), 11 a file differs from the manifest,
-    12 no master key; after a restore, 3-8 as broker audit verify when the log does not
-    verify, 13 when it verifies but is not the log the backup recorded.
+    12 no master key; 3-8 as broker audit verify when the restored log does not verify, 13
+    when it verifies but is not the log the backup recorded (in both cases the restore is
+    undone: files removed, the database emptied, so no broker starts on it).
     """
     from broker.store.backup import (
         BackupError,
         BackupMismatch,
         BackupRefused,
         KeyMissing,
+        Manifest,
         restore_backup,
     )
 
     console = Console(soft_wrap=True)
     settings = Settings()
+    def verified(manifest: Manifest) -> None:  # before the restore counts as done
+        _verify(settings, manifest.audit_size, manifest.audit_root, console)
+
     try:
-        restored = restore_backup(settings, directory, keys, without_key=without_key)
+        restored = restore_backup(settings, directory, keys, without_key=without_key,
+                                  check=verified)
     except BackupMismatch as exc:
         raise _fail(console, f"the backup does not match its manifest: {exc}; nothing was "
                     "restored", EXIT_MISMATCH) from exc
@@ -106,7 +112,6 @@ def restore(
     if not restored.key_available:
         console.print("[yellow]warning: the master key is not in place; the sealed datasets "
                       f"cannot be read until it is at {settings.master_key_path}[/]")
-    _verify(settings, manifest.audit_size, manifest.audit_root, console)
 
 
 def _verify(settings: Settings, size: int, root: str, console: Console) -> None:
@@ -123,16 +128,16 @@ def _verify(settings: Settings, size: int, root: str, console: Console) -> None:
         result = verify_database(settings.db_url, verifier,
                                  outside=DirectorySink(settings.checkpoints_path).notes())
     except (OSError, CheckpointError) as exc:
-        raise _fail(console, f"the restored audit log could not be verified: {exc}",
-                    EXIT_FAILED) from exc
+        raise _fail(console, f"the restored audit log could not be verified: {exc}; the "
+                    "restore was undone", EXIT_FAILED) from exc
     if not result.valid:
         where = f" at entry {result.first_bad_seq}" if result.first_bad_seq else ""
         raise _fail(console, f"the restored audit log is BROKEN: {result.fault}{where} "
-                    f"({result.reason})", result.exit_code)
+                    f"({result.reason}); the restore was undone", result.exit_code)
     if (result.size, result.root) != (size, root):
         raise _fail(console, f"the restored audit log ({result.size} entries, root "
                     f"{result.root}) is not the one the backup recorded ({size} entries, "
-                    f"root {root})", EXIT_AUDIT_MISMATCH)
+                    f"root {root}); the restore was undone", EXIT_AUDIT_MISMATCH)
     console.print(f"audit log verified: {result.size} entries, root {result.root}, as the "
                   f"backup recorded; {result.checkpoints} signed checkpoint(s) matched")
 

@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import psycopg
+import psycopg.sql
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -493,9 +494,12 @@ class Restored:
 
 
 def restore_backup(settings: Settings, source: Path, keys: Path | None = None, *,
-                   without_key: bool = False) -> Restored:
+                   without_key: bool = False,
+                   check: Callable[[Manifest], None] | None = None) -> Restored:
     """Restore the backup in ``source`` (and the secrets in ``keys``) into the empty data
-    directory and database of ``settings``; every file is checked first."""
+    directory and database of ``settings``; every file is checked first. ``check`` runs on
+    the restored broker before the restore counts as done (the audit log's verification): if
+    it raises, everything restored is removed again, the database emptied, and it re-raises."""
     secrets = read_keys(keys) if keys is not None else []
     anchor = None
     if keys is not None and any(f.path == "checkpoint-ed25519.pem" for f in secrets):
@@ -536,7 +540,7 @@ def restore_backup(settings: Settings, source: Path, keys: Path | None = None, *
             "datasets cannot be read without it. Pass --keys with the directory "
             "'broker backup --keys' wrote, or put the key in place first; or pass "
             "--without-key to restore data that stays unreadable until the key is restored")
-    _apply(settings, kind, source, plan)
+    _apply(settings, kind, source, plan, None if check is None else lambda: check(manifest))
     return Restored(manifest, keys is not None, available)
 
 
@@ -633,7 +637,7 @@ def _check_empty_targets(settings: Settings, kind: DatabaseKind,
 
 
 def _apply(settings: Settings, kind: DatabaseKind, source: Path,
-           plan: list[_Placement]) -> None:
+           plan: list[_Placement], check: Callable[[], None] | None = None) -> None:
     """Copy into a staging directory beside the data directory (re-checking each file's
     SHA-256 as it is copied), write what lives outside the data directory (first: a place that
     cannot be written fails the restore before anything else is in place), move the staged
@@ -646,7 +650,7 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
     outside: list[tuple[Path, _Placement]] = []
     written: list[Path] = []
     moved: list[Path] = []
-    created = False
+    created = restoring = False
     try:
         staging.mkdir(mode=0o700)
         for placement in plan:
@@ -674,8 +678,13 @@ def _apply(settings: Settings, kind: DatabaseKind, source: Path,
             created = True
             fsync_dir(data_dir.parent)
         if kind == "postgresql":
+            restoring = True
             _pg_restore(settings.db_url, source / DB_POSTGRESQL)
+        if check is not None:
+            check()
     except BaseException:
+        if restoring:  # restored whole (one transaction) or not at all: empty it again
+            _pg_clear(settings.db_url)
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -714,6 +723,24 @@ def _pg_restore(url: str, dump: Path) -> None:
     tool = postgres_tool("pg_restore", int(row[0]) // 10000)
     _run([str(tool), "--single-transaction", "--exit-on-error", "--no-owner",
           "--no-privileges", f"--dbname={conninfo}", str(dump)], env, "pg_restore")
+
+
+def _pg_clear(url: str) -> None:
+    """Empty the database a restore filled (it was empty before): drop what the dump made in
+    the public schema, tables (with their sequences and triggers) and functions."""
+    conninfo, _ = libpq(url)
+    with psycopg.connect(conninfo, connect_timeout=10) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            conn.execute(psycopg.sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                psycopg.sql.Identifier("public", table)))
+        functions = [r[0] for r in conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+            "ON n.oid = p.pronamespace WHERE n.nspname = 'public'")]
+        for function in functions:
+            conn.execute(psycopg.sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(
+                psycopg.sql.SQL(function)))
 
 
 # -- PostgreSQL tools ----------------------------------------------------------------------

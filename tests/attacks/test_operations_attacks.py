@@ -941,9 +941,6 @@ def test_two_brokers_on_one_database_stay_exact_and_sign_no_conflicting_checkpoi
     assert report["valid"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="a restore whose log fails verification leaves the "
-                   "restored broker in place (broker/cli/backup.py _verify runs after "
-                   "_apply has placed everything): see the report")
 def test_a_backup_of_a_truncated_log_is_refused_and_leaves_no_broker_behind(
         backups: Backups, tmp_path: Path) -> None:
     """The broker backed up had its log truncated (the last entries deleted by someone who

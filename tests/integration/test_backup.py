@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner, Result
@@ -507,6 +508,45 @@ def test_a_restore_that_fails_writing_a_file_leaves_the_database_empty_to_try_ag
                     "restore", str(backup), "--keys", str(keys))
         assert again.exit_code == 0, again.output
         assert "audit log verified" in again.output
+    finally:
+        postgres_server.drop_database(source)
+        postgres_server.drop_database(target)
+
+
+@pytest.mark.e2e
+def test_a_restored_log_that_does_not_verify_is_undone_database_and_files(
+        tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """A broker whose log was truncated behind its back (trigger disabled, last entries
+    deleted, trigger enabled again) is backed up honestly; the restore's verification finds
+    the truncation, and the restore is undone: no data directory, an empty database, so no
+    broker can start on it; the same backup never becomes a running broker."""
+    source, target = (postgres_server.create_database("truncated_src"),
+                      postgres_server.create_database("truncated_dst"))
+    try:
+        settings = Settings(data_dir=tmp_path / "a", database_url=postgres_server.url(source))
+        with TestClient(create_app(settings)) as client:
+            set_up(Broker(client, minter(settings)), generate_county(enterprises=150))
+        with psycopg.connect(postgres_server.conninfo(source), autocommit=True) as conn:
+            conn.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_append_only")
+            conn.execute("DELETE FROM audit_entries WHERE seq > "
+                         "(SELECT MAX(seq) - 3 FROM audit_entries)")
+            conn.execute("ALTER TABLE audit_entries ENABLE TRIGGER audit_entries_append_only")
+        env = {"BROKER_DATA_DIR": str(settings.data_dir),
+               "BROKER_DATABASE_URL": postgres_server.url(source)}
+        backup, keys = tmp_path / "backup", tmp_path / "keys"
+        made = cli(env, "backup", str(backup), "--keys", str(keys))
+        assert made.exit_code == 0, made.output
+        into = {"BROKER_DATA_DIR": str(tmp_path / "b"),
+                "BROKER_DATABASE_URL": postgres_server.url(target)}
+        refused = cli(into, "restore", str(backup), "--keys", str(keys))
+        assert refused.exit_code in range(3, 9), refused.output
+        assert "BROKEN" in refused.output
+        assert "restore was undone" in refused.output
+        assert not (tmp_path / "b").exists()
+        with psycopg.connect(postgres_server.conninfo(target)) as conn:
+            left = conn.execute("SELECT count(*) FROM information_schema.tables WHERE "
+                                "table_schema = 'public'").fetchone()
+        assert left == (0,)
     finally:
         postgres_server.drop_database(source)
         postgres_server.drop_database(target)
