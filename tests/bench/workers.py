@@ -130,7 +130,7 @@ def _raw_worker(queries: list[tuple[str, list[str]]], seconds: float, out: Any) 
     import pyarrow as pa
 
     frame = grid_slice(generate_county()).frame
-    table = pa.Table.from_pandas(frame)  # noqa: F841  (scanned by name below)
+    grid = pa.Table.from_pandas(frame)  # noqa: F841  (scanned by name below)
     conn = duckdb.connect()
     conn.execute("SET threads = 1")
     done, stop = 0, time.monotonic() + seconds
@@ -150,7 +150,7 @@ def _raw(processes: int, seconds: float) -> float:
         by = f"{group}, " if group else ""
         grouping = f"GROUP BY {group}" if group else ""
         queries.append((f"SELECT {by}COUNT(DISTINCT uscc), SUM(electricity_kwh) FROM "  # noqa: S608
-                        f"(SELECT * FROM table WHERE list_contains(?, town)) {grouping}", towns))
+                        f"(SELECT * FROM grid WHERE list_contains(?, town)) {grouping}", towns))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_raw_worker, args=(queries, seconds, out))
