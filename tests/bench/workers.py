@@ -13,7 +13,10 @@ each an analyst of its own with its own connections, send a varied load for ``--
 - 20% dry runs (``/v1/policy/explain``);
 - 10% audit log pages as the auditor; 10% the dataset catalogue.
 
-Printed: requests per second and latency percentiles for each worker count, and the ratio.
+Then the same clients send only reads for ``--seconds`` (the last three kinds, no release).
+Printed: requests per second and latency percentiles for each worker count and mix, and the
+ratios. Every release holds the audit head lock (one row, shared by all processes) while its
+release audit runs, so releases are serialised whatever the number of workers; reads are not.
 The raw baseline in the same run: DuckDB answering the same aggregations (GROUP BY over the
 same rows, held in memory, never written) from 1 and from 2 processes, the most a broker that
 did nothing but run the engine could reach on this machine. The load generator shares the
@@ -79,7 +82,8 @@ def _query(contract: str, rng: random.Random) -> dict[str, Any]:
 
 
 def _load(base: str, contract: str, tokens: dict[str, str], settings: Settings,
-          clients: int, seconds: float) -> tuple[int, list[float], Counter[int]]:
+          clients: int, seconds: float, *, reads: bool = False
+          ) -> tuple[int, list[float], Counter[int]]:
     mint = minter(settings, ttl=7200)
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -94,7 +98,8 @@ def _load(base: str, contract: str, tokens: dict[str, str], settings: Settings,
         asked: list[dict[str, Any]] = []
         with httpx.Client(base_url=base, timeout=120) as http:
             while time.monotonic() < stop:
-                roll = rng.random()
+                # reads only: dry runs, audit pages and the catalogue, no release
+                roll = 0.6 + 0.4 * rng.random() if reads else rng.random()
                 request: tuple[str, str, str, dict[str, Any] | None]
                 if roll < 0.4 or (roll < 0.6 and not asked):
                     body = _query(contract, rng)
@@ -178,7 +183,7 @@ def main() -> None:
     server = None if args.postgres else start_server()
     admin = args.postgres or (server.url() if server else "")
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-workers-"))
-    results: dict[int, float] = {}
+    results: dict[tuple[int, str], float] = {}
     try:
         for workers in (1, 2):
             with _databases(admin, f"bench_workers_{workers}_{os.getpid()}") as (url,):
@@ -191,17 +196,20 @@ def main() -> None:
                 with broker_server(workdir, env, args=["--workers", str(workers)],
                                    log_name=f"server{workers}.log") as base:
                     contract, tokens = _prepare(base, settings)
-                    count, latencies, statuses = _load(base, contract, tokens, settings,
-                                                       args.clients, args.seconds)
-                rate = count / args.seconds
-                results[workers] = rate
-                print(f"{workers} worker(s): {rate:7.1f} req/s  p50 "
-                      f"{_percentile(latencies, 50):6.1f} ms  p95 "
-                      f"{_percentile(latencies, 95):6.1f} ms  p99 "
-                      f"{_percentile(latencies, 99):6.1f} ms  statuses "
-                      f"{json.dumps(dict(sorted(statuses.items())))}")
-        print(f"2 workers / 1 worker: {results[2] / results[1]:.2f}x "
-              f"({os.cpu_count()} cores, load generator included)")
+                    for mix in ("varied", "reads"):
+                        count, latencies, statuses = _load(
+                            base, contract, tokens, settings, args.clients, args.seconds,
+                            reads=mix == "reads")
+                        rate = count / args.seconds
+                        results[(workers, mix)] = rate
+                        print(f"{workers} worker(s), {mix:6}: {rate:7.1f} req/s  p50 "
+                              f"{_percentile(latencies, 50):6.1f} ms  p95 "
+                              f"{_percentile(latencies, 95):6.1f} ms  p99 "
+                              f"{_percentile(latencies, 99):6.1f} ms  statuses "
+                              f"{json.dumps(dict(sorted(statuses.items())))}")
+        for mix in ("varied", "reads"):
+            print(f"2 workers / 1 worker, {mix}: {results[(2, mix)] / results[(1, mix)]:.2f}x "
+                  f"({os.cpu_count()} cores, load generator included)")
         raw1, raw2 = _raw(1, args.seconds / 2), _raw(2, args.seconds / 2)
         print(f"raw DuckDB, same aggregations in memory: 1 process {raw1:7.1f} q/s, "
               f"2 processes {raw2:7.1f} q/s ({raw2 / raw1:.2f}x)")
