@@ -166,5 +166,8 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
             "uvicorn": {**quiet, "level": level.upper()},
             "uvicorn.error": {**quiet, "level": level.upper(), "filters": ["traceback"]},
             "uvicorn.access": {**quiet, "level": level.upper(), "filters": ["access"]},
+            # Alembic announces each of its plugins when it starts; migrations it runs (INFO
+            # of alembic.runtime.migration) are still logged.
+            "alembic.runtime.plugins": {"level": "WARNING"},
         },
     }
