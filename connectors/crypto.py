@@ -164,16 +164,26 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` all at once: temporary file, fsync, rename, fsync dir."""
+def _durable_temp(path: Path, data: bytes, mode: int) -> Path:
+    """``data`` in a new temporary file beside ``path``, fsynced (the caller moves it in)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no partial file left behind (disk full)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` all at once: temporary file, fsync, rename, fsync dir."""
+    tmp = _durable_temp(path, data, mode)
+    try:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -189,14 +199,8 @@ def create_exclusive(path: Path, data: bytes, mode: int = 0o600) -> bool:
     never replaced by a later one's (``write_atomic`` would replace it, leaving the first
     process with a key that is no longer on disk).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _durable_temp(path, data, mode)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
