@@ -138,12 +138,6 @@ def upgrade(engine: Engine, *, only_if_empty: bool = False) -> tuple[str | None,
     return current, after or ""
 
 
-@dataclass(frozen=True)
-class _Shape:
-    columns: dict[str, frozenset[str]]
-    triggers: frozenset[str]
-
-
 def _normal(sql: str) -> str:
     return " ".join(sql.split())
 
@@ -203,15 +197,20 @@ def _expected_triggers(dialect: str) -> frozenset[tuple[str, ...]]:
     return frozenset((*t, bodies[t[5]]) for t in triggers)
 
 
-def _check_triggers(connection: Connection) -> None:
-    """Refuse a database whose triggers are not exactly the ones that make the audit log
+def _changed_triggers(connection: Connection) -> list[str]:
+    """The names of the triggers that are not exactly the ones that make the audit log
     append-only: one dropped, disabled, limited by a WHEN clause, replaced under its name by
     one that does nothing, or joined by one the code did not make (which could drop new audit
     entries) all leave the log unprotected."""
     found, want = _triggers(connection), _expected_triggers(connection.dialect.name)
-    if found == want:
+    return sorted({t[1] for t in want - found} | {t[1] for t in found - want})
+
+
+def _check_triggers(connection: Connection) -> None:
+    """Refuse a database whose audit triggers are changed (``_changed_triggers``)."""
+    names = _changed_triggers(connection)
+    if not names:
         return
-    names = sorted({t[1] for t in want - found} | {t[1] for t in found - want})
     raise SchemaMismatch(
         f"{_describe(connection.engine)} does not have the triggers that keep the audit log "
         f"append-only (trigger {', '.join(names[:6])} missing, changed or unknown): its audit "
@@ -219,48 +218,33 @@ def _check_triggers(connection: Connection) -> None:
         "before serving from it.")
 
 
-def _shape(connection: Connection) -> _Shape:
+def _columns(connection: Connection) -> dict[str, frozenset[str]]:
     inspector = inspect(connection)
-    columns = {t: frozenset(c["name"] for c in inspector.get_columns(t))
-               for t in _tables(connection)}
-    if connection.dialect.name == "postgresql":
-        rows = connection.execute(text(
-            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))
-    else:
-        rows = connection.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'"))
-    return _Shape(columns, frozenset(r[0] for r in rows))
+    return {t: frozenset(c["name"] for c in inspector.get_columns(t))
+            for t in _tables(connection)}
 
 
 @functools.cache
-def _baseline(dialect: str) -> _Shape:
-    """Release 0.1.0's schema as the baseline revision makes it (in a scratch SQLite
-    database; triggers are named alike on both kinds, and the table set is the same)."""
+def _baseline() -> dict[str, frozenset[str]]:
+    """Release 0.1.0's tables and columns as the baseline revision makes them (in a scratch
+    SQLite database: the table set is the same on both kinds)."""
     scratch = create_engine("sqlite://")
     with scratch.begin() as connection:
         command.upgrade(_config(connection), BASELINE)
-        shape = _shape(connection)
+        columns = _columns(connection)
     scratch.dispose()
-    if dialect == "postgresql":  # PostgreSQL's triggers are named for what they refuse
-        names = {"audit_entries", "audit_nodes", "audit_checkpoints"}
-        triggers = {f"{t}_append_only" for t in names} | {
-            f"{t}_no_truncate" for t in (*names, "audit_head")} | {"audit_head_forward"}
-        return _Shape(shape.columns, frozenset(triggers))
-    return shape
+    return columns
 
 
 def _check_baseline(connection: Connection) -> None:
     """Refuse an unversioned database that is not exactly release 0.1.0's schema."""
-    found, want = _shape(connection), _baseline(connection.dialect.name)
-    problems = [f"table {t} is missing" for t in sorted(set(want.columns) - set(found.columns))]
-    problems += [f"table {t} lacks {', '.join(sorted(want.columns[t] - found.columns[t]))}"
-                 for t in sorted(set(want.columns) & set(found.columns))
-                 if want.columns[t] - found.columns[t]]
-    problems += [f"trigger {t} is missing" for t in sorted(want.triggers - found.triggers)]
-    if not problems:
-        try:
-            _check_triggers(connection)
-        except SchemaMismatch:
-            problems.append("its audit triggers are not the ones release 0.1.0 made")
+    found, want = _columns(connection), _baseline()
+    problems = [f"table {t} is missing" for t in sorted(set(want) - set(found))]
+    problems += [f"table {t} lacks {', '.join(sorted(want[t] - found[t]))}"
+                 for t in sorted(set(want) & set(found)) if want[t] - found[t]]
+    triggers = _changed_triggers(connection)
+    if triggers:
+        problems.append(f"trigger {', '.join(triggers[:6])} missing, changed or unknown")
     if problems:
         raise SchemaMismatch(
             f"{_describe(connection.engine)} has no schema version and is not release 0.1.0's "
