@@ -20,6 +20,7 @@ from broker.api.auth import mint_token
 from broker.app import create_app
 from broker.services import contracts as contract_service
 from broker.settings import Settings
+from tests.migrated import engine, url  # noqa: F401  (fixtures)
 from tests.oidc_provider import oidc_provider, other_oidc_provider  # noqa: F401  (fixtures)
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from alembic import command
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
@@ -55,6 +53,7 @@ from broker.store.leases import SIGNER
 from connectors.crypto import Keyring, SealError
 from connectors.storage import ParquetStorage
 from tests.conftest import SECRET, Mint, World, auth, contract_terms, released
+from tests.migrated import as_release_0_1_0
 from tests.server import broker_server
 
 runner = CliRunner()
@@ -66,27 +65,6 @@ def cli(env: dict[str, str], *args: str) -> Result:
 
 
 # -- migrations and the start-up check -----------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'broker.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def engine(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
-
-
-def _as_release_0_1_0(engine: Engine) -> None:
-    """What release 0.1.0 left: the baseline's tables and triggers, no version table."""
-    with engine.begin() as conn:
-        command.upgrade(schema._config(conn), schema.BASELINE)
-        conn.execute(text("DROP TABLE alembic_version"))
 
 
 #: Ways to take the audit log's protection away while keeping every trigger's name.
@@ -210,7 +188,7 @@ def test_upgrade_refuses_an_unversioned_database_with_tampered_triggers(
         engine: Engine, url: str, tamper: str) -> None:
     """A database that looks like release 0.1.0's but whose append-only triggers were
     replaced (same names): ``broker db upgrade`` must not stamp it as the baseline."""
-    _as_release_0_1_0(engine)
+    as_release_0_1_0(engine)
     _tamper(engine, _tampers(engine)[tamper])
     result = cli({"BROKER_DATABASE_URL": url}, "db", "upgrade")
     assert result.exit_code == 4, result.output
@@ -242,7 +220,7 @@ def test_two_concurrent_upgrades_of_a_release_0_1_0_database_apply_once(
         engine: Engine, url: str) -> None:
     """Two ``broker db upgrade`` processes at once (a migration job and an operator): both
     end well or one refuses cleanly; the database is at head with its triggers, once."""
-    _as_release_0_1_0(engine)
+    as_release_0_1_0(engine)
     env = {**os.environ, "BROKER_DATABASE_URL": url, "BROKER_JWT_SECRET": "x" * 64}
     procs = [subprocess.Popen([sys.executable, "-m", "broker", "db", "upgrade"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -265,7 +243,7 @@ def test_upgrade_of_a_read_only_database_file_fails_and_changes_nothing(
     db = tmp_path / "ro" / "broker.db"
     db.parent.mkdir()
     engine = make_engine(f"sqlite:///{db}")
-    _as_release_0_1_0(engine)
+    as_release_0_1_0(engine)
     engine.dispose()
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     db.chmod(0o444)

@@ -28,8 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from alembic import command
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
 from audit.verify import verify_log
@@ -38,14 +37,13 @@ from broker.store.db import make_engine
 from broker.store.tables import ReleaseFormRow
 from broker.store.uow import SqlUnitOfWork
 from tests.bench.audit import _clock, _load_db, _log
+from tests.migrated import as_release_0_1_0
 from tests.postgres import start_server
 
 
 def _release_0_1_0(url: str, entries: int, forms: int) -> None:
     engine = make_engine(url)
-    with engine.begin() as conn:
-        command.upgrade(schema._config(conn), schema.BASELINE)
-        conn.execute(text("DROP TABLE alembic_version"))
+    as_release_0_1_0(engine)
     engine.dispose()
     bodies, leaves = _log(entries)
     _load_db(url, bodies, leaves, schema=False)

@@ -7,7 +7,6 @@ unversioned release 0.1.0 database but refuses anything else, changing nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,36 +20,14 @@ from typer.testing import CliRunner
 from broker.cli import app as cli
 from broker.store import schema
 from broker.store.db import create_schema, make_engine
+from tests.migrated import as_release_0_1_0
 
 runner = CliRunner()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'broker.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def engine(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def _revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
-
-
-def _as_release_0_1_0(engine: Engine) -> None:
-    """What release 0.1.0's create_schema left: the baseline's tables, no version table."""
-    with engine.begin() as conn:
-        from alembic import command
-
-        command.upgrade(schema._config(conn), schema.BASELINE)
-        conn.execute(text("DROP TABLE alembic_version"))
 
 
 def test_migrations_make_the_code_schema(engine: Engine) -> None:
@@ -83,7 +60,7 @@ def test_migrated_audit_tables_are_append_only(engine: Engine, statement: str) -
 def test_unversioned_release_database_is_refused_then_upgraded(engine: Engine, url: str,
                                                                monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
-    _as_release_0_1_0(engine)
+    as_release_0_1_0(engine)
     with pytest.raises(schema.SchemaMismatch, match="broker db upgrade"):
         create_schema(engine)
     monkeypatch.setenv("BROKER_DATABASE_URL", url)
@@ -126,7 +103,7 @@ def test_database_ahead_is_refused(engine: Engine) -> None:
 
 def test_unversioned_database_that_is_not_the_release_is_refused_unchanged(
         engine: Engine) -> None:
-    _as_release_0_1_0(engine)
+    as_release_0_1_0(engine)
     with engine.begin() as conn:  # an older broker: no release ledger, fewer columns
         conn.execute(text("DROP TABLE release_forms"))
         conn.execute(text("DROP TRIGGER audit_nodes_append_only ON audit_nodes"
@@ -144,7 +121,7 @@ def test_serve_refuses_a_database_behind_the_code(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'broker.db'}"
     engine = make_engine(url)
-    _as_release_0_1_0(engine)
+    as_release_0_1_0(engine)
     engine.dispose()
     monkeypatch.setenv("BROKER_DATA_DIR", str(tmp_path))
     result = runner.invoke(cli, ["serve", "--port", "1"])
