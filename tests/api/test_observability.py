@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from broker.app import create_app
-from broker.observability.logs import REQUEST_ID, logging_config
+from broker.observability.logs import REQUEST_ID
 from broker.observability.metrics import MAX_REASONS, BrokerMetrics
 from broker.settings import Settings
 from tests.conftest import SECRET, Mint, World, assert_problem, auth, released
+from tests.logcapture import captured_log
 
 
 def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -70,16 +71,9 @@ def test_every_response_gets_an_id_and_no_two_are_alike(client: TestClient) -> N
 
 @pytest.fixture
 def json_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """The root logger configured as ``broker serve`` configures it (JSON), into a buffer."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    logging.config.dictConfig(logging_config("json", "info"))
-    handler = root.handlers[-1]
-    assert isinstance(handler, logging.StreamHandler)
-    monkeypatch.setattr(handler, "stream", stream)
-    yield stream
-    root.handlers[:], root.level = saved
+    """The root logger in the JSON format, into a buffer."""
+    with captured_log(monkeypatch, "json") as stream:
+        yield stream
 
 
 def test_lines_logged_while_a_request_is_handled_name_its_id_and_no_exception_message(

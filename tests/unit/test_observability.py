@@ -16,22 +16,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from broker.observability import spans
-from broker.observability.logs import REQUEST_ID, is_request_id, logging_config
+from broker.observability.logs import REQUEST_ID, is_request_id
 from broker.observability.traces import redacting, start_tracing, traces_endpoint
+from tests.logcapture import captured_log
 
 
 @pytest.fixture
 def text_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """The root logger in the text format, into a buffer."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    logging.config.dictConfig(logging_config("text", "info"))
-    handler = root.handlers[-1]
-    assert isinstance(handler, logging.StreamHandler)
-    monkeypatch.setattr(handler, "stream", stream)
-    yield stream
-    root.handlers[:], root.level = saved
+    with captured_log(monkeypatch, "text") as stream:
+        yield stream
 
 
 def test_text_lines_name_the_request_and_drop_exception_messages(text_log: io.StringIO) -> None:
