@@ -48,11 +48,12 @@ AppendObserver = Callable[[AuditEvent, float], None]
 class SqlAuditLog:
     """Append-only ledger in ``audit_entries``, serialised on the ``audit_head`` row."""
 
-    def __init__(self, session: Session, clock: Clock,
-                 observer: AppendObserver | None = None) -> None:
+    def __init__(self, session: Session, clock: Clock) -> None:
         self.session = session
         self.clock = clock
-        self.observer = observer
+        #: Entries appended in the open transaction, with how long each append took (the
+        #: wait for the head lock included): the unit of work reports them once committed.
+        self.appended: list[tuple[AuditEvent, float]] = []
 
     @property
     def _conn(self) -> Connection:
@@ -65,8 +66,8 @@ class SqlAuditLog:
 
         The commit is the caller's: the entry is durable together with whatever the unit of work
         released, or not at all. On PostgreSQL the ``FOR UPDATE`` row lock serialises writers; on
-        SQLite the transaction already holds the write lock (``BEGIN IMMEDIATE``). The observer
-        hears of appends that succeeded (the time spent waiting for the head lock included).
+        SQLite the transaction already holds the write lock (``BEGIN IMMEDIATE``). The entry is
+        noted in ``appended`` with the time the append took.
         """
         start = time.perf_counter()
         try:
@@ -74,8 +75,7 @@ class SqlAuditLog:
         except (OperationalError, IntegrityError) as exc:
             # locked past the timeout, disk full, server gone, or a racing writer (backstop)
             raise Unavailable("The audit log could not be written; nothing was released.") from exc
-        if self.observer is not None:
-            self.observer(event, time.perf_counter() - start)
+        self.appended.append((event, time.perf_counter() - start))
         return receipt
 
     def lock(self) -> None:

@@ -117,7 +117,7 @@ class SqlUnitOfWork:
         self.orgs = SqlOrgRepository(self.session)
         self.datasets = SqlDatasetRepository(self.session)
         self.contracts = SqlContractRepository(self.session)
-        self.audit = SqlAuditLog(self.session, self.clock, self.observer)
+        self.audit = SqlAuditLog(self.session, self.clock)
         self.releases = SqlReleaseLedger(self.session)
         self.slices = SqlSliceRepository(self.session)
         self.indicators = SqlIndicatorRepository(self.session)
@@ -140,6 +140,7 @@ class SqlUnitOfWork:
     def rollback(self) -> None:
         """Discard everything staged in this unit; it can go on with a fresh transaction."""
         self.session.rollback()
+        self.audit.appended.clear()
 
     def commit(self) -> None:
         """Make everything done in this unit durable; a store failure is Unavailable (503)."""
@@ -156,6 +157,10 @@ class SqlUnitOfWork:
         self._release_writer()  # the next writer's transaction runs while we wait for the disk
         if syncer is not None:
             syncer.wait(ticket)
+        appended, self.audit.appended = self.audit.appended, []
+        if self.observer is not None:  # only entries that are now durable are reported
+            for event, seconds in appended:
+                self.observer(event, seconds)
 
 
 class SqlUnitOfWorkFactory:
@@ -165,7 +170,7 @@ class SqlUnitOfWorkFactory:
                  observer: AppendObserver | None = None) -> None:
         self.engine = engine
         self.clock = clock
-        self.observer = observer  # told of every audit append (metrics)
+        self.observer = observer  # told of every committed audit append (metrics)
 
     def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine, self.clock, read_only=read_only,

@@ -87,3 +87,23 @@ def test_a_read_only_unit_reads_a_snapshot_and_blocks_no_append(url: str) -> Non
         assert reader.audit.head().size == 3  # and the snapshot did not move
         assert sum(len(c.bodies) for c in reader.audit.chunks()) == 3
     assert _verify(url) == (True, 5)
+
+
+def test_only_committed_appends_are_reported_to_the_observer(url: str) -> None:
+    seen: list[str] = []
+    engine = make_engine(url)
+
+    def event(n: int) -> AuditEvent:
+        return AuditEvent(actor={"sub": "w"}, action="audit.read", request_id=f"r{n}",
+                          allowed=True)
+
+    with SqlUnitOfWork(engine, _clock, observer=lambda e, _s: seen.append(e.request_id)) as uow:
+        uow.audit.append(event(1))
+        uow.rollback()  # never durable: not counted
+        uow.audit.append(event(2))
+        assert seen == []  # appended, not yet committed
+        uow.commit()
+    with SqlUnitOfWork(engine, _clock, observer=lambda e, _s: seen.append(e.request_id)) as uow:
+        uow.audit.append(event(3))  # the unit ends without a commit
+    engine.dispose()
+    assert seen == ["r2"]
