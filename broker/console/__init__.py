@@ -8,13 +8,13 @@ path around authorisation. Each part of the console (one per role) is a router o
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from broker.console.routes import home
 from broker.console.session import ConsoleAuth, session_token
-from broker.console.web import STATIC, ConsoleRoute, UserDep
+from broker.console.web import STATIC, ConsoleRoute, get_user
 from broker.domain.errors import NotFound
 
 __all__ = ["ConsoleAuth", "install", "session_token"]
@@ -39,7 +39,7 @@ def install(app: FastAPI) -> None:
 fallback = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 
-@fallback.api_route("/{rest:path}", methods=["GET", "POST"])
-def nowhere(page: UserDep, rest: str) -> Response:
+@fallback.api_route("/{rest:path}", methods=["GET", "POST"], dependencies=[Depends(get_user)])
+def nowhere() -> Response:
     """Any other console path: the login page for strangers, a 404 page for the logged in."""
     raise NotFound("There is no such page.")
