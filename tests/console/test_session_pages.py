@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -181,7 +182,7 @@ def test_a_role_that_does_not_fit_the_page_is_a_403_page(console: TestClient,
     assert r.headers["content-type"].startswith("text/html")
 
 
-def test_the_dev_login_is_off_with_an_identity_provider(tmp_path) -> None:
+def test_the_dev_login_is_off_with_an_identity_provider(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="DEV_LOGIN"):
         Settings(data_dir=tmp_path, oidc_issuer="https://idp.example", oidc_audience="broker",
                  console_dev_login=True)
