@@ -95,6 +95,9 @@ class ConsoleAuth:
     dev_login: DevMinter | None = None
     #: The OIDC login (``broker.console.oidc.OidcLogin``), or None.
     oidc: Any = None
+    #: Whether the dev login serves clients beyond loopback (only when
+    #: ``BROKER_CONSOLE_DEV_LOGIN`` says so explicitly; by default it is for this machine).
+    dev_login_anywhere: bool = False
     #: The operator organisation (the dev login offers it ``admin``).
     operator_org: str = "broker-ops"
     _serializer: URLSafeTimedSerializer = field(init=False, repr=False)
@@ -102,6 +105,13 @@ class ConsoleAuth:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_serializer",
                            URLSafeTimedSerializer(self.secret, salt="broker-console-session"))
+
+    def dev_login_for(self, request: Request) -> DevMinter | None:
+        """The dev login's minter when it serves this request's client, else None."""
+        if self.dev_login is None:
+            return None
+        client = request.client.host if request.client else None
+        return self.dev_login if self.dev_login_anywhere or is_loopback(client) else None
 
     def decode(self, raw: str | None) -> Session | None:
         """The session of a cookie value, if it is ours, unaltered and not expired."""

@@ -16,12 +16,14 @@ from broker.settings import Settings
 from tests.conftest import World, auth
 
 LOOPBACK = "http://127.0.0.1"
+#: The client's address: this machine (the dev login serves it by default).
+HERE = ("127.0.0.1", 50000)
 
 
 @pytest.fixture
 def console(settings: Settings) -> Iterator[TestClient]:
     """A client on loopback (where the session cookie may go without TLS)."""
-    with TestClient(create_app(settings), base_url=LOOPBACK) as c:
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
         yield c
 
 
@@ -76,7 +78,8 @@ def test_logging_in_gives_a_signed_httponly_session_scoped_to_the_console(
 
 
 def test_the_session_cookie_is_secure_outside_loopback(settings: Settings, world: World) -> None:
-    with TestClient(create_app(settings), base_url="https://broker.example.gov.cn") as c:
+    with TestClient(create_app(settings), base_url="https://broker.example.gov.cn",
+                    client=HERE) as c:
         form = c.get("/console/login")
         r = c.post("/console/login", data={"org": "econ", "role": "consumer",
                                            "csrf": csrf_of(form.text)}, follow_redirects=False)
@@ -189,3 +192,22 @@ def test_the_dev_login_is_off_with_an_identity_provider(tmp_path: Path) -> None:
     assert not Settings(data_dir=tmp_path, oidc_issuer="https://idp.example",
                         oidc_audience="broker").dev_login
     assert Settings(data_dir=tmp_path).dev_login
+
+
+def test_by_default_the_dev_login_serves_this_machine_only(settings: Settings,
+                                                           world: World) -> None:
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=("10.1.2.3", 50000)) as c:
+        form = c.get("/console/login")
+        assert 'name="org"' not in form.text
+        r = c.post("/console/login", data={"org": "econ", "role": "consumer",
+                                           "csrf": csrf_of(form.text) if 'name="csrf"' in
+                                           form.text else "x"}, follow_redirects=False)
+        assert r.status_code == 403
+
+
+def test_the_dev_login_serves_every_client_when_told_so(settings: Settings,
+                                                        world: World) -> None:
+    settings = settings.model_copy(update={"console_dev_login": True})
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=("10.1.2.3", 50000)) as c:
+        form = c.get("/console/login")
+        assert 'name="org"' in form.text
