@@ -29,6 +29,7 @@ from broker.domain.principals import Role
 #: The session cookie's name and path: it is never sent to the API.
 COOKIE = "broker_console"
 PATH = "/console"
+STATIC_PATH = "/console/static/"
 #: The most a cookie may weigh; a larger token is refused rather than cut.
 MAX_COOKIE = 3800
 
@@ -146,8 +147,9 @@ def is_console_path(path: str) -> bool:
 def session_token(scope: Scope) -> str | None:
     """The bearer token of a console request's session cookie, for the principal middleware;
     None outside the console, without a cookie, or with one that is not ours."""
-    if not is_console_path(scope.get("path", "")):
-        return None
+    path = scope.get("path", "")
+    if not is_console_path(path) or path.startswith(STATIC_PATH):
+        return None  # static files need no one's token
     auth = auth_of(scope)
     if auth is None:
         return None
