@@ -1,0 +1,1157 @@
+"""Attacks on the web console (issue 20), written by someone who did not build it.
+
+Every test is an attack that must fail to do harm. The console's routes are enumerated from
+``app.routes`` rather than listed, so pages that land later are attacked too: each path
+parameter is filled with a real id of another organisation's object (``OBJECT_PARAMS``); a
+parameter this file does not know fails the enumeration, so a new kind of id cannot slip by.
+
+Sessions are the dev login's (on loopback, where it is served by default); the objects are made
+through the API (``tests.conftest.World`` plus a dataset with distinctive names and values, so a
+leak is found by searching a page for them). Where a test needs a real server (the server log,
+the loopback check of the dev login over real sockets) it runs one with ``tests/server.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from starlette.routing import Mount
+
+from broker.api.auth import mint_token
+from broker.app import create_app
+from broker.settings import Settings
+from broker.store.keys import console_secret
+from tests.conftest import SECRET, Mint, World, auth, contract_terms, csv_bytes
+from tests.server import broker_server
+
+LOOPBACK = "http://127.0.0.1"
+HERE = ("127.0.0.1", 50000)
+COOKIE = "broker_console"
+SALT = "broker-console-session"
+
+# -- the scene: another organisation's objects, named so that a leak is easy to find -----------
+
+#: Names and values that appear nowhere but in grid's secret dataset and what derives from it.
+SECRET_NAME = "qz-secret-ledger"
+SECRET_FIELDS = ("qz_town", "qz_secret_kwh", "qz_uscc")
+SECRET_VALUES = ("Qzalpha", "Qzbeta", "QZUSCC0", "987654")
+SLICE_NAME = "qz-slice-of-consent"
+CONSENT_SCOPE = "qz-consent-scope-text"
+CONSENT_BY = "Qz Board of Directors"
+
+SECRET_FRAME = pd.DataFrame({
+    "qz_uscc": [f"QZUSCC{i:04d}" for i in range(10)],
+    "qz_town": ["Qzalpha"] * 5 + ["Qzbeta"] * 5,
+    "qz_secret_kwh": [987654.25, 986001.5, 985002.5, 984003.5, 983004.5,
+                      982005.5, 981006.5, 980007.5, 979008.5, 978009.5],
+})
+SECRET_META: dict[str, Any] = {
+    "name": SECRET_NAME,
+    "entity_field": "qz_uscc",
+    "fields": [
+        {"name": "qz_uscc", "type": "string", "role": "entity", "sensitivity": "L2"},
+        {"name": "qz_town", "type": "string", "role": "dimension"},
+        {"name": "qz_secret_kwh", "type": "number", "role": "measure", "sensitivity": "L2"},
+    ],
+}
+SECRET_CONTRACT_FIELDS = {"qz_town": "clear", "qz_secret_kwh": "aggregate"}
+
+
+@dataclass
+class Scene:
+    """grid's secret dataset with a slice, an active and an offered contract to econ, and an
+    answer econ was given under the active one."""
+
+    world: World
+    dataset: str
+    contract: str
+    pending: str
+    slice: str
+    seq: int
+    query_id: str
+    #: Strings that must not appear in what a stranger is shown.
+    markers: tuple[str, ...] = field(default=())
+
+    def ids(self) -> dict[str, str]:
+        """The real id to put in each kind of path parameter."""
+        return {"dataset_id": self.dataset, "contract_id": self.contract,
+                "slice_id": self.slice, "seq": str(self.seq), "query_id": self.query_id,
+                "id": self.contract}
+
+
+#: Path parameters that name an object, and the scene's id for each (``Scene.ids``).
+OBJECT_PARAMS = frozenset({"dataset_id", "contract_id", "slice_id", "seq", "query_id", "id"})
+#: Path parameters that name no object, with a value that reaches the route.
+PLAIN_PARAMS: Mapping[str, tuple[str, ...]] = {
+    "rest": ("nowhere",),
+}
+
+
+def absent_ids() -> dict[str, str]:
+    """Ids of the same forms that name nothing."""
+    other = str(uuid.uuid4())
+    return {"dataset_id": other, "contract_id": other, "slice_id": other,
+            "seq": str(10**9), "query_id": uuid.uuid4().hex, "id": other}
+
+
+def auditor_entries(client: TestClient, token: str, after: int = 0) -> list[dict[str, Any]]:
+    """Every audit entry after ``after``, read through the API as an auditor."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = str(after) if after else None
+    while True:
+        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        r = client.get("/v1/audit/entries", params=params, headers=auth(token))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        found += [e["entry"] for e in body["entries"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            return found
+
+
+def last_seq(client: TestClient, token: str) -> int:
+    entries = auditor_entries(client, token)
+    return max((int(e["seq"]) for e in entries), default=0)
+
+
+def make_scene(world: World) -> Scene:
+    """Add grid's secret dataset, a slice, two contracts and one released answer to ``world``."""
+    c = world.client
+    r = c.post("/v1/datasets", headers=auth(world.grid),
+               files={"file": ("secret.csv", csv_bytes(SECRET_FRAME), "text/csv")},
+               data={"meta": json.dumps(SECRET_META)})
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    r = c.post(f"/v1/datasets/{dataset}/slices", headers=auth(world.grid), json={
+        "name": SLICE_NAME, "fields": ["qz_town", "qz_secret_kwh"],
+        "consent": {"given_by": CONSENT_BY, "given_at": datetime.now(UTC).isoformat(),
+                    "scope": CONSENT_SCOPE}})
+    assert r.status_code == 201, r.text
+    slice_id = r.json()["id"]
+    r = c.post("/v1/contracts", headers=auth(world.grid),
+               json=contract_terms(dataset, fields=SECRET_CONTRACT_FIELDS))
+    assert r.status_code == 201, r.text
+    contract = r.json()["id"]
+    r = c.post(f"/v1/contracts/{contract}/accept", headers=auth(world.econ))
+    assert r.status_code == 200, r.text
+    r = c.post("/v1/contracts", headers=auth(world.grid),
+               json=contract_terms(dataset, fields=SECRET_CONTRACT_FIELDS))
+    assert r.status_code == 201, r.text
+    pending = r.json()["id"]
+    r = c.post("/v1/queries/aggregate", headers=auth(world.econ), json={
+        "contract_id": contract, "purpose": "energy-planning", "group_by": ["qz_town"],
+        "measures": [{"fn": "count"}, {"fn": "sum", "field": "qz_secret_kwh"}]})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    total = sum(cell["values"]["sum_qz_secret_kwh"] for cell in answer["cells"]
+                if cell["status"] == "published")
+    assert total > 0, answer
+    markers = (SECRET_NAME, *SECRET_FIELDS, *SECRET_VALUES, SLICE_NAME, CONSENT_SCOPE,
+               CONSENT_BY, f"{total:.2f}", f"{total:,.2f}", str(int(total)),
+               f"{int(total):,}")
+    return Scene(world=world, dataset=dataset, contract=contract, pending=pending,
+                 slice=slice_id, seq=int(answer["receipt"]["seq"]),
+                 query_id=str(answer["query_id"]), markers=markers)
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+@dataclass(frozen=True)
+class Login:
+    """A console session: who, the cookie's value and its CSRF token."""
+
+    org: str
+    role: str
+    cookie: str
+    csrf: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}@{self.org}"
+
+
+def log_in(client: TestClient, org: str, role: str) -> Login:
+    """Log in through the dev login; the session (the client's cookie jar is left empty)."""
+    client.cookies.clear()
+    form = client.get("/console/login")
+    assert form.status_code == 200, form.text
+    r = client.post("/console/login", data={"org": org, "role": role,
+                                            "csrf": csrf_of(form.text)},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text
+    cookie = client.cookies.get(COOKIE)
+    assert cookie
+    home = client.get("/console/")
+    assert home.status_code == 200, home.text
+    client.cookies.clear()
+    return Login(org, role, cookie, csrf_of(home.text))
+
+
+def as_(client: TestClient, who: Login | None, method: str, url: str,
+        **kwargs: Any) -> httpx.Response:
+    """One request carrying ``who``'s cookie (and nothing the jar kept from before)."""
+    client.cookies.clear()
+    headers = dict(kwargs.pop("headers", None) or {})
+    if who is not None:
+        headers["Cookie"] = f"{COOKIE}={who.cookie}"
+    try:
+        r: httpx.Response = client.request(method, url, headers=headers,
+                                           follow_redirects=False, **kwargs)
+        return r
+    finally:
+        client.cookies.clear()
+
+
+@pytest.fixture
+def console(settings: Settings) -> Iterator[TestClient]:
+    """One app, reached from loopback (the dev login serves it)."""
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
+        yield c
+
+
+@pytest.fixture
+def world(console: TestClient, mint: Mint) -> World:
+    """The conftest world, made through the same app as the console."""
+    return World(console, mint)
+
+
+@pytest.fixture
+def scene(world: World) -> Scene:
+    return make_scene(world)
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Sessions of the parties and of the strangers to the scene's objects."""
+
+    owner: Login  # grid, provider: owns the dataset
+    party: Login  # econ, consumer: holds the contract
+    auditor: Login
+    admin: Login
+    strangers: tuple[Login, ...]  # another provider, another department (both roles)
+
+    def everyone(self) -> tuple[Login, ...]:
+        return (self.owner, self.party, self.auditor, self.admin, *self.strangers)
+
+
+@pytest.fixture
+def cast(console: TestClient, scene: Scene) -> Cast:
+    return Cast(owner=log_in(console, "grid", "provider"),
+                party=log_in(console, "econ", "consumer"),
+                auditor=log_in(console, "audit-office", "auditor"),
+                admin=log_in(console, "broker-ops", "admin"),
+                strangers=(log_in(console, "water", "provider"),
+                           log_in(console, "env", "consumer"),
+                           log_in(console, "env", "provider")))
+
+
+# -- the routes -------------------------------------------------------------------------------
+
+PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+@dataclass(frozen=True)
+class ConsoleRouteInfo:
+    path: str
+    methods: frozenset[str]
+    params: tuple[str, ...]
+
+    def objects(self) -> tuple[str, ...]:
+        return tuple(p for p in self.params if p in OBJECT_PARAMS)
+
+    def urls(self, ids: Mapping[str, str]) -> list[str]:
+        """The route's path with every parameter filled (one URL per plain value)."""
+        plain = [p for p in self.params if p not in OBJECT_PARAMS]
+        choices: list[dict[str, str]] = [{}]
+        for p in plain:
+            choices = [{**c, p: v} for c in choices for v in PLAIN_PARAMS[p]]
+        return [fill(self.path, {**ids, **c}) for c in choices]
+
+
+def _flat_routes(routes: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(full path, route) of every route, through included routers (FastAPI wraps them with
+    their prefix)."""
+    for route in routes:
+        if hasattr(route, "original_router"):
+            context = getattr(route, "include_context", None)
+            yield from _flat_routes(route.original_router.routes,
+                                    prefix + (getattr(context, "prefix", "") or ""))
+        elif not isinstance(route, Mount):
+            yield prefix + getattr(route, "path", ""), route
+
+
+def fill(path: str, values: Mapping[str, str]) -> str:
+    """``path`` with each ``{name}`` or ``{name:convertor}`` replaced by its value."""
+    return PARAM.sub(lambda m: values[m.group(1)], path)
+
+
+def console_routes(app: FastAPI) -> list[ConsoleRouteInfo]:
+    """Every route under /console (the static files aside), with its path parameters; a
+    parameter this file does not know is an error, so that no new id goes unattacked."""
+    found: list[ConsoleRouteInfo] = []
+    for path, route in _flat_routes(app.routes):
+        if not (path == "/console" or path.startswith("/console/")):
+            continue
+        params = tuple(PARAM.findall(path))
+        unknown = [p for p in params if p not in OBJECT_PARAMS and p not in PLAIN_PARAMS]
+        assert not unknown, (f"{path}: path parameters {unknown} are new; say in "
+                             "OBJECT_PARAMS or PLAIN_PARAMS what they name")
+        found.append(ConsoleRouteInfo(path, frozenset(getattr(route, "methods", None) or ()),
+                                      params))
+    assert found
+    return found
+
+
+def object_routes(app: FastAPI) -> list[ConsoleRouteInfo]:
+    return [r for r in console_routes(app) if r.objects()]
+
+
+def post_routes(app: FastAPI) -> list[ConsoleRouteInfo]:
+    """The POST routes (the catch-all 404 aside: it does nothing)."""
+    return [r for r in console_routes(app) if "POST" in r.methods and "rest" not in r.params]
+
+
+def get_routes(app: FastAPI) -> list[ConsoleRouteInfo]:
+    return [r for r in console_routes(app) if "GET" in r.methods]
+
+
+def app_of(client: TestClient) -> FastAPI:
+    app = client.app
+    assert isinstance(app, FastAPI)
+    return app
+
+
+# -- what a page may not hold -----------------------------------------------------------------
+
+
+def leaks(body: str, markers: tuple[str, ...]) -> list[str]:
+    return [m for m in markers if m.lower() in body.lower()]
+
+
+def is_html(response: httpx.Response) -> bool:
+    return str(response.headers.get("content-type", "")).startswith("text/html")
+
+
+class Inspector(HTMLParser):
+    """What a page holds that the CSP or plain escaping should have kept out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.faults: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {k.lower(): (v or "") for k, v in attrs}
+        if tag == "script":
+            src = names.get("src", "")
+            if not src:
+                self.faults.append("inline <script>")
+                self._in_script = True
+            elif not src.startswith("/console/static/"):
+                self.faults.append(f"<script src={src!r}> from elsewhere")
+        if tag == "style":
+            self.faults.append("inline <style>")
+        for name, value in names.items():
+            if name.startswith("on"):
+                self.faults.append(f"<{tag} {name}=...> event handler")
+            if name == "style":
+                self.faults.append(f"<{tag} style=...> inline style")
+            if name in ("href", "src", "action", "formaction", "hx-get", "hx-post",
+                        "data") and re.sub(r"\s", "", value).lower().startswith(
+                            ("javascript:", "vbscript:", "data:text")):
+                self.faults.append(f"<{tag} {name}={value!r}> script URL")
+            if name.startswith("hx-on"):
+                self.faults.append(f"<{tag} {name}> htmx inline handler")
+        if tag == "img" and names.get("src") == "x":
+            self.faults.append("injected <img src=x>")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.faults.append("inline script text")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+
+def html_faults(body: str) -> list[str]:
+    inspector = Inspector()
+    inspector.feed(body)
+    inspector.close()
+    return inspector.faults
+
+
+def header_faults(response: httpx.Response) -> list[str]:
+    """The security headers a console response lacks."""
+    h = response.headers
+    faults = []
+    csp = h.get("content-security-policy", "")
+    if not csp:
+        faults.append("no Content-Security-Policy")
+    else:
+        if "unsafe-inline" in csp or "unsafe-eval" in csp:
+            faults.append("CSP allows unsafe-inline/unsafe-eval")
+        if "frame-ancestors 'none'" not in csp:
+            faults.append("CSP without frame-ancestors 'none'")
+        script = re.search(r"script-src ([^;]*)", csp) or re.search(r"default-src ([^;]*)", csp)
+        if script is None or "*" in script.group(1) or "data:" in script.group(1):
+            faults.append("CSP lets scripts come from anywhere")
+    if h.get("x-content-type-options", "").lower() != "nosniff":
+        faults.append("no X-Content-Type-Options: nosniff")
+    if "no-store" not in h.get("cache-control", ""):
+        faults.append("no Cache-Control: no-store")
+    return faults
+
+
+# == 1. Another organisation's objects through every console URL ==============================
+
+
+def test_the_routes_under_attack_include_every_console_page(console: TestClient) -> None:
+    routes = console_routes(app_of(console))
+    paths = {r.path for r in routes}
+    assert "/console/" in paths
+    assert "/console/login" in paths
+    assert any(r.params for r in routes)
+
+
+def test_no_console_url_shows_another_organisations_object(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """Every route with an object in its path, every method, as every stranger: a 403 or 404
+    HTML page with nothing of the object, and the same status as for an id that names
+    nothing (no oracle of existence)."""
+    faults: list[str] = []
+    real, absent = scene.ids(), absent_ids()
+    for route in object_routes(app_of(console)):
+        for method in sorted(route.methods - {"HEAD"}):
+            for who in cast.strangers:
+                data = {"csrf": who.csrf} if method == "POST" else None
+                for url, nothing in zip(route.urls(real), route.urls(absent), strict=True):
+                    r = as_(console, who, method, url, data=data)
+                    if r.status_code not in (403, 404):
+                        faults.append(f"{method} {url} as {who.name}: {r.status_code}")
+                    elif not is_html(r):
+                        faults.append(f"{method} {url} as {who.name}: not a page "
+                                      f"({r.headers.get('content-type')})")
+                    if found := leaks(r.text, scene.markers):
+                        faults.append(f"{method} {url} as {who.name} shows {found}")
+                    other = as_(console, who, method, nothing, data=data)
+                    if other.status_code != r.status_code:
+                        faults.append(f"{method} {route.path} as {who.name}: {r.status_code} "
+                                      f"for a real id, {other.status_code} for none")
+    assert not faults, "\n".join(faults)
+
+
+def test_every_attempt_on_another_organisations_object_is_audited(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """The issue: "A consumer cannot reach another organisation's objects through any console
+    URL (404, audited)". Each attempt leaves a refusal by the stranger's organisation."""
+    world = scene.world
+    faults: list[str] = []
+    for route in object_routes(app_of(console)):
+        for method in sorted(route.methods - {"HEAD"}):
+            for who in cast.strangers:
+                data = {"csrf": who.csrf} if method == "POST" else None
+                for url in route.urls(scene.ids()):
+                    before = last_seq(console, world.auditor)
+                    as_(console, who, method, url, data=data)
+                    new = auditor_entries(console, world.auditor, before)
+                    refused = [e for e in new if e["actor"]["org"] == who.org
+                               and not e["decision"]["allowed"]]
+                    if not refused:
+                        faults.append(f"{method} {url} as {who.name}: not audited")
+    assert not faults, "\n".join(faults)
+
+
+QUERY_ID_PARAMS = ("dataset_id", "contract_id", "slice_id", "seq", "query_id")
+
+
+def test_ids_in_the_query_string_show_nothing_of_another_organisation(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """Every GET page without path parameters, as every stranger, with another
+    organisation's id in the query string: whatever the page answers, it shows nothing of
+    the object."""
+    faults: list[str] = []
+    ids = scene.ids()
+    for route in get_routes(app_of(console)):
+        if route.params or route.path in ("/console", "/console/login"):
+            continue
+        for who in cast.strangers:
+            for name in QUERY_ID_PARAMS:
+                r = as_(console, who, "GET", route.path, params={name: ids[name]},
+                        headers={"Accept-Language": "en"})
+                if r.status_code >= 500:
+                    faults.append(f"GET {route.path}?{name}= as {who.name}: {r.status_code}")
+                if found := leaks(r.text, scene.markers):
+                    faults.append(f"GET {route.path}?{name}= as {who.name} shows {found}")
+    assert not faults, "\n".join(faults)
+
+
+def test_form_fields_naming_another_organisations_object_change_nothing(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """Every POST route, as every stranger, with the session's own CSRF token and another
+    organisation's ids in the form: nothing of the object is shown and nothing changes."""
+    world = scene.world
+    before = state_of(console, world)
+    faults: list[str] = []
+    ids = scene.ids()
+    form = {name: ids[name] for name in QUERY_ID_PARAMS}
+    form |= {"purpose": "energy-planning", "group_by": "qz_town", "fn": "count"}
+    for route in post_routes(app_of(console)):
+        if route.path in ("/console/login", "/console/logout"):
+            continue
+        for who in cast.strangers:
+            for url in route.urls(ids):
+                r = as_(console, who, "POST", url, data={**form, "csrf": who.csrf})
+                if r.status_code < 300 or r.status_code >= 500:
+                    faults.append(f"POST {url} as {who.name}: {r.status_code}")
+                if found := leaks(r.text, scene.markers):
+                    faults.append(f"POST {url} as {who.name} shows {found}")
+    assert state_of(console, world) == before
+    assert not faults, "\n".join(faults)
+
+
+def state_of(client: TestClient, world: World) -> dict[str, Any]:
+    """What writes would change, read through the API: contracts, datasets and their
+    versions, slices, organisations, and the allowed writes in the audit log."""
+    contracts = client.get("/v1/contracts", headers=auth(world.auditor))
+    datasets = client.get("/v1/datasets", headers=auth(world.auditor))
+    orgs = client.get("/v1/orgs", headers=auth(world.admin))
+    for r in (contracts, datasets, orgs):
+        assert r.status_code == 200, r.text
+    slices = {}
+    for d in datasets.json():
+        s = client.get(f"/v1/datasets/{d['id']}/slices", headers=auth(world.auditor))
+        assert s.status_code == 200, s.text
+        slices[d["id"]] = sorted(x["id"] for x in s.json())
+    writes = [(e["action"], e["actor"]["org"]) for e in auditor_entries(client, world.auditor)
+              if e["decision"]["allowed"] and not e["action"].endswith(
+                  (".read", ".list", ".proof", ".checkpoints", ".verify", ".explain",
+                   ".accesses"))]
+    return {
+        "contracts": sorted((c["id"], c["status"], c.get("signatures") and len(
+            c["signatures"])) for c in contracts.json()),
+        "datasets": sorted((d["id"], d.get("version")) for d in datasets.json()),
+        "orgs": sorted(o["id"] for o in orgs.json()),
+        "slices": slices,
+        "writes": writes,
+    }
+
+
+# == 2. CSRF ==================================================================================
+
+EVIL = "https://evil.example"
+
+
+def csrf_attempts(who: Login, other: Login) -> list[tuple[str, dict[str, Any], str]]:
+    """Ways to send a POST without proving it came from ``who``'s own console page:
+    (label, request arguments, extra query string)."""
+    return [
+        ("no token", {"data": {}}, ""),
+        ("another session's token", {"data": {"csrf": other.csrf}}, ""),
+        ("another session's token in the header",
+         {"headers": {"X-CSRF-Token": other.csrf}}, ""),
+        ("the token in the query string", {"data": {}}, f"?csrf={who.csrf}"),
+        ("the token in a JSON body", {"json": {"csrf": who.csrf}}, ""),
+        ("the token in another header", {"headers": {"X-CSRFToken": who.csrf}}, ""),
+        ("the token as a cookie", {"headers": {"Cookie": f"csrf={who.csrf}"}}, ""),
+        ("an empty token", {"data": {"csrf": ""}}, ""),
+        ("a cross-site Origin", {"data": {"csrf": who.csrf},
+                                 "headers": {"Origin": EVIL}}, ""),
+        ("a null Origin", {"data": {"csrf": who.csrf}, "headers": {"Origin": "null"}}, ""),
+        ("a look-alike Origin", {"data": {"csrf": who.csrf},
+                                 "headers": {"Origin": "http://127.0.0.1.evil.example"}}, ""),
+        ("a cross-site Origin with the header token",
+         {"headers": {"Origin": EVIL, "X-CSRF-Token": who.csrf}}, ""),
+    ]
+
+
+def test_no_console_post_succeeds_without_the_sessions_csrf_token(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """Every POST route, as every party that could legitimately use it, with the token
+    missing, foreign, misplaced or from another origin: a 403, and nothing changes."""
+    world = scene.world
+    before = state_of(console, world)
+    faults: list[str] = []
+    sessions = (cast.owner, cast.party, cast.auditor, cast.admin)
+    for route in post_routes(app_of(console)):
+        for url in route.urls(scene.ids()):
+            for who in sessions:
+                other = cast.strangers[0]
+                for label, kwargs, query in csrf_attempts(who, other):
+                    headers = dict(kwargs.get("headers", {}))
+                    if "Cookie" in headers:  # a second cookie beside the session's
+                        headers["Cookie"] = f"{COOKIE}={who.cookie}; {headers['Cookie']}"
+                        client_kwargs = {**kwargs, "headers": headers}
+                        console.cookies.clear()
+                        r = console.post(url + query, follow_redirects=False, **client_kwargs)
+                    else:
+                        r = as_(console, who, "POST", url + query, **kwargs)
+                    if r.status_code != 403:
+                        faults.append(f"POST {url} as {who.name} with {label}: "
+                                      f"{r.status_code}")
+                    if "set-cookie" in r.headers and COOKIE in r.headers["set-cookie"]:
+                        faults.append(f"POST {url} as {who.name} with {label} changed the "
+                                      "session cookie")
+    assert state_of(console, world) == before
+    for who in sessions:  # nobody was logged out or switched
+        home = as_(console, who, "GET", "/console/")
+        assert home.status_code == 200
+        assert who.org in home.text
+    assert not faults, "\n".join(faults)
+
+
+def test_login_csrf_a_login_form_posted_from_elsewhere_does_not_log_in(
+        console: TestClient, world: World) -> None:
+    """An attacker's page makes the victim's browser log in as the attacker's organisation:
+    without the victim's session and its token, or from another origin, it fails."""
+    console.cookies.clear()
+    # No session at all (SameSite keeps the cookie off a cross-site POST): refused.
+    r = console.post("/console/login", data={"org": "water", "role": "provider",
+                                             "csrf": "anything"}, follow_redirects=False)
+    assert r.status_code == 403
+    assert COOKIE not in r.headers.get("set-cookie", "") or "Max-Age=0" in r.headers.get(
+        "set-cookie", "")
+    # The attacker's own valid anonymous pair, posted from the attacker's origin: refused.
+    form = console.get("/console/login")
+    token = csrf_of(form.text)
+    r = console.post("/console/login", data={"org": "water", "role": "provider",
+                                             "csrf": token},
+                     headers={"Origin": EVIL}, follow_redirects=False)
+    assert r.status_code == 403
+    assert console.get("/console/", follow_redirects=False).status_code == 303
+    # A logged-in victim (econ) is not switched to another organisation without its token.
+    victim = log_in(console, "econ", "consumer")
+    for data in ({"org": "water", "role": "provider"},
+                 {"org": "water", "role": "provider", "csrf": token}):
+        r = as_(console, victim, "POST", "/console/login", data=data)
+        assert r.status_code == 403, data
+        assert COOKIE not in r.headers.get("set-cookie", "")
+
+
+# == 3. Sessions ==============================================================================
+
+
+def cookie_with(settings: Settings, doc: Mapping[str, Any], *, age: int = 0,
+                secret: bytes | None = None) -> str:
+    """A session cookie holding ``doc``, signed ``age`` seconds ago with ``secret`` (the
+    broker's own key when None: what only the broker could make)."""
+    key = secret if secret is not None else console_secret(settings)
+
+    class Signer(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return super().get_timestamp() - age
+
+    return URLSafeTimedSerializer(key, salt=SALT, signer=Signer).dumps(dict(doc))
+
+
+def logged_in_as(client: TestClient, cookie: str) -> httpx.Response:
+    client.cookies.clear()
+    try:
+        r: httpx.Response = client.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"},
+                                       follow_redirects=False)
+        return r
+    finally:
+        client.cookies.clear()
+
+
+def test_a_cookie_forged_without_the_key_is_no_session(console: TestClient,
+                                                       world: World) -> None:
+    econ = log_in(console, "econ", "consumer")
+    _payload, stamp, signature = econ.cookie.rsplit(".", 2)
+    forged = []
+    # The payload swapped for one naming grid's provider token, the signature kept.
+    doc = {"csrf": "x", "token": world.grid}
+    raw = base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).rstrip(
+        b"=").decode()
+    forged.append(f"{raw}.{stamp}.{signature}")
+    # Unsigned JSON; the bare bearer token; a flipped signature byte; an empty cookie.
+    forged.append(json.dumps(doc))
+    forged.append(world.grid)
+    forged.append(econ.cookie[:-2] + ("AA" if not econ.cookie.endswith("AA") else "BB"))
+    forged.append("")
+    # Signed by another broker's key (or another salt) with a valid bearer token inside.
+    forged.append(URLSafeTimedSerializer(os.urandom(32), salt=SALT).dumps(doc))
+    forged.append(URLSafeTimedSerializer(console_secret(world_settings(console)),
+                                         salt="another-salt").dumps(doc))
+    for value in forged:
+        r = logged_in_as(console, value)
+        assert r.status_code == 303, value
+        assert r.headers["location"].startswith("/console/login")
+
+
+def world_settings(client: TestClient) -> Settings:
+    found = app_of(client).state.container.settings
+    assert isinstance(found, Settings)
+    return found
+
+
+def test_an_expired_session_is_no_session(console: TestClient, world: World) -> None:
+    settings = world_settings(console)
+    token = mint_token(key=SECRET, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                       sub="console:consumer@econ", org="econ", roles=["consumer"], ttl=600)
+    fresh = cookie_with(settings, {"csrf": "c", "token": token})
+    assert logged_in_as(console, fresh).status_code == 200  # the forgery tool works
+    stale = cookie_with(settings, {"csrf": "c", "token": token},
+                        age=settings.console_session_seconds + 5)
+    r = logged_in_as(console, stale)
+    assert r.status_code == 303
+    # The cookie is young but the token inside has expired.
+    expired = mint_token(key=SECRET, issuer=settings.jwt_issuer,
+                         audience=settings.jwt_audience, sub="console:consumer@econ",
+                         org="econ", roles=["consumer"], ttl=-120)
+    r = logged_in_as(console, cookie_with(settings, {"csrf": "c", "token": expired}))
+    assert r.status_code == 303
+
+
+def test_a_session_of_an_unregistered_or_misfit_principal_opens_nothing(
+        console: TestClient, world: World) -> None:
+    """A cookie only the broker could sign (an OIDC token, say) naming an organisation never
+    registered, or a role its kind does not allow: a 403 page on every page, audited."""
+    settings = world_settings(console)
+    cases = [("ghost", "provider"), ("ghost", "consumer"), ("grid", "auditor"),
+             ("grid", "consumer"), ("audit-office", "provider"), ("econ", "admin"),
+             ("econ", "auditor")]
+    for org, role in cases:
+        token = mint_token(key=SECRET, issuer=settings.jwt_issuer,
+                           audience=settings.jwt_audience, sub=f"misfit@{org}", org=org,
+                           roles=[role], ttl=600)
+        cookie = cookie_with(settings, {"csrf": "c", "token": token})
+        before = last_seq(console, world.auditor)
+        for path in ("/console/", "/console/contracts", "/console/datasets", "/console/audit",
+                     "/console/operator", "/console/query"):
+            client_r = logged_in_as_path(console, cookie, path)
+            assert client_r.status_code == 403, (org, role, path, client_r.status_code)
+            assert is_html(client_r)
+        new = auditor_entries(console, world.auditor, before)
+        assert any(e["actor"]["org"] == org and not e["decision"]["allowed"]
+                   for e in new), (org, role)
+
+
+def logged_in_as_path(client: TestClient, cookie: str, path: str) -> httpx.Response:
+    client.cookies.clear()
+    try:
+        r: httpx.Response = client.get(path, headers={"Cookie": f"{COOKIE}={cookie}"},
+                                       follow_redirects=False)
+        return r
+    finally:
+        client.cookies.clear()
+
+
+def test_the_console_cookie_never_authenticates_the_api(console: TestClient,
+                                                         world: World) -> None:
+    econ = log_in(console, "econ", "consumer")
+    for path in ("/v1/contracts", "/v1/datasets", "/v1/audit/entries"):
+        for cookie in (f"{COOKIE}={econ.cookie}",):
+            console.cookies.clear()
+            r = console.get(path, headers={"Cookie": cookie})
+            assert r.status_code == 401, (path, r.status_code)
+    # Nor for a write, nor through a path that only looks like the console's.
+    console.cookies.clear()
+    r = console.post("/v1/queries/aggregate", headers={"Cookie": f"{COOKIE}={econ.cookie}"},
+                     json={"contract_id": world.contract["id"], "purpose": "energy-planning",
+                           "measures": [{"fn": "count"}]})
+    assert r.status_code == 401
+    for path in ("/console/../v1/contracts", "/console/%2e%2e/v1/contracts",
+                 "/consolex/../v1/contracts"):
+        r = console.get(path, headers={"Cookie": f"{COOKIE}={econ.cookie}"},
+                        follow_redirects=False)
+        assert r.status_code in (303, 401, 404), path
+        assert world.contract["id"] not in r.text
+
+
+def test_a_bearer_token_never_opens_the_console(console: TestClient, world: World) -> None:
+    for token in (world.grid, world.econ, world.auditor, world.admin):
+        for path in ("/console/", "/console/contracts", "/console/audit"):
+            console.cookies.clear()
+            r = console.get(path, headers=auth(token), follow_redirects=False)
+            assert r.status_code == 303, (path, r.status_code)
+            assert r.headers["location"].startswith("/console/login")
+
+
+def test_a_huge_or_malformed_cookie_is_refused_cleanly(console: TestClient,
+                                                       world: World) -> None:
+    for value in ("A" * 3801, "A" * 60_000, "%00" * 100, '"' + "x" * 100, "%C3%A9" * 100,
+                  "a.b.c.d.e"):
+        console.cookies.clear()
+        r = console.get("/console/", headers={"Cookie": f"{COOKIE}={value}"},
+                        follow_redirects=False)
+        assert r.status_code in (303, 400, 431), r.status_code
+    settings = world_settings(console)
+    big = cookie_with(settings, {"csrf": "c", "token": world.econ,
+                                 "pad": os.urandom(3000).hex()})
+    assert len(big) > 3800
+    assert logged_in_as(console, big).status_code == 303
+
+
+def test_a_cookie_set_before_login_is_not_the_logged_in_session(console: TestClient,
+                                                                 world: World) -> None:
+    """Session fixation: an anonymous session the attacker planted (its cookie and CSRF token
+    known to the attacker) is not the one the victim ends up logged in with."""
+    console.cookies.clear()
+    form = console.get("/console/login")
+    planted = console.cookies.get(COOKIE)
+    planted_csrf = csrf_of(form.text)
+    assert planted
+    r = console.post("/console/login", data={"org": "econ", "role": "consumer",
+                                             "csrf": planted_csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    after = console.cookies.get(COOKIE)
+    assert after
+    assert after != planted
+    # The planted cookie is still anonymous, and its CSRF token opens nothing of the session.
+    assert logged_in_as(console, planted).status_code == 303
+    victim = Login("econ", "consumer", after, planted_csrf)
+    r = as_(console, victim, "POST", "/console/logout", data={"csrf": planted_csrf})
+    assert r.status_code == 403
+    assert logged_in_as(console, after).status_code == 200
+
+
+def test_a_session_cookie_stops_working_after_logout(console: TestClient,
+                                                      world: World) -> None:
+    """A cookie copied before the user logged out (a shared computer, a proxy log) must not
+    keep the session alive: logging out ends the session on the server too."""
+    econ = log_in(console, "econ", "consumer")
+    r = as_(console, econ, "POST", "/console/logout", data={"csrf": econ.csrf})
+    assert r.status_code == 303
+    replayed = logged_in_as(console, econ.cookie)
+    assert replayed.status_code == 303, (
+        "the session cookie still opens the console after logout "
+        f"({replayed.status_code}): the session lives only in the signed cookie")
+
+
+# == 4. XSS, template injection and redirects =================================================
+
+XSS = ('<script>alert("x1")</script>"><img src=x onerror=alert(2)>{{7*7}}'
+       "{% raw %}${7*7}javascript:alert(3)")
+
+
+def xss_faults(body: str) -> list[str]:
+    faults = html_faults(body)
+    if "<script>alert" in body:
+        faults.append("payload script tag unescaped")
+    if "onerror=alert(2)>" in body and "&lt;img" not in body:
+        faults.append("payload img tag unescaped")
+    return faults
+
+
+def test_hostile_names_are_escaped_on_every_page(console: TestClient, mint: Mint,
+                                                 world: World) -> None:
+    """Organisation names (free text) and consent records carrying script, markup and
+    template syntax: escaped, never executed nor evaluated, on every page each role reaches."""
+    c = world.client
+    r = c.post("/v1/orgs", headers=auth(world.admin),
+               json={"id": "xss-dept", "name": XSS + " dept", "kind": "department"})
+    assert r.status_code == 201, r.text
+    r = c.post("/v1/orgs", headers=auth(world.admin),
+               json={"id": "xss-firm", "name": XSS + " firm", "kind": "enterprise"})
+    assert r.status_code == 201, r.text
+    xss_firm = mint("xss-firm", "provider")
+    frame = pd.DataFrame({"uscc": [f"X{i}" for i in range(6)],
+                          "town": [XSS] * 4 + ["<b>b</b>"] * 2,
+                          "kwh": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    meta = {"name": "xss-data", "entity_field": "uscc", "fields": [
+        {"name": "uscc", "type": "string", "role": "entity"},
+        {"name": "town", "type": "string", "role": "dimension"},
+        {"name": "kwh", "type": "number", "role": "measure"}]}
+    r = c.post("/v1/datasets", headers=auth(xss_firm),
+               files={"file": ("x.csv", csv_bytes(frame), "text/csv")},
+               data={"meta": json.dumps(meta)})
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    r = c.post(f"/v1/datasets/{dataset}/slices", headers=auth(xss_firm), json={
+        "name": "xss-slice", "fields": ["town", "kwh"],
+        "consent": {"given_by": XSS, "given_at": datetime.now(UTC).isoformat(),
+                    "scope": XSS, "reference": XSS}})
+    assert r.status_code == 201, r.text
+    r = c.post("/v1/contracts", headers=auth(xss_firm), json=contract_terms(
+        dataset, consumer_org="xss-dept", fields={"town": "clear", "kwh": "aggregate"}))
+    assert r.status_code == 201, r.text
+    contract = r.json()["id"]
+    r = c.post(f"/v1/contracts/{contract}/accept", headers=auth(mint("xss-dept", "consumer")))
+    assert r.status_code == 200, r.text
+    r = c.post("/v1/queries/aggregate", headers=auth(mint("xss-dept", "consumer")), json={
+        "contract_id": contract, "purpose": "energy-planning", "group_by": ["town"],
+        "measures": [{"fn": "count"}],
+        "filters": [{"field": "town", "op": "in", "value": [XSS, "<b>b</b>"]}]})
+    assert r.status_code == 200, r.text
+    ids = {"dataset_id": dataset, "contract_id": contract, "slice_id": r.json()["query_id"],
+           "seq": str(r.json()["receipt"]["seq"]), "query_id": r.json()["query_id"],
+           "id": contract}
+    faults: list[str] = []
+    login_page = console.get("/console/login")
+    assert "xss-dept" in login_page.text
+    faults += [f"/console/login: {f}" for f in xss_faults(login_page.text)]
+    sessions = [log_in(console, "xss-firm", "provider"), log_in(console, "xss-dept",
+                                                                 "consumer"),
+                log_in(console, "audit-office", "auditor"), log_in(console, "broker-ops",
+                                                                    "admin")]
+    for who in sessions:
+        for route in get_routes(app_of(console)):
+            for url in route.urls(ids):
+                for lang in ("en", "zh-CN"):
+                    r = as_(console, who, "GET", url, params={"lang": lang})
+                    if is_html(r):
+                        faults += [f"GET {url} as {who.name}: {f}" for f in xss_faults(r.text)]
+    assert not faults, "\n".join(sorted(set(faults)))
+
+
+def test_query_parameters_echoed_in_pages_are_escaped(console: TestClient,
+                                                      scene: Scene, cast: Cast) -> None:
+    """Every GET page, as every role, with hostile values in the query parameters pages
+    commonly echo (filters, next, cursors): escaped, never executed."""
+    faults: list[str] = []
+    names = ("next", "actor", "org", "action", "consumer", "purpose", "decision", "q",
+             "since", "until", "registered", "error", "message", "dataset_id", "contract_id",
+             "cursor", "before", "after", "by", "kind", "status")
+    for who in (cast.owner, cast.party, cast.auditor, cast.admin, None):
+        for route in get_routes(app_of(console)):
+            for url in route.urls(scene.ids()):
+                r = as_(console, who, "GET", url, params=dict.fromkeys(names, XSS))
+                if r.status_code >= 500:
+                    faults.append(f"GET {url}: {r.status_code}")
+                if is_html(r):
+                    faults += [f"GET {url} as {who.name if who else 'nobody'}: {f}"
+                               for f in xss_faults(r.text)]
+    assert not faults, "\n".join(sorted(set(faults)))
+
+
+REDIRECT_TARGETS = ("https://evil.example/", "//evil.example/x", "///evil.example/x",
+                    "/\\evil.example", "\\\\evil.example", "/console\\@evil.example",
+                    "javascript:alert(1)", "/console/../v1/contracts", "https:evil.example",
+                    "/console//evil.example", "/console/%2F%2Fevil.example",
+                    "\t//evil.example", " //evil.example", "/console@evil.example",
+                    "%2F%2Fevil.example", "/console/\r\nLocation: https://evil.example")
+
+
+def test_no_redirect_leaves_the_console(console: TestClient, world: World) -> None:
+    """``next`` (and any other redirect parameter) never sends the browser off the console:
+    through the dev login, the login page's links and every route's redirects."""
+    faults: list[str] = []
+    for target in REDIRECT_TARGETS:
+        console.cookies.clear()
+        form = console.get("/console/login", params={"next": target})
+        faults += [f"login page next={target!r}: {f}" for f in html_faults(form.text)]
+        for href in re.findall(r'href="([^"]*)"', form.text):
+            if "evil.example" in href and not href.startswith("/console"):
+                faults.append(f"login page next={target!r} links to {href}")
+        r = console.post("/console/login", data={"org": "econ", "role": "consumer",
+                                                 "csrf": csrf_of(form.text), "next": target},
+                         follow_redirects=False)
+        location = r.headers.get("location", "")
+        if not safe_location(location):
+            faults.append(f"next={target!r} -> {location!r}")
+    econ = log_in(console, "econ", "consumer")
+    for route in get_routes(app_of(console)):
+        if route.params:
+            continue
+        for name in ("next", "redirect", "return", "return_to", "url", "back"):
+            for target in REDIRECT_TARGETS[:5]:
+                r = as_(console, econ, "GET", route.path, params={name: target})
+                location = r.headers.get("location", "")
+                if r.is_redirect and not safe_location(location):
+                    faults.append(f"GET {route.path}?{name}={target!r} -> {location!r}")
+                if r.headers.get("hx-redirect") and not safe_location(
+                        r.headers["hx-redirect"]):
+                    faults.append(f"GET {route.path}?{name}= HX-Redirect "
+                                  f"{r.headers['hx-redirect']!r}")
+    assert not faults, "\n".join(faults)
+
+
+def safe_location(location: str) -> bool:
+    """Whether a redirect stays on this site under /console (browsers read ``\\`` as ``/``)."""
+    if not location:
+        return True
+    if any(ch in location for ch in "\\\r\n\t"):
+        return False
+    parts = urlsplit(location)
+    if parts.scheme or parts.netloc:
+        return parts.netloc == "127.0.0.1" and parts.path.startswith("/console")
+    return location.startswith("/console") and not location.startswith("//")
+
+
+# == 5. CSP and headers on every console response =============================================
+
+
+def test_every_console_response_carries_the_security_headers_and_no_inline_code(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """Pages, fragments, errors, redirects and downloads, as every role and as nobody: the
+    headers, and no inline script, style or handler in any HTML rendered."""
+    faults: list[str] = []
+    seen = 0
+    for who in (*cast.everyone(), None):
+        name = who.name if who else "nobody"
+        for route in get_routes(app_of(console)):
+            if route.path == "/console":  # the bare redirect: the next test
+                continue
+            for url in route.urls(scene.ids()):
+                for headers in ({}, {"HX-Request": "true"}):
+                    r = as_(console, who, "GET", url, headers=headers)
+                    seen += 1
+                    faults += [f"GET {url} as {name} ({r.status_code}): {f}"
+                               for f in header_faults(r)]
+                    if is_html(r):
+                        faults += [f"GET {url} as {name}: {f}" for f in html_faults(r.text)]
+    assert seen > 10
+    assert not faults, "\n".join(sorted(set(faults)))
+
+
+def test_console_error_and_edge_responses_carry_the_security_headers(
+        console: TestClient, world: World) -> None:
+    """The responses that are not a route's page: the bare ``/console`` redirect, a method
+    the route does not take, a static file, an unknown static file, a malformed query."""
+    econ = log_in(console, "econ", "consumer")
+    faults: list[str] = []
+    cases = [("GET", "/console", None), ("PUT", "/console/", econ),
+             ("DELETE", "/console/login", None), ("GET", "/console/?lang=%00", econ),
+             ("GET", "/console/nowhere", econ), ("GET", "/console/nowhere", None),
+             ("POST", "/console/nowhere", econ)]
+    for method, url, who in cases:
+        r = as_(console, who, method, url)
+        faults += [f"{method} {url} ({r.status_code}): {f}" for f in header_faults(r)]
+    # Static files are scripts and styles, not pages: they need nosniff (a script served as
+    # something else must not run), and must not be reachable outside the static folder.
+    for url in ("/console/static/console.js", "/console/static/console.css",
+                "/console/static/vendor/htmx.min.js", "/console/static/nothing.js"):
+        r = as_(console, None, "GET", url)
+        if r.headers.get("x-content-type-options", "").lower() != "nosniff":
+            faults.append(f"GET {url} ({r.status_code}): no X-Content-Type-Options: nosniff")
+    for url in ("/console/static/../templates/base.html", "/console/static/%2e%2e/web.py",
+                "/console/static/..%2fweb.py"):
+        r = as_(console, None, "GET", url)
+        if r.status_code == 200 and ("{%" in r.text or "import" in r.text):
+            faults.append(f"GET {url} serves a file outside the static folder")
+    assert not faults, "\n".join(faults)
+
+
+# == 7. The dev login ========================================================================
+
+
+def test_the_dev_login_cannot_mint_roles_the_organisation_does_not_hold(
+        console: TestClient, world: World) -> None:
+    """admin for anyone but the operator, a role the kind does not allow, an organisation
+    never registered, a role that does not exist: refused, and no session."""
+    cases = [("grid", "admin"), ("econ", "admin"), ("audit-office", "admin"),
+             ("broker-ops", "provider"), ("broker-ops", "auditor"), ("grid", "auditor"),
+             ("grid", "consumer"), ("audit-office", "provider"), ("econ", "auditor"),
+             ("ghost", "provider"), ("ghost", "admin"), ("econ", "root"),
+             ("econ", "consumer admin"), ("GRID", "provider"), ("grid ", "provider"),
+             ("", "provider")]
+    for org, role in cases:
+        console.cookies.clear()
+        form = console.get("/console/login")
+        r = console.post("/console/login", data={"org": org, "role": role,
+                                                 "csrf": csrf_of(form.text)},
+                         follow_redirects=False)
+        assert r.status_code in (403, 422), (org, role, r.status_code)
+        assert logged_in_as(console, console.cookies.get(COOKIE) or "").status_code == 303, \
+            (org, role)
+
+
+def test_the_dev_login_is_off_for_other_machines_whatever_they_claim(
+        settings: Settings, world: World) -> None:
+    """A client elsewhere that says it is local (forwarding headers, a loopback Host): no
+    dev login."""
+    with TestClient(create_app(settings), base_url="http://localhost",
+                    client=("203.0.113.9", 40000)) as c:
+        headers = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1",
+                   "Forwarded": "for=127.0.0.1", "Host": "127.0.0.1"}
+        form = c.get("/console/login", headers=headers)
+        assert 'name="org"' not in form.text
+        csrf = csrf_of(form.text) if 'name="csrf"' in form.text else "x"
+        r = c.post("/console/login", data={"org": "broker-ops", "role": "admin", "csrf": csrf},
+                   headers=headers, follow_redirects=False)
+        assert r.status_code == 403
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else str(address)
+
+
+def test_the_dev_login_is_off_for_another_machine_over_real_sockets(tmp_path: Path) -> None:
+    """A real server listening on every interface, reached through a non-loopback address
+    with forwarding headers claiming loopback: no dev login (uvicorn trusts forwarding
+    headers from loopback only)."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET}
+    with broker_server(tmp_path, env, args=("--host", "0.0.0.0")) as base:  # noqa: S104
+        remote = base.replace("127.0.0.1", address)
+        headers = {"X-Forwarded-For": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
+        with httpx.Client(base_url=remote, timeout=10) as c:
+            form = c.get("/console/login", headers=headers)
+            assert form.status_code == 200
+            assert 'name="org"' not in form.text
+            csrf = csrf_of(form.text) if 'name="csrf"' in form.text else "x"
+            r = c.post("/console/login", data={"org": "broker-ops", "role": "admin",
+                                               "csrf": csrf}, headers=headers)
+            assert r.status_code == 403
+        with httpx.Client(base_url=base, timeout=10) as c:  # the same server, from loopback
+            assert 'name="org"' in c.get("/console/login").text
+
+
+# == 8. Limits ===============================================================================
+
+
+def flood(settings: Settings, mint: Mint) -> httpx.Response:
+    """Console pages as one principal under a low rate limit until one is refused; the
+    refusal."""
+    settings = settings.model_copy(update={"rate_limit": "12/minute"})
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
+        r = c.post("/v1/orgs", headers=auth(mint("broker-ops", "admin")),
+                   json={"id": "econ", "name": "Econ", "kind": "department"})
+        assert r.status_code == 201
+        econ = log_in(c, "econ", "consumer")
+        for _ in range(30):
+            r = as_(c, econ, "GET", "/console/")
+            if r.status_code != 200:
+                return r
+    raise AssertionError("30 console pages in a row under a limit of 12 a minute")
+
+
+def test_console_requests_count_against_the_principals_rate_limit(settings: Settings,
+                                                                   mint: Mint) -> None:
+    """Console pages are counted like API calls, per principal: a flood of pages ends in a
+    429 with Retry-After."""
+    limited = flood(settings, mint)
+    assert limited.status_code == 429
+    assert limited.headers.get("retry-after")
+
+
+def test_a_console_429_is_a_page_with_the_security_headers(settings: Settings,
+                                                           mint: Mint) -> None:
+    limited = flood(settings, mint)
+    assert limited.status_code == 429
+    assert not header_faults(limited), header_faults(limited)
