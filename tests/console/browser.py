@@ -66,26 +66,44 @@ KINDS = frozenset({"console", "csp", "pageerror", "requestfailed", "response"})
 class _Expected:
     kind: str
     pattern: re.Pattern[str]
+    url: re.Pattern[str] | None = None
 
     def matches(self, problem: Problem) -> bool:
-        return self.kind == problem.kind and bool(
-            self.pattern.search(problem.text) or self.pattern.search(problem.url))
+        return (self.kind == problem.kind
+                and bool(self.pattern.search(problem.text) or self.pattern.search(problem.url))
+                and (self.url is None or bool(self.url.search(problem.url))))
+
+    def __str__(self) -> str:
+        where = f" at a URL matching {self.url.pattern!r}" if self.url else ""
+        return f"a {self.kind} problem matching {self.pattern.pattern!r}{where}"
 
 
 @dataclass  # no slots: Playwright marks the bound methods it is given as handlers
 class PageLog:
     """Every console error, CSP violation, uncaught exception, failed request and 5xx answer
-    of the pages it watches. A test declares the ones it provokes with ``expect``; anything
-    else fails it, and so does an expectation that never came true."""
+    of the pages it watches. A test declares the ones it provokes with ``expect`` (or
+    ``expect_status`` for an error page it visits on purpose); anything else fails it, and so
+    does an expectation that never came true. A request that became a download is not a
+    failed one (Chromium aborts it once the download takes over)."""
 
     problems: list[Problem] = field(default_factory=list)
+    downloads: set[str] = field(default_factory=set)
     _expected: list[_Expected] = field(default_factory=list)
 
-    def expect(self, kind: str, pattern: str) -> None:
-        """Declare a problem of ``kind`` whose text or URL matches the regex ``pattern``."""
+    def expect(self, kind: str, pattern: str, *, url: str | None = None) -> None:
+        """Declare a problem of ``kind`` whose text or URL matches the regex ``pattern`` (and
+        whose URL matches the regex ``url``, if given)."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; one of {sorted(KINDS)}")
-        self._expected.append(_Expected(kind, re.compile(pattern)))
+        self._expected.append(_Expected(kind, re.compile(pattern),
+                                        re.compile(url) if url is not None else None))
+
+    def expect_status(self, status: int, url: str) -> None:
+        """Declare that a page or resource at a URL matching the regex ``url`` answers
+        ``status`` (an error status, which Chromium reports on the console)."""
+        self.expect("console", rf"the server responded with a status of {status}\b", url=url)
+        if status >= 500:
+            self.expect("response", rf"^HTTP {status}$", url=url)
 
     def watch(self, page: Page) -> None:
         """Record ``page``'s problems from now on."""
@@ -93,6 +111,7 @@ class PageLog:
         page.on("pageerror", self._on_page_error)
         page.on("requestfailed", self._on_request_failed)
         page.on("response", self._on_response)
+        page.on("download", lambda download: self.downloads.add(download.url))
 
     def _on_console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
@@ -114,10 +133,11 @@ class PageLog:
 
     def unexpected(self) -> list[str]:
         """What went wrong that no ``expect`` declared, and the expectations never met."""
-        faults = [str(p) for p in self.problems
-                  if not any(e.matches(p) for e in self._expected)]
-        faults += [f"expected a {e.kind} problem matching {e.pattern.pattern!r}, none came"
-                   for e in self._expected if not any(e.matches(p) for p in self.problems)]
+        problems = [p for p in self.problems if not (
+            p.kind == "requestfailed" and p.text == "net::ERR_ABORTED" and p.url in self.downloads)]
+        faults = [str(p) for p in problems if not any(e.matches(p) for e in self._expected)]
+        faults += [f"expected {e}, none came"
+                   for e in self._expected if not any(e.matches(p) for p in problems)]
         return faults
 
 

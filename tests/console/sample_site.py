@@ -39,6 +39,9 @@ PAGES: dict[str, tuple[str, bytes]] = {
         '<h1>未捕获的异常</h1><script src="/throw.js"></script>')),
     "/broken-image": ("text/html; charset=utf-8", _page(
         '<h1>服务器错误</h1><img src="/server-error.svg" alt="坏图">')),
+    "/download": ("text/html; charset=utf-8", _page(
+        '<h1>下载</h1><a id="csv" href="/cells.csv">下载表格</a>')),
+    "/cells.csv": ("text/csv; charset=utf-8", "行业,企业数\n纺织,12\n".encode()),
     "/fine.js": ("text/javascript", b"document.body.dataset.ready = 'yes';"),
     "/console-error.js": ("text/javascript", b"console.error('sample failure');"),
     "/throw.js": ("text/javascript", b"throw new TypeError('sample uncaught');"),
@@ -52,16 +55,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(HTTPStatus.NO_CONTENT)
             self.end_headers()
             return
-        if self.path not in PAGES:
-            status = (HTTPStatus.INTERNAL_SERVER_ERROR if self.path == "/server-error.svg"
-                      else HTTPStatus.NOT_FOUND)
-            self.send_response(status)
+        if self.path == "/server-error.svg":
+            self.send_response(HTTPStatus.INTERNAL_SERVER_ERROR)
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if self.path not in PAGES:  # an error page with a body, as the console sends
+            body = _page("<h1>未找到</h1>")
+            self.send_response(HTTPStatus.NOT_FOUND)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Security-Policy", CSP)
+            self.end_headers()
+            self.wfile.write(body)
             return
         content_type, body = PAGES[self.path]
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", content_type)
+        if content_type.startswith("text/csv"):
+            self.send_header("Content-Disposition", 'attachment; filename="cells.csv"')
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Security-Policy", CSP)
         self.end_headers()

@@ -87,6 +87,32 @@ def test_the_page_log_records_what_went_wrong(page: Page, page_log: PageLog, sam
     assert page_log.unexpected() == []  # ... unless the test declared it
 
 
+def test_a_download_is_not_a_failed_request(page: Page, page_log: PageLog,
+                                            sample_site: str) -> None:
+    page.goto(f"{sample_site}/download")
+    with page.expect_download() as download:
+        page.locator("#csv").click()
+    assert Path(download.value.path()).read_text(encoding="utf-8").startswith("行业,企业数")
+    page.evaluate("0")
+    assert [p.kind for p in page_log.problems] == ["requestfailed"]  # Chromium's abort...
+    assert page_log.unexpected() == []  # ... which is no fault
+
+
+def test_an_error_page_visited_on_purpose_is_declared_by_its_status(
+        page: Page, page_log: PageLog, sample_site: str) -> None:
+    page_log.expect_status(404, r"/elsewhere$")
+    assert page.goto(f"{sample_site}/elsewhere").status == 404  # type: ignore[union-attr]
+    page_log.expect_status(500, r"/server-error\.svg$")
+    page.goto(f"{sample_site}/broken-image")
+    page.evaluate("0")
+    assert page_log.unexpected() == []
+    unmet = PageLog()
+    unmet.expect_status(404, r"/never-visited$")
+    (fault,) = unmet.unexpected()
+    assert fault.startswith("expected a console problem matching 'the server responded")
+    assert fault.endswith(" at a URL matching '/never-visited$', none came")
+
+
 def test_an_unknown_kind_of_problem_cannot_be_expected(page_log: PageLog) -> None:
     with pytest.raises(ValueError, match="unknown kind"):
         page_log.expect("warning", ".")
@@ -134,6 +160,11 @@ def test_declared_problem_that_never_came(page, page_log, sample_site):
 
 
 @pytest.mark.console
+def test_undeclared_not_found(page, sample_site):
+    page.goto(f"{sample_site}/elsewhere")
+
+
+@pytest.mark.console
 def test_clean_page(page, sample_site):
     page.goto(f"{sample_site}/good")
 
@@ -149,24 +180,33 @@ def test_unmarked(page):
 """
 
 
-def test_the_page_fixture_fails_a_test_whose_page_went_wrong(tmp_path: Path,
-                                                             chromium: Path) -> None:
-    """Run tests that use the fixtures in a pytest of their own and read their outcomes."""
+def _run_inner(tmp_path: Path, tests: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``tests`` (with the console fixtures) in a pytest of their own, environment plus
+    ``env``; -rA lists every outcome."""
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
-    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BROKER_TEST_CHROMIUM": str(chromium),
-           "BROKER_TEST_ARTIFACTS": str(tmp_path / "artifacts")}
-    run = subprocess.run(
+    (tmp_path / "test_inner.py").write_text(tests)
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-o",
          "markers=console: browser test", "--strict-markers", "test_inner.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-    outcomes = {name: outcome for outcome, name in re.findall(
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True, text=True, timeout=300, check=False)
+
+
+def _outcomes(run: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    return {name: outcome for outcome, name in re.findall(
         r"^(PASSED|FAILED|ERROR) test_inner\.py::(\w+)", run.stdout, re.MULTILINE)}
-    assert outcomes == {
+
+
+def test_the_page_fixture_fails_a_test_whose_page_went_wrong(tmp_path: Path,
+                                                             chromium: Path) -> None:
+    run = _run_inner(tmp_path, INNER_TESTS, BROKER_TEST_CHROMIUM=str(chromium),
+                     BROKER_TEST_ARTIFACTS=str(tmp_path / "artifacts"))
+    assert _outcomes(run) == {
         "test_console_error": "FAILED", "test_csp_violation": "FAILED",
         "test_uncaught_exception": "FAILED", "test_server_error": "FAILED",
         "test_declared_problem": "PASSED", "test_declared_problem_that_never_came": "FAILED",
-        "test_clean_page": "PASSED", "test_failing_assertion": "FAILED",
+        "test_undeclared_not_found": "FAILED", "test_clean_page": "PASSED",
+        "test_failing_assertion": "FAILED",
         "test_unmarked": "ERROR",
     }, run.stdout + run.stderr
     assert "[console] sample failure" in run.stdout
@@ -174,6 +214,27 @@ def test_the_page_fixture_fails_a_test_whose_page_went_wrong(tmp_path: Path,
     assert "[pageerror] TypeError: sample uncaught" in run.stdout
     assert "[response] HTTP 500 (http://127.0.0.1:" in run.stdout
     assert "expected a console problem matching 'never said', none came" in run.stdout
+    assert "[console] Failed to load resource: the server responded with a status of 404" \
+        in run.stdout
     # A failed test leaves a screenshot of its page.
     shots = {p.name for p in (tmp_path / "artifacts" / "failures").iterdir()}
     assert "test_inner.py_test_failing_assertion.png" in shots
+
+
+ONE_BROWSER_TEST = """
+import pytest
+
+
+@pytest.mark.console
+def test_browser(page):
+    pass
+"""
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "1 error"), ("", "1 skipped")])
+def test_without_chromium_browser_tests_skip_except_under_ci_where_they_fail(
+        tmp_path: Path, ci: str, outcome: str) -> None:
+    run = _run_inner(tmp_path, ONE_BROWSER_TEST, CI=ci,
+                     BROKER_TEST_CHROMIUM=str(tmp_path / "no-chromium"))
+    assert re.search(rf"=+ {outcome} in ", run.stdout), run.stdout + run.stderr
+    assert f"console browser tests need Chromium at {tmp_path / 'no-chromium'}" in run.stdout
