@@ -194,6 +194,24 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+def focus_order(page: Page, presses: int, *, key: str = "Tab") -> list[str]:
+    """Press ``key`` (Tab, Shift+Tab) ``presses`` times; after each press, the focused element
+    as ``tag#id[name=...] "text"`` (the parts it has): keyboard navigation, as a list."""
+    described = []
+    for _ in range(presses):
+        page.keyboard.press(key)
+        described.append(page.evaluate("""() => {
+            const el = document.activeElement;
+            if (!el || el === document.body) return 'body';
+            let d = el.tagName.toLowerCase();
+            if (el.id) d += '#' + el.id;
+            if (el.getAttribute('name')) d += '[name=' + el.getAttribute('name') + ']';
+            const text = (el.innerText || el.value || '').trim().slice(0, 40);
+            return text ? d + ' "' + text + '"' : d;
+        }"""))
+    return described
+
+
 def rendered_fonts(page: Page, selector: str) -> dict[str, int]:
     """The platform fonts Chromium drew the text of ``selector``'s first element with (family
     name -> glyph count), as its DevTools report them: what was drawn, not what CSS asked."""

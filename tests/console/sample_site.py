@@ -27,7 +27,8 @@ def _page(body: str, *, head: str = "") -> bytes:
 PAGES: dict[str, tuple[str, bytes]] = {
     "/good": ("text/html; charset=utf-8", _page(
         f'<h1 id="zh">{CHINESE}</h1><img src="/picture.svg" alt="示意图">'
-        '<label for="q">查询</label><input id="q" type="text">'
+        '<a href="#q">跳到查询</a><label for="q">查询</label><input id="q" name="q" type="text">'
+        '<button type="button">运行</button>'
         '<script src="/fine.js"></script>')),
     "/bad": ("text/html; charset=utf-8", _page(
         '<h1>缺少替代文本</h1><img src="/picture.svg"><input type="text">')),

@@ -17,6 +17,7 @@ from tests.console.browser import (
     PageLog,
     axe_scan,
     axe_violations,
+    focus_order,
     rendered_fonts,
     screenshot,
 )
@@ -42,6 +43,12 @@ def test_axe_finds_nothing_serious_on_a_good_page_under_a_strict_csp(page: Page,
     assert page.locator("body[data-ready=yes]").count() == 1
     axe_scan(page)
     assert page.evaluate("typeof window.axe") == "object"
+
+
+def test_focus_order_follows_the_keyboard(page: Page, sample_site: str) -> None:
+    page.goto(f"{sample_site}/good")
+    assert focus_order(page, 3) == ['a "跳到查询"', "input#q[name=q]", 'button "运行"']
+    assert focus_order(page, 2, key="Shift+Tab") == ["input#q[name=q]", 'a "跳到查询"']
 
 
 def test_chinese_text_is_drawn_with_the_wenquanyi_font(page: Page, sample_site: str) -> None:
