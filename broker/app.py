@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
 
-from broker import __version__
+from broker import __version__, console
 from broker.api import problems
-from broker.api.auth import BearerVerifier, TokenVerifier
+from broker.api.auth import BearerVerifier, TokenVerifier, mint_token
 from broker.api.limits import PrincipalLimits, PrincipalMiddleware
 from broker.api.middleware import (
     BodyLimitMiddleware,
@@ -38,6 +38,7 @@ from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
+from broker.domain.principals import Role
 from broker.observability.metrics import BrokerMetrics, CheckpointLag
 from broker.observability.traces import Tracing, start_tracing
 from broker.policy.bundle import PolicySources
@@ -56,6 +57,7 @@ from broker.settings import Settings
 from broker.store.db import create_schema, make_engine, read_only
 from broker.store.keys import (
     checkpoint_signer,
+    console_secret,
     jwt_secret,
     master_keyring,
     pseudonym_secret,
@@ -97,6 +99,7 @@ class Container:
     queries: QueryService
     audit: AuditService
     checkpointer: Checkpointer
+    console: console.ConsoleAuth
 
     def ready(self) -> str:
         """The database answers and the policy engine decides; the policy revision. The
@@ -150,7 +153,25 @@ def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
         audit=AuditService(uow, guard, checkpointer, signer.verifier,
                            DirectorySink(settings.checkpoints_path).notes),
         checkpointer=checkpointer,
+        console=console.ConsoleAuth(
+            secret=console_secret(settings), max_age=settings.console_session_seconds,
+            dev_login=_dev_minter(settings) if settings.dev_login else None,
+            dev_login_anywhere=settings.console_dev_login is True,
+            operator_org=settings.operator_org),
     )
+
+
+def _dev_minter(settings: Settings) -> console.session.DevMinter:
+    """The console's dev login: a dev token for the organisation and role picked."""
+    key = jwt_secret(settings)
+    ttl = min(settings.console_session_seconds, settings.jwt_max_ttl_seconds)
+
+    def mint(org: str, role: Role) -> str:
+        return mint_token(key=key, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                          sub=f"console:{role.value}@{org}", org=org, roles=[role.value],
+                          ttl=ttl, algorithm=settings.jwt_algorithms[0])
+
+    return mint
 
 
 def make_token_verifier(settings: Settings) -> BearerVerifier:
@@ -219,15 +240,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The broker's traces come from broker.observability.traces.
         telemetry={"auto_configure": False, "tracing": False, "metrics": False, "logs": False,
                    "operation_spans": False},
-        # A filter misspelt would otherwise be ignored and the answer cover more than asked.
-        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.metrics = RequestMetrics()
     problems.install(app)
     for module in (orgs, datasets, slices, contracts, queries, indicators, audit, health):
-        app.include_router(module.router)
+        # A filter misspelt would otherwise be ignored and the answer cover more than asked.
+        app.include_router(module.router, dependencies=[Depends(refuse_unknown_query)])
+    console.install(app)
     app.add_middleware(PrincipalMiddleware, refused=app.state.metrics.limited,
-                       denied=app.state.metrics.denied,
+                       denied=app.state.metrics.denied, session=console.session_token,
                        limits=PrincipalLimits(settings.rate_limit,
                                               settings.max_concurrent_per_principal,
                                               settings.max_concurrent_per_org))

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     oidc_org_claim: str = Field(default="org", pattern=r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
     #: How long the provider's keys are used before they are fetched again.
     oidc_jwks_cache_seconds: int = Field(default=300, ge=1, le=86_400)
+    #: The web console's dev login (``/console/login``: pick an organisation and a role).
+    #: Unset, it is on exactly when no OIDC issuer is configured, and then only for clients on
+    #: loopback (this machine); ``true`` opens it to every client (a shared demo), ``false``
+    #: shuts it. It cannot be on with an issuer (its tokens are the dev secret's, which the
+    #: broker then refuses).
+    console_dev_login: bool | None = None
+    #: How long a console session lasts (and the dev login's tokens).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)
     policy_engine: Literal["embedded", "opa"] = "embedded"
     policy_dir: Path = POLICY_DIR
     policy_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
@@ -117,6 +125,20 @@ class Settings(BaseSettings):
             raise ValueError("BROKER_OIDC_ISSUER needs BROKER_OIDC_AUDIENCE (the audience is "
                              "pinned)")
         return self
+
+    @model_validator(mode="after")
+    def _dev_login_without_oidc(self) -> Settings:
+        if self.console_dev_login and self.oidc_issuer:
+            raise ValueError("BROKER_CONSOLE_DEV_LOGIN cannot be on with BROKER_OIDC_ISSUER: "
+                             "the console logs in through the identity provider")
+        return self
+
+    @property
+    def dev_login(self) -> bool:
+        """Whether the console offers the dev login."""
+        if self.console_dev_login is None:
+            return self.oidc_issuer is None
+        return self.console_dev_login
 
     @property
     def db_url(self) -> str:

@@ -155,11 +155,17 @@ class PrincipalMiddleware(HttpMiddleware):
     """Verifies the bearer token once, then applies ``PrincipalLimits`` to its principal."""
 
     def __init__(self, app: ASGIApp, *, limits: PrincipalLimits, refused: Counter,
-                 denied: Callable[[str], None] | None = None) -> None:
+                 denied: Callable[[str], None] | None = None,
+                 session: Callable[[Scope], str | None] | None = None,
+                 session_prefix: str = "/console") -> None:
         super().__init__(app)
         self.limits = limits
         self.refused = refused
         self.denied = denied  # every refusal, by reason (the metrics' denials)
+        #: Under ``session_prefix`` (the web console) the token is the session cookie's, read
+        #: by ``session``, and never the Authorization header's; elsewhere it is the header's.
+        self.session = session
+        self.session_prefix = session_prefix
         self._auth = anyio.CapacityLimiter(AUTH_THREADS)
         self._audit = anyio.CapacityLimiter(AUDIT_THREADS)
 
@@ -174,8 +180,12 @@ class PrincipalMiddleware(HttpMiddleware):
                                "The query string holds a NUL character (%00).")
             return
         address = f"addr\n{(scope.get('client') or ('-',))[0]}"
-        token = _bearer(scope)
-        if token is None and scope.get("method") in BODY_METHODS and _routed(scope):
+        path = scope.get("path", "")
+        in_session = self.session is not None and (
+            path == self.session_prefix or path.startswith(self.session_prefix + "/"))
+        token = self.session(scope) if in_session and self.session else _bearer(scope)
+        if (token is None and scope.get("method") in BODY_METHODS and not in_session
+                and _routed(scope)):
             # Every route that takes a body needs a token: refuse before reading (parsing a
             # crafted JSON body holds the event loop for a tenth of a second per megabyte).
             # A path or method no route serves is left to the router's 404 or 405.
@@ -189,6 +199,9 @@ class PrincipalMiddleware(HttpMiddleware):
             principal = await anyio.to_thread.run_sync(container.tokens.verify, token,
                                                        limiter=self._auth)
         except Exception as exc:  # whatever went wrong, the caller is not authenticated
+            if in_session:  # an expired session: the console's page asks to log in again
+                await self._without_token(scope, receive, send, address)
+                return
             await self._unauthenticated(scope, send, address, exc if isinstance(
                 exc, BrokerError) else Unauthenticated("The bearer token is not valid."))
             return

@@ -16,16 +16,6 @@ from broker.domain import errors
 
 PROBLEM_JSON = "application/problem+json"
 
-STATUS: dict[type[errors.BrokerError], int] = {
-    errors.Unauthenticated: 401,
-    errors.Forbidden: 403,
-    errors.NotFound: 404,
-    errors.Conflict: 409,
-    errors.PayloadTooLarge: 413,
-    errors.InvalidInput: 422,
-    errors.Unavailable: 503,
-}
-
 HTTP_SLUGS = {
     400: ("bad-request", "Bad request"),
     401: ("unauthenticated", "Authentication required"),
@@ -101,10 +91,7 @@ def problem(
 
 def status_of(exc: errors.BrokerError) -> int:
     """HTTP status for a domain error: the nearest class in the tree that has one."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    return type(exc).status
 
 
 def _on_broker_error(request: Request, exc: Exception) -> JSONResponse:

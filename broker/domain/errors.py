@@ -30,6 +30,8 @@ class BrokerError(Exception):
 
     slug: ClassVar[str] = "broker-error"
     title: ClassVar[str] = "Broker error"
+    #: The HTTP status it is answered with, in the API and the console.
+    status: ClassVar[int] = 500
 
     def __init__(self, detail: str, **extensions: Any) -> None:
         super().__init__(detail)
@@ -42,6 +44,8 @@ class Unauthenticated(BrokerError):
 
     slug = "unauthenticated"
     title = "Authentication required"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 401
 
 
 class Forbidden(BrokerError):
@@ -49,6 +53,8 @@ class Forbidden(BrokerError):
 
     slug = "forbidden"
     title = "Forbidden"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 403
 
 
 class PolicyDenied(Forbidden):
@@ -71,6 +77,8 @@ class NotFound(BrokerError):
 
     slug = "not-found"
     title = "Not found"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 404
 
 
 class Conflict(BrokerError):
@@ -78,6 +86,8 @@ class Conflict(BrokerError):
 
     slug = "conflict"
     title = "Conflict"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 409
 
 
 class InvalidInput(BrokerError):
@@ -85,6 +95,8 @@ class InvalidInput(BrokerError):
 
     slug = "invalid-input"
     title = "Invalid input"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 422
 
 
 class BadDataset(InvalidInput):
@@ -106,6 +118,8 @@ class PayloadTooLarge(BrokerError):
 
     slug = "payload-too-large"
     title = "Payload too large"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 413
 
 
 class Unavailable(BrokerError):
@@ -113,6 +127,8 @@ class Unavailable(BrokerError):
 
     slug = "unavailable"
     title = "Service unavailable"
+    #: The HTTP status it is answered with, in the API and the console.
+    status = 503
 
 
 class BadSignature(InvalidInput):

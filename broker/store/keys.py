@@ -37,6 +37,16 @@ def jwt_secret(settings: Settings) -> str:
     return value
 
 
+def console_secret(settings: Settings) -> bytes:
+    """The key that signs the web console's session cookies (32 random bytes), generated on
+    first run; replacing it logs everyone out of the console."""
+    path = settings.keys_dir / "console-secret"
+    value = _load_or_create(path, secrets.token_bytes(32))
+    if len(value) != 32:
+        raise ValueError(f"{path} must hold exactly 32 bytes")
+    return value
+
+
 def checkpoint_key(settings: Settings) -> Ed25519PrivateKey:
     """The Ed25519 key that signs audit checkpoints, generated on first run."""
     path = settings.checkpoint_key_path
