@@ -11,7 +11,7 @@ from playwright.sync_api import Page
 
 from broker.console.i18n import translations
 from broker.demo.story import ACTORS
-from tests.console.browser import axe_scan, login, rendered_fonts, screenshot
+from tests.console.browser import axe_scan, focus_order, login, rendered_fonts, screenshot
 
 pytestmark = [pytest.mark.console, pytest.mark.e2e]
 
@@ -44,3 +44,20 @@ def test_each_role_logs_in_to_a_clean_home_page_in_chinese_and_english(
     assert not HAN.search(page.locator("main").inner_text())
     screenshot(page, f"home-{role}-{org}-en")
     axe_scan(page)
+
+
+def test_the_login_page_is_clean_and_works_from_the_keyboard(page: Page,
+                                                            console_base: str) -> None:
+    page.goto(f"{console_base}/console/login")
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    form = page.locator("form", has=page.locator("select[name=org]"))
+    assert form.locator("input[type=hidden][name=csrf]").count() == 1
+    roles = form.locator("select[name=role] option").evaluate_all("os => os.map(o => o.value)")
+    assert sorted(roles) == ["admin", "auditor", "consumer", "provider"]
+    screenshot(page, "login")
+    axe_scan(page)
+    # From the organisation's list, Tab reaches the role's and then the button.
+    form.locator("select[name=org]").focus()
+    order = focus_order(page, 2)
+    assert re.match(r"select\S*\[name=role\]", order[0])
+    assert order[1].startswith("button")
