@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -1155,3 +1155,200 @@ def test_a_console_429_is_a_page_with_the_security_headers(settings: Settings,
     limited = flood(settings, mint)
     assert limited.status_code == 429
     assert not header_faults(limited), header_faults(limited)
+
+
+# == Real servers: the browser, and the server's log ==========================================
+
+
+def real_world(base: str, tmp_path: Path) -> tuple[World, httpx.Client]:
+    """The conftest world made through the API of a real server started with ``SECRET``."""
+    defaults = Settings(data_dir=tmp_path / "unused")
+
+    def mint(org: str, *roles: str, sub: str | None = None, ttl: int = 600) -> str:
+        return mint_token(key=SECRET, issuer=defaults.jwt_issuer,
+                          audience=defaults.jwt_audience, sub=sub or f"user@{org}", org=org,
+                          roles=roles, ttl=ttl)
+
+    client = httpx.Client(base_url=base, timeout=30)
+    world_client: Any = client  # World drives any client with TestClient's interface
+    return World(world_client, mint), client
+
+
+def hostile_objects(world: World) -> None:
+    """Organisations, data, a consent record and a query whose text is hostile markup."""
+    c, admin = world.client, world.admin
+    for org, kind in (("xss-dept", "department"), ("xss-firm", "enterprise")):
+        r = c.post("/v1/orgs", headers=auth(admin),
+                   json={"id": org, "name": f"{XSS} {org}", "kind": kind})
+        assert r.status_code == 201, r.text
+    defaults = Settings()
+    firm = mint_token(key=SECRET, issuer=defaults.jwt_issuer, audience=defaults.jwt_audience,
+                      sub="u@xss-firm", org="xss-firm", roles=["provider"], ttl=600)
+    dept = mint_token(key=SECRET, issuer=defaults.jwt_issuer, audience=defaults.jwt_audience,
+                      sub="u@xss-dept", org="xss-dept", roles=["consumer"], ttl=600)
+    frame = pd.DataFrame({"uscc": [f"X{i}" for i in range(8)],
+                          "town": [XSS] * 4 + ["<b>b</b>"] * 4,
+                          "kwh": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]})
+    meta = {"name": "xss-data", "entity_field": "uscc", "fields": [
+        {"name": "uscc", "type": "string", "role": "entity"},
+        {"name": "town", "type": "string", "role": "dimension"},
+        {"name": "kwh", "type": "number", "role": "measure"}]}
+    r = c.post("/v1/datasets", headers=auth(firm),
+               files={"file": ("x.csv", csv_bytes(frame), "text/csv")},
+               data={"meta": json.dumps(meta)})
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    r = c.post(f"/v1/datasets/{dataset}/slices", headers=auth(firm), json={
+        "name": "xss-slice", "fields": ["town", "kwh"],
+        "consent": {"given_by": XSS, "given_at": datetime.now(UTC).isoformat(),
+                    "scope": XSS, "reference": XSS}})
+    assert r.status_code == 201, r.text
+    r = c.post("/v1/contracts", headers=auth(firm), json=contract_terms(
+        dataset, consumer_org="xss-dept", fields={"town": "clear", "kwh": "aggregate"}))
+    assert r.status_code == 201, r.text
+    contract = r.json()["id"]
+    r = c.post(f"/v1/contracts/{contract}/accept", headers=auth(dept))
+    assert r.status_code == 200, r.text
+    r = c.post("/v1/queries/aggregate", headers=auth(dept), json={
+        "contract_id": contract, "purpose": "energy-planning", "group_by": ["town"],
+        "measures": [{"fn": "count"}, {"fn": "sum", "field": "kwh"}]})
+    assert r.status_code == 200, r.text
+
+
+SKIP_LINKS = ("/console/logout", "/console/static/", "/console/oidc/")
+
+
+def crawl(fetch: Callable[[str], str | None], start: str = "/console/",
+          limit: int = 120) -> list[str]:
+    """The console pages reachable by links from ``start`` (``fetch`` returns a page's HTML,
+    or None for what is not a page); the URLs visited."""
+    seen: list[str] = []
+    todo = [start]
+    while todo and len(seen) < limit:
+        url = todo.pop(0)
+        if url in seen:
+            continue
+        seen.append(url)
+        html = fetch(url)
+        if html is None:
+            continue
+        for href in re.findall(r'href="([^"#]+)"', html):
+            href = href.replace("&amp;", "&")
+            if href.startswith("?"):
+                href = url.split("?")[0] + href
+            if (href.startswith("/console") and not href.startswith(SKIP_LINKS)
+                    and "lang=" not in href and href not in seen and href not in todo):
+                todo.append(href)
+    return seen
+
+
+def browse_as(browser: Any, base: str, org: str, role: str, dialogs: list[str],
+              faults: list[str]) -> None:
+    """Log in as ``role`` of ``org`` in a fresh context and follow every console link; what
+    went wrong goes to ``dialogs`` and ``faults``."""
+    from playwright.sync_api import Dialog
+
+    from tests.console.browser import PageLog, login
+
+    who = f"{role}@{org}"
+    context = browser.new_context(locale="zh-CN")
+    page = context.new_page()
+    log = PageLog()
+    log.watch(page)
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(f"{who}: {dialog.type} {dialog.message!r}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    login(page, base, org, role)
+
+    def fetch(url: str) -> str | None:
+        response = page.goto(base + url)
+        if response is None or not str(response.headers.get("content-type", "")).startswith(
+                "text/html"):
+            return None
+        if page.evaluate("() => document.querySelectorAll("
+                         "'img[src=\"x\"], script:not([src])').length"):
+            faults.append(f"{url} as {who}: injected elements in the DOM")
+        return str(page.content())
+
+    assert crawl(fetch)
+    faults.extend(f"{who}: {p}" for p in log.problems if p.kind in ("csp", "pageerror"))
+    context.close()
+
+
+@pytest.mark.console
+def test_hostile_names_do_not_run_in_a_real_browser(tmp_path: Path) -> None:
+    """Chromium, logged in as each role, follows every console link on a broker holding
+    hostile organisation names, data values and consent records: no dialog opens, no script
+    runs (an injected one the CSP blocked is a fault too) and no page throws."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.console.browser import chromium_path, launch_chromium
+
+    if not os.access(chromium_path(), os.X_OK):
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"no Chromium at {chromium_path()}")
+        pytest.skip(f"no Chromium at {chromium_path()}")
+    env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET}
+    with broker_server(tmp_path, env, unset=("BROKER_OIDC_ISSUER",
+                                             "BROKER_DATABASE_URL")) as base:
+        world, client = real_world(base, tmp_path)
+        try:
+            hostile_objects(world)
+        finally:
+            client.close()
+        dialogs: list[str] = []
+        faults: list[str] = []
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright, chromium_path())
+            try:
+                for org, role in (("xss-firm", "provider"), ("xss-dept", "consumer"),
+                                  ("audit-office", "auditor"), ("broker-ops", "admin")):
+                    browse_as(browser, base, org, role, dialogs, faults)
+            finally:
+                browser.close()
+    assert not dialogs, "\n".join(dialogs)
+    assert not faults, "\n".join(faults)
+
+
+def test_the_server_log_holds_no_row_values_from_console_requests(tmp_path: Path) -> None:
+    """A real server at debug level; every role browses every console page it can reach by
+    links and every enumerated route with the scene's ids; the uploaded values never reach
+    the log."""
+    env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET,
+           "BROKER_LOG_LEVEL": "debug"}
+    with broker_server(tmp_path, env, unset=("BROKER_OIDC_ISSUER",
+                                             "BROKER_DATABASE_URL")) as base:
+        world, client = real_world(base, tmp_path)
+        try:
+            scene = make_scene(world)
+            routes = console_routes(create_app(Settings(data_dir=tmp_path / "routes")))
+            pages = 0
+            for org, role in (("grid", "provider"), ("econ", "consumer"),
+                              ("audit-office", "auditor"), ("broker-ops", "admin"),
+                              ("water", "provider"), ("env", "consumer")):
+                with httpx.Client(base_url=base, timeout=30, follow_redirects=True) as browser:
+                    form = browser.get("/console/login")
+                    r = browser.post("/console/login", data={
+                        "org": org, "role": role, "csrf": csrf_of(form.text)})
+                    assert r.status_code == 200, r.text
+
+                    def fetch(url: str, browser: httpx.Client = browser) -> str | None:
+                        got = browser.get(url)
+                        return got.text if is_html(got) else None
+
+                    pages += len(crawl(fetch))
+                    for route in routes:
+                        if "GET" in route.methods:
+                            for url in route.urls(scene.ids()):
+                                browser.get(url)
+                                pages += 1
+        finally:
+            client.close()
+    assert pages > 20
+    log = (tmp_path / "server.log").read_text(errors="replace")
+    assert "/console/" in log or pages  # the log is the server's
+    found = [v for v in (*SECRET_VALUES, CONSENT_SCOPE, CONSENT_BY) if v in log]
+    assert not found, f"the server log holds {found}"
