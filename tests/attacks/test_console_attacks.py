@@ -33,6 +33,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from pydantic import SecretStr
 from starlette.routing import Mount
 
 from broker.api.auth import mint_token
@@ -52,16 +53,17 @@ SALT = "broker-console-session"
 #: Names and values that appear nowhere but in grid's secret dataset and what derives from it.
 SECRET_NAME = "qz-secret-ledger"
 SECRET_FIELDS = ("qz_town", "qz_secret_kwh", "qz_uscc")
-SECRET_VALUES = ("Qzalpha", "Qzbeta", "QZUSCC0", "987654")
+SECRET_VALUES = ("Qzalpha", "Qzbeta", "Qzgamma", "QZUSCC0", "987654", "555111")
 SLICE_NAME = "qz-slice-of-consent"
 CONSENT_SCOPE = "qz-consent-scope-text"
 CONSENT_BY = "Qz Board of Directors"
 
 SECRET_FRAME = pd.DataFrame({
-    "qz_uscc": [f"QZUSCC{i:04d}" for i in range(10)],
-    "qz_town": ["Qzalpha"] * 5 + ["Qzbeta"] * 5,
+    "qz_uscc": [f"QZUSCC{i:04d}" for i in range(12)],
+    "qz_town": ["Qzalpha"] * 5 + ["Qzbeta"] * 5 + ["Qzgamma"] * 2,
     "qz_secret_kwh": [987654.25, 986001.5, 985002.5, 984003.5, 983004.5,
-                      982005.5, 981006.5, 980007.5, 979008.5, 978009.5],
+                      982005.5, 981006.5, 980007.5, 979008.5, 978009.5,
+                      555111.75, 444222.25],
 })
 SECRET_META: dict[str, Any] = {
     "name": SECRET_NAME,
@@ -102,6 +104,7 @@ OBJECT_PARAMS = frozenset({"dataset_id", "contract_id", "slice_id", "seq", "quer
 #: Path parameters that name no object, with a value that reaches the route.
 PLAIN_PARAMS: Mapping[str, tuple[str, ...]] = {
     "rest": ("nowhere",),
+    "kind": ("filter", "measure"),  # the query builder's extra rows
 }
 
 
@@ -261,13 +264,45 @@ class Cast:
 
 @pytest.fixture
 def cast(console: TestClient, scene: Scene) -> Cast:
-    return Cast(owner=log_in(console, "grid", "provider"),
+    """The sessions; when the console runs queries, the scene's answer is one econ was shown
+    there (its downloads are then what strangers go for)."""
+    cast = Cast(owner=log_in(console, "grid", "provider"),
                 party=log_in(console, "econ", "consumer"),
                 auditor=log_in(console, "audit-office", "auditor"),
                 admin=log_in(console, "broker-ops", "admin"),
                 strangers=(log_in(console, "water", "provider"),
                            log_in(console, "env", "consumer"),
                            log_in(console, "env", "provider")))
+    if has_route(console, "/console/query/run"):
+        r = console_query(console, cast.party, scene.contract)
+        assert r.status_code == 200, r.text[:3000]
+        found = answer_id(r.text)
+        assert found, r.text[:3000]
+        scene.query_id = found
+    return cast
+
+
+def has_route(client: TestClient, path: str) -> bool:
+    return any(r.path == path for r in console_routes(app_of(client)))
+
+
+def console_query(client: TestClient, who: Login, contract: str, *, run: bool = True,
+                  **fields: Any) -> httpx.Response:
+    """The query builder's form posted (run, or the dry run): by default the sum and count of
+    the secret dataset's kWh by town."""
+    form: dict[str, Any] = {"csrf": who.csrf, "contract": contract,
+                            "purpose": "energy-planning", "group_by": ["qz_town"],
+                            "measure_fn": ["count", "sum"],
+                            "measure_field": ["", "qz_secret_kwh"]}
+    form.update(fields)
+    return as_(client, who, "POST", "/console/query/run" if run else "/console/query/explain",
+               data=form)
+
+
+def answer_id(html: str) -> str | None:
+    """The id of the answer a results page offers for download."""
+    found = re.search(r'/console/query/results/([^"/?]+)\.csv', html)
+    return found.group(1) if found else None
 
 
 # -- the routes -------------------------------------------------------------------------------
@@ -488,6 +523,10 @@ def test_every_attempt_on_another_organisations_object_is_audited(
 
 
 QUERY_ID_PARAMS = ("dataset_id", "contract_id", "slice_id", "seq", "query_id")
+#: How pages name an object in their query string or form: (parameter, kind of id).
+QUERY_STRING_IDS = (*((p, p) for p in QUERY_ID_PARAMS), ("contract", "contract_id"),
+                    ("dataset", "dataset_id"), ("slice", "slice_id"), ("entry", "seq"),
+                    ("query", "query_id"))
 
 
 def test_ids_in_the_query_string_show_nothing_of_another_organisation(
@@ -498,16 +537,16 @@ def test_ids_in_the_query_string_show_nothing_of_another_organisation(
     faults: list[str] = []
     ids = scene.ids()
     for route in get_routes(app_of(console)):
-        if route.params or route.path in ("/console", "/console/login"):
+        if route.objects() or route.path in ("/console", "/console/login"):
             continue
-        for who in cast.strangers:
-            for name in QUERY_ID_PARAMS:
-                r = as_(console, who, "GET", route.path, params={name: ids[name]},
-                        headers={"Accept-Language": "en"})
-                if r.status_code >= 500:
-                    faults.append(f"GET {route.path}?{name}= as {who.name}: {r.status_code}")
-                if found := leaks(r.text, scene.markers):
-                    faults.append(f"GET {route.path}?{name}= as {who.name} shows {found}")
+        for url in route.urls(ids):
+            for who in cast.strangers:
+                for name, kind in QUERY_STRING_IDS:
+                    r = as_(console, who, "GET", url, params={name: ids[kind]})
+                    if r.status_code >= 500:
+                        faults.append(f"GET {url}?{name}= as {who.name}: {r.status_code}")
+                    if found := leaks(r.text, scene.markers):
+                        faults.append(f"GET {url}?{name}= as {who.name} shows {found}")
     assert not faults, "\n".join(faults)
 
 
@@ -519,8 +558,9 @@ def test_form_fields_naming_another_organisations_object_change_nothing(
     before = state_of(console, world)
     faults: list[str] = []
     ids = scene.ids()
-    form = {name: ids[name] for name in QUERY_ID_PARAMS}
-    form |= {"purpose": "energy-planning", "group_by": "qz_town", "fn": "count"}
+    form = {name: ids[kind] for name, kind in QUERY_STRING_IDS}
+    form |= {"purpose": "energy-planning", "group_by": "qz_town", "measure_fn": "count",
+             "fn": "count"}
     for route in post_routes(app_of(console)):
         if route.path in ("/console/login", "/console/logout"):
             continue
@@ -1352,3 +1392,244 @@ def test_the_server_log_holds_no_row_values_from_console_requests(tmp_path: Path
     assert "/console/" in log or pages  # the log is the server's
     found = [v for v in (*SECRET_VALUES, CONSENT_SCOPE, CONSENT_BY) if v in log]
     assert not found, f"the server log holds {found}"
+
+
+def test_with_an_identity_provider_the_dev_login_and_dev_tokens_are_dead(
+        tmp_path: Path, oidc_provider: Any) -> None:
+    """With an OIDC issuer configured the dev login is off even on loopback, and a session
+    cookie holding a dev (HS256) token, even one signed with the broker's own cookie key,
+    opens nothing."""
+    settings = Settings(data_dir=tmp_path / "var", jwt_secret=SecretStr(SECRET),
+                        oidc_issuer=oidc_provider.issuer, oidc_audience="broker")
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
+        form = c.get("/console/login")
+        assert form.status_code == 200
+        assert 'name="org"' not in form.text
+        csrf = csrf_of(form.text) if 'name="csrf"' in form.text else "x"
+        r = c.post("/console/login", data={"org": "broker-ops", "role": "admin",
+                                           "csrf": csrf}, follow_redirects=False)
+        assert r.status_code == 403
+        assert logged_in_as(c, c.cookies.get(COOKIE) or "").status_code == 303
+        dev = mint_token(key=SECRET, issuer=settings.jwt_issuer,
+                         audience=settings.jwt_audience, sub="console:admin@broker-ops",
+                         org="broker-ops", roles=["admin"], ttl=600)
+        r = logged_in_as(c, cookie_with(settings, {"csrf": "c", "token": dev}))
+        assert r.status_code == 303
+
+
+# == 6. Privacy: what the department's pages and files give away =============================
+
+
+def number_forms(value: float) -> set[str]:
+    """The ways a page or file might write ``value``."""
+    forms = {f"{value:.2f}", f"{value:,.2f}", f"{value:.1f}", f"{value:,.1f}", repr(value)}
+    if value == int(value):
+        forms |= {str(int(value)), f"{int(value):,}"}
+    return forms
+
+
+def secret_truth() -> dict[str, tuple[int, float]]:
+    """Each town's true entity count and kWh sum in the secret dataset."""
+    grouped = SECRET_FRAME.groupby("qz_town").agg(n=("qz_uscc", "nunique"),
+                                                  kwh=("qz_secret_kwh", "sum"))
+    return {str(town): (int(row.n), float(row.kwh)) for town, row in grouped.iterrows()}
+
+
+def api_answer(world: World, contract: str) -> dict[str, Any]:
+    r = world.client.post("/v1/queries/aggregate", headers=auth(world.econ), json={
+        "contract_id": contract, "purpose": "energy-planning", "group_by": ["qz_town"],
+        "measures": [{"fn": "count"}, {"fn": "sum", "field": "qz_secret_kwh"}]})
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def needs_route(client: TestClient, path: str) -> None:
+    """Skip (fail under CI) when the console does not serve ``path``: the pages it belongs to
+    have not landed on this branch."""
+    if not has_route(client, path):
+        message = f"{path} is not served: the pages it belongs to have not landed"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_withheld_cells_show_no_value_or_count_in_the_page_csv_or_excel(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """The console's answer, as a page, a CSV and a workbook: a withheld cell is marked
+    withheld with its reason, and its true sum and entity count appear nowhere in its row."""
+    import csv
+    import io
+
+    import openpyxl
+
+    needs_route(console, "/console/query/results/{query_id}.csv")
+    truth = secret_truth()
+    r = console_query(console, cast.party, scene.contract)
+    assert r.status_code == 200
+    query_id = answer_id(r.text)
+    assert query_id
+    api = api_answer(scene.world, scene.contract)
+    withheld = {c["key"]["qz_town"] for c in api["cells"] if c["status"] != "published"}
+    assert "Qzgamma" in withheld  # 2 enterprises under k = 3
+    page = r.text
+    for town in withheld:
+        n, kwh = truth[town]
+        found = [f for f in number_forms(kwh) if f in page]
+        assert not found, f"the page shows the withheld sum of {town}: {found}"
+        html_row = re.search(rf"<tr[^>]*>(?:(?!</tr>).)*{town}(?:(?!</tr>).)*</tr>", page,
+                             re.S)
+        assert html_row, f"the page has no row for the withheld cell {town}"
+        cells = re.sub(r"<code>[^<]*</code>", "", html_row.group(0))
+        assert not re.search(rf">\s*{n}\s*<", cells), f"the page shows {town}'s count"
+    csv_r = as_(console, cast.party, "GET", f"/console/query/results/{query_id}.csv")
+    assert csv_r.status_code == 200
+    assert not header_faults(csv_r), header_faults(csv_r)
+    rows = list(csv.reader(io.StringIO(csv_r.content.decode("utf-8-sig"))))
+    header = rows[0]
+    xlsx_r = as_(console, cast.party, "GET", f"/console/query/results/{query_id}.xlsx")
+    assert xlsx_r.status_code == 200
+    sheet = openpyxl.load_workbook(io.BytesIO(xlsx_r.content)).active
+    assert sheet is not None
+    sheet_rows = [list(row) for row in sheet.iter_rows(values_only=True)]
+    for source, table in (("CSV", rows), ("Excel", sheet_rows)):
+        by_town = {str(row[header.index("qz_town")]): row for row in table[1:]}
+        for town in withheld:
+            row = by_town[town]
+            values = [v for i, v in enumerate(row) if header[i] != "qz_town"]
+            numbers = [v for v in values if isinstance(v, int | float) or (
+                isinstance(v, str) and re.fullmatch(r"[\d.,]+", v.strip() or "x"))]
+            assert not numbers, f"{source}: the withheld cell {town} has figures {numbers}"
+            assert all(v not in (None, "") for v in values[:2]), \
+                f"{source}: the withheld cell {town} is blank (read as zero)"
+        for town, row in by_town.items():
+            if town not in withheld:
+                n, kwh = truth[town]
+                assert n in row or str(n) in row, (source, town, row)
+
+
+def test_the_console_shows_no_more_than_the_api_gives_the_same_principal(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """The same query through the console (its CSV) and through the API: the same cells, the
+    same published figures, the same withheld ones."""
+    import csv
+    import io
+
+    needs_route(console, "/console/query/results/{query_id}.csv")
+    r = console_query(console, cast.party, scene.contract)
+    query_id = answer_id(r.text)
+    assert query_id
+    csv_r = as_(console, cast.party, "GET", f"/console/query/results/{query_id}.csv")
+    rows = list(csv.reader(io.StringIO(csv_r.content.decode("utf-8-sig"))))
+    header = rows[0]
+    api = api_answer(scene.world, scene.contract)
+    published = {c["key"]["qz_town"]: c["values"] for c in api["cells"]
+                 if c["status"] == "published"}
+    console_published = {}
+    for row in rows[1:]:
+        town = row[header.index("qz_town")]
+        if row[header.index("count")] and re.fullmatch(r"[\d.]+", row[header.index("count")]):
+            console_published[town] = {"count": float(row[header.index("count")]),
+                                       "sum_qz_secret_kwh": float(
+                                           row[header.index("sum_qz_secret_kwh")])}
+    assert set(console_published) == set(published)
+    for town, values in published.items():
+        for name, value in values.items():
+            assert console_published[town][name] == pytest.approx(float(value)), (town, name)
+
+
+def test_a_dry_run_releases_nothing_and_uses_no_quota(console: TestClient, scene: Scene,
+                                                      cast: Cast) -> None:
+    """The builder's dry run: no release on the ledger, no query counted against the
+    contract's daily quota, and no figure of the data on the page."""
+    needs_route(console, "/console/query/explain")
+    world = scene.world
+
+    def remaining() -> int:
+        r = world.client.post("/v1/policy/explain", headers=auth(world.econ), json={
+            "contract_id": scene.contract, "purpose": "energy-planning",
+            "group_by": ["qz_town"], "measures": [{"fn": "count"}]})
+        assert r.status_code == 200, r.text
+        left: int = r.json()["quota_remaining"]
+        return left
+
+    before, seq = remaining(), last_seq(console, world.auditor)
+    for _ in range(3):
+        r = console_query(console, cast.party, scene.contract, run=False)
+        assert r.status_code == 200, r.text[:2000]
+        truth = secret_truth()
+        for town, (_n, kwh) in truth.items():
+            found = [f for f in number_forms(kwh) if f in r.text]
+            assert not found, f"the dry run shows {town}'s sum: {found}"
+    assert remaining() == before
+    released = [e for e in auditor_entries(console, world.auditor, seq)
+                if e["action"] == "query.aggregate"]
+    assert not released, released
+
+
+def test_another_principals_answer_cannot_be_downloaded(console: TestClient, scene: Scene,
+                                                        cast: Cast) -> None:
+    """The download URL of econ's answer, asked for by another person of econ itself (another
+    subject), by another department and with the id's case or form changed: 404, audited."""
+    needs_route(console, "/console/query/results/{query_id}.csv")
+    settings = world_settings(console)
+    colleague = mint_token(key=SECRET, issuer=settings.jwt_issuer,
+                           audience=settings.jwt_audience, sub="colleague@econ", org="econ",
+                           roles=["consumer"], ttl=600)
+    cookie = cookie_with(settings, {"csrf": "c", "token": colleague})
+    other = Login("econ", "consumer", cookie, "c")
+    qid = scene.query_id
+    for who in (other, cast.strangers[1]):
+        for url in (f"/console/query/results/{qid}.csv", f"/console/query/results/{qid}.xlsx",
+                    f"/console/query/results/{qid.upper()}.csv",
+                    f"/console/query/results/{qid}%00.csv",
+                    f"/console/query/results/{qid}.csv?principal=econ"):
+            before = last_seq(console, scene.world.auditor)
+            r = as_(console, who, "GET", url)
+            assert r.status_code == 404, (who.name, url, r.status_code)
+            assert not leaks(r.text, scene.markers)
+            new = auditor_entries(console, scene.world.auditor, before)
+            assert any(not e["decision"]["allowed"] and e["actor"]["org"] == who.org
+                       for e in new), (who.name, url)
+    assert as_(console, cast.party, "GET", f"/console/query/results/{qid}.csv"
+               ).status_code == 200
+
+
+CSV_FORMULAS = ('=HYPERLINK("http://evil.example","x")', "+1+cmd|' /C calc'!A0", "-2+3",
+                "@SUM(A1)", "\t=1+1")
+
+
+def test_downloads_are_safe_from_formula_injection(console: TestClient, mint: Mint,
+                                                   world: World) -> None:
+    """Dimension values written as spreadsheet formulas come out of the CSV and the workbook
+    as text, never as formulas."""
+    import csv
+    import io
+
+    import openpyxl
+
+    needs_route(console, "/console/query/results/{query_id}.csv")
+    towns = [t for t in CSV_FORMULAS for _ in range(3)]
+    frame = pd.DataFrame({"uscc": [f"F{i}" for i in range(len(towns))], "town": towns,
+                          "kwh": [float(i + 1) for i in range(len(towns))]})
+    did = world.add_dataset(frame, [{"name": "town", "type": "string", "role": "dimension"},
+                                    {"name": "kwh", "type": "number", "role": "measure"}])
+    cid = world.contract_for(did, fields={"town": "clear", "kwh": "aggregate"})
+    econ = log_in(console, "econ", "consumer")
+    r = as_(console, econ, "POST", "/console/query/run", data={
+        "csrf": econ.csrf, "contract": cid, "purpose": "energy-planning",
+        "group_by": ["town"], "measure_fn": ["count"], "measure_field": [""]})
+    assert r.status_code == 200, r.text[:2000]
+    qid = answer_id(r.text)
+    assert qid
+    body = as_(console, econ, "GET", f"/console/query/results/{qid}.csv").content
+    texts = [v for row in csv.reader(io.StringIO(body.decode("utf-8-sig"))) for v in row]
+    dangerous = [v for v in texts if v[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert not dangerous, dangerous
+    book = openpyxl.load_workbook(io.BytesIO(as_(console, econ, "GET",
+                                                 f"/console/query/results/{qid}.xlsx").content))
+    sheet = book.active
+    assert sheet is not None
+    formulas = [c.value for row in sheet.iter_rows() for c in row
+                if c.data_type == "f" or (isinstance(c.value, str) and c.value[:1] == "=")]
+    assert not formulas, formulas
