@@ -23,8 +23,10 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """The app on loopback (the session cookie is not Secure there), lifespan run."""
-    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
+    """The app on loopback, for a client on this machine (the session cookie is not Secure
+    there and the dev login serves it), lifespan run."""
+    with TestClient(create_app(settings), base_url="http://127.0.0.1",
+                    client=("127.0.0.1", 50000)) as c:
         yield c
 
 
@@ -263,6 +265,7 @@ def test_denial_charts_count_denials_by_reason_and_organisation(world: World) ->
     for org, n in by_org.items():
         assert re.search(rf"<code>{re.escape(org)}</code></th>\s*<td class=\"num\">{n}</td>",
                          table), org
+    assert '"text": "Denials by reason"' in r.text  # the chart's title: the page's language
     assert 'data-chart=' in r.text
     assert 'id="table-reasons"' in r.text
     assert f"Denied entries counted: {len(denied)}." in r.text
@@ -276,6 +279,7 @@ def test_operator_lists_organisations_with_key_fingerprints_and_registers_one(
     for org in ("grid", "water", "econ", "env", "audit-office"):
         assert f"<code>{org}</code>" in r.text
     assert "SHA256:" in r.text  # the embedded keyring gave each a key
+    assert "<td>Department</td>" in r.text  # kinds in the page's language
 
     uscc = make_uscc("330100", "MA2F0000")
     made = world.client.post("/console/operator/orgs", data={
