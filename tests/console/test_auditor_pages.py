@@ -248,6 +248,21 @@ def test_checkpoints_page_shows_the_signed_notes_their_outside_copies_and_the_ke
     assert world.client.get("/v1/audit/key").json()["vkey"] in r.text
 
 
+def table_totals(html: str, table_id: str) -> dict[str, int]:
+    """A denial table's figures summed over its days, per column (series)."""
+    table = html[html.index(f'id="{table_id}"'):]
+    table = table[:table.index("</table>")]
+    names = re.findall(r'<th scope="col"><code>([^<]+)</code></th>', table)
+    totals: dict[str, int] = {}
+    for cells in re.findall(r'<th scope="row">[^<]+</th>(.*?)</tr>', table, re.S):
+        values = [int(v) for v in re.findall(r'<td class="num">(\d+)</td>', cells)]
+        assert len(values) == len(names) + 1
+        assert sum(values[:-1]) == values[-1]  # the day's total
+        for name, n in zip(names, values, strict=False):
+            totals[name] = totals.get(name, 0) + n
+    return totals
+
+
 def test_denial_charts_count_denials_by_reason_and_organisation(world: World) -> None:
     for _ in range(2):
         assert world.query(purpose="marketing").status_code == 403
@@ -257,14 +272,16 @@ def test_denial_charts_count_denials_by_reason_and_organisation(world: World) ->
     denied = entries(world, decision="deny")
     assert denied
     by_org: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
     for e in denied:
-        actor = e["actor"]
+        actor, decision = e["actor"], e["decision"]
         assert isinstance(actor, dict)
+        assert isinstance(decision, dict)
         by_org[actor["org"]] = by_org.get(actor["org"], 0) + 1
-    table = r.text[r.text.index('id="table-orgs"'):]
-    for org, n in by_org.items():
-        assert re.search(rf"<code>{re.escape(org)}</code></th>\s*<td class=\"num\">{n}</td>",
-                         table), org
+        for reason in decision["reasons"]:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    assert table_totals(r.text, "table-reasons") == by_reason
+    assert table_totals(r.text, "table-orgs") == by_org
     assert '"text": "Denials by reason"' in r.text  # the chart's title: the page's language
     assert 'data-chart=' in r.text
     assert 'id="table-reasons"' in r.text

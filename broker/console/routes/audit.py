@@ -238,7 +238,8 @@ def checkpoints(page: AuditorPage, audit: AuditDep, before: Cursor = "") -> Resp
 
 def chart(kind: str, days: list[str], series: dict[str, dict[str, int]],
           title: str) -> dict[str, Any]:
-    """A stacked bar chart per day, one dataset per series (Chart.js config)."""
+    """A stacked bar chart per day of ``days`` (every day of the window, so that time runs
+    evenly along the axis), one dataset per series (Chart.js config)."""
     return {
         "type": kind,
         "data": {"labels": days, "datasets": [
@@ -268,9 +269,10 @@ def denial_charts(page: AuditorPage, audit: AuditDep) -> Response:
     found: Denials = audit.denials(page.context, since=_midnight(first), cap=CHART_CAP)
     i18n.activate(page.language)  # this thread's: the charts' titles are translated here
     days = found.days
+    window = [(first + timedelta(days=n)).isoformat() for n in range(CHART_DAYS)]
     by_reason, by_org = series(found.by_reason), series(found.by_org)
     return render(
         page, "audit/charts.html", denials=found, days=days, first=first, last=today,
         window=CHART_DAYS, by_reason=by_reason, by_org=by_org,
-        reason_chart=chart("bar", days, by_reason, _("Denials by reason")),
-        org_chart=chart("bar", days, by_org, _("Denials by organisation")))
+        reason_chart=chart("bar", window, by_reason, _("Denials by reason")),
+        org_chart=chart("bar", window, by_org, _("Denials by organisation")))
