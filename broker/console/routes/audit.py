@@ -19,7 +19,6 @@ from starlette.responses import Response
 
 from audit.entry import encode, format_ts
 from audit.proofs import InclusionProof
-from broker.console import i18n
 from broker.console.i18n import _
 from broker.console.web import (
     AuditorPage,
@@ -144,7 +143,6 @@ def audit_log(page: AuditorPage, audit: AuditDep, query: QueryDep,
               decision: Text = "", since: Text = "", until: Text = "") -> Response:
     """The audit log, oldest first, with filters and a cursor to the next page."""
     found = audit.entries(page.context, query)
-    i18n.activate(page.language)  # this thread's: labels() translates
     filters: dict[str, object] = {
         "actor": actor, "org": org, "dataset_id": dataset_id, "action": action,
         "decision": decision, "since": since, "until": until,
@@ -176,7 +174,6 @@ def audit_entry(page: TrailPage, audit: AuditDep, seq: Seq) -> Response:
     """One entry in full (its canonical JSON) with its inclusion proof against the latest
     signed checkpoint, and how to check it offline."""
     proof = prove(page, audit, seq)
-    i18n.activate(page.language)
     assert proof.entry is not None  # noqa: S101 - the use case proves a stored entry
     return render(page, "audit/entry.html", proof=proof,
                   item=row(AuditItem(entry=proof.entry, leaf_hash=proof.leaf_hash)),
@@ -267,7 +264,6 @@ def denial_charts(page: AuditorPage, audit: AuditDep) -> Response:
     today = datetime.now(UTC).date()
     first = today - timedelta(days=CHART_DAYS - 1)
     found: Denials = audit.denials(page.context, since=_midnight(first), cap=CHART_CAP)
-    i18n.activate(page.language)  # this thread's: the charts' titles are translated here
     days = found.days
     window = [(first + timedelta(days=n)).isoformat() for n in range(CHART_DAYS)]
     by_reason, by_org = series(found.by_reason), series(found.by_org)

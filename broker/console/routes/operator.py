@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form
 from starlette.responses import Response
 
-from broker.console import i18n
 from broker.console.routes.home import kinds
 from broker.console.web import AdminPage, ConsoleRoute, check_csrf, redirect, render, service
 from broker.domain.organisations import OrgKind
@@ -44,7 +43,6 @@ def organisations(page: AdminPage, orgs: OrgsDep, registered: str = "") -> Respo
     to register another."""
     found = sorted(orgs.list(page.context), key=lambda o: o.id)
     rows = [{"org": o, "fingerprint": fingerprint(o.public_key)} for o in found]
-    i18n.activate(page.language)  # this thread's: kinds() translates
     return render(page, "operator/orgs.html", rows=rows, kinds=kinds(),
                   registered=registered if any(o.id == registered for o in found) else "")
 
