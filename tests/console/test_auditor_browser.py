@@ -10,6 +10,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from broker.console.i18n import translations
 from tests.console.browser import PageLog, axe_scan, login, screenshot
 
 pytestmark = [pytest.mark.console, pytest.mark.e2e]
@@ -43,10 +44,11 @@ def test_auditor_filters_the_log_pages_through_it_and_opens_an_entry_with_its_pr
     assert first_seqs == ["1", "2", "3", "4", "5"]
     assert second_seqs == ["6", "7", "8", "9", "10"]
 
-    # Only the refusals (the provider's above, at least).
+    # Only the refusals (the provider's above, at least), still five to a page.
     page.select_option("#f-decision", "deny")
     page.get_by_role("button", name="Apply filters").click()
     page.wait_for_url(re.compile(r"decision=deny"))
+    assert "limit=5" in page.url
     assert rows.count() >= 1
     assert rows.locator(".denied").count() == rows.count()
     assert rows.locator(".allowed").count() == 0
@@ -65,6 +67,22 @@ def test_auditor_filters_the_log_pages_through_it_and_opens_an_entry_with_its_pr
     with page.expect_download() as download:
         page.get_by_role("link", name="proof (JSON)").click()
     assert download.value.suggested_filename == f"audit-proof-{seq}.json"
+
+
+def test_the_auditor_pages_read_in_chinese(page: Page, console_base: str) -> None:
+    zh = translations("zh-CN")
+    login(page, console_base, "audit-office", "auditor")
+    for path, title, shot in (("/console/audit", "Audit log", "auditor-log-zh"),
+                              ("/console/audit/verify", "Verify the log", None),
+                              ("/console/audit/checkpoints", "Signed checkpoints", None),
+                              ("/console/audit/charts", "Denials over time", None)):
+        page.goto(f"{console_base}{path}?lang=zh-CN")
+        assert page.locator("html").get_attribute("lang") == "zh-CN"
+        expect(page.locator("main h1")).to_have_text(zh.gettext(title))
+        assert zh.gettext(title) != title
+        if shot:
+            screenshot(page, shot)
+        axe_scan(page)
 
 
 def test_verify_now_shows_the_result_in_place(page: Page, console_base: str) -> None:
