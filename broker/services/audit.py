@@ -221,6 +221,10 @@ class AuditService:
     checkpointer: Checkpointer
     verifier: NoteVerifier
     outside_notes: Callable[[], list[tuple[str, str]]]
+    #: The outside copies of the checkpoints of the given sizes (as ``outside_notes`` gives
+    #: them), read without reading every copy; none when checkpoints are not kept in files.
+    outside_notes_for: Callable[[Sequence[int]], list[tuple[str, str]]] = (
+        lambda _sizes: [])
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -284,13 +288,14 @@ class AuditService:
         self._record(ctx, "audit.checkpoints")
         return Page.cut(found, limit, lambda checkpoint: checkpoint.size)
 
-    def outside_copies(self, ctx: RequestContext) -> list[OutsideCopy]:
-        """The checkpoints published outside the database (the checkpoint directory), each
-        checked against the log's key; auditors compare them with the database's."""
+    def outside_copies(self, ctx: RequestContext, sizes: Sequence[int]) -> list[OutsideCopy]:
+        """The copies published outside the database (the checkpoint directory) of the
+        checkpoints of ``sizes``, each checked against the log's key; auditors compare them
+        with the database's."""
         with self.uow() as uow:
             self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
         copies = []
-        for note, source in self.outside_notes():
+        for note, source in self.outside_notes_for(sizes):
             try:
                 checkpoint = self.verifier.checkpoint(note)
             except CheckpointError:

@@ -336,3 +336,21 @@ def test_the_auditor_pages_are_in_chinese_by_default(world: World) -> None:
     world.client.cookies.delete("broker_console_lang", path="/console")
     r = world.client.get("/console/audit?lang=zh-CN")
     assert "审计日志" in r.text
+
+
+def test_a_forged_outside_copy_of_a_checkpoint_is_flagged(world: World,
+                                                          settings: Settings) -> None:
+    login(world.client, "audit-office", "auditor")
+    assert world.client.get("/console/audit/entries/3").status_code == 200  # signs one
+    newest = world.client.get("/v1/audit/checkpoints",
+                              headers=auth(world.auditor)).json()["checkpoints"][0]
+    size = newest["size"]
+    lines = newest["note"].split("\n")
+    lines[2] = "A" * 43 + "="  # another root under the same signature
+    forged = settings.checkpoints_path / f"{size:020d}.conflict-0123abcd.checkpoint"
+    forged.write_text("\n".join(lines), encoding="utf-8")
+    r = world.client.get("/console/audit/checkpoints?lang=en")
+    assert r.status_code == 200
+    assert "whose signature does not verify" in r.text
+    assert forged.name in r.text
+    assert f"{size:020d}.checkpoint</code>: <span class=\"status-ok\">same root" in r.text

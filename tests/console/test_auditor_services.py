@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from broker.app import Container
 from broker.services import health as health_module
 from broker.services.audit import AuditItem, count_denials
+from broker.services.checkpoints import DirectorySink
 from broker.services.health import HealthService
 
 
@@ -95,3 +97,16 @@ def test_a_hanging_policy_engine_is_reported_as_a_timeout(
     assert time.monotonic() - started < 2
     assert (report.policy.ok, report.policy.reason) == (False, "timeout")
     assert not report.ready
+
+
+def test_outside_copies_are_read_for_the_sizes_asked_only(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path / "checkpoints")
+    assert sink.notes_for([1]) == []  # no directory yet
+    for size in (1, 2, 3):
+        sink.publish(size, f"note {size}\n")
+    sink.publish(2, "another note 2\n")  # a conflicting copy, kept beside the first
+    (tmp_path / "checkpoints" / f"{2:020d}.checkpoint.tmp").write_text("partial")
+    found = sink.notes_for([2])
+    assert sorted(note for note, _source in found) == ["another note 2\n", "note 2\n"]
+    assert all(Path(source).name.startswith(f"{2:020d}.") for _note, source in found)
+    assert [note for note, _source in sink.notes_for([1, 3])] == ["note 1\n", "note 3\n"]

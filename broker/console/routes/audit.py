@@ -219,7 +219,7 @@ def checkpoints(page: AuditorPage, audit: AuditDep, before: Cursor = "") -> Resp
     public key that checks them."""
     found = audit.checkpoints(page.context, before=int(before) if before else None,
                               limit=CHECKPOINTS_PAGE)
-    copies = audit.outside_copies(page.context)
+    copies = audit.outside_copies(page.context, [c.size for c in found.items])
     by_size: dict[int, list[dict[str, Any]]] = {}
     for checkpoint in found.items:
         by_size[checkpoint.size] = [
@@ -229,7 +229,7 @@ def checkpoints(page: AuditorPage, audit: AuditDep, before: Cursor = "") -> Resp
     next_url = (page.url("/audit/checkpoints", before=found.next_cursor)
                 if found.next_cursor is not None else None)
     return render(page, "audit/checkpoints.html", checkpoints=found.items, copies=by_size,
-                  unverified=unverified, outside=len(copies), key=audit.key(),
+                  unverified=unverified, key=audit.key(),
                   next_url=next_url)
 
 
