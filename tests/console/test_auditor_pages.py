@@ -5,10 +5,14 @@ health; roles and CSRF enforced."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
@@ -318,6 +322,20 @@ def test_operator_lists_organisations_with_key_fingerprints_and_registers_one(
     assert bad.status_code == 422
     assert "roads" not in {o["id"] for o in world.client.get(
         "/v1/orgs", headers=auth(world.admin)).json()}
+
+
+def test_a_registered_public_key_is_shown_by_its_sha256_fingerprint(world: World) -> None:
+    key = Ed25519PrivateKey.generate().public_key()
+    pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    expected = "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+    csrf = login(world.client, "broker-ops", "admin")
+    r = world.client.post("/console/operator/orgs", data={
+        "org_id": "roads", "name": "Roads Bureau", "kind": "department", "public_key": pem,
+        "csrf": csrf})
+    assert r.status_code == 200  # after the redirect
+    row = r.text[r.text.index("<code>roads</code>"):]
+    assert expected in row[:row.index("</tr>")]
 
 
 def test_operator_health_shows_the_policy_revision_and_the_probes(world: World) -> None:
