@@ -287,7 +287,7 @@ def has_route(client: TestClient, path: str) -> bool:
 
 
 def console_query(client: TestClient, who: Login, contract: str, *, run: bool = True,
-                  **fields: Any) -> httpx.Response:
+                  headers: Mapping[str, str] | None = None, **fields: Any) -> httpx.Response:
     """The query builder's form posted (run, or the dry run): by default the sum and count of
     the secret dataset's kWh by town."""
     form: dict[str, Any] = {"csrf": who.csrf, "contract": contract,
@@ -296,7 +296,7 @@ def console_query(client: TestClient, who: Login, contract: str, *, run: bool = 
                             "measure_field": ["", "qz_secret_kwh"]}
     form.update(fields)
     return as_(client, who, "POST", "/console/query/run" if run else "/console/query/explain",
-               data=form)
+               data=form, headers=dict(headers or {}))
 
 
 def answer_id(html: str) -> str | None:
@@ -1641,3 +1641,29 @@ def test_downloads_are_safe_from_formula_injection(console: TestClient, mint: Mi
     formulas = [c.value for row in sheet.iter_rows() for c in row
                 if c.data_type == "f" or (isinstance(c.value, str) and c.value[:1] == "=")]
     assert not formulas, formulas
+
+
+def test_a_department_cannot_query_another_departments_contract(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """env posts the query builder (run and dry run, page and HTMX) naming econ's contract:
+    404, nothing of the data, nothing released, the attempt on the record."""
+    needs_route(console, "/console/query/run")
+    world = scene.world
+    env = cast.strangers[1]
+    for run in (True, False):
+        for headers in ({}, {"HX-Request": "true"}):
+            before = last_seq(console, world.auditor)
+            r = console_query(console, env, scene.contract, run=run, headers=headers)
+            assert r.status_code == 404, (run, headers, r.status_code)
+            assert not leaks(r.text, scene.markers), leaks(r.text, scene.markers)
+            new = auditor_entries(console, world.auditor, before)
+            assert any(e["actor"]["org"] == "env" and not e["decision"]["allowed"]
+                       for e in new), (run, headers)
+            assert not [e for e in new if e["action"] == "query.aggregate"
+                        and e["decision"]["allowed"]]
+    # The builder's field lists and extra rows under econ's contract: nothing of it either.
+    for url in ("/console/query", "/console/query/fields", "/console/query/rows/filter",
+                "/console/query/rows/measure"):
+        r = as_(console, env, "GET", url, params={"contract": scene.contract})
+        assert r.status_code in (200, 403, 404), (url, r.status_code)
+        assert not leaks(r.text, scene.markers), (url, leaks(r.text, scene.markers))
