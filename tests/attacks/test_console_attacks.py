@@ -484,7 +484,7 @@ def test_no_console_url_shows_another_organisations_object(
     for route in object_routes(app_of(console)):
         for method in sorted(route.methods - {"HEAD"}):
             for who in cast.strangers:
-                data = {"csrf": who.csrf} if method == "POST" else None
+                data = {**plausible_form(real), "csrf": who.csrf} if method == "POST" else None
                 for url, nothing in zip(route.urls(real), route.urls(absent), strict=True):
                     r = as_(console, who, method, url, data=data)
                     if r.status_code not in (403, 404):
@@ -510,7 +510,8 @@ def test_every_attempt_on_another_organisations_object_is_audited(
     for route in object_routes(app_of(console)):
         for method in sorted(route.methods - {"HEAD"}):
             for who in cast.strangers:
-                data = {"csrf": who.csrf} if method == "POST" else None
+                data = ({**plausible_form(scene.ids()), "csrf": who.csrf} if method == "POST"
+                        else None)
                 for url in route.urls(scene.ids()):
                     before = last_seq(console, world.auditor)
                     as_(console, who, method, url, data=data)
@@ -558,9 +559,7 @@ def test_form_fields_naming_another_organisations_object_change_nothing(
     before = state_of(console, world)
     faults: list[str] = []
     ids = scene.ids()
-    form = {name: ids[kind] for name, kind in QUERY_STRING_IDS}
-    form |= {"purpose": "energy-planning", "group_by": "qz_town", "measure_fn": "count",
-             "fn": "count"}
+    form = plausible_form(ids)
     for route in post_routes(app_of(console)):
         if route.path in ("/console/login", "/console/logout"):
             continue
@@ -573,6 +572,15 @@ def test_form_fields_naming_another_organisations_object_change_nothing(
                     faults.append(f"POST {url} as {who.name} shows {found}")
     assert state_of(console, world) == before
     assert not faults, "\n".join(faults)
+
+
+def plausible_form(ids: Mapping[str, str]) -> dict[str, Any]:
+    """A form that passes the console's forms' checks of shape (ids, a purpose, a query, a
+    well-formed signature), so that what stops a stranger is the ownership check."""
+    form: dict[str, Any] = {name: ids[kind] for name, kind in QUERY_STRING_IDS}
+    form |= {"purpose": "energy-planning", "group_by": "qz_town", "measure_fn": "count",
+             "fn": "count", "signature": base64.b64encode(bytes(64)).decode()}
+    return form
 
 
 def state_of(client: TestClient, world: World) -> dict[str, Any]:
@@ -1667,3 +1675,58 @@ def test_a_department_cannot_query_another_departments_contract(
         r = as_(console, env, "GET", url, params={"contract": scene.contract})
         assert r.status_code in (200, 403, 404), (url, r.status_code)
         assert not leaks(r.text, scene.markers), (url, leaks(r.text, scene.markers))
+
+
+# == 8. Uploads through the console ==========================================================
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    """Files under ``root`` whose bytes hold ``needle`` (a plaintext copy)."""
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_a_console_upload_over_the_limit_is_refused_and_leaves_nothing(
+        console: TestClient, world: World) -> None:
+    """A new dataset through the console's upload form, larger than BROKER_MAX_UPLOAD_BYTES,
+    announced honestly or streamed without a length: refused, no dataset, no scratch file, no
+    plaintext of it anywhere under the data directory."""
+    needs_route(console, "/console/datasets/new")
+    settings = world_settings(console)
+    grid = log_in(console, "grid", "provider")
+    marker = b"QZUPLOADMARKER"
+    rows = settings.max_upload_bytes // 25
+    body = b"uscc,town,kwh\n" + b"".join(b"U%08d,%s,%d\n" % (i, marker, i) for i in range(rows))
+    assert len(body) > settings.max_upload_bytes
+    meta = json.dumps({**ENERGY_META_FOR_UPLOAD, "name": "too-big"})
+    before = state_of(console, world)
+    boundary = "qzboundary7"
+    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n\r\n"
+                 f"{meta}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 f"filename=\"big.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode() + body + (
+                     f"\r\n--{boundary}--\r\n").encode()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(multipart), 65_536):
+            yield multipart[i:i + 65_536]
+
+    headers = {"X-CSRF-Token": grid.csrf,
+               "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    for content in (multipart, chunks()):
+        r = as_(console, grid, "POST", "/console/datasets/new", content=content,
+                headers=headers)
+        assert r.status_code == 413, (r.status_code, r.text[:500])
+        assert not header_faults(r), header_faults(r)
+    assert state_of(console, world) == before
+    assert not files_holding(settings.data_dir, marker)
+    uploads = settings.uploads_dir
+    assert not uploads.exists() or not any(uploads.iterdir()), list(uploads.iterdir())
+
+
+ENERGY_META_FOR_UPLOAD: dict[str, Any] = {
+    "entity_field": "uscc",
+    "fields": [
+        {"name": "uscc", "type": "string", "role": "entity"},
+        {"name": "town", "type": "string", "role": "dimension"},
+        {"name": "kwh", "type": "number", "role": "measure"},
+    ],
+}
