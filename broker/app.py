@@ -36,6 +36,7 @@ from broker.api.routes import (
 )
 from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
+from broker.console.oidc import OidcLogin
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
 from broker.domain.principals import Role
@@ -156,6 +157,7 @@ def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
         console=console.ConsoleAuth(
             secret=console_secret(settings), max_age=settings.console_session_seconds,
             dev_login=_dev_minter(settings) if settings.dev_login else None,
+            oidc=OidcLogin.from_settings(settings),
             operator_org=settings.operator_org),
     )
 

@@ -71,6 +71,7 @@ def login_form(page: PageDep, request: Request, orgs: OrgsDep, next: str | None 
     response = render(page, "login.html", directory=directory, next=safe_next(next),
                       oidc=auth is not None and auth.oidc is not None,
                       dev=auth is not None and auth.dev_login is not None,
+                      issuer=bool(request.app.state.container.settings.oidc_issuer),
                       csrf=session.csrf, roles=_role_labels())
     if page.session is None:
         write_session(response, request, session)
@@ -102,8 +103,14 @@ def dev_login(page: PageDep, request: Request, orgs: OrgsDep,
 
 @router.post("/logout", dependencies=[Depends(check_csrf)])
 def logout(page: PageDep, request: Request) -> Response:
-    """Forget the session."""
-    response = redirect(page, "/login")
+    """Forget the session; after an OIDC login, also end the session at the provider when it
+    offers an end-session endpoint."""
+    auth = auth_of(request)
+    oidc = auth.oidc if auth is not None else None
+    target = None
+    if oidc is not None and page.session is not None and page.session.token is not None:
+        target = oidc.logout_url(oidc.console_url(str(request.base_url)) + "/login")
+    response = RedirectResponse(target, status_code=303) if target else redirect(page, "/login")
     clear_session(response, request)
     return response
 
