@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from broker.app import create_app
 from broker.cli.serving import free_port
@@ -344,3 +345,34 @@ def test_an_issuer_without_a_client_id_offers_no_login(tmp_path: Path) -> None:
         assert "BROKER_OIDC_CLIENT_ID" in page.text
         assert "/console/oidc/start" not in page.text
         assert client.get("/console/oidc/start", follow_redirects=False).status_code == 404
+
+
+@pytest.mark.parametrize("right_secret", [True, False])
+def test_a_confidential_client_redeems_its_code_with_its_secret(
+        tmp_path: Path, oidc_login_provider: LoginProvider, right_secret: bool) -> None:
+    base = "http://127.0.0.1"
+    client_id, secret = oidc_login_provider.register(
+        redirect_uris=[f"{base}/console/oidc/callback"], confidential=True)
+    assert secret is not None
+    settings = Settings(data_dir=tmp_path / "var", oidc_issuer=oidc_login_provider.issuer,
+                        oidc_audience="broker", oidc_client_id=client_id,
+                        oidc_client_secret=SecretStr(secret if right_secret else secret[::-1]),
+                        oidc_scopes="openid broker")
+    with (TestClient(create_app(settings), base_url=base) as broker,
+          httpx.Client(timeout=10) as idp):
+        start = broker.get("/console/oidc/start", follow_redirects=False)
+        assert start.status_code == 303
+        back = login_at_provider(idp, start.headers["location"], "admin@broker-ops",
+                                 until=f"{base}/console/oidc/callback")
+        response = broker.get(back.removeprefix(base), follow_redirects=False)
+        session = ConsoleAuth(secret=console_secret(settings), max_age=3600).decode(
+            broker.cookies.get(COOKIE))
+        assert session is not None
+        if right_secret:
+            assert response.status_code == 303
+            assert session.token is not None
+            assert broker.get("/console/", follow_redirects=False).status_code == 200
+        else:
+            assert response.status_code == 401
+            assert "invalid_client" in response.text
+            assert session.token is None
