@@ -182,7 +182,7 @@ def other_oidc_provider() -> Iterator[OidcProvider]:
 
 class LoginProvider:
     """``tests/oidc/login.mjs`` running: panva's oidc-provider with the authorization code
-    flow, PKCE required, its development login page, and Dynamic Client Registration."""
+    flow, PKCE required, a minimal login page, and Dynamic Client Registration."""
 
     def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
         self.proc = proc

@@ -188,7 +188,8 @@ def test_the_session_cookie_is_secure_when_not_on_loopback(console: Console) -> 
     assert "Path=/console" in cookie
 
 
-def test_logout_clears_the_session_and_ends_it_at_the_provider(console: Console) -> None:
+def test_logout_clears_the_session_and_offers_to_end_it_at_the_provider(console: Console
+                                                                         ) -> None:
     broker, idp = console.browser()
     assert broker.get(console.authorize(broker, idp, CONSUMER)).status_code == 303
     session = console.session(broker)
@@ -196,12 +197,19 @@ def test_logout_clears_the_session_and_ends_it_at_the_provider(console: Console)
     assert session.token is not None
     response = broker.post("/console/logout", data={"csrf": session.csrf})
     assert response.status_code == 303
-    target = httpx.URL(response.headers["location"])
+    assert response.headers["location"] == "/console/oidc/signed-out"
+    assert console.session(broker) is None
+    assert broker.get("/console/").status_code == 303
+    page = broker.get("/console/oidc/signed-out?lang=en")
+    assert page.status_code == 200
+    link = re.search(r'href="([^"]*/session/end[^"]*)"', page.text)
+    assert link is not None
+    target = httpx.URL(link.group(1).replace("&amp;", "&"))
     assert str(target).startswith(console.provider.discovery()["end_session_endpoint"])
     assert target.params["client_id"] == console.client_id
     assert target.params["post_logout_redirect_uri"] == f"{console.base}/console/login"
-    assert console.session(broker) is None
-    assert broker.get("/console/").status_code == 303
+    # the provider accepts it (the redirect URI is the client's registered one)
+    assert idp.get(str(target)).status_code == 200
 
 
 def test_the_provider_down_is_a_503_page_and_no_login(tmp_path: Path) -> None:

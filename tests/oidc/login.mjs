@@ -10,8 +10,8 @@
 // - clients registered by the tests over HTTP (Dynamic Client Registration, RFC 7591, at the
 //   discovery document's registration_endpoint), public (token_endpoint_auth_method "none")
 //   or confidential;
-// - its stock development login page (devInteractions: any login, any password). The login is
-//   the account: "ROLE@ORG" (e.g. "consumer@economic-bureau") gets the claims org=ORG and
+// - a minimal login page of its own (any login, any password; the stock development pages
+//   load a web font from the internet). The login is the account: "ROLE@ORG" (e.g. "consumer@economic-bureau") gets the claims org=ORG and
 //   roles=[ROLE]; any other login gets neither (a user the broker must refuse). Consent is
 //   given by the provider itself (a first-party client), so the login page is the only page;
 // - JWT access tokens (RFC 9068) for the resource "urn:broker" with the audience "broker",
@@ -44,9 +44,23 @@ const provider = new Provider(issuer, {
   claims: { openid: ["sub"], broker: ["org", "roles"] },
   pkce: { required: () => true },
   features: {
-    devInteractions: { enabled: true },
+    devInteractions: { enabled: false },
     registration: { enabled: true },
-    rpInitiatedLogout: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // The stock pages load a web font from the internet: plain ones instead.
+      logoutSource: (ctx, form) => {
+        ctx.body = `<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Test identity provider: sign out</title></head><body><main><h1>Sign out?</h1>${form}
+<button type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+<button type="submit" form="op.logoutForm">No, stay signed in</button></main></body></html>`;
+      },
+      postLogoutSuccessSource: (ctx) => {
+        ctx.body = `<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Test identity provider: signed out</title></head><body><main><h1>Signed out</h1>
+</main></body></html>`;
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => RESOURCE,
@@ -85,7 +99,50 @@ const provider = new Provider(issuer, {
   },
 });
 
-server.on("request", provider.callback());
+// The login page: a minimal interaction of its own (the stock development pages load a web
+// font from the internet, which these machines cannot reach). Any login, any password.
+const callback = provider.callback();
+const LOGIN_PAGE = (uid) => `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Test identity provider: sign in</title></head>
+<body><main><h1>Sign in</h1>
+<form method="post" action="/interaction/${uid}/login" autocomplete="off">
+<label for="login">Login</label> <input id="login" name="login" type="text" required autofocus>
+<label for="password">Password</label> <input id="password" name="password" type="password" required>
+<button type="submit">Sign in</button>
+</form></main></body></html>`;
+
+async function readForm(req) {
+  let body = "";
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > 10000) throw new Error("form too large");
+  }
+  return new URLSearchParams(body);
+}
+
+server.on("request", async (req, res) => {
+  const match = /^\/interaction\/([\w-]+)(\/login)?$/.exec(new URL(req.url, issuer).pathname);
+  if (!match) return callback(req, res);
+  try {
+    const details = await provider.interactionDetails(req, res);
+    if (details.uid !== match[1]) throw new Error("another interaction");
+    if (req.method === "GET" && !match[2]) {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
+      res.end(LOGIN_PAGE(details.uid));
+      return;
+    }
+    if (req.method === "POST" && match[2]) {
+      const login = (await readForm(req)).get("login");
+      if (!login) throw new Error("no login");
+      await provider.interactionFinished(req, res, { login: { accountId: login } },
+        { mergeWithLastSubmission: false });
+      return;
+    }
+    res.writeHead(405).end();
+  } catch (error) {
+    res.writeHead(400, { "content-type": "text/plain" }).end(`interaction failed: ${error.message}`);
+  }
+});
 process.stdout.write(JSON.stringify({ issuer }) + "\n");
 
 async function stop() {

@@ -104,14 +104,12 @@ def dev_login(page: PageDep, request: Request, orgs: OrgsDep,
 
 @router.post("/logout", dependencies=[Depends(check_csrf)])
 def logout(page: PageDep, request: Request) -> Response:
-    """Forget the session; after an OIDC login, also end the session at the provider when it
-    offers an end-session endpoint."""
+    """Forget the session; after an OIDC login, a page offers to end the provider's session
+    too (a link: the CSP lets forms lead only to the console)."""
     auth = auth_of(request)
-    oidc = auth.oidc if auth is not None else None
-    target = None
-    if oidc is not None and page.session is not None and page.session.token is not None:
-        target = oidc.logout_url(oidc.console_url(str(request.base_url)) + "/login")
-    response = RedirectResponse(target, status_code=303) if target else redirect(page, "/login")
+    by_oidc = (auth is not None and auth.oidc is not None and page.session is not None
+               and page.session.token is not None)
+    response = redirect(page, "/oidc/signed-out" if by_oidc else "/login")
     clear_session(response, request)
     return response
 

@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from broker.console.oidc import OidcLogin
 from broker.console.routes.home import safe_next
 from broker.console.session import Session, auth_of, logged_in, write_session
-from broker.console.web import ConsoleRoute, PageDep, handle_error
+from broker.console.web import ConsoleRoute, PageDep, handle_error, render
 from broker.domain.errors import BrokerError, NotFound, Unauthenticated
 from broker.domain.principals import RequestContext
 
@@ -74,3 +74,12 @@ def callback(page: PageDep, request: Request) -> Response:
             "The identity provider's access token is too large for a console session."))
         write_session(response, request, used_up)
     return response
+
+
+@router.get("/oidc/signed-out")
+def signed_out(page: PageDep, request: Request) -> Response:
+    """After logging out of the console: a link to end the session at the provider too, when
+    it has an end-session endpoint (RP-Initiated Logout 1.0)."""
+    oidc = _oidc(request)
+    end_session = oidc.logout_url(oidc.console_url(str(request.base_url)) + "/login")
+    return render(page, "oidc/signed_out.html", end_session=end_session)
