@@ -120,25 +120,33 @@ def running_console(provider: LoginProvider, tmp: Path) -> Iterator[Console]:
         yield Console(url, tmp / "var", provider, client_id)
 
 
-def provider_access_token(provider: LoginProvider, account: str) -> str:
-    """An access token for ``account``, obtained by the test as a client of its own."""
+def provider_tokens(provider: LoginProvider, account: str, *, nonce: str | None = None
+                    ) -> tuple[str, dict[str, str]]:
+    """The token response for ``account`` (access and ID token), obtained by the test as a
+    client of its own; that client's id."""
     redirect = "http://127.0.0.1:9/test-client"
     client_id, _ = provider.register(redirect_uris=[redirect])
     verifier = secrets.token_urlsafe(48)
     doc = provider.discovery()
+    params = {"client_id": client_id, "redirect_uri": redirect, "response_type": "code",
+              "scope": "openid broker", "state": "s", "code_challenge": _s256(verifier),
+              "code_challenge_method": "S256"}
+    if nonce is not None:
+        params["nonce"] = nonce
     with httpx.Client(timeout=10) as idp:
-        url = httpx.URL(doc["authorization_endpoint"], params={
-            "client_id": client_id, "redirect_uri": redirect, "response_type": "code",
-            "scope": "openid broker", "state": "s", "code_challenge": _s256(verifier),
-            "code_challenge_method": "S256"})
+        url = httpx.URL(doc["authorization_endpoint"], params=params)
         back = login_at_provider(idp, str(url), account, until=redirect)
         code = parse_qs(urlsplit(back).query)["code"][0]
         r = idp.post(doc["token_endpoint"], data={
             "grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
             "client_id": client_id, "code_verifier": verifier})
         assert r.status_code == 200, r.text
-        token: str = r.json()["access_token"]
-        return token
+        return client_id, r.json()
+
+
+def provider_access_token(provider: LoginProvider, account: str) -> str:
+    """An access token for ``account`` from the provider."""
+    return provider_tokens(provider, account)[1]["access_token"]
 
 
 def _s256(verifier: str) -> str:

@@ -8,8 +8,13 @@ nonces, and drop the PKCE verifier; each must end on an error page with no sessi
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +27,17 @@ from pydantic import SecretStr
 
 from broker.app import create_app
 from broker.cli.serving import free_port
+from broker.console.oidc import OidcLogin
 from broker.console.session import COOKIE, ConsoleAuth
+from broker.domain.errors import Unauthenticated
 from broker.settings import Settings
 from broker.store.keys import console_secret
-from tests.console.oidc_login import Console, login_at_provider, running_console
+from tests.console.oidc_login import (
+    Console,
+    login_at_provider,
+    provider_tokens,
+    running_console,
+)
 from tests.oidc_provider import LoginProvider
 
 pytestmark = pytest.mark.e2e
@@ -266,3 +278,44 @@ def test_a_confidential_client_redeems_its_code_with_its_secret(
             assert response.status_code == 401
             assert "invalid_client" in response.text
             assert session.token is None
+
+
+def _forged(header: dict[str, object], claims: dict[str, object], key: bytes) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest() if key else b""
+    return f"{signing_input}.{b64(signature)}"
+
+
+def test_an_id_token_is_accepted_only_when_issued_to_this_client_for_this_login(
+        oidc_login_provider: LoginProvider) -> None:
+    nonce = secrets.token_urlsafe(16)
+    client_id, tokens = provider_tokens(oidc_login_provider, CONSUMER, nonce=nonce)
+    ours = OidcLogin(issuer=oidc_login_provider.issuer, client_id=client_id)
+    claims = ours.verify_id_token(tokens["id_token"], nonce=nonce)
+    assert claims["sub"] == CONSUMER
+    assert claims["aud"] == client_id
+    # The same token offered to another client (token substitution) is refused.
+    other = OidcLogin(issuer=oidc_login_provider.issuer, client_id="another-client")
+    with pytest.raises(Unauthenticated):
+        other.verify_id_token(tokens["id_token"], nonce=nonce)
+    # So is another login's nonce, and the access token in the ID token's place.
+    with pytest.raises(Unauthenticated):
+        ours.verify_id_token(tokens["id_token"], nonce=secrets.token_urlsafe(16))
+    with pytest.raises(Unauthenticated):
+        ours.verify_id_token(tokens["access_token"], nonce=nonce)
+    # Forged algorithms: HMAC with a guessable key, "none", and the provider's kid on HS256.
+    now = int(time.time())
+    forged_claims = {"iss": oidc_login_provider.issuer, "aud": client_id, "sub": CONSUMER,
+                     "nonce": nonce, "iat": now, "exp": now + 300}
+    kid = ours._key_set().keys[0].kid
+    forgeries: list[tuple[dict[str, object], bytes]] = [
+        ({"alg": "HS256", "kid": kid}, client_id.encode()),
+        ({"alg": "none"}, b""),
+        ({"alg": "none", "kid": kid}, b""),
+    ]
+    for header, key in forgeries:
+        with pytest.raises(Unauthenticated):
+            ours.verify_id_token(_forged(header, forged_claims, key), nonce=nonce)
