@@ -37,6 +37,7 @@ from broker.api.routes import (
 )
 from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
+from broker.console.oidc import OidcLogin
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
 from broker.domain.principals import Role
@@ -165,6 +166,7 @@ def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
             secret=console_secret(settings), max_age=settings.console_session_seconds,
             dev_login=_dev_minter(settings) if settings.dev_login else None,
             dev_login_anywhere=settings.console_dev_login is True,
+            oidc=OidcLogin.from_settings(settings),
             operator_org=settings.operator_org),
         health=HealthService(database=partial(ping_database, engine), policy=policies.probe,
                              revision=lambda: policies.revision,
