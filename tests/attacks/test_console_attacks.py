@@ -1730,3 +1730,49 @@ ENERGY_META_FOR_UPLOAD: dict[str, Any] = {
         {"name": "kwh", "type": "number", "role": "measure"},
     ],
 }
+
+
+# == The OIDC login ==========================================================================
+
+
+@pytest.fixture(scope="module")
+def oidc_console(oidc_login_provider: Any, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Any]:
+    """A real broker logging in through the test OIDC provider (tests/console/oidc_login.py)."""
+    from tests.console.oidc_login import running_console
+
+    with running_console(oidc_login_provider, tmp_path_factory.mktemp("oidc-console")) as c:
+        yield c
+
+
+def test_a_cross_site_link_to_the_oidc_start_does_not_end_a_session(oidc_console: Any) -> None:
+    """Another site links (a top-level GET, which SameSite=Lax lets the cookie ride along) to
+    /console/oidc/start: the logged-in session must survive it (a GET changes no state)."""
+    broker, idp = oidc_console.browser()
+    with broker, idp:
+        assert broker.get(oidc_console.authorize(broker, idp, "consumer@economic-bureau")
+                          ).status_code == 303
+        assert broker.get("/console/").status_code == 200
+        r = broker.get("/console/oidc/start", params={"next": "/console/"},
+                       headers={"Referer": EVIL + "/page", "Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 303
+        home = broker.get("/console/")
+        assert home.status_code == 200, (
+            "a cross-site GET of /console/oidc/start logged the user out "
+            f"({home.status_code} {home.headers.get('location')})")
+
+
+def test_an_oidc_session_cookie_stops_working_after_logout(oidc_console: Any) -> None:
+    """The same as for the dev login: a copy of the cookie taken before logout is dead after."""
+    broker, idp = oidc_console.browser()
+    with broker, idp:
+        assert broker.get(oidc_console.authorize(broker, idp, "consumer@economic-bureau")
+                          ).status_code == 303
+        cookie = broker.cookies.get(COOKIE, path="/console")
+        session = oidc_console.session(broker)
+        assert cookie
+        assert session is not None
+        assert broker.post("/console/logout", data={"csrf": session.csrf}).status_code == 303
+        broker.cookies.clear()
+        replayed = broker.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
+        assert replayed.status_code == 303, "the cookie still opens the console after logout"
