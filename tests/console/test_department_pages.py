@@ -23,18 +23,20 @@ from broker.settings import Settings
 from tests.conftest import Mint, World, auth, contract_terms
 
 BASE = "http://127.0.0.1"
+#: The client's address: this machine (the dev login serves it by default).
+HERE = ("127.0.0.1", 50000)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """A TestClient on loopback (the session cookie is Secure elsewhere)."""
-    with TestClient(create_app(settings), base_url=BASE) as c:
+    with TestClient(create_app(settings), base_url=BASE, client=HERE) as c:
         yield c
 
 
 def other_client(client: TestClient) -> TestClient:
     """A second browser on the same app (its own cookies)."""
-    return TestClient(client.app, base_url=BASE)
+    return TestClient(client.app, base_url=BASE, client=HERE)
 
 
 def login(c: TestClient, org: str, role: str = "consumer") -> str:
