@@ -215,7 +215,8 @@ def test_a_run_shows_the_answer_and_a_withheld_cell_never_as_a_number(
     config = json.loads(chart.group(1).replace("&#34;", '"').replace("&#39;", "'")
                         .replace("&amp;", "&"))
     assert config["data"]["labels"] == ["A", "B"]
-    assert config["data"]["datasets"][1] == {"label": "sum_kwh", "data": [85.0, None]}
+    assert config["data"]["datasets"][1] == {"label": "sum_kwh", "yAxisID": "y1",
+                                             "data": [85.0, None]}
     (seq, allowed, body), = actions(settings, "query.aggregate")
     assert allowed == 1
     assert f"<td>{seq}</td>" in html

@@ -207,8 +207,8 @@ def _in_force(contracts: Sequence[ContractView], org: str) -> list[ContractView]
 # -- contracts --------------------------------------------------------------------------------
 
 @router.get("/contracts/in-force")
-def contracts_in_force(page: ConsumerPage, contracts: ContractsDep, queries: QueriesDep,
-                       done: str | None = None) -> Response:
+def contracts_in_force(page: ConsumerPage, contracts: ContractsDep, datasets: DatasetsDep,
+                       queries: QueriesDep, done: str | None = None) -> Response:
     """The department's contracts: offers to accept, those in force with what each allows and
     today's quota left, and the rest."""
     speak(page)
@@ -221,6 +221,7 @@ def contracts_in_force(page: ConsumerPage, contracts: ContractsDep, queries: Que
     left = queries.quota_left(page.context, [c.contract.id for c in active])
     return render(page, "department/contracts.html", offered=offered, active=active,
                   others=others, quota_left=left, forms=verdicts(), statuses=statuses(),
+                  names=_dataset_names(page, datasets),
                   accepted=done == "accepted")
 
 
@@ -275,6 +276,11 @@ def _choices(page: Page, contracts: ContractService) -> list[ContractView]:
     return _in_force(contracts.list(page.context), page.context.principal.org)
 
 
+def _dataset_names(page: Page, datasets: DatasetService) -> dict[str, str]:
+    """The names of the datasets the caller may see, by id."""
+    return {v.dataset.id: v.dataset.name for v in datasets.list(page.context)}
+
+
 def _words() -> dict[str, Any]:
     return {"fns": measure_fns(), "ops": filter_ops(), "level_names": level_names(),
             "forms": verdicts()}
@@ -291,8 +297,8 @@ def query_builder(page: ConsumerPage, contracts: ContractsDep, datasets: Dataset
     speak(page)
     builder = _builder(page, str(contract) if contract else None, contracts, datasets)
     return render(page, "department/query.html", choices=_choices(page, contracts),
-                  builder=builder, row_id=_row_id, result=None, explained=None, error=None,
-                  **_words())
+                  names=_dataset_names(page, datasets), builder=builder, row_id=_row_id,
+                  result=None, explained=None, error=None, **_words())
 
 
 @router.get("/query/fields")
@@ -432,7 +438,8 @@ def _submitted(form: FormData, page: Page, contracts: ContractService,
 
 
 def _answer_page(page: Page, request: Request, contracts: ContractService,
-                 builder: Builder | None, status: int = 200, **values: Any) -> Response:
+                 datasets: DatasetService, builder: Builder | None, status: int = 200,
+                 **values: Any) -> Response:
     """The results (a fragment for HTMX, else the builder page with them under it)."""
     words = {**_words(), "reasons": withheld_reasons(), "policy_reasons": policy_reasons()}
     values = {"result": None, "explained": None, "error": None, **values}
@@ -440,8 +447,8 @@ def _answer_page(page: Page, request: Request, contracts: ContractService,
         return render(page, "department/_results.html", status=status,
                       headers={"X-Console-Fragment": "1"}, **words, **values)
     return render(page, "department/query.html", status=status,
-                  choices=_choices(page, contracts), builder=builder, row_id=_row_id,
-                  **words, **values)
+                  choices=_choices(page, contracts), names=_dataset_names(page, datasets),
+                  builder=builder, row_id=_row_id, **words, **values)
 
 
 def _refused(exc: BrokerError) -> dict[str, Any]:
@@ -466,9 +473,10 @@ def explain_query(page: ConsumerPage, request: Request, posted: FormDep,
     except BrokerError as exc:
         if not _is_htmx(request):
             raise
-        return _answer_page(page, request, contracts, builder, status=exc.status,
+        return _answer_page(page, request, contracts, datasets, builder, status=exc.status,
                             error=_refused(exc))
-    return _answer_page(page, request, contracts, builder, explained=_explained(explained))
+    return _answer_page(page, request, contracts, datasets, builder,
+                        explained=_explained(explained))
 
 
 def _explained(explanation: Explanation) -> dict[str, Any]:
@@ -494,14 +502,14 @@ def run_query(page: ConsumerPage, request: Request, posted: FormDep, contracts: 
     except BrokerError as exc:
         if not _is_htmx(request):
             raise
-        return _answer_page(page, request, contracts, builder, status=exc.status,
+        return _answer_page(page, request, contracts, datasets, builder, status=exc.status,
                             error=_refused(exc))
     request.app.state.metrics.cells_withheld(release.suppressed)
     shown = Shown(release=release, dimensions=spec.dimensions,
                   measures=tuple(m.name for m in spec.measures),
                   contract_id=spec.contract_id, purpose=spec.purpose)
     answers.keep(page.context.principal, shown)
-    return _answer_page(page, request, contracts, builder, result=_result(shown))
+    return _answer_page(page, request, contracts, datasets, builder, result=_result(shown))
 
 
 def _key_label(cell_key: Mapping[str, Any], dimensions: Sequence[str]) -> str:
@@ -514,12 +522,18 @@ def _result(shown: Shown) -> dict[str, Any]:
     """The answer as the results page shows it, with the chart of its published figures."""
     release = shown.release
     labels = [_key_label(c.key, shown.dimensions) for c in release.cells]
-    datasets = [{"label": name,
+    # Each measure on its own axis: a count beside a sum of millions would be invisible.
+    datasets = [{"label": name, "yAxisID": f"y{i}",
                  "data": [c.values.get(name) if c.status is CellStatus.PUBLISHED
                           and c.values is not None else None for c in release.cells]}
-                for name in shown.measures]
+                for i, name in enumerate(shown.measures)]
+    scales = {f"y{i}": {"type": "linear", "position": "left" if i == 0 else "right",
+                        "title": {"display": True, "text": name},
+                        "grid": {"drawOnChartArea": i == 0}}
+              for i, name in enumerate(shown.measures)}
     chart = {"type": "bar", "data": {"labels": labels, "datasets": datasets},
-             "options": {"plugins": {"title": {"display": True,
+             "options": {"scales": scales,
+                         "plugins": {"title": {"display": True,
                                                "text": _("Published figures by cell")}}}}
     receipt = release.receipt
     return {"shown": shown, "release": release, "chart": chart,
