@@ -325,6 +325,10 @@ class ConsoleRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            # The language, set here in the request's own context: the dependencies and the
+            # endpoint run in worker threads on copies of it, so what one of them activates
+            # is not seen by the next (a label made in a route would stay Chinese).
+            i18n.activate(i18n.choose(request)[0])
             try:
                 response = await handler(request)
             except (BrokerError, LoginRequired, RoleMissing, CsrfFailed,
