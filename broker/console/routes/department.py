@@ -25,7 +25,6 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from broker.console import i18n
 from broker.console.answers import Labels, ReleasedAnswers, Shown, to_csv, to_xlsx
 from broker.console.i18n import _
 from broker.console.web import (
@@ -35,11 +34,13 @@ from broker.console.web import (
     check_csrf,
     redirect,
     render,
+    require,
     service,
 )
 from broker.domain.datasets import FieldSpec, FieldType
 from broker.domain.errors import BrokerError, InvalidInput
 from broker.domain.levels import DATE_LEVELS, HIERARCHIES
+from broker.domain.principals import Role
 from broker.domain.queries import AggregateSpec, CellStatus
 from broker.services.audit import AuditService
 from broker.services.contracts import ContractService, ContractView
@@ -78,11 +79,6 @@ AnswersDep = Annotated[ReleasedAnswers, Depends(released_answers)]
 
 
 # -- words ------------------------------------------------------------------------------------
-
-def speak(page: Page) -> None:
-    """Speak the page's language in this handler (the page dependency chose it in another
-    thread, whose context does not carry over to the handler's)."""
-    i18n.activate(page.language)
 
 
 def withheld_reasons() -> dict[str, str]:
@@ -211,7 +207,6 @@ def contracts_in_force(page: ConsumerPage, contracts: ContractsDep, datasets: Da
                        queries: QueriesDep, done: str | None = None) -> Response:
     """The department's contracts: offers to accept, those in force with what each allows and
     today's quota left, and the rest."""
-    speak(page)
     org = page.context.principal.org
     mine = [c for c in contracts.list(page.context) if c.contract.consumer_org == org]
     offered = [c for c in mine if c.status is ContractStatus.OFFERED]
@@ -230,7 +225,6 @@ def accept_contract(page: ConsumerPage, contract_id: UUID, contracts: ContractsD
                     signature: Annotated[str | None, Form(max_length=200)] = None) -> Response:
     """Accept an offer made to the department, with its signature over the terms (or the one
     the broker makes with the department's key it holds, in embedded mode)."""
-    speak(page)
     contracts.accept(page.context, str(contract_id), signature.strip() or None
                      if signature is not None else None)
     return redirect(page, "/contracts/in-force?done=accepted")
@@ -294,7 +288,6 @@ def _row_id() -> str:
 def query_builder(page: ConsumerPage, contracts: ContractsDep, datasets: DatasetsDep,
                   contract: UUID | None = None) -> Response:
     """The query builder: a contract in force, a purpose, group-by fields, filters, measures."""
-    speak(page)
     builder = _builder(page, str(contract) if contract else None, contracts, datasets)
     return render(page, "department/query.html", choices=_choices(page, contracts),
                   names=_dataset_names(page, datasets), builder=builder, row_id=_row_id,
@@ -305,7 +298,6 @@ def query_builder(page: ConsumerPage, contracts: ContractsDep, datasets: Dataset
 def query_fields(page: ConsumerPage, contracts: ContractsDep, datasets: DatasetsDep,
                  contract: UUID | None = None) -> Response:
     """The builder's field choices under a contract (HTMX swaps them in on a change)."""
-    speak(page)
     builder = _builder(page, str(contract) if contract else None, contracts, datasets)
     return render(page, "department/_fields.html", builder=builder, row_id=_row_id,
                   **_words())
@@ -315,7 +307,6 @@ def query_fields(page: ConsumerPage, contracts: ContractsDep, datasets: Datasets
 def query_row(page: ConsumerPage, kind: str, contracts: ContractsDep, datasets: DatasetsDep,
               contract: UUID) -> Response:
     """One more filter or measure row of the builder."""
-    speak(page)
     if kind not in ("filter", "measure"):
         raise InvalidInput("No such row.")
     builder = _builder(page, str(contract), contracts, datasets)
@@ -465,7 +456,6 @@ def explain_query(page: ConsumerPage, request: Request, posted: FormDep,
                   ) -> Response:
     """The dry run: each field's verdict with its reasons, and the cells that would be
     withheld if the query ran now; nothing is released and no quota is used."""
-    speak(page)
     form, builder = _submitted(posted, page, contracts, datasets)
     try:
         spec = _spec(page, queries, query_body(form, builder), EXPLAIN)
@@ -494,7 +484,6 @@ def run_query(page: ConsumerPage, request: Request, posted: FormDep, contracts: 
               datasets: DatasetsDep, queries: QueriesDep, answers: AnswersDep) -> Response:
     """Run the query: the answer as a table and a chart, withheld cells named as withheld with
     their reason, the suppressed counts, the policy revision and the receipt."""
-    speak(page)
     form, builder = _submitted(posted, page, contracts, datasets)
     try:
         spec = _spec(page, queries, query_body(form, builder), AGGREGATE)
@@ -564,7 +553,6 @@ def download_csv(page: ConsumerPage, query_id: str, answers: AnswersDep,
                  queries: QueriesDep) -> Response:
     """The published cells of an answer as CSV (UTF-8 with a byte order mark); withheld cells
     marked withheld with their reason."""
-    speak(page)
     shown = _kept(page, answers, queries, query_id)
     return Response(to_csv(shown, _labels()), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": _attachment(query_id, "csv")})
@@ -575,7 +563,6 @@ def download_xlsx(page: ConsumerPage, query_id: str, answers: AnswersDep,
                   queries: QueriesDep) -> Response:
     """The published cells of an answer as an Excel workbook; withheld cells marked withheld
     with their reason."""
-    speak(page)
     shown = _kept(page, answers, queries, query_id)
     return Response(
         to_xlsx(shown, _labels(), sheet=_("Answer")),
@@ -591,7 +578,6 @@ def _attachment(query_id: str, ext: str) -> str:
 @router.get("/query/receipts/{seq}")
 def receipt(page: ConsumerPage, seq: int, audit: AuditDep) -> Response:
     """A receipt's audit entry with its inclusion proof, and how to check it offline."""
-    speak(page)
     proof = audit.proof(page.context, seq, None)
     return render(page, "department/receipt.html", proof=proof,
                   key=audit.key(), checked=_checked_at(proof.checkpoint))
@@ -600,7 +586,6 @@ def receipt(page: ConsumerPage, seq: int, audit: AuditDep) -> Response:
 @router.get("/query/receipts/{seq}/proof.json")
 def receipt_proof(page: ConsumerPage, seq: int, audit: AuditDep) -> Response:
     """The inclusion proof of a receipt, as ``broker audit check`` reads it."""
-    speak(page)
     proof = audit.proof(page.context, seq, None)
     return Response(json.dumps(proof.as_json(), ensure_ascii=False, indent=1),
                     media_type="application/json",
@@ -610,17 +595,15 @@ def receipt_proof(page: ConsumerPage, seq: int, audit: AuditDep) -> Response:
 @router.get("/query/receipts/{seq}/receipt.json")
 def receipt_file(page: ConsumerPage, seq: int, audit: AuditDep) -> Response:
     """The receipt itself ({seq, leaf_hash}), for ``broker audit check --receipt``."""
-    speak(page)
     proof = audit.proof(page.context, seq, None)
     body = json.dumps({"seq": proof.seq, "leaf_hash": proof.leaf_hash})
     return Response(body, media_type="application/json", headers={
         "Content-Disposition": f'attachment; filename="receipt-{seq}.json"'})
 
 
-@router.get("/query/log.vkey")
-def log_key(page: ConsumerPage, audit: AuditDep) -> Response:
+@router.get("/query/log.vkey", dependencies=[Depends(require(Role.CONSUMER))])
+def log_key(audit: AuditDep) -> Response:
     """The public key that signs the log's checkpoints (``--pubkey`` of the check)."""
-    speak(page)
     return Response(audit.key().vkey + "\n", media_type="text/plain; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="log.vkey"'})
 
