@@ -47,6 +47,15 @@ def tab_to(page: Page, selector: str, *, key: str = "Tab", most: int = 60) -> li
     raise AssertionError(f"{selector} never got the focus by {key}; passed {passed}")
 
 
+def focus_is_visible(page: Page) -> bool:
+    """Whether the focused element draws a focus ring (an outline of some width)."""
+    visible: bool = page.evaluate("""() => {
+        const style = getComputedStyle(document.activeElement);
+        return style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2;
+    }""")
+    return visible
+
+
 def choose_by_keyboard(page: Page, label_part: str, *, most: int = 20) -> None:
     """With a <select> focused, press ArrowDown until its chosen option's text holds
     ``label_part``."""
@@ -85,6 +94,7 @@ def test_the_bureau_builds_runs_and_downloads_a_query_by_keyboard_only(
     assert focused(page) == "a"  # the skip link comes first
     page.keyboard.press("Enter")
     tab_to(page, "#q-contract")
+    assert focus_is_visible(page)
     option = electricity_option(page)
     choose_by_keyboard(page, option)
     # Choosing the contract reloads the field choices (HTMX), focus stays on the choice.
@@ -115,6 +125,7 @@ def test_the_bureau_builds_runs_and_downloads_a_query_by_keyboard_only(
     page.keyboard.press("Enter")
     expect(page.locator("#filters .row")).to_have_count(0)
     assert focused(page) == "button#add-filter"
+    assert focus_is_visible(page)
 
     # A second measure: the sum of electricity.
     tab_to(page, "#add-measure")
@@ -139,6 +150,7 @@ def test_the_bureau_builds_runs_and_downloads_a_query_by_keyboard_only(
     page.keyboard.press("Enter")
     expect(page.locator("#results-heading")).to_have_text("查询结果")
     page.wait_for_function("() => document.activeElement.id === 'results-heading'")
+    assert focus_is_visible(page)
     withheld = page.locator("table.answer td.withheld")
     assert withheld.count() > 0
     first = withheld.first.inner_text()

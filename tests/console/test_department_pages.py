@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import openpyxl
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -344,13 +345,54 @@ def test_the_receipt_page_links_a_proof_that_checks_offline(
     checked = check_document(proof, verifier, receipt=receipt)
     assert checked.summary
     assert receipt["seq"] == seq
-    # Another department may not see this entry's proof.
+    # Another department may not see this entry's proof: refused as the API refuses it
+    # (GET /v1/audit/entries/{seq}/proof), and on the record.
     with other_client(client) as env:
         login(env, "env")
-        assert env.get(f"/console/query/receipts/{seq}").status_code in (403, 404)
+        assert env.get(f"/console/query/receipts/{seq}").status_code == 403
+        assert env.get(f"/console/query/receipts/{seq}/proof.json").status_code == 403
+    refused = [body["actor"]["org"] for _, allowed, body in actions(settings, "audit.proof")
+               if not allowed]
+    assert refused == ["env", "env"]
 
 
 def test_a_provider_cannot_open_the_department_pages(client: TestClient, world: World) -> None:
     login(client, "grid", "provider")
     assert client.get("/console/query").status_code == 403
     assert client.get("/console/contracts/in-force").status_code == 403
+
+
+#: Daily readings of eight firms over two months: a date the contract lets out only coarser.
+DAILY = pd.DataFrame({
+    "uscc": [f"E{i}" for i in range(8)] * 2,
+    "day": ["2025-01-05"] * 8 + ["2025-02-07"] * 8,
+    "town": ["A", "A", "A", "A", "B", "B", "B", "B"] * 2,
+    "kwh": [float(10 + i) for i in range(16)],
+})
+
+
+def test_a_generalised_date_is_offered_only_at_coarser_levels_and_runs_by_month(
+        client: TestClient, world: World, settings: Settings) -> None:
+    dataset = world.add_dataset(DAILY, [
+        {"name": "day", "type": "date", "role": "dimension"},
+        {"name": "town", "type": "string", "role": "dimension"},
+        {"name": "kwh", "type": "number", "role": "measure"}])
+    world.fields = {"day": "generalize", "town": "clear", "kwh": "aggregate"}
+    cid = world.contract_for(dataset)
+    csrf = login(client, "econ")
+    html = client.get(f"/console/query?contract={cid}&lang=en").text
+    levels = re.search(r'<select id="lv-\d+" name="level\.day">(.*?)</select>', html, re.S)
+    assert levels is not None
+    assert re.findall(r'<option value="([^"]*)"', levels.group(1)) == ["month", "quarter",
+                                                                        "year"]
+    r = client.post("/console/query/run?lang=en", data={
+        "csrf": csrf, "contract": cid, "purpose": "energy-planning", "group_by": ["day"],
+        "level.day": "month", "measure_fn": ["count"], "measure_field": [""],
+        "measure_denominator": [""], "filter_field": ["town"], "filter_op": ["in"],
+        "filter_value": ["A, B"], "filter_to": [""]})
+    assert r.status_code == 200, r.text
+    assert ">8<" in row_of(r.text, "2025-01")
+    assert ">8<" in row_of(r.text, "2025-02")
+    (_, allowed, body), = actions(settings, "query.aggregate")
+    assert allowed == 1
+    assert body["resource"]["contract_id"] == cid
