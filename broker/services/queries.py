@@ -328,14 +328,18 @@ class QueryService:
                 left[contract.id] = max(0, contract.terms.max_queries_per_day - used)
         return left
 
-    def record_download(self, ctx: RequestContext, *, found: bool) -> None:
-        """A download of an answer already released to the caller, on the record: allowed when
-        the answer was the caller's (nothing is released again), else concealed as absent (the
-        same 404 whether it never existed, expired, or was another principal's)."""
+    def record_download(self, ctx: RequestContext, contract_id: str | None) -> None:
+        """A download of an answer already released to the caller under ``contract_id``, on
+        the record (nothing is released again); ``None`` when the caller holds no such answer,
+        which is concealed as absent (the same audited 404 whether it never existed, expired,
+        or was another principal's)."""
         with self.uow() as uow:
-            if not found:
+            if contract_id is None:
                 self.guard.conceal(uow, ctx, DOWNLOAD, ("not-found",), "result")
-            self.guard.record(uow, ctx, DOWNLOAD)
+            target = named_target(uow, contract_id)
+            self.guard.record(uow, ctx, DOWNLOAD, contract_id=contract_id,
+                              dataset_id=target[0] if target else None,
+                              version=target[1] if target else None)
             uow.commit()
 
     def explain(self, ctx: RequestContext, spec: AggregateSpec) -> Explanation:

@@ -157,6 +157,11 @@ def test_the_builder_offers_the_contracts_fields_by_form(
     assert 'name="filter_field"' in row
     assert "<option value=\"town\">" in row
     assert "<option value=\"kwh\">" not in row
+    # No contract chosen (the empty choice): the hint, not an error.
+    none = client.get("/console/query/fields?contract=&lang=en")
+    assert none.status_code == 200
+    assert "Choose a contract to see the fields it offers." in none.text
+    assert client.get("/console/query?contract=not-a-uuid").status_code == 422
 
 
 def test_another_departments_contract_in_the_builder_is_404_and_audited(
@@ -256,7 +261,11 @@ def test_downloads_hold_the_answer_shown_and_release_nothing_again(
 
     assert len(actions(settings, "query.aggregate")) == 1  # no second release
     assert quota_left(world) == left
-    assert [allowed for _, allowed, _ in actions(settings, "query.download")] == [1, 1]
+    downloads = actions(settings, "query.download")
+    assert [allowed for _, allowed, _ in downloads] == [1, 1]
+    # On the provider's record too: which contract and dataset the downloaded answer came from.
+    assert {(b["resource"]["contract_id"], b["resource"]["dataset_id"])
+            for _, _, b in downloads} == {(world.contract["id"], world.dataset["id"])}
 
 
 def test_chinese_downloads_are_chinese(client: TestClient, world: World,

@@ -38,7 +38,7 @@ from broker.console.web import (
     service,
 )
 from broker.domain.datasets import FieldSpec, FieldType
-from broker.domain.errors import BrokerError, InvalidInput
+from broker.domain.errors import BrokerError, InvalidInput, NotFound
 from broker.domain.levels import DATE_LEVELS, HIERARCHIES
 from broker.domain.principals import Role
 from broker.domain.queries import AggregateSpec, CellStatus
@@ -266,6 +266,17 @@ def _builder(page: Page, contract_id: str | None, contracts: ContractService,
     return Builder(view, offered_fields(view, schema))
 
 
+def _contract_id(value: str | None) -> str | None:
+    """A contract id named in a form or a link (None for none chosen); a malformed one is
+    refused before any use case sees it."""
+    if not value:
+        return None
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise InvalidInput(_("Choose a contract first.")) from None
+
+
 def _choices(page: Page, contracts: ContractService) -> list[ContractView]:
     return _in_force(contracts.list(page.context), page.context.principal.org)
 
@@ -286,9 +297,9 @@ def _row_id() -> str:
 
 @router.get("/query")
 def query_builder(page: ConsumerPage, contracts: ContractsDep, datasets: DatasetsDep,
-                  contract: UUID | None = None) -> Response:
+                  contract: str | None = None) -> Response:
     """The query builder: a contract in force, a purpose, group-by fields, filters, measures."""
-    builder = _builder(page, str(contract) if contract else None, contracts, datasets)
+    builder = _builder(page, _contract_id(contract), contracts, datasets)
     return render(page, "department/query.html", choices=_choices(page, contracts),
                   names=_dataset_names(page, datasets), builder=builder, row_id=_row_id,
                   result=None, explained=None, error=None, **_words())
@@ -296,9 +307,9 @@ def query_builder(page: ConsumerPage, contracts: ContractsDep, datasets: Dataset
 
 @router.get("/query/fields")
 def query_fields(page: ConsumerPage, contracts: ContractsDep, datasets: DatasetsDep,
-                 contract: UUID | None = None) -> Response:
+                 contract: str | None = None) -> Response:
     """The builder's field choices under a contract (HTMX swaps them in on a change)."""
-    builder = _builder(page, str(contract) if contract else None, contracts, datasets)
+    builder = _builder(page, _contract_id(contract), contracts, datasets)
     return render(page, "department/_fields.html", builder=builder, row_id=_row_id,
                   **_words())
 
@@ -416,15 +427,11 @@ FormDep = Annotated[FormData, Depends(posted_form)]
 
 def _submitted(form: FormData, page: Page, contracts: ContractService,
                datasets: DatasetService) -> tuple[FormData, Builder]:
-    contract = form.get("contract")
-    if not isinstance(contract, str) or not contract:
-        raise InvalidInput(_("Choose a contract first."))
-    try:
-        contract = str(UUID(contract))
-    except ValueError:
-        raise InvalidInput(_("Choose a contract first.")) from None
+    named = form.get("contract")
+    contract = _contract_id(named if isinstance(named, str) else None)
     builder = _builder(page, contract, contracts, datasets)
-    assert builder is not None  # noqa: S101 - a contract was named
+    if builder is None:
+        raise InvalidInput(_("Choose a contract first."))
     return form, builder
 
 
@@ -543,8 +550,9 @@ def _kept(page: Page, answers: ReleasedAnswers, queries: QueryService, query_id:
     """The answer released to this principal under ``query_id``: the same 404 (audited) for
     one that never was, has been forgotten, or was released to someone else."""
     found = answers.find(page.context.principal, query_id)
-    queries.record_download(page.context, found=found is not None)
-    assert found is not None  # noqa: S101 - record_download raised NotFound otherwise
+    queries.record_download(page.context, found.contract_id if found is not None else None)
+    if found is None:  # record_download has raised the audited NotFound already
+        raise NotFound("No such result.")
     return found
 
 
