@@ -1776,3 +1776,30 @@ def test_an_oidc_session_cookie_stops_working_after_logout(oidc_console: Any) ->
         broker.cookies.clear()
         replayed = broker.get("/console/", headers={"Cookie": f"{COOKIE}={cookie}"})
         assert replayed.status_code == 303, "the cookie still opens the console after logout"
+
+
+def test_a_department_sees_no_field_the_api_hides_from_it(console: TestClient, scene: Scene,
+                                                          cast: Cast) -> None:
+    """Every console page econ can reach by links (and the query builder under its contract)
+    names only fields of grid's dataset that the API's catalogue shows econ."""
+    world = scene.world
+    r = world.client.get(f"/v1/datasets/{scene.dataset}", headers=auth(world.econ))
+    assert r.status_code == 200, r.text
+    shown = {f["name"] for f in r.json()["fields"]}
+    hidden = set(SECRET_FIELDS) - shown
+    assert hidden  # the entity field is not offered
+
+    def fetch(url: str) -> str | None:
+        got = as_(console, cast.party, "GET", url)
+        return got.text if is_html(got) else None
+
+    pages = crawl(fetch)
+    faults = []
+    for url in [*pages, f"/console/query?contract={scene.contract}",
+                f"/console/query/fields?contract={scene.contract}",
+                f"/console/query/rows/filter?contract={scene.contract}",
+                f"/console/query/rows/measure?contract={scene.contract}",
+                f"/console/contracts/{scene.contract}"]:
+        body = as_(console, cast.party, "GET", url).text
+        faults += [f"{url} names {name}" for name in hidden if name in body]
+    assert not faults, "\n".join(faults)
