@@ -1845,3 +1845,29 @@ def test_hostile_form_values_are_escaped_in_every_post_answer(
                             faults += [f"POST {url} as {who.name}: {f}"
                                        for f in xss_faults(r.text)]
     assert not faults, "\n".join(sorted(set(faults)))
+
+
+def test_another_party_cannot_accept_suspend_or_revoke_a_contract(
+        console: TestClient, scene: Scene, cast: Cast) -> None:
+    """env accepts the offer grid made to econ; water suspends and revokes grid's contract
+    with econ: 404 pages, the contracts unchanged, the attempts on the record."""
+    world = scene.world
+    water, env = cast.strangers[0], cast.strangers[1]
+    attempts = [(env, f"/console/contracts/{scene.pending}/accept")]
+    attempts += [(water, f"/console/contracts/{scene.contract}/{action}")
+                 for action in ("suspend", "revoke", "resume")]
+    served = {r.path.replace(":uuid", "") for r in post_routes(app_of(console))}
+    attempts = [(who, url) for who, url in attempts
+                if any(re.fullmatch(PARAM.sub(r"[^/]+", p), url) for p in served)]
+    if not attempts:
+        needs_route(console, "/console/contracts/{contract_id}/accept")
+    before = state_of(console, world)
+    for who, url in attempts:
+        seq = last_seq(console, world.auditor)
+        r = as_(console, who, "POST", url, data={**plausible_form(scene.ids()),
+                                                 "csrf": who.csrf})
+        assert r.status_code == 404, (who.name, url, r.status_code)
+        assert not leaks(r.text, scene.markers)
+        assert any(e["actor"]["org"] == who.org and not e["decision"]["allowed"]
+                   for e in auditor_entries(console, world.auditor, seq)), (who.name, url)
+    assert state_of(console, world) == before
