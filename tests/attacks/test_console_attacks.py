@@ -600,7 +600,7 @@ def state_of(client: TestClient, world: World) -> dict[str, Any]:
     writes = [(e["action"], e["actor"]["org"]) for e in auditor_entries(client, world.auditor)
               if e["decision"]["allowed"] and not e["action"].endswith(
                   (".read", ".list", ".proof", ".checkpoints", ".verify", ".explain",
-                   ".accesses"))]
+                   ".accesses", ".download"))]
     return {
         "contracts": sorted((c["id"], c["status"], c.get("signatures") and len(
             c["signatures"])) for c in contracts.json()),
@@ -1871,3 +1871,27 @@ def test_another_party_cannot_accept_suspend_or_revoke_a_contract(
         assert any(e["actor"]["org"] == who.org and not e["decision"]["allowed"]
                    for e in auditor_entries(console, world.auditor, seq)), (who.name, url)
     assert state_of(console, world) == before
+
+
+def test_no_console_get_changes_anything(console: TestClient, scene: Scene,
+                                         cast: Cast) -> None:
+    """GETs carry no CSRF token, so none may change state: every GET route as every party,
+    with real ids and with query strings that would name an action, leaves the contracts,
+    datasets, slices, organisations and the allowed writes in the log as they were."""
+    world = scene.world
+    before = state_of(console, world)
+    ids = scene.ids()
+    query = {"contract": scene.contract, "action": "revoke", "run": "1", "accept": "1",
+             "purpose": "energy-planning", "group_by": "qz_town", "measure_fn": "count"}
+    for route in get_routes(app_of(console)):
+        if route.path.startswith("/console/oidc/"):
+            continue  # the login's own redirects (see the OIDC tests)
+        for url in route.urls(ids):
+            for who in (cast.owner, cast.party, cast.auditor, cast.admin):
+                as_(console, who, "GET", url)
+                as_(console, who, "GET", url, params=query)
+    after = state_of(console, world)
+    new_writes = after.pop("writes")[len(before["writes"]):]
+    assert not new_writes, new_writes
+    before.pop("writes")
+    assert after == before
