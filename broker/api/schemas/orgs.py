@@ -10,13 +10,13 @@ from pydantic import (
     StringConstraints,
 )
 
-from broker.api.schemas.common import (
+from broker.domain.organisations import Organisation, OrgKind
+from broker.services.inputs import (
     In,
     OrgId,
     Text,
     Uscc,
 )
-from broker.domain.organisations import Organisation, OrgKind
 
 
 class OrgIn(In):

@@ -12,14 +12,6 @@ from pydantic import (
     model_validator,
 )
 
-from broker.api.schemas.common import (
-    ClosedKeys,
-    Flag,
-    In,
-    Scalar,
-    Slug,
-    Uuid,
-)
 from broker.domain.indicators import INDICATOR_ID
 from broker.domain.names import FIELD_NAME
 from broker.domain.queries import (
@@ -35,6 +27,14 @@ from broker.domain.queries import (
     Measure,
     MeasureFn,
     Release,
+)
+from broker.services.inputs import (
+    ClosedKeys,
+    Flag,
+    In,
+    Scalar,
+    Slug,
+    Uuid,
 )
 from broker.services.queries import Explanation
 
