@@ -34,6 +34,8 @@ from broker.domain.datasets import (
 )
 from broker.domain.errors import InvalidInput
 from broker.domain.names import FIELD_NAME, ORG_ID
+from broker.domain.queries import SOURCE_ALIAS, Filter, FilterOp
+from broker.domain.slices import SLICE_NAME, Consent
 from broker.domain.uscc import is_valid_uscc
 from contracts.model import FieldForm, Terms
 
@@ -189,3 +191,52 @@ class ContractIn(In):
     def to_domain(self) -> Terms:
         """The offered terms (every field but ``consumer_org``, to whom they are offered)."""
         return Terms.from_record(self.model_dump(exclude={"consumer_org"}))
+
+
+#: A base64 Ed25519 signature (64 bytes) over a contract's canonical terms.
+Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
+
+
+# -- a consented slice -------------------------------------------------------------------
+
+
+#: A field as a query names it: ``field``, or ``alias.field`` in a cross-source query.
+FieldRef = Annotated[str, StringConstraints(
+    pattern="^(?:" + SOURCE_ALIAS.pattern.strip("^$") + r"\.)?" + FIELD_NAME.pattern.strip("^$")
+    + "$")]
+
+
+class FilterIn(In):
+    """A predicate in the closed grammar: eq, in (list), range ([low, high], inclusive)."""
+
+    field: FieldRef
+    op: FilterOp
+    value: Scalar | Annotated[list[Scalar], Field(max_length=1000)]
+
+    def to_domain(self) -> Filter:
+        """Domain form."""
+        return Filter(self.field, self.op, self.value)
+
+
+class ConsentIn(In):
+    """Who consented to sharing the slice, when, to what, and where that is recorded."""
+
+    given_by: Text
+    given_at: AwareDatetime
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    reference: Text | None = None
+
+
+class SliceIn(In):
+    """A consented slice: a subset of fields and a row predicate (the query filter grammar)."""
+
+    name: Annotated[str, StringConstraints(pattern=SLICE_NAME.pattern)]
+    fields: Annotated[list[FieldName], Field(min_length=1, max_length=200)]
+    predicate: Annotated[list[FilterIn], Field(max_length=16)] = []
+    consent: ConsentIn
+
+    def consent_domain(self) -> Consent:
+        """Domain form of the consent record."""
+        c = self.consent
+        return Consent(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
+                       reference=c.reference)

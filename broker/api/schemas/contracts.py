@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
     Field,
-    StringConstraints,
 )
 
 from broker.services.contracts import ContractView
-from broker.services.inputs import DominanceIn, In
+from broker.services.inputs import DominanceIn, In, Signature
 from contracts.model import FieldForm
 from contracts.terms import ContractTerms
-
-Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
 
 
 class SignatureIn(In):

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -14,11 +13,10 @@ from pydantic import (
     model_validator,
 )
 
-from broker.api.schemas.queries import FilterIn
 from broker.domain.datasets import FieldRole, FieldType, Sensitivity
-from broker.domain.slices import SLICE_NAME, Consent, Slice
+from broker.domain.slices import Slice
 from broker.services.datasets import DatasetView, SqlData, VersionView
-from broker.services.inputs import DatasetMetaIn, FieldName, In, Text
+from broker.services.inputs import DatasetMetaIn, In
 
 
 class FieldOut(BaseModel):
@@ -121,30 +119,6 @@ class VersionOut(BaseModel):
         return cls(version=view.version, rows=view.rows, sha256=view.sha256,
                    created_at=view.created_at)
 
-
-
-class ConsentIn(In):
-    """Who consented to sharing the slice, when, to what, and where that is recorded."""
-
-    given_by: Text
-    given_at: AwareDatetime
-    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
-    reference: Text | None = None
-
-
-class SliceIn(In):
-    """A consented slice: a subset of fields and a row predicate (the query filter grammar)."""
-
-    name: Annotated[str, StringConstraints(pattern=SLICE_NAME.pattern)]
-    fields: Annotated[list[FieldName], Field(min_length=1, max_length=200)]
-    predicate: Annotated[list[FilterIn], Field(max_length=16)] = []
-    consent: ConsentIn
-
-    def consent_domain(self) -> Consent:
-        """Domain form of the consent record."""
-        c = self.consent
-        return Consent(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
-                       reference=c.reference)
 
 
 class ConsentOut(BaseModel):

@@ -13,7 +13,6 @@ from pydantic import (
 )
 
 from broker.domain.indicators import INDICATOR_ID
-from broker.domain.names import FIELD_NAME
 from broker.domain.queries import (
     MAX_SOURCES,
     MIN_SOURCES,
@@ -21,8 +20,6 @@ from broker.domain.queries import (
     AggregateSpec,
     Comparison,
     Dimension,
-    Filter,
-    FilterOp,
     JoinedSpec,
     Measure,
     MeasureFn,
@@ -30,18 +27,15 @@ from broker.domain.queries import (
 )
 from broker.services.inputs import (
     ClosedKeys,
+    FieldRef,
+    FilterIn,
     Flag,
     In,
-    Scalar,
     Slug,
     Uuid,
 )
 from broker.services.queries import Explanation
 
-#: A field as a query names it: ``field``, or ``alias.field`` in a cross-source query.
-FieldRef = Annotated[str, StringConstraints(
-    pattern="^(?:" + SOURCE_ALIAS.pattern.strip("^$") + r"\.)?" + FIELD_NAME.pattern.strip("^$")
-    + "$")]
 Alias = Annotated[str, StringConstraints(pattern=SOURCE_ALIAS.pattern)]
 
 
@@ -59,18 +53,6 @@ class MeasureIn(In):
     def to_domain(self) -> Measure:
         """Domain form."""
         return Measure(self.fn, self.field, self.numerator, self.denominator, self.as_)
-
-
-class FilterIn(In):
-    """A predicate in the closed grammar: eq, in (list), range ([low, high], inclusive)."""
-
-    field: FieldRef
-    op: FilterOp
-    value: Scalar | Annotated[list[Scalar], Field(max_length=1000)]
-
-    def to_domain(self) -> Filter:
-        """Domain form."""
-        return Filter(self.field, self.op, self.value)
 
 
 class DimensionIn(In):
