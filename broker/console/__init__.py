@@ -12,14 +12,14 @@ from fastapi import FastAPI
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from broker.console.routes import home
+from broker.console.routes import home, provider
 from broker.console.session import ConsoleAuth, session_token
 from broker.console.web import STATIC
 
 __all__ = ["ConsoleAuth", "install", "session_token"]
 
 #: The console's routers, in the order their paths are tried.
-ROUTERS = (home.router,)
+ROUTERS = (home.router, provider.router)
 
 
 def install(app: FastAPI) -> None:

@@ -36,4 +36,17 @@
     var message = (button && button.dataset.confirm) || event.target.dataset.confirm;
     if (message && !window.confirm(message)) { event.preventDefault(); }
   }, true);
+
+  // --- Forms that answer with their refusal (provider uploads, ...) ------------------------
+  // A refused form answers 409, 413 or 422 with an HTML fragment saying why (problems per
+  // column, fields named); HTMX leaves error responses unswapped, so such a fragment is
+  // shown in the form's target instead. Other errors (and non-HTML bodies) stay errors.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    var type = xhr.getResponseHeader("Content-Type") || "";
+    if ([409, 413, 422].indexOf(xhr.status) >= 0 && type.indexOf("text/html") === 0) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
 }());
