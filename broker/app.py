@@ -156,6 +156,7 @@ def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
         console=console.ConsoleAuth(
             secret=console_secret(settings), max_age=settings.console_session_seconds,
             dev_login=_dev_minter(settings) if settings.dev_login else None,
+            dev_login_anywhere=settings.console_dev_login is True,
             operator_org=settings.operator_org),
     )
 

@@ -51,8 +51,10 @@ class Settings(BaseSettings):
     #: How long the provider's keys are used before they are fetched again.
     oidc_jwks_cache_seconds: int = Field(default=300, ge=1, le=86_400)
     #: The web console's dev login (``/console/login``: pick an organisation and a role).
-    #: Unset, it is on exactly when no OIDC issuer is configured; it cannot be on with one
-    #: (its tokens are the dev secret's, which the broker then refuses).
+    #: Unset, it is on exactly when no OIDC issuer is configured, and then only for clients on
+    #: loopback (this machine); ``true`` opens it to every client (a shared demo), ``false``
+    #: shuts it. It cannot be on with an issuer (its tokens are the dev secret's, which the
+    #: broker then refuses).
     console_dev_login: bool | None = None
     #: How long a console session lasts (and the dev login's tokens).
     console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)

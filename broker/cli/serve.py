@@ -104,6 +104,7 @@ def _welcome(settings: Settings, host: str, port: int) -> None:
         contracts = broker.call("econ", "GET", "/v1/contracts", expect=200).json()
     contract = next((c["id"] for c in contracts if c["status"] == "active"), "<contract-id>")
     console.rule("[bold]Broker ready")
+    console.print(f"Web console: {base}/console/  (中文; English: {base}/console/?lang=en)")
     console.print(f"API docs: {base}/docs    health: {base}/healthz")
     for name, (_sub, org, roles) in ACTORS.items():
         console.print(f"[bold]{name}[/] ({', '.join(roles)} at {org}):")

@@ -8,13 +8,14 @@ path around authorisation. Each part of the console (one per role) is a router o
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from broker.console.routes import home, provider
 from broker.console.session import ConsoleAuth, session_token
-from broker.console.web import STATIC
+from broker.console.web import STATIC, ConsoleRoute, get_user
+from broker.domain.errors import NotFound
 
 __all__ = ["ConsoleAuth", "install", "session_token"]
 
@@ -32,3 +33,13 @@ def install(app: FastAPI) -> None:
     for router in ROUTERS:
         app.include_router(router, prefix="/console")
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
+    app.include_router(fallback, prefix="/console")
+
+
+fallback = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+
+
+@fallback.api_route("/{rest:path}", methods=["GET", "POST"], dependencies=[Depends(get_user)])
+def nowhere() -> Response:
+    """Any other console path: the login page for strangers, a 404 page for the logged in."""
+    raise NotFound("There is no such page.")

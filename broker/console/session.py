@@ -29,6 +29,7 @@ from broker.domain.principals import Role
 #: The session cookie's name and path: it is never sent to the API.
 COOKIE = "broker_console"
 PATH = "/console"
+STATIC_PATH = "/console/static/"
 #: The most a cookie may weigh; a larger token is refused rather than cut.
 MAX_COOKIE = 3800
 
@@ -95,6 +96,9 @@ class ConsoleAuth:
     dev_login: DevMinter | None = None
     #: The OIDC login (``broker.console.oidc.OidcLogin``), or None.
     oidc: Any = None
+    #: Whether the dev login serves clients beyond loopback (only when
+    #: ``BROKER_CONSOLE_DEV_LOGIN`` says so explicitly; by default it is for this machine).
+    dev_login_anywhere: bool = False
     #: The operator organisation (the dev login offers it ``admin``).
     operator_org: str = "broker-ops"
     _serializer: URLSafeTimedSerializer = field(init=False, repr=False)
@@ -102,6 +106,13 @@ class ConsoleAuth:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_serializer",
                            URLSafeTimedSerializer(self.secret, salt="broker-console-session"))
+
+    def dev_login_for(self, request: Request) -> DevMinter | None:
+        """The dev login's minter when it serves this request's client, else None."""
+        if self.dev_login is None:
+            return None
+        client = request.client.host if request.client else None
+        return self.dev_login if self.dev_login_anywhere or is_loopback(client) else None
 
     def decode(self, raw: str | None) -> Session | None:
         """The session of a cookie value, if it is ours, unaltered and not expired."""
@@ -136,8 +147,9 @@ def is_console_path(path: str) -> bool:
 def session_token(scope: Scope) -> str | None:
     """The bearer token of a console request's session cookie, for the principal middleware;
     None outside the console, without a cookie, or with one that is not ours."""
-    if not is_console_path(scope.get("path", "")):
-        return None
+    path = scope.get("path", "")
+    if not is_console_path(path) or path.startswith(STATIC_PATH):
+        return None  # static files need no one's token
     auth = auth_of(scope)
     if auth is None:
         return None

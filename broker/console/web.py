@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -156,7 +156,7 @@ async def check_csrf(request: Request) -> None:
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+    if origin is not None and not same_origin(request, origin):
         raise CsrfFailed()
     offered = request.headers.get("x-csrf-token")
     if offered is None:
@@ -170,6 +170,19 @@ async def check_csrf(request: Request) -> None:
             offered = value if isinstance(value, str) else None
     if not csrf_matches(read_session(request), offered):
         raise CsrfFailed()
+
+
+def same_origin(request: Request, origin: str) -> bool:
+    """Whether a browser's ``Origin`` is this console: the host and port it was reached at
+    (the scheme may differ behind a proxy that ends TLS), or the configured public URL."""
+    parts = urlsplit(origin)
+    if parts.netloc and parts.netloc.lower() == request.url.netloc.lower():
+        return True
+    public = getattr(getattr(request.app.state.container, "settings", None), "public_url", None)
+    if public:
+        mine = urlsplit(public)
+        return (parts.scheme, parts.netloc.lower()) == (mine.scheme, mine.netloc.lower())
+    return False
 
 
 PageDep = Annotated[Page, Depends(get_page)]
@@ -314,6 +327,10 @@ class ConsoleRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            # The language, set here in the request's own context: the dependencies and the
+            # endpoint run in worker threads on copies of it, so what one of them activates
+            # is not seen by the next (a label made in a route would stay Chinese).
+            i18n.activate(i18n.choose(request)[0])
             try:
                 response = await handler(request)
             except (BrokerError, LoginRequired, RoleMissing, CsrfFailed,

@@ -25,7 +25,7 @@ from broker.console.web import (
     render,
     service,
 )
-from broker.domain.errors import InvalidInput
+from broker.domain.errors import Forbidden, InvalidInput
 from broker.domain.organisations import OrgKind
 from broker.domain.principals import ROLE_KINDS, Principal, RequestContext, Role
 from broker.services.orgs import OrgService
@@ -67,10 +67,10 @@ def login_form(page: PageDep, request: Request, orgs: OrgsDep, next: str | None 
     """The login page: the OIDC provider's button, or in embedded mode the dev login."""
     auth = auth_of(request)
     session = page.session or Session.fresh()
-    directory = _directory(request, orgs) if auth is not None and auth.dev_login else []
+    dev = auth is not None and auth.dev_login_for(request) is not None
+    directory = _directory(request, orgs) if dev else []
     response = render(page, "login.html", directory=directory, next=safe_next(next),
-                      oidc=auth is not None and auth.oidc is not None,
-                      dev=auth is not None and auth.dev_login is not None,
+                      oidc=auth is not None and auth.oidc is not None, dev=dev,
                       csrf=session.csrf, roles=_role_labels())
     if page.session is None:
         write_session(response, request, session)
@@ -89,12 +89,13 @@ def dev_login(page: PageDep, request: Request, orgs: OrgsDep,
               next: Annotated[str | None, Form(max_length=2000)] = None) -> Response:
     """The dev login: a token for the organisation and role picked (embedded mode only)."""
     auth = auth_of(request)
-    if auth is None or auth.dev_login is None or page.session is None:
-        raise InvalidInput("The dev login is off: log in through the identity provider.")
+    mint = auth.dev_login_for(request) if auth is not None else None
+    if mint is None or page.session is None:
+        raise Forbidden("The dev login is off here: log in through the identity provider.")
     offered = {o: roles for o, _name, roles in _directory(request, orgs)}
     if org not in offered or role not in offered[org]:
         raise InvalidInput("That organisation does not hold that role.")
-    token = auth.dev_login(org, Role(role))
+    token = mint(org, Role(role))
     response = RedirectResponse(safe_next(next), status_code=303)
     write_session(response, request, logged_in(token))
     return response

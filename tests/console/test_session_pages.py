@@ -1,0 +1,213 @@
+"""The console's frame over real HTTP semantics (no browser): the session cookie, the dev
+login, CSRF, the security headers and the languages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from broker.app import create_app
+from broker.console.web import CSP
+from broker.settings import Settings
+from tests.conftest import World, auth
+
+LOOPBACK = "http://127.0.0.1"
+#: The client's address: this machine (the dev login serves it by default).
+HERE = ("127.0.0.1", 50000)
+
+
+@pytest.fixture
+def console(settings: Settings) -> Iterator[TestClient]:
+    """A client on loopback (where the session cookie may go without TLS)."""
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def log_in(client: TestClient, org: str, role: str) -> str:
+    """Log in through the dev login; the session's CSRF token."""
+    form = client.get("/console/login")
+    assert form.status_code == 200
+    r = client.post("/console/login", data={"org": org, "role": role,
+                                            "csrf": csrf_of(form.text)},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return csrf_of(client.get("/console/").text)
+
+
+def test_a_page_without_a_session_goes_to_the_login_page(console: TestClient) -> None:
+    r = console.get("/console/audit?x=1", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/console/login?next=%2Fconsole%2Faudit%3Fx%3D1"
+
+
+def test_the_dev_login_offers_registered_organisations_with_the_roles_that_fit(
+        console: TestClient, world: World) -> None:
+    html = console.get("/console/login").text
+    assert re.search(r'<option value="grid" data-roles="provider"', html)
+    assert re.search(r'<option value="econ" data-roles="provider consumer"', html)
+    assert re.search(r'<option value="audit-office" data-roles="auditor"', html)
+    assert re.search(r'<option value="broker-ops" data-roles="admin"', html)
+
+
+def test_logging_in_gives_a_signed_httponly_session_scoped_to_the_console(
+        console: TestClient, world: World) -> None:
+    form = console.get("/console/login")
+    r = console.post("/console/login", data={"org": "econ", "role": "consumer",
+                                             "csrf": csrf_of(form.text)},
+                     follow_redirects=False)
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "Path=/console" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Secure" not in cookie  # loopback
+    home = console.get("/console/")
+    assert home.status_code == 200
+    assert "econ" in home.text
+    # The new session's CSRF token is not the one from before the login.
+    assert csrf_of(home.text) != csrf_of(form.text)
+
+
+def test_the_session_cookie_is_secure_outside_loopback(settings: Settings, world: World) -> None:
+    with TestClient(create_app(settings), base_url="https://broker.example.gov.cn",
+                    client=HERE) as c:
+        form = c.get("/console/login")
+        r = c.post("/console/login", data={"org": "econ", "role": "consumer",
+                                           "csrf": csrf_of(form.text)}, follow_redirects=False)
+        assert "Secure" in r.headers["set-cookie"]
+
+
+def test_a_role_the_organisation_does_not_hold_is_refused(console: TestClient,
+                                                          world: World) -> None:
+    form = console.get("/console/login")
+    r = console.post("/console/login", data={"org": "grid", "role": "auditor",
+                                             "csrf": csrf_of(form.text)},
+                     follow_redirects=False)
+    assert r.status_code == 422
+    assert "broker_console=" not in r.headers.get("set-cookie", "") or "token" not in r.text
+    assert console.get("/console/", follow_redirects=False).status_code == 303
+
+
+def test_a_login_without_the_csrf_token_is_refused(console: TestClient, world: World) -> None:
+    console.get("/console/login")
+    r = console.post("/console/login", data={"org": "econ", "role": "consumer"},
+                     follow_redirects=False)
+    assert r.status_code == 403
+    assert console.get("/console/", follow_redirects=False).status_code == 303
+
+
+def test_a_post_from_another_origin_is_refused_even_with_the_token(
+        console: TestClient, world: World) -> None:
+    csrf = log_in(console, "econ", "consumer")
+    r = console.post("/console/logout", data={"csrf": csrf},
+                     headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert r.status_code == 403
+    assert console.get("/console/", follow_redirects=False).status_code == 200
+
+
+def test_a_tampered_cookie_is_no_session(console: TestClient, world: World) -> None:
+    log_in(console, "econ", "consumer")
+    value = console.cookies.get("broker_console")
+    assert value
+    console.cookies.set("broker_console", value[:-3] + ("AAA" if value[-3:] != "AAA" else "BBB"),
+                        path="/console")
+    assert console.get("/console/", follow_redirects=False).status_code == 303
+
+
+def test_the_api_ignores_the_console_cookie_and_the_console_ignores_bearer_tokens(
+        console: TestClient, world: World) -> None:
+    log_in(console, "econ", "consumer")
+    cookie = console.cookies.get("broker_console")
+    r = console.get("/v1/contracts", headers={"Cookie": f"broker_console={cookie}"})
+    assert r.status_code == 401  # a cookie never authenticates the API (no CSRF there)
+    console.cookies.clear()
+    r = console.get("/console/", headers=auth(world.econ), follow_redirects=False)
+    assert r.status_code == 303  # nor a bearer token the console
+
+
+def test_logout_forgets_the_session(console: TestClient, world: World) -> None:
+    csrf = log_in(console, "econ", "consumer")
+    r = console.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert console.get("/console/", follow_redirects=False).status_code == 303
+
+
+def test_next_never_leaves_the_console(console: TestClient, world: World) -> None:
+    for target in ("https://evil.example/", "//evil.example/x", "/v1/contracts",
+                   "/console\\@evil.example"):
+        form = console.get("/console/login", params={"next": target})
+        r = console.post("/console/login", data={"org": "econ", "role": "consumer",
+                                                 "csrf": csrf_of(form.text), "next": target},
+                         follow_redirects=False)
+        assert r.headers["location"] == "/console/", target
+
+
+def test_every_console_page_sends_the_security_headers(console: TestClient,
+                                                       world: World) -> None:
+    log_in(console, "econ", "consumer")
+    for r in (console.get("/console/login"), console.get("/console/nowhere")):
+        assert r.headers["content-security-policy"] == CSP
+        assert "unsafe-inline" not in CSP
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["cache-control"] == "no-store"
+    assert console.get("/console/nowhere").status_code == 404
+
+
+def test_chinese_by_default_english_on_request_and_remembered(console: TestClient,
+                                                              world: World) -> None:
+    log_in(console, "econ", "consumer")
+    page = console.get("/console/")
+    assert '<html lang="zh-CN"' in page.text
+    assert "欢迎" in page.text
+    page = console.get("/console/?lang=en")
+    assert '<html lang="en"' in page.text
+    assert "Welcome" in page.text
+    assert "欢迎" not in page.text
+    assert "Welcome" in console.get("/console/").text
+    assert "欢迎" in console.get("/console/?lang=zh-CN").text
+    assert "欢迎" in console.get("/console/?lang=fr").text  # an unknown language: the default
+
+
+def test_a_role_that_does_not_fit_the_page_is_a_403_page(console: TestClient,
+                                                          world: World) -> None:
+    log_in(console, "econ", "consumer")
+    r = console.get("/console/operator")
+    assert r.status_code in (403, 404)  # 404 until the operator pages exist
+    assert r.headers["content-type"].startswith("text/html")
+
+
+def test_the_dev_login_is_off_with_an_identity_provider(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="DEV_LOGIN"):
+        Settings(data_dir=tmp_path, oidc_issuer="https://idp.example", oidc_audience="broker",
+                 console_dev_login=True)
+    assert not Settings(data_dir=tmp_path, oidc_issuer="https://idp.example",
+                        oidc_audience="broker").dev_login
+    assert Settings(data_dir=tmp_path).dev_login
+
+
+def test_by_default_the_dev_login_serves_this_machine_only(settings: Settings,
+                                                           world: World) -> None:
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=("10.1.2.3", 50000)) as c:
+        form = c.get("/console/login")
+        assert 'name="org"' not in form.text
+        r = c.post("/console/login", data={"org": "econ", "role": "consumer",
+                                           "csrf": csrf_of(form.text) if 'name="csrf"' in
+                                           form.text else "x"}, follow_redirects=False)
+        assert r.status_code == 403
+
+
+def test_the_dev_login_serves_every_client_when_told_so(settings: Settings,
+                                                        world: World) -> None:
+    settings = settings.model_copy(update={"console_dev_login": True})
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=("10.1.2.3", 50000)) as c:
+        form = c.get("/console/login")
+        assert 'name="org"' in form.text
