@@ -29,7 +29,6 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from audit.entry import format_ts
-from broker.console import i18n
 from broker.console.i18n import _
 from broker.console.web import (
     ConsoleRoute,
@@ -183,7 +182,6 @@ async def upload_dataset(page: ProviderPage, request: Request, datasets: Dataset
                          settings: SettingsDep) -> Response:
     """Register a dataset from the form: the file is checked against its declaration and
     stored as version 1, or refused with its problems and nothing stored."""
-    i18n.activate(page.language)  # the dependencies ran in another context
     ctx = page.context
     await run_in_threadpool(datasets.authorize_register, ctx)  # before a byte is read
     try:
@@ -227,7 +225,6 @@ def show_dataset(page: ProviderPage, dataset_id: UUID, datasets: DatasetsDep,
 async def upload_version(page: ProviderPage, dataset_id: UUID, request: Request,
                          datasets: DatasetsDep, settings: SettingsDep) -> Response:
     """Store a new version of one of my datasets (same declaration), or show why not."""
-    i18n.activate(page.language)  # the dependencies ran in another context
     ctx = page.context
     await run_in_threadpool(datasets.authorize_version, ctx, str(dataset_id))
     try:
@@ -278,7 +275,6 @@ def _utc(value: str) -> str:
 async def publish_slice(page: ProviderPage, dataset_id: UUID, request: Request,
                         datasets: DatasetsDep) -> Response:
     """Publish a consented slice: the fields and rows consented to, and the consent record."""
-    i18n.activate(page.language)  # the dependencies ran in another context
     ctx = page.context
     form = await request.form()
     values: dict[str, Any] = {"name": _text(form, "name"), "fields": form.getlist("fields"),
@@ -386,7 +382,6 @@ async def offer_contract(page: ProviderPage, request: Request, datasets: Dataset
                          contracts: ContractsDep, orgs: OrgsDep) -> Response:
     """Offer the terms of the form, checked as the API's ``POST /v1/contracts`` is; the form
     again with what is wrong, or the new contract."""
-    i18n.activate(page.language)  # the dependencies ran in another context
     form = await request.form()
     dataset_id = _text(form, "dataset_id")
     chosen = {key[len("form_"):]: value for key, value in form.multi_items()
@@ -481,7 +476,6 @@ def revoke_contract(page: ProviderPage, contract_id: UUID, contracts: ContractsD
 async def sign_contract(page: ProviderPage, contract_id: UUID, request: Request,
                         contracts: ContractsDep) -> Response:
     """Attach the offer signature made outside the broker (``broker contracts sign``)."""
-    i18n.activate(page.language)  # the dependencies ran in another context
     form = await request.form()
     signature = _text(form, "signature").strip()
     try:
