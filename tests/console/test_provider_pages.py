@@ -21,6 +21,8 @@ from broker.settings import Settings
 from tests.conftest import ENERGY, ENERGY_META, Mint, World, auth, csv_bytes
 
 BASE = "http://127.0.0.1"
+#: The test client's address: loopback, where the dev login serves.
+HERE = ("127.0.0.1", 50000)
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -85,8 +87,8 @@ def console(settings: Settings, mint: Mint) -> Iterator[Console]:
     """The app with the world loaded (grid's energy dataset, an active contract to econ) and
     water's own dataset; nobody logged in yet."""
     app = create_app(settings)
-    with TestClient(app, base_url=BASE) as web:
-        api = TestClient(app, base_url=BASE)
+    with TestClient(app, base_url=BASE, client=HERE) as web:
+        api = TestClient(app, base_url=BASE, client=HERE)
         world = World(api, mint)
         r = api.post("/v1/datasets", headers=auth(world.other_provider),
                      files={"file": ("w.csv", csv_bytes(ENERGY), "text/csv")},
