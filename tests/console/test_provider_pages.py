@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.app import create_app
+from broker.console.routes import provider
 from broker.settings import Settings
 from tests.conftest import ENERGY, ENERGY_META, Mint, World, auth, csv_bytes
 
@@ -386,13 +387,41 @@ def test_uses_of_my_data_has_filters_a_timeline_and_receipts(console: Console) -
     assert r.json()["leaf_hash"] in receipt.text
 
 
-def test_uses_are_paged(console: Console) -> None:
+def test_uses_are_paged_with_the_filters_kept(console: Console,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(provider, "USES_PAGE", 2)
     for _ in range(3):
         console.world.query()
     console.login("grid")
-    first = console.web.get("/console/uses?lang=en").text
-    seqs = [int(s) for s in re.findall(r'href="/console/uses/(\d+)"', first)]
-    assert len(seqs) == len(set(seqs)) >= 3
+    seen: list[int] = []
+    path = "/console/uses?lang=en&decision=allow"
+    for _ in range(10):
+        page = html.unescape(console.web.get(path).text)
+        rows = [int(s) for s in re.findall(r'href="/console/uses/(\d+)"', page)]
+        assert 1 <= len(rows) <= 2
+        seen += rows
+        more = re.search(r'href="(/console/uses\?[^"]*cursor=\d+[^"]*)"', page)
+        if more is None:
+            break
+        path = more.group(1)
+        assert "decision=allow" in path
+    assert seen == sorted(set(seen))
+    everything = [e["seq"] for e in console.entries(decision="allow")
+                  if e["resource"].get("dataset_id") == console.world.dataset["id"]]
+    assert set(everything) <= set(seen)
+
+
+def test_a_signature_that_is_not_one_is_refused_and_changes_nothing(console: Console) -> None:
+    console.login("grid")
+    r = _offer(console)
+    cid = r.headers["location"].rsplit("/", 1)[1]
+    before = console.api.get(f"/v1/contracts/{cid}", headers=auth(console.world.grid)).json()
+    r = console.post(f"/console/contracts/{cid}/sign", {"signature": "not-a-signature"})
+    assert r.status_code == 422
+    r = console.post(f"/console/contracts/{cid}/sign", {"signature": "A" * 86 + "=="})
+    assert r.status_code in (409, 422)  # already signed by the broker's key, or bad
+    after = console.api.get(f"/v1/contracts/{cid}", headers=auth(console.world.grid)).json()
+    assert after["signatures"] == before["signatures"]
 
 
 @pytest.mark.parametrize("lang", ["zh-CN", "en"])
