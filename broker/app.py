@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, text
@@ -36,6 +37,7 @@ from broker.api.routes import (
 )
 from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
+from broker.console.oidc import OidcLogin
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
 from broker.domain.principals import Role
@@ -50,6 +52,7 @@ from broker.services.checkpoints import Checkpointer, DirectorySink, make_sinks
 from broker.services.contracts import ContractService
 from broker.services.datasets import DatasetService
 from broker.services.guard import Guard
+from broker.services.health import HealthService
 from broker.services.indicators import IndicatorService
 from broker.services.orgs import OrgService
 from broker.services.queries import QueryService
@@ -100,14 +103,19 @@ class Container:
     audit: AuditService
     checkpointer: Checkpointer
     console: console.ConsoleAuth
+    health: HealthService
 
     def ready(self) -> str:
-        """The database answers and the policy engine decides; the policy revision. The
-        database is read as readers read it (a snapshot, not a writer's lock, which a busy
-        broker's releases queue for)."""
-        with read_only(self.engine).connect() as conn:
-            conn.execute(text("SELECT 1"))
+        """The database answers and the policy engine decides; the policy revision."""
+        ping_database(self.engine)
         return self.policies.probe()
+
+
+def ping_database(engine: Engine) -> None:
+    """Ask the database for one row, as readers read it (a snapshot, not a writer's lock,
+    which a busy broker's releases queue for)."""
+    with read_only(engine).connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
@@ -151,13 +159,18 @@ def build_container(settings: Settings, *, metrics: BrokerMetrics | None = None,
                              Pseudonymizer(pseudonym_secret(settings)),
                              sealer=release_sealer(settings, master)),
         audit=AuditService(uow, guard, checkpointer, signer.verifier,
-                           DirectorySink(settings.checkpoints_path).notes),
+                           DirectorySink(settings.checkpoints_path).notes,
+                           DirectorySink(settings.checkpoints_path).notes_for),
         checkpointer=checkpointer,
         console=console.ConsoleAuth(
             secret=console_secret(settings), max_age=settings.console_session_seconds,
             dev_login=_dev_minter(settings) if settings.dev_login else None,
             dev_login_anywhere=settings.console_dev_login is True,
+            oidc=OidcLogin.from_settings(settings),
             operator_org=settings.operator_org),
+        health=HealthService(database=partial(ping_database, engine), policy=policies.probe,
+                             revision=lambda: policies.revision,
+                             engine_kind=settings.policy_engine, checkpointer=checkpointer),
     )
 
 

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies import POLICY_DIR
 
+#: OAuth scopes: scope-tokens (RFC 6749, 3.3) separated by single spaces.
+SCOPES = r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$"
+
 
 class Settings(BaseSettings):
     """Configuration shared by ``broker serve``, the CLI and the tests."""
@@ -50,6 +53,17 @@ class Settings(BaseSettings):
     oidc_org_claim: str = Field(default="org", pattern=r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
     #: How long the provider's keys are used before they are fetched again.
     oidc_jwks_cache_seconds: int = Field(default=300, ge=1, le=86_400)
+    #: The console's client at the OIDC provider (authorization code with PKCE); without it
+    #: the console offers no login through the provider.
+    oidc_client_id: str | None = Field(default=None, min_length=1, max_length=200)
+    #: The client's secret, for a confidential client; a public client uses PKCE alone.
+    oidc_client_secret: SecretStr | None = None
+    #: The scopes the console asks for: ``openid`` plus whatever the provider needs to put the
+    #: organisation and roles into the access token.
+    oidc_scopes: str = Field(default="openid", pattern=SCOPES, max_length=500)
+    #: The console's public base URL (``https://broker.example.gov.cn``): the OIDC redirect URI
+    #: is ``{console_url}/console/oidc/callback``. Unset: ``public_url``, else the request's.
+    console_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]{1,200}$")
     #: The web console's dev login (``/console/login``: pick an organisation and a role).
     #: Unset, it is on exactly when no OIDC issuer is configured, and then only for clients on
     #: loopback (this machine); ``true`` opens it to every client (a shared demo), ``false``
@@ -124,6 +138,12 @@ class Settings(BaseSettings):
         if not self.oidc_audience:
             raise ValueError("BROKER_OIDC_ISSUER needs BROKER_OIDC_AUDIENCE (the audience is "
                              "pinned)")
+        return self
+
+    @model_validator(mode="after")
+    def _scopes_ask_for_openid(self) -> Settings:
+        if "openid" not in self.oidc_scopes.split(" "):
+            raise ValueError("BROKER_OIDC_SCOPES must include 'openid'")
         return self
 
     @model_validator(mode="after")

@@ -21,7 +21,11 @@ from broker.app import create_app
 from broker.services import contracts as contract_service
 from broker.settings import Settings
 from tests.migrated import engine, url  # noqa: F401  (fixtures)
-from tests.oidc_provider import oidc_provider, other_oidc_provider  # noqa: F401  (fixtures)
+from tests.oidc_provider import (  # noqa: F401  (fixtures)
+    oidc_login_provider,
+    oidc_provider,
+    other_oidc_provider,
+)
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 # No timed assertions: Hypothesis's per-example deadline would make results depend on load.

@@ -1,4 +1,5 @@
-"""A real OIDC provider on loopback for the test session: ``tests/oidc/provider.mjs``.
+"""Real OIDC providers on loopback for the test session: ``tests/oidc/provider.mjs`` (tokens
+and keys for the API) and ``tests/oidc/login.mjs`` (the console's login, see LoginProvider).
 
 That script runs oauth2-mock-server (pinned in ``tests/oidc/package.json``, installed by
 ``make install`` with ``npm ci --prefix tests/oidc``) on 127.0.0.1 and a port the OS picks,
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -176,4 +177,101 @@ def oidc_provider() -> Iterator[OidcProvider]:
 def other_oidc_provider() -> Iterator[OidcProvider]:
     """A second, independent provider (same kids, other keys) the broker does not trust."""
     with running_provider() as provider:
+        yield provider
+
+
+class LoginProvider:
+    """``tests/oidc/login.mjs`` running: panva's oidc-provider with the authorization code
+    flow, PKCE required, a minimal login page, and Dynamic Client Registration."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+        assert proc.stdout is not None
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            lines.put(proc.stdout.readline() or None)
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            line = lines.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            line = None
+        if line is None:
+            raise RuntimeError(f"the OIDC login provider did not start; its log:\n{self.tail()}")
+        self.issuer: str = json.loads(line)["issuer"]
+
+    def tail(self) -> str:
+        """The end of the provider's stderr."""
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def discovery(self) -> dict[str, Any]:
+        """The provider's discovery document."""
+        doc: dict[str, Any] = httpx.get(
+            f"{self.issuer}/.well-known/openid-configuration", timeout=5).raise_for_status().json()
+        return doc
+
+    def register(self, *, redirect_uris: Sequence[str],
+                 post_logout_redirect_uris: Sequence[str] = (),
+                 confidential: bool = False) -> tuple[str, str | None]:
+        """A new client for the authorization code flow (RFC 7591): its id and, for a
+        confidential client, its secret (a public client authenticates with PKCE alone)."""
+        meta: dict[str, Any] = {
+            "redirect_uris": list(redirect_uris),
+            "post_logout_redirect_uris": list(post_logout_redirect_uris),
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_basic" if confidential else "none",
+            "id_token_signed_response_alg": "RS256",
+        }
+        response = httpx.post(self.discovery()["registration_endpoint"], json=meta, timeout=5)
+        response.raise_for_status()
+        client = response.json()
+        return client["client_id"], client.get("client_secret")
+
+    def stop(self) -> None:
+        """Close its stdin (it stops itself), or terminate it."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_login_provider() -> Iterator[LoginProvider]:
+    """Start ``tests/oidc/login.mjs``; stop it on exit."""
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("`node` is not installed (Node 20.19 or later)")
+    if not (PACKAGE / "node_modules" / "oidc-provider").is_dir():
+        _unavailable("its package is not installed; run `make install` "
+                     "(or `npm ci --prefix tests/oidc`)", always_fail=True)
+    with tempfile.TemporaryDirectory(prefix="oidc-login-provider-") as tmp:
+        log = Path(tmp) / "stderr.log"
+        with log.open("w") as err:
+            proc = subprocess.Popen(
+                [node, str(PACKAGE / "login.mjs")], cwd=PACKAGE, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        try:
+            provider = LoginProvider(proc, log)
+        except Exception:
+            proc.kill()
+            proc.wait()
+            raise
+        try:
+            yield provider
+        finally:
+            provider.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_login_provider() -> Iterator[LoginProvider]:
+    """The OIDC provider the console logs in through (authorization code with PKCE)."""
+    with running_login_provider() as provider:
         yield provider

@@ -18,11 +18,12 @@ from broker.cli.serving import free_port
 @contextmanager
 def broker_server(tmp_path: Path, env: Mapping[str, str], *, unset: tuple[str, ...] = (),
                   args: Sequence[str] = (), log_name: str = "server.log",
-                  cwd: Path | None = None) -> Iterator[str]:
+                  cwd: Path | None = None, port: int | None = None) -> Iterator[str]:
     """Start the broker with ``env`` added to this process's environment (less ``unset``) and
-    ``args`` added to ``broker serve``; yield its base URL once it is ready (its log is
-    ``tmp_path/log_name``); stop it (SIGTERM, a graceful shutdown) on exit."""
-    port = free_port()
+    ``args`` added to ``broker serve``, on ``port`` (default: a free one); yield its base URL once
+    it is ready (its log is ``tmp_path/log_name``); stop it (SIGTERM, a graceful shutdown) on
+    exit."""
+    port = port or free_port()
     log_path = tmp_path / log_name
     with log_path.open("w") as log:
         proc = subprocess.Popen(

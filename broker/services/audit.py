@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import PurePath
 from typing import Any, Generic, Literal, TypeVar
 
-from audit.checkpoint import NoteVerifier
+from audit.checkpoint import CheckpointError, NoteVerifier
 from audit.proofs import (
     ConsistencyProof,
     InclusionProof,
@@ -136,6 +137,66 @@ def source_datasets(entry: Mapping[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Denials:
+    """Denied entries of a time window counted per day (``YYYY-MM-DD``, UTC): by reason and by
+    the acting organisation. An entry with several reasons counts once under each.
+
+    At most ``cap`` entries are counted, the oldest of the window first; ``truncated`` says
+    the window held more."""
+
+    since: str
+    until: str | None
+    cap: int
+    entries: int
+    truncated: bool
+    by_reason: dict[tuple[str, str], int]
+    by_org: dict[tuple[str, str], int]
+
+    @property
+    def days(self) -> list[str]:
+        """The days with at least one denial, in order."""
+        return sorted({day for day, _ in self.by_reason} | {day for day, _ in self.by_org})
+
+
+def count_denials(items: Sequence[AuditItem], *, since: str, until: str | None, cap: int
+                  ) -> Denials:
+    """Count the denied entries among ``items`` (the first ``cap`` of them) per day, by reason
+    and by organisation; ``items`` may hold one more than ``cap`` to tell a truncated
+    window."""
+    by_reason: dict[tuple[str, str], int] = {}
+    by_org: dict[tuple[str, str], int] = {}
+    kept = items[:cap]
+    for item in kept:
+        entry = item.entry
+        decision = entry.get("decision") or {}
+        if decision.get("allowed", True):
+            continue
+        day = str(entry["ts"])[:10]
+        for reason in decision.get("reasons") or ("unspecified",):
+            by_reason[(day, str(reason))] = by_reason.get((day, str(reason)), 0) + 1
+        org = str((entry.get("actor") or {}).get("org") or "-")
+        by_org[(day, org)] = by_org.get((day, org), 0) + 1
+    return Denials(since=since, until=until, cap=cap, entries=len(kept),
+                   truncated=len(items) > cap, by_reason=by_reason, by_org=by_org)
+
+
+@dataclass(frozen=True, slots=True)
+class OutsideCopy:
+    """A checkpoint as published outside the database: the file it is in (its name only), the
+    tree size and root (hex) it commits to, or None for each when its signature does not
+    verify against the log's key."""
+
+    name: str
+    size: int | None
+    root: str | None
+
+    @property
+    def verifies(self) -> bool:
+        """Whether the copy is a checkpoint signed by the log's key."""
+        return self.size is not None
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointKey:
     """The public key that signs checkpoints, in the forms verifiers read: the log's origin
     (key name), the key id (hex), the C2SP verifier key string and PEM."""
@@ -160,6 +221,10 @@ class AuditService:
     checkpointer: Checkpointer
     verifier: NoteVerifier
     outside_notes: Callable[[], list[tuple[str, str]]]
+    #: The outside copies of the checkpoints of the given sizes (as ``outside_notes`` gives
+    #: them), read without reading every copy; none when checkpoints are not kept in files.
+    outside_notes_for: Callable[[Sequence[int]], list[tuple[str, str]]] = (
+        lambda _sizes: [])
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -177,6 +242,23 @@ class AuditService:
         self._record(ctx, "audit.read")
         return Page.cut([AuditItem.from_stored(e) for e in found], query.limit,
                         lambda item: item.seq)
+
+    def denials(self, ctx: RequestContext, *, since: str, until: str | None = None,
+                cap: int = 5000) -> Denials:
+        """Denied entries from ``since`` (to ``until``) counted per day by reason and by
+        organisation, at most ``cap`` of them: the whole log's for auditors, those about
+        their own datasets for providers (as :meth:`entries` reads them)."""
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "audit.read", AUDIT_LOG)
+        query = AuditQuery(since=since, until=until, allowed=False, limit=cap + 1)
+        with self.uow(read_only=True) as uow:
+            if not ctx.principal.has_role(Role.AUDITOR):
+                query = replace(query, dataset_ids=[
+                    d.id for d in uow.datasets.all() if d.owner_org == ctx.principal.org])
+            found = uow.audit.entries(query)
+        self._record(ctx, "audit.read")
+        return count_denials([AuditItem.from_stored(e) for e in found], since=since,
+                             until=until, cap=cap)
 
     def accesses(self, ctx: RequestContext, query: AuditQuery) -> Page[Access]:
         """The providers' view: entries about datasets (their own, unless an auditor asks),
@@ -205,6 +287,23 @@ class AuditService:
                                           newest_first=True)
         self._record(ctx, "audit.checkpoints")
         return Page.cut(found, limit, lambda checkpoint: checkpoint.size)
+
+    def outside_copies(self, ctx: RequestContext, sizes: Sequence[int]) -> list[OutsideCopy]:
+        """The copies published outside the database (the checkpoint directory) of the
+        checkpoints of ``sizes``, each checked against the log's key; auditors compare them
+        with the database's."""
+        with self.uow() as uow:
+            self.guard.require(uow, ctx, "audit.checkpoints", AUDIT_LOG)
+        copies = []
+        for note, source in self.outside_notes_for(sizes):
+            try:
+                checkpoint = self.verifier.checkpoint(note)
+            except CheckpointError:
+                copies.append(OutsideCopy(name=PurePath(source).name, size=None, root=None))
+                continue
+            copies.append(OutsideCopy(name=PurePath(source).name, size=checkpoint.size,
+                                      root=checkpoint.root.hex()))
+        return copies
 
     def proof(self, ctx: RequestContext, seq: int, size: int | None) -> InclusionProof:
         """The inclusion proof of entry ``seq`` against a signed checkpoint.

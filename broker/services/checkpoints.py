@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import syslog
 import threading
@@ -110,6 +111,20 @@ class DirectorySink:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def notes_for(self, sizes: Sequence[int]) -> list[tuple[str, str]]:
+        """The checkpoint files of the given tree sizes (a conflicting copy too) as (note,
+        source): what an auditor compares a page of the database's checkpoints with, without
+        reading every file of a long-lived directory."""
+        if not self.directory.is_dir():
+            return []
+        found: list[tuple[str, str]] = []
+        for size in sizes:
+            for path in sorted(self.directory.glob(f"{size:020d}.*checkpoint")):
+                if path.is_file() and re.fullmatch(
+                        rf"{size:020d}\.(conflict-[0-9a-f]+\.)?checkpoint", path.name):
+                    found.append((path.read_text(encoding="utf-8"), str(path)))
+        return found
 
     def notes(self) -> list[tuple[str, str]]:
         """Every checkpoint file as (note, source), for verification."""

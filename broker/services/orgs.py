@@ -11,6 +11,7 @@ from broker.domain.names import ORG_ID
 from broker.domain.organisations import Organisation, OrgKind
 from broker.domain.ports import Clock, OrgKeyring, UnitOfWorkFactory
 from broker.domain.principals import RequestContext, misfit_roles
+from broker.domain.uscc import is_valid_uscc
 from broker.services.guard import Guard
 from contracts.terms import BadKey, encode_public_key, parse_public_key
 
@@ -101,6 +102,9 @@ class OrgService:
             self.guard.require(uow, ctx, "org.register", {})
             if not ORG_ID.fullmatch(org_id):
                 raise InvalidInput("Organisation ids are 2-63 lowercase letters, digits or '-'.")
+            if uscc is not None and not is_valid_uscc(uscc):
+                raise InvalidInput("The USCC is not a unified social credit code with a valid "
+                                   "check character.", fields=["uscc"])
             if org_id == self.operator_org:
                 raise Conflict("This id is the operator organisation's, which exists without "
                                "registration.")

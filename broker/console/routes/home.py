@@ -71,6 +71,7 @@ def login_form(page: PageDep, request: Request, orgs: OrgsDep, next: str | None 
     directory = _directory(request, orgs) if dev else []
     response = render(page, "login.html", directory=directory, next=safe_next(next),
                       oidc=auth is not None and auth.oidc is not None, dev=dev,
+                      issuer=bool(request.app.state.container.settings.oidc_issuer),
                       csrf=session.csrf, roles=_role_labels())
     if page.session is None:
         write_session(response, request, session)
@@ -103,8 +104,12 @@ def dev_login(page: PageDep, request: Request, orgs: OrgsDep,
 
 @router.post("/logout", dependencies=[Depends(check_csrf)])
 def logout(page: PageDep, request: Request) -> Response:
-    """Forget the session."""
-    response = redirect(page, "/login")
+    """Forget the session; after an OIDC login, a page offers to end the provider's session
+    too (a link: the CSP lets forms lead only to the console)."""
+    auth = auth_of(request)
+    by_oidc = (auth is not None and auth.oidc is not None and page.session is not None
+               and page.session.token is not None)
+    response = redirect(page, "/oidc/signed-out" if by_oidc else "/login")
     clear_session(response, request)
     return response
 

@@ -45,7 +45,7 @@ from broker.domain.errors import BrokerError, InvalidInput
 from broker.domain.organisations import OrgKind
 from broker.domain.ports import AuditQuery
 from broker.domain.principals import Role
-from broker.services.audit import Access, AuditItem, AuditService
+from broker.services.audit import Access, AuditService
 from broker.services.contracts import ContractService, ContractView
 from broker.services.datasets import DatasetService, DatasetView, FileData
 from broker.services.inputs import ContractIn, Signature, SliceIn, parse_dataset_meta
@@ -583,7 +583,8 @@ def uses(page: TrailPage, audit: AuditDep, datasets: DatasetsDep,
          by: Annotated[str, Query(pattern=r"^(consumer|decision)$")] = "consumer",
          cursor: Annotated[int, Query(ge=0, le=2**53)] = 0) -> Response:
     """Every access to my datasets: a table with filters and paging, a timeline per day by
-    consumer or by decision (with the same figures as a table), and each access's receipt."""
+    consumer or by decision (with the same figures as a table), and each access's receipt (the
+    audit entry's page, with its inclusion proof)."""
     filters = UsesFilter(consumer, purpose, decision, since, until, by)
     rows, next_cursor = _scan(audit, page, filters, cursor, USES_PAGE)
     everything, more = _scan(audit, page, filters, 0, TIMELINE_LIMIT)
@@ -597,18 +598,3 @@ def uses(page: TrailPage, audit: AuditDep, datasets: DatasetsDep,
                   truncated=more is not None, timeline_limit=TIMELINE_LIMIT,
                   consumers=sorted({a.who.org for a in everything if a.who.org}),
                   purposes=sorted({a.purpose for a in everything if a.purpose}))
-
-
-@router.get("/uses/{seq:int}")
-def receipt(page: TrailPage, seq: int, audit: AuditDep) -> Response:
-    """One access's receipt: the entry, its leaf hash and its inclusion proof against a signed
-    checkpoint, to check offline."""
-    if not 1 <= seq <= 2**53:
-        raise InvalidInput("There is no such entry.")
-    proof = audit.proof(page.context, seq, None)
-    document = proof.as_json()
-    return render(page, "provider/receipt.html", proof=proof,
-                  entry=json.dumps(proof.entry, indent=2, ensure_ascii=False),
-                  document=json.dumps(document, indent=2, ensure_ascii=False),
-                  access=Access.of(AuditItem(proof.entry, proof.leaf_hash))
-                  if proof.entry else None)
