@@ -231,7 +231,8 @@ def nav(page: Page) -> list[tuple[str, str]]:
         items += [("/datasets", _("My datasets")), ("/contracts", _("Contracts")),
                   ("/uses", _("Uses of my data"))]
     if page.has(Role.CONSUMER):
-        items += [("/contracts", _("Contracts")), ("/query", _("Query builder"))]
+        items += [("/contracts/in-force", _("Contracts in force")),
+                  ("/query", _("Query builder"))]
     if page.has(Role.AUDITOR):
         items += [("/audit", _("Audit log")), ("/audit/verify", _("Verify")),
                   ("/audit/checkpoints", _("Checkpoints")), ("/audit/charts", _("Denials"))]

@@ -60,6 +60,8 @@ from contracts.model import Contract, FieldForm
 AGGREGATE = "query.aggregate"
 CROSSCHECK = "query.crosscheck"
 EXPLAIN = "policy.explain"
+#: A released answer fetched again as a file (the console's downloads); never a release.
+DOWNLOAD = "query.download"
 #: The actions a contract's daily quota counts.
 QUOTA_ACTIONS = (AGGREGATE, CROSSCHECK)
 
@@ -307,6 +309,37 @@ class QueryService:
                 actor=ctx.principal.as_actor(), action=action, request_id=ctx.request_id,
                 allowed=False, reasons=("invalid-input",),
                 policy_revision=self.policies.revision))
+            uow.commit()
+
+    def quota_left(self, ctx: RequestContext, contract_ids: Sequence[str]) -> dict[str, int]:
+        """Queries left today under each of the caller's own contracts among ``contract_ids``
+        (as the flow policy counts them); a contract the caller is not the consumer of is left
+        out. Read-only: the contracts' read is the caller's to audit."""
+        now = self.clock()
+        left: dict[str, int] = {}
+        with self.uow(read_only=True) as uow:
+            for contract_id in contract_ids:
+                contract = uow.contracts.get(contract_id)
+                if contract is None or contract.consumer_org != ctx.principal.org or not (
+                        self.guard.decide(uow, ctx, "contract.read",
+                                          contract_resource(contract)).allow):
+                    continue
+                used = uow.audit.count_released(contract.id, QUOTA_ACTIONS, _day_start(now))
+                left[contract.id] = max(0, contract.terms.max_queries_per_day - used)
+        return left
+
+    def record_download(self, ctx: RequestContext, contract_id: str | None) -> None:
+        """A download of an answer already released to the caller under ``contract_id``, on
+        the record (nothing is released again); ``None`` when the caller holds no such answer,
+        which is concealed as absent (the same audited 404 whether it never existed, expired,
+        or was another principal's)."""
+        with self.uow() as uow:
+            if contract_id is None:
+                self.guard.conceal(uow, ctx, DOWNLOAD, ("not-found",), "result")
+            target = named_target(uow, contract_id)
+            self.guard.record(uow, ctx, DOWNLOAD, contract_id=contract_id,
+                              dataset_id=target[0] if target else None,
+                              version=target[1] if target else None)
             uow.commit()
 
     def explain(self, ctx: RequestContext, spec: AggregateSpec) -> Explanation:

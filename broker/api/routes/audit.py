@@ -20,9 +20,9 @@ from broker.api.schemas.audit import (
     KeyOut,
     VerifyOut,
 )
+from broker.api.schemas.common import DateTimeText
 from broker.domain.errors import InvalidInput
 from broker.domain.ports import AuditQuery
-from broker.services.inputs import DateTimeText
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=AUTHENTICATED)
 

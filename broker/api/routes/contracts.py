@@ -16,7 +16,7 @@ from broker.api.schemas.contracts import (
     ContractTermsOut,
     SignatureIn,
 )
-from broker.services.inputs import ContractIn
+from broker.services.provider_inputs import ContractIn
 from contracts.odrl import to_odrl
 
 router = APIRouter(prefix="/v1/contracts", tags=["contracts"], responses=AUTHENTICATED)

@@ -20,7 +20,7 @@ from broker.api.schemas.datasets import (
 )
 from broker.api.uploads import receive_upload
 from broker.services.datasets import FileData
-from broker.services.inputs import parse_dataset_meta
+from broker.services.provider_inputs import parse_dataset_meta
 from broker.services.uploads import META_LIMIT
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTHENTICATED)

@@ -11,8 +11,9 @@ from pydantic import (
     Field,
 )
 
+from broker.api.schemas.common import In
 from broker.services.contracts import ContractView
-from broker.services.inputs import DominanceIn, In, Signature
+from broker.services.provider_inputs import DominanceIn, Signature
 from contracts.model import FieldForm
 from contracts.terms import ContractTerms
 

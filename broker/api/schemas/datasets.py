@@ -13,10 +13,11 @@ from pydantic import (
     model_validator,
 )
 
+from broker.api.schemas.common import In
 from broker.domain.datasets import FieldRole, FieldType, Sensitivity
 from broker.domain.slices import Slice
 from broker.services.datasets import DatasetView, SqlData, VersionView
-from broker.services.inputs import DatasetMetaIn, In
+from broker.services.provider_inputs import DatasetMetaIn
 
 
 class FieldOut(BaseModel):

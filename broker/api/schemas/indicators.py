@@ -7,8 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from broker.api.schemas.common import FieldName, In, Text, Uuid
 from broker.domain.indicators import INDICATOR_ID, FieldOf, Indicator
-from broker.services.inputs import FieldName, In, Text, Uuid
 
 
 class FieldOfIn(In):

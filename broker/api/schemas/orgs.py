@@ -10,13 +10,13 @@ from pydantic import (
     StringConstraints,
 )
 
-from broker.domain.organisations import Organisation, OrgKind
-from broker.services.inputs import (
+from broker.api.schemas.common import (
     In,
     OrgId,
     Text,
     Uscc,
 )
+from broker.domain.organisations import Organisation, OrgKind
 
 
 class OrgIn(In):

@@ -48,8 +48,8 @@ from broker.domain.principals import Role
 from broker.services.audit import Access, AuditService
 from broker.services.contracts import ContractService, ContractView
 from broker.services.datasets import DatasetService, DatasetView, FileData
-from broker.services.inputs import ContractIn, Signature, SliceIn, parse_dataset_meta
 from broker.services.orgs import OrgService
+from broker.services.provider_inputs import ContractIn, Signature, SliceIn, parse_dataset_meta
 from broker.services.uploads import Upload, UploadRules, multipart_boundary, receive_multipart
 from broker.settings import Settings
 from contracts.model import ContractStatus, FieldForm
@@ -201,8 +201,9 @@ async def upload_dataset(page: ProviderPage, request: Request, datasets: Dataset
 
 def _upload_refused(page: Page, request: Request, failure: Failure) -> Response:
     """The upload's result region with what went wrong (the whole page without HTMX)."""
-    if _is_htmx(request):
-        return render(page, "provider/_refused.html", status=failure.status, failure=failure)
+    if _is_htmx(request):  # swapped into the form's result region despite the status
+        return render(page, "provider/_refused.html", status=failure.status, failure=failure,
+                      headers={"X-Console-Fragment": "1"})
     return render(page, "provider/refused.html", status=failure.status, failure=failure)
 
 

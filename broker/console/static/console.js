@@ -37,16 +37,41 @@
     if (message && !window.confirm(message)) { event.preventDefault(); }
   }, true);
 
-  // --- Forms that answer with their refusal (provider uploads, ...) ------------------------
-  // A refused form answers 409, 413 or 422 with an HTML fragment saying why (problems per
-  // column, fields named); HTMX leaves error responses unswapped, so such a fragment is
-  // shown in the form's target instead. Other errors (and non-HTML bodies) stay errors.
+  // --- Focus and rows (the department's query builder; generic) ---------------------------
+  // After a swap, focus moves to the first [data-focus] the new content holds (a new row's
+  // first control, the results heading), once. A button[data-remove="selector"] removes its
+  // closest such ancestor and moves focus to data-focus-after. A response the server marks
+  // X-Console-Fragment is swapped in even with an error status (a refusal shown in place).
+  function focusNew(root) {
+    var target = root && root.querySelector ? root.querySelector("[data-focus]") : null;
+    if (root && root.matches && root.matches("[data-focus]")) { target = root; }
+    if (target) {
+      (root.querySelectorAll ? root.querySelectorAll("[data-focus]") : []).forEach(function (el) {
+        el.removeAttribute("data-focus");
+      });
+      target.removeAttribute("data-focus");
+      target.focus();
+    }
+  }
+  document.addEventListener("htmx:afterSettle", function (event) { focusNew(event.detail.elt || event.target); });
   document.addEventListener("htmx:beforeSwap", function (event) {
     var xhr = event.detail.xhr;
-    var type = xhr.getResponseHeader("Content-Type") || "";
-    if ([409, 413, 422].indexOf(xhr.status) >= 0 && type.indexOf("text/html") === 0) {
+    if (xhr && xhr.status >= 400 && xhr.getResponseHeader("X-Console-Fragment") === "1") {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
     }
+  });
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button[data-remove]") : null;
+    if (!button) { return; }
+    var row = button.closest(button.dataset.remove);
+    var next = button.dataset.focusAfter ? document.querySelector(button.dataset.focusAfter) : null;
+    if (row) { row.remove(); }
+    if (next) { next.focus(); }
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    var now = document.querySelector("[data-focus-now]");
+    document.querySelectorAll("[data-focus]").forEach(function (el) { el.removeAttribute("data-focus"); });
+    if (now) { now.focus(); }
   });
 }());
