@@ -12,7 +12,6 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from broker.api.uploads import UploadRules
 from broker.domain.errors import Unauthenticated
 from broker.domain.principals import Principal, RequestContext
 from broker.services.audit import AuditService
@@ -21,6 +20,7 @@ from broker.services.datasets import DatasetService
 from broker.services.indicators import IndicatorService
 from broker.services.orgs import OrgService
 from broker.services.queries import QueryService
+from broker.services.uploads import UploadRules
 from broker.settings import Settings
 
 T = TypeVar("T")

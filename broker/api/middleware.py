@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api.problems import PROBLEM_JSON
-from broker.api.uploads import MULTIPART_OVERHEAD
 from broker.domain.errors import PayloadTooLarge
 from broker.observability.logs import CLIENT_REQUEST_ID, REQUEST_ID, frames, is_request_id
 from broker.observability.metrics import BrokerMetrics
 from broker.policy.cache import CachedPolicyEngine
+from broker.services.uploads import MULTIPART_OVERHEAD
 
 log = logging.getLogger("broker.api")
 
@@ -158,7 +158,7 @@ def _incoming_id(scope: Scope) -> str | None:
 class BodyLimitMiddleware(HttpMiddleware):
     """Refuses bodies over the limit: by Content-Length up front, else while streaming.
 
-    Multipart uploads get ``upload_limit`` plus the room ``broker.api.uploads`` allows for the
+    Multipart uploads get ``upload_limit`` plus the room ``broker.services.uploads`` allows for the
     ``meta`` part and the framing (the upload routes then hold each part to its own limit);
     everything else ``body_limit``.
     """

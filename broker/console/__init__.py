@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from broker.console.routes import audit, department, home, oidc, operator
+from broker.console.routes import audit, department, home, oidc, operator, provider
 from broker.console.session import ConsoleAuth, session_token
 from broker.console.web import STATIC, ConsoleRoute, get_user
 from broker.domain.errors import NotFound
@@ -20,7 +20,8 @@ from broker.domain.errors import NotFound
 __all__ = ["ConsoleAuth", "install", "session_token"]
 
 #: The console's routers, in the order their paths are tried.
-ROUTERS = (home.router, audit.router, operator.router, oidc.router, department.router)
+ROUTERS = (home.router, audit.router, operator.router, oidc.router, department.router,
+           provider.router)
 
 
 def install(app: FastAPI) -> None:

@@ -161,7 +161,10 @@ async def check_csrf(request: Request) -> None:
     offered = request.headers.get("x-csrf-token")
     if offered is None:
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        # A multipart body is an upload, streamed to its scratch file by the route under the
+        # size limit (broker.services.uploads): it is never read here, so its token must come
+        # in the header (HTMX sends it); without one it is refused before a byte is read.
+        if ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form()
             value = form.get("csrf")
             offered = value if isinstance(value, str) else None

@@ -15,6 +15,11 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from broker.domain.names import FIELD_NAME, ORG_ID
+
+FieldName = Annotated[str, StringConstraints(pattern=FIELD_NAME.pattern)]
+OrgId = Annotated[str, StringConstraints(pattern=ORG_ID.pattern)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
                                                 r"[0-9a-f]{4}-[0-9a-f]{12}$")]

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.api.schemas.contracts import ContractIn, ContractOut
+from broker.api.schemas.contracts import ContractOut
+from broker.services.provider_inputs import ContractIn
 from contracts.model import Terms
 from tests.conftest import World, assert_problem, auth, contract_terms
 

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message
 
-from broker.api.uploads import FRAMING_LIMIT, META_LIMIT, MULTIPART_OVERHEAD
 from broker.app import Container
 from broker.domain.datasets import DatasetSchema
+from broker.services.uploads import FRAMING_LIMIT, META_LIMIT, MULTIPART_OVERHEAD
 from broker.settings import Settings
 from connectors.delimited import read_csv
 from tests.conftest import ENERGY, ENERGY_META, Mint, assert_problem, auth, csv_bytes

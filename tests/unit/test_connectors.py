@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from openpyxl.styles import Font
 from pydantic import ValidationError
 
-from broker.api.schemas.datasets import FieldIn
 from broker.domain.datasets import DatasetSchema, FieldRole, FieldSpec, FieldType
 from broker.domain.errors import BadDataset
 from broker.domain.uscc import ALPHABET, is_valid_uscc, make_uscc
+from broker.services.provider_inputs import FieldIn
 from broker.store.repositories import _field_spec
 from connectors.conform import MAX_ROWS_LISTED, conform, invalid_usccs, text_frame
 from connectors.delimited import choose_delimiter, read_csv

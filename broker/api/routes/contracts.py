@@ -12,11 +12,11 @@ from broker.api.deps import ContextDep, ContractServiceDep, SettingsDep
 from broker.api.routes.common import AUTHENTICATED, problems
 from broker.api.schemas.contracts import (
     AcceptIn,
-    ContractIn,
     ContractOut,
     ContractTermsOut,
     SignatureIn,
 )
+from broker.services.provider_inputs import ContractIn
 from contracts.odrl import to_odrl
 
 router = APIRouter(prefix="/v1/contracts", tags=["contracts"], responses=AUTHENTICATED)

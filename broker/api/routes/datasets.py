@@ -7,7 +7,6 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import ContextDep, DatasetServiceDep, UploadRulesDep
@@ -15,14 +14,14 @@ from broker.api.problems import PROBLEM_JSON, ProblemOut
 from broker.api.routes.common import AUTHENTICATED, problems
 from broker.api.schemas.datasets import (
     DatasetImportIn,
-    DatasetMetaIn,
     DatasetOut,
     VersionImportIn,
     VersionOut,
 )
-from broker.api.uploads import META_LIMIT, receive_upload
-from broker.domain.errors import InvalidInput
+from broker.api.uploads import receive_upload
 from broker.services.datasets import FileData
+from broker.services.provider_inputs import parse_dataset_meta
+from broker.services.uploads import META_LIMIT
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTHENTICATED)
 
@@ -58,16 +57,6 @@ def _multipart(parts: dict[str, dict[str, str]]) -> dict[str, Any]:
     }}}}}
 
 
-def _parse_meta(meta: bytes) -> DatasetMetaIn:
-    try:
-        return DatasetMetaIn.model_validate_json(meta)
-    except ValidationError as exc:
-        issues = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-                  for e in exc.errors()]
-        raise InvalidInput("The 'meta' part does not match the dataset schema.",
-                           errors=issues) from exc
-
-
 @router.post("", status_code=201, responses={**problems(409, 413), **UNSUPPORTED_MEDIA_TYPE},
              openapi_extra=_multipart({"file": FILE_PART, "meta": META_PART}))
 async def register_dataset(
@@ -79,7 +68,7 @@ async def register_dataset(
     can make the broker spool an upload; the body is then streamed, never held whole.
     """
     await run_in_threadpool(datasets.authorize_register, ctx)
-    upload = await receive_upload(request, rules, parse_meta=_parse_meta)
+    upload = await receive_upload(request, rules, parse_meta=parse_dataset_meta)
     with upload:
         meta = upload.meta
         view = await run_in_threadpool(

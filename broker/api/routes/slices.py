@@ -8,7 +8,8 @@ from fastapi import APIRouter
 
 from broker.api.deps import ContextDep, DatasetServiceDep
 from broker.api.routes.common import AUTHENTICATED, problems
-from broker.api.schemas.datasets import SliceIn, SliceOut
+from broker.api.schemas.datasets import SliceOut
+from broker.services.provider_inputs import SliceIn
 
 router = APIRouter(prefix="/v1/datasets/{dataset_id}/slices", tags=["datasets"],
                    responses=AUTHENTICATED)

@@ -6,31 +6,30 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, StringConstraints
+from pydantic import AfterValidator, BeforeValidator
 
-from broker.domain.names import FIELD_NAME, ORG_ID
 from broker.domain.uscc import is_valid_uscc
 
 # The request base and the types a query names live with the use cases, which the console's
 # forms are read into as well.
 from broker.services.inputs import (
     ClosedKeys,
+    FieldName,
     FiniteFloat,
     Flag,
     In,
+    OrgId,
     SafeInt,
     Scalar,
     Slug,
+    Text,
     Uuid,
 )
 
 __all__ = ["ClosedKeys", "DateTimeText", "FieldName", "FiniteFloat", "Flag", "In", "OrgId",
            "SafeInt", "Scalar", "Slug", "Text", "Uscc", "Uuid"]
 
-FieldName = Annotated[str, StringConstraints(pattern=FIELD_NAME.pattern)]
-OrgId = Annotated[str, StringConstraints(pattern=ORG_ID.pattern)]
 Uscc = Annotated[str, AfterValidator(lambda v: _check_uscc(v))]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 #: RFC 3339 date-time with its offset: what ``format: date-time`` promises. Pydantic also reads

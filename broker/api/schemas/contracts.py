@@ -3,72 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     Field,
-    StringConstraints,
 )
 
-from broker.api.schemas.common import (
-    ClosedKeys,
-    FieldName,
-    In,
-    OrgId,
-    Slug,
-    Uuid,
-)
+from broker.api.schemas.common import In
 from broker.services.contracts import ContractView
-from contracts.model import FieldForm, Terms
+from broker.services.provider_inputs import DominanceIn, Signature
+from contracts.model import FieldForm
 from contracts.terms import ContractTerms
-
-
-class DominanceIn(In):
-    """(n, k) dominance: suppress when the n largest contributors exceed k percent."""
-
-    n: int = Field(default=2, ge=1, le=10, strict=True)
-    k: float = Field(default=85.0, gt=0, le=100, strict=True)
-    p: float = Field(default=0.0, ge=0, le=100, strict=True,
-                     description="p% rule: withhold a cell when the second-largest contributor "
-                                 "could estimate the largest to within p percent; 0 = off")
-
-
-class ContractIn(In):
-    """Terms a provider offers to one consumer organisation."""
-
-    dataset_id: Uuid
-    consumer_org: OrgId
-    purposes: Annotated[list[Slug], Field(min_length=1, max_length=20)]
-    fields: Annotated[dict[FieldName, FieldForm], ClosedKeys(),
-                      Field(min_length=1, max_length=200)]
-    k_min: int = Field(default=5, ge=2, le=10_000, strict=True)
-    dominance: DominanceIn = Field(default_factory=DominanceIn)
-    # Whole seconds by default: the policy compares windows in whole seconds, rounded inwards,
-    # so a start with a fraction would only begin at the next second.
-    valid_from: AwareDatetime = Field(
-        default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
-    valid_until: AwareDatetime
-    max_queries_per_day: int = Field(default=100, ge=1, le=1_000_000, strict=True)
-    dataset_version: int | None = Field(
-        default=None, ge=1, strict=True,
-        description="Pin the contract to this version; by default it follows the latest")
-    slice_id: Uuid | None = Field(default=None, description="Limit the contract to this "
-                                  "consented slice of the dataset")
-    result_retention_days: int = Field(default=30, ge=0, le=3650, strict=True,
-                                       description="Days the consumer may keep a result")
-    linkable: bool = Field(default=False, strict=True,
-                           description="Let the consumer join this data with other "
-                                       "providers' data by enterprise (cross-source queries)")
-
-    def to_domain(self) -> Terms:
-        """The offered terms (every field but ``consumer_org``, to whom they are offered)."""
-        return Terms.from_record(self.model_dump(exclude={"consumer_org"}))
-
-
-Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
 
 
 class SignatureIn(In):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -14,60 +13,11 @@ from pydantic import (
     model_validator,
 )
 
-from broker.api.schemas.common import (
-    FieldName,
-    In,
-    Text,
-)
-from broker.api.schemas.queries import FilterIn
-from broker.domain.datasets import (
-    DATASET_NAME,
-    MAX_SCALE,
-    FieldRole,
-    FieldSpec,
-    FieldType,
-    Sensitivity,
-)
-from broker.domain.slices import SLICE_NAME, Consent, Slice
+from broker.api.schemas.common import In
+from broker.domain.datasets import FieldRole, FieldType, Sensitivity
+from broker.domain.slices import Slice
 from broker.services.datasets import DatasetView, SqlData, VersionView
-
-
-class FieldIn(In):
-    """One declared column."""
-
-    name: FieldName
-    type: FieldType
-    role: FieldRole
-    sensitivity: Sensitivity = Sensitivity.L1
-    hierarchy: Literal["gbt4754"] | None = None
-    codes: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
-                     Field(min_length=1, max_length=10_000)] | None = None
-    bins: Annotated[list[float], Field(min_length=1, max_length=32)] | None = Field(
-        default=None, description="Bin edges a number may be grouped by (a query picks any of "
-        "them); measures and generalize-form numbers are grouped only on declared edges")
-    format: Literal["uscc"] | None = Field(
-        default=None, description="A checked value format: 'uscc' requires every value to be "
-        "a unified social credit code with a correct check character (GB 32100)")
-    scale: Annotated[int, Field(strict=True, ge=0, le=MAX_SCALE)] | None = Field(
-        default=None, description="Decimal places of a number field (0 to 9): its values are "
-        "held and summed as exact decimals, so every format and row order gives the same "
-        "sums; a value with more decimals, or more than 18 digits before the point, is "
-        "refused at upload; sums are published rounded to this scale, means to scale + 2")
-
-    def to_domain(self) -> FieldSpec:
-        """Domain form."""
-        return FieldSpec(self.name, self.type, self.role, self.sensitivity, self.hierarchy,
-                         tuple(self.codes) if self.codes is not None else None,
-                         tuple(self.bins) if self.bins is not None else None,
-                         self.format, self.scale)
-
-
-class DatasetMetaIn(In):
-    """The ``meta`` part of a dataset upload."""
-
-    name: Annotated[str, StringConstraints(pattern=DATASET_NAME.pattern)]
-    entity_field: FieldName
-    fields: Annotated[list[FieldIn], Field(min_length=1, max_length=200)]
+from broker.services.provider_inputs import DatasetMetaIn
 
 
 class FieldOut(BaseModel):
@@ -170,30 +120,6 @@ class VersionOut(BaseModel):
         return cls(version=view.version, rows=view.rows, sha256=view.sha256,
                    created_at=view.created_at)
 
-
-
-class ConsentIn(In):
-    """Who consented to sharing the slice, when, to what, and where that is recorded."""
-
-    given_by: Text
-    given_at: AwareDatetime
-    scope: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
-    reference: Text | None = None
-
-
-class SliceIn(In):
-    """A consented slice: a subset of fields and a row predicate (the query filter grammar)."""
-
-    name: Annotated[str, StringConstraints(pattern=SLICE_NAME.pattern)]
-    fields: Annotated[list[FieldName], Field(min_length=1, max_length=200)]
-    predicate: Annotated[list[FilterIn], Field(max_length=16)] = []
-    consent: ConsentIn
-
-    def consent_domain(self) -> Consent:
-        """Domain form of the consent record."""
-        c = self.consent
-        return Consent(given_by=c.given_by, given_at=c.given_at, scope=c.scope,
-                       reference=c.reference)
 
 
 class ConsentOut(BaseModel):
