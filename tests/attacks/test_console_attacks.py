@@ -1690,11 +1690,23 @@ def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
+def multipart_upload(body: bytes, meta: str | None, boundary: str = "qzboundary7") -> bytes:
+    """A multipart body as the upload forms send it: ``meta`` (when given) and ``file``."""
+    parts = b""
+    if meta is not None:
+        parts += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n\r\n"
+                  f"{meta}\r\n").encode()
+    return parts + (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                    f"filename=\"data.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode() + (
+                        body + f"\r\n--{boundary}--\r\n".encode())
+
+
 def test_a_console_upload_over_the_limit_is_refused_and_leaves_nothing(
         console: TestClient, world: World) -> None:
-    """A new dataset through the console's upload form, larger than BROKER_MAX_UPLOAD_BYTES,
-    announced honestly or streamed without a length: refused, no dataset, no scratch file, no
-    plaintext of it anywhere under the data directory."""
+    """A new dataset, and a new version, through the console's upload forms, larger than
+    BROKER_MAX_UPLOAD_BYTES, announced honestly or streamed without a length: refused, no
+    dataset or version, no scratch file, no plaintext of it anywhere under the data
+    directory."""
     needs_route(console, "/console/datasets/new")
     settings = world_settings(console)
     grid = log_in(console, "grid", "provider")
@@ -1704,27 +1716,47 @@ def test_a_console_upload_over_the_limit_is_refused_and_leaves_nothing(
     assert len(body) > settings.max_upload_bytes
     meta = json.dumps({**ENERGY_META_FOR_UPLOAD, "name": "too-big"})
     before = state_of(console, world)
-    boundary = "qzboundary7"
-    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"meta\"\r\n\r\n"
-                 f"{meta}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                 f"filename=\"big.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode() + body + (
-                     f"\r\n--{boundary}--\r\n").encode()
-
-    def chunks() -> Iterator[bytes]:
-        for i in range(0, len(multipart), 65_536):
-            yield multipart[i:i + 65_536]
-
     headers = {"X-CSRF-Token": grid.csrf,
-               "Content-Type": f"multipart/form-data; boundary={boundary}"}
-    for content in (multipart, chunks()):
-        r = as_(console, grid, "POST", "/console/datasets/new", content=content,
-                headers=headers)
-        assert r.status_code == 413, (r.status_code, r.text[:500])
-        assert not header_faults(r), header_faults(r)
+               "Content-Type": "multipart/form-data; boundary=qzboundary7"}
+    for url, multipart in (("/console/datasets/new", multipart_upload(body, meta)),
+                           (f"/console/datasets/{world.dataset['id']}/versions",
+                            multipart_upload(body, None))):
+
+        def chunks(data: bytes = multipart) -> Iterator[bytes]:
+            for i in range(0, len(data), 65_536):
+                yield data[i:i + 65_536]
+
+        for content in (multipart, chunks()):
+            r = as_(console, grid, "POST", url, content=content, headers=headers)
+            assert r.status_code == 413, (url, r.status_code, r.text[:500])
+            assert not header_faults(r), header_faults(r)
     assert state_of(console, world) == before
     assert not files_holding(settings.data_dir, marker)
     uploads = settings.uploads_dir
     assert not uploads.exists() or not any(uploads.iterdir()), list(uploads.iterdir())
+
+
+def test_another_provider_cannot_upload_a_version_of_a_dataset(console: TestClient,
+                                                               scene: Scene) -> None:
+    """water sends a new version of grid's secret dataset through the console's upload form
+    (its own valid session and CSRF header): 404, grid's versions unchanged, no plaintext
+    left, the attempt on the record."""
+    needs_route(console, "/console/datasets/{dataset_id:uuid}/versions")
+    world = scene.world
+    settings = world_settings(console)
+    water = log_in(console, "water", "provider")
+    body = csv_bytes(SECRET_FRAME.assign(qz_town="QZOVERWRITE"))
+    before, seq = state_of(console, world), last_seq(console, world.auditor)
+    r = as_(console, water, "POST", f"/console/datasets/{scene.dataset}/versions",
+            content=multipart_upload(body, None),
+            headers={"X-CSRF-Token": water.csrf,
+                     "Content-Type": "multipart/form-data; boundary=qzboundary7"})
+    assert r.status_code == 404, r.status_code
+    assert not leaks(r.text, scene.markers)
+    assert state_of(console, world) == before
+    assert any(e["actor"]["org"] == "water" and not e["decision"]["allowed"]
+               for e in auditor_entries(console, world.auditor, seq))
+    assert not files_holding(settings.data_dir, b"QZOVERWRITE")
 
 
 ENERGY_META_FOR_UPLOAD: dict[str, Any] = {
