@@ -1374,10 +1374,31 @@ def test_hostile_names_do_not_run_in_a_real_browser(tmp_path: Path) -> None:
     assert visited["auditor"] > 3, visited  # the crawl reached the auditor's pages
 
 
+def writes_with_values(browser: httpx.Client, csrf: str, role: str, scene: Scene) -> None:
+    """The console's forms carrying row values: queries filtered on values (run, dry run,
+    refused), and an upload whose bad cells hold values."""
+    if role == "consumer":
+        base = {"csrf": csrf, "contract": scene.contract, "purpose": "energy-planning",
+                "group_by": ["qz_town"], "measure_fn": ["count"], "measure_field": [""]}
+        for path in ("/console/query/run", "/console/query/explain"):
+            for value, field in (("Qzalpha", "qz_town"), ("QZFILTER-1", "qz_town"),
+                                 ("QZFILTER-2", "qz_secret_kwh")):
+                r = browser.post(path, data={**base, "filter_field": [field],
+                                             "filter_op": ["eq"], "filter_value": [value]})
+                assert r.status_code in (200, 404, 422), (path, value, r.status_code)
+    if role == "provider":
+        bad = b"qz_uscc,qz_town,qz_secret_kwh\nQZUSCC9,Qzalpha,QZBROKEN987\n"
+        meta = json.dumps({**SECRET_META, "name": "qz-broken"})
+        r = browser.post("/console/datasets/new", content=multipart_upload(bad, meta),
+                         headers={"X-CSRF-Token": csrf,
+                                  "Content-Type": "multipart/form-data; boundary=qzboundary7"})
+        assert r.status_code == 422, r.status_code
+
+
 def test_the_server_log_holds_no_row_values_from_console_requests(tmp_path: Path) -> None:
     """A real server at debug level; every role browses every console page it can reach by
-    links and every enumerated route with the scene's ids; the uploaded values never reach
-    the log."""
+    links and every enumerated route with the scene's ids, departments filter on values and
+    providers upload bad cells: the uploaded and filtered values never reach the log."""
     env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET,
            "BROKER_LOG_LEVEL": "debug"}
     with broker_server(tmp_path, env, unset=("BROKER_OIDC_ISSUER",
@@ -1406,12 +1427,15 @@ def test_the_server_log_holds_no_row_values_from_console_requests(tmp_path: Path
                             for url in route.urls(scene.ids()):
                                 browser.get(url)
                                 pages += 1
+                    csrf = csrf_of(browser.get("/console/").text)
+                    writes_with_values(browser, csrf, role, scene)
         finally:
             client.close()
     assert pages > 20
     log = (tmp_path / "server.log").read_text(errors="replace")
     assert "/console/" in log or pages  # the log is the server's
-    found = [v for v in (*SECRET_VALUES, CONSENT_SCOPE, CONSENT_BY) if v in log]
+    found = [v for v in (*SECRET_VALUES, CONSENT_SCOPE, CONSENT_BY, "QZBROKEN", "QZFILTER")
+             if v in log]
     assert not found, f"the server log holds {found}"
 
 
