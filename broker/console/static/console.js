@@ -74,4 +74,25 @@
     document.querySelectorAll("[data-focus]").forEach(function (el) { el.removeAttribute("data-focus"); });
     if (now) { now.focus(); }
   });
+
+  // --- Errors no page fragment explains -------------------------------------------------------
+  // A partial request refused before any console route saw it (a file over the size limit, the
+  // rate limit) or by an error page: the translated sentence the base page carries for its
+  // status is shown in the alert above the content, and focused, so no failure passes unseen.
+  function showError(key) {
+    var box = document.getElementById("console-error");
+    if (!box) { return; }
+    box.textContent = box.dataset[key] || box.dataset["default"];
+    box.hidden = false;
+    box.focus();
+  }
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    showError(xhr ? String(xhr.status) : "default");
+  });
+  document.addEventListener("htmx:sendError", function () { showError("offline"); });
+  document.addEventListener("htmx:beforeRequest", function () {
+    var box = document.getElementById("console-error");
+    if (box) { box.hidden = true; }
+  });
 }());
