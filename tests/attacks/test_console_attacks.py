@@ -1218,8 +1218,9 @@ def real_world(base: str, tmp_path: Path) -> tuple[World, httpx.Client]:
     return World(world_client, mint), client
 
 
-def hostile_objects(world: World) -> None:
-    """Organisations, data, a consent record and a query whose text is hostile markup."""
+def hostile_objects(world: World) -> str:
+    """Organisations, data, a consent record and a query whose text is hostile markup; the
+    id of xss-dept's contract on that data."""
     c, admin = world.client, world.admin
     for org, kind in (("xss-dept", "department"), ("xss-firm", "enterprise")):
         r = c.post("/v1/orgs", headers=auth(admin),
@@ -1258,6 +1259,7 @@ def hostile_objects(world: World) -> None:
         "contract_id": contract, "purpose": "energy-planning", "group_by": ["town"],
         "measures": [{"fn": "count"}, {"fn": "sum", "field": "kwh"}]})
     assert r.status_code == 200, r.text
+    return str(contract)
 
 
 SKIP_LINKS = ("/console/logout", "/console/static/", "/console/oidc/")
@@ -1288,7 +1290,7 @@ def crawl(fetch: Callable[[str], str | None], start: str = "/console/",
 
 
 def browse_as(browser: Any, base: str, org: str, role: str, dialogs: list[str],
-              faults: list[str]) -> int:
+              faults: list[str], contract: str | None = None) -> int:
     """Log in as ``role`` of ``org`` in a fresh context and follow every console link; what
     went wrong goes to ``dialogs`` and ``faults``."""
     from playwright.sync_api import Dialog
@@ -1322,6 +1324,26 @@ def browse_as(browser: Any, base: str, org: str, role: str, dialogs: list[str],
         return str(page.content())
 
     visited = crawl(fetch)
+    if contract is not None and role == "consumer":
+        # The query builder's answer (a POST, so no link leads to it) with the hostile keys
+        # in its table and chart: the form is built and submitted as the page's own would be.
+        page.goto(f"{base}/console/query?contract={contract}")
+        with page.expect_navigation():
+            page.evaluate("""contract => {
+                const f = document.createElement('form');
+                f.method = 'post'; f.action = '/console/query/run';
+                const add = (n, v) => { const i = document.createElement('input');
+                    i.type = 'hidden'; i.name = n; i.value = v; f.appendChild(i); };
+                add('csrf', document.querySelector('input[name=csrf]').value);
+                add('contract', contract); add('purpose', 'energy-planning');
+                add('group_by', 'town'); add('measure_fn', 'count'); add('measure_field', '');
+                document.body.appendChild(f); f.submit(); }""", contract)
+        page.wait_for_load_state("load")
+        if "/console/query/results/" not in page.content():
+            faults.append(f"{who}: the hostile query did not run ({page.url})")
+        if page.evaluate("() => document.querySelectorAll("
+                         "'img[src=\"x\"], script:not([src])').length"):
+            faults.append(f"query results as {who}: injected elements in the DOM")
     faults.extend(f"{who}: {p}" for p in log.problems if p.kind in ("csp", "pageerror"))
     context.close()
     return len(visited)
@@ -1345,7 +1367,7 @@ def test_hostile_names_do_not_run_in_a_real_browser(tmp_path: Path) -> None:
                                              "BROKER_DATABASE_URL")) as base:
         world, client = real_world(base, tmp_path)
         try:
-            hostile_objects(world)
+            contract = hostile_objects(world)
         finally:
             client.close()
         dialogs: list[str] = []
@@ -1356,7 +1378,8 @@ def test_hostile_names_do_not_run_in_a_real_browser(tmp_path: Path) -> None:
             try:
                 for org, role in (("xss-firm", "provider"), ("xss-dept", "consumer"),
                                   ("audit-office", "auditor"), ("broker-ops", "admin")):
-                    visited[role] = browse_as(browser, base, org, role, dialogs, faults)
+                    visited[role] = browse_as(browser, base, org, role, dialogs, faults,
+                                              contract)
             finally:
                 browser.close()
     assert not dialogs, "\n".join(dialogs)
