@@ -1964,3 +1964,43 @@ def test_no_console_get_changes_anything(console: TestClient, scene: Scene,
     assert not new_writes, new_writes
     before.pop("writes")
     assert after == before
+
+
+def test_an_offer_cannot_borrow_another_providers_slice(console: TestClient,
+                                                        scene: Scene) -> None:
+    """water offers, through the console's offer form, a contract on its own dataset limited
+    to grid's consented slice: refused exactly as for a slice that does not exist (no oracle),
+    nothing of the slice shown, no contract made."""
+    from datetime import timedelta
+
+    needs_route(console, "/console/contracts/offer")
+    world = scene.world
+    r = world.client.post("/v1/datasets", headers=auth(world.other_provider),
+                          files={"file": ("w.csv", csv_bytes(SECRET_FRAME), "text/csv")},
+                          data={"meta": json.dumps({**SECRET_META, "name": "water-own"})})
+    assert r.status_code == 201, r.text
+    own = r.json()["id"]
+    water = log_in(console, "water", "provider")
+    now = datetime.now(UTC)
+    form = {"csrf": water.csrf, "dataset_id": own, "consumer_org": "econ",
+            "purposes": "energy-planning", "form_qz_town": "clear",
+            "form_qz_secret_kwh": "aggregate", "k_min": "3", "dominance_n": "1",
+            "dominance_k": "90", "max_queries_per_day": "10", "result_retention_days": "30",
+            "valid_from": (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
+            "valid_until": (now + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")}
+    before = state_of(console, world)
+    answers = []
+    for slice_id in (scene.slice, str(uuid.uuid4())):
+        r = as_(console, water, "POST", "/console/contracts/offer",
+                data={**form, "slice_id": slice_id})
+        answers.append(r.status_code)
+        assert r.status_code in (404, 422), r.status_code
+        assert "slice" in re.sub(r'name="slice_id"|value="[^"]*"', "", r.text).lower()
+        assert not leaks(r.text.replace(own, ""), (SLICE_NAME, CONSENT_SCOPE, CONSENT_BY))
+    assert answers[0] == answers[1]
+    after = state_of(console, world)
+    assert after["contracts"] == before["contracts"]
+    # The same form without the borrowed slice is a valid offer (so the slice was the refusal).
+    r = as_(console, water, "POST", "/console/contracts/offer", data={**form, "slice_id": ""})
+    assert r.status_code == 303, re.findall(r"<strong>.*?</div>", r.text, re.S)
+    assert len(state_of(console, world)["contracts"]) == len(before["contracts"]) + 1
