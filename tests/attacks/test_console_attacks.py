@@ -1966,13 +1966,41 @@ def test_no_console_get_changes_anything(console: TestClient, scene: Scene,
     assert after == before
 
 
+def offer_form(who: Login, dataset: str) -> dict[str, str]:
+    """A complete, valid offer form on ``dataset``'s secret fields to econ."""
+    from datetime import timedelta
+
+    now = datetime.now(UTC)
+    return {"csrf": who.csrf, "dataset_id": dataset, "consumer_org": "econ",
+            "purposes": "energy-planning", "form_qz_town": "clear",
+            "form_qz_secret_kwh": "aggregate", "k_min": "3", "dominance_n": "1",
+            "dominance_k": "90", "max_queries_per_day": "10", "result_retention_days": "30",
+            "valid_from": (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
+            "valid_until": (now + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")}
+
+
+def test_a_provider_cannot_offer_another_providers_dataset(console: TestClient,
+                                                            scene: Scene) -> None:
+    """water submits a complete offer form naming grid's dataset: no contract, nothing of the
+    dataset on the page, the attempt on the record."""
+    needs_route(console, "/console/contracts/offer")
+    world = scene.world
+    water = log_in(console, "water", "provider")
+    before, seq = state_of(console, world), last_seq(console, world.auditor)
+    r = as_(console, water, "POST", "/console/contracts/offer",
+            data=offer_form(water, scene.dataset))
+    assert r.status_code in (403, 404), r.status_code
+    assert not leaks(r.text, scene.markers), leaks(r.text, scene.markers)
+    assert state_of(console, world)["contracts"] == before["contracts"]
+    assert any(e["actor"]["org"] == "water" and not e["decision"]["allowed"]
+               for e in auditor_entries(console, world.auditor, seq))
+
+
 def test_an_offer_cannot_borrow_another_providers_slice(console: TestClient,
                                                         scene: Scene) -> None:
     """water offers, through the console's offer form, a contract on its own dataset limited
     to grid's consented slice: refused exactly as for a slice that does not exist (no oracle),
     nothing of the slice shown, no contract made."""
-    from datetime import timedelta
-
     needs_route(console, "/console/contracts/offer")
     world = scene.world
     r = world.client.post("/v1/datasets", headers=auth(world.other_provider),
@@ -1981,13 +2009,7 @@ def test_an_offer_cannot_borrow_another_providers_slice(console: TestClient,
     assert r.status_code == 201, r.text
     own = r.json()["id"]
     water = log_in(console, "water", "provider")
-    now = datetime.now(UTC)
-    form = {"csrf": water.csrf, "dataset_id": own, "consumer_org": "econ",
-            "purposes": "energy-planning", "form_qz_town": "clear",
-            "form_qz_secret_kwh": "aggregate", "k_min": "3", "dominance_n": "1",
-            "dominance_k": "90", "max_queries_per_day": "10", "result_retention_days": "30",
-            "valid_from": (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
-            "valid_until": (now + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")}
+    form = offer_form(water, own)
     before = state_of(console, world)
     answers = []
     for slice_id in (scene.slice, str(uuid.uuid4())):
