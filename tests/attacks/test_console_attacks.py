@@ -1145,6 +1145,8 @@ def test_the_dev_login_is_off_for_another_machine_over_real_sockets(tmp_path: Pa
     headers from loopback only)."""
     address = non_loopback_address()
     if address is None:
+        if is_ci():
+            pytest.fail("this machine has no non-loopback address")
         pytest.skip("this machine has no non-loopback address")
     env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET}
     with broker_server(tmp_path, env, args=("--host", "0.0.0.0")) as base:  # noqa: S104
@@ -1359,7 +1361,7 @@ def test_hostile_names_do_not_run_in_a_real_browser(tmp_path: Path) -> None:
     from tests.console.browser import chromium_path, launch_chromium
 
     if not os.access(chromium_path(), os.X_OK):
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        if is_ci():
             pytest.fail(f"no Chromium at {chromium_path()}")
         pytest.skip(f"no Chromium at {chromium_path()}")
     env = {"BROKER_DATA_DIR": str(tmp_path / "var"), "BROKER_JWT_SECRET": SECRET}
@@ -1502,12 +1504,17 @@ def api_answer(world: World, contract: str) -> dict[str, Any]:
     return answer
 
 
+def is_ci() -> bool:
+    """Whether this runs under CI (``CI`` set and not false), where nothing may skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def needs_route(client: TestClient, path: str) -> None:
     """Skip (fail under CI) when the console does not serve ``path``: the pages it belongs to
     have not landed on this branch."""
     if not has_route(client, path):
         message = f"{path} is not served: the pages it belongs to have not landed"
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        if is_ci():
             pytest.fail(message)
         pytest.skip(message)
 
