@@ -30,6 +30,7 @@ from broker.console.session import PATH as LANG_COOKIE_PATH
 from broker.console.session import Session, auth_of, csrf_matches, read_session
 from broker.domain.errors import BrokerError, Unauthenticated
 from broker.domain.principals import Principal, RequestContext, Role
+from broker.observability.logs import frames
 
 log = logging.getLogger("broker.console")
 
@@ -333,6 +334,17 @@ class ConsoleRoute(APIRoute):
             except (BrokerError, LoginRequired, RoleMissing, CsrfFailed,
                     RequestValidationError, StarletteHTTPException) as exc:
                 response = handle_error(request, exc)
+            except Exception as exc:
+                # A bug or a broken dependency: a page, like every other console answer (not
+                # the API's problem document, without the CSP); logged as the API's
+                # UnexpectedErrorMiddleware logs it, by type and frames, never the message,
+                # which may quote data.
+                request_id = getattr(request.state, "request_id", "-")
+                log.error("unhandled %s in console request %s\n%s", type(exc).__name__,
+                          request_id, frames(exc.__traceback__))
+                response = error_page(request, 500, _titles()[500], _(
+                    "The console could not show this page. Try again later, or give the operator "
+                    "the request id."))
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
