@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -103,6 +103,12 @@ class Page:
 
     def has(self, role: Role) -> bool:
         return self.principal is not None and self.principal.has_role(role)
+
+    def in_language(self, language: str) -> str:
+        """This page's URL in ``language``: the same path and query (a filtered log stays
+        filtered), with ``lang`` replaced."""
+        params = [(k, v) for k, v in self.request.query_params.multi_items() if k != "lang"]
+        return "?" + urlencode([*params, ("lang", language)])
 
     def url(self, path: str, **params: object) -> str:
         """A console URL in this page's language (the language rides on the cookie, so only

@@ -177,6 +177,16 @@ def test_chinese_by_default_english_on_request_and_remembered(console: TestClien
     assert "欢迎" in console.get("/console/?lang=fr").text  # an unknown language: the default
 
 
+def test_the_language_switch_keeps_the_page_and_its_query(console: TestClient,
+                                                          world: World) -> None:
+    log_in(console, "audit-office", "auditor")
+    html = console.get("/console/audit", params={"decision": "deny", "org": "econ",
+                                                 "lang": "en"}).text
+    assert 'href="?decision=deny&amp;org=econ&amp;lang=zh-CN" lang="zh-CN"' in html
+    assert 'href="?decision=deny&amp;org=econ&amp;lang=en" lang="en"' in html
+    assert 'href="?lang=en" lang="en"' in console.get("/console/").text
+
+
 def test_a_role_that_does_not_fit_the_page_is_a_403_page(console: TestClient,
                                                           world: World) -> None:
     log_in(console, "econ", "consumer")
