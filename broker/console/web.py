@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from broker.console import i18n
 from broker.console.i18n import _
 from broker.console.session import PATH as LANG_COOKIE_PATH
-from broker.console.session import Session, auth_of, csrf_matches, read_session
+from broker.console.session import Session, csrf_matches, read_session
 from broker.domain.errors import BrokerError, Unauthenticated
 from broker.domain.principals import Principal, RequestContext, Role
 from broker.observability.logs import frames
@@ -249,8 +249,8 @@ def nav(page: Page) -> list[tuple[str, str]]:
 
 def render(page: Page, template: str, *, status: int = 200,
            headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
-    """``template`` rendered for ``page`` (a fragment when HTMX asks for one and the template
-    has a ``content`` block, else the whole page)."""
+    """``template`` rendered for ``page``, as it is: a route that answers HTMX with a fragment
+    names the fragment's template itself (as ``verify_now`` does)."""
     i18n.activate(page.language)
     body = ENV.get_template(template).render(
         page=page, _=_, nav=nav(page) if page.principal else [], lang=page.language,
@@ -320,7 +320,8 @@ def handle_error(request: Request, exc: Exception) -> Response:
 
 def describe(exc: BrokerError) -> str:
     """What to tell the user of a domain error: its detail (the domain's details never carry
-    row values) under a translated lead."""
+    row values). The details are the API's, in English: the page's title above is translated,
+    the detail is not (yet)."""
     return exc.detail
 
 
@@ -357,7 +358,3 @@ class ConsoleRoute(APIRoute):
 
         return route
 
-
-def ready(request: Request) -> bool:
-    """Whether the console's keys are there (the lifespan has built the container)."""
-    return auth_of(request) is not None
