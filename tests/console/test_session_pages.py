@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from broker.api.auth import mint_token
 from broker.app import create_app
 from broker.console.web import CSP
 from broker.settings import Settings
+from broker.store.keys import jwt_secret
 from tests.conftest import World, auth
 
 LOOPBACK = "http://127.0.0.1"
@@ -132,6 +135,27 @@ def test_the_api_ignores_the_console_cookie_and_the_console_ignores_bearer_token
     console.cookies.clear()
     r = console.get("/console/", headers=auth(world.econ), follow_redirects=False)
     assert r.status_code == 303  # nor a bearer token the console
+
+
+def test_a_session_whose_token_has_expired_is_sent_to_log_in_again(
+        console: TestClient, settings: Settings, world: World) -> None:
+    log_in(console, "econ", "consumer")
+    auth_ = console.app.state.container.console  # type: ignore[attr-defined]
+    session = auth_.decode(console.cookies.get("broker_console"))
+    assert session is not None
+    assert session.token is not None
+    expired = mint_token(key=jwt_secret(settings), issuer=settings.jwt_issuer,
+                         audience=settings.jwt_audience, sub="console:consumer@econ",
+                         org="econ", roles=["consumer"], ttl=-3600,
+                         algorithm=settings.jwt_algorithms[0])
+    console.cookies.set("broker_console", auth_.encode(replace(session, token=expired)),
+                        path="/console")
+    r = console.get("/console/", follow_redirects=False)
+    # The console's own answer (log in again), not the API's 401 problem document.
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/console/login")
+    hx = console.get("/console/", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert (hx.status_code, hx.headers["hx-redirect"][:14]) == (401, "/console/login")
 
 
 def test_logout_forgets_the_session(console: TestClient, world: World) -> None:
