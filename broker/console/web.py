@@ -273,10 +273,14 @@ def redirect(page: Page, path: str) -> RedirectResponse:
 
 def error_page(request: Request, status: int, title: str, detail: str,
                reasons: list[str] | None = None) -> HTMLResponse:
-    """An error as a page, with the status the API would answer."""
+    """An error as a page, with the status the API would answer. To an HTMX request, the
+    page's ``<main>`` replaces the one of the page the request came from (wherever the
+    request meant to put its answer), so the user reads why."""
     page = get_page(request)
-    return render(page, "error.html", status=status, title=title, detail=detail,
-                  reasons=reasons or [],
+    headers = ({"HX-Retarget": "#main", "HX-Reselect": "#main", "HX-Reswap": "outerHTML"}
+               if request.headers.get("hx-request") else None)
+    return render(page, "error.html", status=status, headers=headers, title=title,
+                  detail=detail, reasons=reasons or [],
                   request_id=getattr(request.state, "request_id", None))
 
 
