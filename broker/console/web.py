@@ -272,7 +272,8 @@ def redirect(page: Page, path: str) -> RedirectResponse:
 
 
 def error_page(request: Request, status: int, title: str, detail: str,
-               reasons: list[str] | None = None) -> HTMLResponse:
+               reasons: list[str] | None = None, *, detail_lang: str | None = None
+               ) -> HTMLResponse:
     """An error as a page, with the status the API would answer. To an HTMX request, the
     page's ``<main>`` replaces the one of the page the request came from (wherever the
     request meant to put its answer), so the user reads why."""
@@ -281,6 +282,7 @@ def error_page(request: Request, status: int, title: str, detail: str,
                if request.headers.get("hx-request") else None)
     return render(page, "error.html", status=status, headers=headers, title=title,
                   detail=detail, reasons=reasons or [],
+                  detail_lang=detail_lang if detail_lang != page.language else None,
                   request_id=getattr(request.state, "request_id", None))
 
 
@@ -312,7 +314,7 @@ def handle_error(request: Request, exc: Exception) -> Response:
         status = exc.status
         reasons = [str(r) for r in exc.extensions.get("reasons", ())]
         return error_page(request, status, titles.get(status, titles[500]),
-                          describe(exc), reasons)
+                          describe(exc), reasons, detail_lang=DOMAIN_LANGUAGE)
     if isinstance(exc, RequestValidationError):
         return error_page(request, 422, titles[422], _(
             "A field of the form is missing or not valid."))
@@ -320,6 +322,11 @@ def handle_error(request: Request, exc: Exception) -> Response:
         return error_page(request, exc.status_code, titles.get(exc.status_code, titles[500]),
                           "")
     raise exc
+
+
+#: The language of the domain's error details (marked as such on a page in another language,
+#: so that a screen reader reads them as English).
+DOMAIN_LANGUAGE = "en"
 
 
 def describe(exc: BrokerError) -> str:

@@ -211,6 +211,21 @@ def test_the_language_switch_keeps_the_page_and_its_query(console: TestClient,
     assert 'href="?lang=en" lang="en"' in console.get("/console/").text
 
 
+def test_a_domain_error_detail_in_english_is_marked_so_on_a_chinese_page(
+        console: TestClient, world: World) -> None:
+    log_in(console, "audit-office", "auditor")
+    zh = console.get("/console/audit", params={"dataset_id": "nope", "lang": "zh-CN"})
+    assert zh.status_code == 422
+    assert '<html lang="zh-CN"' in zh.text
+    assert '<p class="detail" lang="en">dataset_id is not a dataset id.</p>' in zh.text
+    en = console.get("/console/audit", params={"dataset_id": "nope", "lang": "en"})
+    assert '<p class="detail">dataset_id is not a dataset id.</p>' in en.text
+    # The console's own messages are translated, so they carry no mark.
+    csrf = console.post("/console/logout", data={"csrf": "wrong"}, params={"lang": "zh-CN"})
+    assert csrf.status_code == 403
+    assert '<p class="detail">' in csrf.text
+
+
 def test_a_role_that_does_not_fit_the_page_is_a_403_page(console: TestClient,
                                                           world: World) -> None:
     log_in(console, "econ", "consumer")
