@@ -106,8 +106,10 @@ class Page:
 
     def in_language(self, language: str) -> str:
         """This page's URL in ``language``: the same path and query (a filtered log stays
-        filtered), with ``lang`` replaced."""
-        params = [(k, v) for k, v in self.request.query_params.multi_items() if k != "lang"]
+        filtered), with ``lang`` replaced; never the OIDC callback's code and state."""
+        keep = not self.request.url.path.startswith("/console/oidc/")
+        params = [(k, v) for k, v in self.request.query_params.multi_items()
+                  if k != "lang" and keep]
         return "?" + urlencode([*params, ("lang", language)])
 
     def url(self, path: str, **params: object) -> str:
