@@ -180,11 +180,15 @@ async def check_csrf(request: Request) -> None:
 
 def same_origin(request: Request, origin: str) -> bool:
     """Whether a browser's ``Origin`` is this console: the host and port it was reached at
-    (the scheme may differ behind a proxy that ends TLS), or the configured public URL."""
+    (the scheme may differ behind a proxy that ends TLS), or the configured console URL
+    (``BROKER_CONSOLE_URL``, else ``BROKER_PUBLIC_URL``: the base the OIDC login sends the
+    browser back to)."""
     parts = urlsplit(origin)
     if parts.netloc and parts.netloc.lower() == request.url.netloc.lower():
         return True
-    public = getattr(getattr(request.app.state.container, "settings", None), "public_url", None)
+    settings = getattr(request.app.state.container, "settings", None)
+    public = (getattr(settings, "console_url", None)
+              or getattr(settings, "public_url", None))
     if public:
         mine = urlsplit(public)
         return (parts.scheme, parts.netloc.lower()) == (mine.scheme, mine.netloc.lower())

@@ -117,6 +117,22 @@ def test_a_post_from_another_origin_is_refused_even_with_the_token(
     assert console.get("/console/", follow_redirects=False).status_code == 200
 
 
+def test_behind_a_proxy_the_configured_console_url_is_this_console_s_origin(
+        settings: Settings, world: World) -> None:
+    # The proxy ends TLS for https://broker.example.gov.cn and passes the request on to the
+    # broker on loopback; the browser's Origin is the public one.
+    settings = settings.model_copy(update={"console_url": "https://broker.example.gov.cn"})
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
+        csrf = log_in(c, "econ", "consumer")
+        evil = c.post("/console/logout", data={"csrf": csrf},
+                      headers={"Origin": "https://evil.example"}, follow_redirects=False)
+        assert evil.status_code == 403
+        r = c.post("/console/logout", data={"csrf": csrf},
+                   headers={"Origin": "https://broker.example.gov.cn"}, follow_redirects=False)
+        assert r.status_code == 303
+        assert c.get("/console/", follow_redirects=False).status_code == 303  # logged out
+
+
 def test_a_tampered_cookie_is_no_session(console: TestClient, world: World) -> None:
     log_in(console, "econ", "consumer")
     value = console.cookies.get("broker_console")
