@@ -123,14 +123,26 @@ def test_behind_a_proxy_the_configured_console_url_is_this_console_s_origin(
     # broker on loopback; the browser's Origin is the public one.
     settings = settings.model_copy(update={"console_url": "https://broker.example.gov.cn"})
     with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
-        csrf = log_in(c, "econ", "consumer")
+        form = c.get("/console/login")
+        # The browser is on https: the cookie is Secure though the broker sees loopback.
+        assert "Secure" in form.headers["set-cookie"]
+        c.cookies.set("broker_console", form.cookies["broker_console"], path="/console")
+        r = c.post("/console/login", data={"org": "econ", "role": "consumer",
+                                           "csrf": csrf_of(form.text)}, follow_redirects=False)
+        assert r.status_code == 303
+        assert "Secure" in r.headers["set-cookie"]
+        c.cookies.set("broker_console", r.cookies["broker_console"], path="/console")
+        csrf = csrf_of(c.get("/console/").text)
         evil = c.post("/console/logout", data={"csrf": csrf},
                       headers={"Origin": "https://evil.example"}, follow_redirects=False)
         assert evil.status_code == 403
         r = c.post("/console/logout", data={"csrf": csrf},
                    headers={"Origin": "https://broker.example.gov.cn"}, follow_redirects=False)
         assert r.status_code == 303
-        assert c.get("/console/", follow_redirects=False).status_code == 303  # logged out
+        cleared = r.headers["set-cookie"]
+        assert cleared.startswith('broker_console="";')
+        assert "Max-Age=0" in cleared
+        assert "Secure" in cleared
 
 
 def test_a_tampered_cookie_is_no_session(console: TestClient, world: World) -> None:
