@@ -96,7 +96,6 @@ def test_a_role_the_organisation_does_not_hold_is_refused(console: TestClient,
                                              "csrf": csrf_of(form.text)},
                      follow_redirects=False)
     assert r.status_code == 422
-    assert "broker_console=" not in r.headers.get("set-cookie", "") or "token" not in r.text
     assert console.get("/console/", follow_redirects=False).status_code == 303
 
 
