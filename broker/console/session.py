@@ -180,6 +180,18 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def is_secure(request: Request) -> bool:
+    """Whether the session cookie is ``Secure``: outside loopback, and always when the console's
+    configured URL is ``https`` (behind a proxy that ends TLS and passes the request on to
+    loopback, the request's own host is loopback, the browser's is not)."""
+    settings = getattr(getattr(request.app.state, "container", None), "settings", None)
+    configured = (getattr(settings, "console_url", None)
+                  or getattr(settings, "public_url", None))
+    if isinstance(configured, str) and configured.startswith("https://"):
+        return True
+    return not is_loopback(request.url.hostname)
+
+
 def write_session(response: Response, request: Request, session: Session) -> None:
     """Set the session cookie on ``response``."""
     auth = auth_of(request)
@@ -189,13 +201,13 @@ def write_session(response: Response, request: Request, session: Session) -> Non
     if len(value) > MAX_COOKIE:
         raise ValueError("the session does not fit in a cookie")
     response.set_cookie(COOKIE, value, max_age=auth.max_age, path=PATH, httponly=True,
-                        samesite="lax", secure=not is_loopback(request.url.hostname))
+                        samesite="lax", secure=is_secure(request))
 
 
 def clear_session(response: Response, request: Request) -> None:
     """Remove the session cookie."""
     response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="lax",
-                           secure=not is_loopback(request.url.hostname))
+                           secure=is_secure(request))
 
 
 def csrf_matches(session: Session | None, offered: str | None) -> bool:

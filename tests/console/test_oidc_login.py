@@ -92,7 +92,11 @@ def test_a_callback_with_another_state_is_refused(console: Console) -> None:
     broker, idp = console.browser()
     callback = console.authorize(broker, idp, CONSUMER)
     forged = re.sub(r"state=[^&]+", "state=" + secrets.token_urlsafe(32), callback)
-    _refused_without_session(console, broker, broker.get(forged))
+    refused = broker.get(forged)
+    _refused_without_session(console, broker, refused)
+    # the error page's language links do not carry the code on
+    assert 'href="?lang=en" lang="en"' in refused.text
+    assert "code=" not in refused.text
     # the login under way is used up: the real state cannot be tried after a wrong one
     _refused_without_session(console, broker, broker.get(callback))
 
