@@ -88,6 +88,18 @@ def test_a_department_logs_in_through_the_provider_and_acts_as_itself(console: C
     assert "consumer" in home.text
 
 
+def test_a_login_started_from_another_site_logs_nobody_out(console: Console) -> None:
+    broker, idp = console.browser()
+    assert broker.get(console.authorize(broker, idp, CONSUMER)).status_code == 303
+    # Another site's link (a GET: SameSite=Lax sends the cookie) starts a login and stops.
+    assert broker.get("/console/oidc/start").status_code == 303
+    session = console.session(broker)
+    assert session is not None
+    assert session.token is not None
+    assert session.login is not None
+    assert broker.get("/console/").status_code == 200
+
+
 def test_a_callback_with_another_state_is_refused(console: Console) -> None:
     broker, idp = console.browser()
     callback = console.authorize(broker, idp, CONSUMER)

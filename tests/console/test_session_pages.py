@@ -3,6 +3,7 @@ login, CSRF, the security headers and the languages."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -73,6 +74,13 @@ def test_logging_in_gives_a_signed_httponly_session_scoped_to_the_console(
     assert "Path=/console" in cookie
     assert "SameSite=lax" in cookie
     assert "Secure" not in cookie  # loopback
+    # The cookie is sealed: neither the token nor its claims can be read out of it.
+    value = console.cookies.get("broker_console") or ""
+    padded = value + "=" * (-len(value) % 4)
+    raw = base64.urlsafe_b64decode(padded)
+    assert b"eyJ" not in raw
+    assert b"econ" not in raw
+    assert b"consumer" not in raw
     home = console.get("/console/")
     assert home.status_code == 200
     assert "econ" in home.text
