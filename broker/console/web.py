@@ -137,6 +137,9 @@ def get_page(request: Request) -> Page:
 def get_user(request: Request) -> Page:
     """The page context of someone logged in; anyone else is sent to the login page."""
     page = get_page(request)
+    down = getattr(request.state, "session_error", None)
+    if page.principal is None and isinstance(down, BrokerError):
+        raise down  # the identity provider cannot be reached: a 503 page, not a login page
     if page.principal is None or page.session is None:
         raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query
                                                 else ""))
