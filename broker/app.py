@@ -234,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready_probe.close()
+            container.health.close()
             container.checkpointer.stop()
             container.query_engine.close()
             close_policy_engine(container.policies.engine)

@@ -199,7 +199,9 @@ class PrincipalMiddleware(HttpMiddleware):
             principal = await anyio.to_thread.run_sync(container.tokens.verify, token,
                                                        limiter=self._auth)
         except Exception as exc:  # whatever went wrong, the caller is not authenticated
-            if in_session:  # an expired session: the console's page asks to log in again
+            if in_session:  # an expired session: the console's page asks to log in again,
+                if isinstance(exc, BrokerError) and exc.status == 503:  # or says who is down
+                    scope.setdefault("state", {})["session_error"] = exc
                 await self._without_token(scope, receive, send, address)
                 return
             await self._unauthenticated(scope, send, address, exc if isinstance(

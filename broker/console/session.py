@@ -1,25 +1,31 @@
-"""The console's session: one signed cookie, scoped to ``/console``, holding a CSRF token and,
+"""The console's session: one sealed cookie, scoped to ``/console``, holding a CSRF token and,
 once someone has logged in, the bearer token the API itself would take.
 
 The console never decides who someone is by itself: the token in the cookie (minted by the dev
 login, or the OIDC provider's access token) is verified on every request by the same verifier
 and the same per-principal limits as a bearer token (``broker.api.limits.PrincipalMiddleware``
 reads it through :func:`session_token`), and the use cases then see the same principal they
-would see through the API. The cookie is signed (``itsdangerous``) with a key generated into
-the data directory, HttpOnly, SameSite=Lax, Secure unless the console is reached on loopback,
-and expires with the session.
+would see through the API. The cookie is encrypted and authenticated (Fernet, AES-128-CBC with
+HMAC-SHA256, from ``cryptography``) with a key derived from one generated into the data
+directory, so the token it carries cannot be read out of a browser's cookie store either. It
+is HttpOnly, SameSite=Lax, Secure unless the console is reached on loopback, and expires with
+the session.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from starlette.requests import Request, cookie_parser
 from starlette.responses import Response
 from starlette.types import Scope
@@ -101,11 +107,12 @@ class ConsoleAuth:
     dev_login_anywhere: bool = False
     #: The operator organisation (the dev login offers it ``admin``).
     operator_org: str = "broker-ops"
-    _serializer: URLSafeTimedSerializer = field(init=False, repr=False)
+    _fernet: Fernet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_serializer",
-                           URLSafeTimedSerializer(self.secret, salt="broker-console-session"))
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=b"broker-console-session").derive(self.secret)
+        object.__setattr__(self, "_fernet", Fernet(base64.urlsafe_b64encode(key)))
 
     def dev_login_for(self, request: Request) -> DevMinter | None:
         """The dev login's minter when it serves this request's client, else None."""
@@ -119,14 +126,17 @@ class ConsoleAuth:
         if not raw or len(raw) > MAX_COOKIE:
             return None
         try:
-            doc = self._serializer.loads(raw, max_age=self.max_age)
-        except (BadSignature, ValueError):
+            token = raw.encode("ascii") + b"=" * (-len(raw) % 4)
+            doc = json.loads(self._fernet.decrypt(token, ttl=self.max_age))
+        except (InvalidToken, ValueError, UnicodeError):
             return None
         return Session.from_json(doc)
 
     def encode(self, session: Session) -> str:
         """The cookie value of ``session``."""
-        return self._serializer.dumps(session.as_json())
+        body = json.dumps(session.as_json(), separators=(",", ":")).encode()
+        # Without base64's padding: '=' would make the cookie value a quoted string.
+        return self._fernet.encrypt(body).decode("ascii").rstrip("=")
 
 
 def auth_of(scope_or_request: Scope | Request) -> ConsoleAuth | None:
@@ -180,6 +190,18 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def is_secure(request: Request) -> bool:
+    """Whether the session cookie is ``Secure``: outside loopback, and always when the console's
+    configured URL is ``https`` (behind a proxy that ends TLS and passes the request on to
+    loopback, the request's own host is loopback, the browser's is not)."""
+    settings = getattr(getattr(request.app.state, "container", None), "settings", None)
+    configured = (getattr(settings, "console_url", None)
+                  or getattr(settings, "public_url", None))
+    if isinstance(configured, str) and configured.startswith("https://"):
+        return True
+    return not is_loopback(request.url.hostname)
+
+
 def write_session(response: Response, request: Request, session: Session) -> None:
     """Set the session cookie on ``response``."""
     auth = auth_of(request)
@@ -189,13 +211,13 @@ def write_session(response: Response, request: Request, session: Session) -> Non
     if len(value) > MAX_COOKIE:
         raise ValueError("the session does not fit in a cookie")
     response.set_cookie(COOKIE, value, max_age=auth.max_age, path=PATH, httponly=True,
-                        samesite="lax", secure=not is_loopback(request.url.hostname))
+                        samesite="lax", secure=is_secure(request))
 
 
 def clear_session(response: Response, request: Request) -> None:
     """Remove the session cookie."""
     response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="lax",
-                           secure=not is_loopback(request.url.hostname))
+                           secure=is_secure(request))
 
 
 def csrf_matches(session: Session | None, offered: str | None) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,9 +27,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from broker.console import i18n
 from broker.console.i18n import _
 from broker.console.session import PATH as LANG_COOKIE_PATH
-from broker.console.session import Session, auth_of, csrf_matches, read_session
+from broker.console.session import Session, csrf_matches, read_session
 from broker.domain.errors import BrokerError, Unauthenticated
 from broker.domain.principals import Principal, RequestContext, Role
+from broker.observability.logs import frames
 
 log = logging.getLogger("broker.console")
 
@@ -103,6 +104,14 @@ class Page:
     def has(self, role: Role) -> bool:
         return self.principal is not None and self.principal.has_role(role)
 
+    def in_language(self, language: str) -> str:
+        """This page's URL in ``language``: the same path and query (a filtered log stays
+        filtered), with ``lang`` replaced; never the OIDC callback's code and state."""
+        keep = not self.request.url.path.startswith("/console/oidc/")
+        params = [(k, v) for k, v in self.request.query_params.multi_items()
+                  if k != "lang" and keep]
+        return "?" + urlencode([*params, ("lang", language)])
+
     def url(self, path: str, **params: object) -> str:
         """A console URL in this page's language (the language rides on the cookie, so only
         an explicit switch adds ``lang``)."""
@@ -128,6 +137,9 @@ def get_page(request: Request) -> Page:
 def get_user(request: Request) -> Page:
     """The page context of someone logged in; anyone else is sent to the login page."""
     page = get_page(request)
+    down = getattr(request.state, "session_error", None)
+    if page.principal is None and isinstance(down, BrokerError):
+        raise down  # the identity provider cannot be reached: a 503 page, not a login page
     if page.principal is None or page.session is None:
         raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query
                                                 else ""))
@@ -174,11 +186,15 @@ async def check_csrf(request: Request) -> None:
 
 def same_origin(request: Request, origin: str) -> bool:
     """Whether a browser's ``Origin`` is this console: the host and port it was reached at
-    (the scheme may differ behind a proxy that ends TLS), or the configured public URL."""
+    (the scheme may differ behind a proxy that ends TLS), or the configured console URL
+    (``BROKER_CONSOLE_URL``, else ``BROKER_PUBLIC_URL``: the base the OIDC login sends the
+    browser back to)."""
     parts = urlsplit(origin)
     if parts.netloc and parts.netloc.lower() == request.url.netloc.lower():
         return True
-    public = getattr(getattr(request.app.state.container, "settings", None), "public_url", None)
+    settings = getattr(request.app.state.container, "settings", None)
+    public = (getattr(settings, "console_url", None)
+              or getattr(settings, "public_url", None))
     if public:
         mine = urlsplit(public)
         return (parts.scheme, parts.netloc.lower()) == (mine.scheme, mine.netloc.lower())
@@ -246,8 +262,8 @@ def nav(page: Page) -> list[tuple[str, str]]:
 
 def render(page: Page, template: str, *, status: int = 200,
            headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
-    """``template`` rendered for ``page`` (a fragment when HTMX asks for one and the template
-    has a ``content`` block, else the whole page)."""
+    """``template`` rendered for ``page``, as it is: a route that answers HTMX with a fragment
+    names the fragment's template itself (as ``verify_now`` does)."""
     i18n.activate(page.language)
     body = ENV.get_template(template).render(
         page=page, _=_, nav=nav(page) if page.principal else [], lang=page.language,
@@ -269,11 +285,17 @@ def redirect(page: Page, path: str) -> RedirectResponse:
 
 
 def error_page(request: Request, status: int, title: str, detail: str,
-               reasons: list[str] | None = None) -> HTMLResponse:
-    """An error as a page, with the status the API would answer."""
+               reasons: list[str] | None = None, *, detail_lang: str | None = None
+               ) -> HTMLResponse:
+    """An error as a page, with the status the API would answer. To an HTMX request, the
+    page's ``<main>`` replaces the one of the page the request came from (wherever the
+    request meant to put its answer), so the user reads why."""
     page = get_page(request)
-    return render(page, "error.html", status=status, title=title, detail=detail,
-                  reasons=reasons or [],
+    headers = ({"HX-Retarget": "#main", "HX-Reselect": "#main", "HX-Reswap": "outerHTML"}
+               if request.headers.get("hx-request") else None)
+    return render(page, "error.html", status=status, headers=headers, title=title,
+                  detail=detail, reasons=reasons or [],
+                  detail_lang=detail_lang if detail_lang != page.language else None,
                   request_id=getattr(request.state, "request_id", None))
 
 
@@ -305,7 +327,7 @@ def handle_error(request: Request, exc: Exception) -> Response:
         status = exc.status
         reasons = [str(r) for r in exc.extensions.get("reasons", ())]
         return error_page(request, status, titles.get(status, titles[500]),
-                          describe(exc), reasons)
+                          describe(exc), reasons, detail_lang=DOMAIN_LANGUAGE)
     if isinstance(exc, RequestValidationError):
         return error_page(request, 422, titles[422], _(
             "A field of the form is missing or not valid."))
@@ -315,9 +337,15 @@ def handle_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+#: The language of the domain's error details (marked as such on a page in another language,
+#: so that a screen reader reads them as English).
+DOMAIN_LANGUAGE = "en"
+
+
 def describe(exc: BrokerError) -> str:
     """What to tell the user of a domain error: its detail (the domain's details never carry
-    row values) under a translated lead."""
+    row values). The details are the API's, in English: the page's title above is translated,
+    the detail is not (yet)."""
     return exc.detail
 
 
@@ -337,13 +365,20 @@ class ConsoleRoute(APIRoute):
             except (BrokerError, LoginRequired, RoleMissing, CsrfFailed,
                     RequestValidationError, StarletteHTTPException) as exc:
                 response = handle_error(request, exc)
+            except Exception as exc:
+                # A bug or a broken dependency: a page, like every other console answer (not
+                # the API's problem document, without the CSP); logged as the API's
+                # UnexpectedErrorMiddleware logs it, by type and frames, never the message,
+                # which may quote data.
+                request_id = getattr(request.state, "request_id", "-")
+                log.error("unhandled %s in console request %s\n%s", type(exc).__name__,
+                          request_id, frames(exc.__traceback__))
+                response = error_page(request, 500, _titles()[500], _(
+                    "The console could not show this page. Try again later, or give the operator "
+                    "the request id."))
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
 
         return route
 
-
-def ready(request: Request) -> bool:
-    """Whether the console's keys are there (the lifespan has built the container)."""
-    return auth_of(request) is not None

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from threading import Lock
 
 from broker.services.checkpoints import Checkpointer
 
@@ -53,24 +54,31 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class HealthService:
-    """Probes the database and the policy engine and reads the checkpointer's lag."""
+    """Probes the database and the policy engine and reads the checkpointer's lag.
+
+    The probes run on two threads of the service's own, at most one probe per dependency at a
+    time: a dependency that hangs keeps its thread, and the next reports share that probe
+    (and wait for it again) rather than start another, so an operator reloading the page while
+    the database hangs does not pile up threads."""
 
     database: Callable[[], None]
     policy: Callable[[], str]
     revision: Callable[[], str]
     engine_kind: str
     checkpointer: Checkpointer
+    _pool: ThreadPoolExecutor = field(
+        init=False, repr=False, compare=False,
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    _running: dict[str, Future[object]] = field(init=False, repr=False, compare=False,
+                                                default_factory=dict)
+    _lock: Lock = field(init=False, repr=False, compare=False, default_factory=Lock)
 
     def report(self) -> Health:
         """Probe both dependencies (at most ``PROBE_TIMEOUT`` seconds each) and read the lag."""
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
-        try:
-            database: Future[object] = pool.submit(self.database)
-            policy: Future[object] = pool.submit(self.policy)
-            db_probe = _outcome(database)
-            policy_probe = _outcome(policy)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        database = self._probe("database", self.database)
+        policy = self._probe("policy", self.policy)
+        db_probe = _outcome(database)
+        policy_probe = _outcome(policy)
         lag = self.checkpointer.lag()
         unsigned, signed_at = lag if lag is not None else (None, None)
         return Health(
@@ -84,6 +92,19 @@ class HealthService:
             signer=self.checkpointer.leader,
             checkpoint_failures=self.checkpointer.failures,
         )
+
+    def _probe(self, name: str, probe: Callable[[], object]) -> Future[object]:
+        """The probe of ``name`` under way, started now if none is."""
+        with self._lock:
+            running = self._running.get(name)
+            if running is None or running.done():
+                running = self._pool.submit(probe)
+                self._running[name] = running
+            return running
+
+    def close(self) -> None:
+        """Stop the probe threads (a probe under way finishes on its own)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _outcome(future: Future[object]) -> Probe:

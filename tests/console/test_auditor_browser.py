@@ -102,6 +102,21 @@ def test_verify_now_shows_the_result_in_place(page: Page, console_base: str) -> 
     expect(outcome).to_have_text("The log is intact")
 
 
+def test_an_htmx_request_refused_shows_the_error_page_in_place(
+        page: Page, page_log: PageLog, console_base: str) -> None:
+    login(page, console_base, "audit-office", "auditor")
+    page.goto(f"{console_base}/console/audit/verify?lang=en")
+    # The session's CSRF token lost (as after logging in again in another tab): refused.
+    page.evaluate("document.body.setAttribute('hx-headers', '{\"X-CSRF-Token\": \"stale\"}')")
+    page_log.expect_status(403, r"/console/audit/verify$")
+    page.get_by_role("button", name="Verify now").click()
+    expect(page.locator("main h1")).to_have_text("Not allowed")
+    assert "Reload the page" in page.locator("main").inner_text()
+    assert page.locator("#verify-outcome").count() == 0
+    assert page.locator("main").count() == 1  # the page's <main>, replaced, not nested
+    axe_scan(page)
+
+
 def test_checkpoints_show_their_outside_copies_and_the_key(page: Page,
                                                             console_base: str) -> None:
     login(page, console_base, "audit-office", "auditor")

@@ -99,6 +99,38 @@ def test_a_hanging_policy_engine_is_reported_as_a_timeout(
     assert not report.ready
 
 
+def test_a_hanging_database_holds_one_thread_however_often_the_report_is_asked(
+        container: Container, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health_module, "PROBE_TIMEOUT", 0.05)
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hangs() -> None:
+        calls.append(1)
+        release.wait(10)
+
+    service = HealthService(database=hangs, policy=container.policies.probe,
+                            revision=lambda: container.policies.revision,
+                            engine_kind="embedded", checkpointer=container.checkpointer)
+    try:
+        for _ in range(8):  # an operator reloading the page while the database hangs
+            assert service.report().database == health_module.Probe(ok=False, reason="timeout")
+        probing = [t for t in threading.enumerate() if t.name.startswith("health")]
+        assert len(calls) == 1  # the later reports waited on the probe under way
+        assert len(probing) <= 2
+        release.set()
+        deadline = time.monotonic() + 5
+        while service.report().database != health_module.Probe(ok=True):
+            assert time.monotonic() < deadline  # the probe under way answers at last
+            time.sleep(0.05)
+        before = len(calls)
+        assert service.report().database.ok
+        assert len(calls) == before + 1  # a finished probe is not reused: the next probes anew
+    finally:
+        release.set()
+        service.close()
+
+
 def test_outside_copies_are_read_for_the_sizes_asked_only(tmp_path: Path) -> None:
     sink = DirectorySink(tmp_path / "checkpoints")
     assert sink.notes_for([1]) == []  # no directory yet

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from broker.app import create_app
 from broker.cli.serving import free_port
 from broker.console.oidc import OidcLogin
-from broker.console.session import COOKIE, ConsoleAuth
+from broker.console.session import COOKIE, ConsoleAuth, Session
 from broker.domain.errors import Unauthenticated
 from broker.settings import Settings
 from broker.store.keys import console_secret
@@ -88,11 +88,27 @@ def test_a_department_logs_in_through_the_provider_and_acts_as_itself(console: C
     assert "consumer" in home.text
 
 
+def test_a_login_started_from_another_site_logs_nobody_out(console: Console) -> None:
+    broker, idp = console.browser()
+    assert broker.get(console.authorize(broker, idp, CONSUMER)).status_code == 303
+    # Another site's link (a GET: SameSite=Lax sends the cookie) starts a login and stops.
+    assert broker.get("/console/oidc/start").status_code == 303
+    session = console.session(broker)
+    assert session is not None
+    assert session.token is not None
+    assert session.login is not None
+    assert broker.get("/console/").status_code == 200
+
+
 def test_a_callback_with_another_state_is_refused(console: Console) -> None:
     broker, idp = console.browser()
     callback = console.authorize(broker, idp, CONSUMER)
     forged = re.sub(r"state=[^&]+", "state=" + secrets.token_urlsafe(32), callback)
-    _refused_without_session(console, broker, broker.get(forged))
+    refused = broker.get(forged)
+    _refused_without_session(console, broker, refused)
+    # the error page's language links do not carry the code on
+    assert 'href="?lang=en" lang="en"' in refused.text
+    assert "code=" not in refused.text
     # the login under way is used up: the real state cannot be tried after a wrong one
     _refused_without_session(console, broker, broker.get(callback))
 
@@ -236,6 +252,23 @@ def test_the_provider_down_is_a_503_page_and_no_login(tmp_path: Path) -> None:
         auth = ConsoleAuth(secret=console_secret(settings), max_age=3600)
         session = auth.decode(client.cookies.get(COOKIE))
         assert session is None or (session.token is None and session.login is None)
+
+
+def test_the_provider_down_mid_session_is_a_503_page_not_a_login_page(tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings(data_dir=tmp_path / "var", oidc_issuer=down, oidc_audience="broker",
+                        oidc_client_id="broker-console")
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        # A session holding a provider's token (its keys must be fetched to check it).
+        header = {"alg": "RS256", "kid": "k1", "typ": "JWT"}
+        claims = {"iss": down, "aud": "broker", "sub": "s", "org": "o", "exp": 2**31}
+        token = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode()
+                         .rstrip("=") for part in (header, claims)) + ".c2ln"
+        auth = ConsoleAuth(secret=console_secret(settings), max_age=3600)
+        client.cookies.set(COOKIE, auth.encode(Session(csrf="c", token=token)), path="/console")
+        response = client.get("/console/", follow_redirects=False)
+        assert response.status_code == 503
+        assert "text/html" in response.headers["content-type"]
 
 
 def test_an_issuer_without_a_client_id_offers_no_login(tmp_path: Path) -> None:

@@ -39,8 +39,9 @@ def start(page: PageDep, request: Request, next: str | None = None) -> Response:
     url, login = oidc.start(redirect_uri=oidc.redirect_uri(str(request.base_url)),
                             next_url=safe_next(next))
     response = RedirectResponse(url, status_code=303)
-    write_session(response, request,
-                  replace(page.session or Session.fresh(), token=None, login=login))
+    # A login under way leaves the current session as it is (a link from another site that
+    # starts one must not log anyone out); the callback replaces it only on success.
+    write_session(response, request, replace(page.session or Session.fresh(), login=login))
     return response
 
 

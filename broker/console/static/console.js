@@ -77,7 +77,7 @@
 
   // --- Errors no page fragment explains -------------------------------------------------------
   // A partial request refused before any console route saw it (a file over the size limit, the
-  // rate limit) or by an error page: the translated sentence the base page carries for its
+  // rate limit, a malformed request): the translated sentence the base page carries for its
   // status is shown in the alert above the content, and focused, so no failure passes unseen.
   function showError(key) {
     var box = document.getElementById("console-error");
@@ -86,6 +86,17 @@
     box.hidden = false;
     box.focus();
   }
+  // HTML error answers (the console's error pages and refusal fragments) are swapped in (the
+  // htmx-config of base.html); anything else (the API's JSON problems, which the middleware
+  // answers before any console route runs) is never put into the page, only announced.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    var type = xhr ? (xhr.getResponseHeader("Content-Type") || "") : "";
+    if (xhr && xhr.status >= 400 && type.indexOf("text/html") !== 0) {
+      event.detail.shouldSwap = false;
+      showError(String(xhr.status));
+    }
+  });
   document.addEventListener("htmx:responseError", function (event) {
     var xhr = event.detail.xhr;
     showError(xhr ? String(xhr.status) : "default");
