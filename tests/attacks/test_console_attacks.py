@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,19 +26,20 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pandas as pd
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import URLSafeTimedSerializer
 from pydantic import SecretStr
 from starlette.routing import Mount
 
 from broker.api.auth import mint_token
 from broker.app import create_app
+from broker.console.session import ConsoleAuth
 from broker.settings import Settings
 from broker.store.keys import console_secret
 from tests.conftest import SECRET, Mint, World, auth, contract_terms, csv_bytes
@@ -707,15 +709,13 @@ def test_login_csrf_a_login_form_posted_from_elsewhere_does_not_log_in(
 
 def cookie_with(settings: Settings, doc: Mapping[str, Any], *, age: int = 0,
                 secret: bytes | None = None) -> str:
-    """A session cookie holding ``doc``, signed ``age`` seconds ago with ``secret`` (the
-    broker's own key when None: what only the broker could make)."""
-    key = secret if secret is not None else console_secret(settings)
-
-    class Signer(TimestampSigner):
-        def get_timestamp(self) -> int:
-            return super().get_timestamp() - age
-
-    return URLSafeTimedSerializer(key, salt=SALT, signer=Signer).dumps(dict(doc))
+    """A session cookie holding ``doc`` as sealed ``age`` seconds ago with ``secret`` (the
+    broker's own key when None: what only the broker could make, e.g. from an OIDC login)."""
+    auth = ConsoleAuth(secret=secret if secret is not None else console_secret(settings),
+                       max_age=settings.console_session_seconds)
+    fernet = auth._fernet  # the broker's own sealing, so the test follows any change to it
+    body = json.dumps(dict(doc), separators=(",", ":")).encode()
+    return fernet.encrypt_at_time(body, int(time.time()) - age).decode("ascii").rstrip("=")
 
 
 def logged_in_as(client: TestClient, cookie: str, path: str = "/console/") -> httpx.Response:
@@ -732,22 +732,18 @@ def logged_in_as(client: TestClient, cookie: str, path: str = "/console/") -> ht
 def test_a_cookie_forged_without_the_key_is_no_session(console: TestClient,
                                                        world: World) -> None:
     econ = log_in(console, "econ", "consumer")
-    _payload, stamp, signature = econ.cookie.rsplit(".", 2)
-    forged = []
-    # The payload swapped for one naming grid's provider token, the signature kept.
+    settings = world_settings(console)
     doc = {"csrf": "x", "token": world.grid}
-    raw = base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).rstrip(
-        b"=").decode()
-    forged.append(f"{raw}.{stamp}.{signature}")
-    # Unsigned JSON; the bare bearer token; a flipped signature byte; an empty cookie.
-    forged.append(json.dumps(doc))
-    forged.append(world.grid)
-    forged.append(econ.cookie[:-2] + ("AA" if not econ.cookie.endswith("AA") else "BB"))
-    forged.append("")
-    # Signed by another broker's key (or another salt) with a valid bearer token inside.
-    forged.append(URLSafeTimedSerializer(os.urandom(32), salt=SALT).dumps(doc))
-    forged.append(URLSafeTimedSerializer(console_secret(world_settings(console)),
-                                         salt="another-salt").dumps(doc))
+    forged = [
+        # Unsealed JSON; the bare bearer token; an empty cookie.
+        json.dumps(doc), world.grid, "",
+        # A real cookie with a character changed near its end (its MAC) and in its body.
+        econ.cookie[:-2] + ("AA" if not econ.cookie.endswith("AA") else "BB"),
+        econ.cookie[:40] + ("A" if econ.cookie[40] != "A" else "B") + econ.cookie[41:],
+        # Sealed by another broker's key; signed (not sealed) with this broker's own key.
+        cookie_with(settings, doc, secret=os.urandom(32)),
+        URLSafeTimedSerializer(console_secret(settings), salt=SALT).dumps(doc),
+    ]
     for value in forged:
         r = logged_in_as(console, value)
         assert r.status_code == 303, value
@@ -996,8 +992,9 @@ def test_no_redirect_leaves_the_console(console: TestClient, world: World) -> No
         console.cookies.clear()
         form = console.get("/console/login", params={"next": target})
         faults += [f"login page next={target!r}: {f}" for f in html_faults(form.text)]
-        for href in re.findall(r'href="([^"]*)"', form.text):
-            if "evil.example" in href and not href.startswith("/console"):
+        for href in re.findall(r'<(?:a|form)\b[^>]*?\b(?:href|action)="([^"]*)"', form.text):
+            where = urlsplit(urljoin(f"{LOOPBACK}/console/login", href.replace("&amp;", "&")))
+            if where.netloc != "127.0.0.1" or not where.path.startswith("/console"):
                 faults.append(f"login page next={target!r} links to {href}")
         r = console.post("/console/login", data={"org": "econ", "role": "consumer",
                                                  "csrf": csrf_of(form.text), "next": target},
