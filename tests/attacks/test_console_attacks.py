@@ -876,7 +876,8 @@ def test_a_session_cookie_stops_working_after_logout(console: TestClient,
     replayed = logged_in_as(console, econ.cookie)
     assert replayed.status_code == 303, (
         "the session cookie still opens the console after logout "
-        f"({replayed.status_code}): the session lives only in the signed cookie")
+        f"({replayed.status_code}): the session lives only in the sealed cookie (the README "
+        "calls this a known limit; nothing on the server ends the session)")
 
 
 # == 4. XSS, template injection and redirects =================================================
