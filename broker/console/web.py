@@ -106,8 +106,10 @@ class Page:
 
     def in_language(self, language: str) -> str:
         """This page's URL in ``language``: the same path and query (a filtered log stays
-        filtered), with ``lang`` replaced; never the OIDC callback's code and state."""
-        keep = not self.request.url.path.startswith("/console/oidc/")
+        filtered), with ``lang`` replaced; never the OIDC callback's code and state, and on an
+        error page nothing of the refused request."""
+        keep = not (self.request.url.path.startswith("/console/oidc/")
+                    or getattr(self.request.state, "error_page", False))
         params = [(k, v) for k, v in self.request.query_params.multi_items()
                   if k != "lang" and keep]
         return "?" + urlencode([*params, ("lang", language)])
@@ -263,8 +265,11 @@ def nav(page: Page) -> list[tuple[str, str]]:
 def render(page: Page, template: str, *, status: int = 200,
            headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
     """``template`` rendered for ``page``, as it is: a route that answers HTMX with a fragment
-    names the fragment's template itself (as ``verify_now`` does)."""
+    names the fragment's template itself (as ``verify_now`` does). A refusal (a status of 400
+    or more) links its language switch to the bare page, never to the refused request."""
     i18n.activate(page.language)
+    if status >= 400:
+        page.request.state.error_page = True
     body = ENV.get_template(template).render(
         page=page, _=_, nav=nav(page) if page.principal else [], lang=page.language,
         html_lang=page.language, path=page.request.url.path, **values)

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,38 +24,19 @@ from broker.demo import tamper
 from broker.domain.uscc import make_uscc
 from broker.settings import Settings
 from tests.conftest import Mint, World, auth
-
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+from tests.console.http import HERE, LOOPBACK, log_in
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app on loopback, for a client on this machine (the session cookie is not Secure
     there and the dev login serves it), lifespan run."""
-    with TestClient(create_app(settings), base_url="http://127.0.0.1",
-                    client=("127.0.0.1", 50000)) as c:
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
         yield c
 
 
-def csrf_of(html: str) -> str:
-    """The CSRF token a page's forms carry."""
-    found = CSRF.search(html)
-    assert found is not None, "no CSRF field on the page"
-    return found.group(1)
-
-
-def login(client: TestClient, org: str, role: str) -> str:
-    """Log in through the dev login; the session's CSRF token."""
-    client.cookies.clear()
-    form = client.get("/console/login")
-    assert form.status_code == 200, form.text
-    r = client.post("/console/login", data={"org": org, "role": role,
-                                            "csrf": csrf_of(form.text)},
-                    follow_redirects=False)
-    assert r.status_code == 303, r.text
-    home = client.get("/console/?lang=en")
-    assert home.status_code == 200
-    return csrf_of(home.text)
+#: The dev login, in English, in a browser without cookies.
+login = partial(log_in, language="en", fresh=True)
 
 
 def entries(world: World, **params: str) -> list[dict[str, object]]:

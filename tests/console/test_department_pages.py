@@ -9,6 +9,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +23,24 @@ from audit.proofs import check_document
 from broker.app import create_app
 from broker.settings import Settings
 from tests.conftest import Mint, World, auth, contract_terms
+from tests.console.http import HERE, LOOPBACK, log_in
 
-BASE = "http://127.0.0.1"
-#: The client's address: this machine (the dev login serves it by default).
-HERE = ("127.0.0.1", 50000)
+#: The dev login in English: the session's CSRF token.
+login = partial(log_in, role="consumer", language="en")
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """A TestClient on loopback (the session cookie is Secure elsewhere)."""
-    with TestClient(create_app(settings), base_url=BASE, client=HERE) as c:
+    with TestClient(create_app(settings), base_url=LOOPBACK, client=HERE) as c:
         yield c
 
 
 def other_client(client: TestClient) -> TestClient:
     """A second browser on the same app (its own cookies)."""
-    return TestClient(client.app, base_url=BASE, client=HERE)
+    return TestClient(client.app, base_url=LOOPBACK, client=HERE)
 
 
-def login(c: TestClient, org: str, role: str = "consumer") -> str:
-    """Log in through the dev login; the session's CSRF token."""
-    form = c.get("/console/login?lang=en")
-    assert form.status_code == 200
-    token = _csrf(form.text)
-    r = c.post("/console/login", data={"org": org, "role": role, "csrf": token},
-               follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return _csrf(c.get("/console/?lang=en").text)
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found is not None
-    return found.group(1)
 
 
 def audit(settings: Settings) -> list[tuple[int, str, int, dict[str, Any]]]:
@@ -366,7 +352,7 @@ def test_the_receipt_page_links_a_proof_that_checks_offline(
 
 
 def test_a_provider_cannot_open_the_department_pages(client: TestClient, world: World) -> None:
-    login(client, "grid", "provider")
+    login(client, "grid", role="provider")
     assert client.get("/console/query").status_code == 403
     assert client.get("/console/contracts/in-force").status_code == 403
 

@@ -18,10 +18,7 @@ from broker.console.web import CSP
 from broker.settings import Settings
 from broker.store.keys import jwt_secret
 from tests.conftest import World, auth
-
-LOOPBACK = "http://127.0.0.1"
-#: The client's address: this machine (the dev login serves it by default).
-HERE = ("127.0.0.1", 50000)
+from tests.console.http import HERE, LOOPBACK, csrf_of, log_in
 
 
 @pytest.fixture
@@ -31,21 +28,6 @@ def console(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
-def log_in(client: TestClient, org: str, role: str) -> str:
-    """Log in through the dev login; the session's CSRF token."""
-    form = client.get("/console/login")
-    assert form.status_code == 200
-    r = client.post("/console/login", data={"org": org, "role": role,
-                                            "csrf": csrf_of(form.text)},
-                    follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return csrf_of(client.get("/console/").text)
 
 
 def test_a_page_without_a_session_goes_to_the_login_page(console: TestClient) -> None:

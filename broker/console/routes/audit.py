@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from audit.entry import encode, format_ts
 from audit.proofs import InclusionProof
+from broker.console.deps import AuditDep
 from broker.console.i18n import _
 from broker.console.web import (
     AuditorPage,
@@ -28,7 +29,6 @@ from broker.console.web import (
     check_csrf,
     render,
     require,
-    service,
 )
 from broker.domain.errors import InvalidInput, NotFound, PolicyDenied
 from broker.domain.ports import AuditQuery
@@ -37,7 +37,6 @@ from broker.services.audit import AuditItem, AuditService, Denials
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
-AuditDep = Annotated[AuditService, Depends(service("audit", AuditService))]
 
 #: Entries per page of the log.
 PAGE_SIZE = 50

@@ -26,6 +26,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from broker.console.answers import Labels, ReleasedAnswers, Shown, to_csv, to_xlsx
+from broker.console.deps import AuditDep, ContractsDep, DatasetsDep, QueriesDep
 from broker.console.i18n import _
 from broker.console.web import (
     ConsoleRoute,
@@ -35,14 +36,12 @@ from broker.console.web import (
     redirect,
     render,
     require,
-    service,
 )
 from broker.domain.datasets import FieldSpec, FieldType
 from broker.domain.errors import BrokerError, InvalidInput, NotFound
 from broker.domain.levels import DATE_LEVELS, HIERARCHIES
 from broker.domain.principals import Role
 from broker.domain.queries import AggregateSpec, CellStatus
-from broker.services.audit import AuditService
 from broker.services.contracts import ContractService, ContractView
 from broker.services.datasets import DatasetService
 from broker.services.queries import AGGREGATE, EXPLAIN, Explanation, QueryService
@@ -51,10 +50,6 @@ from contracts.model import ContractStatus, FieldForm
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
-ContractsDep = Annotated[ContractService, Depends(service("contracts", ContractService))]
-DatasetsDep = Annotated[DatasetService, Depends(service("datasets", DatasetService))]
-QueriesDep = Annotated[QueryService, Depends(service("queries", QueryService))]
-AuditDep = Annotated[AuditService, Depends(service("audit", AuditService))]
 
 #: The most rows of each kind the builder takes (the API's own limits).
 MAX_FILTERS, MAX_MEASURES, MAX_GROUPS = 16, 16, 4

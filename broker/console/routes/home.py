@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Form, Request
 from starlette.responses import RedirectResponse, Response
 
+from broker.console.deps import OrgsDep
 from broker.console.i18n import _
 from broker.console.session import (
     Session,
@@ -23,7 +24,6 @@ from broker.console.web import (
     check_csrf,
     redirect,
     render,
-    service,
 )
 from broker.domain.errors import Forbidden, InvalidInput
 from broker.domain.organisations import OrgKind
@@ -32,7 +32,6 @@ from broker.services.orgs import OrgService
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
-OrgsDep = Annotated[OrgService, Depends(service("orgs", OrgService))]
 
 
 def safe_next(value: str | None) -> str:

@@ -12,16 +12,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form
 from starlette.responses import Response
 
+from broker.console.deps import HealthDep, OrgsDep
 from broker.console.routes.home import kinds
-from broker.console.web import AdminPage, ConsoleRoute, check_csrf, redirect, render, service
+from broker.console.web import AdminPage, ConsoleRoute, check_csrf, redirect, render
 from broker.domain.organisations import OrgKind
-from broker.services.health import HealthService
-from broker.services.orgs import OrgService
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
-OrgsDep = Annotated[OrgService, Depends(service("orgs", OrgService))]
-HealthDep = Annotated[HealthService, Depends(service("health", HealthService))]
 
 
 def fingerprint(public_key: str | None) -> str | None:

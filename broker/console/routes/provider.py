@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from audit.entry import format_ts
+from broker.console.deps import AuditDep, ContractsDep, DatasetsDep, OrgsDep, SettingsDep
 from broker.console.i18n import _
 from broker.console.web import (
     ConsoleRoute,
@@ -39,7 +40,6 @@ from broker.console.web import (
     check_csrf,
     redirect,
     render,
-    service,
 )
 from broker.domain.errors import BrokerError, InvalidInput
 from broker.domain.organisations import OrgKind
@@ -57,11 +57,6 @@ from contracts.odrl import to_odrl
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
-DatasetsDep = Annotated[DatasetService, Depends(service("datasets", DatasetService))]
-ContractsDep = Annotated[ContractService, Depends(service("contracts", ContractService))]
-AuditDep = Annotated[AuditService, Depends(service("audit", AuditService))]
-OrgsDep = Annotated[OrgService, Depends(service("orgs", OrgService))]
-SettingsDep = Annotated[Settings, Depends(service("settings", Settings))]
 
 #: The declaration the upload form starts from: a valid one, to be edited.
 META_SKELETON = {
