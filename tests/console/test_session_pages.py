@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 
 from broker.api.auth import mint_token
 from broker.app import create_app
+from broker.console.session import ConsoleAuth, Session
 from broker.console.web import CSP
 from broker.settings import Settings
-from broker.store.keys import jwt_secret
-from tests.conftest import World, auth
+from broker.store.keys import console_secret, jwt_secret
+from tests.conftest import Mint, World, auth
 from tests.console.http import HERE, LOOPBACK, csrf_of, log_in
 
 
@@ -282,3 +283,17 @@ def test_the_dev_login_serves_every_client_when_told_so(settings: Settings,
     with TestClient(create_app(settings), base_url=LOOPBACK, client=("10.1.2.3", 50000)) as c:
         form = c.get("/console/login")
         assert 'name="org"' in form.text
+
+
+def test_a_session_whose_roles_do_not_fit_its_organisation_is_refused(
+        console: TestClient, world: World, settings: Settings, mint: Mint) -> None:
+    # A session holding a validly signed token for an enterprise with the auditor's role (what
+    # the dev login never mints): refused on every page, as the API refuses the token.
+    auth = ConsoleAuth(secret=console_secret(settings), max_age=600)
+    token = mint("grid", "auditor")
+    console.cookies.set("broker_console", auth.encode(Session(csrf="c", token=token)),
+                        path="/console")
+    for path in ("/console/", "/console/audit", "/console/contracts"):
+        r = console.get(path, follow_redirects=False)
+        assert r.status_code == 403, path
+        assert r.headers["content-type"].startswith("text/html")

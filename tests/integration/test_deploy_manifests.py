@@ -87,7 +87,8 @@ def write_operator_secrets(secrets_dir: Path) -> None:
         "BROKER_DATABASE_URL=postgresql+psycopg://broker:pw@db.internal:5432/broker\n")
     (secrets_dir / "oidc.env").write_text(
         "BROKER_OIDC_ISSUER=https://sso.example.org/realms/broker\n"
-        "BROKER_OIDC_AUDIENCE=broker\nBROKER_OIDC_ROLES_CLAIM=realm_access.roles\n")
+        "BROKER_OIDC_AUDIENCE=broker\nBROKER_OIDC_ROLES_CLAIM=realm_access.roles\n"
+        "BROKER_OIDC_CLIENT_ID=broker-console\n")
 
 
 @pytest.fixture(scope="module")
@@ -542,7 +543,7 @@ INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 #: What an operator's deploy/.env would hold.
 COMPOSE_ENV = {"BROKER_DB_PASSWORD": "0123abcd", "BROKER_AUDIT_ORIGIN": "broker.example.org/a",
                "BROKER_OIDC_ISSUER": "https://sso.example.org/realms/broker",
-               "BROKER_OIDC_AUDIENCE": "broker"}
+               "BROKER_OIDC_AUDIENCE": "broker", "BROKER_OIDC_CLIENT_ID": "broker-console"}
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
