@@ -37,6 +37,7 @@ from broker.api.routes import (
 )
 from broker.api.routes.common import refuse_unknown_query
 from broker.api.routes.health import ReadyProbe
+from broker.console.headers import ConsoleHeaders
 from broker.console.oidc import OidcLogin
 from broker.disclosure.pseudonyms import Pseudonymizer
 from broker.domain.ports import utc_now
@@ -270,6 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, body_limit=settings.max_body_bytes,
                        upload_limit=settings.max_upload_bytes)
+    app.add_middleware(ConsoleHeaders)  # on every console answer, the refusals above included
     if tracing is not None:  # the request span wraps every middleware
         tracing.instrument_app(app)
     app.add_middleware(RequestIdMiddleware)

@@ -157,6 +157,10 @@ def require(*roles: Role) -> Callable[[Request], Page]:
     def dependency(request: Request) -> Page:
         page = get_user(request)
         if not any(page.has(role) for role in roles):
+            # On the record, as the API's refusals are: a page its role never opens is often
+            # an attempt on another organisation's object by URL.
+            request.app.state.container.audit.record_refusal(
+                page.context, "console.open", ("role-not-allowed-for-page",))
             raise RoleMissing(roles)
         return page
 
