@@ -336,7 +336,7 @@ def handle_error(request: Request, exc: Exception) -> Response:
         status = exc.status
         reasons = [str(r) for r in exc.extensions.get("reasons", ())]
         return error_page(request, status, titles.get(status, titles[500]),
-                          describe(exc), reasons, detail_lang=DOMAIN_LANGUAGE)
+                          exc.detail, reasons, detail_lang=DOMAIN_LANGUAGE)
     if isinstance(exc, RequestValidationError):
         return error_page(request, 422, titles[422], _(
             "A field of the form is missing or not valid."))
@@ -349,13 +349,6 @@ def handle_error(request: Request, exc: Exception) -> Response:
 #: The language of the domain's error details (marked as such on a page in another language,
 #: so that a screen reader reads them as English).
 DOMAIN_LANGUAGE = "en"
-
-
-def describe(exc: BrokerError) -> str:
-    """What to tell the user of a domain error: its detail (the domain's details never carry
-    row values). The details are the API's, in English: the page's title above is translated,
-    the detail is not (yet)."""
-    return exc.detail
 
 
 class ConsoleRoute(APIRoute):

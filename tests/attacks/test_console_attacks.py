@@ -1515,13 +1515,8 @@ def is_ci() -> bool:
 
 
 def needs_route(client: TestClient, path: str) -> None:
-    """Skip (fail under CI) when the console does not serve ``path``: the pages it belongs to
-    have not landed on this branch."""
-    if not has_route(client, path):
-        message = f"{path} is not served: the pages it belongs to have not landed"
-        if is_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+    """The console serves ``path`` (an attack on a page that is gone must not pass)."""
+    assert has_route(client, path), f"{path} is not served"
 
 
 def test_withheld_cells_show_no_value_or_count_in_the_page_csv_or_excel(
